@@ -1,0 +1,341 @@
+"""The ``focuswatch`` command: argument parsing and dispatch, nothing else.
+
+Each subcommand hands over to the module named for its concept. Errors that an
+operator can fix (bad config, missing folder, unreadable file) are printed as one
+clear line and give a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from focuswatch import __version__, config, logs
+from focuswatch.errors import ConfigError, FocuswatchError, NotBuiltError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_CRITERIA = [
+    "mhfd",
+    "variance_of_laplacian",
+    "tenengrad",
+    "brenner",
+    "normalized_variance",
+    "power_spectrum_slope",
+]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file (default: built-in defaults)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: info, or logging.level from the config)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="JSON lines (for journald) or readable console; auto picks by terminal",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="focuswatch",
+        description=(
+            "Watch the folder your SEM writes tiles to, score every tile's focus as it "
+            "arrives, alert on out-of-focus tiles and keep a retake list for the ATLAS "
+            "operator while the wafer is still loaded."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"focuswatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "run",
+        help="watch a folder and score tiles as they are written (the service)",
+        description="Run the service: watch --watch for new tiles, score each one, record "
+        "verdicts in --state, send alerts and keep the retake list up to date. "
+        "Stops cleanly on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument(
+        "--watch",
+        type=Path,
+        metavar="DIR",
+        help="folder the microscope writes tiles into (watch.path in the config)",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="folder for the ledger, retake list and alert outbox (state_dir)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "cpu", "gpu"],
+        help="score on the GPU (CuPy) or CPU; auto uses a GPU when there is one",
+    )
+    p.add_argument(
+        "--observer",
+        choices=["auto", "inotify", "polling"],
+        help="how to notice new files; polling is needed on network shares",
+    )
+    p.add_argument("--workers", type=int, help="scoring worker processes")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="score what is in the folder now, then exit (no watching)",
+    )
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "score",
+        help="score TIFF files now and print the results",
+        description="Score one or more TIFF tiles and print, per file: score (higher is "
+        "sharper), focus map summary, time taken, backend and image size. "
+        "Exit status 1 if any file could not be scored.",
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--criterion",
+        choices=_CRITERIA,
+        default="mhfd",
+        help="focus measure (default: mhfd; the others are classic baselines)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["default", "faithful", "fast"],
+        default="default",
+        help="MHFD variant: default (noise-robust), faithful (the paper), fast",
+    )
+    p.add_argument(
+        "--resolution",
+        choices=["patches", "resized", "native"],
+        default="patches",
+        help="patches: focus map at native resolution (default); resized: whole "
+        "tile at 1024x1024 as in the paper; native: whole tile, full size",
+    )
+    p.add_argument("--patch-size", type=int, default=1024, metavar="PX")
+    p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit score against defocus from a through-focus series",
+        description="From a through-focus series (tiles of one site at several working "
+        "distances), find best focus, fit log(score) against |defocus| and save "
+        "the calibration so verdicts can say how far out of focus a tile is.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="DIR|FILE")
+    p.add_argument(
+        "--focus-csv",
+        type=Path,
+        metavar="CSV",
+        help="CSV of file,working_distance_um when the tiles carry no metadata",
+    )
+    p.add_argument(
+        "--pattern",
+        metavar="REGEX",
+        help="regex with one group giving the working distance (µm) from the name",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        default=Path("calibration.json"),
+        help="where to save the calibration (default: calibration.json)",
+    )
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write a plot of the fit")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "retakes",
+        help="show or edit the list of tiles to re-image",
+        description="The retake list: tiles that came out of focus and should be re-imaged "
+        "before the wafer is unloaded. A good retake closes its entry by itself.",
+    )
+    p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
+    p.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    p.add_argument("--section", metavar="S", help="only this section")
+    p.add_argument("--open", action="store_true", help="only entries still to re-image")
+    rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
+    d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
+    d.add_argument("id", type=int, metavar="ID")
+    d.add_argument("--note", required=True, help="why it is dismissed (kept in the list)")
+    d.add_argument(
+        "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
+    )
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "status",
+        help="what the service is doing: counts, backlog, recent verdicts",
+        description="Read-only summary of the state folder; safe while the service runs.",
+    )
+    p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="recent verdicts to show")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and report every problem",
+        description="Check a TOML configuration file. Prints every problem with its key "
+        "path and exits 1, or prints the effective configuration and exits 0.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE")
+
+    p = sub.add_parser(
+        "demo",
+        help="rehearse: generate a small synthetic wafer and run the service on it",
+        description="Generates a small wafer of synthetic SEM tiles (some out of focus, one "
+        "empty, one corrupt) in a temporary folder, runs the real service on it "
+        "and prints what an operator would see.",
+    )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="generate into DIR and keep it, instead of a temporary folder",
+    )
+    p.add_argument("--seed", type=int, default=7)
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic ATLAS-style wafer of tiles (for rehearsals and tests)",
+        description="Write ATLAS 5-style section folders of synthetic SEM tiles with "
+        "FibicsXML metadata, some of them out of focus.",
+    )
+    p.add_argument("out", type=Path, metavar="DIR")
+    p.add_argument("--sections", type=int, default=3)
+    p.add_argument("--rows", type=int, default=3)
+    p.add_argument("--cols", type=int, default=3)
+    p.add_argument("--size", type=int, default=1024, metavar="PX")
+    p.add_argument("--bits", type=int, choices=[8, 16], default=8)
+    p.add_argument("--dose", type=float, default=30.0, help="electrons per pixel")
+    p.add_argument(
+        "--blur-fraction", type=float, default=0.1, help="fraction of tiles written out of focus"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    _add_config_args(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> config.Config:
+    """The config file plus command-line overrides; also configures logging once."""
+    cfg = config.load(getattr(args, "config", None))
+    overrides: dict[str, Any] = {
+        "logging.level": getattr(args, "log_level", None),
+        "logging.format": getattr(args, "log_format", None),
+    }
+    if args.command == "run":
+        overrides |= {
+            "watch.path": args.watch,
+            "state_dir": args.state,
+            "scoring.backend": args.backend,
+            "watch.observer": args.observer,
+            "scoring.workers": args.workers,
+        }
+    elif args.command in ("status", "retakes"):
+        overrides["state_dir"] = args.state or getattr(args, "dismiss_state", None)
+    cfg = config.with_overrides(cfg, overrides)
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    return cfg
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        cfg = config.load(args.file)
+        print(f"{args.file}: OK")
+        print(config.describe(cfg))
+        return EXIT_OK
+    cfg = _settings(args)
+    if args.command == "run":
+        from focuswatch import service
+
+        return service.main(cfg, once=args.once)
+    if args.command == "score":
+        from focuswatch import scoring
+
+        return scoring.main(
+            args.files,
+            as_json=args.json,
+            criterion=args.criterion,
+            mode=args.mode,
+            resolution=args.resolution,
+            patch_size=args.patch_size,
+            backend=args.backend,
+        )
+    if args.command == "calibrate":
+        from focuswatch import calibrate
+
+        return calibrate.main(
+            args.inputs,
+            focus_csv=args.focus_csv,
+            pattern=args.pattern,
+            out=args.out,
+            plot=args.plot,
+            cfg=cfg,
+        )
+    if args.command == "retakes":
+        from focuswatch import retakes
+
+        if args.retakes_action == "dismiss":
+            return retakes.dismiss_main(cfg, args.id, note=args.note)
+        return retakes.list_main(cfg, fmt=args.format, section=args.section, only_open=args.open)
+    if args.command == "status":
+        from focuswatch import status
+
+        return status.main(cfg, as_json=args.json, last=args.last)
+    if args.command == "demo":
+        from focuswatch import demo
+
+        return demo.main(cfg, keep=args.keep, seed=args.seed)
+    if args.command == "synth":
+        from focuswatch import synth
+
+        return synth.main(
+            args.out,
+            sections=args.sections,
+            rows=args.rows,
+            cols=args.cols,
+            size=args.size,
+            bits=args.bits,
+            dose=args.dose,
+            blur_fraction=args.blur_fraction,
+            seed=args.seed,
+        )
+    raise AssertionError(f"unhandled command {args.command}")  # argparse restricts choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except NotBuiltError as exc:
+        print(f"focuswatch {args.command}: not built yet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print("configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except FocuswatchError as exc:
+        print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

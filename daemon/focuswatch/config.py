@@ -1,0 +1,348 @@
+"""Configuration: one TOML file, parsed once into frozen dataclasses.
+
+Every field declares its type and what values are allowed; ``load`` reports every
+problem at once, each with its key path (``at 'policy.drop_ratio': must be in
+(0, 1)``), so an operator fixes the file in one go. Command-line flags are applied
+with ``with_overrides`` after the file, and the result is the only configuration
+object the rest of the service sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from focuswatch.errors import ConfigError
+
+__all__ = [
+    "AlertsConfig",
+    "ClusterConfig",
+    "Config",
+    "LoggingConfig",
+    "PolicyConfig",
+    "ScoringConfig",
+    "WatchConfig",
+    "describe",
+    "load",
+    "parse",
+    "with_overrides",
+]
+
+Check = Callable[[Any], str | None]
+
+
+def _opt(default: Any, check: Check | None = None, *, factory: bool = False) -> Any:
+    """A config field with an optional check that returns a problem or None."""
+    meta = {"check": check} if check else {}
+    if factory:
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _one_of(*allowed: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in allowed else "must be one of " + ", ".join(repr(a) for a in allowed)
+
+    return check
+
+
+def _range(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        too_low = v <= lo if lo_open else v < lo
+        too_high = hi is not None and v > hi
+        if too_low or too_high:
+            left = "(" if lo_open else "["
+            right = f"{hi}]" if hi is not None else "inf)"
+            return f"must be in {left}{lo}, {right}"
+        return None
+
+    return check
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _nonempty_strings(v: Any) -> str | None:
+    return None if all(s for s in v) else "must not contain empty strings"
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Where tiles arrive and how the folder is watched."""
+
+    path: Path | None = _opt(None)
+    include: list[str] = _opt(["*.tif", "*.tiff"], _nonempty_strings, factory=True)
+    exclude: list[str] = _opt(
+        ["*thumb*", "*Thumb*", "*.tmp", "*.part", "*~", ".*"], _nonempty_strings, factory=True
+    )
+    observer: str = _opt("auto", _one_of("auto", "inotify", "polling"))
+    poll_interval_s: float = _opt(2.0, _range(0.05, 3600))
+    quiet_s: float = _opt(2.0, _range(0.0, 3600))
+    incomplete_timeout_s: float = _opt(600.0, _range(1.0))
+    rescan_interval_s: float = _opt(300.0, _range(1.0))
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How each tile is scored."""
+
+    backend: str = _opt("auto", _one_of("auto", "cpu", "gpu"))
+    criterion: str = _opt(
+        "mhfd",
+        _one_of(
+            "mhfd",
+            "variance_of_laplacian",
+            "tenengrad",
+            "brenner",
+            "normalized_variance",
+            "power_spectrum_slope",
+        ),
+    )
+    mode: str = _opt("default", _one_of("default", "faithful", "fast"))
+    resolution: str = _opt("patches", _one_of("patches", "resized", "native"))
+    patch_size: int = _opt(1024, _range(64, 16384))
+    workers: int = _opt(1, _range(1, 256))
+    queue_size: int = _opt(64, _range(1, 100_000))
+    tile_timeout_s: float = _opt(300.0, _range(1.0))
+    max_attempts: int = _opt(3, _range(1, 100))
+    memory_limit_mb: int = _opt(2048, _range(64))
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How scores become verdicts."""
+
+    history_sections: int = _opt(5, _range(1, 1000))
+    drop_ratio: float = _opt(0.5, _fraction)
+    section_drop_ratio: float = _opt(0.6, _fraction)
+    min_score: float = _opt(0.0, _range(0.0))
+    empty_contrast: float = _opt(0.02, _fraction)
+    partial_patch_drop: float = _opt(0.5, _fraction)
+    partial_min_patches: int = _opt(1, _range(1, 100_000))
+    calibration: Path | None = _opt(None)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Who is told, and how often."""
+
+    urls: list[str] = _opt([], _nonempty_strings, factory=True)
+    apprise_config: Path | None = _opt(None)
+    digest_minutes: float = _opt(10.0, _range(0.0, 1440))
+    section_summary: bool = _opt(True)
+    retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
+    retry_max_s: float = _opt(600.0, _range(1.0, 86400))
+    thumbnail_px: int = _opt(256, _range(0, 2048))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where scoring runs: in this process's workers, or on a Dask cluster."""
+
+    scheduler: str = _opt("local", _one_of("local", "dask"))
+    address: str = _opt("")
+    on_unreachable: str = _opt("fallback", _one_of("fallback", "wait"))
+    connect_timeout_s: float = _opt(10.0, _range(0.1, 3600))
+    send_bytes: bool = _opt(False)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level and format (JSON lines for journald, console on a terminal)."""
+
+    level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
+    format: str = _opt("auto", _one_of("auto", "json", "console"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, as the service uses it."""
+
+    state_dir: Path = _opt(Path("/var/lib/focuswatch"))
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _type_name(tp: Any) -> str:
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path string",
+    }
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
+    return names.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any) -> tuple[Any, str | None]:
+    """Convert a TOML value to the field type, or say what was expected."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        return _coerce(inner, value)
+    if origin is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value), None
+        return None, "must be a list of strings"
+    if tp is bool:
+        return (value, None) if isinstance(value, bool) else (None, "must be true or false")
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (None, "must be an integer")
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return (float(value), None) if ok else (None, "must be a number")
+    if tp is str:
+        return (value, None) if isinstance(value, str) else (None, "must be a string")
+    if tp is Path:
+        ok = isinstance(value, str) and value != ""
+        return (Path(value).expanduser(), None) if ok else (None, "must be a non-empty path")
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        f = known.get(key)
+        if f is None:
+            problems.append(f"at '{where}': unknown key (allowed: {', '.join(sorted(known))})")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"at '{where}': must be a table [{where}]")
+                continue
+            kwargs[key] = _build(tp, value, f"{where}.", problems)  # type: ignore[arg-type]
+            continue
+        converted, problem = _coerce(tp, value)
+        check = f.metadata.get("check")
+        if problem is None and check is not None and converted is not None:
+            problem = check(converted)
+        if problem:
+            problems.append(f"at '{where}': {problem} (got {value!r})")
+        else:
+            kwargs[key] = converted
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a nested table was invalid; the problem is already listed
+        return cls()
+
+
+def _cross_checks(cfg: Config, problems: list[str]) -> None:
+    if cfg.cluster.scheduler == "dask" and not cfg.cluster.address:
+        problems.append(
+            "at 'cluster.address': required when cluster.scheduler = 'dask' "
+            "(e.g. 'tcp://scheduler:8786')"
+        )
+    if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
+        problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
+
+
+def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
+    """Build a Config from parsed TOML; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(Config, data, "", problems)
+    _cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    return typing.cast(Config, cfg)
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, source=str(path))
+
+
+def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Apply command-line values (``{"watch.path": ..., "state_dir": ...}``); None means unset.
+
+    The values go through the same checks as the file, so a bad flag is reported
+    with its key path too.
+    """
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    if not nested:
+        return cfg
+    problems: list[str] = []
+    merged = _merge(cfg, nested, "", problems)
+    if problems:
+        raise ConfigError([f"command line: {p}" for p in problems])
+    return typing.cast(Config, merged)
+
+
+def _merge(obj: Any, changes: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
+    updates: dict[str, Any] = {}
+    for key, value in changes.items():
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            updates[key] = _merge(current, value, f"{prefix}{key}.", problems)
+            continue
+        checked = _build(type(obj), {key: value}, prefix, problems)
+        updates[key] = getattr(checked, key)
+    return dataclasses.replace(obj, **updates)
+
+
+def describe(cfg: Config) -> str:
+    """The effective configuration as TOML-like text (for ``check-config`` and logs)."""
+    top: list[str] = []
+    tables: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append(f"\n[{f.name}]")
+            tables += [
+                f"{k.name} = {_toml_value(getattr(value, k.name))}"
+                for k in dataclasses.fields(value)
+            ]
+        else:
+            top.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(top + tables)
+
+
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return "# (not set)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Path):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
