@@ -1,0 +1,56 @@
+"""Where scoring runs: the contract between the service and its executors.
+
+The service hands ``Job``s to an ``Executor`` and collects ``Outcome``s. The local
+executor (``focuswatch.worker``) runs jobs in worker processes on this machine;
+the Dask executor (``focuswatch.cluster``) runs them on a cluster. Jobs are pure
+(path or bytes in, result out) and never touch the ledger: the service records
+outcomes idempotently, so a job that runs twice still yields one result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from focuswatch.scoring import ScoreSettings, TileScore
+
+__all__ = ["Executor", "Job", "Outcome"]
+
+
+@dataclass(frozen=True)
+class Job:
+    version_id: int
+    path: str
+    settings: ScoreSettings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one job: a score, or an error with a reason for the operator."""
+
+    version_id: int
+    result: TileScore | None
+    error: str | None = None
+    # The job could not finish for reasons outside the tile (worker died, timed out);
+    # the service retries these up to scoring.max_attempts.
+    retryable: bool = False
+    worker: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def submit(self, job: Job) -> None:
+        """Queue a job; may block when the executor's queue is full (backpressure)."""
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        """Yield outcomes that finish within ``timeout`` seconds (possibly none)."""
+
+    def in_flight(self) -> int:
+        """Jobs submitted whose outcome has not been yielded yet."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name, workers and recent throughput, for ``focuswatch status``."""
+
+    def close(self) -> None:
+        """Stop workers; outcomes of jobs still running are lost (they are retried)."""

@@ -1,0 +1,52 @@
+"""What the operator acts on: a verdict per tile, with a reason a person can read.
+
+Produced by ``focuswatch.policy``, stored by ``focuswatch.ledger``, consumed by
+``focuswatch.alerts`` and ``focuswatch.retakes`` (as ``VerdictRecord``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Verdict", "VerdictKind", "VerdictRecord"]
+
+
+class VerdictKind(enum.StrEnum):
+    IN_FOCUS = "in_focus"
+    OUT_OF_FOCUS = "out_of_focus"
+    PARTLY_OUT_OF_FOCUS = "partly_out_of_focus"
+    EMPTY = "empty"
+    UNREADABLE = "unreadable"
+
+    @property
+    def needs_retake(self) -> bool:
+        return self in (VerdictKind.OUT_OF_FOCUS, VerdictKind.PARTLY_OUT_OF_FOCUS)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The policy's decision for one tile version."""
+
+    kind: VerdictKind
+    reason: str
+    baseline: float | None = None
+    defocus_um: float | None = None
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """A verdict with everything an alert or a retake entry shows about the tile."""
+
+    version_id: int
+    path: str
+    tile_name: str
+    section: str | None
+    row: int | None
+    col: int | None
+    stage_x_um: float | None
+    stage_y_um: float | None
+    pixel_size_um: float | None
+    score: float | None
+    verdict: Verdict
+    at: float  # seconds since the epoch, from the injected clock
