@@ -326,17 +326,19 @@ def describe(cfg: Config) -> str:
         if dataclasses.is_dataclass(value):
             tables.append(f"\n[{f.name}]")
             tables += [
-                f"{k.name} = {_toml_value(getattr(value, k.name))}"
-                for k in dataclasses.fields(value)
+                _toml_line(k.name, getattr(value, k.name)) for k in dataclasses.fields(value)
             ]
         else:
-            top.append(f"{f.name} = {_toml_value(value)}")
+            top.append(_toml_line(f.name, value))
     return "\n".join(top + tables)
 
 
+def _toml_line(key: str, v: Any) -> str:
+    # TOML has no null: an unset optional key is shown commented out.
+    return f"# {key} = (not set)" if v is None else f"{key} = {_toml_value(v)}"
+
+
 def _toml_value(v: Any) -> str:
-    if v is None:
-        return "# (not set)"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Path):
