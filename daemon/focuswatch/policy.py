@@ -1,0 +1,229 @@
+"""Scores to verdicts: a pure decision with a reason a person can read.
+
+A focus score means little on its own: it depends on how much structure the tile
+shows, so the policy compares each tile with its own context:
+
+1. **Empty** when the tile's content (contrast) is below ``policy.empty_contrast``:
+   resin, a hole, the edge of the section. Decided by content alone, never alerted.
+2. **Baseline**: the median score of the same tile position over the last
+   ``policy.history_sections`` sections when there is history (tissue changes slowly
+   from section to section, and a rolling median follows slow drift over hundreds
+   of sections); otherwise the median of this section's other tiles (a looser
+   ``policy.section_drop_ratio``, since different positions show different tissue);
+   otherwise no baseline, and only the absolute floor ``policy.min_score`` applies.
+   The first section therefore cannot start an alert storm.
+3. **Out of focus** when ``score < (1 - drop_ratio) · baseline`` or ``score < min_score``.
+4. **Partly out of focus** when the whole-tile score is fine but at least
+   ``policy.partial_min_patches`` patches of the tile's focus map score below
+   ``(1 - partial_patch_drop)`` × the median patch (a wrinkle, dirt, a tilted region).
+5. Otherwise **in focus**.
+
+Unreadable tiles never reach ``decide``: the service makes their verdict with
+``unreadable``. Nothing here does I/O except ``load_calibration``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from focuswatch.config import PolicyConfig
+from focuswatch.errors import ConfigError
+from focuswatch.verdict import Verdict, VerdictKind
+
+__all__ = [
+    "DefocusModel",
+    "Evidence",
+    "decide",
+    "format_score",
+    "load_calibration",
+    "severity",
+    "unreadable",
+]
+
+# A focus map needs this many patches before "a region is worse than the rest"
+# means anything: with fewer, the median is one of the patches being judged.
+_MIN_PATCHES_FOR_REGION = 3
+
+_SEVERITY = {
+    VerdictKind.EMPTY: 0,
+    VerdictKind.IN_FOCUS: 0,
+    VerdictKind.PARTLY_OUT_OF_FOCUS: 1,
+    VerdictKind.OUT_OF_FOCUS: 2,
+    VerdictKind.UNREADABLE: 3,
+}
+
+
+class DefocusModel(Protocol):
+    """What a calibration offers the policy (``focuswatch.calibrate.Calibration``)."""
+
+    def defocus_um(self, score: float, baseline: float) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the policy looks at for one tile version.
+
+    ``history``: scores of the same row/col in earlier sections, most recent first
+    (readable, non-empty tiles; only the first ``history_sections`` are used).
+    ``section_scores``: scores of this section's other tiles (readable, non-empty).
+    ``patch_scores``: the tile's focus map (rows of patches), or None when the tile
+    was scored whole.
+    """
+
+    score: float
+    patch_scores: list[list[float]] | None
+    content: float
+    history: Sequence[float] = ()
+    section_scores: Sequence[float] = ()
+
+
+def severity(kind: VerdictKind) -> int:
+    """Order verdicts by how much the operator must do: 0 nothing, 2 retake the tile."""
+    return _SEVERITY[kind]
+
+
+def format_score(score: float) -> str:
+    """A score as a person reads it: counts as integers, small values to 3 digits."""
+    if not math.isfinite(score):
+        return str(score)
+    if abs(score) >= 100:
+        return f"{score:,.0f}".replace(",", " ")
+    return f"{score:.3g}"
+
+
+def unreadable(reason: str) -> Verdict:
+    """The verdict for a tile that could not be read or scored."""
+    return Verdict(VerdictKind.UNREADABLE, f"could not be read or scored: {reason}")
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if math.isfinite(v)]
+
+
+def _baseline(ev: Evidence, cfg: PolicyConfig) -> tuple[float | None, float, str]:
+    """(baseline, allowed drop, where the baseline comes from)."""
+    history = _finite(list(ev.history)[: cfg.history_sections])
+    if history:
+        n = len(history)
+        where = (
+            "this tile position in the previous section"
+            if n == 1
+            else f"this tile position over the last {n} sections"
+        )
+        return statistics.median(history), cfg.drop_ratio, where
+    peers = _finite(ev.section_scores)
+    if peers:
+        n = len(peers)
+        noun = "tile" if n == 1 else "tiles"
+        return statistics.median(peers), cfg.section_drop_ratio, f"{n} other {noun} of this section"
+    return None, 0.0, ""
+
+
+def _defocus(model: DefocusModel | None, score: float, baseline: float | None) -> float | None:
+    if model is None or baseline is None or baseline <= 0:
+        return None
+    value = model.defocus_um(score, baseline)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _defocus_text(defocus: float | None) -> str:
+    return "" if defocus is None else f"; estimated {defocus:.1f} µm out of focus"
+
+
+def _weak_patches(patches: list[list[float]] | None, cfg: PolicyConfig) -> list[tuple[int, int]]:
+    """Patches (row, col) clearly worse than the tile's median patch."""
+    if not patches:
+        return []
+    cells = [
+        (r, c, float(v))
+        for r, line in enumerate(patches)
+        for c, v in enumerate(line)
+        if math.isfinite(v)
+    ]
+    if len(cells) < _MIN_PATCHES_FOR_REGION:
+        return []
+    median = statistics.median(v for _, _, v in cells)
+    if median <= 0:
+        return []
+    limit = (1.0 - cfg.partial_patch_drop) * median
+    return [(r, c) for r, c, v in cells if v < limit]
+
+
+def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None = None) -> Verdict:
+    """The verdict for one tile; see the module docstring for the rules."""
+    score_text = f"score {format_score(ev.score)}"
+    if not math.isfinite(ev.score):
+        return unreadable(f"{score_text} is not a number")
+    if ev.content < cfg.empty_contrast:
+        return Verdict(
+            VerdictKind.EMPTY,
+            f"{score_text}; content {ev.content:.3f} is below {cfg.empty_contrast:g}: "
+            "no tissue to judge (resin, a hole or the section's edge)",
+        )
+
+    baseline, drop, where = _baseline(ev, cfg)
+    defocus = _defocus(calibration, ev.score, baseline)
+
+    if baseline is not None and baseline > 0 and ev.score < (1.0 - drop) * baseline:
+        below = 100.0 * (1.0 - ev.score / baseline)
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{score_text} is {below:.0f} % below the median of {where} "
+            f"({format_score(baseline)}){_defocus_text(defocus)}",
+            baseline=baseline,
+            defocus_um=defocus,
+        )
+    if ev.score < cfg.min_score:
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{score_text} is below the minimum score {format_score(cfg.min_score)}"
+            f"{_defocus_text(defocus)}",
+            baseline=baseline,
+            defocus_um=defocus,
+        )
+
+    weak = _weak_patches(ev.patch_scores, cfg)
+    if len(weak) >= cfg.partial_min_patches:
+        total = sum(len(line) for line in ev.patch_scores or [])
+        cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
+        return Verdict(
+            VerdictKind.PARTLY_OUT_OF_FOCUS,
+            f"{score_text} is fine for the whole tile, but {len(weak)} of {total} patches "
+            f"score more than {100 * cfg.partial_patch_drop:.0f} % below the tile's median "
+            f"patch (patches {cells}): a wrinkle, dirt or a tilted region",
+            baseline=baseline,
+        )
+
+    if baseline is None:
+        context = "no earlier sections or other tiles to compare with yet"
+    else:
+        context = f"median of {where} {format_score(baseline)}"
+    return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=baseline)
+
+
+def load_calibration(pcfg: PolicyConfig) -> DefocusModel | None:
+    """The calibration named by ``policy.calibration``, or None when it is not set.
+
+    An unreadable or invalid file is a configuration error, reported with its key path.
+    """
+    if pcfg.calibration is None:
+        return None
+    from focuswatch import calibrate
+
+    path = Path(pcfg.calibration)
+    # Looked up by name so that the policy does not depend on calibrate's internals.
+    loader = getattr(getattr(calibrate, "Calibration", None), "load", None)
+    if loader is None:
+        raise ConfigError("at 'policy.calibration': calibration support is not available")
+    try:
+        model: DefocusModel = loader(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"at 'policy.calibration': cannot load calibration {str(path)!r}: {exc}"
+        ) from None
+    return model

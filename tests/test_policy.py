@@ -1,0 +1,261 @@
+"""Policy: scores in context become verdicts; invariants checked with Hypothesis."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from focuswatch import policy
+from focuswatch.config import PolicyConfig
+from focuswatch.errors import ConfigError
+from focuswatch.policy import Evidence, decide, format_score, severity
+from focuswatch.verdict import VerdictKind
+
+CFG = PolicyConfig()
+
+scores = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+contents = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+score_lists = st.lists(scores, max_size=12)
+patch_maps = st.one_of(
+    st.none(),
+    st.integers(1, 4).flatmap(
+        lambda cols: st.lists(st.lists(scores, min_size=cols, max_size=cols), max_size=4)
+    ),
+)
+configs = st.builds(
+    PolicyConfig,
+    history_sections=st.integers(1, 20),
+    drop_ratio=st.floats(0.05, 0.95),
+    section_drop_ratio=st.floats(0.05, 0.95),
+    min_score=st.floats(0.0, 1000.0),
+    empty_contrast=st.floats(0.001, 0.5),
+    partial_patch_drop=st.floats(0.05, 0.95),
+    partial_min_patches=st.integers(1, 5),
+)
+
+
+class Linear:
+    """A real (if simple) defocus model: 1 µm per 10 % of score lost."""
+
+    def defocus_um(self, score: float, baseline: float) -> float | None:
+        return max(0.0, 10.0 * (1.0 - score / baseline))
+
+
+def test_public_names() -> None:
+    """The module exports exactly its documented API."""
+    assert set(policy.__all__) == {
+        "DefocusModel",
+        "Evidence",
+        "decide",
+        "format_score",
+        "load_calibration",
+        "severity",
+        "unreadable",
+    }
+
+
+def test_drop_against_history_is_out_of_focus_with_a_readable_reason() -> None:
+    """A tile far below its position's history is out of focus; the reason says why."""
+    ev = Evidence(score=140, patch_scores=None, content=0.3, history=[420, 400, 430, 410, 450, 10])
+    v = decide(ev, cfg=CFG, calibration=Linear())
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert v.baseline == 420  # median of the first 5 (most recent); the 6th is too old
+    assert v.reason == (
+        "score 140 is 67 % below the median of this tile position over the last 5 sections "
+        "(420); estimated 6.7 µm out of focus"
+    )
+    assert v.defocus_um == pytest.approx(6.67, abs=0.01)
+
+
+def test_history_wins_over_section_peers() -> None:
+    """With history, the position's own past is the baseline, not other positions."""
+    ev = Evidence(
+        score=300, patch_scores=None, content=0.3, history=[310, 290], section_scores=[5000] * 8
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.IN_FOCUS
+    assert v.baseline == 300
+
+
+def test_section_peers_are_the_baseline_without_history() -> None:
+    """The first time a position is seen, the section's other tiles are the baseline."""
+    cfg = dataclasses.replace(CFG, section_drop_ratio=0.6)
+    blurred = decide(
+        Evidence(score=300, patch_scores=None, content=0.3, section_scores=[1000] * 8), cfg=cfg
+    )
+    fine = decide(
+        Evidence(score=500, patch_scores=None, content=0.3, section_scores=[1000] * 8), cfg=cfg
+    )
+    assert blurred.kind is VerdictKind.OUT_OF_FOCUS
+    assert "8 other tiles of this section" in blurred.reason
+    assert fine.kind is VerdictKind.IN_FOCUS
+
+
+def test_first_tile_ever_uses_only_the_floor() -> None:
+    """No history and no peers: only min_score can make a tile out of focus."""
+    cfg = dataclasses.replace(CFG, min_score=50)
+    assert decide(Evidence(score=49, patch_scores=None, content=0.3), cfg=cfg).kind is (
+        VerdictKind.OUT_OF_FOCUS
+    )
+    v = decide(Evidence(score=51, patch_scores=None, content=0.3), cfg=cfg)
+    assert v.kind is VerdictKind.IN_FOCUS
+    assert "no earlier sections" in v.reason
+
+
+def test_low_content_is_empty_whatever_the_score() -> None:
+    """Resin or a hole is empty, not out of focus, even with a terrible score."""
+    v = decide(Evidence(score=0, patch_scores=None, content=0.001, history=[500]), cfg=CFG)
+    assert v.kind is VerdictKind.EMPTY
+    assert not v.kind.needs_retake
+
+
+def test_a_weak_region_is_partly_out_of_focus() -> None:
+    """A wrinkle: the tile score is fine but a patch of the map is far below the rest."""
+    patches = [[100.0, 100.0, 100.0], [100.0, 20.0, 100.0]]
+    v = decide(Evidence(score=520, patch_scores=patches, content=0.3, history=[500]), cfg=CFG)
+    assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS
+    assert "1 of 6 patches" in v.reason
+    assert "r1-c1" in v.reason
+
+
+def test_too_few_patches_never_make_a_region() -> None:
+    """Two patches cannot say which is the odd one out: no partial verdict."""
+    v = decide(
+        Evidence(score=520, patch_scores=[[100.0, 1.0]], content=0.3, history=[500]), cfg=CFG
+    )
+    assert v.kind is VerdictKind.IN_FOCUS
+
+
+def test_nan_score_is_unreadable() -> None:
+    """A score that is not a number is reported, not compared."""
+    v = decide(Evidence(score=float("nan"), patch_scores=None, content=0.3), cfg=CFG)
+    assert v.kind is VerdictKind.UNREADABLE
+
+
+def test_slow_drift_never_alerts() -> None:
+    """Content drifting 1 % per section for 300 sections: the rolling median follows."""
+    history: list[float] = []
+    score = 1000.0
+    for _ in range(300):
+        v = decide(Evidence(score=score, patch_scores=None, content=0.3, history=history), cfg=CFG)
+        assert v.kind is VerdictKind.IN_FOCUS
+        history = [score, *history][: CFG.history_sections]
+        score *= 0.99
+    assert score < 100  # it really did drift by an order of magnitude
+
+
+def test_format_score() -> None:
+    """Counts read as integers with thin grouping; small criteria values keep 3 digits."""
+    assert format_score(140.0) == "140"
+    assert format_score(12345.4) == "12 345"
+    assert format_score(0.001234) == "0.00123"
+
+
+@given(
+    cfg=configs,
+    a=scores,
+    b=scores,
+    content=contents,
+    patches=patch_maps,
+    history=score_lists,
+    peers=score_lists,
+)
+@settings(max_examples=300, deadline=None)
+def test_sharper_twin_never_gets_a_worse_verdict(
+    *,
+    cfg: PolicyConfig,
+    a: float,
+    b: float,
+    content: float,
+    patches: list[list[float]] | None,
+    history: list[float],
+    peers: list[float],
+) -> None:
+    """Monotonic: same context, higher score → a verdict no more severe."""
+    low, high = sorted((a, b))
+    blurry = decide(Evidence(low, patches, content, history, peers), cfg=cfg)
+    sharp = decide(Evidence(high, patches, content, history, peers), cfg=cfg)
+    assert severity(sharp.kind) <= severity(blurry.kind)
+
+
+@given(
+    cfg=configs,
+    a=scores,
+    b=scores,
+    content=contents,
+    patches=patch_maps,
+    history=score_lists,
+    peers=score_lists,
+)
+@settings(max_examples=200, deadline=None)
+def test_empty_depends_on_content_alone(
+    *,
+    cfg: PolicyConfig,
+    a: float,
+    b: float,
+    content: float,
+    patches: list[list[float]] | None,
+    history: list[float],
+    peers: list[float],
+) -> None:
+    """Whether a tile is empty never depends on its score or its context."""
+    va = decide(Evidence(a, patches, content, history, peers), cfg=cfg)
+    vb = decide(Evidence(b, None, content, [], []), cfg=cfg)
+    assert (va.kind is VerdictKind.EMPTY) == (vb.kind is VerdictKind.EMPTY)
+    assert (va.kind is VerdictKind.EMPTY) == (content < cfg.empty_contrast)
+
+
+@given(cfg=configs, score=scores, content=contents, patches=patch_maps)
+@settings(max_examples=200, deadline=None)
+def test_no_context_never_calls_a_tile_above_the_floor_out_of_focus(
+    *, cfg: PolicyConfig, score: float, content: float, patches: list[list[float]] | None
+) -> None:
+    """First section, first tile: above min_score it is never out of focus, and only a
+    region visibly worse than the rest of its own patch map can raise an alert."""
+    v = decide(Evidence(score, patches, content), cfg=cfg)
+    if score >= cfg.min_score:
+        assert v.kind is not VerdictKind.OUT_OF_FOCUS
+        uniform = decide(Evidence(score, None, content), cfg=cfg)
+        assert not uniform.kind.needs_retake
+
+
+@given(
+    cfg=configs,
+    score=scores,
+    content=contents,
+    patches=patch_maps,
+    history=score_lists,
+    peers=score_lists,
+)
+@settings(max_examples=200, deadline=None)
+def test_reason_is_never_empty_and_names_the_score(
+    *,
+    cfg: PolicyConfig,
+    score: float,
+    content: float,
+    patches: list[list[float]] | None,
+    history: list[float],
+    peers: list[float],
+) -> None:
+    """Every verdict says in words what the score was."""
+    v = decide(Evidence(score, patches, content, history, peers), cfg=cfg, calibration=Linear())
+    assert f"score {format_score(score)}" in v.reason
+
+
+def test_no_calibration_configured_gives_none() -> None:
+    """Without policy.calibration there is no defocus estimate, and no error."""
+    assert policy.load_calibration(CFG) is None
+
+
+def test_unreadable_calibration_is_a_config_error_with_key_path(tmp_path: Path) -> None:
+    """A calibration file that cannot be read is reported at 'policy.calibration'."""
+    bad = tmp_path / "calibration.json"
+    bad.write_text(json.dumps({"not": "a calibration"}))
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(ConfigError, match=r"at 'policy\.calibration'"):
+            policy.load_calibration(dataclasses.replace(CFG, calibration=path))
