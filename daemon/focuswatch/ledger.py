@@ -1,0 +1,657 @@
+"""The ledger: one SQLite database (WAL) that is the service's only source of truth.
+
+Every tile version (one per ``(path, size, mtime_ns)``) has a row in ``versions``
+with its state::
+
+    ready ──► scoring ──► scored     (a result with a score and a verdict)
+      ▲          │   └──► failed     (a result with verdict 'unreadable' and the reason)
+      └──────────┘ worker died or timed out, attempts left (or the service stopped)
+
+``seen`` is the state of a version that is recorded but not yet handed to scoring
+(the watcher records versions only once they are complete, so it is short-lived).
+A newer version of the same path supersedes older ones (a retake written under the
+same name). ``results`` holds exactly one row per version (``UNIQUE(version_id)``,
+``INSERT ... ON CONFLICT DO NOTHING``): a job that runs twice still yields one result.
+
+Every state change is one transaction. The schema is versioned: ``MIGRATIONS[i]``
+brings the database to ``PRAGMA user_version = i + 1``; later modules append their
+own entries (keep this list flat and at module level).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from focuswatch.errors import StateError
+from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+
+__all__ = [
+    "DB_NAME",
+    "MIGRATIONS",
+    "STATES",
+    "Ledger",
+    "TileVersion",
+    "section_index",
+]
+
+DB_NAME = "focuswatch.db"
+STATES = ("seen", "ready", "scoring", "scored", "failed")
+
+MIGRATIONS: list[str] = [
+    # 1: tile versions, results, meta
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE versions (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        tile_name TEXT NOT NULL,
+        section TEXT,
+        section_index INTEGER,
+        row INTEGER,
+        col INTEGER,
+        stage_x_um REAL,
+        stage_y_um REAL,
+        pixel_size_um REAL,
+        state TEXT NOT NULL CHECK (state IN ('seen', 'ready', 'scoring', 'scored', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        first_seen REAL NOT NULL,
+        updated REAL NOT NULL,
+        superseded INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (path, size, mtime_ns)
+    );
+    CREATE INDEX versions_by_state ON versions (state, superseded, id);
+    CREATE INDEX versions_by_path ON versions (path);
+    CREATE INDEX versions_by_position ON versions (row, col, section_index);
+    CREATE INDEX versions_by_section ON versions (section);
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        version_id INTEGER NOT NULL UNIQUE REFERENCES versions (id),
+        score REAL,
+        patch_scores TEXT,
+        content REAL,
+        backend TEXT,
+        shape TEXT,
+        read_ms REAL,
+        score_ms REAL,
+        verdict TEXT,
+        reason TEXT,
+        baseline REAL,
+        defocus_um REAL,
+        worker TEXT,
+        scored_at REAL NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX results_by_time ON results (scored_at);
+    """,
+]
+
+# Verdicts whose scores are trusted as context for later decisions.
+_CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
+_DIGITS = re.compile(r"\d+")
+
+
+def section_index(section: str | None) -> int | None:
+    """The section number used for ordering: the first run of digits (``S_012_17…`` → 12)."""
+    if section is None:
+        return None
+    m = _DIGITS.search(section)
+    return int(m.group()) if m else None
+
+
+@dataclass(frozen=True)
+class TileVersion:
+    """One row of ``versions``."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    tile_name: str
+    section: str | None
+    section_index: int | None
+    row: int | None
+    col: int | None
+    stage_x_um: float | None
+    stage_y_um: float | None
+    pixel_size_um: float | None
+    state: str
+    attempts: int
+    last_error: str | None
+    first_seen: float
+    updated: float
+    superseded: bool
+
+
+_VERSION_COLUMNS = (
+    "id, path, size, mtime_ns, tile_name, section, section_index, row, col, stage_x_um, "
+    "stage_y_um, pixel_size_um, state, attempts, last_error, first_seen, updated, superseded"
+)
+
+
+def _version(row: Sequence[Any]) -> TileVersion:
+    values = list(row)
+    values[-1] = bool(values[-1])
+    return TileVersion(*values)
+
+
+class Ledger:
+    """Access to the state database. Open with ``Ledger.open``; not shared between threads."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, clock: Callable[[], float], readonly: bool
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.clock = clock
+        self.readonly = readonly
+        self._lock = threading.RLock()
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+    ) -> Ledger:
+        """Open (and for writers create and migrate) ``<state_dir>/focuswatch.db``.
+
+        ``readonly=True`` opens through a ``mode=ro`` URI: safe next to a running service.
+        Raises StateError with a message an operator can act on.
+        """
+        state = Path(state_dir)
+        db = state / DB_NAME
+        try:
+            if readonly:
+                if not db.is_file():
+                    raise StateError(f"no ledger at {db} (has the service run with this --state?)")
+                conn = sqlite3.connect(
+                    f"{db.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    timeout=10.0,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                state.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    db, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            ledger = cls(conn, db, clock=clock, readonly=readonly)
+            ledger._migrate()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot use ledger {db}: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot create state folder {state}: {exc}") from None
+        return ledger
+
+    def _migrate(self) -> None:
+        current = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(MIGRATIONS):
+            raise StateError(
+                f"ledger {self.path} has schema version {current}, newer than this "
+                f"focuswatch knows ({len(MIGRATIONS)}); upgrade focuswatch"
+            )
+        if current == len(MIGRATIONS):
+            return
+        if self.readonly:
+            raise StateError(
+                f"ledger {self.path} has schema version {current}, expected "
+                f"{len(MIGRATIONS)}; start the service once to migrate it"
+            )
+        with self.transaction() as conn:
+            # Re-read inside the write lock: another process may have migrated meanwhile.
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            for version in range(current, len(MIGRATIONS)):
+                for statement in _statements(MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection (autocommit mode): for modules that own their own tables."""
+        return self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- versions ----------------------------------------------------------------------
+
+    def has_version(self, path: str, size: int, mtime_ns: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM versions WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return row is not None
+
+    def add_version(
+        self,
+        path: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        tile_name: str,
+        section: str | None = None,
+        row: int | None = None,
+        col: int | None = None,
+        state: str = "ready",
+    ) -> tuple[int, bool]:
+        """Record a version (idempotent); returns ``(version_id, created)``.
+
+        A new version supersedes every other version of the same path.
+        """
+        if state not in ("seen", "ready"):
+            raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
+        now = self.clock()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO versions (path, size, mtime_ns, tile_name, section, section_index,"
+                " row, col, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (path, size, mtime_ns) DO NOTHING",
+                (
+                    path,
+                    size,
+                    mtime_ns,
+                    tile_name,
+                    section,
+                    section_index(section),
+                    row,
+                    col,
+                    state,
+                    now,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                found = conn.execute(
+                    "SELECT id FROM versions WHERE path = ? AND size = ? AND mtime_ns = ?",
+                    (path, size, mtime_ns),
+                ).fetchone()
+                return int(found[0]), False
+            vid = int(cur.lastrowid or 0)
+            conn.execute(
+                "UPDATE versions SET superseded = 1, updated = ? "
+                "WHERE path = ? AND id != ? AND superseded = 0",
+                (now, path, vid),
+            )
+            return vid, True
+
+    def get(self, version_id: int) -> TileVersion:
+        row = self._conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?", (version_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no tile version {version_id}")
+        return _version(row)
+
+    def versions(self, path: str) -> list[TileVersion]:
+        """Every version of one path, oldest first."""
+        rows = self._conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path = ? ORDER BY id", (path,)
+        ).fetchall()
+        return [_version(r) for r in rows]
+
+    def set_state(self, version_id: int, state: str, *, error: str | None = None) -> None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET state = ?, last_error = coalesce(?, last_error), "
+                "updated = ? WHERE id = ?",
+                (state, error, self.clock(), version_id),
+            )
+
+    def claim_ready(self, limit: int) -> list[TileVersion]:
+        """Move up to ``limit`` current 'ready' versions to 'scoring' (oldest first)."""
+        if limit <= 0:
+            return []
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions "
+                "WHERE state = 'ready' AND superseded = 0 ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return []
+            now = self.clock()
+            conn.executemany(
+                "UPDATE versions SET state = 'scoring', attempts = attempts + 1, updated = ? "
+                "WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+        return [_version([*r[:12], "scoring", r[13] + 1, r[14], r[15], now, r[17]]) for r in rows]
+
+    def release(self, version_id: int, *, error: str | None = None, undo_attempt: bool) -> None:
+        """Hand a 'scoring' version back to 'ready' (retry, or the service is stopping)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET state = 'ready', last_error = coalesce(?, last_error), "
+                "attempts = max(0, attempts - ?), updated = ? WHERE id = ? AND state = 'scoring'",
+                (error, 1 if undo_attempt else 0, self.clock(), version_id),
+            )
+
+    def recover(self) -> int:
+        """After a crash: versions left in 'scoring' (or 'seen') go back to 'ready'."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE versions SET state = 'ready', updated = ? "
+                "WHERE state IN ('scoring', 'seen') AND id NOT IN (SELECT version_id FROM results)",
+                (self.clock(),),
+            )
+            # A result committed but its state not (cannot happen: same transaction) is
+            # still repaired here, so the two tables never disagree.
+            conn.execute(
+                "UPDATE versions SET state = CASE WHEN (SELECT score FROM results r "
+                "WHERE r.version_id = versions.id) IS NULL THEN 'failed' ELSE 'scored' END "
+                "WHERE state IN ('scoring', 'seen', 'ready') "
+                "AND id IN (SELECT version_id FROM results)"
+            )
+            return cur.rowcount
+
+    def known_paths(self) -> dict[str, tuple[int, int]]:
+        """Current (non-superseded) versions: path → (size, mtime_ns), for rescans."""
+        rows = self._conn.execute(
+            "SELECT path, size, mtime_ns FROM versions WHERE superseded = 0"
+        ).fetchall()
+        return {p: (s, m) for p, s, m in rows}
+
+    # -- results -----------------------------------------------------------------------
+
+    def record_result(
+        self,
+        version_id: int,
+        *,
+        verdict: Verdict,
+        score: Any = None,
+        worker: str = "",
+    ) -> bool:
+        """Store the one result of a version with its verdict; False if it already had one.
+
+        ``score`` is a ``focuswatch.scoring.TileScore`` (None for an unreadable tile). The
+        version moves to 'scored' (or 'failed' without a score) in the same transaction.
+        """
+        now = self.clock()
+        values: dict[str, Any] = {
+            "score": None,
+            "patch_scores": None,
+            "content": None,
+            "backend": None,
+            "shape": None,
+            "read_ms": None,
+            "score_ms": None,
+        }
+        meta = None
+        if score is not None:
+            values = {
+                "score": float(score.score),
+                "patch_scores": (
+                    json.dumps(score.patch_scores) if score.patch_scores is not None else None
+                ),
+                "content": float(score.content),
+                "backend": score.backend,
+                "shape": json.dumps(list(score.shape)),
+                "read_ms": float(score.read_ms),
+                "score_ms": float(score.score_ms),
+            }
+            meta = score.meta
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
+                " read_ms, score_ms, verdict, reason, baseline, defocus_um, worker, scored_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                (
+                    version_id,
+                    *values.values(),
+                    str(verdict.kind),
+                    verdict.reason,
+                    verdict.baseline,
+                    verdict.defocus_um,
+                    worker,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            state = "failed" if score is None else "scored"
+            error = verdict.reason if score is None else None
+            conn.execute(
+                "UPDATE versions SET state = ?, last_error = coalesce(?, last_error), "
+                "updated = ? WHERE id = ?",
+                (state, error, now, version_id),
+            )
+            if meta is not None:
+                conn.execute(
+                    "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
+                    "stage_y_um = coalesce(?, stage_y_um), "
+                    "pixel_size_um = coalesce(?, pixel_size_um) WHERE id = ?",
+                    (
+                        getattr(meta, "stage_x_um", None),
+                        getattr(meta, "stage_y_um", None),
+                        getattr(meta, "pixel_size_um", None),
+                        version_id,
+                    ),
+                )
+            return True
+
+    def record_verdict(self, version_id: int, verdict: Verdict) -> None:
+        """Replace the verdict of a version that already has a result."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ? "
+                "WHERE version_id = ?",
+                (
+                    str(verdict.kind),
+                    verdict.reason,
+                    verdict.baseline,
+                    verdict.defocus_um,
+                    version_id,
+                ),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"tile version {version_id} has no result yet")
+
+    def result(self, version_id: int) -> dict[str, Any] | None:
+        """The result row of a version as a dict (None before it has one)."""
+        cur = self._conn.execute("SELECT * FROM results WHERE version_id = ?", (version_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([d[0] for d in cur.description], row, strict=True))
+        for key in ("patch_scores", "shape"):
+            if out[key] is not None:
+                out[key] = json.loads(out[key])
+        return out
+
+    def verdict_record(self, version_id: int) -> VerdictRecord:
+        """Everything an alert or a retake entry shows about one version's verdict."""
+        v = self.get(version_id)
+        r = self.result(version_id)
+        if r is None or r["verdict"] is None:
+            raise KeyError(f"tile version {version_id} has no verdict yet")
+        verdict = Verdict(
+            kind=VerdictKind(r["verdict"]),
+            reason=r["reason"] or "",
+            baseline=r["baseline"],
+            defocus_um=r["defocus_um"],
+        )
+        return VerdictRecord(
+            version_id=v.id,
+            path=v.path,
+            tile_name=v.tile_name,
+            section=v.section,
+            row=v.row,
+            col=v.col,
+            stage_x_um=v.stage_x_um,
+            stage_y_um=v.stage_y_um,
+            pixel_size_um=v.pixel_size_um,
+            score=r["score"],
+            verdict=verdict,
+            at=r["scored_at"],
+        )
+
+    def mark_delivered(self, version_id: int) -> None:
+        """The sinks have seen this verdict (undelivered ones are replayed at start-up)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE results SET delivered = 1 WHERE version_id = ?", (version_id,))
+
+    def undelivered(self) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT version_id FROM results WHERE delivered = 0 ORDER BY id"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- context for the policy --------------------------------------------------------
+
+    def history_scores(
+        self, row: int, col: int, *, before_section_index: int, limit: int
+    ) -> list[float]:
+        """Trusted scores at this position in earlier sections, most recent section first.
+
+        Current versions only, verdict in_focus or partly_out_of_focus, one per section
+        (the latest version when a section has several, e.g. a retake with a new suffix).
+        """
+        if limit <= 0:
+            return []
+        cur = self._conn.execute(
+            "SELECT v.section_index, r.score FROM versions v JOIN results r "
+            "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IN (?, ?) "
+            "ORDER BY v.section_index DESC, v.id DESC",
+            (row, col, before_section_index, *_CONTEXT_VERDICTS),
+        )
+        out: list[float] = []
+        last: int | None = None
+        for sec, score in cur:
+            if sec == last:
+                continue
+            last = sec
+            out.append(float(score))
+            if len(out) >= limit:
+                break
+        return out
+
+    def section_scores(self, section: str, *, exclude_version: int | None = None) -> list[float]:
+        """Trusted scores of the other current tiles of this section."""
+        rows = self._conn.execute(
+            "SELECT r.score FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
+            "AND r.score IS NOT NULL AND r.verdict IN (?, ?) ORDER BY v.id",
+            (section, -1 if exclude_version is None else exclude_version, *_CONTEXT_VERDICTS),
+        ).fetchall()
+        return [float(r[0]) for r in rows]
+
+    # -- meta and status ---------------------------------------------------------------
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, json.dumps(value), self.clock()),
+            )
+
+    def get_meta(self, key: str) -> tuple[Any, float] | None:
+        row = self._conn.execute("SELECT value, updated FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (json.loads(row[0]), float(row[1]))
+
+    def counts(self) -> dict[str, int]:
+        """Current (non-superseded) versions per state; every state present."""
+        out = dict.fromkeys(STATES, 0)
+        rows = self._conn.execute(
+            "SELECT state, count(*) FROM versions WHERE superseded = 0 GROUP BY state"
+        ).fetchall()
+        out.update({s: int(n) for s, n in rows})
+        return out
+
+    def status_summary(self, *, last: int = 10, window_s: float = 600.0) -> dict[str, Any]:
+        """What ``focuswatch status`` shows: counts, backlog, rate, recent verdicts, failures."""
+        now = self.clock()
+        counts = self.counts()
+        recent_n = self._conn.execute(
+            "SELECT count(*) FROM results WHERE scored_at >= ?", (now - window_s,)
+        ).fetchone()[0]
+        verdicts = dict(
+            self._conn.execute(
+                "SELECT r.verdict, count(*) FROM results r JOIN versions v ON v.id = r.version_id"
+                " WHERE v.superseded = 0 GROUP BY r.verdict"
+            ).fetchall()
+        )
+        recent = self._conn.execute(
+            "SELECT v.path, v.section, v.row, v.col, r.score, r.verdict, r.reason, r.scored_at "
+            "FROM results r JOIN versions v ON v.id = r.version_id "
+            "ORDER BY r.id DESC LIMIT ?",
+            (max(0, last),),
+        ).fetchall()
+        failures = self._conn.execute(
+            "SELECT path, attempts, last_error, updated FROM versions "
+            "WHERE state = 'failed' AND superseded = 0 ORDER BY updated DESC LIMIT ?",
+            (max(0, last),),
+        ).fetchall()
+        executor = self.get_meta("executor")
+        heartbeat = self.get_meta("heartbeat")
+        keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at")
+        return {
+            "schema_version": self.schema_version,
+            "counts": counts,
+            "backlog": counts["seen"] + counts["ready"] + counts["scoring"],
+            "tiles_per_min": recent_n / (window_s / 60.0),
+            "verdicts": {str(k): int(n) for k, n in verdicts.items()},
+            "recent": [dict(zip(keys, r, strict=True)) for r in recent],
+            "failures": [
+                {"path": p, "attempts": a, "reason": e, "at": t} for p, a, e, t in failures
+            ],
+            "executor": None if executor is None else executor[0],
+            "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
+        }
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (``executescript`` would commit)."""
+    parts: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            parts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        parts.append(buf.strip())
+    return parts

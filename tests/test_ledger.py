@@ -1,0 +1,260 @@
+"""The ledger: real SQLite in WAL mode, one result per version, context queries."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from focuswatch import ledger as ledger_mod
+from focuswatch.errors import StateError
+from focuswatch.ledger import MIGRATIONS, Ledger, section_index
+from focuswatch.verdict import Verdict, VerdictKind
+
+IN = Verdict(VerdictKind.IN_FOCUS, "sharp")
+OUT = Verdict(VerdictKind.OUT_OF_FOCUS, "blurred", baseline=100.0, defocus_um=3.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@dataclass
+class Meta:
+    stage_x_um: float = 10.0
+    stage_y_um: float = 20.0
+    pixel_size_um: float = 0.004
+
+
+@dataclass
+class Score:
+    score: float
+    patch_scores: list[list[float]] | None = None
+    content: float = 0.5
+    backend: str = "numpy"
+    shape: tuple[int, int] = (64, 64)
+    read_ms: float = 1.0
+    score_ms: float = 2.0
+    meta: Any = None
+
+
+@pytest.fixture
+def led(tmp_path: Path) -> Ledger:
+    return Ledger.open(tmp_path / "state", clock=Clock())
+
+
+def add(led: Ledger, path: str, *, size: int = 1, mtime: int = 1, **kw: Any) -> int:
+    vid, _ = led.add_version(path, size=size, mtime_ns=mtime, tile_name=Path(path).name, **kw)
+    return vid
+
+
+def test_open_creates_wal_database_at_schema_version(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path / "s")
+    assert (tmp_path / "s" / "focuswatch.db").is_file()
+    assert led.schema_version == len(MIGRATIONS)
+    mode = led.connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    led.close()
+    # Re-opening does not re-run migrations (they would fail on existing tables).
+    assert Ledger.open(tmp_path / "s").schema_version == len(MIGRATIONS)
+
+
+def test_appended_migration_is_applied_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Ledger.open(tmp_path).close()
+    extra = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);"]
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", extra)
+    led = Ledger.open(tmp_path)
+    assert led.schema_version == len(extra)
+    led.connection.execute("INSERT INTO extra VALUES (1)")
+
+
+def test_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    Ledger.open(tmp_path).connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    with pytest.raises(StateError, match="newer than this"):
+        Ledger.open(tmp_path)
+
+
+def test_unwritable_state_folder_is_a_state_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match="cannot"):
+        Ledger.open(blocker / "state")
+
+
+def test_readonly_open_of_missing_ledger_says_so(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="no ledger"):
+        Ledger.open(tmp_path, readonly=True)
+
+
+def test_readonly_reader_sees_writes_and_cannot_write(led: Ledger, tmp_path: Path) -> None:
+    add(led, "/w/a.tif")
+    ro = Ledger.open(tmp_path / "state", readonly=True)
+    assert ro.counts()["ready"] == 1
+    add(led, "/w/b.tif")
+    assert ro.counts()["ready"] == 2
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.connection.execute("DELETE FROM versions")
+
+
+def test_same_version_twice_is_one_row(led: Ledger) -> None:
+    a, created_a = led.add_version("/w/t.tif", size=5, mtime_ns=9, tile_name="t.tif")
+    b, created_b = led.add_version("/w/t.tif", size=5, mtime_ns=9, tile_name="t.tif")
+    assert (created_a, created_b) == (True, False)
+    assert a == b
+    assert len(led.versions("/w/t.tif")) == 1
+
+
+def test_new_version_of_same_path_supersedes_the_old(led: Ledger) -> None:
+    old = add(led, "/w/t.tif", mtime=1)
+    new = add(led, "/w/t.tif", mtime=2)
+    assert led.get(old).superseded
+    assert not led.get(new).superseded
+    claimed = led.claim_ready(10)
+    assert [v.id for v in claimed] == [new]
+
+
+def test_claim_release_and_attempts(led: Ledger) -> None:
+    vids = [add(led, f"/w/{i}.tif") for i in range(5)]
+    first = led.claim_ready(3)
+    assert [v.id for v in first] == vids[:3]
+    assert all(v.state == "scoring" and v.attempts == 1 for v in first)
+    assert led.get(vids[0]).state == "scoring"
+    led.release(vids[0], error="worker died", undo_attempt=False)
+    led.release(vids[1], undo_attempt=True)
+    assert led.get(vids[0]).state == "ready"
+    assert led.get(vids[0]).attempts == 1
+    assert led.get(vids[0]).last_error == "worker died"
+    assert led.get(vids[1]).attempts == 0
+    assert led.claim_ready(0) == []
+
+
+def test_exactly_one_result_per_version(led: Ledger) -> None:
+    vid = add(led, "/w/a.tif")
+    led.claim_ready(1)
+    assert led.record_result(vid, verdict=IN, score=Score(10.0, meta=Meta()), worker="w1")
+    assert not led.record_result(vid, verdict=OUT, score=Score(99.0), worker="w2")
+    r = led.result(vid)
+    assert r is not None
+    assert (r["score"], r["verdict"], r["worker"]) == (10.0, "in_focus", "w1")
+    v = led.get(vid)
+    assert (v.state, v.stage_x_um, v.pixel_size_um) == ("scored", 10.0, 0.004)
+    count = led.connection.execute("SELECT count(*) FROM results").fetchone()[0]
+    assert count == 1
+
+
+def test_unreadable_result_marks_version_failed_with_reason(led: Ledger) -> None:
+    vid = add(led, "/w/bad.tif")
+    led.record_result(vid, verdict=Verdict(VerdictKind.UNREADABLE, "not a TIFF"))
+    v = led.get(vid)
+    assert (v.state, v.last_error) == ("failed", "not a TIFF")
+    rec = led.verdict_record(vid)
+    assert rec.verdict.kind is VerdictKind.UNREADABLE
+    assert rec.score is None
+
+
+def test_record_verdict_replaces_and_needs_a_result(led: Ledger) -> None:
+    vid = add(led, "/w/a.tif", section="S_001", row=1, col=2)
+    with pytest.raises(KeyError):
+        led.record_verdict(vid, OUT)
+    led.record_result(vid, verdict=IN, score=Score(5.0))
+    led.record_verdict(vid, OUT)
+    rec = led.verdict_record(vid)
+    assert rec.verdict == OUT
+    assert (rec.section, rec.row, rec.col, rec.score) == ("S_001", 1, 2, 5.0)
+
+
+def test_recover_returns_scoring_versions_to_ready(led: Ledger) -> None:
+    a = add(led, "/w/a.tif")
+    b = add(led, "/w/b.tif")
+    led.claim_ready(2)
+    led.record_result(b, verdict=IN, score=Score(1.0))
+    assert led.recover() == 1
+    assert led.get(a).state == "ready"
+    assert led.get(b).state == "scored"
+
+
+def test_section_index_takes_first_number() -> None:
+    assert section_index("S_012_1752450056") == 12
+    assert section_index("001_S3R1") == 1
+    assert section_index("alpha") is None
+    assert section_index(None) is None
+
+
+def _scored(led: Ledger, section: str, score: float, verdict: Verdict = IN, **kw: Any) -> int:
+    vid = add(led, f"/w/{section}/t_{score}.tif", section=section, **kw)
+    led.record_result(vid, verdict=verdict, score=Score(score))
+    return vid
+
+
+def test_history_scores_most_recent_section_first_filtered(led: Ledger) -> None:
+    for i, s in enumerate([10.0, 20.0, 30.0, 40.0]):
+        _scored(led, f"S_{i:03d}", s, row=1, col=1)
+    _scored(led, "S_002", 999.0, verdict=OUT, row=1, col=1)  # not trusted as context
+    _scored(led, "S_001", 777.0, row=2, col=1)  # another position
+    got = led.history_scores(1, 1, before_section_index=3, limit=5)
+    assert got == [30.0, 20.0, 10.0]
+    assert led.history_scores(1, 1, before_section_index=3, limit=2) == [30.0, 20.0]
+    assert led.history_scores(1, 1, before_section_index=0, limit=5) == []
+
+
+def test_history_takes_one_score_per_section_the_latest(led: Ledger) -> None:
+    _scored(led, "S_001", 10.0, row=0, col=0)
+    _scored(led, "S_001", 12.0, row=0, col=0)  # retake with a new suffix
+    assert led.history_scores(0, 0, before_section_index=2, limit=5) == [12.0]
+
+
+def test_history_ignores_superseded_versions(led: Ledger) -> None:
+    vid, _ = led.add_version(
+        "/w/S_001/t.tif", size=1, mtime_ns=1, tile_name="t", section="S_001", row=0, col=0
+    )
+    led.record_result(vid, verdict=IN, score=Score(10.0))
+    led.add_version(
+        "/w/S_001/t.tif", size=1, mtime_ns=2, tile_name="t", section="S_001", row=0, col=0
+    )
+    assert led.history_scores(0, 0, before_section_index=5, limit=5) == []
+
+
+def test_section_scores_excludes_the_tile_itself(led: Ledger) -> None:
+    a = _scored(led, "S_005", 1.0, row=0, col=0)
+    _scored(led, "S_005", 2.0, row=0, col=1)
+    _scored(led, "S_005", 3.0, verdict=Verdict(VerdictKind.EMPTY, "blank"), row=0, col=2)
+    _scored(led, "S_006", 4.0, row=0, col=0)
+    assert led.section_scores("S_005", exclude_version=a) == [2.0]
+    assert led.section_scores("S_005") == [1.0, 2.0]
+
+
+def test_status_summary_counts_backlog_and_recent(led: Ledger) -> None:
+    ok = _scored(led, "S_001", 5.0)
+    bad = add(led, "/w/bad.tif")
+    led.record_result(bad, verdict=Verdict(VerdictKind.UNREADABLE, "truncated"))
+    add(led, "/w/waiting.tif")
+    led.set_meta("executor", {"backend": "local", "workers": 1})
+    s = led.status_summary(last=5)
+    assert s["counts"]["scored"] == 1
+    assert s["counts"]["failed"] == 1
+    assert s["backlog"] == 1
+    assert s["executor"] == {"backend": "local", "workers": 1}
+    assert [r["verdict"] for r in s["recent"]] == ["unreadable", "in_focus"]
+    assert s["failures"][0]["reason"] == "truncated"
+    assert s["tiles_per_min"] > 0
+    assert led.undelivered() == [ok, bad]
+    led.mark_delivered(ok)
+    assert led.undelivered() == [bad]
+
+
+def test_set_state_rejects_unknown_state(led: Ledger) -> None:
+    vid = add(led, "/w/a.tif")
+    with pytest.raises(ValueError, match="state must be one of"):
+        led.set_state(vid, "done")
+    with pytest.raises(ValueError, match="starts as"):
+        led.add_version("/w/x.tif", size=1, mtime_ns=1, tile_name="x", state="scored")
