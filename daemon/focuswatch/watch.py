@@ -1,0 +1,305 @@
+"""Noticing tiles: which files count, how the folder is watched, and when a file is complete.
+
+- ``Matcher``: include/exclude patterns on the file name; hidden folders are skipped.
+- ``choose_observer``: inotify on local disks, polling on network shares (inotify sees
+  nothing that another host writes to an SMB/NFS share), from ``/proc/mounts``.
+- ``Watcher``: a real watchdog observer whose handler only puts ``Change``s on a queue
+  (watchdog's dispatch thread is shared; nothing slow runs there).
+- ``Readiness``: pending paths become ready on close-write, or once size and mtime have
+  been stable for ``quiet_s``; still changing after ``incomplete_timeout_s`` is reported
+  as incomplete. Pure apart from the injected ``stat`` and clock.
+- ``scan``: the recursive walk used at start-up and for reconciliation.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NETWORK_FSTYPES",
+    "Change",
+    "Matcher",
+    "Readiness",
+    "Settled",
+    "Watcher",
+    "choose_observer",
+    "fstype_of",
+    "scan",
+]
+
+# Filesystems where inotify misses writes made by other hosts (or by the FUSE daemon).
+NETWORK_FSTYPES = frozenset(
+    {
+        "cifs",
+        "smb3",
+        "smbfs",
+        "nfs",
+        "nfs4",
+        "fuse.sshfs",
+        "sshfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "davfs",
+        "virtiofs",
+        "ncpfs",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something happened at ``path``: a file (maybe closed after writing) or a folder."""
+
+    path: str
+    closed: bool = False
+    is_dir: bool = False
+
+
+class Matcher:
+    """Which files are tiles: name matches an include pattern and no exclude pattern."""
+
+    def __init__(self, *, include: Iterable[str], exclude: Iterable[str]) -> None:
+        self.include = list(include)
+        self.exclude = list(exclude)
+        if not self.include:
+            raise ValueError("include must name at least one pattern, e.g. '*.tif'")
+
+    def matches(self, path: str | Path) -> bool:
+        name = os.path.basename(os.fspath(path))
+        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    def skip_dir(self, name: str) -> bool:
+        """Hidden folders (``.Trash``, ``.snapshot``) are never descended into."""
+        return name.startswith(".")
+
+    def under_hidden_dir(self, path: str, root: str) -> bool:
+        rel = os.path.relpath(path, root)
+        parts = rel.split(os.sep)[:-1]
+        return any(self.skip_dir(p) for p in parts)
+
+
+def _unescape_mount(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal (\040 ...).
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def fstype_of(path: str | Path, *, mounts: str | None = None) -> str | None:
+    """The filesystem type of the mount holding ``path`` (longest mount-point prefix)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > best[0]):
+            best = (len(point), fields[2])
+    return None if best is None else best[1]
+
+
+def choose_observer(
+    path: str | Path, requested: str = "auto", *, mounts: str | None = None
+) -> tuple[str, str]:
+    """``(observer, why)``: 'inotify' or 'polling' for ``watch.observer`` = auto/inotify/polling."""
+    if requested not in ("auto", "inotify", "polling"):
+        raise ValueError(f"observer must be 'auto', 'inotify' or 'polling', not {requested!r}")
+    if requested != "auto":
+        return requested, "set in the configuration"
+    fstype = fstype_of(path, mounts=mounts)
+    if fstype is None:
+        return "polling", "filesystem type unknown"
+    if fstype in NETWORK_FSTYPES or (fstype.startswith("fuse.") and fstype != "fuse.portal"):
+        return "polling", f"{fstype} is a network/FUSE filesystem (inotify misses remote writes)"
+    return "inotify", f"{fstype} is local"
+
+
+def scan(root: str | Path, matcher: Matcher) -> Iterator[str]:
+    """Every matching file under ``root``; symlinked folders are not followed (no loops)."""
+
+    def onerror(exc: OSError) -> None:  # an unreadable folder is skipped, not fatal
+        return None
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not matcher.skip_dir(d))
+        for name in sorted(filenames):
+            if matcher.matches(name):
+                yield os.path.join(dirpath, name)
+
+
+class _Handler:
+    """watchdog handler: turns events into ``Change``s on a queue, nothing else."""
+
+    def __init__(self, out: queue.Queue[Change]) -> None:
+        self.out = out
+
+    def dispatch(self, event: Any) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write", "deleted"):
+            return
+        path = os.fsdecode(event.dest_path if kind == "moved" else event.src_path)
+        if not path:
+            return
+        self.out.put(Change(path, closed=kind == "closed", is_dir=bool(event.is_directory)))
+
+
+class Watcher:
+    """A running watchdog observer on ``root`` feeding ``Change``s into ``changes``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        changes: queue.Queue[Change],
+        *,
+        observer: str,
+        poll_interval_s: float = 2.0,
+    ) -> None:
+        if observer == "inotify":
+            from watchdog.observers.inotify import InotifyObserver
+
+            self._observer: Any = InotifyObserver()
+        elif observer == "polling":
+            from watchdog.observers.polling import PollingObserver
+
+            self._observer = PollingObserver(timeout=poll_interval_s)
+        else:
+            raise ValueError(f"observer must be 'inotify' or 'polling', not {observer!r}")
+        self.kind = observer
+        self._observer.schedule(_Handler(changes), os.fspath(root), recursive=True)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._observer.stop()
+        self._observer.join(timeout)
+
+    def is_alive(self) -> bool:
+        return bool(self._observer.is_alive())
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A pending path that needs action: ``kind`` is ready, incomplete, vanished or error."""
+
+    path: str
+    kind: str
+    size: int = -1
+    mtime_ns: int = -1
+    reason: str = ""
+
+
+@dataclass
+class _Pending:
+    first_seen: float
+    last_change: float
+    key: tuple[int, int] | None = None
+    closed: bool = False
+
+
+class Readiness:
+    """Decides when a written file is complete. Not thread-safe: the main loop owns it."""
+
+    def __init__(
+        self,
+        *,
+        quiet_s: float,
+        incomplete_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        stat: Callable[[str], os.stat_result] = os.stat,
+    ) -> None:
+        if quiet_s < 0 or incomplete_timeout_s <= 0:
+            raise ValueError("quiet_s must be >= 0 and incomplete_timeout_s > 0")
+        self.quiet_s = quiet_s
+        self.incomplete_timeout_s = incomplete_timeout_s
+        self._clock = clock
+        self._stat = stat
+        self._pending: dict[str, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._pending
+
+    def note(self, path: str, *, closed: bool = False) -> None:
+        """A file changed (or was closed after writing): check it on the next ``poll``."""
+        entry = self._pending.get(path)
+        if entry is None:
+            now = self._clock()
+            entry = self._pending[path] = _Pending(first_seen=now, last_change=now)
+        entry.closed = entry.closed or closed
+
+    def poll(self) -> list[Settled]:
+        """Stat every pending file; return those that are ready or need recording."""
+        now = self._clock()
+        out: list[Settled] = []
+        for path in list(self._pending):
+            entry = self._pending[path]
+            try:
+                st = self._stat(path)
+            except FileNotFoundError:
+                del self._pending[path]
+                out.append(Settled(path, "vanished", reason="file vanished before it was read"))
+                continue
+            except OSError as exc:
+                del self._pending[path]
+                out.append(Settled(path, "error", reason=_os_reason(exc)))
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            if key != entry.key:
+                entry.key = key
+                entry.last_change = now
+            if entry.closed or now - entry.last_change >= self.quiet_s:
+                del self._pending[path]
+                out.append(Settled(path, "ready", size=key[0], mtime_ns=key[1]))
+            elif now - entry.first_seen >= self.incomplete_timeout_s:
+                # Reported once per timeout period; a later change still makes it ready.
+                entry.first_seen = now
+                out.append(
+                    Settled(
+                        path,
+                        "incomplete",
+                        size=key[0],
+                        mtime_ns=key[1],
+                        reason=f"still being written after {self.incomplete_timeout_s:g} s "
+                        f"(size {key[0]} bytes)",
+                    )
+                )
+        return out
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: the path never resolves to a file"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return f"cannot stat: {exc.strerror or exc}"
