@@ -99,6 +99,66 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX results_by_time ON results (scored_at);
     """,
+    # 2: retake list (focuswatch.retakes) and durable alert outbox (focuswatch.alerts)
+    """
+    CREATE TABLE retakes (
+        id INTEGER PRIMARY KEY,
+        section TEXT NOT NULL,
+        position TEXT NOT NULL,
+        tile_name TEXT NOT NULL,
+        row INTEGER,
+        col INTEGER,
+        stage_x_um REAL,
+        stage_y_um REAL,
+        pixel_size_um REAL,
+        score REAL,
+        baseline REAL,
+        reason TEXT NOT NULL,
+        defocus_um REAL,
+        first_seen REAL NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('open', 'retaken_fixed', 'retaken_still_bad', 'dismissed')),
+        note TEXT NOT NULL DEFAULT '',
+        version_id INTEGER NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX retakes_one_active ON retakes (section, position)
+        WHERE status IN ('open', 'retaken_still_bad');
+    CREATE INDEX retakes_by_position ON retakes (section, position, version_id);
+    CREATE TABLE alert_outbox (
+        id INTEGER PRIMARY KEY,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        section TEXT,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        tile_path TEXT,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        sent REAL,
+        last_error TEXT
+    );
+    CREATE INDEX alert_outbox_due ON alert_outbox (sent, next_attempt);
+    CREATE TABLE alert_tiles (
+        version_id INTEGER PRIMARY KEY,
+        section TEXT NOT NULL,
+        position TEXT NOT NULL,
+        label TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        alert TEXT
+    );
+    CREATE INDEX alert_tiles_by_section ON alert_tiles (section, alert);
+    CREATE TABLE alert_sections (
+        section TEXT PRIMARY KEY,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        last_alert_at REAL,
+        digests INTEGER NOT NULL DEFAULT 0,
+        summarized INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 # Verdicts whose scores are trusted as context for later decisions.

@@ -1,16 +1,467 @@
-"""Placeholder: the retake list is not built yet (issue 5)."""
+"""The retake list: tiles to re-image before the wafer is unloaded.
+
+Entries live in the ledger (table ``retakes``), one active entry per tile position
+and section::
+
+    open ──► retaken_fixed        a later version at the same position came out fine
+      │  └─► retaken_still_bad ──► retaken_fixed   (still to redo until then)
+      └────► dismissed            the operator decided no retake is needed (with a note)
+
+A later version is a retake written under the same name (a new version of the path)
+or under a new name (``…_2.tif``) at the same row/col in the same section. The live
+files ``<state_dir>/retakes.csv`` and ``retakes.json`` are always regenerated from
+the ledger, written atomically (temporary file in the same folder, fsync,
+``os.replace``): a failed write (a full disk) leaves the previous good file in place,
+and a file a user deleted or damaged is rebuilt on the next tick.
+"""
 
 from __future__ import annotations
 
-from focuswatch.config import Config
-from focuswatch.errors import NotBuiltError
+import csv
+import datetime as dt
+import io
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
-__all__ = ["dismiss_main", "list_main"]
+import structlog
+
+from focuswatch.config import Config
+from focuswatch.ledger import Ledger
+from focuswatch.policy import format_score
+from focuswatch.verdict import VerdictKind, VerdictRecord
+
+__all__ = [
+    "STATUSES",
+    "RetakeEntry",
+    "RetakeSink",
+    "atomic_write",
+    "build_sink",
+    "dismiss",
+    "dismiss_main",
+    "entries",
+    "list_main",
+    "render_csv",
+    "render_json",
+    "render_text",
+]
+
+STATUSES = ("open", "retaken_fixed", "retaken_still_bad", "dismissed")
+_ACTIVE = ("open", "retaken_still_bad")
+CSV_NAME = "retakes.csv"
+JSON_NAME = "retakes.json"
+
+_log = structlog.get_logger("focuswatch.retakes")
+
+Writer = Callable[[Path, bytes], None]
+
+
+@dataclass(frozen=True)
+class RetakeEntry:
+    """One row of the retake list."""
+
+    id: int
+    section: str
+    tile_name: str
+    row: int | None
+    col: int | None
+    stage_x_um: float | None
+    stage_y_um: float | None
+    pixel_size_um: float | None
+    score: float | None
+    baseline: float | None
+    reason: str
+    defocus_um: float | None
+    first_seen: float
+    status: str
+    note: str
+    version_id: int
+    updated: float
+
+    @property
+    def still_to_do(self) -> bool:
+        return self.status in _ACTIVE
+
+
+_COLUMNS = list(RetakeEntry.__dataclass_fields__)
+
+
+def _position(record: VerdictRecord) -> str:
+    """The key that makes two versions 'the same tile': row/col, else the tile name."""
+    if record.row is not None and record.col is not None:
+        return f"r{record.row}-c{record.col}"
+    return record.tile_name
+
+
+# -- the state machine, one transaction per verdict ------------------------------------
+
+
+def apply(ledger: Ledger, record: VerdictRecord) -> bool:
+    """Update the retake list for one verdict; True if the list changed.
+
+    Idempotent (a verdict delivered twice changes nothing) and safe against
+    out-of-order delivery (an older version never overrides a newer one).
+    """
+    kind = record.verdict.kind
+    if kind not in (
+        VerdictKind.OUT_OF_FOCUS,
+        VerdictKind.PARTLY_OUT_OF_FOCUS,
+        VerdictKind.IN_FOCUS,
+    ):
+        return False  # empty and unreadable tiles neither open nor close entries
+    section = record.section or ""
+    position = _position(record)
+    now = record.at
+    v = record.verdict
+    fields = (
+        record.tile_name,
+        record.row,
+        record.col,
+        record.stage_x_um,
+        record.stage_y_um,
+        record.pixel_size_um,
+        record.score,
+        v.baseline,
+        v.reason,
+        v.defocus_um,
+    )
+    with ledger.transaction() as conn:
+        newest = conn.execute(
+            "SELECT max(version_id) FROM retakes WHERE section = ? AND position = ?",
+            (section, position),
+        ).fetchone()[0]
+        if newest is not None and newest >= record.version_id:
+            return False  # already applied, or a stale verdict of an older version
+        if _judged_later(conn, record):
+            return False  # a newer version here already has its verdict
+        active = conn.execute(
+            "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
+            (section, position, *_ACTIVE),
+        ).fetchone()
+        if kind.needs_retake:
+            if active is None:
+                conn.execute(
+                    "INSERT INTO retakes (section, position, tile_name, row, col, stage_x_um,"
+                    " stage_y_um, pixel_size_um, score, baseline, reason, defocus_um,"
+                    " first_seen, status, note, version_id, updated)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'open','',?,?)",
+                    (section, position, *fields, now, record.version_id, now),
+                )
+            else:
+                conn.execute(
+                    "UPDATE retakes SET tile_name = ?, row = ?, col = ?, stage_x_um = ?,"
+                    " stage_y_um = ?, pixel_size_um = ?, score = ?, baseline = ?, reason = ?,"
+                    " defocus_um = ?, status = 'retaken_still_bad', version_id = ?, updated = ?"
+                    " WHERE id = ?",
+                    (*fields, record.version_id, now, active[0]),
+                )
+            return True
+        if active is None:
+            return False
+        # A good retake: keep why it was needed (score, reason) and record the fix.
+        conn.execute(
+            "UPDATE retakes SET status = 'retaken_fixed', version_id = ?, updated = ?,"
+            " note = ? WHERE id = ?",
+            (
+                record.version_id,
+                now,
+                f"retaken as {record.tile_name}: score {format_score(record.score or 0.0)}",
+                active[0],
+            ),
+        )
+        return True
+
+
+def _judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
+    """Whether a later version at this tile's position already has a verdict."""
+    args: tuple[object, ...]
+    if record.row is not None and record.col is not None:
+        where, args = "v.row = ? AND v.col = ?", (record.row, record.col)
+    else:
+        where, args = "v.tile_name = ?", (record.tile_name,)
+    section_test = "v.section IS NULL" if record.section is None else "v.section = ?"
+    extra = () if record.section is None else (record.section,)
+    found = conn.execute(
+        "SELECT 1 FROM versions v JOIN results r ON r.version_id = v.id "
+        f"WHERE {where} AND {section_test} AND v.id > ? AND r.verdict IN (?, ?, ?) LIMIT 1",
+        (*args, *extra, record.version_id, "in_focus", "out_of_focus", "partly_out_of_focus"),
+    ).fetchone()
+    return found is not None
+
+
+def entries(
+    ledger: Ledger, *, section: str | None = None, only_open: bool = False
+) -> list[RetakeEntry]:
+    """The retake list from the ledger, in section and position order."""
+    where: list[str] = []
+    args: list[Any] = []
+    if section is not None:
+        where.append("section = ?")
+        args.append(section)
+    if only_open:
+        where.append("status IN (?, ?)")
+        args += list(_ACTIVE)
+    sql = f"SELECT {', '.join(_COLUMNS)} FROM retakes"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY section, row, col, tile_name, id"
+    return [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+
+
+def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
+    """A query; in a writer's transaction, whose lock keeps threads sharing it apart."""
+    if ledger.readonly:
+        return ledger.connection.execute(sql, args).fetchall()
+    with ledger.transaction() as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def dismiss(ledger: Ledger, entry_id: int, *, note: str) -> RetakeEntry:
+    """Mark an entry as not needing a retake; KeyError if there is no such entry."""
+    if not note.strip():
+        raise ValueError("a dismissal needs a note saying why")
+    with ledger.transaction() as conn:
+        cur = conn.execute(
+            "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
+            (note.strip(), ledger.clock(), entry_id),
+        )
+        if cur.rowcount == 0:
+            raise KeyError(entry_id)
+    return next(e for e in entries(ledger) if e.id == entry_id)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def render_csv(items: Sequence[RetakeEntry]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_COLUMNS)
+    for e in items:
+        d = asdict(e)
+        d["first_seen"] = _iso(e.first_seen)
+        d["updated"] = _iso(e.updated)
+        w.writerow(["" if d[k] is None else d[k] for k in _COLUMNS])
+    return buf.getvalue().encode("utf-8")
+
+
+def render_json(items: Sequence[RetakeEntry], *, generated: float) -> bytes:
+    doc = {
+        "generated": _iso(generated),
+        "open": sum(e.still_to_do for e in items),
+        "entries": [
+            asdict(e) | {"first_seen": _iso(e.first_seen), "updated": _iso(e.updated)}
+            for e in items
+        ],
+    }
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def render_text(items: Sequence[RetakeEntry]) -> str:
+    """A table the ATLAS operator can work through, still-to-do entries marked."""
+    if not items:
+        return "No tiles on the retake list."
+    head = ["ID", "SECTION", "TILE", "ROW/COL", "STAGE X/Y µm", "SCORE / BASELINE", "STATUS"]
+    rows = []
+    for e in items:
+        rc = "-" if e.row is None or e.col is None else f"r{e.row} c{e.col}"
+        stage = f"{_num(e.stage_x_um)} / {_num(e.stage_y_um)}"
+        score = "-" if e.score is None else format_score(e.score)
+        base = "-" if e.baseline is None else format_score(e.baseline)
+        status = e.status.replace("_", " ")
+        rows.append([str(e.id), e.section, e.tile_name, rc, stage, f"{score} / {base}", status])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
+    for e, r in zip(items, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        lines.append(f"    why: {e.reason}")
+        if e.note:
+            lines.append(f"    note: {e.note}")
+    todo = sum(e.still_to_do for e in items)
+    lines.append(f"{todo} of {len(items)} still to re-image.")
+    return "\n".join(lines)
+
+
+# -- atomic files ------------------------------------------------------------------------
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    f.write(data)
+
+
+def atomic_write(
+    path: Path, data: bytes, *, write: Callable[[BinaryIO, bytes], None] = _write_all
+) -> None:
+    """Replace ``path`` with ``data`` all at once, or leave it as it was.
+
+    ``write`` puts the bytes into the temporary file; tests pass one that fails the way
+    a full disk does.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _default_writer(path: Path, data: bytes) -> None:
+    atomic_write(path, data)
+
+
+class RetakeSink:
+    """Keeps the retake list in the ledger and its live files up to date."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        state_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        writer: Writer = _default_writer,
+    ) -> None:
+        self._ledger = ledger
+        self._dir = Path(state_dir)
+        self._clock = clock
+        self._writer = writer
+        self._content: dict[Path, bytes] = {}  # what each live file should contain
+        self._items: list[RetakeEntry] | None = None
+        self._dirty = True
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return self._dir / CSV_NAME, self._dir / JSON_NAME
+
+    def on_verdict(self, record: VerdictRecord) -> None:
+        if apply(self._ledger, record):
+            _log.info(
+                "retake_list_changed",
+                section=record.section,
+                tile=record.tile_name,
+                verdict=str(record.verdict.kind),
+            )
+            self._dirty = True
+            self.write_files()
+
+    def tick(self, now: float) -> None:
+        """Retry a failed write; rebuild a live file a user deleted or changed."""
+        if self._dirty or not self._files_intact():
+            self.write_files()
+
+    def close(self) -> None:
+        if self._dirty:
+            self.write_files()
+
+    def _files_intact(self) -> bool:
+        for path in self.paths:
+            expected = self._content.get(path)
+            try:
+                if expected is None or path.stat().st_size != len(expected):
+                    return False
+                if path.read_bytes() != expected:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def write_files(self) -> bool:
+        """Regenerate both live files from the ledger; False (and logged) if one failed."""
+        items = entries(self._ledger)
+        csv_path, json_path = self.paths
+        if items != self._items or not self._content:
+            # The JSON's "generated" stamp moves only when the list does.
+            self._content = {
+                csv_path: render_csv(items),
+                json_path: render_json(items, generated=self._clock()),
+            }
+            self._items = items
+        ok = True
+        for path in (csv_path, json_path):
+            try:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                self._writer(path, self._content[path])
+            except OSError as exc:
+                ok = False
+                _log.error(
+                    "retake_list_write_failed",
+                    file=str(path),
+                    error=exc.strerror or str(exc),
+                    errno=exc.errno,
+                    kept="the previous file is unchanged; retrying on the next tick",
+                )
+        self._dirty = not ok
+        return ok
+
+
+def build_sink(
+    cfg: Config, ledger: Ledger, *, clock: Callable[[], float] = time.time
+) -> RetakeSink:
+    """The retake sink the service feeds every verdict to; writes the files at once."""
+    sink = RetakeSink(ledger, cfg.state_dir, clock=clock)
+    sink.write_files()
+    return sink
+
+
+# -- command line ----------------------------------------------------------------------
 
 
 def list_main(cfg: Config, *, fmt: str, section: str | None, only_open: bool) -> int:
-    raise NotBuiltError("the retake list (issue 5)")
+    """``focuswatch retakes``: print the list (safe while the service runs)."""
+    ledger = _open(cfg, readonly=True)
+    try:
+        items = entries(ledger, section=section, only_open=only_open)
+    finally:
+        ledger.close()
+    if fmt == "csv":
+        print(render_csv(items).decode("utf-8"), end="")
+    elif fmt == "json":
+        print(render_json(items, generated=time.time()).decode("utf-8"), end="")
+    else:
+        print(render_text(items))
+    return 0
 
 
 def dismiss_main(cfg: Config, entry_id: int, *, note: str) -> int:
-    raise NotBuiltError("the retake list (issue 5)")
+    """``focuswatch retakes dismiss ID --note TEXT``; also refreshes the live files."""
+    ledger = _open(cfg, readonly=False)
+    try:
+        try:
+            entry = dismiss(ledger, entry_id, note=note)
+        except KeyError:
+            print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
+            return 1
+        RetakeSink(ledger, cfg.state_dir).write_files()
+    finally:
+        ledger.close()
+    print(f"dismissed {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
+    return 0
+
+
+def _open(cfg: Config, *, readonly: bool) -> Ledger:
+    # StateError (no ledger, or an older schema) reaches the CLI as one clear line.
+    return Ledger.open(cfg.state_dir, readonly=readonly)

@@ -1,0 +1,272 @@
+"""The retake list: entries open, close on a good retake, and the live files survive abuse."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+from structlog.testing import capture_logs
+
+from focuswatch import cli, retakes
+from focuswatch.config import Config
+from focuswatch.errors import StateError
+from focuswatch.ledger import Ledger
+from focuswatch.scoring import TileScore
+from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+
+BAD = Verdict(VerdictKind.OUT_OF_FOCUS, "score 140 is 67 % below the median (420)", 420.0, 4.1)
+GOOD = Verdict(VerdictKind.IN_FOCUS, "score 430 (median 420)", 420.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_750_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    led = Ledger.open(tmp_path / "state", clock=Clock())
+    yield led
+    led.close()
+
+
+def record(
+    ledger: Ledger,
+    verdict: Verdict,
+    *,
+    name: str = "Tile_r1-c2_S_007",
+    section: str = "S_007",
+    row: int = 1,
+    col: int = 2,
+    score: float = 140.0,
+) -> VerdictRecord:
+    """A verdict for a new tile version, recorded in the ledger as the service does."""
+    path = f"/data/{section}/{name}.tif"
+    n = len(ledger.versions(path))
+    vid, _ = ledger.add_version(
+        path, size=1000, mtime_ns=n, tile_name=name, section=section, row=row, col=col
+    )
+    shape = (64, 64)
+    tile_score = TileScore(path, score, None, 0.3, "cpu", shape, "uint8", 1.0, 1.0, None)
+    ledger.record_result(vid, verdict=verdict, score=tile_score)
+    return VerdictRecord(
+        version_id=vid,
+        path=path,
+        tile_name=name,
+        section=section,
+        row=row,
+        col=col,
+        stage_x_um=1234.5,
+        stage_y_um=-567.8,
+        pixel_size_um=0.004,
+        score=score,
+        verdict=verdict,
+        at=ledger.clock() + vid,
+    )
+
+
+def sink_for(ledger: Ledger, **kw: retakes.Writer) -> retakes.RetakeSink:
+    return retakes.RetakeSink(ledger, ledger.path.parent, clock=ledger.clock, **kw)
+
+
+def test_public_names() -> None:
+    """The module exports exactly its documented API."""
+    assert sorted(retakes.__all__) == sorted(
+        [
+            "STATUSES",
+            "RetakeEntry",
+            "RetakeSink",
+            "atomic_write",
+            "build_sink",
+            "dismiss",
+            "dismiss_main",
+            "entries",
+            "list_main",
+            "render_csv",
+            "render_json",
+            "render_text",
+        ]
+    )
+
+
+def test_bad_tile_opens_one_entry_even_if_delivered_twice(ledger: Ledger) -> None:
+    """An out-of-focus verdict opens an entry; replaying it changes nothing."""
+    sink = sink_for(ledger)
+    rec = record(ledger, BAD)
+    sink.on_verdict(rec)
+    sink.on_verdict(rec)
+    (e,) = retakes.entries(ledger)
+    assert (e.section, e.tile_name, e.row, e.col, e.status) == (
+        "S_007",
+        rec.tile_name,
+        1,
+        2,
+        "open",
+    )
+    assert (e.stage_x_um, e.stage_y_um, e.score, e.baseline, e.defocus_um) == (
+        1234.5,
+        -567.8,
+        140.0,
+        420.0,
+        4.1,
+    )
+    rows = list(csv.DictReader(io.StringIO(sink.paths[0].read_text())))
+    assert [r["tile_name"] for r in rows] == [rec.tile_name]
+    doc = json.loads(sink.paths[1].read_text())
+    assert doc["open"] == 1
+    assert doc["entries"][0]["reason"] == BAD.reason
+
+
+def test_good_retake_under_the_same_name_closes_the_entry(ledger: Ledger) -> None:
+    """A new version of the same file that comes out in focus: retaken_fixed."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    sink.on_verdict(record(ledger, GOOD, score=430))
+    (e,) = retakes.entries(ledger)
+    assert e.status == "retaken_fixed"
+    assert e.reason == BAD.reason  # why it had to be redone stays visible
+    assert retakes.entries(ledger, only_open=True) == []
+
+
+def test_retake_with_a_suffix_still_bad_then_fixed(ledger: Ledger) -> None:
+    """Tile_…_2 at the same row/col: still bad keeps it to do; the next good one fixes it."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    sink.on_verdict(record(ledger, BAD, name="Tile_r1-c2_S_007_2", score=150))
+    (e,) = retakes.entries(ledger)
+    assert (e.status, e.tile_name, e.score) == ("retaken_still_bad", "Tile_r1-c2_S_007_2", 150)
+    assert len(retakes.entries(ledger, only_open=True)) == 1
+    sink.on_verdict(record(ledger, GOOD, name="Tile_r1-c2_S_007_3", score=430))
+    (e,) = retakes.entries(ledger)
+    assert e.status == "retaken_fixed"
+
+
+def test_stale_verdict_of_an_older_version_is_ignored(ledger: Ledger) -> None:
+    """Out-of-order delivery: the bad verdict of the old version cannot reopen the entry."""
+    sink = sink_for(ledger)
+    old_bad = record(ledger, BAD)
+    new_good = record(ledger, GOOD, score=430)
+    sink.on_verdict(new_good)
+    sink.on_verdict(old_bad)
+    assert retakes.entries(ledger) == []
+
+
+def test_positions_and_sections_are_separate_entries(ledger: Ledger) -> None:
+    """Same row/col in another section, or another row/col, is another entry."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    sink.on_verdict(record(ledger, BAD, name="Tile_r1-c2_S_008", section="S_008"))
+    sink.on_verdict(record(ledger, BAD, name="Tile_r2-c2_S_007", row=2))
+    assert len(retakes.entries(ledger)) == 3
+    assert len(retakes.entries(ledger, section="S_007")) == 2
+
+
+def test_empty_and_unreadable_tiles_are_not_retakes(ledger: Ledger) -> None:
+    """Empty tiles are not alerts, and unreadable ones are retried by the service."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, Verdict(VerdictKind.EMPTY, "score 0; no tissue")))
+    sink.on_verdict(record(ledger, Verdict(VerdictKind.UNREADABLE, "truncated"), row=3))
+    assert retakes.entries(ledger) == []
+
+
+def test_deleted_or_corrupted_file_is_rebuilt_from_the_ledger(ledger: Ledger) -> None:
+    """A user deletes retakes.csv and scribbles over retakes.json: the next tick repairs both."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    good_csv, good_json = (p.read_bytes() for p in sink.paths)
+    sink.paths[0].unlink()
+    sink.paths[1].write_text("{ not json")
+    sink.tick(0.0)
+    assert sink.paths[0].read_bytes() == good_csv
+    assert sink.paths[1].read_bytes() == good_json
+
+
+def test_full_disk_keeps_the_previous_file_and_retries(ledger: Ledger) -> None:
+    """ENOSPC while writing: the old list stays, the error is logged, the next tick retries."""
+    disk_full = {"on": False}
+
+    def writer(path: Path, data: bytes) -> None:
+        def write(f: BinaryIO, chunk: bytes) -> None:
+            if disk_full["on"]:
+                f.write(chunk[: len(chunk) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write(chunk)
+
+        retakes.atomic_write(path, data, write=write)
+
+    sink = sink_for(ledger, writer=writer)
+    sink.on_verdict(record(ledger, BAD))
+    before = [p.read_bytes() for p in sink.paths]
+    disk_full["on"] = True
+    with capture_logs() as logs:
+        sink.on_verdict(record(ledger, BAD, name="Tile_r2-c2_S_007", row=2))
+    assert [p.read_bytes() for p in sink.paths] == before
+    failures = [e for e in logs if e["event"] == "retake_list_write_failed"]
+    assert len(failures) == 2
+    assert {f["errno"] for f in failures} == {errno.ENOSPC}
+    leftovers = [p.name for p in sink.paths[0].parent.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    disk_full["on"] = False
+    sink.tick(0.0)
+    assert len(json.loads(sink.paths[1].read_text())["entries"]) == 2
+
+
+def test_cli_lists_filters_and_dismisses(
+    tmp_path: Path, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`focuswatch retakes` prints the list; `dismiss ID --note` closes an entry."""
+    state = str(ledger.path.parent)
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    sink.on_verdict(record(ledger, BAD, name="Tile_r1-c1_S_008", section="S_008", col=1))
+
+    assert cli.main(["retakes", "--state", state]) == 0
+    text = capsys.readouterr().out
+    assert "Tile_r1-c2_S_007" in text
+    assert "1234.5 / -567.8" in text
+    assert "140 / 420" in text
+    assert "2 of 2 still to re-image." in text
+
+    assert cli.main(["retakes", "--state", state, "--format", "csv", "--section", "S_008"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["tile_name"] for r in rows] == ["Tile_r1-c1_S_008"]
+
+    first = retakes.entries(ledger, section="S_007")[0].id
+    assert cli.main(["retakes", "dismiss", str(first), "--note", "dust", "--state", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["retakes", "--state", state, "--format", "json", "--open"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [e["tile_name"] for e in doc["entries"]] == ["Tile_r1-c1_S_008"]
+    live = json.loads(sink.paths[1].read_text())  # the dismissal refreshed the live file
+    assert {e["status"] for e in live["entries"]} == {"open", "dismissed"}
+
+    assert cli.main(["retakes", "dismiss", "999", "--note", "x", "--state", state]) == 1
+    assert "no retake entry with id 999" in capsys.readouterr().err
+
+
+def test_listing_without_a_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    """No service has run with this --state: a StateError, not a traceback or an empty list."""
+    cfg = Config(state_dir=tmp_path / "nothing")
+    with pytest.raises(StateError, match="no ledger"):
+        retakes.list_main(cfg, fmt="text", section=None, only_open=False)
+
+
+def test_build_sink_writes_the_files_at_start(tmp_path: Path) -> None:
+    """Starting the service regenerates the live files from the ledger."""
+    cfg = Config(state_dir=tmp_path / "state")
+    led = Ledger.open(cfg.state_dir)
+    try:
+        retakes.build_sink(cfg, led, clock=Clock()).close()
+    finally:
+        led.close()
+    assert (cfg.state_dir / "retakes.csv").read_text().startswith("id,section,tile_name")
+    assert json.loads((cfg.state_dir / "retakes.json").read_text())["entries"] == []
