@@ -1,0 +1,311 @@
+"""Scoring in worker processes on this machine: the local ``Executor``.
+
+Each worker is a separate process (``spawn`` by default, never threads), so a tile
+that crashes its worker (segfault, SIGKILL, ``os._exit``) or hangs it cannot take
+the service down. The parent talks to each worker over its own pipe and knows which
+job each one runs, so a death or a timeout is pinned on the right tile:
+
+* worker died → a *retryable* ``Outcome`` naming the exit code or signal, and a
+  fresh worker takes the slot;
+* a job running past ``tile_timeout_s`` → the worker is killed and replaced, and
+  the job gets a retryable ``Outcome`` saying so.
+
+The service decides whether to retry (``scoring.max_attempts``). The scoring
+function is injected as a picklable top-level function (``ScoreFn``: path and
+settings in, ``TileScore`` out; ``TileError`` for a bad tile), which is how tests
+make a tile crash or hang a worker without touching production code.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from focuswatch.errors import TileError
+from focuswatch.executor import Job, Outcome
+from focuswatch.scoring import ScoreSettings, TileScore, score_path
+
+__all__ = ["LocalExecutor", "ScoreFn", "describe_exit"]
+
+ScoreFn = Callable[[str, ScoreSettings], TileScore]
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """A worker's exit status as a person reads it ('killed by SIGKILL', 'exit code 3')."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _worker_main(
+    conn: multiprocessing.connection.Connection,
+    score_fn: ScoreFn,
+    name: str,
+    env: dict[str, str],
+) -> None:
+    """Worker process: score jobs from the pipe until told to stop (None) or orphaned."""
+    os.environ.update(env)
+    # Ctrl-C goes to the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        try:
+            out = Outcome(job.version_id, score_fn(job.path, job.settings), worker=name)
+        except TileError as exc:
+            out = Outcome(job.version_id, None, error=exc.reason, worker=name)
+        except MemoryError:
+            out = Outcome(job.version_id, None, error="out of memory while scoring", worker=name)
+        except Exception as exc:  # any failure of one tile is that tile's result
+            out = Outcome(job.version_id, None, error=f"{type(exc).__name__}: {exc}", worker=name)
+        try:
+            conn.send(out)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # e.g. an unpicklable result from a custom score_fn
+            conn.send(Outcome(job.version_id, None, error=f"result not sendable: {exc}"))
+
+
+@dataclass
+class _Slot:
+    name: str
+    env: dict[str, str]
+    proc: Any = None
+    conn: multiprocessing.connection.Connection | None = None
+    job: Job | None = None
+    started: float = 0.0
+
+
+class LocalExecutor:
+    """Runs jobs in ``workers`` processes; implements ``focuswatch.executor.Executor``.
+
+    ``queue_size`` bounds jobs waiting for a free worker (``submit`` blocks, still
+    collecting outcomes, when it is full). ``devices`` pins worker *i* to GPU
+    ``devices[i % len(devices)]`` through ``CUDA_VISIBLE_DEVICES`` (one worker per GPU).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        tile_timeout_s: float = 300.0,
+        queue_size: int = 64,
+        score_fn: ScoreFn = score_path,
+        start_method: str = "spawn",
+        devices: Sequence[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if tile_timeout_s <= 0:
+            raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError("start_method must be 'spawn' or 'forkserver' (fork is unsafe)")
+        self._ctx: Any = multiprocessing.get_context(start_method)
+        self._score_fn = score_fn
+        self._timeout = tile_timeout_s
+        self._queue_size = queue_size
+        self._clock = clock
+        self._pending: collections.deque[Job] = collections.deque()
+        self._ready: collections.deque[Outcome] = collections.deque()
+        self._done_times: collections.deque[float] = collections.deque(maxlen=256)
+        self.restarts = 0
+        self.completed = 0
+        self._closed = False
+        self._slots = []
+        for i in range(workers):
+            env = {}
+            if devices:
+                env["CUDA_VISIBLE_DEVICES"] = str(devices[i % len(devices)])
+            self._slots.append(_Slot(name=f"local-{i}", env=env))
+        for slot in self._slots:
+            self._start(slot)
+
+    # -- worker lifecycle --------------------------------------------------------------
+
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(child, self._score_fn, slot.name, slot.env),
+            name=f"focuswatch-{slot.name}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        slot.proc, slot.conn, slot.job = proc, parent, None
+
+    def _replace(self, slot: _Slot) -> None:
+        if slot.proc is not None and slot.proc.is_alive():
+            slot.proc.kill()
+        if slot.proc is not None:
+            slot.proc.join(5.0)
+            slot.proc.close()
+        if slot.conn is not None:
+            slot.conn.close()
+        self.restarts += 1
+        self._start(slot)
+
+    def _finish(self, slot: _Slot, outcome: Outcome) -> None:
+        slot.job = None
+        self._ready.append(outcome)
+        self.completed += 1
+        self._done_times.append(self._clock())
+
+    # -- the Executor protocol ---------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise RuntimeError("executor is closed")
+        while len(self._pending) >= self._queue_size:
+            self._pump(0.1)
+        self._pending.append(job)
+        self._dispatch()
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        if not self._ready:
+            self._pump(timeout)
+        while self._ready:
+            yield self._ready.popleft()
+
+    def in_flight(self) -> int:
+        busy = sum(1 for s in self._slots if s.job is not None)
+        return len(self._pending) + busy + len(self._ready)
+
+    def describe(self) -> dict[str, Any]:
+        rate = 0.0
+        if len(self._done_times) >= 2:
+            span = self._done_times[-1] - self._done_times[0]
+            rate = (len(self._done_times) - 1) / span if span > 0 else 0.0
+        return {
+            "backend": "local",
+            "workers": len(self._slots),
+            "start_method": self._ctx.get_start_method(),
+            "completed": self.completed,
+            "worker_restarts": self.restarts,
+            "tiles_per_s": round(rate, 3),
+            "in_flight": self.in_flight(),
+        }
+
+    def close(self) -> None:
+        """Stop the workers; jobs still running or waiting are dropped (the ledger keeps them)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        for slot in self._slots:
+            if slot.conn is not None and slot.job is None:
+                with contextlib.suppress(OSError):
+                    slot.conn.send(None)
+        deadline = time.monotonic() + 5.0
+        for slot in self._slots:
+            if slot.proc is None:
+                continue
+            if slot.job is not None:
+                slot.proc.kill()  # mid-tile: its result would be discarded anyway
+            slot.proc.join(max(0.0, deadline - time.monotonic()))
+            if slot.proc.is_alive():
+                slot.proc.kill()
+                slot.proc.join(5.0)
+            slot.proc.close()
+            if slot.conn is not None:
+                slot.conn.close()
+            slot.proc = slot.conn = slot.job = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            if not self._pending:
+                return
+            if slot.job is None and slot.conn is not None:
+                job = self._pending.popleft()
+                try:
+                    slot.conn.send(job)
+                except OSError:  # the idle worker died: replace it and try again later
+                    self._pending.appendleft(job)
+                    self._replace(slot)
+                    continue
+                slot.job, slot.started = job, self._clock()
+
+    def _pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for results, deaths or timeouts; then refill workers."""
+        self._dispatch()
+        busy = [s for s in self._slots if s.job is not None]
+        if busy:
+            now = self._clock()
+            nearest = min(s.started + self._timeout for s in busy) - now
+            wait_s = max(0.0, min(timeout, nearest))
+            handles: list[Any] = []
+            for s in busy:
+                handles += [s.conn, s.proc.sentinel]
+            multiprocessing.connection.wait(handles, wait_s)
+            for slot in busy:
+                self._check(slot)
+        elif timeout > 0 and not self._pending:
+            time.sleep(min(timeout, 0.05))  # nothing to wait on; keep the caller's loop calm
+        self._dispatch()
+
+    def _check(self, slot: _Slot) -> None:
+        job = slot.job
+        if job is None or slot.conn is None:
+            return
+        try:
+            if slot.conn.poll():
+                self._finish(slot, slot.conn.recv())
+                return
+        except (EOFError, OSError):
+            pass  # the pipe broke: the worker is gone, handled below
+        if not slot.proc.is_alive():
+            slot.proc.join(1.0)
+            why = describe_exit(slot.proc.exitcode)
+            self._finish(
+                slot,
+                Outcome(
+                    job.version_id,
+                    None,
+                    error=f"worker process died while scoring ({why})",
+                    retryable=True,
+                    worker=slot.name,
+                ),
+            )
+            self._replace(slot)
+            return
+        if self._clock() - slot.started >= self._timeout:
+            self._finish(
+                slot,
+                Outcome(
+                    job.version_id,
+                    None,
+                    error=f"scoring took longer than {self._timeout:g} s "
+                    "(scoring.tile_timeout_s); worker killed",
+                    retryable=True,
+                    worker=slot.name,
+                ),
+            )
+            self._replace(slot)

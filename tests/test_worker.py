@@ -1,0 +1,100 @@
+"""The local executor: real worker processes; crashes and hangs are pinned on their tile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from focuswatch.executor import Job, Outcome
+from focuswatch.scoring import ScoreSettings
+from focuswatch.worker import LocalExecutor, describe_exit
+from pipeline_jobs import fake_score
+
+SETTINGS = ScoreSettings()
+
+
+def collect(ex: LocalExecutor, n: int, *, deadline_turns: int = 400) -> dict[int, Outcome]:
+    got: dict[int, Outcome] = {}
+    for _ in range(deadline_turns):
+        for o in ex.outcomes(0.1):
+            assert o.version_id not in got, "one outcome per job"
+            got[o.version_id] = o
+        if len(got) >= n:
+            return got
+    raise AssertionError(f"only {len(got)} of {n} outcomes arrived")
+
+
+@pytest.fixture(scope="module")
+def ex() -> Iterator[LocalExecutor]:
+    with LocalExecutor(workers=2, tile_timeout_s=2.0, queue_size=4, score_fn=fake_score) as e:
+        yield e
+
+
+def tile(tmp_path: Path, name: str) -> str:
+    p = tmp_path / name
+    p.write_bytes(b"abc")
+    return str(p)
+
+
+def test_jobs_run_and_each_yields_one_outcome(ex: LocalExecutor, tmp_path: Path) -> None:
+    for i in range(10):  # more than queue_size: submit blocks and keeps collecting
+        ex.submit(Job(i, tile(tmp_path, f"t{i}.tif"), SETTINGS))
+    got = collect(ex, 10)
+    assert all(o.result is not None and o.error is None for o in got.values())
+    assert {o.worker for o in got.values()} <= {"local-0", "local-1"}
+    assert ex.in_flight() == 0
+
+
+def test_crashing_tile_is_retryable_and_service_keeps_going(
+    ex: LocalExecutor, tmp_path: Path
+) -> None:
+    restarts = ex.restarts
+    ex.submit(Job(100, tile(tmp_path, "a_CRASH.tif"), SETTINGS))
+    ex.submit(Job(101, tile(tmp_path, "b_SEGV.tif"), SETTINGS))
+    ex.submit(Job(102, tile(tmp_path, "c_EXIT.tif"), SETTINGS))
+    ex.submit(Job(103, tile(tmp_path, "fine.tif"), SETTINGS))
+    got = collect(ex, 4)
+    assert got[100].retryable
+    assert "SIGKILL" in (got[100].error or "")
+    assert got[101].retryable
+    assert "SIGSEGV" in (got[101].error or "")
+    assert got[102].retryable
+    assert "exit code 3" in (got[102].error or "")
+    assert got[103].result is not None
+    assert ex.restarts == restarts + 3
+
+
+def test_hanging_tile_is_killed_after_the_time_limit(ex: LocalExecutor, tmp_path: Path) -> None:
+    ex.submit(Job(200, tile(tmp_path, "HANG.tif"), SETTINGS))
+    ex.submit(Job(201, tile(tmp_path, "ok.tif"), SETTINGS))
+    got = collect(ex, 2)
+    assert got[200].retryable
+    assert "longer than 2 s" in (got[200].error or "")
+    assert got[201].result is not None
+
+
+def test_bad_tile_is_a_final_error_not_a_retry(ex: LocalExecutor, tmp_path: Path) -> None:
+    ex.submit(Job(300, tile(tmp_path, "BAD.tif"), SETTINGS))
+    ex.submit(Job(301, str(tmp_path / "missing.tif"), SETTINGS))
+    got = collect(ex, 2)
+    assert (got[300].error, got[300].retryable) == ("not a TIFF file", False)
+    assert got[301].error
+    assert not got[301].retryable
+    d = ex.describe()
+    assert d["backend"] == "local"
+    assert d["workers"] == 2
+
+
+def test_describe_exit_names_signals() -> None:
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(2) == "exit code 2"
+    assert describe_exit(None) == "still running"
+
+
+def test_bad_parameters_are_rejected() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        LocalExecutor(workers=0)
+    with pytest.raises(ValueError, match="fork is unsafe"):
+        LocalExecutor(start_method="fork")
