@@ -1,17 +1,38 @@
 """Score tiles from files: reading (``focuswatch.tiles``) plus the pure core (``focuswatch.score``).
 
-Placeholder: the contract is fixed here, the body is not built yet (issue 3).
+``score_path`` is what worker processes and Dask tasks run: plain, picklable data
+in (a path and ``ScoreSettings``) and out (``TileScore``). Anything wrong with the
+tile (unreadable, corrupt, constant, NaN, too small) is a ``TileError`` whose
+reason an operator can read; a missing GPU is a ``BackendError``.
+
+Memory guard: a tile whose decoded pixels would exceed ``memory_limit_mb`` is
+never loaded whole; it is scored patch by patch through ``TileReader.read_region``
+(resolution ``patches``, whatever was asked, because a whole-tile score needs the
+whole tile).
+
+``main`` is ``focuswatch score``: one line (or one JSON object) per file, one clear
+error line per unreadable file, exit status 1 if any file failed.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from focuswatch.errors import NotBuiltError
+import numpy as np
 
-__all__ = ["ScoreSettings", "TileScore", "main", "score_path"]
+from focuswatch import tiles
+from focuswatch.backend import Backend, get_backend
+from focuswatch.errors import TileError
+from focuswatch.score import ScoreResult, check_options, score_image, score_patches
+from focuswatch.score._dtypes import float_dtype
+
+__all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +57,272 @@ class TileScore:
     read_ms: float
     score_ms: float
     meta: Any  # focuswatch.tiles.TileMeta
+    #: What was actually computed (``patches`` when the memory guard stepped in).
+    resolution: str = "patches"
+    criterion: str = "mhfd"
+    mode: str = "default"
+    #: Per-patch ``content`` (same grid as ``patch_scores``), for telling resin from tissue.
+    patch_content: list[list[float]] | None = None
+    #: Estimated noise standard deviation, as a fraction of the stretched range.
+    noise: float = float("nan")
+
+
+@functools.lru_cache(maxsize=4)
+def _backend(name: str) -> Backend:
+    """One backend per process and name: probed (and a fallback logged) once."""
+    return get_backend(name)
+
+
+def _grid(a: np.ndarray[Any, Any] | None) -> list[list[float]] | None:
+    return None if a is None else [[float(v) for v in row] for row in a]
+
+
+def _tile_score(
+    result: ScoreResult,
+    *,
+    path: str,
+    backend: Backend,
+    dtype: str,
+    read_ms: float,
+    score_ms: float,
+    meta: Any,
+) -> TileScore:
+    return TileScore(
+        path=path,
+        score=result.score,
+        patch_scores=_grid(result.patch_scores),
+        content=result.content,
+        backend=backend.name,
+        shape=result.shape,
+        dtype=dtype,
+        read_ms=read_ms,
+        score_ms=score_ms,
+        meta=meta,
+        resolution=result.resolution,
+        criterion=result.criterion,
+        mode=result.mode,
+        patch_content=_grid(result.patch_content),
+        noise=result.noise,
+    )
+
+
+def _reason(exc: ValueError) -> str:
+    """The operator's reason for a core ``ValueError``."""
+    msg = str(exc)
+    if msg.startswith("constant image"):
+        return "constant image (no signal)"
+    return msg
+
+
+def _check_settings(settings: ScoreSettings) -> None:
+    """Bad settings are the caller's fault, not the tile's: ValueError before any reading."""
+    check_options(
+        criterion=settings.criterion,
+        mode=settings.mode,
+        resolution=settings.resolution,
+        patch_size=settings.patch_size,
+    )
+    if settings.memory_limit_mb < 1:
+        raise ValueError(f"memory_limit_mb must be >= 1, got {settings.memory_limit_mb}")
+
+
+def score_array(image: Any, *, name: str, settings: ScoreSettings, meta: Any = None) -> TileScore:
+    """Score an in-memory image as if it had been read from ``name``."""
+    _check_settings(settings)
+    backend = _backend(settings.backend)
+    t0 = time.perf_counter()
+    try:
+        result = score_image(
+            image,
+            backend=backend,
+            criterion=settings.criterion,
+            mode=settings.mode,
+            resolution=settings.resolution,
+            patch_size=settings.patch_size,
+        )
+    except ValueError as exc:
+        raise TileError(name, _reason(exc)) from None
+    score_ms = (time.perf_counter() - t0) * 1e3
+    dtype = str(getattr(image, "dtype", "?"))
+    return _tile_score(
+        result, path=name, backend=backend, dtype=dtype, read_ms=0.0, score_ms=score_ms, meta=meta
+    )
+
+
+def decoded_mb(shape: tuple[int, int], dtype: Any) -> float:
+    """Size of the decoded pixels in MiB."""
+    return float(shape[0] * shape[1] * np.dtype(dtype).itemsize) / 2**20
 
 
 def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
-    raise NotBuiltError("scoring files (issue 3)")
+    """Read and score one tile file; ``TileError`` for anything wrong with the file."""
+    _check_settings(settings)
+    name = str(path)
+    backend = _backend(settings.backend)
+    t0 = time.perf_counter()
+    with tiles.open_tile(path) as tile:
+        shape = (int(tile.shape[0]), int(tile.shape[1]))
+        dtype = str(tile.dtype)
+        meta = tile.meta
+        if decoded_mb(shape, tile.dtype) > settings.memory_limit_mb:
+            return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
+        image = tile.read()
+    read_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    try:
+        result = score_image(
+            image,
+            backend=backend,
+            criterion=settings.criterion,
+            mode=settings.mode,
+            resolution=settings.resolution,
+            patch_size=settings.patch_size,
+        )
+    except ValueError as exc:
+        raise TileError(name, _reason(exc)) from None
+    score_ms = (time.perf_counter() - t1) * 1e3
+    return _tile_score(
+        result,
+        path=name,
+        backend=backend,
+        dtype=dtype,
+        read_ms=read_ms,
+        score_ms=score_ms,
+        meta=meta,
+    )
 
 
-def main(files: list[Path], **options: Any) -> int:
-    raise NotBuiltError("scoring files from the command line (issue 3)")
+class _Shape:
+    """Stands in for the image in ``score_patches``: only its shape is looked at."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+
+def _score_by_patches(
+    tile: tiles.TileReader, *, name: str, settings: ScoreSettings, backend: Backend, t0: float
+) -> TileScore:
+    """The memory guard: patches read one at a time, never the whole tile."""
+    read_ms = 0.0
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> Any:
+        nonlocal read_ms
+        t = time.perf_counter()
+        part = tile.read_region(y0, y1, x0, x1)
+        read_ms += (time.perf_counter() - t) * 1e3
+        return part
+
+    try:
+        result = score_patches(
+            _Shape(tile.shape),
+            backend=backend,
+            criterion=settings.criterion,
+            mode=settings.mode,
+            patch_size=settings.patch_size,
+            dtype=float_dtype(None),
+            read=read,
+        )
+    except ValueError as exc:
+        raise TileError(name, _reason(exc)) from None
+    if result.patch_scores is not None and not np.any(result.patch_content):
+        # Every patch was blank: the whole tile is constant, as the in-memory path says.
+        raise TileError(name, "constant image (no signal)")
+    total_ms = (time.perf_counter() - t0) * 1e3
+    return _tile_score(
+        result,
+        path=name,
+        backend=backend,
+        dtype=str(tile.dtype),
+        read_ms=read_ms,
+        score_ms=total_ms - read_ms,
+        meta=tile.meta,
+    )
+
+
+# --- focuswatch score -------------------------------------------------------------------
+
+
+def _summary(ts: TileScore) -> str:
+    if ts.patch_scores:
+        grid = np.asarray(ts.patch_scores)
+        return (
+            f"patches {grid.shape[0]}x{grid.shape[1]} "
+            f"min {grid.min():.4g} median {np.median(grid):.4g} max {grid.max():.4g}"
+        )
+    return f"whole tile ({ts.resolution})"
+
+
+def _as_json(ts: TileScore) -> dict[str, Any]:
+    grid = np.asarray(ts.patch_scores) if ts.patch_scores else None
+    return {
+        "path": ts.path,
+        "score": ts.score,
+        "criterion": ts.criterion,
+        "mode": ts.mode,
+        "resolution": ts.resolution,
+        "content": ts.content,
+        "patches": None
+        if grid is None
+        else {
+            "rows": int(grid.shape[0]),
+            "cols": int(grid.shape[1]),
+            "min": float(grid.min()),
+            "median": float(np.median(grid)),
+            "max": float(grid.max()),
+            "scores": ts.patch_scores,
+        },
+        "elapsed_ms": round(ts.read_ms + ts.score_ms, 3),
+        "read_ms": round(ts.read_ms, 3),
+        "score_ms": round(ts.score_ms, 3),
+        "backend": ts.backend,
+        "shape": list(ts.shape),
+        "dtype": ts.dtype,
+    }
+
+
+def main(
+    files: list[Path],
+    *,
+    as_json: bool = False,
+    criterion: str = "mhfd",
+    mode: str = "default",
+    resolution: str = "patches",
+    patch_size: int = 1024,
+    backend: str = "auto",
+    memory_limit_mb: int = 2048,
+) -> int:
+    """``focuswatch score``: score each file, print one result or error line per file.
+
+    Returns 0 when every file was scored, 1 when any could not be (the others are
+    still scored). Bad options raise ``ValueError`` before any file is read.
+    """
+    settings = ScoreSettings(
+        criterion=criterion,
+        mode=mode,
+        resolution=resolution,
+        patch_size=patch_size,
+        backend=backend,
+        memory_limit_mb=memory_limit_mb,
+    )
+    _check_settings(settings)
+    failed = 0
+    for f in files:
+        try:
+            ts = score_path(f, settings)
+        except TileError as exc:
+            failed += 1
+            if as_json:
+                print(json.dumps({"path": str(f), "error": exc.reason}), flush=True)
+            print(f"{f}: error: {exc.reason}", file=sys.stderr, flush=True)
+            continue
+        if as_json:
+            print(json.dumps(_as_json(ts)), flush=True)
+        else:
+            h, w = ts.shape
+            print(
+                f"{ts.path}: score {ts.score:.6g} ({ts.criterion}, {ts.mode}) | {_summary(ts)} | "
+                f"content {ts.content:.3f} | {ts.read_ms + ts.score_ms:.0f} ms "
+                f"(read {ts.read_ms:.0f}) | {ts.backend} | {h}x{w} {ts.dtype}",
+                flush=True,
+            )
+    return 1 if failed else 0
