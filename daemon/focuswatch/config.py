@@ -137,6 +137,7 @@ class AlertsConfig:
     apprise_config: Path | None = _opt(None)
     digest_minutes: float = _opt(10.0, _range(0.0, 1440))
     section_summary: bool = _opt(True)
+    section_idle_minutes: float = _opt(30.0, _range(0.1, 10080))
     retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
@@ -252,6 +253,10 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         )
     if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
         problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import; only when alerts are set
+
+        problems.extend(alerts.validate(cfg))
 
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
