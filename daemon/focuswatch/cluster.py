@@ -1,0 +1,732 @@
+"""Scoring on a Dask cluster: the ``Executor`` for ``cluster.scheduler = "dask"``.
+
+The service hands ``Job``s to ``DaskExecutor`` exactly as to the local executor.
+Each job becomes one Dask task, ``run_task``: pure (a path, or the tile's bytes, in;
+a ``TaskResult`` out), it never touches the ledger. The daemon records outcomes
+idempotently, so at-least-once execution is safe.
+
+Fault tolerance, in layers:
+
+* a worker that dies mid-tile: the Dask scheduler re-runs its tasks on another
+  worker (``distributed.scheduler.allowed-failures``, default 3); only when a tile
+  has killed that many workers does its future fail with ``KilledWorker``, which
+  becomes a *retryable* ``Outcome`` (the service retries up to ``scoring.max_attempts``);
+* the scheduler goes away: the client cancels every future. Those jobs are kept
+  ("orphans", never lost) and, once the client has given up reconnecting (bounded by
+  ``cluster.connect_timeout_s``), either go to a local fallback executor
+  (``on_unreachable = "fallback"``) or wait while a background thread keeps trying
+  to reconnect (``"wait"``); on reconnection they are resubmitted to the cluster;
+* one outcome per job: every submission gets a fresh key, the executor remembers
+  which key is current for each job, and drops any late or duplicate completion.
+
+GPU: a job whose ``settings.backend`` is ``"gpu"`` is submitted with
+``resources={"GPU": 1}``, so it only runs on workers started with
+``--resources GPU=1`` (one worker per GPU, ``--nthreads 1``), one tile per GPU at a
+time. A GPU worker without a usable GPU answers with an error that says so.
+
+Backpressure: ``submit`` blocks while ``queue_size`` jobs are unfinished on the
+cluster (or the fallback); finished outcomes wait in memory until ``outcomes``
+yields them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future as PoolFuture
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+import structlog
+
+from focuswatch import scoring
+from focuswatch.config import Config
+from focuswatch.errors import BackendError, TileError
+from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.scoring import ScoreSettings, TileScore
+
+__all__ = ["DaskExecutor", "ScoreFn", "TaskResult", "connect", "run_task", "score_bytes"]
+
+ScoreFn = Callable[[str, ScoreSettings], TileScore]
+"""Scores one tile file; must be a picklable top-level function (it travels to workers)."""
+
+_log = structlog.get_logger("focuswatch.cluster")
+
+# How often waits wake up to check the cluster's health and the fallback's outcomes.
+_POLL_S = 0.05
+# Internal resubmissions of one job after its future was cancelled while the client
+# stayed connected (rare: someone else cancelled it); past this, a retryable outcome.
+_MAX_RESUBMITS = 3
+_RECONNECT_MAX_BACKOFF_S = 60.0
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one scoring task returns: small and picklable (exceptions are flattened).
+
+    Tile problems come back as values rather than raised, because ``TileError``'s
+    two-argument constructor does not survive pickling and Dask must not count a bad
+    tile as a failed task.
+    """
+
+    score: TileScore | None
+    error: str | None = None
+    retryable: bool = False
+    worker: str = ""
+
+
+def _worker_address() -> str:
+    """The Dask worker running this task, or "" outside Dask (local fallback)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
+
+
+def score_bytes(
+    data: bytes, *, name: str, settings: ScoreSettings, score_fn: ScoreFn | None = None
+) -> TileScore:
+    """Score a tile from its file's bytes (``cluster.send_bytes``), on this worker.
+
+    Used when the tile's path does not resolve on the worker: the daemon reads the file
+    and ships its bytes. They are written to a private temporary file with the tile's
+    own name and scored by ``score_fn`` (``scoring.score_path``), so that decoding,
+    metadata (FibicsXML, CZ_SEM, ATLAS names) and error reasons are exactly those of
+    the path route; the result names the original path.
+    """
+    fn = score_fn or scoring.score_path
+    with tempfile.TemporaryDirectory(prefix="focuswatch-") as tmp:
+        local = Path(tmp) / (PurePath(name).name or "tile.tif")
+        local.write_bytes(data)
+        try:
+            result = fn(str(local), settings)
+        except TileError as exc:
+            raise TileError(name, exc.reason) from None
+    return dataclasses.replace(result, path=name)
+
+
+def run_task(
+    source: str | bytes,
+    *,
+    name: str,
+    settings: ScoreSettings,
+    score_fn: ScoreFn | None = None,
+) -> TaskResult:
+    """Score one tile (a path, or its TIFF bytes) and say how it went; the Dask task body.
+
+    Pure apart from reading the tile: no ledger, no alerts. ``TileError`` and
+    ``ValueError`` are the tile's fault (not retryable); ``BackendError`` is this
+    worker's fault (retryable: another worker may have the GPU). Anything else
+    propagates and becomes a retryable outcome in the executor.
+    """
+    worker = _worker_address()
+    try:
+        if isinstance(source, bytes):
+            result = score_bytes(source, name=name, settings=settings, score_fn=score_fn)
+        else:
+            result = (score_fn or scoring.score_path)(source, settings)
+    except TileError as exc:
+        return TaskResult(None, exc.reason, retryable=False, worker=worker)
+    except BackendError as exc:
+        where = f"this worker ({worker})" if worker else "this worker"
+        reason = (
+            f"{where} has no usable GPU: {exc}" if settings.backend == "gpu" else f"{where}: {exc}"
+        )
+        return TaskResult(None, reason, retryable=True, worker=worker)
+    except ValueError as exc:  # the pure core rejects the image (e.g. wrong shape)
+        return TaskResult(None, f"cannot score: {exc}", retryable=False, worker=worker)
+    return TaskResult(result, worker=worker)
+
+
+def _outcome(job: Job, res: TaskResult, extra: dict[str, Any]) -> Outcome:
+    return Outcome(
+        version_id=job.version_id,
+        result=res.score,
+        error=res.error,
+        retryable=res.retryable,
+        worker=res.worker,
+        extra=extra,
+    )
+
+
+def _failed(job: Job, exc: BaseException, worker: str, extra: dict[str, Any]) -> Outcome:
+    """An outcome for a task that raised: killed workers, lost pools, unexpected bugs."""
+    return Outcome(
+        version_id=job.version_id,
+        result=None,
+        error=f"{type(exc).__name__}: {exc}",
+        retryable=True,  # none of these say anything about the tile itself
+        worker=worker,
+        extra=extra,
+    )
+
+
+# ------------------------------------------------------------------ local fallback
+
+
+class _PoolExecutor:
+    """Local fallback: jobs in a process pool, each running ``run_task`` on a path.
+
+    Used when the scheduler cannot be reached and ``on_unreachable = "fallback"``.
+    Backpressure is the caller's (``DaskExecutor`` bounds all unfinished jobs).
+    """
+
+    def __init__(self, *, workers: int, score_fn: ScoreFn | None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._workers = workers
+        self._score_fn = score_fn
+        self._done: queue.Queue[Outcome] = queue.Queue()
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+        self._tiles = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: never fork a process that runs Dask's and the service's threads.
+        ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
+
+    def _submit_to_pool(self, job: Job) -> PoolFuture[TaskResult]:
+        return self._pool.submit(
+            run_task, job.path, name=job.path, settings=job.settings, score_fn=self._score_fn
+        )
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self._pending.add(job.version_id)
+            try:
+                fut = self._submit_to_pool(job)
+            except BrokenProcessPool:  # a pool process died earlier: start a fresh pool
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                fut = self._submit_to_pool(job)
+        fut.add_done_callback(lambda f: self._done.put(self._to_outcome(job, f)))
+
+    def _to_outcome(self, job: Job, fut: PoolFuture[TaskResult]) -> Outcome:
+        extra = {"backend": "local-fallback"}
+        if fut.cancelled():
+            return _failed(job, RuntimeError("cancelled"), "local", extra)
+        exc = fut.exception()
+        if exc is not None:
+            return _failed(job, exc, "local", extra)
+        res = fut.result()
+        return _outcome(job, TaskResult(res.score, res.error, res.retryable, "local"), extra)
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        try:
+            first = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
+        except queue.Empty:
+            return
+        batch = [first]
+        while True:
+            try:
+                batch.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        for o in batch:
+            with self._lock:
+                self._pending.discard(o.version_id)
+                self._tiles += o.result is not None
+            yield o
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "local-fallback",
+            "workers": [{"address": "local", "nthreads": self._workers, "tiles": self._tiles}],
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------- throughput
+
+
+class _Throughput:
+    """Tiles finished per worker: a total and a rate over a sliding window."""
+
+    def __init__(self, *, window_s: float = 300.0, clock: Callable[[], float]) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self._window_s = window_s
+        self._clock = clock
+        self._start = clock()
+        self._recent: dict[str, deque[float]] = {}
+        self._totals: dict[str, int] = {}
+
+    def record(self, worker: str) -> None:
+        now = self._clock()
+        self._totals[worker] = self._totals.get(worker, 0) + 1
+        self._recent.setdefault(worker, deque()).append(now)
+        self._prune(worker, now)
+
+    def _prune(self, worker: str, now: float) -> None:
+        times = self._recent.get(worker)
+        while times and times[0] < now - self._window_s:
+            times.popleft()
+
+    def workers(self) -> list[str]:
+        return sorted(self._totals)
+
+    def tiles(self, worker: str) -> int:
+        return self._totals.get(worker, 0)
+
+    def per_min(self, worker: str) -> float:
+        """Tiles per minute over the last window (or since start, if that is shorter)."""
+        now = self._clock()
+        self._prune(worker, now)
+        span = max(min(self._window_s, now - self._start), 1.0)
+        return len(self._recent.get(worker, ())) * 60.0 / span
+
+
+# ----------------------------------------------------------------------- executor
+
+
+@dataclass
+class _Entry:
+    """One submitted job until its outcome is produced; ``key`` is the current attempt."""
+
+    job: Job
+    key: str = ""
+    where: str = "new"  # "dask" | "fallback" | "orphan" (waiting to be (re)placed)
+    attempt: int = 0
+    resubmits: int = 0
+    future: Any = None
+    data: Any = None  # the scattered bytes, with send_bytes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DaskExecutor:
+    """Runs scoring jobs on a Dask cluster; see the module docstring for the guarantees.
+
+    ``fallback`` makes the local executor used while the scheduler is unreachable and
+    ``on_unreachable = "fallback"`` (default: a process pool of ``fallback_workers``
+    calling ``score_fn``). ``score_fn`` replaces ``scoring.score_path`` in the tasks
+    (a picklable top-level function; tests inject a slow one).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        on_unreachable: str = "fallback",
+        connect_timeout_s: float = 10.0,
+        queue_size: int = 64,
+        send_bytes: bool = False,
+        score_fn: ScoreFn | None = None,
+        fallback: Callable[[], Executor] | None = None,
+        fallback_workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not address:
+            raise ValueError("address must be a scheduler address such as 'tcp://host:8786'")
+        if on_unreachable not in ("fallback", "wait"):
+            raise ValueError(f"on_unreachable must be 'fallback' or 'wait', got {on_unreachable!r}")
+        if connect_timeout_s <= 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.address = address
+        self._on_unreachable = on_unreachable
+        self._connect_timeout_s = connect_timeout_s
+        self._queue_size = queue_size
+        self._send_bytes = send_bytes
+        self._score_fn = score_fn
+        self._make_fallback: Callable[[], Executor] = fallback or (
+            lambda: _PoolExecutor(workers=fallback_workers, score_fn=score_fn)
+        )
+        self._fallback: Executor | None = None
+        self._cond = threading.Condition()
+        self._entries: dict[int, _Entry] = {}
+        self._done: deque[Outcome] = deque()
+        self._seq = itertools.count(1)
+        self._session = uuid.uuid4().hex[:8]
+        self._throughput = _Throughput(clock=clock)
+        self._closed = False
+        self._stop = threading.Event()
+        self._reconnector: threading.Thread | None = None
+        self._warned_no_gpu = False
+        self._client: Any = None
+        self._state = "disconnected"  # "connected" | "reconnecting" | "disconnected"
+        try:
+            self._client = self._new_client()
+            self._state = "connected"
+            _log.info("cluster_connected", address=address)
+        except Exception as exc:  # OSError / TimeoutError from distributed's connect
+            if on_unreachable == "wait":
+                raise BackendError(
+                    f"cannot reach the Dask scheduler at {address} within "
+                    f"{connect_timeout_s:g} s ({type(exc).__name__}: {exc}); start it with "
+                    "`dask scheduler` there, or fix cluster.address "
+                    "(cluster.on_unreachable = 'wait' makes this fatal at start)"
+                ) from None
+            _log.warning(
+                "cluster_unreachable_fallback",
+                address=address,
+                error=f"{type(exc).__name__}: {exc}",
+                detail="scoring locally meanwhile; retrying the scheduler in the background",
+            )
+            self._start_reconnector()
+
+    # -- connection ------------------------------------------------------------
+
+    def _new_client(self) -> Any:
+        import distributed
+
+        client_cls: Any = distributed.Client
+        # ``timeout`` bounds the first connection and the client's own reconnection
+        # attempts after the scheduler drops (after which it closes itself).
+        return client_cls(self.address, timeout=self._connect_timeout_s, set_as_default=False)
+
+    def _start_reconnector(self) -> None:
+        if self._reconnector is not None and self._reconnector.is_alive():
+            return
+        self._reconnector = threading.Thread(
+            target=self._reconnect_loop, name="focuswatch-dask-reconnect", daemon=True
+        )
+        self._reconnector.start()
+
+    def _reconnect_loop(self) -> None:
+        backoff = min(1.0, self._connect_timeout_s)
+        while not self._stop.is_set():
+            try:
+                client = self._new_client()
+            except Exception as exc:
+                _log.warning(
+                    "cluster_unreachable",
+                    address=self.address,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=backoff,
+                    on_unreachable=self._on_unreachable,
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _RECONNECT_MAX_BACKOFF_S)
+                continue
+            with self._cond:
+                if self._closed:
+                    break
+                self._client = client
+                self._state = "connected"
+                _log.info("cluster_reconnected", address=self.address)
+                self._check_health_locked()
+                self._cond.notify_all()
+                return
+        else:
+            return
+        client.close()  # closed while connecting
+
+    def _check_health_locked(self) -> None:
+        """Notice a lost scheduler and place orphaned jobs; called with the lock held."""
+        client = self._client
+        if client is not None:
+            status = client.status
+            if status == "running":
+                if self._state != "connected":
+                    _log.info("cluster_reconnected", address=self.address)
+                self._state = "connected"
+            elif status in ("connecting", "newly-created"):
+                # The client is retrying by itself, for at most connect_timeout_s.
+                if self._state == "connected":
+                    _log.warning("cluster_connection_lost", address=self.address)
+                self._state = "reconnecting"
+            else:
+                _log.error(
+                    "cluster_scheduler_gone",
+                    address=self.address,
+                    unfinished=len(self._entries),
+                    action="scoring locally"
+                    if self._on_unreachable == "fallback"
+                    else "waiting for the scheduler",
+                )
+                self._client = None
+                self._state = "disconnected"
+                self._start_reconnector()
+        orphans = [e for e in self._entries.values() if e.where == "orphan"]
+        if not orphans:
+            return
+        if self._state == "connected":
+            for e in orphans:
+                self._place_locked(e)
+        elif self._state == "disconnected" and self._on_unreachable == "fallback":
+            _log.warning("cluster_jobs_to_fallback", jobs=len(orphans), address=self.address)
+            for e in orphans:
+                self._place_locked(e)
+
+    # -- placing jobs ----------------------------------------------------------
+
+    def _place_locked(self, entry: _Entry) -> None:
+        """Send a job to the cluster, or the fallback, or leave it orphaned (waiting)."""
+        entry.attempt += 1
+        entry.key = f"focuswatch-score-{entry.job.version_id}-{self._session}-{next(self._seq)}"
+        entry.extra = {"attempt": entry.attempt, "key": entry.key}
+        if self._state == "connected":
+            try:
+                self._submit_dask_locked(entry)
+                return
+            except Exception as exc:  # the client broke between the check and the submit
+                _log.warning("cluster_submit_failed", error=f"{type(exc).__name__}: {exc}")
+                entry.where = "orphan"
+                return
+        if self._state == "disconnected" and self._on_unreachable == "fallback":
+            if self._fallback is None:
+                self._fallback = self._make_fallback()
+            entry.where = "fallback"
+            entry.future = None
+            self._fallback.submit(entry.job)
+            return
+        entry.where = "orphan"
+
+    def _submit_dask_locked(self, entry: _Entry) -> None:
+        client = self._client
+        job = entry.job
+        source: Any = job.path
+        if self._send_bytes:
+            # Scattered, not embedded: large tiles must not travel through the scheduler.
+            with open(job.path, "rb") as f:
+                data = f.read()
+            entry.data = client.scatter(data, hash=False, timeout=self._connect_timeout_s)
+            source = entry.data
+        resources = None
+        if job.settings.backend == "gpu":
+            resources = {"GPU": 1}
+            self._warn_if_no_gpu_worker_locked(client)
+        fut = client.submit(
+            run_task,
+            source,
+            name=job.path,
+            settings=job.settings,
+            score_fn=self._score_fn,
+            key=entry.key,
+            pure=False,
+            resources=resources,
+        )
+        entry.future = fut
+        entry.where = "dask"
+        vid, key = job.version_id, entry.key
+        fut.add_done_callback(lambda f: self._on_dask_done(f, vid, key))
+
+    def _warn_if_no_gpu_worker_locked(self, client: Any) -> None:
+        if self._warned_no_gpu:
+            return
+        self._warned_no_gpu = True
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+        except Exception:  # cosmetic check; the task still waits for a GPU worker
+            return
+        if not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+            _log.warning(
+                "cluster_no_gpu_worker",
+                address=self.address,
+                detail="scoring.backend = 'gpu' but no worker offers resources GPU=1; "
+                "tiles wait until one joins (dask worker ... --resources GPU=1)",
+            )
+
+    def _on_dask_done(self, fut: Any, version_id: int, key: str) -> None:
+        """Runs in Dask's callback thread when a future finishes, errs or is cancelled."""
+        with self._cond:
+            entry = self._entries.get(version_id)
+            if entry is None or entry.key != key:
+                return  # stale: an earlier attempt, or already yielded
+            job, extra = entry.job, dict(entry.extra)
+            if fut.status == "cancelled" and not self._closed:
+                entry.resubmits += 1
+                if entry.resubmits <= _MAX_RESUBMITS or self._state != "connected":
+                    entry.where = "orphan"
+                    entry.future = None
+                    self._check_health_locked()
+                    self._cond.notify_all()
+                    return
+        # Fetch outside the lock: it is a round trip to the worker holding the result.
+        try:
+            if fut.status == "error":
+                outcome = _failed(job, fut.exception(timeout=self._connect_timeout_s), "", extra)
+            elif fut.status == "cancelled":
+                outcome = _failed(job, RuntimeError("cancelled repeatedly"), "", extra)
+            else:
+                res = fut.result(timeout=self._connect_timeout_s)
+                outcome = _outcome(job, res, extra)
+        except Exception as exc:  # result lost with its worker, or connection lost
+            with self._cond:
+                entry = self._entries.get(version_id)
+                if entry is not None and entry.key == key and not self._closed:
+                    _log.warning("cluster_result_lost", key=key, error=repr(exc))
+                    entry.where = "orphan"
+                    entry.future = None
+                    self._check_health_locked()
+                    self._cond.notify_all()
+            return
+        with self._cond:
+            entry = self._entries.get(version_id)
+            if entry is None or entry.key != key:
+                return
+            self._finish_locked(entry, outcome)
+
+    def _finish_locked(self, entry: _Entry, outcome: Outcome) -> None:
+        del self._entries[entry.job.version_id]
+        entry.future = entry.data = None  # release the keys on the cluster
+        if outcome.result is not None:
+            self._throughput.record(outcome.worker or "local")
+        self._done.append(outcome)
+        self._cond.notify_all()
+
+    def _pump_fallback_locked(self) -> None:
+        if self._fallback is None:
+            return
+        for o in self._fallback.outcomes(0):
+            entry = self._entries.get(o.version_id)
+            if entry is None or entry.where != "fallback":
+                continue  # dedupe: the job already has an outcome
+            extra = {**entry.extra, "backend": "local-fallback"}
+            outcome = Outcome(o.version_id, o.result, o.error, o.retryable, o.worker, extra)
+            self._finish_locked(entry, outcome)
+
+    # -- the Executor protocol -------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; blocks while ``queue_size`` jobs are unfinished (backpressure)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("submit on a closed DaskExecutor")
+            if job.version_id in self._entries:
+                _log.debug("cluster_duplicate_submit", version_id=job.version_id)
+                return  # one outcome per job: the running attempt will answer
+            while len(self._entries) >= self._queue_size:
+                self._pump_fallback_locked()
+                self._check_health_locked()
+                if len(self._entries) < self._queue_size:
+                    break
+                self._cond.wait(_POLL_S)
+                if self._closed:
+                    raise RuntimeError("DaskExecutor closed while waiting to submit")
+            self._check_health_locked()  # before adding: it places every orphan it sees
+            entry = _Entry(job=job)
+            self._entries[job.version_id] = entry
+            self._place_locked(entry)
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        """Yield the outcomes available now, or the first ones within ``timeout`` seconds."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            with self._cond:
+                self._pump_fallback_locked()
+                self._check_health_locked()
+                batch = list(self._done)
+                self._done.clear()
+                if not batch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._cond.wait(min(remaining, _POLL_S))
+                    continue
+            yield from batch
+            return
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._entries) + len(self._done)
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, scheduler address, state and each worker's tiles and recent rate."""
+        with self._cond:
+            client, state = self._client, self._state
+            fallback = self._fallback
+        info: dict[str, Any] = {}
+        if client is not None and state == "connected":
+            try:
+                info = dict(client.scheduler_info(n_workers=-1).get("workers", {}))
+            except Exception as exc:  # a status report must not fail on a flaky network
+                _log.warning("cluster_describe_failed", error=repr(exc))
+        with self._cond:
+            addresses = sorted(set(info) | set(self._throughput.workers()) - {"local"})
+            workers = [
+                {
+                    "address": addr,
+                    "nthreads": info.get(addr, {}).get("nthreads", 0),
+                    "resources": dict(info.get(addr, {}).get("resources", {})),
+                    "tiles": self._throughput.tiles(addr),
+                    "tiles_per_min": round(self._throughput.per_min(addr), 2),
+                    "alive": addr in info,
+                }
+                for addr in addresses
+            ]
+            unfinished = len(self._entries)
+        out: dict[str, Any] = {
+            "backend": "dask",
+            "address": self.address,
+            "state": state,
+            "on_unreachable": self._on_unreachable,
+            "workers": workers,
+            "in_flight": unfinished,
+        }
+        if fallback is not None:
+            out["fallback"] = fallback.describe()
+        return out
+
+    def close(self) -> None:
+        """Disconnect (the cluster itself keeps running); unfinished jobs are dropped."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            client, fallback = self._client, self._fallback
+            self._client = None
+            self._entries.clear()
+            self._cond.notify_all()
+        if client is not None:
+            client.close(timeout=self._connect_timeout_s)
+        if fallback is not None:
+            fallback.close()
+        if self._reconnector is not None:
+            self._reconnector.join(timeout=self._connect_timeout_s + 1)
+
+
+def _local_fallback(cfg: Config, score_fn: ScoreFn | None) -> Callable[[], Executor]:
+    """The pipeline's local executor where it exists, else a process pool."""
+
+    def make() -> Executor:
+        return _PoolExecutor(workers=cfg.scoring.workers, score_fn=score_fn)
+
+    return make
+
+
+def connect(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
+    """The executor for ``cluster.scheduler = "dask"``, connected to ``cluster.address``.
+
+    An unreachable scheduler is, within ``cluster.connect_timeout_s``, a
+    ``BackendError`` naming the address (``on_unreachable = "wait"``) or a logged
+    switch to local scoring that keeps retrying the scheduler (``"fallback"``).
+    """
+    c = cfg.cluster
+    if c.scheduler != "dask":
+        raise ValueError(f"cluster.connect needs cluster.scheduler = 'dask', got {c.scheduler!r}")
+    return DaskExecutor(
+        c.address,
+        on_unreachable=c.on_unreachable,
+        connect_timeout_s=c.connect_timeout_s,
+        queue_size=cfg.scoring.queue_size,
+        send_bytes=c.send_bytes,
+        score_fn=score_fn,
+        fallback=_local_fallback(cfg, score_fn),
+    )

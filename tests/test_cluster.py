@@ -1,0 +1,386 @@
+"""Scoring on a real multi-process Dask cluster on 127.0.0.1: faults, fallback, one outcome each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+import tifffile
+
+from focuswatch.cluster import DaskExecutor, TaskResult, _Throughput, connect, run_task
+from focuswatch.config import parse
+from focuswatch.errors import BackendError, TileError
+from focuswatch.executor import Job, Outcome
+from focuswatch.scoring import ScoreSettings, TileScore
+
+distributed = pytest.importorskip("distributed")
+
+SETTINGS = ScoreSettings(backend="cpu")
+GATE_TIMEOUT_S = 30.0
+
+
+# ----------------------------------------------------------- injected scoring functions
+# Top-level so that they pickle by reference; the spawned Dask workers and the fallback
+# pool import this module from the sys.path they inherit.
+
+
+def gated_score(path: str, settings: ScoreSettings) -> TileScore:
+    """Score by pixel spread; a tile named ``*gate*`` first reports this process's pid and
+    then waits (bounded) for a ``release`` file, so a test knows which worker holds it."""
+    p = Path(path)
+    if "gate" in p.name:
+        (p.parent / f"started-{os.getpid()}").write_text(p.name)
+        release = p.parent / "release"
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while not release.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never released the gate")
+            time.sleep(0.01)  # a bounded poll on a file in another process
+    image = tifffile.imread(p)
+    return TileScore(
+        path=path,
+        score=float(image.std()),
+        patch_scores=None,
+        content=float(image.std()),
+        backend=settings.backend,
+        shape=(int(image.shape[0]), int(image.shape[1])),
+        dtype=str(image.dtype),
+        read_ms=0.0,
+        score_ms=0.0,
+        meta=None,
+    )
+
+
+def bad_tile_score(path: str, settings: ScoreSettings) -> TileScore:
+    raise TileError(path, "not a TIFF file")
+
+
+def no_gpu_score(path: str, settings: ScoreSettings) -> TileScore:
+    raise BackendError("GPU requested but CuPy/an NVIDIA GPU is not available: no CUDA device")
+
+
+def bad_shape_score(path: str, settings: ScoreSettings) -> TileScore:
+    raise ValueError("image must be 2-D, got shape (3, 4, 5)")
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def write_tiles(folder: Path, names: list[str]) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in names:
+        path = folder / name
+        tifffile.imwrite(path, rng.integers(0, 65535, (256, 256), dtype=np.uint16))
+        paths.append(path)
+    return paths
+
+
+def jobs_for(paths: list[Path], first_id: int = 1) -> list[Job]:
+    return [
+        Job(version_id=first_id + i, path=str(p), settings=SETTINGS) for i, p in enumerate(paths)
+    ]
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def started_pids(folder: Path) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in folder.glob("started-*")}
+
+
+def collect(ex: DaskExecutor, n: int, *, timeout: float) -> list[Outcome]:
+    got: list[Outcome] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got.extend(ex.outcomes(0.5))
+    return got
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as c:
+        yield c
+
+
+# ------------------------------------------------------------------ pure task logic
+
+
+def test_task_reports_tile_errors_as_not_retryable(tmp_path: Path) -> None:
+    res = run_task("x.tif", name="x.tif", settings=SETTINGS, score_fn=bad_tile_score)
+    assert res == TaskResult(None, "not a TIFF file", retryable=False, worker="")
+    res = run_task("x.tif", name="x.tif", settings=SETTINGS, score_fn=bad_shape_score)
+    assert res.error is not None
+    assert "2-D" in res.error
+    assert not res.retryable
+
+
+def test_a_worker_without_the_gpu_it_was_asked_for_says_so() -> None:
+    res = run_task(
+        "x.tif", name="x.tif", settings=ScoreSettings(backend="gpu"), score_fn=no_gpu_score
+    )
+    assert res.error is not None
+    assert res.error.startswith("this worker has no usable GPU: ")
+    assert res.retryable  # another worker may have the GPU
+
+
+def test_bytes_are_scored_under_the_tile_s_own_name(tmp_path: Path) -> None:
+    (path,) = write_tiles(tmp_path, ["Tile_r1-c2_S_007.tif"])
+    res = run_task(path.read_bytes(), name=str(path), settings=SETTINGS, score_fn=gated_score)
+    assert res.score is not None
+    assert res.score.path == str(path)
+    assert res.score.shape == (256, 256)
+    bad = run_task(b"not a tiff", name=str(path), settings=SETTINGS, score_fn=bad_tile_score)
+    assert bad.error == "not a TIFF file"
+
+
+def test_throughput_counts_tiles_and_rates_over_the_window() -> None:
+    now = [1000.0]
+    tp = _Throughput(window_s=60.0, clock=lambda: now[0])
+    for _ in range(10):
+        now[0] += 3.0
+        tp.record("w1")
+    assert tp.tiles("w1") == 10
+    assert tp.per_min("w1") == pytest.approx(10 * 60 / 30)  # 10 tiles in 30 s since start
+    now[0] += 120.0  # nothing for two minutes: the window forgets
+    assert tp.per_min("w1") == 0.0
+    assert tp.tiles("w1") == 10
+    assert tp.per_min("nobody") == 0.0
+
+
+def test_bad_parameters_are_rejected_with_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="on_unreachable"):
+        DaskExecutor("tcp://127.0.0.1:1", on_unreachable="sometimes")
+    with pytest.raises(ValueError, match="queue_size"):
+        DaskExecutor("tcp://127.0.0.1:1", queue_size=0)
+    with pytest.raises(ValueError, match="scheduler = 'dask'"):
+        connect(parse({}))
+
+
+# ------------------------------------------------------------------ a real cluster
+
+
+def test_killed_worker_tile_is_rerun_elsewhere_and_each_job_has_one_outcome(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """SIGKILL the worker scoring a tile: Dask re-runs it on another worker, and the
+    executor yields exactly one successful outcome per job."""
+    paths = write_tiles(tmp_path, ["gate.tif"] + [f"t{i}.tif" for i in range(5)])
+    jobs = jobs_for(paths)
+    ex = DaskExecutor(cluster.scheduler_address, score_fn=gated_score, connect_timeout_s=5)
+    try:
+        for job in jobs:
+            ex.submit(job)
+        (victim,) = wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gated tile")
+        os.kill(victim, signal.SIGKILL)
+        rerun = wait_for(
+            lambda: started_pids(tmp_path) - {victim}, timeout=30, what="the re-run elsewhere"
+        )
+        assert victim not in rerun
+        (tmp_path / "release").write_text("")
+        outcomes = collect(ex, len(jobs), timeout=30)
+        assert sorted(o.version_id for o in outcomes) == [j.version_id for j in jobs]
+        assert all(o.result is not None and o.error is None for o in outcomes)
+        assert all(o.worker.startswith("tcp://127.0.0.1:") for o in outcomes)
+        assert list(ex.outcomes(0.3)) == []  # no late duplicate
+        assert ex.in_flight() == 0
+        # Dask re-ran the same task (same key): one submission per job, and the gated
+        # tile started exactly twice (killed, then re-run).
+        assert [o.extra["attempt"] for o in outcomes] == [1] * len(jobs)
+        assert started_pids(tmp_path) == {victim} | rerun
+        assert len(rerun) == 1
+        desc = ex.describe()
+        assert desc["backend"] == "dask"
+        assert desc["address"] == cluster.scheduler_address
+        assert sum(w["tiles"] for w in desc["workers"]) == len(jobs)
+        assert all(
+            {"address", "nthreads", "resources", "tiles", "tiles_per_min"} <= set(w)
+            for w in desc["workers"]
+        )
+        assert any(w["alive"] and w["nthreads"] == 1 for w in desc["workers"])
+    finally:
+        ex.close()
+
+
+def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
+    cluster: Any, tmp_path: Path
+) -> None:
+    paths = write_tiles(tmp_path, ["a.tif", "b.tif"])
+    ex = DaskExecutor(
+        cluster.scheduler_address, score_fn=gated_score, send_bytes=True, connect_timeout_s=5
+    )
+    try:
+        jobs = jobs_for(paths)
+        for job in jobs:
+            ex.submit(job)
+        outcomes = collect(ex, 2, timeout=20)
+        assert sorted((o.version_id, o.result.path) for o in outcomes if o.result) == [
+            (1, str(paths[0])),
+            (2, str(paths[1])),
+        ]
+    finally:
+        ex.close()
+
+
+def test_submit_blocks_at_queue_size_until_a_job_finishes(cluster: Any, tmp_path: Path) -> None:
+    """Backpressure: with queue_size=1 and a gated job running, the next submit waits."""
+    paths = write_tiles(tmp_path, ["gate.tif", "next.tif"])
+    jobs = jobs_for(paths)
+    ex = DaskExecutor(cluster.scheduler_address, score_fn=gated_score, queue_size=1)
+    try:
+        ex.submit(jobs[0])
+        wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gated tile")
+        submitted = threading.Event()
+
+        def second() -> None:
+            ex.submit(jobs[1])
+            submitted.set()
+
+        t = threading.Thread(target=second)
+        t.start()
+        assert not submitted.wait(0.5)  # blocked while the first job is unfinished
+        (tmp_path / "release").write_text("")
+        assert submitted.wait(20)
+        t.join(5)
+        outcomes = collect(ex, 2, timeout=20)
+        assert sorted(o.version_id for o in outcomes) == [1, 2]
+    finally:
+        ex.close()
+
+
+def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
+    """backend = "gpu" tasks carry resources={"GPU": 1}: on CPU-only workers they wait."""
+    (path,) = write_tiles(tmp_path, ["g.tif"])
+    ex = DaskExecutor(cluster.scheduler_address, score_fn=gated_score)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            ex.submit(Job(version_id=7, path=str(path), settings=ScoreSettings(backend="gpu")))
+        assert any(e["event"] == "cluster_no_gpu_worker" for e in logs)
+        assert list(ex.outcomes(1.0)) == []  # no worker offers GPU=1
+        assert ex.in_flight() == 1
+    finally:
+        ex.close()
+
+
+# ------------------------------------------------------------ unreachable scheduler
+
+
+def test_unreachable_scheduler_at_start_falls_back_to_local_scoring(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    paths = write_tiles(tmp_path, ["a.tif", "b.tif"])
+    t0 = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        ex = DaskExecutor(address, score_fn=gated_score, connect_timeout_s=1)
+    try:
+        assert time.monotonic() - t0 < 5
+        assert [e["address"] for e in logs if e["event"] == "cluster_unreachable_fallback"] == [
+            address
+        ]
+        for job in jobs_for(paths):
+            ex.submit(job)
+        outcomes = collect(ex, 2, timeout=30)
+        assert sorted(o.version_id for o in outcomes) == [1, 2]
+        assert all(
+            o.result is not None and o.extra["backend"] == "local-fallback" for o in outcomes
+        )
+        assert ex.describe()["state"] != "connected"
+    finally:
+        ex.close()
+
+
+def test_unreachable_scheduler_with_wait_is_a_clear_error_within_the_bound() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    cfg = parse(
+        {
+            "cluster": {
+                "scheduler": "dask",
+                "address": address,
+                "on_unreachable": "wait",
+                "connect_timeout_s": 1.0,
+            }
+        }
+    )
+    with pytest.raises(BackendError, match=rf"cannot reach the Dask scheduler at {address}"):
+        connect(cfg)
+    assert time.monotonic() - t0 < 5
+
+
+def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: Path) -> None:
+    """The scheduler dies while a tile is being scored: after the client gives up
+    reconnecting (connect_timeout_s), every unfinished job is scored locally, once."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    py = sys.executable
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    sched = subprocess.Popen(
+        [py, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", ":0", "--no-dashboard"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [py, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+         "--host", "127.0.0.1", "--no-dashboard"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ex: DaskExecutor | None = None
+    try:
+        wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
+        # connect_timeout_s also bounds the client's reconnection attempts after a drop.
+        ex = DaskExecutor(address, score_fn=gated_score, connect_timeout_s=2)
+        wait_for(lambda: ex.describe()["workers"], timeout=30, what="the worker to join")
+        paths = write_tiles(tmp_path, ["gate.tif", "a.tif", "b.tif"])
+        jobs = jobs_for(paths)
+        for job in jobs:
+            ex.submit(job)
+        wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gated tile")
+        sched.kill()
+        sched.wait(10)
+        (tmp_path / "release").write_text("")
+        outcomes = collect(ex, len(jobs), timeout=40)
+        by_id = {o.version_id: o for o in outcomes}
+        assert len(outcomes) == len(by_id) == len(jobs)
+        assert all(o.result is not None for o in outcomes)
+        assert by_id[1].extra["backend"] == "local-fallback"  # gate was unfinished
+        assert list(ex.outcomes(0.3)) == []
+    finally:
+        if ex is not None:
+            ex.close()
+        for proc in (worker, sched):
+            proc.kill()
+            proc.wait(10)
