@@ -214,6 +214,23 @@ def _cells(
 # -------------------------------------------------------------------- organelles
 
 
+def _jittered_grid(
+    latent: Latent, name: str, shape: tuple[int, int], spacing: float, extra: int
+) -> tuple[Any, Any, Any]:
+    """One candidate point per ``spacing``-sized cell: (ys, xs, extra uniforms).
+
+    Jittering a grid, rather than scattering points over the whole tile, keeps
+    each point near home as its latent drifts between sections.
+    """
+    h, w = shape
+    gh, gw = math.ceil(h / spacing), math.ceil(w / spacing)
+    u = special.ndtr(latent(name, (2 + extra, gh, gw)))
+    gy, gx = np.mgrid[0:gh, 0:gw]
+    ys, xs = (gy + u[0]) * spacing, (gx + u[1]) * spacing
+    keep = (ys < h) & (xs < w)
+    return ys[keep], xs[keep], u[2:][:, keep]
+
+
 def _stamp(layer: FloatImage, ys: Any, xs: Any, kernel: FloatImage) -> None:
     """Add ``kernel`` centred at each (y, x) into ``layer`` (clipped at the edges)."""
     if len(ys) == 0:
@@ -315,29 +332,24 @@ def _render(shape: tuple[int, int], latent: Latent, *, scale: float, density: fl
     image -= 0.42 * np.exp(-((dist / width) ** 2))
 
     # Vesicles: rings ~40 nm across, packed in boutons (some small profiles).
-    area = h * w
-    n_ves = int(area / (11 * s) ** 2)
-    pos = special.ndtr(latent("vesicles", (3, n_ves)))
-    vy = (pos[0] * h).astype(np.intp)
-    vx = (pos[1] * w).astype(np.intp)
+    vy_f, vx_f, extra = _jittered_grid(latent, "vesicles", shape, 11 * s, 1)
+    vy, vx = vy_f.astype(np.intp), vx_f.astype(np.intp)
     radius = 4.2 * s
     sy, sx = np.minimum(vy // sub, hs - 1), np.minimum(vx // sub, ws - 1)
     in_fine = ~dendrite[sy, sx]
     bouton = fine_flag[fine.ids[sy, sx]] > 1 - 0.22 * density
     clear = dist_sub[sy, sx] > radius + 2.5 * s
-    keep = in_fine & bouton & clear & (pos[2] < 0.85)
+    keep = in_fine & bouton & clear & (extra[0] < 0.85)
     ves = np.zeros(shape, np.float32)
     _stamp(ves, vy[keep], vx[keep], _vesicle_kernel(radius))
     image -= np.minimum(ves, 0.5)
 
     # Mitochondria: elongated, with cristae, inside one profile.
-    n_mito = max(1, int(area / (150 * s) ** 2))
-    m = latent("mito", (7, n_mito))
-    mu = special.ndtr(m)
-    for i in range(n_mito):
-        cy, cx = float(mu[0, i] * h), float(mu[1, i] * w)
+    my, mx, mu = _jittered_grid(latent, "mito", shape, 150 * s, 5)
+    for i in range(len(my)):
+        cy, cx = float(my[i]), float(mx[i])
         iy, ix = min(int(cy) // sub, hs - 1), min(int(cx) // sub, ws - 1)
-        if mu[2, i] > 0.45 + 0.4 * density or dist_sub[iy, ix] < 14 * s:
+        if mu[0, i] > 0.45 + 0.4 * density or dist_sub[iy, ix] < 14 * s:
             continue
         own = profile[iy, ix]
 
@@ -351,11 +363,11 @@ def _render(shape: tuple[int, int], latent: Latent, *, scale: float, density: fl
             inside,
             cy,
             cx,
-            angle=float(mu[3, i] * np.pi),
-            half_len=float((24 + 40 * mu[4, i]) * s),
-            half_wid=float((13 + 9 * mu[5, i]) * s),
+            angle=float(mu[1, i] * np.pi),
+            half_len=float((24 + 40 * mu[2, i]) * s),
+            half_wid=float((13 + 9 * mu[3, i]) * s),
             period=7.5 * s,
-            phase=float(mu[6, i] * 2 * np.pi),
+            phase=float(mu[4, i] * 2 * np.pi),
         )
 
     # Sparse tissue: part of the tile is bare resin (section edge, holes).

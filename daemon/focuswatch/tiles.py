@@ -78,7 +78,9 @@ _TIFF_SUFFIXES: Final = frozenset({".tif", ".tiff"})
 _ATLAS_NAME = re.compile(r"^tile_r(?P<row>\d+)-c(?P<col>\d+)(?:_(?P<rest>.*))?$", re.IGNORECASE)
 _SECTION_IN_NAME = re.compile(r"(?:^|_)S_(?P<section>\d+)(?=_|$)", re.IGNORECASE)
 _SECTION_FOLDER = re.compile(r"^S_(?P<section>\d+)(?:_.*)?$", re.IGNORECASE)
-_MULTISEM_NAME = re.compile(r"^(?P<section>\d{3})_(?P<mfov>\d{6})_(?P<beam>\d{3})_(?P<stamp>\d+)$")
+_MULTISEM_NAME = re.compile(
+    r"^(?P<section>\d{3})_(?P<mfov>\d{6})_(?P<beam>\d{3})_(?P<stamp>[^_]+)$"
+)
 
 _LENGTH_TO_UM: Final = {
     "pm": 1e-6,
@@ -559,18 +561,15 @@ class TileReader:
             )
 
     def _open_pillow(self, kind: str) -> None:
-        from PIL import Image
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(self.path) as opened:
-                opened.load()
-                mode = opened.mode
-                if mode == "1":
-                    raise TileError(str(self.path), "1-bit (black/white) image: not an SEM tile")
-                im = opened.convert("RGB") if mode == "P" else opened
-                mode = im.mode
-                pixels = np.asarray(im, dtype=np.uint16 if mode.startswith("I;16") else None)
+            try:
+                pixels, mode = self._pillow_pixels()
+            except (FileNotFoundError, PermissionError):
+                raise
+            except (OSError, SyntaxError, ValueError) as exc:  # Pillow's "broken file" errors
+                reason = f"corrupt or truncated {kind.upper()}: {_short(exc)}"
+                raise TileError(str(self.path), reason) from None
         if mode in ("RGB", "RGBA", "RGBX"):
             image = _luminance(pixels)
         elif mode in ("LA", "PA") or pixels.ndim == 3:
@@ -585,6 +584,19 @@ class TileReader:
         self.shape = (int(image.shape[0]), int(image.shape[1]))
         self.dtype = dtype
         self.meta = _build_meta(self.path, None, None)
+
+    def _pillow_pixels(self) -> tuple[npt.NDArray[Any], str]:
+        """Decoded pixels and Pillow mode (palette images expanded to RGB)."""
+        from PIL import Image
+
+        with Image.open(self.path) as opened:
+            opened.load()
+            if opened.mode == "1":
+                raise TileError(str(self.path), "1-bit (black/white) image: not an SEM tile")
+            image = opened.convert("RGB") if opened.mode == "P" else opened
+            mode = image.mode
+            pixels = np.asarray(image, dtype=np.uint16 if mode.startswith("I;16") else None)
+        return pixels, mode
 
     # -- reading
 
