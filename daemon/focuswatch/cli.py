@@ -250,6 +250,9 @@ def _settings(args: argparse.Namespace) -> config.Config:
             "watch.observer": args.observer,
             "scoring.workers": args.workers,
         }
+    elif args.command == "demo" and args.log_level is None:
+        # The demo prints what an operator sees; service logs would only bury it.
+        overrides["logging.level"] = "error"
     elif args.command in ("status", "retakes"):
         overrides["state_dir"] = args.state or getattr(args, "dismiss_state", None)
     cfg = config.with_overrides(cfg, overrides)
