@@ -240,10 +240,9 @@ def test_killed_worker_tile_is_rerun_elsewhere_and_each_job_has_one_outcome(
 def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
     cluster: Any, tmp_path: Path
 ) -> None:
-    paths = write_tiles(tmp_path, ["a.tif", "b.tif"])
-    ex = DaskExecutor(
-        cluster.scheduler_address, score_fn=gated_score, send_bytes=True, connect_timeout_s=5
-    )
+    """The real scorer on the workers, fed bytes: same names, metadata parsed from them."""
+    paths = write_tiles(tmp_path, ["Tile_r1-c1_S_003.tif", "Tile_r1-c2_S_003.tif"])
+    ex = DaskExecutor(cluster.scheduler_address, send_bytes=True, connect_timeout_s=5)
     try:
         jobs = jobs_for(paths)
         for job in jobs:
@@ -253,6 +252,8 @@ def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
             (1, str(paths[0])),
             (2, str(paths[1])),
         ]
+        assert all(o.result.score > 0 and o.result.backend == "numpy" for o in outcomes if o.result)
+        assert sorted(o.result.meta.col for o in outcomes if o.result) == [1, 2]
     finally:
         ex.close()
 
