@@ -17,6 +17,9 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
+
+from focuswatch import tiles
 from focuswatch.errors import TileError
 from focuswatch.scoring import ScoreSettings, TileScore
 
@@ -51,3 +54,28 @@ def fake_score(path: str, settings: ScoreSettings) -> TileScore:
         score_ms=0.0,
         meta=None,
     )
+
+
+def read_score(path: str, settings: ScoreSettings) -> TileScore:
+    """Reads the tile with the real reader (``tiles.read_tile``); the score is its std."""
+    image, meta = tiles.read_tile(path)
+    return TileScore(
+        path=path,
+        score=float(np.std(image)) + 1.0,
+        patch_scores=None,
+        content=0.5,
+        backend="test-std",
+        shape=(int(image.shape[0]), int(image.shape[1])),
+        dtype=str(image.dtype),
+        read_ms=0.0,
+        score_ms=0.0,
+        meta=meta,
+    )
+
+
+def read_score_unprivileged(path: str, settings: ScoreSettings) -> TileScore:
+    """``read_score`` in a worker that has dropped root (so chmod 000 really denies)."""
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+    return read_score(path, settings)

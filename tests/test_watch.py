@@ -190,6 +190,7 @@ def test_real_observer_sees_write_rename_and_move_in(
     root, changes, kind = watched
     section = root / "S_001"
     section.mkdir()
+    assert wait_for(changes, section).is_dir  # watched before files are written into it
     tile = section / "Tile r1 ü.tif"
     tile.write_bytes(b"data")
     c = wait_for(changes, tile, closed=True if kind == "inotify" else None)

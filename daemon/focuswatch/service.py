@@ -1,12 +1,559 @@
-"""Placeholder: the watch-folder service (issue 4) is not built yet."""
+"""The service: watch → ledger → executor → policy → sinks, in one main loop.
+
+::
+
+    watchdog thread ─► changes queue ─┐            (the event thread only enqueues)
+    rescan thread  ──► changes queue ─┤
+                                      ▼
+    main loop: Readiness ─► ledger 'ready' ─► executor (worker processes | Dask)
+               outcomes ─► policy.decide ─► ledger result (one per version) ─► sinks
+
+The ledger is the queue: versions wait there as 'ready' and the main loop hands the
+executor at most ``scoring.queue_size`` at a time, so a burst of 10,000 tiles costs
+10,000 rows, not 10,000 jobs in memory. A version's one result and its state change
+are one transaction; verdicts are handed to the sinks (alerts, retake list, anything
+passed in ``sinks=``) after they are committed and marked delivered after that, so a
+crash in between replays them at the next start (sinks de-duplicate by version).
+
+Start-up: versions left in 'scoring' by a crash go back to 'ready', the folder is
+scanned, then ``READY=1`` is sent. A periodic rescan catches what the observer
+missed (kernel queue overflow, files written while the service was down). SIGTERM
+or SIGINT stops intake, waits a bounded time for work in flight and hands the rest
+back to 'ready', then exits 0.
+"""
 
 from __future__ import annotations
 
-from focuswatch.config import Config
-from focuswatch.errors import NotBuiltError
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
 
-__all__ = ["main"]
+import structlog
+
+from focuswatch import sdnotify
+from focuswatch.config import Config
+from focuswatch.errors import ConfigError, NotBuiltError, StateError
+from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.scoring import ScoreSettings
+from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
+
+__all__ = ["Service", "Sink", "build_executor", "main", "score_settings"]
+
+log = structlog.get_logger("focuswatch.service")
+
+# How long a stop waits for tiles being scored before handing them back to 'ready'.
+STOP_GRACE_S = 10.0
+# How often the executor's description and a heartbeat are written for ``status``.
+META_INTERVAL_S = 5.0
+# Changes handled per loop turn, so a burst cannot starve outcomes and the watchdog.
+MAX_CHANGES_PER_TURN = 2000
+
+
+class Sink(Protocol):
+    """Receives every committed verdict; ``tick`` runs once per main-loop turn."""
+
+    def on_verdict(self, record: VerdictRecord) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+def score_settings(cfg: Config) -> ScoreSettings:
+    s = cfg.scoring
+    return ScoreSettings(
+        criterion=s.criterion,
+        mode=s.mode,
+        resolution=s.resolution,
+        patch_size=s.patch_size,
+        backend=s.backend,
+        memory_limit_mb=s.memory_limit_mb,
+    )
+
+
+def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
+    """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
+    if cfg.cluster.scheduler == "dask":
+        from focuswatch import cluster
+
+        return cluster.connect(cfg, score_fn=score_fn)
+    from focuswatch.worker import LocalExecutor
+
+    # One worker per GPU: with the GPU backend, worker i is pinned to device i.
+    devices = list(range(cfg.scoring.workers)) if cfg.scoring.backend == "gpu" else None
+    kwargs: dict[str, Any] = {} if score_fn is None else {"score_fn": score_fn}
+    return LocalExecutor(
+        workers=cfg.scoring.workers,
+        tile_timeout_s=cfg.scoring.tile_timeout_s,
+        queue_size=cfg.scoring.queue_size,
+        devices=devices,
+        **kwargs,
+    )
+
+
+def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
+    """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
+    sinks: list[Sink] = []
+    try:
+        from focuswatch import alerts
+
+        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
+    except (ImportError, AttributeError, NotBuiltError) as exc:
+        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
+    try:
+        from focuswatch import retakes
+
+        sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
+    except (ImportError, AttributeError, NotBuiltError) as exc:
+        log.warning("sink_unavailable", sink="retakes", reason=str(exc))
+    return sinks
+
+
+class Service:
+    """The running pipeline. ``start``, then ``turn`` repeatedly (or ``run_until``), ``stop``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        sinks: Sequence[Sink] | None = None,
+        clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
+        on_event: EventHook | None = None,
+        builtin_sinks: bool = True,
+        score_fn: Any = None,
+        notifier: sdnotify.Notifier | None = None,
+        decide: Callable[..., Verdict] | None = None,
+    ) -> None:
+        if cfg.watch.path is None:
+            raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+        self.cfg = cfg
+        self.root = str(Path(cfg.watch.path).absolute())
+        self.clock = clock
+        self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+        self.readiness = Readiness(
+            quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
+        )
+        self.changes: queue.Queue[Change] = queue.Queue()
+        self.settings = score_settings(cfg)
+        self.notifier = notifier or sdnotify.Notifier()
+        self._on_event = on_event
+        if decide is None:
+            from focuswatch import policy
+
+            self._calibration = policy.load_calibration(cfg.policy)
+            decide = policy.decide
+        else:
+            self._calibration = None
+        self._decide = decide
+        self._executor = executor
+        self._score_fn = score_fn
+        self.sinks: list[Sink] = []
+        if builtin_sinks:
+            self.sinks += _builtin_sinks(cfg, self.ledger, clock)
+        self.sinks += list(sinks or [])
+        self._submitted: set[int] = set()
+        self._watcher: Watcher | None = None
+        self.observer_kind: str | None = None
+        self._rescan_thread: threading.Thread | None = None
+        self._next_rescan = 0.0
+        self._next_poll = 0.0
+        self._next_meta = 0.0
+        self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
+        self.started = False
+        self.stopped = False
+
+    # -- events ------------------------------------------------------------------------
+
+    def _event(self, name: str, level: str = "info", **fields: Any) -> None:
+        getattr(log, level)(name, **fields)
+        if self._on_event is not None:
+            self._on_event(name, fields)
+
+    @staticmethod
+    def _tile_fields(v: TileVersion) -> dict[str, Any]:
+        return {"tile": v.path, "section": v.section, "row": v.row, "col": v.col, "version": v.id}
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = build_executor(self.cfg, score_fn=self._score_fn)
+        return self._executor
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self, *, watch: bool = True) -> None:
+        """Recover from a crash, start the observer, scan the folder, send READY=1."""
+        recovered = self.ledger.recover()
+        if recovered:
+            self._event("recovered_in_flight", versions=recovered)
+        if watch:
+            kind, why = choose_observer(self.root, self.cfg.watch.observer)
+            self._watcher = Watcher(
+                self.root,
+                self.changes,
+                observer=kind,
+                poll_interval_s=self.cfg.watch.poll_interval_s,
+            )
+            self._watcher.start()
+            self.observer_kind = kind
+            self._event("watching", path=self.root, observer=kind, why=why)
+        _ = self.executor  # start workers now, not on the first tile
+        found = self._scan_now(self.root)
+        self._replay_undelivered()
+        self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
+        self._write_meta(force=True)
+        self.started = True
+        self._event("started", files_found=found, pending=len(self.readiness))
+        self.notifier.ready(f"watching {self.root}")
+
+    def _scan_now(self, root: str) -> int:
+        known = self.ledger.known_paths()
+        n = 0
+        for path in scan(root, self.matcher):
+            n += 1
+            try:
+                st = os.stat(path)
+            except OSError:
+                self.readiness.note(path)  # poll reports why (vanished, loop, ...)
+                continue
+            if known.get(path) != (st.st_size, st.st_mtime_ns):
+                self.readiness.note(path)
+        return n
+
+    def _replay_undelivered(self) -> None:
+        for vid in self.ledger.undelivered():
+            self._deliver(vid)
+
+    # -- the main loop -----------------------------------------------------------------
+
+    def turn(self, timeout: float = 0.1) -> None:
+        """One main-loop iteration; waits at most about ``timeout`` seconds."""
+        self._take_changes(0.0)
+        now = time.monotonic()
+        if now >= self._next_poll and len(self.readiness):
+            self._next_poll = now + self._poll_every
+            for settled in self.readiness.poll():
+                self._settle(settled)
+        self._feed()
+        wait = min(timeout, self._poll_every) if len(self.readiness) else timeout
+        if self.executor.in_flight():
+            for outcome in self.executor.outcomes(wait):
+                self._handle(outcome)
+            self._feed()
+        else:
+            self._take_changes(wait)
+        if now >= self._next_rescan:
+            self._start_rescan()
+        wall = self.clock()
+        for sink in self.sinks:
+            try:
+                sink.tick(wall)
+            except Exception as exc:  # a sink's failure is logged; scoring goes on
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
+        self._write_meta()
+        self.notifier.watchdog()
+
+    def idle(self) -> bool:
+        """Nothing left to do: no changes, nothing pending, nothing ready or in flight."""
+        counts = self.ledger.counts()
+        return (
+            self.changes.empty()
+            and not len(self.readiness)
+            and counts["ready"] == 0
+            and counts["seen"] == 0
+            and self.executor.in_flight() == 0
+            and (self._rescan_thread is None or not self._rescan_thread.is_alive())
+        )
+
+    def run_until(self, stop: threading.Event, *, once: bool = False) -> None:
+        """Run until ``stop`` is set (or, with ``once``, until everything is scored)."""
+        if not self.started:
+            self.start(watch=not once)
+        try:
+            while not stop.is_set():
+                self.turn(0.1)
+                if once and self.idle():
+                    break
+        finally:
+            self.stop()
+
+    def _take_changes(self, timeout: float) -> None:
+        try:
+            first = self.changes.get(timeout=timeout) if timeout > 0 else self.changes.get_nowait()
+        except queue.Empty:
+            return
+        self._change(first)
+        for _ in range(MAX_CHANGES_PER_TURN):
+            try:
+                self._change(self.changes.get_nowait())
+            except queue.Empty:
+                return
+
+    def _change(self, c: Change) -> None:
+        if c.is_dir:
+            # A folder moved in (a whole section): its files may bring no events of their own.
+            if os.path.isdir(c.path) and not self.matcher.under_hidden_dir(c.path, self.root):
+                self._scan_now(c.path)
+            return
+        if not self.matcher.matches(c.path) or self.matcher.under_hidden_dir(c.path, self.root):
+            return
+        if c.path not in self.readiness:
+            try:
+                st = os.stat(c.path)
+            except OSError:
+                st = None
+            if st is not None and self.ledger.has_version(c.path, st.st_size, st.st_mtime_ns):
+                return  # a duplicate event for a version already recorded
+        self.readiness.note(c.path, closed=c.closed)
+
+    def _settle(self, s: Settled) -> None:
+        if s.kind == "vanished":
+            self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
+            return
+        size, mtime = s.size, s.mtime_ns
+        if s.kind == "error":
+            try:  # the link itself identifies the version (a symlink loop has no target)
+                st = os.lstat(s.path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+        from focuswatch.tiles import parse_tile_name
+
+        section, row, col = parse_tile_name(s.path)
+        vid, created = self.ledger.add_version(
+            s.path,
+            size=size,
+            mtime_ns=mtime,
+            tile_name=os.path.basename(s.path),
+            section=section,
+            row=row,
+            col=col,
+        )
+        if not created:
+            return
+        v = self.ledger.get(vid)
+        if s.kind == "ready":
+            self._event("tile_ready", **self._tile_fields(v), size=size)
+            return
+        self._record(v, Verdict(VerdictKind.UNREADABLE, s.reason), score=None, worker="")
+
+    def _feed(self) -> None:
+        free = self.cfg.scoring.queue_size - self.executor.in_flight()
+        if free <= 0:
+            return
+        for v in self.ledger.claim_ready(free):
+            self._submitted.add(v.id)
+            self._event("tile_scoring", "debug", **self._tile_fields(v), attempt=v.attempts)
+            self.executor.submit(Job(v.id, v.path, self.settings))
+
+    def _handle(self, o: Outcome) -> None:
+        self._submitted.discard(o.version_id)
+        v = self.ledger.get(o.version_id)
+        if v.state != "scoring":
+            # A job that ran twice (e.g. re-run by Dask after a worker died): one result only.
+            self._event("duplicate_outcome", **self._tile_fields(v), state=v.state)
+            return
+        if o.result is None:
+            reason = o.error or "scoring failed without a reason"
+            if o.retryable and v.attempts < self.cfg.scoring.max_attempts:
+                self.ledger.release(v.id, error=reason, undo_attempt=False)
+                self._event(
+                    "tile_retry",
+                    "warning",
+                    **self._tile_fields(v),
+                    attempt=v.attempts,
+                    reason=reason,
+                )
+                return
+            if o.retryable:
+                reason = f"gave up after {v.attempts} attempts: {reason}"
+            self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker=o.worker)
+            return
+        ts = o.result
+        try:
+            verdict = self._verdict(v, ts)
+        except Exception as exc:  # a policy bug must not lose the score or stop the service
+            verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
+            self._event("policy_failed", "error", **self._tile_fields(v), error=repr(exc))
+        self._record(v, verdict, score=ts, worker=o.worker)
+
+    def _verdict(self, v: TileVersion, ts: Any) -> Verdict:
+        from focuswatch.policy import Evidence
+
+        history: list[float] = []
+        if v.row is not None and v.col is not None and v.section_index is not None:
+            history = self.ledger.history_scores(
+                v.row,
+                v.col,
+                before_section_index=v.section_index,
+                limit=self.cfg.policy.history_sections,
+            )
+        section: list[float] = []
+        if v.section is not None:
+            section = self.ledger.section_scores(v.section, exclude_version=v.id)
+        ev = Evidence(
+            score=float(ts.score),
+            patch_scores=ts.patch_scores,
+            content=float(ts.content),
+            history=history,
+            section_scores=section,
+        )
+        return self._decide(ev, cfg=self.cfg.policy, calibration=self._calibration)
+
+    def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
+        created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
+        if not created:
+            self._event("duplicate_outcome", **self._tile_fields(v))
+            return
+        fields = self._tile_fields(v) | {"verdict": str(verdict.kind), "reason": verdict.reason}
+        if score is None:
+            self._event("tile_failed", "warning", **fields)
+        else:
+            self._event(
+                "tile_scored",
+                **fields,
+                score=float(score.score),
+                read_ms=round(float(score.read_ms), 1),
+                score_ms=round(float(score.score_ms), 1),
+                worker=worker,
+            )
+        self._deliver(v.id)
+
+    def _deliver(self, vid: int) -> None:
+        v = self.ledger.get(vid)
+        if not v.superseded:  # a verdict on a tile already overwritten helps nobody
+            record = self.ledger.verdict_record(vid)
+            for sink in self.sinks:
+                try:
+                    sink.on_verdict(record)
+                except Exception as exc:
+                    self._event(
+                        "sink_failed",
+                        "error",
+                        sink=type(sink).__name__,
+                        error=repr(exc),
+                        version=vid,
+                    )
+        self.ledger.mark_delivered(vid)
+
+    # -- rescans and status ------------------------------------------------------------
+
+    def _start_rescan(self) -> None:
+        self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
+        if self._rescan_thread is not None and self._rescan_thread.is_alive():
+            return
+        self._rescan_thread = threading.Thread(
+            target=self._rescan, name="focuswatch-rescan", daemon=True
+        )
+        self._rescan_thread.start()
+
+    def _rescan(self) -> None:
+        """Reconciliation: every file goes through the queue; known versions are skipped."""
+        n = 0
+        for path in scan(self.root, self.matcher):
+            self.changes.put(Change(path))
+            n += 1
+        log.debug("rescan_done", files=n)
+
+    def rescan_now(self) -> None:
+        """Start a reconciliation scan at the next turn (for tests and operators)."""
+        self._next_rescan = 0.0
+
+    def _write_meta(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_meta:
+            return
+        self._next_meta = now + META_INTERVAL_S
+        try:
+            self.ledger.set_meta("executor", self.executor.describe())
+        except Exception as exc:  # describing is best effort (a cluster may be away)
+            self.ledger.set_meta("executor", {"backend": "unknown", "error": repr(exc)})
+        self.ledger.set_meta(
+            "service",
+            {
+                "pid": os.getpid(),
+                "watch": self.root,
+                "observer": self.observer_kind or "none (--once)",
+                "pending_files": len(self.readiness),
+            },
+        )
+        self.ledger.set_meta("heartbeat", self.clock())
+
+    # -- stop --------------------------------------------------------------------------
+
+    def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop intake, wait up to ``grace_s`` for work in flight, hand the rest back."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.notifier.stopping("finishing tiles in flight")
+        if self._watcher is not None:
+            self._watcher.stop()
+        deadline = time.monotonic() + grace_s
+        ex = self._executor
+        if ex is not None:
+            while ex.in_flight() and time.monotonic() < deadline:
+                for outcome in ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))):
+                    self._handle(outcome)
+            ex.close()
+        handed_back = 0
+        for vid in list(self._submitted):
+            self.ledger.release(vid, undo_attempt=True)  # not the tile's fault
+            handed_back += 1
+        self._submitted.clear()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
+        self._event("stopped", handed_back=handed_back)
+        self.ledger.close()
+
+
+def _check_folders(cfg: Config) -> None:
+    if cfg.watch.path is None:
+        raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+    watch = Path(cfg.watch.path)
+    if not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
+    if not os.access(watch, os.R_OK | os.X_OK):
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
+    state = Path(cfg.state_dir)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise StateError(f"state folder {state} is not writable")
 
 
 def main(cfg: Config, *, once: bool = False) -> int:
-    raise NotBuiltError("the watch-folder service (issue 4)")
+    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done)."""
+    _check_folders(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service = Service(cfg)
+        service.run_until(stop, once=once)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

@@ -17,6 +17,7 @@ import errno
 import fnmatch
 import os
 import queue
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,12 +76,19 @@ class Matcher:
         self.exclude = list(exclude)
         if not self.include:
             raise ValueError("include must name at least one pattern, e.g. '*.tif'")
+        # One compiled regex per list: matching runs for every event and every scanned file.
+        self._include = re.compile("|".join(fnmatch.translate(p) for p in self.include))
+        self._exclude = (
+            re.compile("|".join(fnmatch.translate(p) for p in self.exclude))
+            if self.exclude
+            else None
+        )
 
     def matches(self, path: str | Path) -> bool:
         name = os.path.basename(os.fspath(path))
-        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+        if not self._include.match(name):
             return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        return self._exclude is None or not self._exclude.match(name)
 
     def skip_dir(self, name: str) -> bool:
         """Hidden folders (``.Trash``, ``.snapshot``) are never descended into."""
@@ -165,6 +173,8 @@ class _Handler:
         kind = event.event_type
         if kind in ("opened", "closed_no_write", "deleted"):
             return
+        if event.is_directory and kind not in ("created", "moved"):
+            return  # a folder 'modified' by every file written in it says nothing new
         path = os.fsdecode(event.dest_path if kind == "moved" else event.src_path)
         if not path:
             return

@@ -60,6 +60,11 @@ def _worker_main(
     os.environ.update(env)
     # Ctrl-C goes to the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Start-up (imports, unpickling score_fn) must not count against a tile's time limit.
+    try:
+        conn.send("ready")
+    except (EOFError, OSError):
+        return
     while True:
         try:
             job = conn.recv()
@@ -91,6 +96,7 @@ class _Slot:
     conn: multiprocessing.connection.Connection | None = None
     job: Job | None = None
     started: float = 0.0
+    ready: bool = False
 
 
 class LocalExecutor:
@@ -152,7 +158,7 @@ class LocalExecutor:
         )
         proc.start()
         child.close()
-        slot.proc, slot.conn, slot.job = proc, parent, None
+        slot.proc, slot.conn, slot.job, slot.ready = proc, parent, None, False
 
     def _replace(self, slot: _Slot) -> None:
         if slot.proc is not None and slot.proc.is_alive():
@@ -243,7 +249,7 @@ class LocalExecutor:
         for slot in self._slots:
             if not self._pending:
                 return
-            if slot.job is None and slot.conn is not None:
+            if slot.job is None and slot.ready and slot.conn is not None:
                 job = self._pending.popleft()
                 try:
                     slot.conn.send(job)
@@ -257,19 +263,35 @@ class LocalExecutor:
         """Wait up to ``timeout`` for results, deaths or timeouts; then refill workers."""
         self._dispatch()
         busy = [s for s in self._slots if s.job is not None]
-        if busy:
-            now = self._clock()
-            nearest = min(s.started + self._timeout for s in busy) - now
-            wait_s = max(0.0, min(timeout, nearest))
+        starting = [s for s in self._slots if not s.ready and s.conn is not None]
+        if busy or (starting and self._pending):
+            wait_s = timeout
+            if busy:
+                nearest = min(s.started + self._timeout for s in busy) - self._clock()
+                wait_s = max(0.0, min(timeout, nearest))
             handles: list[Any] = []
-            for s in busy:
+            for s in busy + starting:
                 handles += [s.conn, s.proc.sentinel]
             multiprocessing.connection.wait(handles, wait_s)
+            for slot in starting:
+                self._check_start(slot)
             for slot in busy:
                 self._check(slot)
         elif timeout > 0 and not self._pending:
             time.sleep(min(timeout, 0.05))  # nothing to wait on; keep the caller's loop calm
         self._dispatch()
+
+    def _check_start(self, slot: _Slot) -> None:
+        if slot.conn is None:
+            return
+        try:
+            if slot.conn.poll():
+                slot.ready = slot.conn.recv() == "ready"
+                return
+        except (EOFError, OSError):
+            pass
+        if not slot.proc.is_alive():  # died while starting (e.g. a broken install)
+            self._replace(slot)
 
     def _check(self, slot: _Slot) -> None:
         job = slot.job

@@ -1,0 +1,424 @@
+"""The service end to end, in-process: real observers, real SQLite, real worker processes.
+
+Scoring is injected (``pipeline_jobs``: a fake score, or the real tile reader with a
+simple score) so these tests exercise the pipeline, not MHFD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+import tifffile
+
+from focuswatch import service as service_mod
+from focuswatch.config import Config, ScoringConfig, WatchConfig
+from focuswatch.errors import ConfigError, StateError
+from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.ledger import Ledger
+from focuswatch.sdnotify import Notifier
+from focuswatch.service import Service
+from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.watch import Change
+from focuswatch.worker import LocalExecutor
+from pipeline_jobs import fake_score, read_score, read_score_unprivileged
+
+BURST = int(os.environ.get("FOCUSWATCH_BURST_TILES", "2000"))
+
+
+class RecordingSink:
+    """A real sink that remembers what it was given."""
+
+    def __init__(self) -> None:
+        self.records: list[VerdictRecord] = []
+        self.ticks = 0
+        self.closed = False
+
+    def on_verdict(self, record: VerdictRecord) -> None:
+        self.records.append(record)
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make_cfg(tmp_path: Path, *, observer: str = "inotify", **scoring: Any) -> Config:
+    watch = tmp_path / "watch"
+    watch.mkdir(exist_ok=True)
+    sc = {"tile_timeout_s": 1.0, "max_attempts": 2, "queue_size": 8, "workers": 1} | scoring
+    return Config(
+        state_dir=tmp_path / "state",
+        watch=WatchConfig(
+            path=watch,
+            observer=observer,
+            poll_interval_s=0.05,
+            quiet_s=0.1,
+            incomplete_timeout_s=30.0,
+            rescan_interval_s=3600.0,
+        ),
+        scoring=ScoringConfig(**sc),
+    )
+
+
+def write_tif(path: Path, *, value: int = 0, size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    tifffile.imwrite(path, rng.integers(0, 255, (size, size), dtype=np.uint8))
+    return path
+
+
+def turn_until(svc: Service, done: Callable[[], bool], *, turns: int = 600) -> None:
+    for _ in range(turns):
+        if done():
+            return
+        svc.turn(0.05)
+    raise AssertionError("condition not reached within the turn budget")
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, RecordingSink]]]:
+    made: list[Service] = []
+
+    def make(
+        cfg: Config | None = None,
+        *,
+        score_fn: Any = fake_score,
+        watch: bool = True,
+        notifier_env: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[Service, RecordingSink]:
+        sink = RecordingSink()
+        svc = Service(
+            cfg or make_cfg(tmp_path),
+            sinks=[sink],
+            builtin_sinks=False,
+            score_fn=score_fn,
+            notifier=Notifier(env=notifier_env or {}),
+            **kw,
+        )
+        made.append(svc)
+        svc.start(watch=watch)
+        return svc, sink
+
+    yield make
+    for svc in made:
+        svc.stop(grace_s=0.5)
+
+
+def results_per_version(state: Path) -> dict[str, int]:
+    led = Ledger.open(state, readonly=True)
+    rows = led.connection.execute(
+        "SELECT v.path, count(r.id) FROM versions v LEFT JOIN results r ON r.version_id = v.id "
+        "WHERE v.superseded = 0 GROUP BY v.id"
+    ).fetchall()
+    led.close()
+    return dict(rows)
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_tiles_written_renamed_and_moved_in_each_get_one_verdict(
+    observer: str, tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    cfg = make_cfg(tmp_path, observer=observer)
+    svc, sink = make_service(cfg)
+    assert svc.observer_kind == observer
+    root = Path(cfg.watch.path or "")
+    sec = root / "S_001_17524"
+    write_tif(sec / "Tile_r1-c1_S_001_17524.tif", value=1)
+    tmp = write_tif(sec / "Tile_r1-c2_S_001_17524.tif.tmp", value=2)
+    tmp.rename(sec / "Tile_r1-c2_S_001_17524.tif")
+    outside = write_tif(tmp_path / "Tile_r2-c1_S_001_17524.tif", value=3)
+    shutil.move(outside, sec / "Tile_r2-c1_S_001_17524.tif")
+    write_tif(sec / "Tile_r1-c1_thumb.tif", value=4)  # excluded
+    turn_until(svc, lambda: len(sink.records) >= 3)
+    names = sorted(r.tile_name for r in sink.records)
+    assert names == [
+        "Tile_r1-c1_S_001_17524.tif",
+        "Tile_r1-c2_S_001_17524.tif",
+        "Tile_r2-c1_S_001_17524.tif",
+    ]
+    rec = next(r for r in sink.records if r.tile_name.startswith("Tile_r1-c2"))
+    assert (rec.section, rec.row, rec.col) == ("001", 1, 2)
+    assert all(r.verdict.kind is VerdictKind.IN_FOCUS for r in sink.records)
+
+
+def test_duplicate_events_and_rescans_never_give_a_second_result(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    svc, sink = make_service()
+    root = Path(svc.root)
+    paths = [write_tif(root / "S_002" / f"Tile_r0-c{i}_S_002.tif", value=i) for i in range(4)]
+    turn_until(svc, lambda: len(sink.records) >= 4)
+    for p in paths:  # a storm of repeated events for the same files
+        for closed in (False, True, True):
+            svc.changes.put(Change(str(p), closed=closed))
+    svc.rescan_now()
+    turn_until(svc, lambda: svc.idle() and svc.changes.empty(), turns=200)
+    for _ in range(5):
+        svc.turn(0.02)
+    assert len(sink.records) == 4
+    assert set(results_per_version(tmp_path / "state").values()) == {1}
+
+
+def test_overwritten_tile_is_a_new_version_that_supersedes_the_old(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    svc, sink = make_service()
+    p = write_tif(Path(svc.root) / "S_003" / "Tile_r0-c0_S_003.tif", value=1)
+    turn_until(svc, lambda: len(sink.records) == 1)
+    write_tif(p, value=2, size=48)  # retake under the same name
+    turn_until(svc, lambda: len(sink.records) == 2)
+    versions = svc.ledger.versions(str(p))
+    assert [v.superseded for v in versions] == [True, False]
+    assert [v.state for v in versions] == ["scored", "scored"]
+    assert sink.records[1].version_id == versions[1].id
+
+
+def test_crashing_and_hanging_tiles_are_retried_then_failed_and_the_rest_scored(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    svc, sink = make_service(make_cfg(tmp_path, workers=2))
+    sec = Path(svc.root) / "S_004"
+    for name in ["a_CRASH.tif", "b_HANG.tif", "c_ONCE.tif", "d_ok.tif", "e_EXIT.tif"]:
+        write_tif(sec / name)
+    turn_until(svc, lambda: len(sink.records) == 5, turns=2000)
+    by = {r.tile_name: r for r in sink.records}
+    assert by["d_ok.tif"].verdict.kind is VerdictKind.IN_FOCUS
+    assert by["c_ONCE.tif"].verdict.kind is VerdictKind.IN_FOCUS  # second attempt worked
+    for name, why in [
+        ("a_CRASH.tif", "SIGKILL"),
+        ("b_HANG.tif", "longer than"),
+        ("e_EXIT.tif", "exit code 3"),
+    ]:
+        assert by[name].verdict.kind is VerdictKind.UNREADABLE
+        assert "gave up after 2 attempts" in by[name].verdict.reason
+        assert why in by[name].verdict.reason
+        v = svc.ledger.get(by[name].version_id)
+        assert (v.state, v.attempts) == ("failed", 2)
+
+
+def test_bad_inputs_each_get_a_recorded_reason_and_a_log_event(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    root = tmp_path / "watch"
+    deep = root.joinpath(*[f"level {i} ü" for i in range(10)])
+    deep.mkdir(parents=True)
+    (root / "zero.tif").write_bytes(b"")
+    write_tif(root / "truncated.tif", size=128)
+    data = (root / "truncated.tif").read_bytes()
+    (root / "truncated.tif").write_bytes(data[: len(data) // 2])
+    (root / "not a tiff.tif").write_text("hello, I am a text file")
+    tifffile.imwrite(root / "rgb.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(root / "float.tif", np.random.default_rng(0).random((32, 32)).astype("f4"))
+    tifffile.imwrite(
+        root / "multipage.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack"
+    )
+    tifffile.imwrite(root / "one_by_n.tif", np.zeros((1, 64), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # tifffile warns that 0x0 is nonconformant: that's the point
+        tifffile.imwrite(root / "zero_by_zero.tif", np.zeros((0, 0), np.uint8))
+    (root / "loop.tif").symlink_to(root / "loop.tif")
+    write_tif(root / "Tile r1 ünïcode.tif")
+    write_tif(deep / "deep.tif")
+    write_tif(root / "vanishes.tif")
+    expected = {
+        "zero.tif": "zero-byte",
+        "truncated.tif": "truncated",
+        "not a tiff.tif": "not a TIFF",
+        "one_by_n.tif": "too small",
+        "zero_by_zero.tif": "empty",
+        "loop.tif": "symlink loop",
+    }
+    fine = {"rgb.tif", "float.tif", "multipage.tif", "Tile r1 ünïcode.tif", "deep.tif"}
+    with structlog.testing.capture_logs() as logs:
+        svc, sink = make_service(score_fn=read_score, watch=False)
+        (root / "vanishes.tif").unlink()  # noticed by the scan, gone before it is read
+        turn_until(svc, lambda: len(sink.records) == len(expected) + len(fine))
+    by = {r.tile_name: r for r in sink.records}
+    for name, why in expected.items():
+        assert by[name].verdict.kind is VerdictKind.UNREADABLE, name
+        assert why in by[name].verdict.reason, (name, by[name].verdict.reason)
+    for name in fine:
+        assert by[name].verdict.kind is not VerdictKind.UNREADABLE, (name, by[name].verdict)
+    events = {(e["event"], Path(e.get("tile", "")).name) for e in logs}
+    for name in expected:
+        assert ("tile_failed", name) in events
+    for name in fine:
+        assert ("tile_scored", name) in events
+    assert ("tile_vanished", "vanishes.tif") in events
+    assert "vanishes.tif" not in by
+
+
+def test_permission_denied_is_recorded(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """chmod 000 does not stop root: the worker drops to 'nobody' first when run as root."""
+    p = write_tif(tmp_path / "watch" / "secret.tif")
+    p.chmod(0)
+    tmp_path.chmod(0o755)
+    (tmp_path / "watch").chmod(0o755)
+    svc, sink = make_service(score_fn=read_score_unprivileged, watch=False)
+    turn_until(svc, lambda: len(sink.records) == 1)
+    assert sink.records[0].verdict.kind is VerdictKind.UNREADABLE
+    assert "permission denied" in sink.records[0].verdict.reason.lower()
+
+
+def test_stop_hands_in_flight_work_back_to_ready(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    cfg = dataclasses.replace(
+        make_cfg(tmp_path), scoring=ScoringConfig(tile_timeout_s=60.0, workers=1)
+    )
+    svc, sink = make_service(cfg, watch=False)
+    write_tif(Path(svc.root) / "HANG.tif")
+    svc.rescan_now()
+    turn_until(svc, lambda: svc.ledger.counts()["scoring"] == 1)
+    (vid,) = svc._submitted
+    svc.stop(grace_s=0.2)
+    assert sink.closed
+    led = Ledger.open(tmp_path / "state")
+    v = led.get(vid)
+    assert (v.state, v.attempts) == ("ready", 0)
+
+
+def test_versions_left_scoring_by_a_crash_are_scored_once_at_restart(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    cfg = make_cfg(tmp_path)
+    p = write_tif(Path(cfg.watch.path or "") / "t.tif")
+    st = p.stat()
+    led = Ledger.open(cfg.state_dir)
+    vid, _ = led.add_version(str(p), size=st.st_size, mtime_ns=st.st_mtime_ns, tile_name="t.tif")
+    led.claim_ready(1)  # as if the service died while scoring it
+    led.close()
+    svc, sink = make_service(cfg, watch=False)
+    turn_until(svc, lambda: len(sink.records) == 1)
+    assert sink.records[0].version_id == vid
+    assert results_per_version(cfg.state_dir) == {str(p): 1}
+
+
+class CountingExecutor:
+    """Wraps the real local executor and remembers the most jobs ever in flight."""
+
+    def __init__(self, inner: LocalExecutor) -> None:
+        self.inner = inner
+        self.max_in_flight = 0
+        self.submitted: list[int] = []
+
+    def submit(self, job: Job) -> None:
+        self.inner.submit(job)
+        self.submitted.append(job.version_id)
+        self.max_in_flight = max(self.max_in_flight, self.inner.in_flight())
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        return self.inner.outcomes(timeout)
+
+    def in_flight(self) -> int:
+        return self.inner.in_flight()
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_burst_of_tiles_all_scored_once_with_bounded_in_flight(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """BURST tiles (env FOCUSWATCH_BURST_TILES, default 2000) dropped into a watched folder."""
+    cfg = make_cfg(tmp_path, queue_size=16, workers=2)
+    ex = CountingExecutor(LocalExecutor(workers=2, queue_size=16, score_fn=fake_score))
+    executor: Executor = ex
+    svc, sink = make_service(cfg, executor=executor)
+    root = Path(svc.root)
+    for s in range(BURST // 500 + 1):
+        (root / f"S_{s:03d}").mkdir()
+    for i in range(BURST):
+        (root / f"S_{i // 500:03d}" / f"Tile_r{i // 50}-c{i % 50}.tif").write_bytes(b"x" * (i % 13))
+    turn_until(svc, lambda: len(sink.records) == BURST, turns=BURST * 20)
+    assert ex.max_in_flight <= 16
+    assert len(ex.submitted) == len(set(ex.submitted)) == BURST
+    assert len({r.version_id for r in sink.records}) == BURST
+    assert set(results_per_version(tmp_path / "state").values()) == {1}
+
+
+def test_sd_notify_ready_after_scan_and_stopping(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="fw") as d:
+        addr = os.path.join(d, "n")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(addr)
+        s.settimeout(5.0)
+        try:
+            svc, _ = make_service(notifier_env={"NOTIFY_SOCKET": addr})
+            assert s.recv(4096).startswith(b"READY=1")
+            svc.turn(0.01)
+            assert s.recv(4096) == b"WATCHDOG=1"
+            svc.stop(grace_s=0.1)
+            assert s.recv(4096).startswith(b"STOPPING=1")
+        finally:
+            s.close()
+
+
+def test_run_until_stops_on_event_and_once_mode_drains(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    for i in range(3):
+        write_tif(Path(cfg.watch.path or "") / f"t{i}.tif", value=i)
+    sink = RecordingSink()
+    svc = Service(cfg, sinks=[sink], builtin_sinks=False, score_fn=fake_score)
+    svc.run_until(threading.Event(), once=True)
+    assert len(sink.records) == 3
+    assert svc.stopped
+    stop = threading.Event()
+    svc2 = Service(cfg, sinks=[], builtin_sinks=False, score_fn=fake_score)
+    t = threading.Thread(target=svc2.run_until, args=(stop,))
+    t.start()
+    stop.set()
+    t.join(30.0)
+    assert not t.is_alive()
+
+
+def test_main_reports_missing_or_unusable_folders_clearly(tmp_path: Path) -> None:
+    cfg = Config(state_dir=tmp_path / "state", watch=WatchConfig(path=tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        service_mod.main(cfg)
+    with pytest.raises(ConfigError, match="required"):
+        service_mod.main(Config(state_dir=tmp_path / "s"))
+    (tmp_path / "w").mkdir()
+    (tmp_path / "blocker").write_text("x")
+    cfg = Config(state_dir=tmp_path / "blocker" / "state", watch=WatchConfig(path=tmp_path / "w"))
+    with pytest.raises(StateError, match="cannot create state folder"):
+        service_mod.main(cfg)
+
+
+def test_state_changes_are_logged_with_tile_context(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        svc, sink = make_service(watch=False)
+        write_tif(Path(svc.root) / "S_007" / "Tile_r3-c4_S_007.tif")
+        svc.rescan_now()
+        turn_until(svc, lambda: len(sink.records) == 1)
+    ready = next(e for e in logs if e["event"] == "tile_ready")
+    scored = next(e for e in logs if e["event"] == "tile_scored")
+    for e in (ready, scored):
+        assert e["tile"].endswith("Tile_r3-c4_S_007.tif")
+        assert (e["section"], e["row"], e["col"]) == ("007", 3, 4)
+    assert scored["verdict"] == "in_focus"
