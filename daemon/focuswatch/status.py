@@ -1,12 +1,104 @@
-"""Placeholder: the status report (issue 4) is not built yet."""
+"""``focuswatch status``: what the service is doing, read from the ledger without writing.
+
+Opens the ledger read-only (``mode=ro``), so it is safe while the service runs.
+Shows tiles per state, the backlog, tiles per minute over the last ten minutes, the
+last N verdicts, recent failures with their reasons and the scoring backend the
+service reported. Alert destinations are never shown: apprise URLs carry secrets.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
 from focuswatch.config import Config
-from focuswatch.errors import NotBuiltError
+from focuswatch.ledger import STATES, Ledger
 
-__all__ = ["main"]
+__all__ = ["format_text", "main", "summary"]
 
 
-def main(cfg: Config, *, as_json: bool = False, last: int = 10) -> int:
-    raise NotBuiltError("the status report (issue 4)")
+def summary(
+    cfg: Config, *, last: int = 10, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """The status as a dict (what ``--json`` prints)."""
+    if last < 0:
+        raise ValueError(f"last must be >= 0, got {last}")
+    ledger = Ledger.open(cfg.state_dir, readonly=True, clock=clock)
+    try:
+        out = ledger.status_summary(last=last)
+        service = ledger.get_meta("service")
+    finally:
+        ledger.close()
+    out["state_dir"] = str(cfg.state_dir)
+    out["service"] = None if service is None else service[0]
+    return out
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _position(r: dict[str, Any]) -> str:
+    if r.get("row") is None:
+        return ""
+    return f"r{r['row']}-c{r['col']}"
+
+
+def format_text(s: dict[str, Any]) -> str:
+    lines = [f"state folder: {s['state_dir']}"]
+    hb = s.get("heartbeat_age_s")
+    if hb is None:
+        lines.append("service: never ran")
+    else:
+        lines.append(f"service: last heartbeat {hb:.0f} s ago")
+    svc = s.get("service") or {}
+    if svc:
+        lines.append(f"watching: {svc.get('watch')} (observer: {svc.get('observer')})")
+    ex = s.get("executor") or {}
+    if ex:
+        details = ", ".join(f"{k}={v}" for k, v in ex.items() if k != "backend")
+        lines.append(
+            f"backend: {ex.get('backend', 'unknown')}" + (f" ({details})" if details else "")
+        )
+    counts = s["counts"]
+    lines.append("tiles: " + ", ".join(f"{st} {counts[st]}" for st in STATES))
+    lines.append(
+        f"backlog: {s['backlog']}   rate: {s['tiles_per_min']:.1f} tiles/min (last 10 min)"
+    )
+    if s["verdicts"]:
+        lines.append("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items())))
+    if s["recent"]:
+        lines.append("")
+        lines.append("recent verdicts:")
+        for r in s["recent"]:
+            score = "-" if r["score"] is None else f"{r['score']:.4g}"
+            lines.append(
+                f"  {_when(r['at'])}  {r['verdict'] or '-':<20} score {score:<8} "
+                f"{r['section'] or '-'} {_position(r)}  {r['path']}"
+            )
+            if r["verdict"] not in ("in_focus", None):
+                lines.append(f"      {r['reason']}")
+    if s["failures"]:
+        lines.append("")
+        lines.append("failures:")
+        for f in s["failures"]:
+            lines.append(f"  {_when(f['at'])}  {f['path']}  (attempts {f['attempts']})")
+            lines.append(f"      {f['reason']}")
+    return "\n".join(lines)
+
+
+def main(cfg: Config, *, as_json: bool = False, last: int = 10, out: TextIO | None = None) -> int:
+    """Print the status; StateError (no ledger, unreadable) is reported by the CLI."""
+    stream = out or sys.stdout
+    s = summary(cfg, last=last)
+    if as_json:
+        stream.write(json.dumps(s, indent=2, sort_keys=True) + "\n")
+    else:
+        stream.write(format_text(s) + "\n")
+    return 0
