@@ -33,6 +33,7 @@ import re
 import stat
 import warnings
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +67,9 @@ _MAX_PIXELS: Final = 1 << 32
 # header is taken to be lying; flat synthetic images compress well, hence generous.
 _MAX_COMPRESSION_RATIO: Final = 4096
 _SMALL_DECLARED_BYTES: Final = 256 << 20
+# Decoded strips/tiles kept between region reads (patches of one band share strips);
+# one segment is always kept, however large, since decoding it needed that much anyway.
+_SEGMENT_CACHE_BYTES: Final = 128 << 20
 
 # Rec. 601 luma weights (what ImageJ and Pillow's "L" use).
 _LUMA: Final = (0.299, 0.587, 0.114)
@@ -467,6 +471,8 @@ class TileReader:
         self._tif: Any = None
         self._page: Any = None
         self._pixels: npt.NDArray[Any] | None = None  # Pillow path: decoded once
+        self._segments: OrderedDict[int, Any] = OrderedDict()  # decoded strips/tiles, LRU
+        self._segment_bytes = 0
         try:
             self._open()
         except TileError:
@@ -705,10 +711,14 @@ class TileReader:
                     index = (s * per_col + ty) * per_row + tx
                     if index >= len(offsets):
                         raise TileError(str(self.path), "corrupt TIFF: missing strips or tiles")
-                    with fh.lock:
-                        fh.seek(int(offsets[index]))
-                        data = fh.read(int(counts[index])) if counts[index] else None
-                    segment, (_, _, sy, sx, _), shape = decode(data, index, **decode_args)
+                    cached = self._segments.get(index)
+                    if cached is None:
+                        with fh.lock:
+                            fh.seek(int(offsets[index]))
+                            data = fh.read(int(counts[index])) if counts[index] else None
+                        cached = decode(data, index, **decode_args)
+                        self._remember(index, cached)
+                    segment, (_, _, sy, sx, _), shape = cached
                     ys0, ys1 = max(y0, sy), min(y1, sy + shape[1], height)
                     xs0, xs1 = max(x0, sx), min(x1, sx + shape[2], width)
                     target = band[
@@ -720,6 +730,17 @@ class TileReader:
                         target[...] = segment[0, ys0 - sy : ys1 - sy, xs0 - sx : xs1 - sx]
         return _apply_layout(band, self._layout)
 
+    def _remember(self, index: int, decoded: Any) -> None:
+        """Keep recently decoded strips/tiles: neighbouring patches share them."""
+        segment = decoded[0]
+        size = 0 if segment is None else int(segment.nbytes)
+        self._segments[index] = decoded
+        self._segments.move_to_end(index)
+        self._segment_bytes += size
+        while self._segment_bytes > _SEGMENT_CACHE_BYTES and len(self._segments) > 1:
+            _, (old, _, _) = self._segments.popitem(last=False)
+            self._segment_bytes -= 0 if old is None else int(old.nbytes)
+
     # -- lifetime
 
     def close(self) -> None:
@@ -729,6 +750,8 @@ class TileReader:
             with contextlib.suppress(Exception):
                 self._tif.close()
             self._tif = None
+        self._segments.clear()
+        self._segment_bytes = 0
 
     def __enter__(self) -> TileReader:
         return self
