@@ -98,3 +98,11 @@ def test_bad_parameters_are_rejected() -> None:
         LocalExecutor(workers=0)
     with pytest.raises(ValueError, match="fork is unsafe"):
         LocalExecutor(start_method="fork")
+
+
+def test_spawn_start_method_also_works(tmp_path: Path) -> None:
+    with LocalExecutor(workers=1, start_method="spawn", score_fn=fake_score) as ex:
+        ex.submit(Job(1, tile(tmp_path, "a.tif"), SETTINGS))
+        got = collect(ex, 1)
+    assert got[1].result is not None
+    assert ex.describe()["start_method"] == "spawn"

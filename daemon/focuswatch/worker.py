@@ -1,6 +1,7 @@
 """Scoring in worker processes on this machine: the local ``Executor``.
 
-Each worker is a separate process (``spawn`` by default, never threads), so a tile
+Each worker is a separate process (``forkserver`` by default, or ``spawn``; never
+threads, never a plain fork of the multi-threaded service), so a tile
 that crashes its worker (segfault, SIGKILL, ``os._exit``) or hangs it cannot take
 the service down. The parent talks to each worker over its own pipe and knows which
 job each one runs, so a death or a timeout is pinned on the right tile:
@@ -114,7 +115,7 @@ class LocalExecutor:
         tile_timeout_s: float = 300.0,
         queue_size: int = 64,
         score_fn: ScoreFn = score_path,
-        start_method: str = "spawn",
+        start_method: str = "forkserver",
         devices: Sequence[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -127,6 +128,10 @@ class LocalExecutor:
         if start_method not in ("spawn", "forkserver"):
             raise ValueError("start_method must be 'spawn' or 'forkserver' (fork is unsafe)")
         self._ctx: Any = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server imports NumPy, SciPy and the scorer once; every worker (and
+            # every replacement after a crash) is then a cheap fork of that clean process.
+            self._ctx.set_forkserver_preload(["focuswatch.worker", "focuswatch.scoring"])
         self._score_fn = score_fn
         self._timeout = tile_timeout_s
         self._queue_size = queue_size
