@@ -342,23 +342,38 @@ def test_unreachable_scheduler_with_wait_is_a_clear_error_within_the_bound() -> 
     assert time.monotonic() - t0 < 5
 
 
+def start_scheduler(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--no-dashboard"],
+        env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def start_worker(address: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+         "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
+        env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+# The workers must import this module (gated_score) and focuswatch as the test does.
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: Path) -> None:
     """The scheduler dies while a tile is being scored: after the client gives up
     reconnecting (connect_timeout_s), every unfinished job is scored locally, once."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    py = sys.executable
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    sched = subprocess.Popen(
-        [py, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--dashboard-address", ":0", "--no-dashboard"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    worker = subprocess.Popen(
-        [py, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-         "--host", "127.0.0.1", "--no-dashboard"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    procs = [start_scheduler(port), start_worker(address)]
     ex: DaskExecutor | None = None
     try:
         wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
@@ -370,8 +385,7 @@ def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: 
         for job in jobs:
             ex.submit(job)
         wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gated tile")
-        sched.kill()
-        sched.wait(10)
+        stop(procs[:1])
         (tmp_path / "release").write_text("")
         outcomes = collect(ex, len(jobs), timeout=40)
         by_id = {o.version_id: o for o in outcomes}
@@ -382,6 +396,45 @@ def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: 
     finally:
         if ex is not None:
             ex.close()
-        for proc in (worker, sched):
-            proc.kill()
-            proc.wait(10)
+        stop(procs)
+
+
+def test_scheduler_lost_mid_run_with_wait_holds_jobs_until_it_is_back(tmp_path: Path) -> None:
+    """on_unreachable = "wait": unfinished jobs are neither lost nor scored locally; the
+    executor logs each failed reconnection and resubmits them when a scheduler returns."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [start_scheduler(port), start_worker(address)]
+    ex: DaskExecutor | None = None
+    try:
+        wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
+        ex = DaskExecutor(address, score_fn=gated_score, connect_timeout_s=1, on_unreachable="wait")
+        wait_for(lambda: ex.describe()["workers"], timeout=30, what="the worker to join")
+        jobs = jobs_for(write_tiles(tmp_path, ["gate.tif", "a.tif"]))
+        for job in jobs:
+            ex.submit(job)
+        wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gated tile")
+        early: list[Outcome] = []
+        with structlog.testing.capture_logs() as logs:
+            stop(procs)
+            procs.clear()
+
+            def retrying() -> bool:
+                early.extend(ex.outcomes(0.1))  # outcomes() is where the executor checks health
+                return any(e["event"] == "cluster_unreachable" for e in logs)
+
+            wait_for(retrying, timeout=30, what="a logged reconnection attempt")
+        assert early == []
+        assert ex.in_flight() == len(jobs)
+        assert ex.describe()["state"] == "disconnected"
+        (tmp_path / "release").write_text("")
+        procs += [start_scheduler(port), start_worker(address)]
+        outcomes = collect(ex, len(jobs), timeout=60)
+        assert sorted(o.version_id for o in outcomes) == [1, 2]
+        assert all(o.result is not None and o.worker.startswith("tcp://") for o in outcomes)
+        assert all(o.extra["attempt"] == 2 for o in outcomes)  # resubmitted once, to the cluster
+        assert list(ex.outcomes(0.3)) == []
+    finally:
+        if ex is not None:
+            ex.close()
+        stop(procs)

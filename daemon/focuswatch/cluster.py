@@ -33,17 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import multiprocessing
-import queue
 import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future as PoolFuture
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -55,6 +50,7 @@ from focuswatch.config import Config
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.scoring import ScoreSettings, TileScore
+from focuswatch.worker import LocalExecutor
 
 __all__ = ["DaskExecutor", "ScoreFn", "TaskResult", "connect", "run_task", "score_bytes"]
 
@@ -177,89 +173,6 @@ def _failed(job: Job, exc: BaseException, worker: str, extra: dict[str, Any]) ->
     )
 
 
-# ------------------------------------------------------------------ local fallback
-
-
-class _PoolExecutor:
-    """Local fallback: jobs in a process pool, each running ``run_task`` on a path.
-
-    Used when the scheduler cannot be reached and ``on_unreachable = "fallback"``.
-    Backpressure is the caller's (``DaskExecutor`` bounds all unfinished jobs).
-    """
-
-    def __init__(self, *, workers: int, score_fn: ScoreFn | None) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self._workers = workers
-        self._score_fn = score_fn
-        self._done: queue.Queue[Outcome] = queue.Queue()
-        self._pending: set[int] = set()
-        self._lock = threading.Lock()
-        self._pool = self._new_pool()
-        self._tiles = 0
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn: never fork a process that runs Dask's and the service's threads.
-        ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
-
-    def _submit_to_pool(self, job: Job) -> PoolFuture[TaskResult]:
-        return self._pool.submit(
-            run_task, job.path, name=job.path, settings=job.settings, score_fn=self._score_fn
-        )
-
-    def submit(self, job: Job) -> None:
-        with self._lock:
-            self._pending.add(job.version_id)
-            try:
-                fut = self._submit_to_pool(job)
-            except BrokenProcessPool:  # a pool process died earlier: start a fresh pool
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-                fut = self._submit_to_pool(job)
-        fut.add_done_callback(lambda f: self._done.put(self._to_outcome(job, f)))
-
-    def _to_outcome(self, job: Job, fut: PoolFuture[TaskResult]) -> Outcome:
-        extra = {"backend": "local-fallback"}
-        if fut.cancelled():
-            return _failed(job, RuntimeError("cancelled"), "local", extra)
-        exc = fut.exception()
-        if exc is not None:
-            return _failed(job, exc, "local", extra)
-        res = fut.result()
-        return _outcome(job, TaskResult(res.score, res.error, res.retryable, "local"), extra)
-
-    def outcomes(self, timeout: float) -> Iterator[Outcome]:
-        try:
-            first = self._done.get(timeout=timeout) if timeout > 0 else self._done.get_nowait()
-        except queue.Empty:
-            return
-        batch = [first]
-        while True:
-            try:
-                batch.append(self._done.get_nowait())
-            except queue.Empty:
-                break
-        for o in batch:
-            with self._lock:
-                self._pending.discard(o.version_id)
-                self._tiles += o.result is not None
-            yield o
-
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": "local-fallback",
-            "workers": [{"address": "local", "nthreads": self._workers, "tiles": self._tiles}],
-        }
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 # --------------------------------------------------------------------- throughput
 
 
@@ -321,9 +234,10 @@ class DaskExecutor:
     """Runs scoring jobs on a Dask cluster; see the module docstring for the guarantees.
 
     ``fallback`` makes the local executor used while the scheduler is unreachable and
-    ``on_unreachable = "fallback"`` (default: a process pool of ``fallback_workers``
-    calling ``score_fn``). ``score_fn`` replaces ``scoring.score_path`` in the tasks
-    (a picklable top-level function; tests inject a slow one).
+    ``on_unreachable = "fallback"`` (default: ``worker.LocalExecutor`` with
+    ``fallback_workers`` processes calling ``score_fn``). ``score_fn`` replaces
+    ``scoring.score_path`` in the tasks (a picklable top-level function; tests inject
+    a slow one).
     """
 
     def __init__(
@@ -354,7 +268,11 @@ class DaskExecutor:
         self._send_bytes = send_bytes
         self._score_fn = score_fn
         self._make_fallback: Callable[[], Executor] = fallback or (
-            lambda: _PoolExecutor(workers=fallback_workers, score_fn=score_fn)
+            lambda: LocalExecutor(
+                workers=fallback_workers,
+                queue_size=queue_size,
+                score_fn=score_fn or scoring.score_path,
+            )
         )
         self._fallback: Executor | None = None
         self._cond = threading.Condition()
@@ -703,10 +621,15 @@ class DaskExecutor:
 
 
 def _local_fallback(cfg: Config, score_fn: ScoreFn | None) -> Callable[[], Executor]:
-    """The pipeline's local executor where it exists, else a process pool."""
+    """Makes the executor ``cluster.scheduler = "local"`` would use, for the fallback."""
 
     def make() -> Executor:
-        return _PoolExecutor(workers=cfg.scoring.workers, score_fn=score_fn)
+        return LocalExecutor(
+            workers=cfg.scoring.workers,
+            tile_timeout_s=cfg.scoring.tile_timeout_s,
+            queue_size=cfg.scoring.queue_size,
+            score_fn=score_fn or scoring.score_path,
+        )
 
     return make
 
