@@ -64,7 +64,6 @@ _POLL_S = 0.05
 # Internal resubmissions of one job after its future was cancelled while the client
 # stayed connected (rare: someone else cancelled it); past this, a retryable outcome.
 _MAX_RESUBMITS = 3
-_RECONNECT_MAX_BACKOFF_S = 60.0
 
 
 # --------------------------------------------------------------------------- the task
@@ -237,7 +236,7 @@ class DaskExecutor:
     ``on_unreachable = "fallback"`` (default: ``worker.LocalExecutor`` with
     ``fallback_workers`` processes calling ``score_fn``). ``score_fn`` replaces
     ``scoring.score_path`` in the tasks (a picklable top-level function; tests inject
-    a slow one).
+    a slow one). Reconnection attempts back off from 1 s to ``reconnect_max_s``.
     """
 
     def __init__(
@@ -251,6 +250,7 @@ class DaskExecutor:
         score_fn: ScoreFn | None = None,
         fallback: Callable[[], Executor] | None = None,
         fallback_workers: int = 1,
+        reconnect_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not address:
@@ -261,11 +261,14 @@ class DaskExecutor:
             raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if reconnect_max_s <= 0:
+            raise ValueError(f"reconnect_max_s must be > 0, got {reconnect_max_s}")
         self.address = address
         self._on_unreachable = on_unreachable
         self._connect_timeout_s = connect_timeout_s
         self._queue_size = queue_size
         self._send_bytes = send_bytes
+        self._reconnect_max_s = reconnect_max_s
         self._score_fn = score_fn
         self._make_fallback: Callable[[], Executor] = fallback or (
             lambda: LocalExecutor(
@@ -326,7 +329,7 @@ class DaskExecutor:
         self._reconnector.start()
 
     def _reconnect_loop(self) -> None:
-        backoff = min(1.0, self._connect_timeout_s)
+        backoff = min(1.0, self._connect_timeout_s, self._reconnect_max_s)
         while not self._stop.is_set():
             try:
                 client = self._new_client()
@@ -339,7 +342,7 @@ class DaskExecutor:
                     on_unreachable=self._on_unreachable,
                 )
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, _RECONNECT_MAX_BACKOFF_S)
+                backoff = min(backoff * 2, self._reconnect_max_s)
                 continue
             with self._cond:
                 if self._closed:
