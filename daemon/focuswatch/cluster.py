@@ -575,7 +575,13 @@ class DaskExecutor:
         info: dict[str, Any] = {}
         if client is not None and state == "connected":
             try:
-                info = dict(client.scheduler_info(n_workers=-1).get("workers", {}))
+                # Bounded: a status report must not hang on a stalled scheduler.
+                ident = client.sync(
+                    client.scheduler.identity,
+                    n_workers=-1,
+                    callback_timeout=self._connect_timeout_s,
+                )
+                info = dict(ident.get("workers", {}))
             except Exception as exc:  # a status report must not fail on a flaky network
                 _log.warning("cluster_describe_failed", error=repr(exc))
         with self._cond:
