@@ -459,7 +459,9 @@ class TileReader:
 
     Use through :func:`open_tile` as a context manager. ``read()`` gives the whole
     2-D image; ``read_region(y0, y1, x0, x1)`` gives ``read()[y0:y1, x0:x1]`` while
-    reading only what that region needs from the file.
+    reading only what that region needs from the file (compressed strips/tiles
+    are decoded once and kept in a small cache for neighbouring regions).
+    One reader is for one thread; open another reader per thread.
     """
 
     shape: tuple[int, int]
