@@ -170,6 +170,7 @@ class Service:
         self._rescan_thread: threading.Thread | None = None
         self._next_rescan = 0.0
         self._next_poll = 0.0
+        self._closed_pending = False
         self._next_meta = 0.0
         self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
         self.started = False
@@ -243,10 +244,7 @@ class Service:
         """One main-loop iteration; waits at most about ``timeout`` seconds."""
         self._take_changes(0.0)
         now = time.monotonic()
-        if now >= self._next_poll and len(self.readiness):
-            self._next_poll = now + self._poll_every
-            for settled in self.readiness.poll():
-                self._settle(settled)
+        self._poll_readiness(now)
         self._feed()
         wait = min(timeout, self._poll_every) if len(self.readiness) else timeout
         if self.executor.in_flight():
@@ -255,6 +253,9 @@ class Service:
             self._feed()
         else:
             self._take_changes(wait)
+            if self._closed_pending:  # a close-write is ready now: don't wait a turn
+                self._poll_readiness(time.monotonic())
+                self._feed()
         if now >= self._next_rescan:
             self._start_rescan()
         wall = self.clock()
@@ -265,6 +266,14 @@ class Service:
                 self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
         self._write_meta()
         self.notifier.watchdog()
+
+    def _poll_readiness(self, now: float) -> None:
+        if not len(self.readiness) or (now < self._next_poll and not self._closed_pending):
+            return
+        self._next_poll = now + self._poll_every
+        self._closed_pending = False
+        for settled in self.readiness.poll():
+            self._settle(settled)
 
     def idle(self) -> bool:
         """Nothing left to do: no changes, nothing pending, nothing ready or in flight."""
@@ -318,6 +327,7 @@ class Service:
             if st is not None and self.ledger.has_version(c.path, st.st_size, st.st_mtime_ns):
                 return  # a duplicate event for a version already recorded
         self.readiness.note(c.path, closed=c.closed)
+        self._closed_pending = self._closed_pending or c.closed
 
     def _settle(self, s: Settled) -> None:
         if s.kind == "vanished":

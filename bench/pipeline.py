@@ -1,0 +1,182 @@
+"""Pipeline benchmark: what the service adds on top of scoring, on this machine's CPU.
+
+For each tile size (16-bit, default 2048² and 8192²) it measures, in one run:
+
+1. scoring alone: ``scoring.score_path`` in this process, tile after tile
+   (the floor any service could reach with one worker);
+2. latency: tiles written one at a time into a folder the real ``Service`` watches
+   (inotify, real worker processes, real ledger, built-in sinks); time from the
+   writer's ``close()`` to the verdict reaching a sink;
+3. sustained throughput: ``--count`` tiles dropped at once; first close to last verdict;
+4. service overhead = sustained time per tile / scoring-alone time per tile − 1
+   (target < 10 %), and the same against the read+score time the workers themselves
+   reported for those tiles (separates the pipeline's cost from scoring running
+   slower in a worker process, e.g. when other jobs share the CPU).
+
+Usage: ``python bench/pipeline.py [--sizes 2048 8192] [--count 8] [--latency 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from focuswatch import logs, scoring, synth
+from focuswatch.config import Config, ScoringConfig, WatchConfig
+from focuswatch.ledger import Ledger
+from focuswatch.service import Service, score_settings
+from focuswatch.verdict import VerdictRecord
+
+
+class TimingSink:
+    """Records when each tile's verdict arrives (perf_counter, same clock as the writer)."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.cond = threading.Condition()
+
+    def on_verdict(self, record: VerdictRecord) -> None:
+        with self.cond:
+            self.arrived[record.path] = time.perf_counter()
+            self.cond.notify_all()
+
+    def tick(self, now: float) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def wait_for(self, paths: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(p in self.arrived for p in paths):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{sum(p in self.arrived for p in paths)}/{len(paths)}")
+                self.cond.wait(left)
+
+
+def tile_bytes(size: int, *, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = synth.neuropil((min(size, 2048), min(size, 2048)), rng=rng)
+    reps = max(1, size // base.shape[0])
+    image = np.tile(base, (reps, reps))[:size, :size]
+    noisy = rng.poisson(image * 30.0).astype(np.float32) / 30.0  # shot noise
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, synth.to_uint(np.clip(noisy, 0, 1), 16), photometric="minisblack")
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> float:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.write(data)
+    return time.perf_counter()  # the moment the writer closed the file
+
+
+def run_size(size: int, *, count: int, latency_n: int, workers: int) -> dict[str, float]:
+    data = tile_bytes(size, seed=size)
+    with tempfile.TemporaryDirectory(prefix="fw-bench-") as tmp:
+        root = Path(tmp)
+        cfg = Config(
+            state_dir=root / "state",
+            watch=WatchConfig(path=root / "watch", observer="inotify", rescan_interval_s=3600.0),
+            scoring=ScoringConfig(workers=workers, tile_timeout_s=3600.0),
+        )
+        (root / "watch").mkdir()
+        # 1. scoring alone, in this process
+        alone_dir = root / "alone"
+        files = [write(alone_dir / f"t{i}.tif", data) for i in range(count)]
+        del files
+        settings = score_settings(cfg)
+        scoring.score_path(alone_dir / "t0.tif", settings)  # warm-up (FFT plans, imports)
+        t0 = time.perf_counter()
+        for i in range(count):
+            scoring.score_path(alone_dir / f"t{i}.tif", settings)
+        alone_per_tile = (time.perf_counter() - t0) / count
+
+        sink = TimingSink()
+        svc = Service(cfg, sinks=[sink], clock=time.time)
+        stop = threading.Event()
+        thread = threading.Thread(target=svc.run_until, args=(stop,), name="service")
+        thread.start()
+        try:
+            budget = 60 + 20 * alone_per_tile * (count + latency_n + 1)
+            warm = root / "watch" / "S_000" / "Tile_r0-c0_S_000.tif"
+            write(warm, data)  # warm-up: worker start-up is not part of the figures
+            sink.wait_for([str(warm)], budget)
+            # 2. latency, one tile at a time
+            latencies = []
+            for i in range(latency_n):
+                p = root / "watch" / "S_001" / f"Tile_r0-c{i}_S_001.tif"
+                closed = write(p, data)
+                sink.wait_for([str(p)], budget)
+                latencies.append(sink.arrived[str(p)] - closed)
+            # 3. sustained: a burst
+            paths = [
+                root / "watch" / "S_002" / f"Tile_r{i // 8}-c{i % 8}_S_002.tif"
+                for i in range(count)
+            ]
+            first = time.perf_counter()
+            for p in paths:
+                write(p, data)
+            sink.wait_for([str(p) for p in paths], budget)
+            span = max(sink.arrived[str(p)] for p in paths) - first
+        finally:
+            stop.set()
+            thread.join(120)
+        # What the workers themselves spent reading and scoring each burst tile.
+        led = Ledger.open(cfg.state_dir, readonly=True)
+        worker_s = [
+            (r["read_ms"] + r["score_ms"]) / 1000.0
+            for v in (led.versions(str(p))[-1] for p in paths)
+            if (r := led.result(v.id)) is not None
+        ]
+        led.close()
+    per_tile = span / count
+    return {
+        "size": size,
+        "score_alone_s": alone_per_tile,
+        "latency_median_s": statistics.median(latencies) if latencies else float("nan"),
+        "latency_max_s": max(latencies) if latencies else float("nan"),
+        "sustained_tiles_per_s": count / span,
+        "service_per_tile_s": per_tile,
+        "overhead_pct": 100.0 * (per_tile / alone_per_tile - 1.0),
+        "worker_per_tile_s": statistics.mean(worker_s),
+        "overhead_vs_worker_pct": 100.0 * (per_tile / statistics.mean(worker_s) - 1.0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    ap.add_argument("--count", type=int, default=8, help="tiles per size for throughput")
+    ap.add_argument("--latency", type=int, default=3, help="tiles written one by one")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    logs.configure("warning")  # the service's per-tile events would drown the table
+    print(
+        f"{'size':>6} {'score alone':>12} {'latency med':>12} {'latency max':>12} "
+        f"{'tiles/s':>8} {'svc/tile':>9} {'overhead':>9}"
+    )
+    for size in args.sizes:
+        r = run_size(size, count=args.count, latency_n=args.latency, workers=args.workers)
+        print(
+            f"{size:>6} {r['score_alone_s']:>11.3f}s {r['latency_median_s']:>11.3f}s "
+            f"{r['latency_max_s']:>11.3f}s {r['sustained_tiles_per_s']:>8.3f} "
+            f"{r['service_per_tile_s']:>8.3f}s {r['worker_per_tile_s']:>9.3f}s "
+            f"{r['overhead_pct']:>9.1f}% {r['overhead_vs_worker_pct']:>9.1f}%",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
