@@ -77,5 +77,5 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     assert not n.watchdog()
 
 
-def test_unreachable_socket_is_not_fatal(tmp_path: object) -> None:
+def test_unreachable_socket_is_not_fatal() -> None:
     assert not Notifier(env={"NOTIFY_SOCKET": "/nonexistent/socket"}).ready()

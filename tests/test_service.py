@@ -422,3 +422,30 @@ def test_state_changes_are_logged_with_tile_context(
         assert e["tile"].endswith("Tile_r3-c4_S_007.tif")
         assert (e["section"], e["row"], e["col"]) == ("007", 3, 4)
     assert scored["verdict"] == "in_focus"
+
+
+def test_file_still_changing_after_the_timeout_is_unreadable_then_rescored_when_done(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    base = make_cfg(tmp_path, observer="polling")
+    cfg = dataclasses.replace(
+        base, watch=dataclasses.replace(base.watch, quiet_s=0.5, incomplete_timeout_s=1.0)
+    )
+    p = write_tif(Path(cfg.watch.path or "") / "slow writer.tif")
+    svc, sink = make_service(cfg, watch=False)
+    tick = 0
+
+    def keep_writing() -> bool:
+        nonlocal tick
+        tick += 1
+        os.utime(p, ns=(tick * 10**9, tick * 10**9))  # the writer is still at it
+        return len(sink.records) == 1
+
+    turn_until(svc, keep_writing)
+    first = sink.records[0]
+    assert first.verdict.kind is VerdictKind.UNREADABLE
+    assert "still being written after 1 s" in first.verdict.reason
+    # The writer finishes: the file changes once more, settles, and is scored.
+    turn_until(svc, lambda: len(sink.records) == 2)
+    assert sink.records[1].verdict.kind is VerdictKind.IN_FOCUS
+    assert svc.ledger.get(first.version_id).superseded
