@@ -98,6 +98,7 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
         tile_timeout_s=cfg.scoring.tile_timeout_s,
         queue_size=cfg.scoring.queue_size,
         devices=devices,
+        log_setup=(cfg.logging.level, cfg.logging.format),
         **kwargs,
     )
 
@@ -518,6 +519,7 @@ class Service:
             while ex.in_flight() and time.monotonic() < deadline:
                 for outcome in ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))):
                     self._handle(outcome)
+            self._write_meta(force=True)  # final figures for ``status``
             ex.close()
         handed_back = 0
         for vid in list(self._submitted):

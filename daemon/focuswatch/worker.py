@@ -56,9 +56,14 @@ def _worker_main(
     score_fn: ScoreFn,
     name: str,
     env: dict[str, str],
+    log_setup: tuple[str, str] | None = None,
 ) -> None:
     """Worker process: score jobs from the pipe until told to stop (None) or orphaned."""
     os.environ.update(env)
+    if log_setup is not None:  # log like the service (JSON lines under systemd)
+        from focuswatch import logs
+
+        logs.configure(*log_setup)
     # Ctrl-C goes to the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Start-up (imports, unpickling score_fn) must not count against a tile's time limit.
@@ -106,6 +111,7 @@ class LocalExecutor:
     ``queue_size`` bounds jobs waiting for a free worker (``submit`` blocks, still
     collecting outcomes, when it is full). ``devices`` pins worker *i* to GPU
     ``devices[i % len(devices)]`` through ``CUDA_VISIBLE_DEVICES`` (one worker per GPU).
+    ``log_setup`` is ``(level, format)`` for ``focuswatch.logs.configure`` in each worker.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class LocalExecutor:
         score_fn: ScoreFn = score_path,
         start_method: str = "forkserver",
         devices: Sequence[int] | None = None,
+        log_setup: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
@@ -133,6 +140,7 @@ class LocalExecutor:
             # every replacement after a crash) is then a cheap fork of that clean process.
             self._ctx.set_forkserver_preload(["focuswatch.worker", "focuswatch.scoring"])
         self._score_fn = score_fn
+        self._log_setup = log_setup
         self._timeout = tile_timeout_s
         self._queue_size = queue_size
         self._clock = clock
@@ -157,7 +165,7 @@ class LocalExecutor:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._score_fn, slot.name, slot.env),
+            args=(child, self._score_fn, slot.name, slot.env, self._log_setup),
             name=f"focuswatch-{slot.name}",
             daemon=True,
         )
