@@ -71,6 +71,7 @@ def dask_tiles_per_s(
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not 8787: may be taken
     ) as cluster:
         ex = DaskExecutor(cluster.scheduler_address, queue_size=4 * workers)
         try:

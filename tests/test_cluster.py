@@ -121,6 +121,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Without a dashboard the scheduler still serves /metrics over HTTP, by default on 8787;
+# when that port is taken (another cluster of this module or a neighbour on a shared
+# machine) distributed warns and moves, which filterwarnings=error would turn into a
+# failure. A random port on loopback avoids the clash instead of hiding the warning.
+NO_FIXED_PORTS = {"dashboard_address": "127.0.0.1:0"}
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -134,6 +141,7 @@ def cluster() -> Iterator[Any]:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs=NO_FIXED_PORTS,
     ) as c:
         yield c
 
@@ -235,6 +243,40 @@ def test_killed_worker_tile_is_rerun_elsewhere_and_each_job_has_one_outcome(
         assert any(w["alive"] and w["nthreads"] == 1 for w in desc["workers"])
     finally:
         ex.close()
+
+
+def test_a_tile_that_kills_every_worker_it_runs_on_is_a_retryable_outcome(
+    tmp_path: Path,
+) -> None:
+    """Past allowed-failures (0 here), Dask gives up with KilledWorker: the executor
+    reports a retryable error (the service retries up to scoring.max_attempts)."""
+    import dask
+
+    (gate,) = write_tiles(tmp_path, ["gate.tif"])
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs=NO_FIXED_PORTS,
+        ) as small,
+    ):
+        ex = DaskExecutor(small.scheduler_address, score_fn=gated_score, connect_timeout_s=5)
+        try:
+            ex.submit(Job(version_id=9, path=str(gate), settings=SETTINGS))
+            (victim,) = wait_for(lambda: started_pids(tmp_path), timeout=30, what="the gate")
+            os.kill(victim, signal.SIGKILL)
+            (outcome,) = collect(ex, 1, timeout=30)
+            assert outcome.version_id == 9
+            assert outcome.result is None
+            assert outcome.retryable
+            assert outcome.error is not None
+            assert outcome.error.startswith("KilledWorker")
+        finally:
+            ex.close()
 
 
 def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
@@ -345,7 +387,7 @@ def test_unreachable_scheduler_with_wait_is_a_clear_error_within_the_bound() -> 
 def start_scheduler(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), "--no-dashboard"],
+         "--port", str(port), "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
         env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
