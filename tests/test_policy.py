@@ -23,17 +23,20 @@ contents = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 score_lists = st.lists(scores, max_size=12)
 patch_maps = st.one_of(
     st.none(),
-    st.integers(1, 4).flatmap(
-        lambda cols: st.lists(st.lists(scores, min_size=cols, max_size=cols), max_size=4)
+    st.integers(1, 3).flatmap(
+        lambda cols: st.lists(st.lists(scores, min_size=cols, max_size=cols), max_size=3)
     ),
 )
+patch_histories = st.lists(patch_maps, max_size=4)
 configs = st.builds(
     PolicyConfig,
     history_sections=st.integers(1, 20),
     drop_ratio=st.floats(0.05, 0.95),
     section_drop_ratio=st.floats(0.05, 0.95),
     min_score=st.floats(0.0, 1000.0),
-    empty_contrast=st.floats(0.001, 0.5),
+    empty_contrast=st.floats(0.001, 0.2),
+    sparse_contrast=st.floats(0.2, 0.6),
+    min_baseline=st.floats(0.0, 100.0),
     partial_patch_drop=st.floats(0.05, 0.95),
     partial_min_patches=st.integers(1, 5),
 )
@@ -114,21 +117,71 @@ def test_low_content_is_empty_whatever_the_score() -> None:
     assert not v.kind.needs_retake
 
 
-def test_a_weak_region_is_partly_out_of_focus() -> None:
-    """A wrinkle: the tile score is fine but a patch of the map is far below the rest."""
-    patches = [[100.0, 100.0, 100.0], [100.0, 20.0, 100.0]]
-    v = decide(Evidence(score=520, patch_scores=patches, content=0.3, history=[500]), cfg=CFG)
+USUAL = [[100.0, 300.0, 100.0], [40.0, 200.0, 0.0]]  # tissue, dense tissue, resin
+
+
+def test_a_region_that_lost_its_score_is_partly_out_of_focus() -> None:
+    """A wrinkle: the tile score is fine but one patch lost most of its usual score."""
+    now = [[110.0, 330.0, 105.0], [44.0, 60.0, 0.0]]
+    ev = Evidence(520, now, 0.3, history=[500], patch_history=[USUAL, USUAL])
+    v = decide(ev, cfg=CFG)
     assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS
     assert "1 of 6 patches" in v.reason
     assert "r1-c1" in v.reason
 
 
+def test_patches_that_differ_in_tissue_are_not_a_region() -> None:
+    """Resin and sparse patches score low in every section: that is not blur."""
+    now = [[95.0, 290.0, 104.0], [38.0, 210.0, 0.0]]
+    ev = Evidence(520, now, 0.3, history=[500], patch_history=[USUAL])
+    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
+    no_history = Evidence(520, USUAL, 0.3, history=[500])
+    assert decide(no_history, cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
 def test_too_few_patches_never_make_a_region() -> None:
     """Two patches cannot say which is the odd one out: no partial verdict."""
-    v = decide(
-        Evidence(score=520, patch_scores=[[100.0, 1.0]], content=0.3, history=[500]), cfg=CFG
-    )
+    ev = Evidence(520, [[100.0, 1.0]], 0.3, history=[500], patch_history=[[[100.0, 100.0]]])
+    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
+def test_a_mostly_resin_tile_is_not_compared_with_other_positions() -> None:
+    """Sparse tissue scores low however sharp: peers are no baseline for it."""
+    sparse = Evidence(score=1.5, patch_scores=None, content=0.025, section_scores=[208, 220])
+    v = decide(sparse, cfg=CFG)
     assert v.kind is VerdictKind.IN_FOCUS
+    assert "too little tissue" in v.reason
+    dense = dataclasses.replace(sparse, content=0.05)
+    assert decide(dense, cfg=CFG).kind is VerdictKind.OUT_OF_FOCUS
+
+
+def test_against_peers_the_best_patch_speaks_for_a_half_resin_tile() -> None:
+    """Half resin, half sharp tissue is fine; blur everywhere is not."""
+    peers = [211.0, 218.0, 227.0, 182.0]
+    half_resin = Evidence(88.0, [[141.0, 1.0], [217.0, 35.0]], 0.05, section_scores=peers)
+    assert decide(half_resin, cfg=CFG).kind is VerdictKind.IN_FOCUS
+    blurred = Evidence(38.5, [[74.0, 58.0], [2.0, 19.0]], 0.06, section_scores=peers)
+    v = decide(blurred, cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert v.reason.startswith("score 38.5, best patch 74, is 66 % below the median of 4 other")
+
+
+def test_a_patch_that_changed_for_good_alerts_once() -> None:
+    """Tissue that changes for good drops one patch once; the next section accepts it."""
+    usual = [[210.0, 220.0], [350.0, 200.0]]
+    changed = [[205.0, 74.0], [311.0, 204.0]]
+    first = Evidence(204.0, changed, 0.06, history=[220.0] * 5, patch_history=[usual] * 5)
+    assert decide(first, cfg=CFG).kind is VerdictKind.PARTLY_OUT_OF_FOCUS
+    again = [changed, *[usual] * 4]
+    second = Evidence(230.0, [[213.0, 72.0], [365.0, 247.0]], 0.06, [220.0] * 5, [], again)
+    assert decide(second, cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
+def test_a_featureless_baseline_is_not_used() -> None:
+    """A position whose history has ~no features cannot say a tile lost features."""
+    v = decide(Evidence(score=0.0, patch_scores=None, content=0.025, history=[1.5]), cfg=CFG)
+    assert v.kind is VerdictKind.IN_FOCUS
+    assert "score 0" in v.reason
 
 
 def test_nan_score_is_unreadable() -> None:
@@ -164,6 +217,7 @@ def test_format_score() -> None:
     patches=patch_maps,
     history=score_lists,
     peers=score_lists,
+    maps=patch_histories,
 )
 @settings(max_examples=300, deadline=None)
 def test_sharper_twin_never_gets_a_worse_verdict(
@@ -175,11 +229,12 @@ def test_sharper_twin_never_gets_a_worse_verdict(
     patches: list[list[float]] | None,
     history: list[float],
     peers: list[float],
+    maps: list[list[list[float]] | None],
 ) -> None:
     """Monotonic: same context, higher score → a verdict no more severe."""
     low, high = sorted((a, b))
-    blurry = decide(Evidence(low, patches, content, history, peers), cfg=cfg)
-    sharp = decide(Evidence(high, patches, content, history, peers), cfg=cfg)
+    blurry = decide(Evidence(low, patches, content, history, peers, maps), cfg=cfg)
+    sharp = decide(Evidence(high, patches, content, history, peers, maps), cfg=cfg)
     assert severity(sharp.kind) <= severity(blurry.kind)
 
 
@@ -212,16 +267,13 @@ def test_empty_depends_on_content_alone(
 
 @given(cfg=configs, score=scores, content=contents, patches=patch_maps)
 @settings(max_examples=200, deadline=None)
-def test_no_context_never_calls_a_tile_above_the_floor_out_of_focus(
+def test_no_context_never_alerts_above_the_floor(
     *, cfg: PolicyConfig, score: float, content: float, patches: list[list[float]] | None
 ) -> None:
-    """First section, first tile: above min_score it is never out of focus, and only a
-    region visibly worse than the rest of its own patch map can raise an alert."""
+    """First section, first tile: above min_score there is nothing to alert on."""
     v = decide(Evidence(score, patches, content), cfg=cfg)
     if score >= cfg.min_score:
-        assert v.kind is not VerdictKind.OUT_OF_FOCUS
-        uniform = decide(Evidence(score, None, content), cfg=cfg)
-        assert not uniform.kind.needs_retake
+        assert not v.kind.needs_retake
 
 
 @given(
@@ -231,6 +283,7 @@ def test_no_context_never_calls_a_tile_above_the_floor_out_of_focus(
     patches=patch_maps,
     history=score_lists,
     peers=score_lists,
+    maps=patch_histories,
 )
 @settings(max_examples=200, deadline=None)
 def test_reason_is_never_empty_and_names_the_score(
@@ -241,9 +294,11 @@ def test_reason_is_never_empty_and_names_the_score(
     patches: list[list[float]] | None,
     history: list[float],
     peers: list[float],
+    maps: list[list[list[float]] | None],
 ) -> None:
     """Every verdict says in words what the score was."""
-    v = decide(Evidence(score, patches, content, history, peers), cfg=cfg, calibration=Linear())
+    ev = Evidence(score, patches, content, history, peers, maps)
+    v = decide(ev, cfg=cfg, calibration=Linear())
     assert f"score {format_score(score)}" in v.reason
 
 

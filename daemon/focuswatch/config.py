@@ -124,6 +124,8 @@ class PolicyConfig:
     section_drop_ratio: float = _opt(0.6, _fraction)
     min_score: float = _opt(0.0, _range(0.0))
     empty_contrast: float = _opt(0.02, _fraction)
+    sparse_contrast: float = _opt(0.04, _fraction)
+    min_baseline: float = _opt(10.0, _range(0.0))
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
     calibration: Path | None = _opt(None)
@@ -251,6 +253,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
             "at 'cluster.address': required when cluster.scheduler = 'dask' "
             "(e.g. 'tcp://scheduler:8786')"
         )
+    if cfg.policy.sparse_contrast < cfg.policy.empty_contrast:
+        problems.append("at 'policy.sparse_contrast': must be >= policy.empty_contrast")
     if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
         problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
     if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
