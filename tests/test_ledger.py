@@ -258,3 +258,14 @@ def test_set_state_rejects_unknown_state(led: Ledger) -> None:
         led.set_state(vid, "done")
     with pytest.raises(ValueError, match="starts as"):
         led.add_version("/w/x.tif", size=1, mtime_ns=1, tile_name="x", state="scored")
+
+
+def test_public_names() -> None:
+    assert sorted(ledger_mod.__all__) == [
+        "DB_NAME",
+        "Ledger",
+        "MIGRATIONS",
+        "STATES",
+        "TileVersion",
+        "section_index",
+    ]

@@ -449,3 +449,13 @@ def test_file_still_changing_after_the_timeout_is_unreadable_then_rescored_when_
     turn_until(svc, lambda: len(sink.records) == 2)
     assert sink.records[1].verdict.kind is VerdictKind.IN_FOCUS
     assert svc.ledger.get(first.version_id).superseded
+
+
+def test_public_names() -> None:
+    assert sorted(service_mod.__all__) == [
+        "Service",
+        "Sink",
+        "build_executor",
+        "main",
+        "score_settings",
+    ]

@@ -115,3 +115,7 @@ def test_status_command_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "no ledger" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_public_names() -> None:
+    assert sorted(status.__all__) == ["format_text", "main", "summary"]

@@ -203,3 +203,19 @@ def test_real_observer_sees_write_rename_and_move_in(
     outside.write_bytes(b"data")
     shutil.move(outside, section / "moved_in.tif")
     wait_for(changes, section / "moved_in.tif")
+
+
+def test_public_names() -> None:
+    from focuswatch import watch
+
+    assert sorted(watch.__all__) == [
+        "Change",
+        "Matcher",
+        "NETWORK_FSTYPES",
+        "Readiness",
+        "Settled",
+        "Watcher",
+        "choose_observer",
+        "fstype_of",
+        "scan",
+    ]
