@@ -62,6 +62,15 @@ def gated_score(path: str, settings: ScoreSettings) -> TileScore:
     )
 
 
+def restrictions_of(prefix: str, dask_scheduler: Any) -> list[tuple[Any, str]]:
+    """(resource restrictions, state) of the scheduler's tasks whose key starts with prefix."""
+    return [
+        (ts.resource_restrictions, ts.state)
+        for key, ts in dask_scheduler.tasks.items()
+        if str(key).startswith(prefix)
+    ]
+
+
 def bad_tile_score(path: str, settings: ScoreSettings) -> TileScore:
     raise TileError(path, "not a TIFF file")
 
@@ -334,7 +343,14 @@ def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
         with structlog.testing.capture_logs() as logs:
             ex.submit(Job(version_id=7, path=str(path), settings=ScoreSettings(backend="gpu")))
         assert any(e["event"] == "cluster_no_gpu_worker" for e in logs)
-        assert list(ex.outcomes(1.0)) == []  # no worker offers GPU=1
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as c:
+            waiting = wait_for(
+                lambda: c.run_on_scheduler(restrictions_of, "focuswatch-score-7-"),
+                timeout=10,
+                what="the task on the scheduler",
+            )
+        assert waiting == [({"GPU": 1}, "no-worker")]  # no worker offers GPU=1
+        assert list(ex.outcomes(0.2)) == []
         assert ex.in_flight() == 1
     finally:
         ex.close()
