@@ -351,6 +351,7 @@ class RetakeSink:
         self._writer = writer
         self._content: dict[Path, bytes] = {}  # what each live file should contain
         self._items: list[RetakeEntry] | None = None
+        self._stats: dict[Path, tuple[int, int, int]] = {}  # of each file as last written
         self._dirty = True
 
     @property
@@ -378,14 +379,13 @@ class RetakeSink:
             self.write_files()
 
     def _files_intact(self) -> bool:
+        """Cheap check each tick: the files are as written if their stat is unchanged."""
         for path in self.paths:
-            expected = self._content.get(path)
             try:
-                if expected is None or path.stat().st_size != len(expected):
-                    return False
-                if path.read_bytes() != expected:
-                    return False
+                st = path.stat()
             except OSError:
+                return False
+            if self._stats.get(path) != (st.st_size, st.st_mtime_ns, st.st_ino):
                 return False
         return True
 
@@ -405,6 +405,8 @@ class RetakeSink:
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
                 self._writer(path, self._content[path])
+                st = path.stat()
+                self._stats[path] = (st.st_size, st.st_mtime_ns, st.st_ino)
             except OSError as exc:
                 ok = False
                 _log.error(
