@@ -62,7 +62,7 @@ from focuswatch.score._dtypes import (
     stretched,
     validate_image,
 )
-from focuswatch.score.baselines import BASELINES
+from focuswatch.score.baselines import BASELINES, unit_range
 from focuswatch.score.mhfd import (
     MODES,
     PAPER_SIGMAS,
@@ -153,10 +153,10 @@ def score_unit(
             grid_mode=True,
         )
         minmax = (float(xp.min(image)), float(xp.max(image)))
-    fn, raw = BASELINES[criterion]
+    value = BASELINES[criterion](unit_range(image, backend=backend, dtype=dtype), backend=backend)
+    # ``content`` is defined on the stretched image, whatever the criterion.
     limits = stretch_limits(image, backend, saturation=params_for(mode).saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=dtype)
-    value = fn(image.astype(dtype) if raw else u, backend=backend)
     F = backend.fft.rfft2(u, **backend.fft_kwargs())
     return float(value), content_of(F, u.shape, backend, dtype), float("nan")
 

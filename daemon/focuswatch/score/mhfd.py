@@ -50,9 +50,11 @@ __all__ = [
     "count_maxima",
     "dog_gains",
     "dog_max",
+    "level_noise",
     "mhfd",
     "mhfd_detail",
     "mhfd_prepared",
+    "noise_profile",
     "noise_sigma",
     "params_for",
     "periodic_spectrum",
@@ -77,9 +79,15 @@ DEFAULT_NOISE_K = 4.0
 #: (1e-4·sqrt(1024²)), fixed instead of growing with the image.
 DEFAULT_CONTRAST = PAPER_THRESHOLD * PAPER_SIZE
 
+#: Binnings at which the noise level is estimated (see ``noise_profile``).
+NOISE_FACTORS = (1, 2, 4, 8)
+
 #: A level is computed on a grid decimated by f when its Gaussian's transfer at the
 #: coarse Nyquist frequency is below exp(-_CUT) (fast mode only).
 _CUT = 12.0
+#: ...and when the level's σ is still this many coarse pixels, so that linear
+#: interpolation of the coarse maxima back to full resolution stays within a few per cent.
+_MIN_COARSE_SIGMA = 2.5
 #: Scale of the band-pass used for ``content`` (pixels): structure bigger than
 #: any plausible blur, smaller than shading.
 _CONTENT_SIGMAS = (8.0, 32.0)
@@ -183,36 +191,49 @@ def _gauss_1d(n: int, sigma: float, *, real: bool) -> np.ndarray[Any, Any]:
     return np.exp(-0.5 * (sigma * w) ** 2)
 
 
+def _gauss_2d(
+    backend: Backend, shape: tuple[int, int], sigma: float, dtype: Any, out: Any = None
+) -> Any:
+    """The Gaussian's transfer function on the rfft grid (separable: one outer product)."""
+    xp = backend.xp
+    gy = xp.asarray(_gauss_1d(shape[0], sigma, real=False).astype(dtype))
+    gx = xp.asarray(_gauss_1d(shape[1], sigma, real=True).astype(dtype))
+    return xp.multiply(gy[:, None], gx[None, :], out=out)
+
+
 @functools.lru_cache(maxsize=8)
 def _transfer_stack(
     backend: Backend, shape: tuple[int, int], sigmas: tuple[float, ...], dtype: str
 ) -> Any:
-    """Cached DoG transfer functions ``σ_i·(G_i − G_{i+1})`` on the rfft grid."""
-    return backend.xp.asarray(
-        np.stack([_dog_transfer_host(shape, sigmas, i) for i in range(len(sigmas) - 1)]).astype(
-            dtype
-        )
-    )
+    """Cached DoG transfer functions ``σ_i·(G_i − G_{i+1})`` on the rfft grid.
 
-
-def _dog_transfer_host(
-    shape: tuple[int, int], sigmas: tuple[float, ...], i: int
-) -> np.ndarray[Any, Any]:
-    H, W = shape
-    a, b = sigmas[i], sigmas[i + 1]
-    ga = np.outer(_gauss_1d(H, a, real=False), _gauss_1d(W, a, real=True))
-    gb = np.outer(_gauss_1d(H, b, real=False), _gauss_1d(W, b, real=True))
-    return a * (ga - gb)
+    Keyed on backend, shape, σ schedule and dtype; each Gaussian is built once.
+    """
+    xp = backend.xp
+    dt = np.dtype(dtype).type
+    n = len(sigmas) - 1
+    stack = xp.empty((n, shape[0], shape[1] // 2 + 1), dtype=dt)
+    nxt = _gauss_2d(backend, shape, sigmas[0], dt)
+    for i in range(n):
+        cur, nxt = nxt, _gauss_2d(backend, shape, sigmas[i + 1], dt)
+        xp.subtract(cur, nxt, out=stack[i])
+        stack[i] *= dt(sigmas[i])
+    return stack
 
 
 def _transfer(
     backend: Backend, shape: tuple[int, int], sigmas: tuple[float, ...], i: int, dtype: Any
 ) -> Any:
-    """Level ``i``'s transfer function: from the cache when small enough, else built now."""
+    """Level ``i``'s transfer function: from the cache when small enough, else built now
+    (large native blocks: two outer products per level instead of hundreds of MB held)."""
     n_bytes = (len(sigmas) - 1) * shape[0] * (shape[1] // 2 + 1) * np.dtype(dtype).itemsize
     if n_bytes <= _CACHE_BYTES:
         return _transfer_stack(backend, shape, sigmas, np.dtype(dtype).name)[i]
-    return backend.xp.asarray(_dog_transfer_host(shape, sigmas, i).astype(dtype))
+    dt = np.dtype(dtype).type
+    h = _gauss_2d(backend, shape, sigmas[i], dt)
+    h -= _gauss_2d(backend, shape, sigmas[i + 1], dt)
+    h *= dt(sigmas[i])
+    return h
 
 
 def dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> np.ndarray[Any, Any]:
@@ -239,48 +260,98 @@ def dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> np.ndarray[A
 # --- image statistics ---------------------------------------------------------------
 
 
-def noise_sigma(u: Any, backend: Backend) -> float:
+def noise_sigma(u: Any, backend: Backend, *, subsample: bool = True) -> float:
     """Robust standard deviation of white noise in ``u`` (Immerkær's operator, MAD).
 
     The separable kernel ``[1,-2,1]ᵀ[1,-2,1]`` cancels planes and most smooth
     structure; its norm is 6, and the median absolute response over 0.6745 is the
     noise standard deviation for Gaussian noise, insensitive to the edges that
-    remain. Sampled on every other pixel in each direction (enough samples, a
-    quarter of the sort).
+    remain. ``subsample``: every other pixel each way (plenty of samples, a quarter
+    of the sort).
     """
     xp = backend.xp
     d = u[:, :-2] - 2 * u[:, 1:-1] + u[:, 2:]
     e = d[:-2] - 2 * d[1:-1] + d[2:]
-    mad = float(xp.median(xp.abs(e[::2, ::2])))
+    if subsample:
+        e = e[::2, ::2]
+    mad = float(xp.median(xp.abs(e)))
     return mad / (0.6744897501960817 * 6.0)
+
+
+def _bin2(u: Any) -> Any:
+    """Mean of 2×2 blocks (odd last row/column dropped)."""
+    H, W = u.shape
+    return u[: H // 2 * 2, : W // 2 * 2].reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3))
+
+
+def noise_profile(u: Any, backend: Backend) -> tuple[float, ...]:
+    """White-equivalent noise level seen at binnings 1, 2, 4, 8 (``NOISE_FACTORS``).
+
+    For white noise every entry is the same σ_n (binning by f divides it by f; we
+    multiply back). Noise correlated between neighbouring pixels (detector
+    bandwidth along the scan line, demosaicing) hides from the finest operator
+    but not from the binned ones, and coarse DoG levels see exactly that
+    low-frequency noise. Structure inflates the coarse entries a little; where it
+    does, the contrast floor is higher anyway (see ``level_thresholds``).
+    """
+    out: list[float] = []
+    v = u
+    for f in NOISE_FACTORS:
+        if f > 1:
+            v = _bin2(v)
+        if min(v.shape) < 8:
+            out.append(out[-1] if out else 0.0)
+            continue
+        out.append(f * noise_sigma(v, backend, subsample=f == 1))
+    return tuple(out)
+
+
+def level_noise(sigmas: tuple[float, ...], profile: tuple[float, ...]) -> np.ndarray[Any, Any]:
+    """Noise level for each DoG level: the largest estimate at binnings f ≤ σ_i."""
+    out = np.empty(len(sigmas) - 1)
+    for i in range(len(sigmas) - 1):
+        usable = [
+            n for f, n in zip(NOISE_FACTORS, profile, strict=True) if f <= max(1.0, sigmas[i])
+        ]
+        out[i] = max(usable)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _periodic_factors(backend: Backend, shape: tuple[int, int], dtype: str) -> tuple[Any, Any, Any]:
+    """``1 − e^{2πiq/H}``, ``1 − e^{2πir/W}`` and the inverse discrete Laplacian symbol."""
+    H, W = shape
+    xp = backend.xp
+    wy, wx = _freqs(H, real=False), _freqs(W, real=True)
+    cdt = np.result_type(np.dtype(dtype), np.complex64)
+    ey = (1 - np.exp(1j * wy)).astype(cdt)
+    ex = (1 - np.exp(1j * wx)).astype(cdt)
+    den = 2 * np.cos(wy)[:, None] + 2 * np.cos(wx)[None, :] - 4
+    den[0, 0] = 1.0
+    inv = 1.0 / den
+    inv[0, 0] = 0.0  # the mean belongs to the periodic part
+    return xp.asarray(ey), xp.asarray(ex), xp.asarray(inv.astype(dtype))
 
 
 def periodic_spectrum(u: Any, backend: Backend) -> Any:
     """``rfft2`` of the periodic component of ``u`` (Moisan's periodic + smooth split).
 
     The circular FFT treats the image as a torus; the jump between opposite borders
-    would create DoG responses along every edge of the image. Removing the smooth
-    component that carries that jump costs one extra transform and leaves the
-    image's own structure untouched.
+    would create DoG responses along every edge of the image. The smooth component
+    that carries the jump solves a Poisson equation whose right-hand side lives on
+    the border only, so its spectrum comes from two 1-D transforms:
+    ``V(q, r) = A(r)·(1 − e^{2πiq/H}) + B(q)·(1 − e^{2πir/W})`` with ``A``, ``B`` the
+    transforms of the bottom−top and right−left differences.
     """
-    xp, fft = backend.xp, backend.fft
+    fft = backend.fft
     kw = backend.fft_kwargs()
-    H, W = u.shape
-    v = xp.zeros_like(u)
-    top_bottom = u[-1, :] - u[0, :]
-    v[0, :] += top_bottom
-    v[-1, :] -= top_bottom
-    left_right = u[:, -1] - u[:, 0]
-    v[:, 0] += left_right
-    v[:, -1] -= left_right
+    ey, ex, inv = _periodic_factors(backend, (int(u.shape[0]), int(u.shape[1])), u.dtype.name)
     F = fft.rfft2(u, **kw)
-    V = fft.rfft2(v, **kw)
-    cy = xp.asarray(np.cos(_freqs(H, real=False)).astype(u.dtype))
-    cx = xp.asarray(np.cos(_freqs(W, real=True)).astype(u.dtype))
-    den = 2 * cy[:, None] + 2 * cx[None, :] - 4
-    den[0, 0] = 1  # the mean belongs to the periodic part
-    V /= den
-    V[0, 0] = 0
+    A = fft.rfft(u[-1, :] - u[0, :])
+    B = fft.fft(u[:, -1] - u[:, 0])
+    V = ey[:, None] * A[None, :]
+    V += B[:, None] * ex[None, :]
+    V *= inv
     F -= V
     return F
 
@@ -293,7 +364,7 @@ def _decimation(sigma: float, shape: tuple[int, int]) -> int:
     f = 1
     while True:
         g = 2 * f
-        if sigma * math.pi / g < math.sqrt(2 * _CUT):
+        if sigma * math.pi / g < math.sqrt(2 * _CUT) or sigma / g < _MIN_COARSE_SIGMA:
             return f
         if shape[0] % g or shape[1] % g or min(shape) // g < 16:
             return f
@@ -360,7 +431,9 @@ def dog_max(
         m = None
         for i in levels:
             xp.multiply(Fs, _transfer(backend, sh, coarse, i, dtype), out=buf)
-            s = float(scales[i]) / (f * f)  # irfft on the coarse grid divides by f² fewer points
+            # The coarse irfft divides by f² fewer points, and the transfer carries the
+            # coarse σ_i/f as its scale normalisation: together a factor f too many.
+            s = float(scales[i]) / f
             if s != 1.0:
                 buf *= dtype(s)
             d = fft.irfft2(buf, s=sh, overwrite_x=True, **kw)
@@ -440,13 +513,14 @@ class MhfdDetail:
 
 
 def level_thresholds(
-    params: MhfdParams, shape: tuple[int, int], noise: float
+    params: MhfdParams, shape: tuple[int, int], noise: tuple[float, ...]
 ) -> np.ndarray[Any, Any]:
     """Per-level thresholds ``T_i`` in stretched units for an image of ``shape``."""
     base = params.base_threshold(shape)
     t = np.full(len(params.sigmas) - 1, base)
     if params.noise_k is not None:
-        t = np.maximum(t, params.noise_k * noise * dog_gains(shape, params.sigmas))
+        n = level_noise(params.sigmas, noise)
+        t = np.maximum(t, params.noise_k * n * dog_gains(shape, params.sigmas))
     return t
 
 
@@ -455,7 +529,7 @@ def mhfd_prepared(
     params: MhfdParams,
     *,
     backend: Backend,
-    noise: float | None = None,
+    noise: tuple[float, ...] | None = None,
     interior: tuple[int, int, int, int] | None = None,
     want_content: bool = True,
     threshold_shape: tuple[int, int] | None = None,
@@ -468,7 +542,7 @@ def mhfd_prepared(
     shape = (int(u.shape[0]), int(u.shape[1]))
     dtype = u.dtype.type
     if noise is None:
-        noise = noise_sigma(u, backend) if params.noise_k is not None else 0.0
+        noise = noise_profile(u, backend) if params.noise_k is not None else (0.0,) * 4
     if params.periodic:
         F = periodic_spectrum(u, backend)
     else:
@@ -486,7 +560,9 @@ def mhfd_prepared(
     count = count_maxima(M, backend, interior=interior)
     del M
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
-    return MhfdDetail(count=count, content=content, noise=noise, thresholds=tuple(t), shape=shape)
+    return MhfdDetail(
+        count=count, content=content, noise=noise[0], thresholds=tuple(t), shape=shape
+    )
 
 
 def _resize(image: Any, size: int, backend: Backend, dtype: Any) -> Any:
@@ -516,8 +592,11 @@ def mhfd_detail(
     resize: int | None = None,
     dtype: str | None = None,
 ) -> MhfdDetail:
-    """MHFD of one image with its diagnostics. ``resize``: side to resize to first
-    (faithful mode defaults to the paper's 1024; others to none)."""
+    """MHFD of one image with its diagnostics.
+
+    ``resize``: side to resize to first; ``None`` is the mode's choice (faithful:
+    the paper's 1024, others: none), ``0`` is none.
+    """
     params = params_for(
         mode,
         sigmas=sigmas,
@@ -529,8 +608,8 @@ def mhfd_detail(
     ft = float_dtype(dtype)
     image = backend.xp.asarray(image)
     minmax = validate_image(image, backend)
-    size = resize if resize is not None else (PAPER_SIZE if mode == "faithful" else None)
-    if size is not None:
+    size = resize if resize is not None else (PAPER_SIZE if mode == "faithful" else 0)
+    if size:
         if size < 16:
             raise ValueError(f"resize must be at least 16 pixels, got {size}")
         # The authors resize first and stretch the resized image.

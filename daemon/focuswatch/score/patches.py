@@ -22,7 +22,7 @@ import scipy.fft
 
 from focuswatch.backend import Backend
 from focuswatch.score._dtypes import stretch_limits, stretched, validate_image
-from focuswatch.score.mhfd import MhfdDetail, MhfdParams, mhfd_prepared, noise_sigma
+from focuswatch.score.mhfd import MhfdDetail, MhfdParams, mhfd_prepared, noise_profile
 
 __all__ = [
     "NATIVE_BLOCK",
@@ -108,16 +108,18 @@ def _take(
     return backend.xp.asarray(part)
 
 
-def tile_noise(image: Any, backend: Backend, *, limits: tuple[float, float], dtype: Any) -> float:
-    """Noise level of a whole tile: median of per-block estimates on ``NOISE_BLOCK`` blocks."""
+def tile_noise(
+    image: Any, backend: Backend, *, limits: tuple[float, float], dtype: Any
+) -> tuple[float, ...]:
+    """Noise profile of a whole tile: median of per-block profiles on ``NOISE_BLOCK`` blocks."""
     ests = []
     for y0, y1 in patch_bounds(image.shape[0], NOISE_BLOCK):
         for x0, x1 in patch_bounds(image.shape[1], NOISE_BLOCK):
             u = stretched(
                 backend.xp.asarray(image[y0:y1, x0:x1]), backend, limits=limits, dtype=dtype
             )
-            ests.append(noise_sigma(u, backend))
-    return float(np.median(ests))
+            ests.append(noise_profile(u, backend))
+    return tuple(float(v) for v in np.median(np.asarray(ests), axis=0))
 
 
 def native_mhfd(
@@ -141,7 +143,7 @@ def native_mhfd(
     noise = (
         tile_noise(image, backend, limits=limits, dtype=dtype)
         if params.noise_k is not None
-        else 0.0
+        else (0.0,) * 4
     )
     # Native blocks see real neighbours, so no periodic correction is wanted.
     block_params = MhfdParams(**{**params.__dict__, "periodic": False})
@@ -158,7 +160,7 @@ def native_mhfd(
     return MhfdDetail(
         count=count,
         content=float(np.median(contents)),
-        noise=noise,
+        noise=noise[0],
         thresholds=d.thresholds,
         shape=shape,
     )
