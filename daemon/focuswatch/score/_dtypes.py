@@ -41,7 +41,8 @@ def validate_image(
     Raises ``ValueError`` with a message an operator can act on for non-arrays,
     non-2-D, empty, too small, complex, NaN/inf and constant images.
     """
-    xp = backend.xp
+    # Host arrays are checked on the host (a GPU backend may be handed one).
+    xp = np if isinstance(image, np.ndarray) else backend.xp
     shape = getattr(image, "shape", None)
     dtype = getattr(image, "dtype", None)
     if shape is None or dtype is None:
@@ -96,7 +97,9 @@ def stretch_limits(
         lo = float(np.searchsorted(cdf, np.floor(k_lo) + 1))
         hi = float(np.searchsorted(cdf, np.ceil(k_hi) + 1))
     else:
-        q = xp.percentile(image.ravel(), xp.asarray([100 * saturation, 100 * (1 - saturation)]))
+        q = xp.percentile(
+            xp.asarray(image).ravel(), xp.asarray([100 * saturation, 100 * (1 - saturation)])
+        )
         lo, hi = (float(v) for v in backend.asnumpy(q))
     if hi <= lo:
         return minmax
@@ -107,7 +110,7 @@ def stretched(image: Any, backend: Backend, *, limits: tuple[float, float], dtyp
     """``image`` clipped to ``limits`` and mapped to [0, 1] in ``dtype`` (a new array)."""
     xp = backend.xp
     lo, hi = limits
-    out = image.astype(dtype, copy=True)
+    out = xp.asarray(image).astype(dtype)  # a copy, on the backend's device
     xp.clip(out, dtype(lo), dtype(hi), out=out)
     out -= dtype(lo)
     out *= dtype(1.0 / (hi - lo))

@@ -1,0 +1,207 @@
+"""Scoring files: real TIFFs in, picklable TileScores out; errors as TileErrors; the CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from focuswatch import cli, synth
+from focuswatch.errors import TileError
+from focuswatch.scoring import ScoreSettings, TileScore, score_array, score_path
+
+CPU = ScoreSettings(backend="cpu", patch_size=128)
+
+
+def write(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, image)
+    return path
+
+
+def tissue(shape: tuple[int, int], *, sigma: float = 0.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    clean = synth.neuropil(shape, rng=rng)
+    return synth.to_uint(synth.degrade(clean, rng=rng, defocus_sigma=sigma, dose=30.0), 16)
+
+
+def test_score_path_scores_a_real_tile(synth_tile) -> None:  # type: ignore[no-untyped-def]
+    path = synth_tile(size=256)
+    ts = score_path(path, CPU)
+    assert isinstance(ts, TileScore)
+    assert ts.path == str(path)
+    assert ts.score > 0
+    assert ts.patch_scores is not None
+    assert np.asarray(ts.patch_scores).shape == (2, 2)
+    assert ts.score == float(np.median(ts.patch_scores))
+    assert ts.content > 0.02
+    assert ts.backend == "numpy"
+    assert ts.shape == (256, 256)
+    assert ts.dtype == "uint8"
+    assert ts.read_ms > 0
+    assert ts.score_ms > 0
+    assert ts.meta.row == 1
+    assert ts.meta.col == 1
+    again = pickle.loads(pickle.dumps(ts))
+    assert again == ts
+
+
+def test_blurred_tile_scores_lower(synth_tile) -> None:  # type: ignore[no-untyped-def]
+    sharp = score_path(synth_tile("a.tif", size=256), CPU).score
+    blurred = score_path(synth_tile("b.tif", size=256, sigma=3.0), CPU).score
+    assert blurred < 0.5 * sharp
+
+
+def test_memory_guard_scores_patch_by_patch_with_the_same_result(tmp_path: Path) -> None:
+    """A tile over memory_limit_mb is read region by region: the same scores as the
+    in-memory path, with a peak allocation well below the decoded tile's size."""
+    path = write(tmp_path / "big.tif", tissue((768, 1024)))
+    image_bytes = 768 * 1024 * 2
+    big = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1024)
+    small = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1)
+    score_path(path, big)  # warm the per-shape caches so both runs allocate alike
+
+    def peak(settings: ScoreSettings) -> tuple[TileScore, int]:
+        tracemalloc.start()
+        try:
+            return score_path(path, settings), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    in_memory, peak_memory = peak(big)
+    guarded, peak_guarded = peak(small)
+    assert guarded.patch_scores == in_memory.patch_scores
+    assert guarded.score == in_memory.score
+    assert guarded.content == pytest.approx(in_memory.content)
+    assert guarded.resolution == "patches"
+    assert peak_memory > image_bytes
+    assert peak_guarded < peak_memory - image_bytes // 2
+
+
+def test_memory_guard_falls_back_to_patches_for_whole_tile_resolutions(tmp_path: Path) -> None:
+    path = write(tmp_path / "big.tif", tissue((768, 1024)))  # 1.5 MiB decoded
+    ts = score_path(
+        path, ScoreSettings(backend="cpu", resolution="native", patch_size=256, memory_limit_mb=1)
+    )
+    assert ts.resolution == "patches"
+    assert ts.patch_scores is not None
+
+
+def test_score_array_equals_score_path(tmp_path: Path) -> None:
+    image = tissue((256, 256), seed=3)
+    path = write(tmp_path / "t.tif", image)
+    from_file = score_path(path, CPU)
+    from_memory = score_array(image, name="t.tif", settings=CPU)
+    assert from_memory.score == from_file.score
+    assert from_memory.patch_scores == from_file.patch_scores
+    assert from_memory.path == "t.tif"
+    assert from_memory.read_ms == 0.0
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"not a tiff at all, just text", ""),
+        (b"II*\x00\x08\x00\x00\x00", ""),
+    ],
+)
+def test_unreadable_files_are_tile_errors(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.tif"
+    path.write_bytes(content)
+    with pytest.raises(TileError) as info:
+        score_path(path, CPU)
+    assert info.value.path == str(path)
+    assert info.value.reason
+
+
+def test_missing_file_is_a_tile_error(tmp_path: Path) -> None:
+    with pytest.raises(TileError):
+        score_path(tmp_path / "nope.tif", CPU)
+
+
+def test_constant_tile_is_a_tile_error_saying_no_signal(tmp_path: Path) -> None:
+    path = write(tmp_path / "flat.tif", np.full((768, 1024), 1000, np.uint16))
+    with pytest.raises(TileError) as info:
+        score_path(path, CPU)
+    assert info.value.reason == "constant image (no signal)"
+    guarded = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1)
+    with pytest.raises(TileError) as info:
+        score_path(path, guarded)
+    assert info.value.reason == "constant image (no signal)"
+
+
+def test_nan_tile_is_a_tile_error(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    image[3, 4] = np.nan
+    path = write(tmp_path / "nan.tif", image)
+    with pytest.raises(TileError, match="NaN"):
+        score_path(path, CPU)
+
+
+def test_bad_settings_are_value_errors_not_tile_errors(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.tif", tissue((128, 128)))
+    with pytest.raises(ValueError, match="criterion"):
+        score_path(path, ScoreSettings(backend="cpu", criterion="nope"))
+    with pytest.raises(ValueError, match="patch_size"):
+        score_path(path, ScoreSettings(backend="cpu", patch_size=3))
+
+
+def test_cli_score_prints_each_file_and_fails_at_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good1 = write(tmp_path / "a.tif", tissue((128, 128), seed=1))
+    bad = tmp_path / "b.tif"
+    bad.write_bytes(b"garbage")
+    good2 = write(tmp_path / "c.tif", tissue((128, 128), seed=2, sigma=2.0))
+    args = ["score", str(good1), str(bad), str(good2), "--backend", "cpu", "--patch-size", "64"]
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{good1}: score ")
+    assert "patches 2x2" in lines[0]
+    assert "numpy" in lines[0]
+    assert "128x128 uint16" in lines[0]
+    assert lines[1].startswith(f"{good2}: score ")
+    assert f"{bad}: error: " in err
+
+
+def test_cli_score_json_is_one_object_per_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path / "a.tif", tissue((128, 128), seed=1))
+    bad = tmp_path / "b.tif"
+    bad.write_bytes(b"garbage")
+    rc = cli.main(
+        ["score", "--json", "--backend", "cpu", "--patch-size", "64", str(good), str(bad)]
+    )
+    assert rc == 1
+    out, _ = capsys.readouterr()
+    objs = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(objs) == 2
+    assert objs[0]["path"] == str(good)
+    assert objs[0]["score"] > 0
+    assert objs[0]["patches"]["rows"] == 2
+    assert objs[0]["shape"] == [128, 128]
+    assert objs[0]["backend"] == "numpy"
+    assert objs[0]["elapsed_ms"] > 0
+    assert objs[1]["path"] == str(bad)
+    assert objs[1]["error"]
+
+
+def test_cli_score_all_good_exits_zero_with_each_criterion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path / "a.tif", tissue((128, 128), seed=1))
+    for criterion in ("mhfd", "tenengrad"):
+        rc = cli.main(
+            ["score", "--criterion", criterion, "--mode", "fast", "--backend", "cpu", str(good)]
+        )
+        assert rc == 0
+    out, _ = capsys.readouterr()
+    assert "(tenengrad, fast)" in out
