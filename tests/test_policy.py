@@ -307,6 +307,20 @@ def test_no_calibration_configured_gives_none() -> None:
     assert policy.load_calibration(CFG) is None
 
 
+def test_a_saved_calibration_estimates_defocus_in_the_reason(tmp_path: Path) -> None:
+    """policy.calibration loads a real calibration file; the reason says how far out."""
+    from focuswatch.calibrate import Calibration
+
+    path = tmp_path / "calibration.json"
+    Calibration(best_focus_um=0.0, slope_per_um=-0.5, intercept=6.0, r=-0.97, n=9).save(path)
+    model = policy.load_calibration(dataclasses.replace(CFG, calibration=path))
+    assert model is not None
+    v = decide(Evidence(140, None, 0.3, history=[420] * 5), cfg=CFG, calibration=model)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert v.defocus_um is not None
+    assert f"estimated {v.defocus_um:.1f} µm out of focus" in v.reason
+
+
 def test_unreadable_calibration_is_a_config_error_with_key_path(tmp_path: Path) -> None:
     """A calibration file that cannot be read is reported at 'policy.calibration'."""
     bad = tmp_path / "calibration.json"

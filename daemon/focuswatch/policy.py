@@ -260,14 +260,7 @@ def load_calibration(pcfg: PolicyConfig) -> DefocusModel | None:
     from focuswatch import calibrate
 
     path = Path(pcfg.calibration)
-    # Looked up by name so that the policy does not depend on calibrate's internals.
-    loader = getattr(getattr(calibrate, "Calibration", None), "load", None)
-    if loader is None:
-        raise ConfigError("at 'policy.calibration': calibration support is not available")
     try:
-        model: DefocusModel = loader(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"at 'policy.calibration': cannot load calibration {str(path)!r}: {exc}"
-        ) from None
-    return model
+        return calibrate.Calibration.load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"at 'policy.calibration': {exc}") from None
