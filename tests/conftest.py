@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 
 from focuswatch import synth
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults.
+
+    CLI tests configure structlog to print to a captured stream that pytest closes
+    afterwards; without a reset, the next test's log lines would go there.
+    """
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def isbi_path() -> Path:

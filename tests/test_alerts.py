@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import structlog
 import tifffile
 from aiosmtpd.controller import Controller
 from PIL import Image
@@ -36,14 +35,6 @@ from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 WAIT_S = 15.0  # every wait below is bounded by this
 SLACK_OK = "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
 BAD = Verdict(VerdictKind.OUT_OF_FOCUS, "score 140 is 67 % below the median (420)", 420.0, 4.1)
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """CLI tests configure structlog for a captured stream that is closed afterwards."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 class Clock:

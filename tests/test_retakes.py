@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from focuswatch import cli, retakes
@@ -23,14 +22,6 @@ from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 
 BAD = Verdict(VerdictKind.OUT_OF_FOCUS, "score 140 is 67 % below the median (420)", 420.0, 4.1)
 GOOD = Verdict(VerdictKind.IN_FOCUS, "score 430 (median 420)", 420.0)
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """CLI tests configure structlog for a captured stream that is closed afterwards."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 class Clock:

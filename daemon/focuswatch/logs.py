@@ -30,6 +30,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     Logs go to stderr so that command output on stdout stays machine-readable.
     """
     out = stream if stream is not None else sys.stderr
+    # tifffile reports damaged files on the stdlib logger; focuswatch records its own
+    # reason for every unreadable tile, so those lines would only be noise.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     renderer: structlog.types.Processor = (
