@@ -1,0 +1,122 @@
+"""How fast is MHFD here? Per 1024² tile: the materialise-all baseline, then each mode.
+
+    .venv/bin/python bench/speed.py                 # CPU
+    .venv/bin/python bench/speed.py --backend gpu   # CuPy: 1024² (30 scales) and native 8192²
+
+Prints the machine, the median of ``--repeat`` runs per variant (after a warm-up
+run that fills the FFT plan and transfer-function caches) and each variant's
+speed-up over the baseline, all from one run. On a shared machine the figures
+move with the load: run it when the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _baseline_paper import paper_mhfd
+from focuswatch import synth
+from focuswatch.backend import Backend, get_backend
+from focuswatch.score import score_image
+from focuswatch.score.mhfd import mhfd
+
+
+def machine(backend: Backend) -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    text = f"CPU: {model}, {cores} cores available, load average {load:.2f}"
+    if backend.is_gpu:
+        text += f"\nGPU: {backend.device}"
+    return text
+
+
+def timed(fn: Callable[[], Any], backend: Backend, repeat: int) -> float:
+    """Median wall time in ms of ``fn`` (GPU work synchronised), after one warm-up."""
+    sync = backend.xp.cuda.Device().synchronize if backend.is_gpu else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--size", type=int, default=1024, help="tile side for the per-tile figures")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--native",
+        type=int,
+        default=None,
+        help="also score a native tile this size (GPU default 8192)",
+    )
+    args = ap.parse_args(argv)
+    backend = get_backend(args.backend)
+    print(machine(backend))
+    rng = np.random.default_rng(0)
+    tile = synth.to_uint(
+        synth.degrade(synth.neuropil((args.size, args.size), rng=rng), rng=rng, dose=30.0), 16
+    )
+    dev = backend.xp.asarray(tile)
+    variants: list[tuple[str, Callable[[], Any]]] = [
+        ("baseline: materialise all levels (paper)", lambda: paper_mhfd(dev, backend=backend)),
+        (
+            "faithful (streaming, 30 scales)",
+            lambda: mhfd(dev, backend=backend, mode="faithful", resize=0),
+        ),
+        (
+            "default (noise floor, 30 scales, exact)",
+            lambda: mhfd(dev, backend=backend, mode="default"),
+        ),
+        ("fast (coarse levels decimated)", lambda: mhfd(dev, backend=backend, mode="fast")),
+    ]
+    print(f"\nper {args.size}x{args.size} uint16 tile, median of {args.repeat} ({backend.name}):")
+    base = None
+    for name, fn in variants:
+        ms = timed(fn, backend, args.repeat)
+        base = base or ms
+        print(f"  {name:44s} {ms:9.1f} ms   {base / ms:5.2f}x vs baseline")
+    native = args.native if args.native is not None else (8192 if backend.is_gpu else 0)
+    if native:
+        reps = max(1, args.repeat // 2)
+        big = np.tile(tile, (native // args.size + 1, native // args.size + 1))[:native, :native]
+        print(f"\nnative {native}x{native} uint16, whole tile (halo-tiled), median of {reps}:")
+        for mode in ("default", "fast"):
+            ms = timed(
+                lambda m=mode: score_image(big, backend=backend, mode=m, resolution="native"),
+                backend,
+                reps,
+            )
+            print(f"  {mode:44s} {ms:9.1f} ms   {native * native / ms / 1e3:7.1f} Mpx/s")
+        ms = timed(lambda: score_image(big, backend=backend, resolution="patches"), backend, reps)
+        label = "default, 1024² patches (focus map)"
+        print(f"  {label:44s} {ms:9.1f} ms   {native * native / ms / 1e3:7.1f} Mpx/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
