@@ -459,3 +459,17 @@ def test_public_names() -> None:
         "main",
         "score_settings",
     ]
+
+
+def test_reconciliation_scan_finds_files_the_observer_missed(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """No observer at all here: only the rescan can find the file (as after a queue overflow)."""
+    svc, sink = make_service(watch=False)
+    write_tif(Path(svc.root) / "S_009" / "missed.tif")
+    for _ in range(10):
+        svc.turn(0.01)
+    assert sink.records == []
+    svc.rescan_now()
+    turn_until(svc, lambda: len(sink.records) == 1)
+    assert sink.records[0].tile_name == "missed.tif"
