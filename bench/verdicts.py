@@ -3,7 +3,7 @@
 Writes a wafer with ``focuswatch.synth`` (content drifting across sections, empty
 tiles, shot noise at the given dose, some tiles blurred with σ from --blur-sigmas),
 scores every tile in section order exactly as the service does (ledger in a temporary
-folder, policy context from ``history_scores`` and ``section_scores``), and prints
+folder, policy context from ``position_history`` and ``section_scores``), and prints
 the confusion table of truth against verdicts. Exit status 0 when the targets hold:
 
 - false alerts (in-focus tiles given a retake verdict) ≤ --max-false-alerts (1 %),
@@ -16,7 +16,6 @@ Run: ``.venv/bin/python bench/verdicts.py`` (about a minute on two CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from focuswatch.config import PolicyConfig
 from focuswatch.errors import TileError
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.scoring import ScoreSettings, score_path
+from focuswatch.service import evidence
 from focuswatch.verdict import VerdictKind
 
 TRUTHS = ("in focus", "blurred", "empty", "corrupt")
@@ -44,34 +44,6 @@ def truth_of(tile: synth.SynthTile, *, blurred_from: float) -> str:
     if tile.defocus_sigma == 0:
         return "in focus"
     return f"σ {tile.defocus_sigma:g} (below the target)"
-
-
-def patch_history(
-    ledger: Ledger, row: int, col: int, *, before_section_index: int, limit: int
-) -> list[list[list[float]] | None]:
-    """Focus maps of this position in earlier sections, most recent first.
-
-    The same selection as ``Ledger.history_scores`` (current versions, trusted
-    verdicts, the latest version per section), returning the patch maps.
-    """
-    cur = ledger.connection.execute(
-        "SELECT v.section_index, r.patch_scores FROM versions v JOIN results r "
-        "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
-        "AND v.section_index < ? AND r.score IS NOT NULL "
-        "AND r.verdict IN ('in_focus', 'partly_out_of_focus') "
-        "ORDER BY v.section_index DESC, v.id DESC",
-        (row, col, before_section_index),
-    )
-    out: list[list[list[float]] | None] = []
-    last = None
-    for sec, maps in cur:
-        if sec == last:
-            continue
-        last = sec
-        out.append(None if maps is None else json.loads(maps))
-        if len(out) >= limit:
-            break
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,22 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = policy.unreadable(exc.reason)
                 ledger.record_result(vid, verdict=verdict)
             else:
-                sec = section_index(tile.section) or 0
-                ev = policy.Evidence(
-                    score=score.score,
-                    patch_scores=score.patch_scores,
-                    content=score.content,
-                    history=ledger.history_scores(
-                        tile.row, tile.col, before_section_index=sec, limit=pcfg.history_sections
-                    ),
-                    section_scores=ledger.section_scores(tile.section, exclude_version=vid),
-                    patch_history=patch_history(
-                        ledger,
-                        tile.row,
-                        tile.col,
-                        before_section_index=sec,
-                        limit=pcfg.history_sections,
-                    ),
+                ev = evidence(
+                    ledger,
+                    version_id=vid,
+                    section=tile.section,
+                    section_index=section_index(tile.section),
+                    row=tile.row,
+                    col=tile.col,
+                    score=score,
+                    history_sections=pcfg.history_sections,
                 )
                 verdict = policy.decide(ev, cfg=pcfg)
                 ledger.record_result(vid, verdict=verdict, score=score)

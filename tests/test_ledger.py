@@ -196,21 +196,25 @@ def _scored(led: Ledger, section: str, score: float, verdict: Verdict = IN, **kw
     return vid
 
 
+def _history(led: Ledger, row: int, col: int, **kw: Any) -> list[float]:
+    return [score for score, _ in led.position_history(row, col, **kw)]
+
+
 def test_history_scores_most_recent_section_first_filtered(led: Ledger) -> None:
     for i, s in enumerate([10.0, 20.0, 30.0, 40.0]):
         _scored(led, f"S_{i:03d}", s, row=1, col=1)
     _scored(led, "S_002", 999.0, verdict=OUT, row=1, col=1)  # not trusted as context
     _scored(led, "S_001", 777.0, row=2, col=1)  # another position
-    got = led.history_scores(1, 1, before_section_index=3, limit=5)
+    got = _history(led, 1, 1, before_section_index=3, limit=5)
     assert got == [30.0, 20.0, 10.0]
-    assert led.history_scores(1, 1, before_section_index=3, limit=2) == [30.0, 20.0]
-    assert led.history_scores(1, 1, before_section_index=0, limit=5) == []
+    assert _history(led, 1, 1, before_section_index=3, limit=2) == [30.0, 20.0]
+    assert _history(led, 1, 1, before_section_index=0, limit=5) == []
 
 
 def test_history_takes_one_score_per_section_the_latest(led: Ledger) -> None:
     _scored(led, "S_001", 10.0, row=0, col=0)
     _scored(led, "S_001", 12.0, row=0, col=0)  # retake with a new suffix
-    assert led.history_scores(0, 0, before_section_index=2, limit=5) == [12.0]
+    assert _history(led, 0, 0, before_section_index=2, limit=5) == [12.0]
 
 
 def test_history_ignores_superseded_versions(led: Ledger) -> None:
@@ -221,7 +225,7 @@ def test_history_ignores_superseded_versions(led: Ledger) -> None:
     led.add_version(
         "/w/S_001/t.tif", size=1, mtime_ns=2, tile_name="t", section="S_001", row=0, col=0
     )
-    assert led.history_scores(0, 0, before_section_index=5, limit=5) == []
+    assert _history(led, 0, 0, before_section_index=5, limit=5) == []
 
 
 def test_section_scores_excludes_the_tile_itself(led: Ledger) -> None:
@@ -268,4 +272,16 @@ def test_public_names() -> None:
         "STATES",
         "TileVersion",
         "section_index",
+    ]
+
+
+def test_position_history_returns_each_sections_focus_map(led: Ledger) -> None:
+    """The policy compares each patch with the same patch in earlier sections."""
+    vid = add(led, "/w/S_001/t.tif", section="S_001", row=0, col=0)
+    led.record_result(vid, verdict=IN, score=Score(10.0, patch_scores=[[1.0, 2.0], [3.0, 4.0]]))
+    vid = add(led, "/w/S_002/t.tif", section="S_002", row=0, col=0)
+    led.record_result(vid, verdict=IN, score=Score(11.0))
+    assert led.position_history(0, 0, before_section_index=3, limit=5) == [
+        (11.0, None),
+        (10.0, [[1.0, 2.0], [3.0, 4.0]]),
     ]

@@ -600,10 +600,10 @@ class Ledger:
 
     # -- context for the policy --------------------------------------------------------
 
-    def history_scores(
+    def position_history(
         self, row: int, col: int, *, before_section_index: int, limit: int
-    ) -> list[float]:
-        """Trusted scores at this position in earlier sections, most recent section first.
+    ) -> list[tuple[float, list[list[float]] | None]]:
+        """Trusted (score, focus map) at this position in earlier sections, most recent first.
 
         Current versions only, verdict in_focus or partly_out_of_focus, one per section
         (the latest version when a section has several, e.g. a retake with a new suffix).
@@ -611,19 +611,19 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.section_index, r.score FROM versions v JOIN results r "
+            "SELECT v.section_index, r.score, r.patch_scores FROM versions v JOIN results r "
             "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IN (?, ?) "
             "ORDER BY v.section_index DESC, v.id DESC",
             (row, col, before_section_index, *_CONTEXT_VERDICTS),
         )
-        out: list[float] = []
+        out: list[tuple[float, list[list[float]] | None]] = []
         last: int | None = None
-        for sec, score in cur:
+        for sec, score, maps in cur:
             if sec == last:
                 continue
             last = sec
-            out.append(float(score))
+            out.append((float(score), None if maps is None else json.loads(maps)))
             if len(out) >= limit:
                 break
         return out

@@ -121,6 +121,39 @@ def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> l
     return sinks
 
 
+def evidence(
+    ledger: Ledger,
+    *,
+    version_id: int,
+    section: str | None,
+    section_index: int | None,
+    row: int | None,
+    col: int | None,
+    score: Any,
+    history_sections: int,
+) -> Any:
+    """What the policy weighs for one scored tile: its score and its context in the ledger.
+
+    ``score`` is a ``TileScore``; the result a ``policy.Evidence``.
+    """
+    from focuswatch.policy import Evidence
+
+    history: list[tuple[float, list[list[float]] | None]] = []
+    if row is not None and col is not None and section_index is not None:
+        history = ledger.position_history(
+            row, col, before_section_index=section_index, limit=history_sections
+        )
+    peers = [] if section is None else ledger.section_scores(section, exclude_version=version_id)
+    return Evidence(
+        score=float(score.score),
+        patch_scores=score.patch_scores,
+        content=float(score.content),
+        history=[s for s, _ in history],
+        section_scores=peers,
+        patch_history=[maps for _, maps in history],
+    )
+
+
 class Service:
     """The running pipeline. ``start``, then ``turn`` repeatedly (or ``run_until``), ``stop``."""
 
@@ -402,25 +435,15 @@ class Service:
         self._record(v, verdict, score=ts, worker=o.worker)
 
     def _verdict(self, v: TileVersion, ts: Any) -> Verdict:
-        from focuswatch.policy import Evidence
-
-        history: list[float] = []
-        if v.row is not None and v.col is not None and v.section_index is not None:
-            history = self.ledger.history_scores(
-                v.row,
-                v.col,
-                before_section_index=v.section_index,
-                limit=self.cfg.policy.history_sections,
-            )
-        section: list[float] = []
-        if v.section is not None:
-            section = self.ledger.section_scores(v.section, exclude_version=v.id)
-        ev = Evidence(
-            score=float(ts.score),
-            patch_scores=ts.patch_scores,
-            content=float(ts.content),
-            history=history,
-            section_scores=section,
+        ev = evidence(
+            self.ledger,
+            version_id=v.id,
+            section=v.section,
+            section_index=v.section_index,
+            row=v.row,
+            col=v.col,
+            score=ts,
+            history_sections=self.cfg.policy.history_sections,
         )
         return self._decide(ev, cfg=self.cfg.policy, calibration=self._calibration)
 
