@@ -194,3 +194,13 @@ def test_bad_mhfd_parameters_raise(options: dict[str, object], message: str) -> 
     img = np.random.default_rng(0).random((64, 64))
     with pytest.raises(ValueError, match=message):
         mhfd(img, backend=CPU, **options)  # type: ignore[arg-type]
+
+
+def test_noise_estimate_ignores_a_flat_clipped_margin() -> None:
+    """Half the tile saturated black (stretch-clipped to 0) must not halve the estimate."""
+    rng = np.random.default_rng(9)
+    img = synth.degrade(synth.neuropil((256, 256), rng=rng), rng=rng, dose=30.0)
+    with_margin = img.copy()
+    with_margin[:, 128:] = 0.0
+    full = noise_sigma(img[:, :128], CPU)
+    assert noise_sigma(with_margin, CPU) == pytest.approx(full, rel=0.1)

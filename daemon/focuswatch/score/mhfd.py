@@ -307,7 +307,8 @@ def _dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> tuple[float
 
 
 def noise_sigma(u: Any, backend: Backend, *, subsample: bool = True) -> float:
-    """Robust standard deviation of white noise in ``u`` (Immerkær's operator, MAD).
+    """Robust standard deviation of white noise in ``u`` (stretched to [0, 1]; Immerkær's
+    operator, MAD over pixels strictly inside (0, 1)).
 
     The separable kernel ``[1,-2,1]ᵀ[1,-2,1]`` cancels planes and most smooth
     structure; its norm is 6, and the median absolute response over 0.6745 is the
@@ -319,7 +320,12 @@ def noise_sigma(u: Any, backend: Backend, *, subsample: bool = True) -> float:
     step = 2 if subsample and min(u.shape) >= 32 else 1
     d = u[:, 0:-2:step] - 2 * u[:, 1:-1:step] + u[:, 2::step]
     e = d[0:-2:step] - 2 * d[1:-1:step] + d[2::step]
-    a = xp.abs(e).ravel()
+    # Pixels clipped by the stretch (a black margin, saturated areas) carry no noise;
+    # counting their zero responses would halve the estimate where half the tile is flat.
+    centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
+    a = xp.abs(e[(centre > 0) & (centre < 1)])
+    if a.size < 16:
+        return 0.0
     k = a.size // 2
     mad = float(xp.partition(a, k)[k])
     return mad / (0.6744897501960817 * 6.0)
