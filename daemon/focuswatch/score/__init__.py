@@ -2,7 +2,7 @@
 
 ``score_image`` is the entry point; the array backend (NumPy or CuPy, see
 ``focuswatch.backend``) is passed in. Criteria: ``mhfd`` (the method) and five
-classic baselines. Higher is always sharper.
+classic baselines (``baselines``). Higher is always sharper.
 
 MHFD (Levental et al., arXiv 2108.12050): stretch, Gaussian scale space, scale-
 normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
@@ -12,39 +12,55 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     linspace(1, 30 + 29/28, 30), DoG_i = σ_i·(L_i − L_{i+1}), threshold
     1e-4·sqrt(H·W), unit resized to 1024² (bilinear), circular FFT.
 ``default``
-    What we changed, and why:
+    The same scale space, DoG, maximum over scale and counting rule. What we
+    changed, and why:
 
-    * **Noise floor per level.** With shot noise, fine-scale DoG levels are
-      dominated by noise, and the paper's fixed contrast threshold counts noise
-      maxima; since the stretch maps a blurred (low-contrast) image's range to
-      [0, 1], noise is *amplified* relative to the threshold as blur grows and the
-      count can rise with defocus. We estimate the noise standard deviation σ_n
-      (Immerkær's operator, median absolute deviation: insensitive to edges) and
-      raise each level's threshold to ``k·σ_n·g_i``, where ``g_i`` is that
-      level's exact gain for white noise (k = 4: ~3e-5 false maxima per pixel
-      per level). Clean images keep the paper's contrast threshold.
-    * **Fixed contrast threshold.** The paper's threshold grows with sqrt(H·W)
+    * **A noise floor per level.** With shot noise the fine DoG levels are noise,
+      and the paper's fixed contrast threshold counts noise maxima. Worse, the
+      stretch maps a blurred (low-contrast) tile's range to [0, 1], amplifying
+      its noise relative to the threshold, so the paper's count *rises* with
+      defocus at 10-30 e/px (bench/accuracy.py). We estimate the noise (Immerkær's
+      operator, median absolute deviation: insensitive to edges) at binnings 1,
+      2, 4, 8 and raise level i's threshold to ``k·n_i·g_i``: ``g_i`` the level's
+      exact gain for white noise (from its transfer function), ``n_i`` the
+      largest noise estimate at binnings ≤ σ_i (the binned estimates catch noise
+      correlated between neighbouring pixels, which hides from the finest
+      operator but not from coarse levels), k = 4 (a one-sided tail of ~3e-5
+      per pixel and level). Clean images keep the contrast threshold alone.
+    * **A fixed contrast threshold.** The paper's threshold grows with sqrt(H·W)
       (an artefact of its orthonormal FFT units); we use its value at the paper's
       working size, 0.1024 of the stretched range, at every size, so patches and
-      whole tiles are judged by the same contrast.
+      whole tiles are held to the same contrast.
     * **Native resolution, no resize.** Resizing an 8k tile to 1024² averages
       away exactly the fine detail defocus removes; we score native-resolution
-      patches (the focus map) instead.
+      patches (the focus map) instead. A 512² image is scored at 512².
     * **No seam.** The circular FFT joins opposite borders; Moisan's periodic +
-      smooth decomposition removes that jump (one extra transform) so no maxima
-      are counted along the image border. Native tiles use a real halo instead.
+      smooth decomposition removes that jump (one extra 1-D transform pair), so
+      no maxima are counted along the image border. Native tiles use a real halo.
 ``fast``
-    ``default`` with each band-limited level computed on a decimated grid
-    (spectrum cropped: exact samples), coarse maxima interpolated back.
+    ``default`` with every band-limited level (σ ≥ ~1.6·f) computed on a grid
+    decimated f times (spectrum cropped: exact samples) and the coarse maxima
+    interpolated back linearly; ranks like exact mode (Spearman 0.999).
 
-Resolutions: ``patches`` (default: native patches of about ``patch_size``, the
-tile's score is the median patch score, the grid is the focus map that shows a
-wrinkle), ``resized`` (whole tile at 1024², the paper) and ``native`` (whole tile
-at full size, tiled with a halo, memory bounded).
+Resolutions: ``patches`` (the default), ``resized`` (whole tile at 1024², the
+paper) and ``native`` (whole tile at full size, in blocks with a halo, memory
+bounded). ``patches`` serves an operator best: each patch of about
+``patch_size`` is scored as one image at native resolution; the tile's score is
+the median patch score (a dust speck or one blank corner does not move it), and
+the grid of patch scores is a focus map in which a wrinkle or a tilted section
+shows as a group of low patches, which a whole-tile count (dominated by the
+in-focus area) would hide. Memory per patch is bounded, so any tile size works.
+
+``content`` is the robust standard deviation of a band-pass (σ 8 to 32 px) of the
+stretched image, as a fraction of its range: blur barely touches that band, noise
+is averaged out of it and slow shading lies below it, so empty resin scores below 0.01
+and tissue, even badly blurred, clearly more. Per patch in ``patch_content``; the
+tile's value is the largest patch value (a tile is empty only if every patch is).
 
 Bad input (not 2-D, empty, smaller than 16 px, NaN/inf, constant) raises
 ``ValueError``; the file-level layer (``focuswatch.scoring``) turns it into a
-``TileError``.
+``TileError`` (a constant tile's reason is "constant image (no signal)"). A
+constant *patch* in a tile with signal scores 0.
 """
 
 from __future__ import annotations
