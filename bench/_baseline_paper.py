@@ -25,9 +25,8 @@ def paper_mhfd(image: Any, *, backend: Backend, dtype: Any = np.float32) -> int:
     """MHFD count of ``image`` (already at the size to score) the materialise-all way."""
     xp, fft, ndi = backend.xp, backend.fft, backend.ndimage
     u = xp.asarray(image).astype(dtype)
-    lo, hi = (
-        float(v) for v in xp.percentile(u, [100 * PAPER_SATURATION, 100 - 100 * PAPER_SATURATION])
-    )
+    q = xp.asarray([100 * PAPER_SATURATION, 100 - 100 * PAPER_SATURATION])
+    lo, hi = (float(v) for v in backend.asnumpy(xp.percentile(u, q)))
     u = (xp.clip(u, lo, hi) - lo) / (hi - lo)
     H, W = u.shape
     F = fft.rfft2(u)
