@@ -260,6 +260,14 @@ def test_listing_without_a_ledger_is_a_clear_error(tmp_path: Path) -> None:
         retakes.list_main(cfg, fmt="text", section=None, only_open=False)
 
 
+def test_dismissing_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
+    """A mistyped --state is reported; no empty ledger appears there."""
+    cfg = Config(state_dir=tmp_path / "typo")
+    with pytest.raises(StateError, match="no ledger"):
+        retakes.dismiss_main(cfg, 1, note="dust")
+    assert not cfg.state_dir.exists()
+
+
 def test_build_sink_writes_the_files_at_start(tmp_path: Path) -> None:
     """Starting the service regenerates the live files from the ledger."""
     cfg = Config(state_dir=tmp_path / "state")

@@ -231,18 +231,20 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.time,
         readonly: bool = False,
+        create: bool = True,
     ) -> Ledger:
         """Open (and for writers create and migrate) ``<state_dir>/focuswatch.db``.
 
         ``readonly=True`` opens through a ``mode=ro`` URI: safe next to a running service.
+        ``create=False`` refuses to start a new ledger (commands that edit an existing one).
         Raises StateError with a message an operator can act on.
         """
         state = Path(state_dir)
         db = state / DB_NAME
         try:
+            if (readonly or not create) and not db.is_file():
+                raise StateError(f"no ledger at {db} (has the service run with this --state?)")
             if readonly:
-                if not db.is_file():
-                    raise StateError(f"no ledger at {db} (has the service run with this --state?)")
                 conn = sqlite3.connect(
                     f"{db.resolve().as_uri()}?mode=ro",
                     uri=True,

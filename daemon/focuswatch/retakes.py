@@ -466,4 +466,4 @@ def dismiss_main(cfg: Config, entry_id: int, *, note: str) -> int:
 
 def _open(cfg: Config, *, readonly: bool) -> Ledger:
     # StateError (no ledger, or an older schema) reaches the CLI as one clear line.
-    return Ledger.open(cfg.state_dir, readonly=readonly)
+    return Ledger.open(cfg.state_dir, readonly=readonly, create=False)

@@ -329,7 +329,7 @@ def _short(exc: BaseException) -> str:
 
 def _os_reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
-        return "file vanished before it could be read (moved or deleted)"
+        return "file not found: it vanished before it could be read (moved or deleted)"
     if isinstance(exc, PermissionError):
         return "permission denied: the service user cannot read this file"
     if isinstance(exc, IsADirectoryError):
