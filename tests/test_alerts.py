@@ -296,6 +296,54 @@ def test_json_alert_arrives_with_a_thumbnail(tmp_path: Path, hook: HookServer) -
     assert max(image.size) == 32
 
 
+def test_alert_is_sent_without_thumbnail_when_the_thumbnail_cannot_be_written(
+    tmp_path: Path, hook: HookServer
+) -> None:
+    """A thumbnail that fails (here: its folder is a file) never holds the alert back."""
+    hook.start()
+    cfg = cfg_for(tmp_path, urls=[f"json://127.0.0.1:{hook.port}/hook"], thumbnail_px=32)
+    cfg.state_dir.mkdir(parents=True)
+    (cfg.state_dir / "thumbnails").write_text("not a folder")  # mkdir/save will fail
+    tile = make_tile(tmp_path, "Tile_r1-c2_S_001")
+    with capture_logs() as logs, opened(cfg, Clock()) as (ledger, sink):
+        sink.on_verdict(rec(1, path=str(tile)))
+        post = hook.posts.get(timeout=WAIT_S)
+        assert sink.flush(WAIT_S)
+        assert outbox.pending_count(ledger) == 0  # counted as sent: not retried forever
+    assert "Tile_r1-c2_S_001" in post["title"]
+    assert not post.get("attachments")
+    assert any(e["event"] == "thumbnail_failed" for e in logs)
+
+
+def test_thumbnail_of_a_large_tile_reads_it_in_pieces(tmp_path: Path) -> None:
+    """A 32 MB tile becomes a thumbnail with far less memory than the tile itself."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 4096, size=(4096, 4096), dtype=np.uint16)  # 32 MiB
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image)
+    del image
+    out = tmp_path / "thumb.png"
+    tracemalloc.start()
+    try:
+        assert alerts.make_thumbnail(path, out, px=64) == out
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20  # reading the tile whole would need 32 MiB
+    with Image.open(out) as thumb:
+        assert max(thumb.size) == 64
+
+
+def test_thumbnail_of_an_unreadable_tile_is_none(tmp_path: Path) -> None:
+    """A corrupt tile gives no thumbnail (and no exception)."""
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    assert alerts.make_thumbnail(bad, tmp_path / "t.png", px=32) is None
+    assert not (tmp_path / "t.png").exists()
+
+
 # -- digests and summaries ---------------------------------------------------------------
 
 

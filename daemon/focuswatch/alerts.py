@@ -123,26 +123,53 @@ def validate(cfg: Config) -> list[str]:
 # -- delivery through apprise ------------------------------------------------------------
 
 
+_THUMB_BAND_BYTES = 64 * 2**20  # rows read at once when every row is needed
+
+
+def _decimated(tile: Any, step: int) -> np.ndarray[Any, Any]:
+    """Every ``step``-th pixel of an open tile, read in bounded pieces (never whole)."""
+    height, width = tile.shape
+    if step > 1:  # only the rows kept are read, one at a time
+        rows = [tile.read_region(y, y + 1, 0, width)[0, ::step] for y in range(0, height, step)]
+        return np.stack(rows)
+    band = max(1, _THUMB_BAND_BYTES // max(1, width * tile.dtype.itemsize))
+    return np.concatenate(
+        [tile.read_region(y, min(height, y + band), 0, width) for y in range(0, height, band)]
+    )
+
+
 def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
-    """A small contrast-stretched PNG of the tile, or None if the tile cannot be read."""
+    """A small contrast-stretched PNG of the tile, or None if it cannot be made.
+
+    Never raises: a thumbnail is a nicety, and a failure here (unreadable tile, full
+    disk, a Pillow error) must not stop the alert itself from being sent. Memory stays
+    bounded whatever the tile's size (tiles can be 800 MB): only every ``step``-th row
+    is read, through ``read_region``.
+    """
     from PIL import Image
 
     from focuswatch.errors import TileError
-    from focuswatch.tiles import read_tile
+    from focuswatch.tiles import open_tile
 
     try:
-        image, _ = read_tile(tile_path)
+        with open_tile(tile_path) as tile:
+            step = max(1, max(tile.shape) // (4 * px))  # ~4 px per thumbnail px, then resample
+            small = np.asarray(_decimated(tile, step), dtype=np.float32)
+        small = np.nan_to_num(small, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = np.percentile(small, [0.5, 99.5])
+        scaled = np.clip((small - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+        thumb = Image.fromarray((scaled * 255).astype(np.uint8))
+        thumb.thumbnail((px, px))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        thumb.save(out, format="PNG")
     except TileError as exc:
         _log.info("thumbnail_skipped", tile=str(tile_path), reason=exc.reason)
         return None
-    step = max(1, max(image.shape) // (4 * px))  # decimate first: tiles can be 800 MB
-    small = np.asarray(image[::step, ::step], dtype=np.float32)
-    lo, hi = np.percentile(small, [0.5, 99.5])
-    scaled = np.clip((small - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    thumb = Image.fromarray((scaled * 255).astype(np.uint8))
-    thumb.thumbnail((px, px))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    thumb.save(out, format="PNG")
+    except Exception as exc:  # disk, permissions, Pillow: send the alert without it
+        _log.warning("thumbnail_failed", tile=str(tile_path), error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):
+            out.unlink(missing_ok=True)
+        return None
     return out
 
 
@@ -180,7 +207,8 @@ class AppriseNotifier:
             return bool(self._apprise.notify(body=alert.body, title=alert.title, attach=attach))
         finally:
             if thumb is not None:
-                thumb.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a leftover file must not fail the send
+                    thumb.unlink(missing_ok=True)
 
 
 # -- what the alerts say -----------------------------------------------------------------
