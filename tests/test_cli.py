@@ -75,3 +75,35 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score", "--patch-size", "0", "x.tif"], "argument --patch-size: must be positive"),
+        (["score", "--patch-size", "many", "x.tif"], "'many' is not a whole number"),
+        (["status", "--last", "-1"], "argument --last: must be at least 0, got -1"),
+        (["retakes", "dismiss", "1", "--note", " "], "argument --note: must not be empty"),
+        (["retakes", "dismiss", "0", "--note", "ok"], "argument ID: must be positive, got 0"),
+        (["synth", "out", "--rows", "0"], "argument --rows: must be positive"),
+    ],
+)
+def test_bad_numbers_and_blank_notes_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse rejects them with a message that says what is wrong (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_value_only_the_module_can_check_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`score --patch-size 1` passes argparse; the scorer's ValueError becomes one line."""
+    result = run_cli("score", "--patch-size", "1", str(tmp_path / "x.tif"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "focuswatch score: patch_size must be an integer >= 64, got 1"
+    ]

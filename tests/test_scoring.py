@@ -205,3 +205,27 @@ def test_cli_score_all_good_exits_zero_with_each_criterion(
         assert rc == 0
     out, _ = capsys.readouterr()
     assert "(tenengrad, fast)" in out
+
+
+def test_cli_score_reports_any_failure_per_file_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not only TileError: a GPU that is missing fails each file with one line, no traceback."""
+    from focuswatch.backend import get_backend
+    from focuswatch.errors import BackendError
+
+    try:
+        get_backend("gpu")
+    except BackendError:
+        pass
+    else:
+        pytest.skip("a GPU is available here, so --backend gpu cannot fail")
+    a = write(tmp_path / "a.tif", tissue((128, 128), seed=1))
+    b = write(tmp_path / "b.tif", tissue((128, 128), seed=2))
+    assert cli.main(["score", "--backend", "gpu", "--patch-size", "64", str(a), str(b)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert [line.split(": error: ")[0] for line in lines] == [str(a), str(b)]
+    assert all("BackendError: GPU requested" in line for line in lines)
+    assert "Traceback" not in err

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,30 @@ _CRITERIA = [
     "normalized_variance",
     "power_spectrum_slope",
 ]
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, else a usage error that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            what = "positive" if minimum == 1 else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
+def _nonblank(text: str) -> str:
+    """An argparse type: text with something in it besides spaces."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -128,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="patches: focus map at native resolution (default); resized: whole "
         "tile at 1024x1024 as in the paper; native: whole tile, full size",
     )
-    p.add_argument("--patch-size", type=int, default=1024, metavar="PX")
+    p.add_argument("--patch-size", type=_int_at_least(1), default=1024, metavar="PX")
     p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     _add_config_args(p)
 
@@ -173,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="only entries still to re-image")
     rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
     d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
-    d.add_argument("id", type=int, metavar="ID")
-    d.add_argument("--note", required=True, help="why it is dismissed (kept in the list)")
+    d.add_argument("id", type=_int_at_least(1), metavar="ID")
+    d.add_argument(
+        "--note", required=True, type=_nonblank, help="why it is dismissed (kept in the list)"
+    )
     d.add_argument(
         "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
     )
@@ -187,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--last", type=int, default=10, metavar="N", help="recent verdicts to show")
+    p.add_argument(
+        "--last", type=_int_at_least(0), default=10, metavar="N", help="recent verdicts to show"
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -221,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         "FibicsXML metadata, some of them out of focus.",
     )
     p.add_argument("out", type=Path, metavar="DIR")
-    p.add_argument("--sections", type=int, default=3)
-    p.add_argument("--rows", type=int, default=3)
-    p.add_argument("--cols", type=int, default=3)
-    p.add_argument("--size", type=int, default=1024, metavar="PX")
+    p.add_argument("--sections", type=_int_at_least(1), default=3)
+    p.add_argument("--rows", type=_int_at_least(1), default=3)
+    p.add_argument("--cols", type=_int_at_least(1), default=3)
+    p.add_argument("--size", type=_int_at_least(1), default=1024, metavar="PX")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8)
     p.add_argument("--dose", type=float, default=30.0, help="electrons per pixel")
     p.add_argument(
@@ -340,5 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except ValueError as exc:  # a bad option value that only the module could check
+        print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

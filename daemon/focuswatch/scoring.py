@@ -309,11 +309,12 @@ def main(
     for f in files:
         try:
             ts = score_path(f, settings)
-        except TileError as exc:
+        except Exception as exc:  # one file's failure, whatever it is, must not stop the rest
             failed += 1
+            reason = exc.reason if isinstance(exc, TileError) else f"{type(exc).__name__}: {exc}"
             if as_json:
-                print(json.dumps({"path": str(f), "error": exc.reason}), flush=True)
-            print(f"{f}: error: {exc.reason}", file=sys.stderr, flush=True)
+                print(json.dumps({"path": str(f), "error": reason}), flush=True)
+            print(f"{f}: error: {reason}", file=sys.stderr, flush=True)
             continue
         if as_json:
             print(json.dumps(_as_json(ts)), flush=True)
