@@ -451,6 +451,51 @@ def test_file_still_changing_after_the_timeout_is_unreadable_then_rescored_when_
     assert svc.ledger.get(first.version_id).superseded
 
 
+def test_writer_stopping_right_before_the_incomplete_timeout_still_gets_its_file_scored(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """The last write lands within quiet_s of the timeout and nothing changes after it.
+
+    The file is reported incomplete with the (size, mtime) it keeps when it then settles:
+    the finished file must still be scored once, as a version of its own.
+    """
+    base = make_cfg(tmp_path, observer="polling")
+    cfg = dataclasses.replace(
+        base, watch=dataclasses.replace(base.watch, quiet_s=0.5, incomplete_timeout_s=1.0)
+    )
+    p = write_tif(Path(cfg.watch.path or "") / "stops in time.tif")
+    svc, sink = make_service(cfg, watch=False)
+    tick = 0
+
+    def write_until_reported() -> bool:
+        nonlocal tick
+        if sink.records:
+            return True  # the writer stops here: no change after the incomplete report
+        tick += 1
+        os.utime(p, ns=(tick * 10**9, tick * 10**9))
+        return False
+
+    turn_until(svc, write_until_reported)
+    first = sink.records[0]
+    assert "still being written" in first.verdict.reason
+    final = p.stat()
+    turn_until(svc, lambda: len(sink.records) == 2)
+    second = sink.records[1]
+    assert second.verdict.kind is VerdictKind.IN_FOCUS
+    assert second.version_id != first.version_id
+    v = svc.ledger.get(second.version_id)
+    assert (v.size, v.mtime_ns, v.superseded) == (final.st_size, final.st_mtime_ns, False)
+    assert svc.ledger.get(first.version_id).superseded
+    # Settled and scored: a rescan finds nothing new to do.
+    svc.rescan_now()
+    turn_until(svc, lambda: svc._rescan_thread is not None)
+    rescan = svc._rescan_thread
+    assert rescan is not None
+    rescan.join(5.0)
+    turn_until(svc, svc.idle)
+    assert len(sink.records) == 2
+
+
 def test_public_names() -> None:
     assert sorted(service_mod.__all__) == [
         "Service",

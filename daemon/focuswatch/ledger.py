@@ -9,9 +9,11 @@ with its state::
 
 ``seen`` is the state of a version that is recorded but not yet handed to scoring
 (the watcher records versions only once they are complete, so it is short-lived).
-A newer version of the same path supersedes older ones (a retake written under the
-same name). ``results`` holds exactly one row per version (``UNIQUE(version_id)``,
-``INSERT ... ON CONFLICT DO NOTHING``): a job that runs twice still yields one result.
+A file still being written at ``watch.incomplete_timeout_s`` is recorded with size
+-1, so that record's key is never that of the complete file it later becomes. A newer
+version of the same path supersedes older ones (a retake written under the same name).
+``results`` holds exactly one row per version (``UNIQUE(version_id)``, ``INSERT ...
+ON CONFLICT DO NOTHING``): a job that runs twice still yields one result.
 
 Every state change is one transaction. The schema is versioned: ``MIGRATIONS[i]``
 brings the database to ``PRAGMA user_version = i + 1``; later modules append their

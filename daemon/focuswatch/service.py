@@ -368,7 +368,13 @@ class Service:
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
         size, mtime = s.size, s.mtime_ns
-        if s.kind == "error":
+        if s.kind == "incomplete":
+            # Never the key of a complete file: a writer that stops right now leaves the
+            # file with this very (size, mtime), and that finished file must become a
+            # version of its own and be scored (a shared key would find this record and
+            # keep its 'still being written' result forever). Size -1: not a whole file.
+            size = -1
+        elif s.kind == "error":
             try:  # the link itself identifies the version (a symlink loop has no target)
                 st = os.lstat(s.path)
                 size, mtime = st.st_size, st.st_mtime_ns
