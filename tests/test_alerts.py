@@ -397,6 +397,79 @@ def test_idle_section_is_summarised_and_a_good_retake_counts(tmp_path: Path) -> 
     assert summary.body == "Section S_001: 2 tiles, 0 out of focus"
 
 
+def add_tile(ledger: Ledger, section: str, row: int, col: int) -> int:
+    """A real tile version in the ledger ('ready': not judged yet); returns its id."""
+    vid, _ = ledger.add_version(
+        f"/wafer/{section}/Tile_r{row}-c{col}_{section}.tif",
+        size=1,
+        mtime_ns=1,
+        tile_name=f"Tile_r{row}-c{col}_{section}",
+        section=section,
+        row=row,
+        col=col,
+    )
+    return vid
+
+
+def judged(ledger: Ledger, vid: int, v: Verdict) -> VerdictRecord:
+    """Mark a version scored (as the service does before delivering its verdict)."""
+    ledger.set_state(vid, "scored")
+    t = ledger.get(vid)
+    assert t.section is not None
+    assert t.row is not None
+    assert t.col is not None
+    return rec(vid, section=t.section, row=t.row, col=t.col, verdict=v)
+
+
+def test_older_section_waits_for_its_tiles_still_being_scored(tmp_path: Path) -> None:
+    """A newer section starting does not complete one whose tiles are still in flight.
+
+    With several workers (or a retry) the last tile of S_001 can finish after S_002's
+    first: the summary waits for it, counts it, and its alert comes before "complete".
+    """
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0)
+    with opened(cfg, clock, notes) as (ledger, sink):
+        a = add_tile(ledger, "S_001", 1, 1)
+        b = add_tile(ledger, "S_001", 1, 2)  # still scoring when S_002 begins
+        c = add_tile(ledger, "S_002", 1, 1)
+        ledger.claim_ready(10)
+        sink.on_verdict(judged(ledger, a, GOOD))
+        sink.on_verdict(judged(ledger, c, GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert notes.drain() == []  # S_001 is not complete yet
+
+        sink.on_verdict(judged(ledger, b, BAD))
+        assert sink.flush(WAIT_S)
+        sent = notes.drain()
+    assert [x.key for x in sent] == [f"tile:{b}", "summary:S_001"]
+    assert sent[1].body == "Section S_001: 2 tiles, 1 out of focus: r1-c2"
+
+
+def test_older_section_whose_last_tile_ends_without_a_verdict_completes_on_tick(
+    tmp_path: Path,
+) -> None:
+    """When the pending tile leaves 'scoring' without a verdict reaching the sink, tick
+    completes the section (no need to wait for the idle timer)."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0, section_idle_minutes=30)
+    with opened(cfg, clock, notes) as (ledger, sink):
+        a = add_tile(ledger, "S_001", 1, 1)
+        b = add_tile(ledger, "S_001", 1, 2)
+        c = add_tile(ledger, "S_002", 1, 1)
+        sink.on_verdict(judged(ledger, a, GOOD))
+        sink.on_verdict(judged(ledger, c, GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert notes.drain() == []
+        ledger.set_state(b, "failed")
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        (summary,) = notes.drain()
+    assert summary.key == "summary:S_001"
+
+
 def test_digest_minutes_zero_alerts_every_tile(tmp_path: Path) -> None:
     """digest_minutes = 0 turns batching off."""
     clock, notes = Clock(), Recorder()

@@ -250,6 +250,32 @@ def format_tile_alert(record: VerdictRecord, *, key: str | None = None) -> Alert
     )
 
 
+# Tile versions not judged yet: a section with one of these is not complete.
+_PENDING_STATES = ("seen", "ready", "scoring")
+
+
+def _completed_older(conn: Any) -> list[str]:
+    """Unsummarised sections older than the newest, none of whose current tiles is pending.
+
+    Sections are ordered by their first verdict (``alert_sections`` rowid). A section
+    with a tile still seen/ready/scoring (several workers, a retry) waits: summarising
+    it now would undercount, and that tile's alert would come after "complete". If it
+    never finishes, the idle timer in ``tick`` completes the section.
+    """
+    return [
+        section
+        for (section,) in conn.execute(
+            "SELECT s.section FROM alert_sections s WHERE s.summarized = 0 "
+            "AND s.rowid < (SELECT max(rowid) FROM alert_sections) "
+            "AND NOT EXISTS (SELECT 1 FROM versions v WHERE "
+            "(v.section = s.section OR (s.section = '' AND v.section IS NULL)) "
+            f"AND v.superseded = 0 AND v.state IN ({', '.join('?' * len(_PENDING_STATES))})) "
+            "ORDER BY s.rowid",
+            _PENDING_STATES,
+        ).fetchall()
+    ]
+
+
 def _digest_line(label: str, body: str) -> str:
     why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
     stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
@@ -307,31 +333,38 @@ class AlertSink:
                     "INSERT INTO alert_sections (section, first_at, last_at) VALUES (?,?,?)",
                     (section, now, now),
                 )
-                # A newer section has started: the older open ones are complete.
-                for (older,) in conn.execute(
-                    "SELECT section FROM alert_sections WHERE summarized = 0 AND rowid < "
-                    "(SELECT rowid FROM alert_sections WHERE section = ?) ORDER BY rowid",
-                    (section,),
-                ).fetchall():
+            # Older sections are complete once a newer one has begun and none of their
+            # tiles is still on its way (this verdict may have been the last of one).
+            # Messages go out in order: other sections' summaries, this tile's alert,
+            # then this section's summary if this was its last tile.
+            done = _completed_older(conn)
+            for older in done:
+                if older != section:
                     self._summarize(conn, older, now)
-            if not kind.needs_retake:
-                return
-            last = conn.execute(
-                "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
-            ).fetchone()[0]
-            if last is None or self._cfg.digest_minutes == 0:
-                alert = format_tile_alert(record)
-                conn.execute(
-                    "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
-                    (alert.key, record.version_id),
-                )
-                conn.execute(
-                    "UPDATE alert_sections SET last_alert_at = ? WHERE section = ?",
-                    (now, section),
-                )
-                self._queue(conn, alert, now)
+            if kind.needs_retake:
+                self._tile_alert(conn, record, now)
+            if section in done:
+                self._summarize(conn, section, now)
         if self._sender is not None:
             self._sender.kick()
+
+    def _tile_alert(self, conn: Any, record: VerdictRecord, now: float) -> None:
+        """A bad tile: alert at once if it is the section's first (or digests are off)."""
+        section = record.section or ""
+        last = conn.execute(
+            "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
+        ).fetchone()[0]
+        if last is None or self._cfg.digest_minutes == 0:
+            alert = format_tile_alert(record)
+            conn.execute(
+                "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
+                (alert.key, record.version_id),
+            )
+            conn.execute(
+                "UPDATE alert_sections SET last_alert_at = ? WHERE section = ?",
+                (now, section),
+            )
+            self._queue(conn, alert, now)
 
     def tick(self, now: float) -> None:
         """Digests that are due, summaries of idle sections, and a nudge to the sender."""
@@ -350,6 +383,8 @@ class AlertSink:
                 (now - idle_s,),
             ).fetchall():
                 self._summarize(conn, section, now)
+            for older in _completed_older(conn):
+                self._summarize(conn, older, now)
         if self._sender is not None:
             self._sender.kick()
 
