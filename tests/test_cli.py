@@ -107,3 +107,21 @@ def test_a_value_only_the_module_can_check_is_one_line_and_exit_2(tmp_path: Path
     assert result.stderr.strip().splitlines() == [
         "focuswatch score: patch_size must be an integer >= 64, got 1"
     ]
+
+
+def test_check_config_prints_alert_urls_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check-config` shows where alerts go without the Slack token or mail password."""
+    path = tmp_path / "fw.toml"
+    path.write_text(
+        "[alerts]\nurls = [\n"
+        '  "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ",\n'
+        '  "mailto://user:hunter2@127.0.0.1:25?from=a@b.org&to=c@d.org",\n]\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "urls = [" in out
+    assert "TIiajkdnlazkcOXrIdevi7FQ" not in out
+    assert "hunter2" not in out

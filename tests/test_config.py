@@ -139,3 +139,24 @@ def test_describe_round_trips_through_toml() -> None:
     cfg = config.load(EXAMPLE)
     text = config.describe(cfg)
     assert config.parse(tomllib.loads(text)) == cfg
+
+
+def test_describe_never_shows_secrets_in_alert_urls() -> None:
+    """check-config's output masks Slack tokens and mail passwords (apprise's redaction)."""
+    token = "TIiajkdnlazkcOXrIdevi7FQ"
+    cfg = config.parse(
+        {
+            "alerts": {
+                "urls": [
+                    f"slack://T1JJ3T3L2/A1BRTD4JD/{token}",
+                    "mailto://user:hunter2@127.0.0.1:25?from=a@b.org&to=c@d.org",
+                ]
+            }
+        }
+    )
+    text = config.describe(cfg)
+    (urls,) = [line for line in text.splitlines() if line.startswith("urls = ")]
+    assert token not in text
+    assert "hunter2" not in text
+    assert '"slack://' in urls
+    assert '"mailto://user:' in urls

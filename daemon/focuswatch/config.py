@@ -327,16 +327,24 @@ def _merge(obj: Any, changes: Mapping[str, Any], prefix: str, problems: list[str
 
 
 def describe(cfg: Config) -> str:
-    """The effective configuration as TOML-like text (for ``check-config`` and logs)."""
+    """The effective configuration as TOML-like text (for ``check-config`` and logs).
+
+    Notification URLs carry secrets (tokens, passwords): they are shown only through
+    ``focuswatch.alerts.redact_url``.
+    """
     top: list[str] = []
     tables: list[str] = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             tables.append(f"\n[{f.name}]")
-            tables += [
-                _toml_line(k.name, getattr(value, k.name)) for k in dataclasses.fields(value)
-            ]
+            for k in dataclasses.fields(value):
+                shown = getattr(value, k.name)
+                if isinstance(value, AlertsConfig) and k.name == "urls" and shown:
+                    from focuswatch.alerts import redact_url  # apprise: only when needed
+
+                    shown = [redact_url(u) for u in shown]
+                tables.append(_toml_line(k.name, shown))
         else:
             top.append(_toml_line(f.name, value))
     return "\n".join(top + tables)
