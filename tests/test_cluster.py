@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -205,6 +207,8 @@ def test_bad_parameters_are_rejected_with_what_is_allowed() -> None:
         DaskExecutor("tcp://127.0.0.1:1", on_unreachable="sometimes")
     with pytest.raises(ValueError, match="queue_size"):
         DaskExecutor("tcp://127.0.0.1:1", queue_size=0)
+    with pytest.raises(ValueError, match="tile_timeout_s"):
+        DaskExecutor("tcp://127.0.0.1:1", tile_timeout_s=0)
     with pytest.raises(ValueError, match="scheduler = 'dask'"):
         connect(parse({}))
 
@@ -305,6 +309,143 @@ def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
         ]
         assert all(o.result.score > 0 and o.result.backend == "numpy" for o in outcomes if o.result)
         assert sorted(o.result.meta.col for o in outcomes if o.result) == [1, 2]
+    finally:
+        ex.close()
+
+
+def test_send_bytes_unreadable_tile_is_one_final_outcome_with_the_reason(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A tile the daemon cannot read to ship (gone, a directory) gets one non-retryable
+    outcome worded as focuswatch.tiles words it; it does not hold a queue slot forever."""
+    (ok,) = write_tiles(tmp_path, ["ok.tif"])
+    gone = tmp_path / "gone.tif"
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    ex = DaskExecutor(
+        cluster.scheduler_address, send_bytes=True, score_fn=gated_score, connect_timeout_s=5
+    )
+    try:
+        for job in jobs_for([gone, folder, ok]):
+            ex.submit(job)
+        by_id = {o.version_id: o for o in collect(ex, 3, timeout=20)}
+        assert sorted(by_id) == [1, 2, 3]
+        assert (
+            by_id[1].error
+            == "file not found: it vanished before it could be read (moved or deleted)"
+        )
+        assert by_id[2].error == "is a directory, not an image file"
+        assert not by_id[1].retryable
+        assert not by_id[2].retryable
+        assert by_id[1].result is None
+        assert by_id[2].result is None
+        assert by_id[3].result is not None
+        assert by_id[3].error is None
+        assert list(ex.outcomes(0.3)) == []  # answered once, not re-placed
+        assert ex.in_flight() == 0
+    finally:
+        ex.close()
+
+
+def test_send_bytes_reads_tiles_without_stalling_the_executor(cluster: Any, tmp_path: Path) -> None:
+    """A read that blocks (a FIFO nobody writes yet, standing in for a huge or slow
+    tile) does not block submit, outcomes or other tiles; once written, it is scored."""
+    fifo = tmp_path / "Tile_r1-c1_S_001.tif"
+    os.mkfifo(fifo)
+    (other,) = write_tiles(tmp_path, ["Tile_r1-c2_S_001.tif"])
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8))
+    ex = DaskExecutor(
+        cluster.scheduler_address, send_bytes=True, score_fn=gated_score, connect_timeout_s=5
+    )
+    writer: threading.Thread | None = None
+    try:
+        first, second = jobs_for([fifo, other])
+        submitted = threading.Event()
+
+        def submit_first() -> None:
+            ex.submit(first)
+            submitted.set()
+
+        threading.Thread(target=submit_first, daemon=True).start()
+        assert submitted.wait(10), "submit blocked on the tile's read"
+        ex.submit(second)
+        (done,) = collect(ex, 1, timeout=20)  # while the FIFO's read is still waiting
+        assert done.version_id == 2
+        assert done.result is not None
+        assert ex.in_flight() == 1
+
+        def write_fifo() -> None:
+            with open(fifo, "wb") as f:  # opens once the executor's reader has it open
+                f.write(buf.getvalue())
+
+        writer = threading.Thread(target=write_fifo, daemon=True)
+        writer.start()
+        (late,) = collect(ex, 1, timeout=20)
+        assert late.version_id == 1
+        assert late.result is not None
+        assert late.result.path == str(fifo)
+        assert late.result.shape == (64, 64)
+    finally:
+        if writer is None:  # unblock a reader still waiting in open(): it reads EOF
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        ex.close()
+
+
+def test_a_hung_tile_times_out_from_its_start_and_its_late_result_is_dropped(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """connect() passes scoring.tile_timeout_s: two tiles that hang on both workers
+    become retryable "timed out" outcomes and are cancelled on the cluster; the tile
+    queued behind them waits past the timeout without timing out (it had not started),
+    and the hung tiles' late results, once they come, are dropped."""
+    paths = write_tiles(tmp_path, ["gate1.tif", "gate2.tif", "queued.tif"])
+    cfg = parse(
+        {
+            "scoring": {"tile_timeout_s": 1.0},
+            "cluster": {
+                "scheduler": "dask",
+                "address": cluster.scheduler_address,
+                "connect_timeout_s": 5.0,
+            },
+        }
+    )
+    ex = connect(cfg, score_fn=gated_score)
+    assert isinstance(ex, DaskExecutor)
+    try:
+        t0 = time.monotonic()
+        for job in jobs_for(paths):
+            ex.submit(job)
+        wait_for(lambda: len(started_pids(tmp_path)) == 2, timeout=30, what="both gates")
+        timed_out = collect(ex, 2, timeout=20)
+        assert time.monotonic() - t0 >= 1.0
+        assert sorted(o.version_id for o in timed_out) == [1, 2]
+        for o in timed_out:
+            assert o.result is None
+            assert o.retryable
+            assert o.error is not None
+            assert o.error.startswith("timed out after 1 s (scoring.tile_timeout_s)")
+            assert o.worker.startswith("tcp://127.0.0.1:")
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as c:
+            for vid in (1, 2):
+                wait_for(
+                    lambda vid=vid: (
+                        not c.run_on_scheduler(restrictions_of, f"focuswatch-score-{vid}-")
+                    ),
+                    timeout=10,
+                    what="the hung task to be cancelled on the scheduler",
+                )
+        # The queued tile has waited longer than the timeout, but never started.
+        assert list(ex.outcomes(1.5)) == []
+        assert time.monotonic() - t0 > 2.0
+        (tmp_path / "release").write_text("")
+        (last,) = collect(ex, 1, timeout=20)
+        assert last.version_id == 3
+        assert last.result is not None
+        assert last.error is None
+        assert list(ex.outcomes(0.5)) == []  # the gates' late results were dropped
+        assert ex.in_flight() == 0
     finally:
         ex.close()
 

@@ -17,7 +17,17 @@ Fault tolerance, in layers:
   (``on_unreachable = "fallback"``) or wait while a background thread keeps trying
   to reconnect (``"wait"``); on reconnection they are resubmitted to the cluster;
 * one outcome per job: every submission gets a fresh key, the executor remembers
-  which key is current for each job, and drops any late or duplicate completion.
+  which key is current for each job, and drops any late or duplicate completion;
+* a tile that hangs: each task reports its start (a Dask event on
+  ``focuswatch-task-started``); one running longer than ``tile_timeout_s`` becomes a
+  *retryable* outcome ("timed out after N s") and its future is cancelled, so a late
+  result is dropped. Python cannot stop the worker's thread: it stays busy until the
+  scoring call returns. A task still queued (no start report) is not timed.
+
+``send_bytes``: the daemon reads each tile and scatters its bytes in a background
+thread, never under the executor's lock (an 800 MB read must not stall the main
+loop); a tile it cannot read is a non-retryable outcome with the reason
+``focuswatch.tiles`` gives for the same error.
 
 GPU: a job whose ``settings.backend`` is ``"gpu"`` is submitted with
 ``resources={"GPU": 1}``, so it only runs on workers started with
@@ -33,12 +43,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import queue
 import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -50,6 +62,7 @@ from focuswatch.config import Config
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.scoring import ScoreSettings, TileScore
+from focuswatch.tiles import _os_reason
 from focuswatch.worker import LocalExecutor
 
 __all__ = ["DaskExecutor", "ScoreFn", "TaskResult", "connect", "run_task", "score_bytes"]
@@ -64,6 +77,10 @@ _POLL_S = 0.05
 # Internal resubmissions of one job after its future was cancelled while the client
 # stayed connected (rare: someone else cancelled it); past this, a retryable outcome.
 _MAX_RESUBMITS = 3
+# The Dask event topic on which each task reports its start (for tile_timeout_s).
+_STARTED_TOPIC = "focuswatch-task-started"
+# Threads that read and scatter tiles (send_bytes) and cancel timed-out tasks.
+_IO_THREADS = 2
 
 
 # --------------------------------------------------------------------------- the task
@@ -149,6 +166,32 @@ def run_task(
     return TaskResult(result, worker=worker)
 
 
+def _run_reporting_start(
+    source: str | bytes,
+    *,
+    report_as: str,
+    name: str,
+    settings: ScoreSettings,
+    score_fn: ScoreFn | None = None,
+) -> TaskResult:
+    """``run_task``, after telling the daemon that this task (key ``report_as``) started.
+
+    The start report is what ``tile_timeout_s`` is measured from: time spent queued
+    behind other tiles must not count. Best effort: a lost report only means the
+    task is not timed.
+    """
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        w.log_event(_STARTED_TOPIC, {"key": report_as, "worker": str(w.address)})
+    except (ImportError, ValueError):
+        pass  # not on a Dask worker (called directly)
+    except Exception as exc:  # a closing worker; scoring goes on untimed
+        _log.debug("cluster_start_report_failed", key=report_as, error=repr(exc))
+    return run_task(source, name=name, settings=settings, score_fn=score_fn)
+
+
 def _outcome(job: Job, res: TaskResult, extra: dict[str, Any]) -> Outcome:
     return Outcome(
         version_id=job.version_id,
@@ -227,6 +270,8 @@ class _Entry:
     future: Any = None
     data: Any = None  # the scattered bytes, with send_bytes
     extra: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None  # when the current key's task reported its start
+    started_on: str = ""  # the worker it reported from
 
 
 class DaskExecutor:
@@ -237,6 +282,7 @@ class DaskExecutor:
     ``fallback_workers`` processes calling ``score_fn``). ``score_fn`` replaces
     ``scoring.score_path`` in the tasks (a picklable top-level function; tests inject
     a slow one). Reconnection attempts back off from 1 s to ``reconnect_max_s``.
+    A task running longer than ``tile_timeout_s`` is given up (retryable outcome).
     """
 
     def __init__(
@@ -251,6 +297,7 @@ class DaskExecutor:
         fallback: Callable[[], Executor] | None = None,
         fallback_workers: int = 1,
         reconnect_max_s: float = 60.0,
+        tile_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not address:
@@ -263,6 +310,14 @@ class DaskExecutor:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         if reconnect_max_s <= 0:
             raise ValueError(f"reconnect_max_s must be > 0, got {reconnect_max_s}")
+        if tile_timeout_s <= 0:
+            raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
+        self._timeout = tile_timeout_s
+        self._clock = clock
+        # Start reports arrive on Dask's event loop, which must never wait for our lock
+        # (the main thread may hold it while calling the client): a lock-free queue.
+        self._started: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
+        self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="focuswatch-dask-io")
         self.address = address
         self._on_unreachable = on_unreachable
         self._connect_timeout_s = connect_timeout_s
@@ -318,7 +373,14 @@ class DaskExecutor:
         client_cls: Any = distributed.Client
         # ``timeout`` bounds the first connection and the client's own reconnection
         # attempts after the scheduler drops (after which it closes itself).
-        return client_cls(self.address, timeout=self._connect_timeout_s, set_as_default=False)
+        client = client_cls(self.address, timeout=self._connect_timeout_s, set_as_default=False)
+        client.subscribe_topic(_STARTED_TOPIC, self._on_task_started)
+        return client
+
+    def _on_task_started(self, event: tuple[float, dict[str, Any]]) -> None:
+        """Runs on the client's event loop: note the start, never take the lock."""
+        _, msg = event
+        self._started.put((str(msg.get("key", "")), str(msg.get("worker", "")), self._clock()))
 
     def _start_reconnector(self) -> None:
         if self._reconnector is not None and self._reconnector.is_alive():
@@ -358,7 +420,8 @@ class DaskExecutor:
         client.close()  # closed while connecting
 
     def _check_health_locked(self) -> None:
-        """Notice a lost scheduler and place orphaned jobs; called with the lock held."""
+        """Notice a lost scheduler, time out hung tasks, place orphaned jobs (lock held)."""
+        self._enforce_timeout_locked()
         client = self._client
         if client is not None:
             status = client.status
@@ -394,6 +457,48 @@ class DaskExecutor:
             for e in orphans:
                 self._place_locked(e)
 
+    def _enforce_timeout_locked(self) -> None:
+        """Give up on tasks running longer than ``tile_timeout_s`` (from their start report)."""
+        starts: dict[str, tuple[str, float]] = {}
+        while True:
+            try:
+                key, worker, at = self._started.get_nowait()
+            except queue.Empty:
+                break
+            starts[key] = (worker, at)  # a re-run (same key, after a worker died) wins
+        now = self._clock()
+        for entry in list(self._entries.values()):
+            if entry.key in starts:
+                entry.started_on, entry.started_at = starts[entry.key]
+            if entry.where != "dask" or entry.started_at is None:
+                continue
+            if now - entry.started_at < self._timeout:
+                continue
+            fut = entry.future
+            _log.warning(
+                "cluster_tile_timeout",
+                tile=entry.job.path,
+                key=entry.key,
+                worker=entry.started_on,
+                timeout_s=self._timeout,
+            )
+            self._finish_locked(
+                entry,
+                Outcome(
+                    version_id=entry.job.version_id,
+                    result=None,
+                    error=f"timed out after {self._timeout:g} s (scoring.tile_timeout_s) "
+                    f"on Dask worker {entry.started_on or '?'}; task cancelled",
+                    retryable=True,
+                    worker=entry.started_on,
+                    extra=dict(entry.extra),
+                ),
+            )
+            if fut is not None and not self._closed:
+                # Cancelling is a round trip to the scheduler: not under the lock. Its
+                # done callback then finds no entry, as would a late result.
+                self._io.submit(_cancel_quietly, fut)
+
     # -- placing jobs ----------------------------------------------------------
 
     def _place_locked(self, entry: _Entry) -> None:
@@ -402,6 +507,12 @@ class DaskExecutor:
         entry.key = f"focuswatch-score-{entry.job.version_id}-{self._session}-{next(self._seq)}"
         entry.extra = {"attempt": entry.attempt, "key": entry.key}
         if self._state == "connected":
+            if self._send_bytes:
+                # Read and scatter in the background; it submits when the bytes are there.
+                entry.where = "reading"
+                entry.future = entry.data = None
+                self._io.submit(self._ship_bytes, entry, entry.key, self._client)
+                return
             try:
                 self._submit_dask_locked(entry)
                 return
@@ -418,23 +529,67 @@ class DaskExecutor:
             return
         entry.where = "orphan"
 
+    def _ship_bytes(self, entry: _Entry, key: str, client: Any) -> None:
+        """Read a tile and scatter its bytes, outside the lock, then submit it (send_bytes)."""
+
+        def current() -> bool:
+            return (
+                not self._closed
+                and self._entries.get(entry.job.version_id) is entry
+                and entry.key == key
+                and entry.where == "reading"
+            )
+
+        try:
+            with open(entry.job.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:  # the tile's problem, as the path route would say
+            reason = _os_reason(exc)
+            _log.warning("cluster_tile_unreadable", tile=entry.job.path, reason=reason)
+            with self._cond:
+                if current():
+                    self._finish_locked(
+                        entry,
+                        Outcome(entry.job.version_id, None, reason, False, "", dict(entry.extra)),
+                    )
+            return
+        try:
+            # Scattered, not embedded: large tiles must not travel through the scheduler.
+            scattered = client.scatter(data, hash=False, timeout=self._connect_timeout_s)
+        except Exception as exc:  # the connection broke: place the job again
+            scattered, error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            error = ""
+        del data
+        with self._cond:
+            if not current():
+                return  # closed, or finished meanwhile: ``scattered`` is released here
+            if scattered is None or self._client is not client or self._state != "connected":
+                if error:
+                    _log.warning("cluster_submit_failed", error=error)
+                entry.where = "orphan"
+                self._check_health_locked()
+            else:
+                entry.data = scattered
+                try:
+                    self._submit_dask_locked(entry)
+                except Exception as exc:  # the client broke between the check and the submit
+                    _log.warning("cluster_submit_failed", error=f"{type(exc).__name__}: {exc}")
+                    entry.where = "orphan"
+            self._cond.notify_all()
+
     def _submit_dask_locked(self, entry: _Entry) -> None:
         client = self._client
         job = entry.job
-        source: Any = job.path
-        if self._send_bytes:
-            # Scattered, not embedded: large tiles must not travel through the scheduler.
-            with open(job.path, "rb") as f:
-                data = f.read()
-            entry.data = client.scatter(data, hash=False, timeout=self._connect_timeout_s)
-            source = entry.data
+        source: Any = entry.data if self._send_bytes else job.path
         resources = None
         if job.settings.backend == "gpu":
             resources = {"GPU": 1}
             self._warn_if_no_gpu_worker_locked(client)
         fut = client.submit(
-            run_task,
+            _run_reporting_start,
             source,
+            report_as=entry.key,
             name=job.path,
             settings=job.settings,
             score_fn=self._score_fn,
@@ -444,6 +599,7 @@ class DaskExecutor:
         )
         entry.future = fut
         entry.where = "dask"
+        entry.started_at, entry.started_on = None, ""
         vid, key = job.version_id, entry.key
         fut.add_done_callback(lambda f: self._on_dask_done(f, vid, key))
 
@@ -621,12 +777,22 @@ class DaskExecutor:
             self._client = None
             self._entries.clear()
             self._cond.notify_all()
+        # Reads in progress finish (not interruptible) and find the executor closed.
+        self._io.shutdown(wait=False, cancel_futures=True)
         if client is not None:
             client.close(timeout=self._connect_timeout_s)
         if fallback is not None:
             fallback.close()
         if self._reconnector is not None:
             self._reconnector.join(timeout=self._connect_timeout_s + 1)
+
+
+def _cancel_quietly(fut: Any) -> None:
+    """Cancel a timed-out task; a scheduler that went away has forgotten it anyway."""
+    try:
+        fut.cancel(reason="focuswatch: scoring.tile_timeout_s")
+    except Exception as exc:
+        _log.debug("cluster_cancel_failed", key=str(fut.key), error=repr(exc))
 
 
 def _local_fallback(cfg: Config, score_fn: ScoreFn | None) -> Callable[[], Executor]:
@@ -660,5 +826,6 @@ def connect(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
         queue_size=cfg.scoring.queue_size,
         send_bytes=c.send_bytes,
         score_fn=score_fn,
+        tile_timeout_s=cfg.scoring.tile_timeout_s,
         fallback=_local_fallback(cfg, score_fn),
     )
