@@ -8,6 +8,8 @@ the tile's path says what to do.
 - ``HANG``: never returns (the executor's timeout must kill it)
 - ``ONCE``: crashes the first time only (a marker file next to the tile remembers)
 - ``BAD``: raises TileError (a bad tile, not a worker failure)
+- ``NOGPU``: raises BackendError (this worker cannot use the GPU asked for)
+- ``BUG``: raises RuntimeError (a bug in scoring)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from focuswatch import tiles
-from focuswatch.errors import TileError
+from focuswatch.errors import BackendError, TileError
 from focuswatch.scoring import ScoreSettings, TileScore
 
 
@@ -41,6 +43,10 @@ def fake_score(path: str, settings: ScoreSettings) -> TileScore:
         time.sleep(3600)
     if "BAD" in name:
         raise TileError(path, "not a TIFF file")
+    if "NOGPU" in name:
+        raise BackendError("GPU requested but CuPy/an NVIDIA GPU is not available: no device")
+    if "BUG" in name:
+        raise RuntimeError("scoring bug")
     size = os.path.getsize(path)
     return TileScore(
         path=path,

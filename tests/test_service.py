@@ -496,6 +496,38 @@ def test_writer_stopping_right_before_the_incomplete_timeout_still_gets_its_file
     assert len(sink.records) == 2
 
 
+def gpu_usable() -> bool:
+    from focuswatch.backend import get_backend
+    from focuswatch.errors import BackendError
+
+    try:
+        get_backend("gpu")
+    except BackendError:
+        return False
+    return True
+
+
+def test_run_on_the_gpu_without_one_fails_at_start_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any tile is touched, not one unreadable verdict per tile."""
+    if gpu_usable():
+        pytest.skip("this machine has a usable GPU")
+    from focuswatch import cli
+
+    watch = tmp_path / "watch"
+    write_tif(watch / "a.tif")
+    state = tmp_path / "state"
+    argv = ["run", "--watch", str(watch), "--state", str(state), "--backend", "gpu", "--once"]
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert err.count("\n") == 1, err
+    assert err.startswith("focuswatch run: scoring.backend = 'gpu' but this machine cannot")
+    assert "Traceback" not in err
+    assert not (state / "focuswatch.db").exists()  # refused before any tile was recorded
+
+
 def test_public_names() -> None:
     assert sorted(service_mod.__all__) == [
         "Service",

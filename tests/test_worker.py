@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from focuswatch.executor import Job, Outcome
+from focuswatch.errors import BackendError, TileError
+from focuswatch.executor import Job, Outcome, classify
 from focuswatch.scoring import ScoreSettings
 from focuswatch.worker import LocalExecutor, describe_exit
 from pipeline_jobs import fake_score
@@ -85,6 +86,40 @@ def test_bad_tile_is_a_final_error_not_a_retry(ex: LocalExecutor, tmp_path: Path
     d = ex.describe()
     assert d["backend"] == "local"
     assert d["workers"] == 2
+
+
+def test_failures_are_classified_by_the_shared_rule(ex: LocalExecutor, tmp_path: Path) -> None:
+    """No GPU is the worker's fault (retry elsewhere); a scoring bug is named, not retried."""
+    ex.submit(Job(400, tile(tmp_path, "NOGPU.tif"), SETTINGS))
+    ex.submit(Job(401, tile(tmp_path, "BUG.tif"), SETTINGS))
+    got = collect(ex, 2)
+    assert got[400].retryable
+    assert "no device" in (got[400].error or "")
+    assert (got[401].error, got[401].retryable) == ("RuntimeError: scoring bug", False)
+
+
+def test_classify_tile_backend_value_and_other_errors() -> None:
+    assert classify(TileError("x.tif", "not a TIFF file")) == ("not a TIFF file", False)
+    assert classify(BackendError("no GPU")) == ("no GPU", True)
+    assert classify(ValueError("image must be 2-D")) == ("cannot score: image must be 2-D", False)
+    assert classify(MemoryError()) == ("out of memory while scoring", False)
+    assert classify(KeyError("k")) == ("KeyError: 'k'", False)
+
+
+@pytest.mark.parametrize("name", ["BAD.tif", "NOGPU.tif", "BUG.tif"])
+def test_dask_task_classifies_a_failure_like_a_local_worker(
+    ex: LocalExecutor, tmp_path: Path, name: str
+) -> None:
+    from focuswatch.cluster import run_task
+
+    path = tile(tmp_path, name)
+    ex.submit(Job(500, path, SETTINGS))
+    local = collect(ex, 1)[500]
+    task = run_task(path, name=path, settings=SETTINGS, score_fn=fake_score)
+    assert task.retryable == local.retryable
+    assert task.error is not None
+    assert local.error is not None
+    assert task.error.endswith(local.error)  # the task adds which worker it ran on
 
 
 def test_describe_exit_names_signals() -> None:

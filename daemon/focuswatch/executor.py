@@ -13,9 +13,34 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from focuswatch.errors import BackendError, TileError
 from focuswatch.scoring import ScoreSettings, TileScore
 
-__all__ = ["Executor", "Job", "Outcome"]
+__all__ = ["Executor", "Job", "Outcome", "classify"]
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """``(reason, retryable)`` for an exception raised while scoring one tile.
+
+    The one rule every executor uses (local worker processes and Dask tasks alike):
+
+    * ``TileError``: the tile's fault; its reason, not retryable;
+    * ``BackendError``: this worker's fault (no usable GPU); retryable, as another
+      worker (or a later attempt) may have one;
+    * ``ValueError``: the pure core rejected the image (e.g. its shape); not retryable;
+    * ``MemoryError``: said plainly; not retryable (the tile is too big for the budget);
+    * anything else: the exception's type name and message; not retryable (a bug in
+      scoring fails the same way every time).
+    """
+    if isinstance(exc, TileError):
+        return exc.reason, False
+    if isinstance(exc, BackendError):
+        return str(exc), True
+    if isinstance(exc, ValueError):
+        return f"cannot score: {exc}", False
+    if isinstance(exc, MemoryError):
+        return "out of memory while scoring", False
+    return f"{type(exc).__name__}: {exc}", False
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import structlog
 
 from focuswatch import sdnotify
 from focuswatch.config import Config
-from focuswatch.errors import ConfigError, NotBuiltError, StateError
+from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion
 from focuswatch.scoring import ScoreSettings
@@ -173,6 +173,9 @@ class Service:
         if cfg.watch.path is None:
             raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
         self.cfg = cfg
+        # Before anything is opened or started: without the GPU asked for, every tile
+        # would fail one by one; refuse to start instead (BackendError).
+        self._check_backend()
         self.root = str(Path(cfg.watch.path).absolute())
         self.clock = clock
         self.ledger = Ledger.open(cfg.state_dir, clock=clock)
@@ -253,6 +256,24 @@ class Service:
         self.started = True
         self._event("started", files_found=found, pending=len(self.readiness))
         self.notifier.ready(f"watching {self.root}")
+
+    def _check_backend(self) -> None:
+        """Probe the GPU once, at start, when local workers are to use one.
+
+        With Dask the GPUs are the workers', not this machine's: each task says so itself.
+        """
+        if self.cfg.scoring.backend != "gpu" or self.cfg.cluster.scheduler == "dask":
+            return
+        from focuswatch.backend import get_backend
+
+        try:
+            backend = get_backend("gpu")
+        except BackendError as exc:
+            raise BackendError(
+                f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
+                "(use --backend cpu or auto)"
+            ) from None
+        log.info("backend_checked", backend=backend.name, device=backend.device)
 
     def _scan_now(self, root: str) -> int:
         known = self.ledger.known_paths()

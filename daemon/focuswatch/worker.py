@@ -30,8 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from focuswatch.errors import TileError
-from focuswatch.executor import Job, Outcome
+from focuswatch.executor import Job, Outcome, classify
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
 __all__ = ["LocalExecutor", "ScoreFn", "describe_exit"]
@@ -80,12 +79,9 @@ def _worker_main(
             return
         try:
             out = Outcome(job.version_id, score_fn(job.path, job.settings), worker=name)
-        except TileError as exc:
-            out = Outcome(job.version_id, None, error=exc.reason, worker=name)
-        except MemoryError:
-            out = Outcome(job.version_id, None, error="out of memory while scoring", worker=name)
-        except Exception as exc:  # any failure of one tile is that tile's result
-            out = Outcome(job.version_id, None, error=f"{type(exc).__name__}: {exc}", worker=name)
+        except Exception as exc:  # never fatal to the worker; executor.classify says why
+            reason, retryable = classify(exc)
+            out = Outcome(job.version_id, None, error=reason, retryable=retryable, worker=name)
         try:
             conn.send(out)
         except (EOFError, OSError):
