@@ -229,3 +229,22 @@ def test_cli_score_reports_any_failure_per_file_and_exits_1(
     assert [line.split(": error: ")[0] for line in lines] == [str(a), str(b)]
     assert all("BackendError: GPU requested" in line for line in lines)
     assert "Traceback" not in err
+
+
+def test_cli_score_takes_its_defaults_from_the_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[scoring] in --config sets what a flag does not; a flag given still wins."""
+    good = write(tmp_path / "a.tif", tissue((128, 128), seed=1))
+    conf = tmp_path / "fw.toml"
+    conf.write_text(
+        '[scoring]\ncriterion = "tenengrad"\nmode = "fast"\nbackend = "cpu"\npatch_size = 64\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["score", "--config", str(conf), str(good)]) == 0
+    assert cli.main(["score", "--config", str(conf), "--criterion", "mhfd", str(good)]) == 0
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert "(tenengrad, fast)" in first
+    assert "patches 2x2" in first  # patch_size 64 from the file
+    assert "numpy" in first
+    assert "(mhfd, fast)" in second

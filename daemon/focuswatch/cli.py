@@ -133,27 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    # No defaults here: an unset flag falls back to [scoring] in --config (then built-ins).
     p.add_argument(
         "--criterion",
         choices=_CRITERIA,
-        default="mhfd",
-        help="focus measure (default: mhfd; the others are classic baselines)",
+        help="focus measure (default: scoring.criterion, mhfd; the others are classic baselines)",
     )
     p.add_argument(
         "--mode",
         choices=["default", "faithful", "fast"],
-        default="default",
-        help="MHFD variant: default (noise-robust), faithful (the paper), fast",
+        help="MHFD variant: default (noise-robust), faithful (the paper), fast "
+        "(default: scoring.mode, default)",
     )
     p.add_argument(
         "--resolution",
         choices=["patches", "resized", "native"],
-        default="patches",
-        help="patches: focus map at native resolution (default); resized: whole "
-        "tile at 1024x1024 as in the paper; native: whole tile, full size",
+        help="patches: focus map at native resolution; resized: whole tile at 1024x1024 "
+        "as in the paper; native: whole tile, full size (default: scoring.resolution, "
+        "patches)",
     )
-    p.add_argument("--patch-size", type=_int_at_least(1), default=1024, metavar="PX")
-    p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    p.add_argument(
+        "--patch-size",
+        type=_int_at_least(1),
+        metavar="PX",
+        help="patch edge in pixels (default: scoring.patch_size, 1024)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "cpu", "gpu"],
+        help="where to score (default: scoring.backend, auto)",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -302,14 +311,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         from focuswatch import scoring
 
+        # A flag given wins; otherwise [scoring] from --config (or the built-in default).
+        names = ("criterion", "mode", "resolution", "patch_size", "backend")
+        options = {
+            n: getattr(cfg.scoring, n) if getattr(args, n) is None else getattr(args, n)
+            for n in names
+        }
         return scoring.main(
             args.files,
             as_json=args.json,
-            criterion=args.criterion,
-            mode=args.mode,
-            resolution=args.resolution,
-            patch_size=args.patch_size,
-            backend=args.backend,
+            memory_limit_mb=cfg.scoring.memory_limit_mb,
+            **options,
         )
     if args.command == "calibrate":
         from focuswatch import calibrate
