@@ -60,7 +60,7 @@ import structlog
 from focuswatch import scoring
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, TileError
-from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.executor import Executor, Job, Outcome, classify
 from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.tiles import _os_reason
 from focuswatch.worker import LocalExecutor
@@ -142,10 +142,11 @@ def run_task(
 ) -> TaskResult:
     """Score one tile (a path, or its TIFF bytes) and say how it went; the Dask task body.
 
-    Pure apart from reading the tile: no ledger, no alerts. ``TileError`` and
-    ``ValueError`` are the tile's fault (not retryable); ``BackendError`` is this
-    worker's fault (retryable: another worker may have the GPU). Anything else
-    propagates and becomes a retryable outcome in the executor.
+    Pure apart from reading the tile: no ledger, no alerts. A failure is classified by
+    ``executor.classify``, as in local worker processes: ``TileError`` and ``ValueError``
+    are the tile's fault (not retryable); ``BackendError`` is this worker's fault
+    (retryable: another worker may have the GPU). A task whose worker dies still
+    becomes a retryable outcome in the executor.
     """
     worker = _worker_address()
     try:
@@ -153,16 +154,16 @@ def run_task(
             result = score_bytes(source, name=name, settings=settings, score_fn=score_fn)
         else:
             result = (score_fn or scoring.score_path)(source, settings)
-    except TileError as exc:
-        return TaskResult(None, exc.reason, retryable=False, worker=worker)
-    except BackendError as exc:
-        where = f"this worker ({worker})" if worker else "this worker"
-        reason = (
-            f"{where} has no usable GPU: {exc}" if settings.backend == "gpu" else f"{where}: {exc}"
-        )
-        return TaskResult(None, reason, retryable=True, worker=worker)
-    except ValueError as exc:  # the pure core rejects the image (e.g. wrong shape)
-        return TaskResult(None, f"cannot score: {exc}", retryable=False, worker=worker)
+    except Exception as exc:
+        reason, retryable = classify(exc)
+        if isinstance(exc, BackendError):  # say which worker lacks it
+            where = f"this worker ({worker})" if worker else "this worker"
+            reason = (
+                f"{where} has no usable GPU: {reason}"
+                if settings.backend == "gpu"
+                else f"{where}: {reason}"
+            )
+        return TaskResult(None, reason, retryable=retryable, worker=worker)
     return TaskResult(result, worker=worker)
 
 
