@@ -160,3 +160,20 @@ def test_describe_never_shows_secrets_in_alert_urls() -> None:
     assert "hunter2" not in text
     assert '"slack://' in urls
     assert '"mailto://user:' in urls
+
+
+def test_scoring_choices_are_the_scorers_own() -> None:
+    """config accepts exactly the criteria, modes, resolutions and backends the code has."""
+    from focuswatch.backend import BACKEND_NAMES
+    from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
+
+    for key, names in (
+        ("criterion", CRITERIA),
+        ("mode", MODES),
+        ("resolution", RESOLUTIONS),
+        ("backend", BACKEND_NAMES),
+    ):
+        for name in names:
+            assert getattr(config.parse({"scoring": {key: name}}).scoring, key) == name
+        with pytest.raises(ConfigError, match=rf"at 'scoring\.{key}'"):
+            config.parse({"scoring": {key: "nope"}})

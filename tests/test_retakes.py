@@ -278,3 +278,16 @@ def test_build_sink_writes_the_files_at_start(tmp_path: Path) -> None:
         led.close()
     assert (cfg.state_dir / "retakes.csv").read_text().startswith("id,section,tile_name")
     assert json.loads((cfg.state_dir / "retakes.json").read_text())["entries"] == []
+
+
+def test_position_is_row_and_column_else_the_tile_name(ledger: Ledger) -> None:
+    """VerdictRecord.position: the key for "the same tile" in retakes and alert summaries."""
+    from dataclasses import replace
+
+    r = record(ledger, BAD, row=3, col=4)
+    assert r.position == "r3-c4"
+    assert replace(r, row=None).position == r.tile_name
+    assert replace(r, col=None).position == r.tile_name
+    retakes.apply(ledger, replace(r, row=None, col=None))
+    (position,) = ledger.connection.execute("SELECT position FROM retakes").fetchone()
+    assert position == r.tile_name

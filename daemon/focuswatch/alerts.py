@@ -214,12 +214,6 @@ class AppriseNotifier:
 # -- what the alerts say -----------------------------------------------------------------
 
 
-def _position(record: VerdictRecord) -> str:
-    if record.row is not None and record.col is not None:
-        return f"r{record.row}-c{record.col}"
-    return record.tile_name
-
-
 def _um(v: float | None) -> str:
     return "?" if v is None else f"{v:.1f}"
 
@@ -320,7 +314,7 @@ class AlertSink:
             cur = conn.execute(
                 "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert)"
                 " VALUES (?,?,?,?,?,?,NULL) ON CONFLICT (version_id) DO NOTHING",
-                (record.version_id, section, _position(record), label, str(kind), now),
+                (record.version_id, section, record.position, label, str(kind), now),
             )
             if cur.rowcount == 0:
                 return  # replayed after a restart: everything below happened already

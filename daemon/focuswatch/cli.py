@@ -14,22 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch import __version__, config, logs
+from focuswatch.backend import BACKEND_NAMES
 from focuswatch.errors import ConfigError, FocuswatchError, NotBuiltError
+from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-_CRITERIA = [
-    "mhfd",
-    "variance_of_laplacian",
-    "tenengrad",
-    "brenner",
-    "normalized_variance",
-    "power_spectrum_slope",
-]
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -108,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "cpu", "gpu"],
+        choices=BACKEND_NAMES,
         help="score on the GPU (CuPy) or CPU; auto uses a GPU when there is one",
     )
     p.add_argument(
@@ -136,18 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     # No defaults here: an unset flag falls back to [scoring] in --config (then built-ins).
     p.add_argument(
         "--criterion",
-        choices=_CRITERIA,
+        choices=CRITERIA,
         help="focus measure (default: scoring.criterion, mhfd; the others are classic baselines)",
     )
     p.add_argument(
         "--mode",
-        choices=["default", "faithful", "fast"],
+        choices=MODES,
         help="MHFD variant: default (noise-robust), faithful (the paper), fast "
         "(default: scoring.mode, default)",
     )
     p.add_argument(
         "--resolution",
-        choices=["patches", "resized", "native"],
+        choices=RESOLUTIONS,
         help="patches: focus map at native resolution; resized: whole tile at 1024x1024 "
         "as in the paper; native: whole tile, full size (default: scoring.resolution, "
         "patches)",
@@ -160,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "cpu", "gpu"],
+        choices=BACKEND_NAMES,
         help="where to score (default: scoring.backend, auto)",
     )
     _add_config_args(p)

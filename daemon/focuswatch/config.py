@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from focuswatch.backend import BACKEND_NAMES
 from focuswatch.errors import ConfigError
+from focuswatch.score import CRITERIA, MODES, RESOLUTIONS  # the scorer's own lists
 
 __all__ = [
     "AlertsConfig",
@@ -93,20 +95,10 @@ class WatchConfig:
 class ScoringConfig:
     """How each tile is scored."""
 
-    backend: str = _opt("auto", _one_of("auto", "cpu", "gpu"))
-    criterion: str = _opt(
-        "mhfd",
-        _one_of(
-            "mhfd",
-            "variance_of_laplacian",
-            "tenengrad",
-            "brenner",
-            "normalized_variance",
-            "power_spectrum_slope",
-        ),
-    )
-    mode: str = _opt("default", _one_of("default", "faithful", "fast"))
-    resolution: str = _opt("patches", _one_of("patches", "resized", "native"))
+    backend: str = _opt("auto", _one_of(*BACKEND_NAMES))
+    criterion: str = _opt("mhfd", _one_of(*CRITERIA))
+    mode: str = _opt("default", _one_of(*MODES))
+    resolution: str = _opt("patches", _one_of(*RESOLUTIONS))
     patch_size: int = _opt(1024, _range(64, 16384))
     workers: int = _opt(1, _range(1, 256))
     queue_size: int = _opt(64, _range(1, 100_000))

@@ -93,13 +93,6 @@ class RetakeEntry:
 _COLUMNS = list(RetakeEntry.__dataclass_fields__)
 
 
-def _position(record: VerdictRecord) -> str:
-    """The key that makes two versions 'the same tile': row/col, else the tile name."""
-    if record.row is not None and record.col is not None:
-        return f"r{record.row}-c{record.col}"
-    return record.tile_name
-
-
 # -- the state machine, one transaction per verdict ------------------------------------
 
 
@@ -117,7 +110,7 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
     ):
         return False  # empty and unreadable tiles neither open nor close entries
     section = record.section or ""
-    position = _position(record)
+    position = record.position
     now = record.at
     v = record.verdict
     fields = (

@@ -50,3 +50,14 @@ class VerdictRecord:
     score: float | None
     verdict: Verdict
     at: float  # seconds since the epoch, from the injected clock
+
+    @property
+    def position(self) -> str:
+        """Where the tile sits in its section (``r3-c4``), else its name.
+
+        The key that makes two versions "the same tile" (a retake under a new name
+        lands at the same row/col) for the retake list and the section summaries.
+        """
+        if self.row is not None and self.col is not None:
+            return f"r{self.row}-c{self.col}"
+        return self.tile_name

@@ -56,4 +56,6 @@ def test_baselines_ignore_detector_gain_and_bit_depth(
 def test_criteria_names_are_the_cli_choices() -> None:
     from focuswatch import cli
 
-    assert list(CRITERIA) == cli._CRITERIA
+    parser = cli.build_parser()
+    for name in CRITERIA:
+        assert parser.parse_args(["score", "--criterion", name, "x.tif"]).criterion == name
