@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -393,6 +394,31 @@ def test_run_until_stops_on_event_and_once_mode_drains(tmp_path: Path) -> None:
     stop.set()
     t.join(30.0)
     assert not t.is_alive()
+
+
+def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: Path) -> None:
+    """Logging inside a signal handler can deadlock on the logger's lock: it must not."""
+    stop = threading.Event()
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, service_mod._stop_on_signal(stop, received))
+    try:
+        with structlog.testing.capture_logs() as in_handler:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(5.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert in_handler == []
+    assert received == [signal.SIGTERM]
+    events: list[tuple[str, dict[str, Any]]] = []
+    svc = Service(
+        make_cfg(tmp_path),
+        builtin_sinks=False,
+        score_fn=fake_score,
+        on_event=lambda name, fields: events.append((name, fields)),
+    )
+    svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
+    assert ("stop_requested", {"signal": "SIGTERM"}) in events
+    assert svc.stopped
 
 
 def test_main_reports_missing_or_unusable_folders_clearly(tmp_path: Path) -> None:

@@ -342,8 +342,18 @@ class Service:
             and (self._rescan_thread is None or not self._rescan_thread.is_alive())
         )
 
-    def run_until(self, stop: threading.Event, *, once: bool = False) -> None:
-        """Run until ``stop`` is set (or, with ``once``, until everything is scored)."""
+    def run_until(
+        self,
+        stop: threading.Event,
+        *,
+        once: bool = False,
+        why: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """Run until ``stop`` is set (or, with ``once``, until everything is scored).
+
+        When ``stop`` ends the run, ``stop_requested`` is logged here, from the loop,
+        with the fields ``why()`` returns (e.g. the signal): never from a signal handler.
+        """
         if not self.started:
             self.start(watch=not once)
         try:
@@ -351,6 +361,8 @@ class Service:
                 self.turn(0.1)
                 if once and self.idle():
                     break
+            if stop.is_set():
+                self._event("stop_requested", **(why() if why is not None else {}))
         finally:
             self.stop()
 
@@ -602,19 +614,37 @@ def _check_folders(cfg: Config) -> None:
         raise StateError(f"state folder {state} is not writable")
 
 
+def _stop_on_signal(
+    stop: threading.Event, received: list[int]
+) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that only notes the signal and sets ``stop``.
+
+    Nothing else may run in a handler: it interrupts the main thread anywhere, even
+    inside a log call holding the logger's (non-reentrant) lock, so logging here could
+    deadlock. The main loop logs ``stop_requested`` once it sees ``stop``.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    return on_signal
+
+
 def main(cfg: Config, *, once: bool = False) -> int:
     """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done)."""
     _check_folders(cfg)
     stop = threading.Event()
+    received: list[int] = []
+    on_signal = _stop_on_signal(stop, received)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
+    def why() -> dict[str, Any]:
+        return {"signal": signal.Signals(received[0]).name} if received else {}
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         service = Service(cfg)
-        service.run_until(stop, once=once)
+        service.run_until(stop, once=once, why=why)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
