@@ -11,6 +11,7 @@ import io
 import json
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -489,6 +490,38 @@ def test_alerts_are_logged_even_without_targets(tmp_path: Path) -> None:
     (event,) = [e for e in logs if e["event"] == "alert"]
     assert event["key"] == "tile:1"
     assert "Stage X/Y: 1234.5 / -567.8 µm" in event["body"]
+
+
+@contextlib.contextmanager
+def write_locked(ledger: Ledger) -> Iterator[None]:
+    """Another connection (as another process would) holds the ledger's write lock."""
+    other = sqlite3.connect(ledger.path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_an_idle_tick_and_sender_round_take_no_write_lock(tmp_path: Path) -> None:
+    """With nothing due, tick (every loop turn) and the sender only read: both finish
+    while someone else holds the write lock, instead of queueing up behind it."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=10)
+    with opened(cfg, clock, notes) as (ledger, sink):
+        sink.on_verdict(rec(1))
+        assert sink.flush(WAIT_S)
+        assert [a.key for a in notes.drain()] == ["tile:1"]
+        with write_locked(ledger):
+            t0 = time.monotonic()
+            sink.tick(clock.now)  # would wait for the lock (then fail) if it wrote
+            assert time.monotonic() - t0 < 5.0
+            assert sink.flush(5.0)  # a sender round completed: it did not wait either
+        clock.now += 31 * 60  # now the idle section is due: tick writes its summary
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert [a.key for a in notes.drain()] == ["summary:S_001"]
 
 
 # -- the durable outbox --------------------------------------------------------------------

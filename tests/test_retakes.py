@@ -6,6 +6,7 @@ import csv
 import errno
 import io
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -291,3 +292,17 @@ def test_position_is_row_and_column_else_the_tile_name(ledger: Ledger) -> None:
     retakes.apply(ledger, replace(r, row=None, col=None))
     (position,) = ledger.connection.execute("SELECT position FROM retakes").fetchone()
     assert position == r.tile_name
+
+
+def test_reading_the_list_takes_no_write_lock(ledger: Ledger) -> None:
+    """entries() on the service's own ledger is a plain read: it does not wait while
+    another process holds the write lock."""
+    retakes.apply(ledger, record(ledger, BAD))
+    other = sqlite3.connect(ledger.path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        (entry,) = retakes.entries(ledger)  # would block, then fail, with a write lock
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert entry.status == "open"

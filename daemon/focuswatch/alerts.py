@@ -270,6 +270,30 @@ def _completed_older(conn: Any) -> list[str]:
     ]
 
 
+def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
+    """(section, digests sent) of sections with bad tiles waiting, last alert before cutoff."""
+    return [
+        (str(section), int(n))
+        for section, n in conn.execute(
+            "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
+            "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
+            "AND t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus'))",
+            (cutoff,),
+        ).fetchall()
+    ]
+
+
+def _idle_sections(conn: Any, cutoff: float) -> list[str]:
+    """Unsummarised sections with no verdict since cutoff."""
+    return [
+        str(section)
+        for (section,) in conn.execute(
+            "SELECT section FROM alert_sections WHERE summarized = 0 AND last_at <= ?",
+            (cutoff,),
+        ).fetchall()
+    ]
+
+
 def _digest_line(label: str, body: str) -> str:
     why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
     stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
@@ -361,24 +385,28 @@ class AlertSink:
             self._queue(conn, alert, now)
 
     def tick(self, now: float) -> None:
-        """Digests that are due, summaries of idle sections, and a nudge to the sender."""
+        """Digests that are due, summaries of complete or idle sections, a nudge to the sender.
+
+        Runs every loop turn (~10/s): a plain read decides whether there is anything
+        to do, and only then is the ledger's write lock taken.
+        """
         digest_s = self._cfg.digest_minutes * 60.0
         idle_s = self._cfg.section_idle_minutes * 60.0
-        with self._ledger.transaction() as conn:
-            for section, digests in conn.execute(
-                "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
-                "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
-                "AND t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus'))",
-                (now - digest_s,),
-            ).fetchall():
-                self._digest(conn, section, digests + 1, now)
-            for (section,) in conn.execute(
-                "SELECT section FROM alert_sections WHERE summarized = 0 AND last_at <= ?",
-                (now - idle_s,),
-            ).fetchall():
-                self._summarize(conn, section, now)
-            for older in _completed_older(conn):
-                self._summarize(conn, older, now)
+        with self._ledger._lock:  # the thread lock only: never inside another's transaction
+            conn = self._ledger.connection
+            due = (
+                bool(_due_digests(conn, now - digest_s))
+                or bool(_idle_sections(conn, now - idle_s))
+                or bool(_completed_older(conn))
+            )
+        if due:
+            with self._ledger.transaction() as conn:
+                for section, digests in _due_digests(conn, now - digest_s):
+                    self._digest(conn, section, digests + 1, now)
+                for section in _idle_sections(conn, now - idle_s):
+                    self._summarize(conn, section, now)
+                for older in _completed_older(conn):
+                    self._summarize(conn, older, now)
         if self._sender is not None:
             self._sender.kick()
 

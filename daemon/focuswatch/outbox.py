@@ -81,13 +81,13 @@ def backoff(attempts: int, *, initial_s: float, max_s: float) -> float:
 
 
 def _due(ledger: Ledger, now: float, limit: int) -> list[Pending]:
-    with ledger.transaction() as conn:
-        rows = conn.execute(
-            "SELECT id, dedupe_key, kind, section, title, body, tile_path, attempts "
-            "FROM alert_outbox WHERE sent IS NULL AND next_attempt <= ? "
-            "ORDER BY next_attempt, id LIMIT ?",
-            (now, limit),
-        ).fetchall()
+    # A plain read (the sender's own connection, one thread): no write lock each round.
+    rows = ledger.connection.execute(
+        "SELECT id, dedupe_key, kind, section, title, body, tile_path, attempts "
+        "FROM alert_outbox WHERE sent IS NULL AND next_attempt <= ? "
+        "ORDER BY next_attempt, id LIMIT ?",
+        (now, limit),
+    ).fetchall()
     return [Pending(r[0], Alert(*r[1:7]), r[7]) for r in rows]
 
 

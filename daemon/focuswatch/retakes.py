@@ -209,11 +209,13 @@ def entries(
 
 
 def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
-    """A query; in a writer's transaction, whose lock keeps threads sharing it apart."""
-    if ledger.readonly:
+    """A plain read: no write lock (WAL readers never wait for the writer).
+
+    Under the ledger's thread lock, so it never runs inside a transaction another
+    thread has open on the same connection (and so never sees its uncommitted rows).
+    """
+    with ledger._lock:
         return ledger.connection.execute(sql, args).fetchall()
-    with ledger.transaction() as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def dismiss(ledger: Ledger, entry_id: int, *, note: str) -> RetakeEntry:
