@@ -2,15 +2,17 @@
 
 The first tile of a section that needs a retake is alerted at once; after that the
 section's further bad tiles are batched into a digest every ``alerts.digest_minutes``
-(0: every tile at once). When a section completes (a tile of a newer section arrives,
-or it has been idle for ``alerts.section_idle_minutes``) a one-line summary follows,
-if ``alerts.section_summary``. Every alert is also logged (event ``alert``), so the
+(0: every tile at once). When a section completes (a newer section has begun and
+none of its own tiles is still waiting or being scored, or it has been idle for
+``alerts.section_idle_minutes``) a one-line summary follows, if
+``alerts.section_summary``. Every alert is also logged (event ``alert``), so the
 console and journal show what was sent.
 
 Alerts go through the durable outbox (``focuswatch.outbox``): queued in the ledger in
-the same transaction as the verdict that caused them, delivered by a background
-thread, retried with backoff, never queued twice. Notification URLs carry secrets
-(tokens, passwords): they are never logged; ``redact_url`` is the one way to show one.
+the same transaction as the verdict that caused them (once per key), delivered by a
+background thread, retried with backoff: at least once (a crash right after a send
+can repeat it). Notification URLs carry secrets (tokens, passwords): they are never
+logged; ``redact_url`` is the one way to show one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The durable alert outbox: every alert is sent at least once, and queued only once.
+"""The durable alert outbox: each alert is queued once, and delivered at least once.
 
 An alert enters the ``alert_outbox`` table in the same transaction as the state change
 that caused it, under a dedupe key (``tile:{version_id}``, ``digest:{section}:{n}``,
@@ -7,6 +7,11 @@ restart never queues it twice. A ``Sender`` thread delivers due rows; a failed s
 (``notify`` returns False or raises) is retried with exponential backoff between
 ``alerts.retry_initial_s`` and ``alerts.retry_max_s``. Nothing here blocks scoring: the
 thread has its own ledger connection and the service only ever inserts rows.
+
+Delivery is at least once, not exactly once: a row is marked sent only after ``notify``
+returns, so a crash (or a failed commit) between the two sends that alert again on the
+next start; and a target that accepted the message but answered with an error is
+retried too. Duplicates are rare and harmless; a lost alert would not be.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ _log = structlog.get_logger("focuswatch.alerts")
 
 @dataclass(frozen=True)
 class Alert:
-    """One message for the operator; ``key`` makes it unique forever."""
+    """One message for the operator; ``key`` makes it unique in the outbox (queued once)."""
 
     key: str
     kind: str  # tile, digest, summary
