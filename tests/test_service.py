@@ -24,8 +24,8 @@ import structlog
 import tifffile
 
 from focuswatch import service as service_mod
-from focuswatch.config import Config, ScoringConfig, WatchConfig
-from focuswatch.errors import ConfigError, StateError
+from focuswatch.config import ClusterConfig, Config, ScoringConfig, WatchConfig
+from focuswatch.errors import BackendError, ConfigError, StateError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger
 from focuswatch.sdnotify import Notifier
@@ -419,6 +419,61 @@ def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: 
     svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
     assert ("stop_requested", {"signal": "SIGTERM"}) in events
     assert svc.stopped
+
+
+def open_ledger_fds(state: Path) -> int:
+    """File descriptors of this process open on the ledger's database file."""
+    db = str(state / "focuswatch.db")
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == db
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+    return n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_start_that_fails_half_way_stops_the_observer_and_closes_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """The observer is running when the executor cannot be had (no Dask scheduler)."""
+    base = make_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        base,
+        cluster=ClusterConfig(
+            scheduler="dask",
+            address=f"tcp://127.0.0.1:{free_port()}",
+            on_unreachable="wait",
+            connect_timeout_s=0.2,
+        ),
+    )
+    svc = Service(cfg, builtin_sinks=False, score_fn=fake_score)
+    assert open_ledger_fds(cfg.state_dir) == 1
+    with pytest.raises(BackendError, match="cannot reach the Dask scheduler"):
+        svc.run_until(threading.Event())
+    assert svc.stopped
+    watcher = svc._watcher
+    assert watcher is not None
+    assert not watcher.is_alive()
+    assert open_ledger_fds(cfg.state_dir) == 0
+
+
+def test_a_service_that_cannot_be_built_does_not_leak_its_ledger(tmp_path: Path) -> None:
+    base = make_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        base,
+        policy=dataclasses.replace(base.policy, calibration=tmp_path / "missing.json"),
+    )
+    with pytest.raises(ConfigError, match=r"policy\.calibration"):
+        Service(cfg, builtin_sinks=False, score_fn=fake_score)
+    assert (cfg.state_dir / "focuswatch.db").exists()  # it was opened ...
+    assert open_ledger_fds(cfg.state_dir) == 0  # ... and closed again
 
 
 def test_main_reports_missing_or_unusable_folders_clearly(tmp_path: Path) -> None:

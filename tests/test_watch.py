@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import shutil
@@ -203,6 +204,60 @@ def test_real_observer_sees_write_rename_and_move_in(
     outside.write_bytes(b"data")
     shutil.move(outside, section / "moved_in.tif")
     wait_for(changes, section / "moved_in.tif")
+
+
+class _NoInotifyLeft:
+    """Stands in for an inotify observer at the per-user limit (cannot be set up here)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def schedule(self, handler: object, path: str, *, recursive: bool) -> None:
+        return None
+
+    def start(self) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_inotify_at_its_limit_falls_back_to_a_real_polling_observer(tmp_path: Path) -> None:
+    from focuswatch.watch import _make_observer
+
+    made: list[object] = []
+
+    def make(kind: str, poll_interval_s: float) -> object:
+        obs = _NoInotifyLeft() if kind == "inotify" else _make_observer(kind, poll_interval_s)
+        made.append(obs)
+        return obs
+
+    changes: queue.Queue[Change] = queue.Queue()
+    w = Watcher(tmp_path, changes, observer="inotify", poll_interval_s=0.05, make_observer=make)
+    w.start()
+    try:
+        assert w.kind == "polling"
+        assert w.fallback is not None
+        assert "inotify watch limit reached" in w.fallback
+        failed = made[0]
+        assert isinstance(failed, _NoInotifyLeft)
+        assert failed.stopped
+        assert w.is_alive()
+        tile = tmp_path / "t.tif"
+        tile.write_bytes(b"data")
+        assert wait_for(changes, tile).path == str(tile)
+    finally:
+        w.stop()
+    assert not w.is_alive()
+
+
+def test_polling_that_cannot_start_is_not_hidden(tmp_path: Path) -> None:
+    def make(kind: str, poll_interval_s: float) -> object:
+        return _NoInotifyLeft()
+
+    w = Watcher(tmp_path, queue.Queue(), observer="polling", make_observer=make)
+    with pytest.raises(OSError, match="limit"):
+        w.start()
 
 
 def test_public_names() -> None:

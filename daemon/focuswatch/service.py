@@ -24,6 +24,7 @@ back to 'ready', then exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -178,40 +179,47 @@ class Service:
         self._check_backend()
         self.root = str(Path(cfg.watch.path).absolute())
         self.clock = clock
-        self.ledger = Ledger.open(cfg.state_dir, clock=clock)
-        self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
-        self.readiness = Readiness(
-            quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
-        )
-        self.changes: queue.Queue[Change] = queue.Queue()
-        self.settings = score_settings(cfg)
-        self.notifier = notifier or sdnotify.Notifier()
-        self._on_event = on_event
-        if decide is None:
-            from focuswatch import policy
-
-            self._calibration = policy.load_calibration(cfg.policy)
-            decide = policy.decide
-        else:
-            self._calibration = None
-        self._decide = decide
-        self._executor = executor
-        self._score_fn = score_fn
         self.sinks: list[Sink] = []
-        if builtin_sinks:
-            self.sinks += _builtin_sinks(cfg, self.ledger, clock)
-        self.sinks += list(sinks or [])
-        self._submitted: set[int] = set()
-        self._watcher: Watcher | None = None
-        self.observer_kind: str | None = None
-        self._rescan_thread: threading.Thread | None = None
-        self._next_rescan = 0.0
-        self._next_poll = 0.0
-        self._closed_pending = False
-        self._next_meta = 0.0
-        self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
-        self.started = False
-        self.stopped = False
+        self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        try:
+            self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+            self.readiness = Readiness(
+                quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
+            )
+            self.changes: queue.Queue[Change] = queue.Queue()
+            self.settings = score_settings(cfg)
+            self.notifier = notifier or sdnotify.Notifier()
+            self._on_event = on_event
+            if decide is None:
+                from focuswatch import policy
+
+                self._calibration = policy.load_calibration(cfg.policy)
+                decide = policy.decide
+            else:
+                self._calibration = None
+            self._decide = decide
+            self._executor = executor
+            self._score_fn = score_fn
+            if builtin_sinks:
+                self.sinks += _builtin_sinks(cfg, self.ledger, clock)
+            self.sinks += list(sinks or [])
+            self._submitted: set[int] = set()
+            self._watcher: Watcher | None = None
+            self.observer_kind: str | None = None
+            self._rescan_thread: threading.Thread | None = None
+            self._next_rescan = 0.0
+            self._next_poll = 0.0
+            self._closed_pending = False
+            self._next_meta = 0.0
+            self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
+            self.started = False
+            self.stopped = False
+        except BaseException:  # e.g. a bad calibration file: do not leak the open ledger
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):
+                    sink.close()
+            self.ledger.close()
+            raise
 
     # -- events ------------------------------------------------------------------------
 
@@ -239,15 +247,21 @@ class Service:
             self._event("recovered_in_flight", versions=recovered)
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
-            self._watcher = Watcher(
+            watcher = Watcher(
                 self.root,
                 self.changes,
                 observer=kind,
                 poll_interval_s=self.cfg.watch.poll_interval_s,
             )
-            self._watcher.start()
-            self.observer_kind = kind
-            self._event("watching", path=self.root, observer=kind, why=why)
+            watcher.start()
+            self._watcher = watcher  # only a started one: stop() joins it
+            self.observer_kind = watcher.kind
+            if watcher.fallback is not None:  # e.g. the inotify watch limit reached
+                self._event(
+                    "watching", "warning", path=self.root, observer="polling", why=watcher.fallback
+                )
+            else:
+                self._event("watching", path=self.root, observer=kind, why=why)
         _ = self.executor  # start workers now, not on the first tile
         found = self._scan_now(self.root)
         self._replay_undelivered()
@@ -353,10 +367,11 @@ class Service:
 
         When ``stop`` ends the run, ``stop_requested`` is logged here, from the loop,
         with the fields ``why()`` returns (e.g. the signal): never from a signal handler.
+        A start that fails half-way is stopped too (observer, workers, ledger closed).
         """
-        if not self.started:
-            self.start(watch=not once)
         try:
+            if not self.started:
+                self.start(watch=not once)
             while not stop.is_set():
                 self.turn(0.1)
                 if once and self.idle():

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -181,8 +182,27 @@ class _Handler:
         self.out.put(Change(path, closed=kind == "closed", is_dir=bool(event.is_directory)))
 
 
+def _make_observer(kind: str, poll_interval_s: float) -> Any:
+    """A real watchdog observer of ``kind`` ('inotify' or 'polling')."""
+    if kind == "inotify":
+        from watchdog.observers.inotify import InotifyObserver
+
+        return InotifyObserver()
+    if kind == "polling":
+        from watchdog.observers.polling import PollingObserver
+
+        return PollingObserver(timeout=poll_interval_s)
+    raise ValueError(f"observer must be 'inotify' or 'polling', not {kind!r}")
+
+
 class Watcher:
-    """A running watchdog observer on ``root`` feeding ``Change``s into ``changes``."""
+    """A running watchdog observer on ``root`` feeding ``Change``s into ``changes``.
+
+    If inotify cannot start (``OSError``: the per-user watch or instance limit,
+    ``fs.inotify.max_user_watches``/``max_user_instances``, is reached), ``start``
+    falls back to polling; ``kind`` then says 'polling' and ``fallback`` why.
+    ``make_observer(kind, poll_interval_s)`` builds the observers (for tests).
+    """
 
     def __init__(
         self,
@@ -191,22 +211,38 @@ class Watcher:
         *,
         observer: str,
         poll_interval_s: float = 2.0,
+        make_observer: Callable[[str, float], Any] = _make_observer,
     ) -> None:
-        if observer == "inotify":
-            from watchdog.observers.inotify import InotifyObserver
-
-            self._observer: Any = InotifyObserver()
-        elif observer == "polling":
-            from watchdog.observers.polling import PollingObserver
-
-            self._observer = PollingObserver(timeout=poll_interval_s)
-        else:
+        if observer not in ("inotify", "polling"):
             raise ValueError(f"observer must be 'inotify' or 'polling', not {observer!r}")
+        self._root = os.fspath(root)
+        self._handler = _Handler(changes)
+        self._poll_interval_s = poll_interval_s
+        self._make_observer = make_observer
         self.kind = observer
-        self._observer.schedule(_Handler(changes), os.fspath(root), recursive=True)
+        self.fallback: str | None = None
+        self._observer = self._scheduled(observer)
+
+    def _scheduled(self, kind: str) -> Any:
+        obs = self._make_observer(kind, self._poll_interval_s)
+        obs.schedule(self._handler, self._root, recursive=True)
+        return obs
 
     def start(self) -> None:
-        self._observer.start()
+        try:
+            self._observer.start()
+        except OSError as exc:
+            if self.kind != "inotify":
+                raise
+            with contextlib.suppress(Exception):  # release what the failed start got
+                self._observer.stop()
+            self.fallback = (
+                f"inotify unavailable ({exc.strerror or exc}; "
+                "see fs.inotify.max_user_watches), polling instead"
+            )
+            self.kind = "polling"
+            self._observer = self._scheduled("polling")
+            self._observer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._observer.stop()
