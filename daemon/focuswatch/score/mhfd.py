@@ -52,9 +52,12 @@ __all__ = [
     "PAPER_THRESHOLD",
     "MhfdDetail",
     "MhfdParams",
+    "count_band_maxima",
     "count_maxima",
+    "dog_bands",
     "dog_gains",
     "dog_max",
+    "fast_factors",
     "level_noise",
     "mhfd",
     "mhfd_detail",
@@ -95,6 +98,16 @@ _CUT = 12.0
 #: samples; the counts still rank like exact mode's (Spearman 0.999 on the ISBI
 #: through-focus series, see bench/accuracy.py).
 _MIN_COARSE_SIGMA = 1.6
+#: Fast mode counts each band's maxima on the band's own grid (no interpolation), so
+#: a level may go down to this many coarse pixels per σ, and its Gaussian's transfer
+#: at the coarse Nyquist frequency must be below exp(-_FAST_CUT) (1.7e-5: aliasing
+#: far below any threshold).
+_FAST_MIN_SIGMA = 1.4
+_FAST_CUT = 11.0
+#: Fast mode samples every this many pixels (each way) for the noise estimate at
+#: binnings 1 and 2 (exact mode: 2) and for the stretch percentiles (exact mode: 1).
+_FAST_NOISE_STEP = 4
+_FAST_STRETCH_STEP = 2
 #: A Gaussian's transfer is below 1e-9 beyond ω = this / σ (sqrt(2·ln 1e9)).
 _PRUNE_SIGMA_W = math.sqrt(2 * math.log(1e9))
 #: Prune the inverse transform only when it keeps at most this fraction of columns.
@@ -306,7 +319,7 @@ def _dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> tuple[float
 # --- image statistics ---------------------------------------------------------------
 
 
-def noise_sigma(u: Any, backend: Backend, *, subsample: bool = True) -> float:
+def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> float:
     """Robust standard deviation of white noise in ``u`` (stretched to [0, 1]; Immerkær's
     operator, MAD over pixels strictly inside (0, 1)).
 
@@ -314,10 +327,13 @@ def noise_sigma(u: Any, backend: Backend, *, subsample: bool = True) -> float:
     structure; its norm is 6, and the median absolute response over 0.6745 is the
     noise standard deviation for Gaussian noise, insensitive to the edges that
     remain. ``subsample``: evaluated at every other pixel each way only (plenty of
-    samples, a quarter of the work).
+    samples, a quarter of the work); an integer is the step itself (fast mode: 4).
     """
     xp = backend.xp
-    step = 2 if subsample and min(u.shape) >= 32 else 1
+    want = int(subsample) if not isinstance(subsample, bool) else (2 if subsample else 1)
+    if want < 1:
+        raise ValueError(f"subsample step must be >= 1, got {want}")
+    step = want if min(u.shape) >= 16 * want else 1
     d = u[:, 0:-2:step] - 2 * u[:, 1:-1:step] + u[:, 2::step]
     e = d[0:-2:step] - 2 * d[1:-1:step] + d[2::step]
     # Pixels clipped by the stretch (a black margin, saturated areas) carry no noise;
@@ -342,7 +358,7 @@ def _bin2(u: Any) -> Any:
     return out
 
 
-def noise_profile(u: Any, backend: Backend) -> tuple[float, ...]:
+def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
     """White-equivalent noise level seen at binnings 1, 2, 4, 8 (``NOISE_FACTORS``).
 
     For white noise every entry is the same σ_n (binning by f divides it by f; we
@@ -350,7 +366,8 @@ def noise_profile(u: Any, backend: Backend) -> tuple[float, ...]:
     bandwidth along the scan line, demosaicing) hides from the finest operator
     but not from the binned ones, and coarse DoG levels see exactly that
     low-frequency noise. Structure inflates the coarse entries a little; where it
-    does, the contrast floor is higher anyway (see ``level_thresholds``).
+    does, the contrast floor is higher anyway (see ``level_thresholds``). ``step``:
+    the sampling step at binnings 1 and 2 (``noise_sigma``'s ``subsample``).
     """
     out: list[float] = []
     v = u
@@ -360,7 +377,7 @@ def noise_profile(u: Any, backend: Backend) -> tuple[float, ...]:
         if min(v.shape) < 8:
             out.append(out[-1] if out else 0.0)
             continue
-        out.append(f * noise_sigma(v, backend, subsample=f <= 2))
+        out.append(f * noise_sigma(v, backend, subsample=step if f <= 2 else 1))
     return tuple(out)
 
 
@@ -417,16 +434,29 @@ def periodic_spectrum(u: Any, backend: Backend) -> Any:
 # --- the streaming core -------------------------------------------------------------
 
 
-def _decimation(sigma: float, shape: tuple[int, int]) -> int:
-    """The largest power-of-two factor a level of standard deviation ``sigma`` allows."""
+def _decimation(
+    sigma: float,
+    shape: tuple[int, int],
+    *,
+    cut: float = _CUT,
+    min_sigma: float = _MIN_COARSE_SIGMA,
+) -> int:
+    """The largest power-of-two factor a level of standard deviation ``sigma`` allows:
+    its Gaussian below ``exp(-cut)`` at the coarse Nyquist frequency, ``sigma`` still
+    ``min_sigma`` coarse pixels, the grid still at least 16 pixels."""
     f = 1
     while True:
         g = 2 * f
-        if sigma * math.pi / g < math.sqrt(2 * _CUT) or sigma / g < _MIN_COARSE_SIGMA:
+        if sigma * math.pi / g < math.sqrt(2 * cut) or sigma / g < min_sigma:
             return f
         if shape[0] % g or shape[1] % g or min(shape) // g < 16:
             return f
         f = g
+
+
+def fast_factors(sigmas: tuple[float, ...], shape: tuple[int, int]) -> list[int]:
+    """Fast mode's decimation factor for each DoG level of ``sigmas`` on ``shape``."""
+    return [_decimation(s, shape, cut=_FAST_CUT, min_sigma=_FAST_MIN_SIGMA) for s in sigmas[:-1]]
 
 
 def _crop_spectrum(F: Any, shape: tuple[int, int], f: int, backend: Backend) -> Any:
@@ -474,6 +504,105 @@ def _pruned_columns(sigma: float, width: int) -> int:
     return min(k, width // 2 + 1)
 
 
+def _levels_max(
+    Fs: Any,
+    sh: tuple[int, int],
+    levels: list[int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    f: int,
+    backend: Backend,
+    dtype: Any,
+    m: Any = None,
+) -> Any:
+    """Fold ``scales[i]·DoG_i`` for ``levels`` into the running maximum ``m`` (or a new
+    one) on the grid of shape ``sh``, ``f`` times coarser than the image (``Fs`` is the
+    spectrum already cropped to it)."""
+    xp, fft = backend.xp, backend.fft
+    kw = backend.fft_kwargs()
+    coarse = tuple(s / f for s in sigmas)
+    buf = None
+    work = None  # for pruned inverses: zero beyond the columns in use
+    used = 0
+    n_cols = Fs.shape[1]
+    for i in levels:
+        H_i = _transfer(backend, sh, coarse, i, dtype)
+        # The coarse irfft divides by f² fewer points, and the transfer carries the
+        # coarse σ_i/f as its scale normalisation: together a factor f too many.
+        s = float(scales[i]) / f
+        k = _pruned_columns(coarse[i], sh[1]) if not backend.is_gpu else n_cols
+        if k > _PRUNE_FRACTION * n_cols:
+            if buf is None:
+                buf = xp.empty_like(Fs)
+            xp.multiply(Fs, H_i, out=buf)
+            if s != 1.0:
+                buf *= dtype(s)
+            d = fft.irfft2(buf, s=sh, overwrite_x=True, **kw)
+        else:
+            # Beyond column k the level's transfer is below 1e-9: those columns of
+            # the product are zero, so the column pass of the inverse transform
+            # only needs the first k columns (same result to rounding, ~40 % less).
+            if work is None:
+                work = xp.zeros_like(Fs)
+            part = work[:, :k]
+            xp.multiply(Fs[:, :k], H_i[:, :k], out=part)
+            if s != 1.0:
+                part *= dtype(s)
+            if used > k:
+                work[:, k:used] = 0
+            used = k
+            work[:, :k] = fft.ifft(part, axis=0, **kw)
+            d = fft.irfft(work, n=sh[1], axis=1, **kw)
+        if m is None:
+            m = d
+        else:
+            xp.maximum(m, d, out=m)
+    return m
+
+
+def dog_bands(
+    F: Any,
+    shape: tuple[int, int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    backend: Backend,
+    dtype: Any,
+    factors: list[int],
+) -> tuple[Any, tuple[int, Any] | None]:
+    """Fast mode's maximum over levels in two resolution bands: ``(fine, (f, coarse))``.
+
+    ``fine`` is ``max scales[i]·DoG_i`` over the levels with factor 1, at full
+    resolution (``None`` if there are none); ``coarse`` the same over all decimated
+    levels on the grid of the smallest factor ``f`` > 1 (``None`` if none). Coarser
+    groups are computed on their own grids (spectrum cropped: exact samples) and
+    their maxima interpolated linearly onto the next finer grid, all well below full
+    size; ``count_band_maxima`` counts without interpolating to full resolution.
+    """
+    n_levels = len(sigmas) - 1
+    if len(factors) != n_levels:
+        raise ValueError(f"need one factor per level ({n_levels}), got {len(factors)}")
+    # Coarsest grid first: its running maximum is interpolated to the next finer
+    # grid and carried on there.
+    m = None
+    coarse: tuple[int, Any] | None = None
+    fine = None
+    for f in sorted(set(factors), reverse=True):
+        levels = [i for i in range(n_levels) if factors[i] == f]
+        kwargs = {"sigmas": sigmas, "scales": scales, "f": f, "backend": backend, "dtype": dtype}
+        if f == 1:
+            fine = _levels_max(F, shape, levels, **kwargs)  # type: ignore[arg-type]
+            continue
+        sh = (shape[0] // f, shape[1] // f)
+        if m is not None:
+            m = _upsample(m, sh, backend)
+        Fs = _crop_spectrum(F, shape, f, backend)
+        m = _levels_max(Fs, sh, levels, m=m, **kwargs)  # type: ignore[arg-type]
+        coarse = (f, m)
+    return fine, coarse
+
+
 def dog_max(
     F: Any,
     shape: tuple[int, int],
@@ -486,62 +615,49 @@ def dog_max(
 ) -> Any:
     """``max_i scales[i]·DoG_i`` from the image's rfft spectrum ``F``, streaming over levels.
 
-    Holds the spectrum, one product buffer and the running maximum; with
-    ``decimate``, levels whose Gaussian is band-limited run on a coarser grid.
+    Holds the spectrum, one product buffer and the running maximum. With
+    ``decimate``, levels run on fast mode's coarser grids (``dog_bands``) and the
+    coarse maximum is interpolated back to full resolution (linearly).
     """
-    xp, fft = backend.xp, backend.fft
-    kw = backend.fft_kwargs()
-    n_levels = len(sigmas) - 1
-    factors = [_decimation(sigmas[i], shape) if decimate else 1 for i in range(n_levels)]
-    # Coarsest grid first: its running maximum is interpolated to the next finer
-    # grid and carried on there, so only one interpolation ever runs at full size.
-    m = None
-    for f in sorted(set(factors), reverse=True):
-        levels = [i for i in range(n_levels) if factors[i] == f]
-        if f == 1:
-            Fs, sh = F, shape
-        else:
-            Fs, sh = _crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f)
-        coarse = tuple(s / f for s in sigmas)
-        buf = xp.empty_like(Fs)
-        work = None  # for pruned inverses: zero beyond the columns in use
-        used = 0
-        n_cols = Fs.shape[1]
-        if m is not None:
-            m = _upsample(m, sh, backend)
-        for i in levels:
-            H_i = _transfer(backend, sh, coarse, i, dtype)
-            # The coarse irfft divides by f² fewer points, and the transfer carries the
-            # coarse σ_i/f as its scale normalisation: together a factor f too many.
-            s = float(scales[i]) / f
-            k = _pruned_columns(coarse[i], sh[1]) if not backend.is_gpu else n_cols
-            if k > _PRUNE_FRACTION * n_cols:
-                xp.multiply(Fs, H_i, out=buf)
-                if s != 1.0:
-                    buf *= dtype(s)
-                d = fft.irfft2(buf, s=sh, overwrite_x=True, **kw)
-            else:
-                # Beyond column k the level's transfer is below 1e-9: those columns of
-                # the product are zero, so the column pass of the inverse transform
-                # only needs the first k columns (same result to rounding, ~40 % less).
-                if work is None:
-                    work = xp.zeros_like(Fs)
-                part = work[:, :k]
-                xp.multiply(Fs[:, :k], H_i[:, :k], out=part)
-                if s != 1.0:
-                    part *= dtype(s)
-                if used > k:
-                    work[:, k:used] = 0
-                used = k
-                work[:, :k] = fft.ifft(part, axis=0, **kw)
-                d = fft.irfft(work, n=sh[1], axis=1, **kw)
-            if m is None:
-                m = d
-            else:
-                xp.maximum(m, d, out=m)
-    if m is not None and tuple(m.shape) != tuple(shape):
-        m = _upsample(m, shape, backend)
+    if not decimate:
+        return _levels_max(
+            F,
+            shape,
+            list(range(len(sigmas) - 1)),
+            sigmas=sigmas,
+            scales=scales,
+            f=1,
+            backend=backend,
+            dtype=dtype,
+        )
+    fine, coarse = dog_bands(
+        F,
+        shape,
+        sigmas=sigmas,
+        scales=scales,
+        backend=backend,
+        dtype=dtype,
+        factors=fast_factors(sigmas, shape),
+    )
+    if coarse is None:
+        return fine
+    m = _upsample(coarse[1], shape, backend)
+    if fine is not None:
+        backend.xp.maximum(m, fine, out=m)
     return m
+
+
+def _neighbourhood_max(M: Any, backend: Backend) -> Any:
+    """Maximum over each pixel's 3×3 neighbourhood (itself included; border pixels
+    over the neighbours they have)."""
+    xp = backend.xp
+    r = M.copy()
+    xp.maximum(r[:, 1:], M[:, :-1], out=r[:, 1:])
+    xp.maximum(r[:, :-1], M[:, 1:], out=r[:, :-1])
+    c = r.copy()
+    xp.maximum(c[1:, :], r[:-1, :], out=c[1:, :])
+    xp.maximum(c[:-1, :], r[1:, :], out=c[:-1, :])
+    return c
 
 
 def count_maxima(
@@ -558,17 +674,109 @@ def count_maxima(
     neighbours outside it (tiling with a halo).
     """
     xp = backend.xp
-    r = M.copy()
-    xp.maximum(r[:, 1:], M[:, :-1], out=r[:, 1:])
-    xp.maximum(r[:, :-1], M[:, 1:], out=r[:, :-1])
-    c = r.copy()
-    xp.maximum(c[1:, :], r[:-1, :], out=c[1:, :])
-    xp.maximum(c[:-1, :], r[1:, :], out=c[:-1, :])
+    c = _neighbourhood_max(M, backend)
     if interior is not None:
         y0, y1, x0, x1 = interior
         M, c = M[y0:y1, x0:x1], c[y0:y1, x0:x1]
     peaks = (c <= M) & (level <= M)
     return int(xp.count_nonzero(peaks))
+
+
+def _inside(ys: Any, xs: Any, interior: tuple[int, int, int, int] | None, backend: Backend) -> Any:
+    """Which full-resolution positions lie in ``interior`` (all when it is None)."""
+    if interior is None:
+        return backend.xp.ones(ys.shape, dtype=bool)
+    y0, y1, x0, x1 = interior
+    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+
+
+def _interpolate_at(m: Any, f: int, ys: Any, xs: Any, backend: Backend) -> Any:
+    """``_upsample(m, f× its shape)`` evaluated only at full-resolution (ys, xs)."""
+    h, w = m.shape
+    y0, x0 = ys // f, xs // f
+    wy = ((ys % f) / f).astype(m.dtype)
+    wx = ((xs % f) / f).astype(m.dtype)
+    y1, x1 = (y0 + 1) % h, (x0 + 1) % w
+    top = m[y0, x0] + (m[y0, x1] - m[y0, x0]) * wx
+    bottom = m[y1, x0] + (m[y1, x1] - m[y1, x0]) * wx
+    return top + (bottom - top) * wy
+
+
+def _interpolated_neighbourhood_max(
+    m: Any, f: int, ys: Any, xs: Any, *, shape: tuple[int, int], backend: Backend
+) -> Any:
+    """Maximum of ``_upsample(m, shape)`` over the 3×3 neighbourhood (within the image)
+    of each full-resolution pixel (ys, xs), evaluated only there."""
+    xp = backend.xp
+    best = None
+    for dy in (-1, 0, 1):
+        yy = xp.clip(ys + dy, 0, shape[0] - 1)
+        for dx in (-1, 0, 1):
+            v = _interpolate_at(m, f, yy, xp.clip(xs + dx, 0, shape[1] - 1), backend)
+            best = v if best is None else xp.maximum(best, v, out=best)
+    return best
+
+
+def count_band_maxima(
+    fine: Any,
+    coarse: tuple[int, Any] | None,
+    backend: Backend,
+    *,
+    level: float,
+    shape: tuple[int, int],
+    interior: tuple[int, int, int, int] | None = None,
+) -> int:
+    """Fast mode's count: the maxima of ``max(fine, coarse)`` (``dog_bands``) without
+    ever interpolating the coarse band to full resolution.
+
+    A point counts where the band that is largest there has a maximum, ``≥ level``,
+    that the other band does not exceed in its 3×3 neighbourhood:
+
+    * a fine maximum (not below its 8 neighbours) counts when the linearly
+      interpolated coarse band is not above it anywhere in its neighbourhood
+      (interpolated only at the fine maxima);
+    * the coarse band is counted on its own grid (a linearly interpolated field has
+      its maxima at its samples): a sample counts when it is not below its 8
+      neighbours there, nor below the fine band in the neighbourhood of its
+      full-resolution position.
+
+    ``shape`` is the full-resolution shape, ``interior`` as in ``count_maxima``.
+    """
+    xp = backend.xp
+    if fine is None and coarse is None:
+        raise ValueError("count_band_maxima needs at least one band")
+    count = 0
+    c_fine = None
+    c_coarse = None
+    if coarse is not None:
+        f, m = coarse
+        c_coarse = _neighbourhood_max(m, backend)
+    if fine is not None:
+        c_fine = _neighbourhood_max(fine, backend)
+        # Flat indices: one pass over the mask, not one per axis.
+        idx = xp.flatnonzero((c_fine <= fine) & (level <= fine))
+        ys, xs = idx // shape[1], idx % shape[1]
+        keep = _inside(ys, xs, interior, backend)
+        if coarse is not None and c_coarse is not None:
+            v = fine.ravel()[idx]
+            # The interpolated coarse band over a pixel's 3×3 neighbourhood is bounded
+            # by the coarse samples around it: only maxima below that bound need the
+            # exact (interpolated) comparison.
+            unsure = xp.flatnonzero(v < c_coarse[ys // f, xs // f])
+            exact = _interpolated_neighbourhood_max(
+                m, f, ys[unsure], xs[unsure], shape=shape, backend=backend
+            )
+            keep[unsure] &= v[unsure] >= exact
+        count += int(xp.count_nonzero(keep))
+    if coarse is not None and c_coarse is not None:
+        f, m = coarse
+        idx = xp.flatnonzero((c_coarse <= m) & (level <= m))
+        qy, qx = (idx // m.shape[1]) * f, (idx % m.shape[1]) * f
+        keep = _inside(qy, qx, interior, backend)
+        if c_fine is not None:
+            keep &= m.ravel()[idx] >= c_fine[qy, qx]
+        count += int(xp.count_nonzero(keep))
+    return count
 
 
 def _robust_std(a: Any, backend: Backend) -> float:
@@ -643,25 +851,37 @@ def mhfd_prepared(
     shape = (int(u.shape[0]), int(u.shape[1]))
     dtype = u.dtype.type
     if noise is None:
-        noise = noise_profile(u, backend) if params.noise_k is not None else (0.0,) * 4
+        noise = (
+            noise_profile(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
+            if params.noise_k is not None
+            else (0.0,) * 4
+        )
     if params.periodic:
         F = periodic_spectrum(u, backend)
     else:
         F = backend.fft.rfft2(u, **backend.fft_kwargs())
     t = level_thresholds(params, threshold_shape or shape, noise)
-    M = dog_max(
-        F,
-        shape,
-        sigmas=params.sigmas,
-        # Levels at the base threshold need no scaling pass; the others are scaled
-        # down to it, and the count compares with the base.
-        scales=t.min() / t,
-        backend=backend,
-        dtype=dtype,
-        decimate=params.decimate,
-    )
-    count = count_maxima(M, backend, level=float(t.min()), interior=interior)
-    del M
+    # Levels at the base threshold need no scaling pass; the others are scaled
+    # down to it, and the count compares with the base.
+    scales = t.min() / t
+    if params.decimate:
+        fine, coarse = dog_bands(
+            F,
+            shape,
+            sigmas=params.sigmas,
+            scales=scales,
+            backend=backend,
+            dtype=dtype,
+            factors=fast_factors(params.sigmas, shape),
+        )
+        count = count_band_maxima(
+            fine, coarse, backend, level=float(t.min()), shape=shape, interior=interior
+        )
+        del fine, coarse
+    else:
+        M = dog_max(F, shape, sigmas=params.sigmas, scales=scales, backend=backend, dtype=dtype)
+        count = count_maxima(M, backend, level=float(t.min()), interior=interior)
+        del M
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
     return MhfdDetail(
         count=count, content=content, noise=noise[0], thresholds=tuple(t), shape=shape
@@ -718,7 +938,10 @@ def mhfd_detail(
         # The authors resize first and stretch the resized image.
         image = _resize(image, size, backend, ft)
         minmax = (float(backend.xp.min(image)), float(backend.xp.max(image)))
-    limits = stretch_limits(image, backend, saturation=params.saturation, minmax=minmax)
+    # Fast mode takes the stretch percentiles from every other pixel each way (a
+    # quarter of the histogram work; 0.175 % of 2^18 samples is still ~460 pixels).
+    sample = image[::_FAST_STRETCH_STEP, ::_FAST_STRETCH_STEP] if params.decimate else image
+    limits = stretch_limits(sample, backend, saturation=params.saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=ft)
     return mhfd_prepared(u, params, backend=backend)
 
