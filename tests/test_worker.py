@@ -122,6 +122,30 @@ def test_dask_task_classifies_a_failure_like_a_local_worker(
     assert task.error.endswith(local.error)  # the task adds which worker it ran on
 
 
+def test_service_and_dask_fallback_build_the_same_local_executor(tmp_path: Path) -> None:
+    """Both pin worker i to GPU i and make workers log like the service."""
+    from focuswatch import cluster, service
+    from focuswatch.config import Config, LoggingConfig, ScoringConfig
+
+    cfg = Config(
+        state_dir=tmp_path,
+        scoring=ScoringConfig(backend="gpu", workers=2),
+        logging=LoggingConfig(level="debug", format="json"),
+    )
+    built = [service.build_executor(cfg), cluster._local_fallback(cfg, None)()]
+    try:
+        for ex in built:
+            assert isinstance(ex, LocalExecutor)
+            assert [s.env for s in ex._slots] == [
+                {"CUDA_VISIBLE_DEVICES": "0"},
+                {"CUDA_VISIBLE_DEVICES": "1"},
+            ]
+            assert ex._log_setup == ("debug", "json")
+    finally:
+        for ex in built:
+            ex.close()
+
+
 def test_describe_exit_names_signals() -> None:
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(2) == "exit code 2"
@@ -146,4 +170,4 @@ def test_spawn_start_method_also_works(tmp_path: Path) -> None:
 def test_public_names() -> None:
     from focuswatch import worker
 
-    assert sorted(worker.__all__) == ["LocalExecutor", "ScoreFn", "describe_exit"]
+    assert sorted(worker.__all__) == ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]

@@ -63,7 +63,7 @@ from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Executor, Job, Outcome, classify
 from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.tiles import _os_reason
-from focuswatch.worker import LocalExecutor
+from focuswatch.worker import LocalExecutor, local_executor
 
 __all__ = ["DaskExecutor", "ScoreFn", "TaskResult", "connect", "run_task", "score_bytes"]
 
@@ -800,12 +800,7 @@ def _local_fallback(cfg: Config, score_fn: ScoreFn | None) -> Callable[[], Execu
     """Makes the executor ``cluster.scheduler = "local"`` would use, for the fallback."""
 
     def make() -> Executor:
-        return LocalExecutor(
-            workers=cfg.scoring.workers,
-            tile_timeout_s=cfg.scoring.tile_timeout_s,
-            queue_size=cfg.scoring.queue_size,
-            score_fn=score_fn or scoring.score_path,
-        )
+        return local_executor(cfg, score_fn=score_fn)  # same workers, pinning and logs
 
     return make
 

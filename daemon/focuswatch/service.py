@@ -89,19 +89,9 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
         from focuswatch import cluster
 
         return cluster.connect(cfg, score_fn=score_fn)
-    from focuswatch.worker import LocalExecutor
+    from focuswatch.worker import local_executor
 
-    # One worker per GPU: with the GPU backend, worker i is pinned to device i.
-    devices = list(range(cfg.scoring.workers)) if cfg.scoring.backend == "gpu" else None
-    kwargs: dict[str, Any] = {} if score_fn is None else {"score_fn": score_fn}
-    return LocalExecutor(
-        workers=cfg.scoring.workers,
-        tile_timeout_s=cfg.scoring.tile_timeout_s,
-        queue_size=cfg.scoring.queue_size,
-        devices=devices,
-        log_setup=(cfg.logging.level, cfg.logging.format),
-        **kwargs,
-    )
+    return local_executor(cfg, score_fn=score_fn)
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:

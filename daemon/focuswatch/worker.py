@@ -28,12 +28,15 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from focuswatch.executor import Job, Outcome, classify
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
-__all__ = ["LocalExecutor", "ScoreFn", "describe_exit"]
+__all__ = ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]
+
+if TYPE_CHECKING:
+    from focuswatch.config import Config
 
 ScoreFn = Callable[[str, ScoreSettings], TileScore]
 
@@ -340,3 +343,22 @@ class LocalExecutor:
                 ),
             )
             self._replace(slot)
+
+
+def local_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> LocalExecutor:
+    """The executor ``cluster.scheduler = "local"`` runs, from the configuration.
+
+    The one place that turns ``[scoring]`` and ``[logging]`` into worker processes:
+    used by the service and by the Dask executor's local fallback alike. With the GPU
+    backend, worker *i* is pinned to device *i* (one worker per GPU); workers log like
+    the service.
+    """
+    s = cfg.scoring
+    return LocalExecutor(
+        workers=s.workers,
+        tile_timeout_s=s.tile_timeout_s,
+        queue_size=s.queue_size,
+        score_fn=score_fn or score_path,
+        devices=list(range(s.workers)) if s.backend == "gpu" else None,
+        log_setup=(cfg.logging.level, cfg.logging.format),
+    )
