@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from focuswatch import status
+from focuswatch import outbox, status
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger
@@ -86,6 +86,29 @@ def test_json_status_while_the_writer_holds_the_database_open(tmp_path: Path) ->
     assert "TOKEN" not in out.getvalue()
     # Reading did not write: no new rows, nothing changed.
     assert led.counts()["ready"] == 1
+    led.close()
+
+
+def test_status_shows_the_array_backend_in_use_and_alerts_waiting(tmp_path: Path) -> None:
+    """'auto' may have become cupy or numpy: the latest result says which; unsent alerts count."""
+    led = populate(tmp_path)
+    out = io.StringIO()
+    status.main(cfg_for(tmp_path), out=out)
+    assert "array backend: numpy (latest result)" in out.getvalue()
+    assert "alerts waiting to be sent: 0" in out.getvalue()
+    gpu, _ = led.add_version("/w/gpu.tif", size=1, mtime_ns=1, tile_name="gpu.tif")
+    led.record_result(gpu, verdict=Verdict(VerdictKind.IN_FOCUS, "ok"), score=Score(backend="cupy"))
+    later, _ = led.add_version("/w/later-bad.tif", size=0, mtime_ns=1, tile_name="later-bad.tif")
+    led.record_result(later, verdict=Verdict(VerdictKind.UNREADABLE, "zero-byte file"))
+    for key in ("a", "b", "c"):
+        outbox.enqueue(led.connection, outbox.Alert(key, "tile", "001", key, "body"), now=1.0)
+    led.connection.execute("UPDATE alert_outbox SET sent = 2.0 WHERE dedupe_key = 'a'")
+    out = io.StringIO()
+    status.main(cfg_for(tmp_path), out=out)
+    assert "array backend: cupy (latest result)" in out.getvalue()  # unreadable has none
+    assert "alerts waiting to be sent: 2" in out.getvalue()
+    s = status.summary(cfg_for(tmp_path))
+    assert (s["array_backend"], s["alerts_pending"]) == ("cupy", 2)
     led.close()
 
 

@@ -689,6 +689,10 @@ class Ledger:
             "WHERE state = 'failed' AND superseded = 0 ORDER BY updated DESC LIMIT ?",
             (max(0, last),),
         ).fetchall()
+        # The array library that actually scored (numpy/cupy): what 'auto' turned into.
+        array_backend = self._conn.execute(
+            "SELECT backend FROM results WHERE backend IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         executor = self.get_meta("executor")
         heartbeat = self.get_meta("heartbeat")
         keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at")
@@ -703,6 +707,7 @@ class Ledger:
                 {"path": p, "attempts": a, "reason": e, "at": t} for p, a, e, t in failures
             ],
             "executor": None if executor is None else executor[0],
+            "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
 

@@ -2,8 +2,9 @@
 
 Opens the ledger read-only (``mode=ro``), so it is safe while the service runs.
 Shows tiles per state, the backlog, tiles per minute over the last ten minutes, the
-last N verdicts, recent failures with their reasons and the scoring backend the
-service reported. Alert destinations are never shown: apprise URLs carry secrets.
+last N verdicts, recent failures with their reasons, the executor the service
+reported, the array backend (numpy/cupy) of the latest results and the alerts still
+waiting in the outbox. Alert destinations are never shown: apprise URLs carry secrets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from focuswatch import outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
 
@@ -31,6 +33,7 @@ def summary(
     try:
         out = ledger.status_summary(last=last)
         service = ledger.get_meta("service")
+        out["alerts_pending"] = outbox.pending_count(ledger)
     finally:
         ledger.close()
     out["state_dir"] = str(cfg.state_dir)
@@ -66,6 +69,11 @@ def format_text(s: dict[str, Any]) -> str:
         lines.append(
             f"backend: {ex.get('backend', 'unknown')}" + (f" ({details})" if details else "")
         )
+    array = s.get("array_backend")
+    lines.append(
+        "array backend: " + (f"{array} (latest result)" if array else "- (no tile scored yet)")
+    )
+    lines.append(f"alerts waiting to be sent: {s.get('alerts_pending', 0)}")
     counts = s["counts"]
     lines.append("tiles: " + ", ".join(f"{st} {counts[st]}" for st in STATES))
     lines.append(
