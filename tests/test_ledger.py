@@ -285,3 +285,11 @@ def test_position_history_returns_each_sections_focus_map(led: Ledger) -> None:
         (11.0, None),
         (10.0, [[1.0, 2.0], [3.0, 4.0]]),
     ]
+
+
+def test_known_paths_under_a_folder_reads_only_that_folder(led: Ledger) -> None:
+    for path in ("/w/S_001/a.tif", "/w/S_001/sub/b.tif", "/w/S_0010/c.tif", "/w/S_00/d.tif"):
+        led.add_version(path, size=1, mtime_ns=2, tile_name=path.rsplit("/", 1)[1])
+    assert set(led.known_paths(under="/w/S_001")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
+    assert set(led.known_paths(under="/w/S_001/")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
+    assert len(led.known_paths()) == 4

@@ -631,3 +631,25 @@ def test_reconciliation_scan_finds_files_the_observer_missed(
     svc.rescan_now()
     turn_until(svc, lambda: len(sink.records) == 1)
     assert sink.records[0].tile_name == "missed.tif"
+
+
+def test_a_rescan_queues_only_files_that_differ_from_the_ledger(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """Memory stays bounded by what changed: a rescan of a scored tree queues nothing."""
+    root = tmp_path / "watch"
+    tiles = [write_tif(root / "S_001" / f"t{i}.tif", value=i) for i in range(5)]
+    svc, sink = make_service(watch=False)
+    turn_until(svc, lambda: len(sink.records) == 5)
+
+    def rescan() -> int:
+        svc._start_rescan()
+        thread = svc._rescan_thread
+        assert thread is not None
+        thread.join(10.0)
+        return svc.changes.qsize()
+
+    assert rescan() == 0
+    write_tif(tiles[2], value=99, size=48)  # rewritten while unobserved
+    assert rescan() == 1
+    assert svc.changes.get_nowait().path == str(tiles[2])

@@ -450,11 +450,25 @@ class Ledger:
             )
             return cur.rowcount
 
-    def known_paths(self) -> dict[str, tuple[int, int]]:
-        """Current (non-superseded) versions: path → (size, mtime_ns), for rescans."""
-        rows = self._conn.execute(
-            "SELECT path, size, mtime_ns FROM versions WHERE superseded = 0"
-        ).fetchall()
+    def known_paths(self, *, under: str | None = None) -> dict[str, tuple[int, int]]:
+        """Current (non-superseded) versions: path → (size, mtime_ns), for rescans.
+
+        ``under`` limits it to the files below one folder (a folder moved in), read
+        through the path index rather than the whole table.
+        """
+        if under is None:
+            rows = self._conn.execute(
+                "SELECT path, size, mtime_ns FROM versions WHERE superseded = 0"
+            ).fetchall()
+        else:
+            prefix = under.rstrip("/") + "/"
+            # Every path starting with 'prefix' sorts in [prefix, prefix[:-1] + '0'): '0'
+            # is the character right after '/'.
+            rows = self._conn.execute(
+                "SELECT path, size, mtime_ns FROM versions "
+                "WHERE path >= ? AND path < ? AND superseded = 0",
+                (prefix, prefix[:-1] + "0"),
+            ).fetchall()
         return {p: (s, m) for p, s, m in rows}
 
     # -- results -----------------------------------------------------------------------

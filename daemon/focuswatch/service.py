@@ -280,7 +280,7 @@ class Service:
         log.info("backend_checked", backend=backend.name, device=backend.device)
 
     def _scan_now(self, root: str) -> int:
-        known = self.ledger.known_paths()
+        known = self.ledger.known_paths(under=None if root == self.root else root)
         n = 0
         for path in scan(root, self.matcher):
             n += 1
@@ -533,18 +533,30 @@ class Service:
         self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
         if self._rescan_thread is not None and self._rescan_thread.is_alive():
             return
+        known = self.ledger.known_paths()  # once per rescan, read here (the ledger's thread)
         self._rescan_thread = threading.Thread(
-            target=self._rescan, name="focuswatch-rescan", daemon=True
+            target=self._rescan, args=(known,), name="focuswatch-rescan", daemon=True
         )
         self._rescan_thread.start()
 
-    def _rescan(self) -> None:
-        """Reconciliation: every file goes through the queue; known versions are skipped."""
-        n = 0
+    def _rescan(self, known: dict[str, tuple[int, int]]) -> None:
+        """Reconciliation: only files the ledger does not know as they are now are queued.
+
+        So the queue holds what changed, not the whole tree, however big the tree is.
+        """
+        n = queued = 0
         for path in scan(self.root, self.matcher):
-            self.changes.put(Change(path))
             n += 1
-        log.debug("rescan_done", files=n)
+            try:
+                st = os.stat(path)
+            except OSError:
+                pass  # queued: the readiness poll reports why (vanished, loop, ...)
+            else:
+                if known.get(path) == (st.st_size, st.st_mtime_ns):
+                    continue
+            self.changes.put(Change(path))
+            queued += 1
+        log.debug("rescan_done", files=n, queued=queued)
 
     def rescan_now(self) -> None:
         """Start a reconciliation scan at the next turn (for tests and operators)."""
