@@ -162,12 +162,11 @@ def test_unreadable_result_marks_version_failed_with_reason(led: Ledger) -> None
     assert rec.score is None
 
 
-def test_record_verdict_replaces_and_needs_a_result(led: Ledger) -> None:
+def test_verdict_record_needs_a_result_and_names_the_tile(led: Ledger) -> None:
     vid = add(led, "/w/a.tif", section="S_001", row=1, col=2)
     with pytest.raises(KeyError):
-        led.record_verdict(vid, OUT)
-    led.record_result(vid, verdict=IN, score=Score(5.0))
-    led.record_verdict(vid, OUT)
+        led.verdict_record(vid)
+    led.record_result(vid, verdict=OUT, score=Score(5.0))
     rec = led.verdict_record(vid)
     assert rec.verdict == OUT
     assert (rec.section, rec.row, rec.col, rec.score) == ("S_001", 1, 2, 5.0)

@@ -549,23 +549,6 @@ class Ledger:
                 )
             return True
 
-    def record_verdict(self, version_id: int, verdict: Verdict) -> None:
-        """Replace the verdict of a version that already has a result."""
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ? "
-                "WHERE version_id = ?",
-                (
-                    str(verdict.kind),
-                    verdict.reason,
-                    verdict.baseline,
-                    verdict.defocus_um,
-                    version_id,
-                ),
-            )
-            if cur.rowcount == 0:
-                raise KeyError(f"tile version {version_id} has no result yet")
-
     def result(self, version_id: int) -> dict[str, Any] | None:
         """The result row of a version as a dict (None before it has one)."""
         cur = self._conn.execute("SELECT * FROM results WHERE version_id = ?", (version_id,))
