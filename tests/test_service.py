@@ -268,15 +268,29 @@ def test_bad_inputs_each_get_a_recorded_reason_and_a_log_event(
 def test_permission_denied_is_recorded(
     tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:
-    """chmod 000 does not stop root: the worker drops to 'nobody' first when run as root."""
-    p = write_tif(tmp_path / "watch" / "secret.tif")
-    p.chmod(0)
-    tmp_path.chmod(0o755)
-    (tmp_path / "watch").chmod(0o755)
-    svc, sink = make_service(score_fn=read_score_unprivileged, watch=False)
-    turn_until(svc, lambda: len(sink.records) == 1)
-    assert sink.records[0].verdict.kind is VerdictKind.UNREADABLE
-    assert "permission denied" in sink.records[0].verdict.reason.lower()
+    """The file's own mode is the cause: its folder is open to everyone (a readable
+    sibling is scored), only the file itself is chmod 000. chmod 000 does not stop root,
+    so the worker drops to 'nobody' first when run as root."""
+    # pytest's base temp folder is 0700, which would deny 'nobody' at the parent folder;
+    # the watched tree lives in a 0755 folder of its own under /tmp (1777) instead.
+    with tempfile.TemporaryDirectory(prefix="focuswatch-perm-") as tree:
+        root = Path(tree)
+        root.chmod(0o755)
+        secret = write_tif(root / "S_001" / "secret.tif")
+        (root / "S_001").chmod(0o755)
+        readable = write_tif(root / "S_001" / "readable.tif", value=1)
+        readable.chmod(0o644)
+        secret.chmod(0)
+        base = make_cfg(tmp_path)
+        cfg = dataclasses.replace(base, watch=dataclasses.replace(base.watch, path=root))
+        svc, sink = make_service(cfg, score_fn=read_score_unprivileged, watch=False)
+        turn_until(svc, lambda: len(sink.records) == 2)
+        by = {r.path: r for r in sink.records}
+        assert by[str(readable)].verdict.kind is not VerdictKind.UNREADABLE
+        denied = by[str(secret)].verdict
+        assert denied.kind is VerdictKind.UNREADABLE
+        assert "permission denied" in denied.reason.lower()
+        svc.stop(grace_s=0.5)
 
 
 def test_stop_hands_in_flight_work_back_to_ready(
