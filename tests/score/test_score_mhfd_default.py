@@ -57,24 +57,27 @@ def test_default_falls_with_defocus_on_real_em_where_faithful_counts_noise(
 
 
 def test_fast_mode_agrees_with_exact(tissue: np.ndarray) -> None:
-    """Decimated coarse levels: same ranking through focus, counts within 10 % (or 8
-    maxima, where a badly blurred image has only a few dozen)."""
+    """Decimated levels: same ranking through focus, counts within 15 % (or 8 maxima,
+    where a badly blurred image has only a few dozen). A level on a coarse grid
+    (σ ≥ 1 coarse px) resolves fewer close pairs of maxima, so moderately blurred
+    images, whose maxima come from those levels, count up to ~12 % fewer."""
     ims = series(tissue, 30.0, seed=5)
     exact = [mhfd(im, backend=CPU) for im in ims]
     fast = [mhfd(im, backend=CPU, mode="fast") for im in ims]
     assert spearmanr(exact, fast)[0] == pytest.approx(1.0)
     for e, f in zip(exact, fast, strict=True):
-        assert abs(e - f) <= max(0.1 * e, 8), (exact, fast)
+        assert abs(e - f) <= max(0.15 * e, 8), (exact, fast)
 
 
-def test_fast_mode_samples_coarse_levels_exactly() -> None:
-    """Cropping the spectrum samples a band-limited level exactly (its transfer is below
-    e^-12 beyond the coarse Nyquist frequency): on the pixels of the coarsest grid the
-    fast maximum equals the exact one; in between it is linearly interpolated."""
+def test_fast_mode_samples_coarse_levels_to_within_aliasing() -> None:
+    """Cropping the spectrum samples a level on a coarse grid; what its Gaussian leaves
+    beyond the coarse Nyquist frequency (≤ exp(-π²/2) at σ = 1 coarse px) aliases:
+    on the pixels of the coarsest grid the fast maximum equals the exact one to ~1 %
+    of its range; in between it is linearly interpolated."""
     rng = np.random.default_rng(2)
     u = synth.neuropil((256, 256), rng=rng).astype(np.float64)
     F = CPU.fft.rfft2(u)
-    sig = PAPER_SIGMAS[12:]  # all coarse: σ ≥ 13 px, decimated 4 or 8 times
+    sig = PAPER_SIGMAS[12:]  # all coarse: σ ≥ 13 px, decimated 8 or 16 times
     ones = np.ones(len(sig) - 1)
     exact = dog_max(F, u.shape, sigmas=sig, scales=ones, backend=CPU, dtype=np.float64)
     fast = dog_max(
@@ -82,8 +85,8 @@ def test_fast_mode_samples_coarse_levels_exactly() -> None:
     )
     step = 16  # the coarsest grid used for σ ≥ 13 px on 256²
     scale = np.abs(exact).max()
-    np.testing.assert_allclose(fast[::step, ::step], exact[::step, ::step], atol=1e-4 * scale)
-    assert np.abs(exact - fast).max() < 0.2 * scale  # ~15 % at worst between samples
+    np.testing.assert_allclose(fast[::step, ::step], exact[::step, ::step], atol=0.01 * scale)
+    assert np.abs(exact - fast).max() < 0.3 * scale
     assert not np.array_equal(exact, fast)  # it really was decimated
 
 
