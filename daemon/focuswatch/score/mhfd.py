@@ -19,9 +19,11 @@ Modes (see the package docstring for why the default differs from the paper):
               ``T_i = max(contrast, k·σ_n·g_i)`` (``σ_n`` estimated from the image,
               ``g_i`` the level's exact white-noise gain), and the periodic + smooth
               decomposition so the circular FFT sees no seam at the image border.
-``fast``      ``default`` with every level whose Gaussian is band-limited computed
-              on a decimated grid (spectrum cropped, so the samples are exact to
-              ~1e-5) and the coarse maxima interpolated back (linearly).
+``fast``      ``default`` with every level computed on the coarsest grid on which
+              its σ is still ≥ 1 pixel (spectrum cropped), in two bands: full
+              resolution (σ = 1) and the decimated levels, merged onto the finest
+              decimated grid. Maxima are counted per band on the band's own grid
+              (``count_band_maxima``), so nothing is interpolated to full size.
 """
 
 from __future__ import annotations
