@@ -38,7 +38,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
       smooth decomposition removes that jump (one extra 1-D transform pair), so
       no maxima are counted along the image border. Native tiles use a real halo.
 ``fast``
-    ``default``'s scale space, thresholds and counting rule, about 3.5× cheaper
+    ``default``'s scale space, thresholds and counting rule, ~3.5-4× cheaper
     (bench/speed.py). Every level is computed on the coarsest power-of-two grid
     on which its σ is still ≥ 1 pixel (the sampling of exact mode's finest
     level; spectrum cropped), so only σ = 1 runs at full resolution. Maxima are
@@ -47,7 +47,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     and must not lie below the fine band around them; a fine maximum must not
     lie below the interpolated coarse band. The stretch percentiles and the
     finest noise estimates are taken on a sparser sample. Ranks like exact mode
-    (Spearman 0.997 on bench/accuracy.py's ISBI series); counts run a few per
+    (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts run a few per
     cent low (up to ~12 % at moderate blur: a coarse grid resolves fewer close
     pairs of maxima), so compare fast scores with fast scores.
 
