@@ -47,9 +47,9 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     and must not lie below the fine band around them; a fine maximum must not
     lie below the interpolated coarse band. The stretch percentiles and the
     finest noise estimates are taken on a sparser sample. Ranks like exact mode
-    (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts run a few per
-    cent low (up to ~12 % at moderate blur: a coarse grid resolves fewer close
-    pairs of maxima), so compare fast scores with fast scores.
+    (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts
+    run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
+    fewer close pairs of maxima), so compare fast scores with fast scores.
 
 Resolutions: ``patches`` (the default), ``resized`` (whole tile at 1024², the
 paper) and ``native`` (whole tile at full size, in blocks with a halo, memory
