@@ -141,6 +141,14 @@ def test_float64_and_float32_agree(tissue: np.ndarray) -> None:
     assert a == pytest.approx(b, rel=0.002)
 
 
+def test_float64_beyond_float32_range_scores_like_the_same_image_in_range(
+    tissue: np.ndarray,
+) -> None:
+    """Only relative intensities matter: ±1e300 data must not overflow on the way to [0, 1]."""
+    img = series(tissue, 30.0)[1].astype(np.float64)
+    assert mhfd(img * 2e300 - 1e300, backend=CPU) == mhfd(img, backend=CPU)
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [

@@ -110,7 +110,15 @@ def stretched(image: Any, backend: Backend, *, limits: tuple[float, float], dtyp
     """``image`` clipped to ``limits`` and mapped to [0, 1] in ``dtype`` (a new array)."""
     xp = backend.xp
     lo, hi = limits
-    out = xp.asarray(image).astype(dtype)  # a copy, on the backend's device
+    src = xp.asarray(image)
+    if np.dtype(src.dtype).itemsize > np.dtype(dtype).itemsize and src.dtype.kind == "f":
+        # Float64 data beyond float32's range would overflow to inf if cast first:
+        # map to [0, 1] in float64, then narrow.
+        wide = xp.clip(src, lo, hi)
+        wide -= lo
+        wide *= 1.0 / (hi - lo)
+        return wide.astype(dtype)
+    out = src.astype(dtype)  # a copy, on the backend's device
     xp.clip(out, dtype(lo), dtype(hi), out=out)
     out -= dtype(lo)
     out *= dtype(1.0 / (hi - lo))
