@@ -162,10 +162,10 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=3, help="tiles written one by one")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    logs.configure("warning")  # the service's per-tile events would drown the table
+    logs.configure("error")  # the service's per-tile events and alerts would drown the table
     print(
         f"{'size':>6} {'score alone':>12} {'latency med':>12} {'latency max':>12} "
-        f"{'tiles/s':>8} {'svc/tile':>9} {'overhead':>9}"
+        f"{'tiles/s':>8} {'svc/tile':>9} {'wkr/tile':>10} {'vs alone':>10} {'vs worker':>10}"
     )
     for size in args.sizes:
         r = run_size(size, count=args.count, latency_n=args.latency, workers=args.workers)
