@@ -25,6 +25,7 @@ from focuswatch.config import parse
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Job, Outcome
 from focuswatch.scoring import ScoreSettings, TileScore
+from loopback import local_cluster
 
 distributed = pytest.importorskip("distributed")
 
@@ -132,13 +133,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Without a dashboard the scheduler still serves /metrics over HTTP, by default on 8787;
-# when that port is taken (another cluster of this module or a neighbour on a shared
-# machine) distributed warns and moves, which filterwarnings=error would turn into a
-# failure. A random port on loopback avoids the clash instead of hiding the warning.
-NO_FIXED_PORTS = {"dashboard_address": "127.0.0.1:0"}
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -146,14 +140,7 @@ def port_open(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs=NO_FIXED_PORTS,
-    ) as c:
+    with local_cluster(2) as c:
         yield c
 
 
@@ -268,14 +255,7 @@ def test_a_tile_that_kills_every_worker_it_runs_on_is_a_retryable_outcome(
     (gate,) = write_tiles(tmp_path, ["gate.tif"])
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs=NO_FIXED_PORTS,
-        ) as small,
+        local_cluster(1) as small,
     ):
         ex = DaskExecutor(small.scheduler_address, score_fn=gated_score, connect_timeout_s=5)
         try:

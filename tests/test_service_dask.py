@@ -20,6 +20,7 @@ from focuswatch.config import Config, parse
 from focuswatch.ledger import Ledger
 from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
+from loopback import local_cluster
 
 distributed = pytest.importorskip("distributed")
 
@@ -28,16 +29,7 @@ DEADLINE_S = 20.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    # A random port for the scheduler's HTTP server (as in test_cluster.py): the
-    # default 8787 may be taken, and distributed's warning would fail the test.
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    ) as c:
+    with local_cluster(2) as c:
         yield c
 
 

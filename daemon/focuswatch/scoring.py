@@ -130,6 +130,21 @@ def score_array(image: Any, *, name: str, settings: ScoreSettings, meta: Any = N
     """Score an in-memory image as if it had been read from ``name``."""
     _check_settings(settings)
     backend = _backend(settings.backend)
+    result, score_ms = _score_whole(image, name=name, settings=settings, backend=backend)
+    dtype = str(getattr(image, "dtype", "?"))
+    return _tile_score(
+        result, path=name, backend=backend, dtype=dtype, read_ms=0.0, score_ms=score_ms, meta=meta
+    )
+
+
+def _score_whole(
+    image: Any, *, name: str, settings: ScoreSettings, backend: Backend
+) -> tuple[ScoreResult, float]:
+    """The core's score of an in-memory image and the milliseconds it took.
+
+    The core's ``ValueError`` (constant, NaN-only, too small ...) becomes this
+    tile's ``TileError``.
+    """
     t0 = time.perf_counter()
     try:
         result = score_image(
@@ -142,11 +157,7 @@ def score_array(image: Any, *, name: str, settings: ScoreSettings, meta: Any = N
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
-    score_ms = (time.perf_counter() - t0) * 1e3
-    dtype = str(getattr(image, "dtype", "?"))
-    return _tile_score(
-        result, path=name, backend=backend, dtype=dtype, read_ms=0.0, score_ms=score_ms, meta=meta
-    )
+    return result, (time.perf_counter() - t0) * 1e3
 
 
 def decoded_mb(shape: tuple[int, int], dtype: Any) -> float:
@@ -168,19 +179,7 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
             return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
         image = tile.read()
     read_ms = (time.perf_counter() - t0) * 1e3
-    t1 = time.perf_counter()
-    try:
-        result = score_image(
-            image,
-            backend=backend,
-            criterion=settings.criterion,
-            mode=settings.mode,
-            resolution=settings.resolution,
-            patch_size=settings.patch_size,
-        )
-    except ValueError as exc:
-        raise TileError(name, _reason(exc)) from None
-    score_ms = (time.perf_counter() - t1) * 1e3
+    result, score_ms = _score_whole(image, name=name, settings=settings, backend=backend)
     return _tile_score(
         result,
         path=name,
