@@ -32,7 +32,8 @@ import tifffile
 from focuswatch import logs, scoring, synth
 from focuswatch.config import Config, ScoringConfig, WatchConfig
 from focuswatch.ledger import Ledger
-from focuswatch.service import Service, score_settings
+from focuswatch.scoring import ScoreSettings
+from focuswatch.service import Service
 from focuswatch.verdict import VerdictRecord
 
 
@@ -96,7 +97,7 @@ def run_size(size: int, *, count: int, latency_n: int, workers: int) -> dict[str
         alone_dir = root / "alone"
         files = [write(alone_dir / f"t{i}.tif", data) for i in range(count)]
         del files
-        settings = score_settings(cfg)
+        settings = ScoreSettings.from_config(cfg.scoring)
         scoring.score_path(alone_dir / "t0.tif", settings)  # warm-up (FFT plans, imports)
         t0 = time.perf_counter()
         for i in range(count):

@@ -629,7 +629,6 @@ def test_public_names() -> None:
         "Sink",
         "build_executor",
         "main",
-        "score_settings",
     ]
 
 

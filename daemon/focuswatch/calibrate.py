@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
 
 __all__ = ["Calibration", "fit_calibration", "main", "write_plot"]
@@ -296,7 +297,7 @@ def main(
     pattern: str | None = None,
     out: Path = Path("calibration.json"),
     plot: Path | None = None,
-    cfg: Any = None,
+    cfg: Config | None = None,
 ) -> int:
     """``focuswatch calibrate``: score the series, fit, save, report.
 
@@ -305,15 +306,7 @@ def main(
     """
     from focuswatch.scoring import ScoreSettings, score_path
 
-    sc = getattr(cfg, "scoring", None)
-    settings = ScoreSettings(
-        criterion=getattr(sc, "criterion", "mhfd"),
-        mode=getattr(sc, "mode", "default"),
-        resolution=getattr(sc, "resolution", "patches"),
-        patch_size=getattr(sc, "patch_size", 1024),
-        backend=getattr(sc, "backend", "auto"),
-        memory_limit_mb=getattr(sc, "memory_limit_mb", 2048),
-    )
+    settings = ScoreSettings.from_config((cfg or Config()).scoring)
     regex = None
     if pattern is not None:
         try:

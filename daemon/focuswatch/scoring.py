@@ -28,6 +28,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
+from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import ScoreResult, check_options, score_image, score_patches
 from focuswatch.score._dtypes import float_dtype
@@ -43,6 +44,18 @@ class ScoreSettings:
     patch_size: int = 1024
     backend: str = "auto"
     memory_limit_mb: int = 2048
+
+    @classmethod
+    def from_config(cls, sc: ScoringConfig) -> ScoreSettings:
+        """The settings a ``[scoring]`` config section asks for."""
+        return cls(
+            criterion=sc.criterion,
+            mode=sc.mode,
+            resolution=sc.resolution,
+            patch_size=sc.patch_size,
+            backend=sc.backend,
+            memory_limit_mb=sc.memory_limit_mb,
+        )
 
 
 @dataclass(frozen=True)

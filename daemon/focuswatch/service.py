@@ -46,7 +46,7 @@ from focuswatch.scoring import ScoreSettings
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
 
-__all__ = ["Service", "Sink", "build_executor", "main", "score_settings"]
+__all__ = ["Service", "Sink", "build_executor", "main"]
 
 log = structlog.get_logger("focuswatch.service")
 
@@ -69,18 +69,6 @@ class Sink(Protocol):
 
 
 EventHook = Callable[[str, dict[str, Any]], None]
-
-
-def score_settings(cfg: Config) -> ScoreSettings:
-    s = cfg.scoring
-    return ScoreSettings(
-        criterion=s.criterion,
-        mode=s.mode,
-        resolution=s.resolution,
-        patch_size=s.patch_size,
-        backend=s.backend,
-        memory_limit_mb=s.memory_limit_mb,
-    )
 
 
 def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
@@ -177,7 +165,7 @@ class Service:
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
             )
             self.changes: queue.Queue[Change] = queue.Queue()
-            self.settings = score_settings(cfg)
+            self.settings = ScoreSettings.from_config(cfg.scoring)
             self.notifier = notifier or sdnotify.Notifier()
             self._on_event = on_event
             if decide is None:
