@@ -105,6 +105,7 @@ class ScoringConfig:
     tile_timeout_s: float = _opt(300.0, _range(1.0))
     max_attempts: int = _opt(3, _range(1, 100))
     memory_limit_mb: int = _opt(2048, _range(64))
+    gpu_overlap: bool = _opt(True)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class ClusterConfig:
     on_unreachable: str = _opt("fallback", _one_of("fallback", "wait"))
     connect_timeout_s: float = _opt(10.0, _range(0.1, 3600))
     send_bytes: bool = _opt(False)
+    restart_hung_workers: bool = _opt(True)
 
 
 @dataclass(frozen=True)
