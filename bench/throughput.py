@@ -3,8 +3,10 @@
 Runs each configuration through the real path the daemon uses (``DaskExecutor`` on a
 ``distributed.LocalCluster`` of N single-threaded worker processes on 127.0.0.1,
 ``scoring.score_path`` on each worker) and prints one table, with the machine it
-ran on. With ``--gpu`` (and a GPU present) it also times ``gpu.score_paths_gpu`` on
-8192² tiles with and without the copy/compute overlap.
+ran on. With ``--gpu`` (and a GPU present) it also times the daemon's GPU path, a
+``LocalExecutor`` GPU worker scoring through ``gpu.score_path_gpu``, on 8192² tiles
+with the copy/compute overlap (two tiles in flight: ``scoring.gpu_overlap = true``)
+and without (one), alternating the two settings.
 
     python bench/throughput.py                      # 1 and 2 workers, 2048² uint16 tiles
     python bench/throughput.py --workers 1 2 4 8    # on a bigger machine
@@ -30,8 +32,8 @@ import tifffile
 
 from focuswatch.cluster import DaskExecutor
 from focuswatch.errors import BackendError
-from focuswatch.executor import Job
-from focuswatch.scoring import ScoreSettings, TileScore
+from focuswatch.executor import Executor, Job
+from focuswatch.scoring import ScoreSettings
 
 
 def cpu_model() -> str:
@@ -85,7 +87,7 @@ def dask_tiles_per_s(
 
 
 def run(
-    ex: DaskExecutor, paths: list[Path], settings: ScoreSettings, *, first_id: int, timeout_s: float
+    ex: Executor, paths: list[Path], settings: ScoreSettings, *, first_id: int, timeout_s: float
 ) -> None:
     jobs = [Job(first_id + i, str(p), settings) for i, p in enumerate(paths)]
     done = 0
@@ -108,17 +110,25 @@ def run(
         done += drain(1.0)
 
 
-def gpu_tiles_per_s(paths: list[Path], settings: ScoreSettings, *, overlap: bool) -> float:
-    from focuswatch.gpu import score_paths_gpu
+def gpu_tiles_per_s(
+    paths: list[Path], settings: ScoreSettings, *, overlap: bool, timeout_s: float
+) -> float:
+    """Tiles/s through one GPU worker process, as the daemon runs it (after warm-up)."""
+    from focuswatch.gpu import score_path_gpu
+    from focuswatch.worker import LocalExecutor
 
-    score_paths_gpu(paths[:1], settings, overlap=overlap)  # warm-up: kernels, FFT plans
-    t0 = time.perf_counter()
-    results = score_paths_gpu(paths, settings, overlap=overlap)
-    elapsed = time.perf_counter() - t0
-    bad = [r for r in results if not isinstance(r, TileScore)]
-    if bad:
-        raise SystemExit(f"GPU scoring failed: {bad[0]}")
-    return len(paths) / elapsed
+    with LocalExecutor(
+        workers=1,
+        devices=[0],
+        score_fn=score_path_gpu,
+        tiles_per_worker=2 if overlap else 1,
+        queue_size=4,
+        tile_timeout_s=timeout_s,
+    ) as ex:
+        run(ex, paths[:2], settings, first_id=1, timeout_s=timeout_s)  # kernels, FFT plans
+        t0 = time.perf_counter()
+        run(ex, paths, settings, first_id=1000, timeout_s=timeout_s)
+        return len(paths) / (time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 gpu = ScoreSettings(
                     criterion=args.criterion, mode=args.mode, patch_size=args.patch_size
                 )
-                for overlap in (False, True):
-                    rate = gpu_tiles_per_s(paths, gpu, overlap=overlap)
+                for overlap in (False, True, False, True):  # alternated: drift hits both
+                    rate = gpu_tiles_per_s(paths, gpu, overlap=overlap, timeout_s=args.timeout)
                     label = "overlap" if overlap else "no overlap"
                     rows.append(("8192²", f"gpu {device}", label, rate))
 

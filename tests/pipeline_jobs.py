@@ -10,12 +10,17 @@ the tile's path says what to do.
 - ``BAD``: raises TileError (a bad tile, not a worker failure)
 - ``NOGPU``: raises BackendError (this worker cannot use the GPU asked for)
 - ``BUG``: raises RuntimeError (a bug in scoring)
+- ``MARK``: leaves ``<path>.ran`` next to the tile when it starts
+- ``STALLFIRST``: like ``MARK``, then hangs the first time only
+- ``AFTER``: first waits (at most 20 s) for ``<other>.ran``, where the tile's content
+  is the other tile's path: it runs only if the other tile runs at the same time
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -26,8 +31,27 @@ from focuswatch.errors import BackendError, TileError
 from focuswatch.scoring import ScoreSettings, TileScore
 
 
+def _wait_for(marker: Path, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def fake_score(path: str, settings: ScoreSettings) -> TileScore:
     name = os.path.basename(path)
+    if "AFTER" in name:
+        other = Path(path).read_text()
+        if not _wait_for(Path(other + ".ran")):
+            raise TileError(path, f"{os.path.basename(other)} never ran meanwhile")
+    if "MARK" in name or "STALLFIRST" in name:
+        ran = Path(path + ".ran")
+        first = not ran.exists()
+        ran.write_text("x")
+        if first and "STALLFIRST" in name:
+            time.sleep(3600)
     if "ONCE" in name:
         marker = Path(path + ".crashed")
         if not marker.exists():
@@ -36,7 +60,9 @@ def fake_score(path: str, settings: ScoreSettings) -> TileScore:
     if "CRASH" in name:
         os.kill(os.getpid(), signal.SIGKILL)
     if "SEGV" in name:
-        os.kill(os.getpid(), signal.SIGSEGV)
+        # Aimed at this thread, as a real fault is: a process-wide SIGSEGV may land on
+        # another thread while this one runs on and reports a score before the core dump.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
     if "EXIT" in name:
         os._exit(3)
     if "HANG" in name:

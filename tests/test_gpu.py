@@ -1,16 +1,25 @@
-"""GPU serving: prefetching into pinned memory on a copy stream; clear errors without a GPU."""
+"""GPU serving: the lane reads and copies one tile while another is scored.
+
+The choreography is checked on a recording stand-in for CuPy (``fake_cupy``: no GPU
+runs here); the tests marked ``gpu`` run the same lane on real CuPy.
+"""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tifffile
 
+from fake_cupy import FakeCupy, fake_backend
+from focuswatch import scoring
 from focuswatch.backend import get_backend
 from focuswatch.errors import BackendError, TileError
-from focuswatch.gpu import Prefetcher, require_gpu, score_paths_gpu
+from focuswatch.gpu import GpuLane, require_gpu, score_path_gpu
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
 
@@ -25,6 +34,8 @@ def _gpu_available() -> bool:
 HAS_GPU = _gpu_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and an NVIDIA GPU")
 
+CPU = ScoreSettings(backend="cpu", patch_size=256)
+
 
 def write_tiles(folder: Path, shapes: list[tuple[int, int]]) -> list[Path]:
     rng = np.random.default_rng(1)
@@ -36,47 +47,159 @@ def write_tiles(folder: Path, shapes: list[tuple[int, int]]) -> list[Path]:
     return paths
 
 
+class HostScore:
+    """The lane's scoring step on the stand-in: checks the 'device' holds the file's
+    pixels, logs the call and scores on the CPU; ``during`` runs while it holds the GPU."""
+
+    def __init__(self, cp: FakeCupy, during: Any = None) -> None:
+        self.cp = cp
+        self.during = during
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, image: Any, *, name: str, settings: ScoreSettings, **kw: Any) -> TileScore:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.cp.note("score", name)
+            np.testing.assert_array_equal(np.asarray(image), tifffile.imread(name))
+            if self.during is not None:
+                self.during(name)
+            return scoring.score_array(np.array(image), name=name, settings=settings, **kw)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
 @pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU; the no-GPU answer cannot be seen")
 def test_without_a_gpu_the_worker_says_it_has_none(tmp_path: Path) -> None:
+    (path,) = write_tiles(tmp_path, [(256, 256)])
     with pytest.raises(BackendError, match=r"^this worker has no usable GPU: "):
         require_gpu()
     with pytest.raises(BackendError, match=r"^this worker has no usable GPU: "):
-        Prefetcher(write_tiles(tmp_path, [(256, 256)]))
-    with pytest.raises(BackendError, match=r"^this worker has no usable GPU: "):
-        score_paths_gpu([], ScoreSettings())
+        score_path_gpu(path, ScoreSettings())
 
 
-@pytest.mark.gpu
-@needs_gpu
-@pytest.mark.parametrize("overlap", [True, False])
-def test_prefetched_tiles_equal_the_files_even_when_shapes_change(
-    tmp_path: Path, overlap: bool
+def test_each_tile_is_copied_on_a_non_blocking_stream_and_scored_after_its_own_copy(
+    tmp_path: Path,
 ) -> None:
-    """Buffers are reused between same-shaped tiles and replaced when the shape changes;
-    every yielded device array holds exactly its file's pixels."""
+    """Per tile: pinned buffer → copy on the slot's non-blocking stream → event →
+    the compute stream waits for that event → scoring sees exactly the file's pixels.
+    Pinned buffers are reused while the shape stays and replaced when it changes."""
+    backend, cp = fake_backend()
+    lane = GpuLane(backend, score=HostScore(cp))
     shapes = [(512, 512), (512, 512), (256, 384), (512, 512), (512, 512)]
     paths = write_tiles(tmp_path, shapes)
+    for p in paths:
+        assert lane.score_path(p, CPU).score == pytest.approx(score_path(p, CPU).score)
+    steps = [e for e in cp.log if e[0] != "pinned"]
+    assert len(steps) == 4 * len(paths)
+    for i, p in enumerate(paths):
+        copy, record, wait, score = steps[4 * i : 4 * i + 4]
+        assert copy[0] == "copy"
+        assert copy[1].non_blocking
+        assert record[0] == "record"
+        assert record[1] is copy[1]
+        assert wait[0] == "wait"
+        assert wait[1].null
+        assert wait[2] is record[2]
+        assert score == ("score", str(p))
+    pinned = [e[1] for e in cp.log if e[0] == "pinned"]
+    assert pinned == [512 * 512 * 2, 256 * 384 * 2, 512 * 512 * 2]
+
+
+def test_the_next_tile_is_read_and_copied_while_the_current_one_is_scored(
+    tmp_path: Path,
+) -> None:
+    """With two callers, tile B reaches the device while tile A holds the GPU."""
+    a, b = write_tiles(tmp_path, [(512, 512), (512, 512)])
+    backend, cp = fake_backend()
+    a_scoring, b_copied = threading.Event(), threading.Event()
+    cp.on_note = lambda e: b_copied.set() if e[0] == "copy" and a_scoring.is_set() else None
+    seen: dict[str, bool] = {}
+
+    def during(name: str) -> None:
+        if name == str(a):
+            a_scoring.set()
+            seen["b copied while a scored"] = b_copied.wait(30.0)
+
+    lane = GpuLane(backend, score=HostScore(cp, during))
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(lane.score_path, a, CPU)
+        assert a_scoring.wait(30.0)
+        fb = pool.submit(lane.score_path, b, CPU)
+        assert fa.result(60).path == str(a)
+        assert fb.result(60).path == str(b)
+    assert seen == {"b copied while a scored": True}
+
+
+def test_a_lane_of_depth_one_reads_nothing_while_it_scores(tmp_path: Path) -> None:
+    """``depth=1`` (``scoring.gpu_overlap = false``): B waits for A's scoring to end."""
+    a, b = write_tiles(tmp_path, [(256, 256), (256, 256)])
+    backend, cp = fake_backend()
+    a_scoring, b_copied = threading.Event(), threading.Event()
+    cp.on_note = lambda e: b_copied.set() if e[0] == "copy" and a_scoring.is_set() else None
+    seen: dict[str, bool] = {}
+
+    def during(name: str) -> None:
+        if name == str(a):
+            a_scoring.set()
+            seen["b copied while a scored"] = b_copied.wait(0.5)  # bounded: it must not come
+
+    lane = GpuLane(backend, depth=1, score=HostScore(cp, during))
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(lane.score_path, a, CPU)
+        assert a_scoring.wait(30.0)
+        fb = pool.submit(lane.score_path, b, CPU)
+        fa.result(60), fb.result(60)
+    assert seen == {"b copied while a scored": False}
+    assert b_copied.is_set()  # ... and afterwards it was
+
+
+def test_two_callers_score_one_at_a_time_and_a_bad_tile_harms_no_other(tmp_path: Path) -> None:
+    """Eight tiles (one corrupt) from two threads: scoring never runs twice at once,
+    every good tile scores as ``score_path`` does, the corrupt one says why."""
+    paths = write_tiles(tmp_path, [(512, 512)] * 4 + [(256, 512)] * 3)
     bad = tmp_path / "Tile_r9-c9_S_001.tif"
     bad.write_bytes(b"not a tiff")
-    order = [*paths[:2], bad, *paths[2:]]
-    seen = []
-    for tile in Prefetcher(order, overlap=overlap):
-        if tile.path == str(bad):
-            assert isinstance(tile.error, TileError)
-            continue
-        host = tile.image.get()  # on the current stream, after the copy event
-        np.testing.assert_array_equal(host, tifffile.imread(tile.path))
-        seen.append(tile.path)
-    assert seen == [str(p) for p in paths]
+    backend, cp = fake_backend()
+    step = HostScore(cp)
+    lane = GpuLane(backend, score=step)
+    with ThreadPoolExecutor(2) as pool:
+        futures = {p: pool.submit(lane.score_path, p, CPU) for p in [*paths[:3], bad, *paths[3:]]}
+        with pytest.raises(TileError) as err:
+            futures.pop(bad).result(60)
+        got = {p: f.result(60).score for p, f in futures.items()}
+    assert err.value.reason == "not a TIFF file despite its name"
+    assert got == {p: pytest.approx(score_path(p, CPU).score) for p in paths}
+    assert step.max_active == 1
+
+
+def test_a_tile_over_the_memory_limit_is_scored_from_the_file_in_patches(tmp_path: Path) -> None:
+    (path,) = write_tiles(tmp_path, [(1024, 1024)])
+    backend, cp = fake_backend()
+    lane = GpuLane(backend, score=HostScore(cp))
+    guarded = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1)
+    ts = lane.score_path(path, guarded)
+    assert ts.score == pytest.approx(score_path(path, guarded).score)
+    assert not [e for e in cp.log if e[0] in ("copy", "score")]  # never sent whole
+
+
+def test_a_lane_needs_at_least_one_slot() -> None:
+    backend, _ = fake_backend()
+    with pytest.raises(ValueError, match="depth"):
+        GpuLane(backend, depth=0)
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_gpu_loop_scores_like_score_path_with_and_without_overlap(tmp_path: Path) -> None:
-    paths = write_tiles(tmp_path, [(1024, 1024)] * 3)
+def test_on_a_gpu_two_callers_score_like_score_path(tmp_path: Path) -> None:
+    paths = write_tiles(tmp_path, [(1024, 1024)] * 3 + [(512, 768)] * 2)
     settings = ScoreSettings(backend="gpu", patch_size=512)
     expected = [score_path(p, settings).score for p in paths]
-    for overlap in (True, False):
-        got = score_paths_gpu(paths, settings, overlap=overlap)
-        assert all(isinstance(g, TileScore) for g in got)
-        assert [g.score for g in got if isinstance(g, TileScore)] == pytest.approx(expected)
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda p: score_path_gpu(p, settings), paths))
+    assert [g.score for g in got] == pytest.approx(expected)
+    assert all(g.backend == "cupy" for g in got)

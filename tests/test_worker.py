@@ -146,6 +146,78 @@ def test_service_and_dask_fallback_build_the_same_local_executor(tmp_path: Path)
             ex.close()
 
 
+@pytest.fixture(scope="module")
+def pair_ex() -> Iterator[LocalExecutor]:
+    """One worker that holds two tiles at once (a GPU worker with ``gpu_overlap``)."""
+    with LocalExecutor(
+        workers=1, tiles_per_worker=2, tile_timeout_s=2.0, queue_size=4, score_fn=fake_score
+    ) as e:
+        yield e
+
+
+def pair(tmp_path: Path, first: str, second: str) -> tuple[str, str]:
+    """Two tiles; the first one's content names the second (for ``AFTER``)."""
+    b = tile(tmp_path, second)
+    a = tmp_path / first
+    a.write_text(b)
+    return str(a), b
+
+
+def test_a_worker_with_two_tiles_scores_them_at_the_same_time(
+    pair_ex: LocalExecutor, tmp_path: Path
+) -> None:
+    """The first tile can only finish if the second one starts while it runs."""
+    a, b = pair(tmp_path, "a_AFTER.tif", "b_MARK.tif")
+    pair_ex.submit(Job(1, a, SETTINGS))
+    pair_ex.submit(Job(2, b, SETTINGS))
+    got = collect(pair_ex, 2)
+    assert (got[1].error, got[2].error) == (None, None)
+    assert pair_ex.describe()["tiles_per_worker"] == 2
+
+
+def test_a_worker_that_dies_holding_two_tiles_has_each_retried_alone(
+    pair_ex: LocalExecutor, tmp_path: Path
+) -> None:
+    """Which tile killed it? Neither is charged; each runs alone next, and the one that
+    kills its worker then is blamed: the innocent tile (the older one) scores fine."""
+    restarts = pair_ex.restarts
+    crasher, innocent = pair(tmp_path, "a_AFTER_CRASH.tif", "b_STALLFIRST.tif")
+    pair_ex.submit(Job(10, innocent, SETTINGS))  # the oldest: a naive rule would blame it
+    pair_ex.submit(Job(11, crasher, SETTINGS))
+    got = collect(pair_ex, 2)
+    assert got[10].result is not None
+    assert got[10].error is None
+    assert got[11].retryable
+    assert "killed by SIGKILL" in (got[11].error or "")
+    assert pair_ex.restarts == restarts + 2  # both together, then the crasher alone
+
+
+def test_a_timeout_blames_the_oldest_tile_and_requeues_the_other_uncharged(
+    pair_ex: LocalExecutor, tmp_path: Path
+) -> None:
+    pair_ex.submit(Job(20, tile(tmp_path, "HANG.tif"), SETTINGS))
+    pair_ex.submit(Job(21, tile(tmp_path, "x_STALLFIRST.tif"), SETTINGS))
+    got = collect(pair_ex, 2)
+    assert got[20].retryable
+    assert "longer than 2 s" in (got[20].error or "")
+    assert got[21].result is not None  # ran again after the kill, and finished
+    assert got[21].error is None
+
+
+def test_gpu_workers_score_through_the_gpu_lane_two_tiles_at_a_time(tmp_path: Path) -> None:
+    from focuswatch import gpu
+    from focuswatch.config import Config, ScoringConfig
+    from focuswatch.worker import local_executor
+
+    for overlap, tiles in ((True, 2), (False, 1)):
+        cfg = Config(state_dir=tmp_path, scoring=ScoringConfig(backend="gpu", gpu_overlap=overlap))
+        with local_executor(cfg) as ex:
+            assert ex._score_fn is gpu.score_path_gpu
+            assert ex.describe()["tiles_per_worker"] == tiles
+    with local_executor(Config(state_dir=tmp_path)) as ex:  # CPU: one tile per process
+        assert ex.describe()["tiles_per_worker"] == 1
+
+
 def test_describe_exit_names_signals() -> None:
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(2) == "exit code 2"
@@ -157,6 +229,8 @@ def test_bad_parameters_are_rejected() -> None:
         LocalExecutor(workers=0)
     with pytest.raises(ValueError, match="fork is unsafe"):
         LocalExecutor(start_method="fork")
+    with pytest.raises(ValueError, match="tiles_per_worker"):
+        LocalExecutor(tiles_per_worker=0)
 
 
 def test_spawn_start_method_also_works(tmp_path: Path) -> None:

@@ -1,18 +1,22 @@
 """GPU serving: read and copy the next tile while the current one is scored.
 
 On a GPU worker the time per tile is read (disk, decode) + host→device copy +
-scoring. The first two need no GPU compute, so ``Prefetcher`` does them for tile
-``i+1`` in a background thread while the caller scores tile ``i``:
+scoring. Only scoring needs the GPU's compute, so a ``GpuLane`` lets two tiles be
+in flight on one GPU: while one caller scores tile *i* (under the lane's compute
+lock), another reads tile *i+1*:
 
-* the tile is read (``focuswatch.tiles``, same checks and metadata as everywhere)
-  and placed in **pinned** host memory (``cupy.cuda.alloc_pinned_memory``), the only
-  kind a copy engine can read asynchronously;
-* it is copied to the device on a separate **non-blocking** stream (a blocking one
-  would serialise with the legacy default stream that scoring runs on);
-* scoring waits on that copy's event only, and records an event when it is done,
-  which the copy of the tile after next waits on before reusing the buffers
-  (two slots, each a pinned host buffer and a device buffer, reused while shapes
-  stay the same).
+* into **pinned** host memory (``cupy.cuda.alloc_pinned_memory``), the only kind a
+  copy engine can read asynchronously;
+* and copies it to the device on its slot's own **non-blocking** stream (a blocking
+  one would serialise with the legacy default stream that scoring runs on);
+* scoring waits on that copy's event only, then runs alone on the GPU.
+
+A slot (pinned buffer, device buffer, copy stream) is held from read to the end of
+scoring, which returns host values and so has finished with both buffers; slots
+are reused while tile shapes stay the same. The callers are the threads of a worker
+process (``worker.LocalExecutor`` with two tiles per GPU worker) or of a Dask worker
+(``--nthreads 2``, tasks asking for half a GPU), so the overlap needs no queue of
+its own and every tile keeps its own job, time limit and retry.
 
 CuPy is imported only through ``focuswatch.backend.get_backend("gpu")``, never at
 module import. Without a usable GPU everything here raises ``BackendError``
@@ -22,10 +26,9 @@ module import. Without a usable GPU everything here raises ``BackendError``
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,13 @@ import numpy as np
 
 from focuswatch import scoring, tiles
 from focuswatch.backend import Backend, get_backend
-from focuswatch.errors import BackendError, TileError
+from focuswatch.errors import BackendError
 from focuswatch.scoring import ScoreSettings, TileScore
 
-__all__ = ["DeviceTile", "Prefetcher", "require_gpu", "score_paths_gpu"]
+__all__ = ["GpuLane", "lane", "require_gpu", "score_path_gpu"]
+
+#: Tiles in flight on one GPU: one scored, one read and copied meanwhile.
+DEPTH = 2
 
 
 def require_gpu() -> Backend:
@@ -47,138 +53,111 @@ def require_gpu() -> Backend:
         raise BackendError(f"this worker has no usable GPU: {exc}") from None
 
 
-@dataclass(frozen=True)
-class DeviceTile:
-    """One tile on the device (``image``, valid until the next tile is requested), or
-    the reason it could not be read (``error``)."""
-
-    path: str
-    image: Any
-    meta: Any
-    read_ms: float
-    error: TileError | None = None
-
-
 class _Slot:
-    """A pinned host buffer and a device buffer for one tile in flight, with the events
-    that say when each may be reused."""
+    """A pinned host buffer, a device buffer and a copy stream for one tile in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, cp: Any) -> None:
+        self._cp = cp
         self.shape: tuple[int, ...] = ()
         self.dtype: Any = None
         self.host: Any = None
         self.device: Any = None
-        self.copied: Any = None  # event: the host→device copy out of ``host`` is done
-        self.consumed: Any = None  # event: scoring of what is in ``device`` is done
+        self.stream = cp.cuda.Stream(non_blocking=True)
 
-    def ensure(self, shape: tuple[int, ...], dtype: Any, cp: Any) -> None:
+    def fit(self, shape: tuple[int, ...], dtype: Any) -> None:
+        """Buffers for ``shape`` and ``dtype`` (the old ones are idle: see ``GpuLane``)."""
         if self.host is not None and self.shape == shape and self.dtype == dtype:
             return
-        if self.copied is not None:
-            self.copied.synchronize()  # the old pinned buffer may still be read by a copy
-        if self.consumed is not None:
-            self.consumed.synchronize()
         count = int(np.prod(shape))
-        nbytes = count * np.dtype(dtype).itemsize
-        mem = cp.cuda.alloc_pinned_memory(max(nbytes, 1))
+        mem = self._cp.cuda.alloc_pinned_memory(max(count * np.dtype(dtype).itemsize, 1))
         self.host = np.frombuffer(mem, dtype=dtype, count=count).reshape(shape)
-        self.device = cp.empty(shape, dtype=dtype)
+        self.device = self._cp.empty(shape, dtype=dtype)
         self.shape, self.dtype = shape, dtype
-        self.copied = self.consumed = None
 
 
-class Prefetcher:
-    """Yield ``DeviceTile``s for ``paths`` in order; with ``overlap`` the next tile is read,
-    pinned and copied on its own stream while the caller scores the current one.
+class GpuLane:
+    """Scores tiles on one GPU for any number of calling threads, ``depth`` at a time:
+    reads and copies run concurrently, scoring one tile at a time.
 
-    Score each yielded tile before asking for the next: its device buffer is reused
-    for the tile after next. ``overlap=False`` reads and copies each tile only when
-    it is asked for (the baseline the throughput bench compares against).
+    ``backend`` is the CuPy backend, on its current device (tests pass a stand-in, since
+    no GPU runs here); ``score`` is the scoring step (``scoring.score_array``), injected
+    for the same reason.
     """
 
-    def __init__(self, paths: Iterable[str | Path], *, overlap: bool = True) -> None:
-        self._backend = require_gpu()
-        self._cp = self._backend.xp
-        self._paths = [str(p) for p in paths]
-        self._overlap = overlap
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        depth: int = DEPTH,
+        score: Callable[..., TileScore] = scoring.score_array,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.backend = backend
+        self._cp = backend.xp
+        # CuPy's current device is per thread: every caller must use the lane's.
         self._device_id = int(self._cp.cuda.Device().id)
-        self._slots = [_Slot(), _Slot()]
-        # Separate and non-blocking: copies run beside work on the legacy default stream.
-        self._copy_stream = self._cp.cuda.Stream(non_blocking=True)
+        self._score = score
+        self._compute = threading.Lock()
+        self._free = [_Slot(self._cp) for _ in range(depth)]
+        self._slots = threading.Semaphore(depth)
+        self._free_lock = threading.Lock()
 
-    @property
-    def backend(self) -> Backend:
-        return self._backend
+    def score_path(self, path: str | Path, settings: ScoreSettings) -> TileScore:
+        """Read, copy and score one tile; ``TileError`` for anything wrong with the file.
 
-    def _load(self, i: int) -> tuple[DeviceTile, Any]:
-        """Read tile ``i`` into its slot's pinned buffer and start the copy to the device.
-
-        Runs in the reader thread (overlap) or the caller's; returns the tile and the
-        event that marks its copy done (None when the tile could not be read).
+        A tile over ``settings.memory_limit_mb`` is scored patch by patch from the file
+        (``scoring.score_path``), holding the GPU as any scoring does.
         """
+        name = str(path)
+        with self._slots, self._cp.cuda.Device(self._device_id):
+            with self._free_lock:
+                slot = self._free.pop()
+            try:
+                return self._score_in(slot, name, settings)
+            finally:
+                with self._free_lock:
+                    self._free.append(slot)
+
+    def _score_in(self, slot: _Slot, name: str, settings: ScoreSettings) -> TileScore:
         cp = self._cp
-        path = self._paths[i]
         t0 = time.perf_counter()
-        try:
-            with tiles.open_tile(path) as tile:
+        with tiles.open_tile(name) as tile:
+            big = scoring.too_big(tile, settings)
+            if not big:
                 image = tile.read()
                 meta = tile.meta
-        except TileError as exc:
-            return DeviceTile(path, None, None, 0.0, error=exc), None
-        slot = self._slots[i % 2]
-        with cp.cuda.Device(self._device_id):
-            slot.ensure(tuple(image.shape), image.dtype, cp)
-            if slot.copied is not None:
-                slot.copied.synchronize()  # the copy of tile i-2 has left the pinned buffer
-            np.copyto(slot.host, image)
-            read_ms = (time.perf_counter() - t0) * 1e3
-            stream = self._copy_stream
-            if slot.consumed is not None:
-                stream.wait_event(slot.consumed)  # tile i-2 is scored: its device buffer is free
-            slot.device.set(slot.host, stream=stream)
-            slot.copied = stream.record()
-        return DeviceTile(path, slot.device, meta, read_ms), slot.copied
-
-    def __iter__(self) -> Iterator[DeviceTile]:
-        n = len(self._paths)
-        if n == 0:
-            return
-        cp = self._cp
-        with ThreadPoolExecutor(1, thread_name_prefix="focuswatch-prefetch") as reader:
-            pending: Future[tuple[DeviceTile, Any]] | None = (
-                reader.submit(self._load, 0) if self._overlap else None
+        if big:
+            with self._compute:
+                return scoring.score_path(name, settings)
+        slot.fit(tuple(image.shape), image.dtype)
+        np.copyto(slot.host, image)
+        del image
+        read_ms = (time.perf_counter() - t0) * 1e3
+        slot.device.set(slot.host, stream=slot.stream)
+        copied = slot.stream.record()
+        with self._compute:
+            cp.cuda.get_current_stream().wait_event(copied)  # this tile's copy, nothing else
+            return self._score(
+                slot.device, name=name, settings=settings, meta=meta, read_ms=read_ms
             )
-            for i in range(n):
-                if pending is not None:
-                    tile, copied = pending.result()
-                    pending = reader.submit(self._load, i + 1) if i + 1 < n else None
-                else:
-                    tile, copied = self._load(i)
-                if copied is not None:
-                    compute = cp.cuda.get_current_stream()
-                    compute.wait_event(copied)  # scoring waits for this tile's copy only
-                yield tile
-                if tile.error is None:
-                    self._slots[i % 2].consumed = cp.cuda.get_current_stream().record()
 
 
-def score_paths_gpu(
-    paths: Iterable[str | Path], settings: ScoreSettings, *, overlap: bool = True
-) -> list[TileScore | TileError]:
-    """Score tiles on this process's GPU, one after another, reading ahead with
-    ``Prefetcher``; a tile that cannot be read or scored gives its ``TileError``."""
-    gpu_settings = dataclasses.replace(settings, backend="gpu")
-    out: list[TileScore | TileError] = []
-    for tile in Prefetcher(paths, overlap=overlap):
-        if tile.error is not None:
-            out.append(tile.error)
-            continue
-        try:
-            ts = scoring.score_array(
-                tile.image, name=tile.path, settings=gpu_settings, meta=tile.meta
-            )
-        except TileError as exc:
-            out.append(exc)
-            continue
-        out.append(dataclasses.replace(ts, read_ms=tile.read_ms))
-    return out
+_lanes: dict[int, GpuLane] = {}
+_lanes_lock = threading.Lock()
+
+
+def lane() -> GpuLane:
+    """This process's lane for its current GPU (created on first use)."""
+    backend = require_gpu()
+    device = int(backend.xp.cuda.Device().id)
+    with _lanes_lock:
+        if device not in _lanes:
+            _lanes[device] = GpuLane(backend)
+        return _lanes[device]
+
+
+def score_path_gpu(path: str | Path, settings: ScoreSettings) -> TileScore:
+    """``scoring.score_path`` on this process's GPU lane: the ``ScoreFn`` GPU workers run
+    (local worker processes and Dask tasks alike), safe to call from several threads."""
+    return lane().score_path(path, dataclasses.replace(settings, backend="gpu"))

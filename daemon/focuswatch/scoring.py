@@ -33,7 +33,7 @@ from focuswatch.errors import TileError
 from focuswatch.score import ScoreResult, check_options, score_image, score_patches
 from focuswatch.score._dtypes import float_dtype
 
-__all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path"]
+__all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path", "too_big"]
 
 
 @dataclass(frozen=True)
@@ -139,14 +139,23 @@ def _check_settings(settings: ScoreSettings) -> None:
         raise ValueError(f"memory_limit_mb must be >= 1, got {settings.memory_limit_mb}")
 
 
-def score_array(image: Any, *, name: str, settings: ScoreSettings, meta: Any = None) -> TileScore:
-    """Score an in-memory image as if it had been read from ``name``."""
+def score_array(
+    image: Any, *, name: str, settings: ScoreSettings, meta: Any = None, read_ms: float = 0.0
+) -> TileScore:
+    """Score an in-memory image (host or, with the GPU backend, device) as if it had
+    been read from ``name`` in ``read_ms`` milliseconds."""
     _check_settings(settings)
     backend = _backend(settings.backend)
     result, score_ms = _score_whole(image, name=name, settings=settings, backend=backend)
     dtype = str(getattr(image, "dtype", "?"))
     return _tile_score(
-        result, path=name, backend=backend, dtype=dtype, read_ms=0.0, score_ms=score_ms, meta=meta
+        result,
+        path=name,
+        backend=backend,
+        dtype=dtype,
+        read_ms=read_ms,
+        score_ms=score_ms,
+        meta=meta,
     )
 
 
@@ -185,23 +194,18 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
     with tiles.open_tile(path) as tile:
-        shape = (int(tile.shape[0]), int(tile.shape[1]))
-        dtype = str(tile.dtype)
-        meta = tile.meta
-        if decoded_mb(shape, tile.dtype) > settings.memory_limit_mb:
+        if too_big(tile, settings):
             return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
         image = tile.read()
+        meta = tile.meta
     read_ms = (time.perf_counter() - t0) * 1e3
-    result, score_ms = _score_whole(image, name=name, settings=settings, backend=backend)
-    return _tile_score(
-        result,
-        path=name,
-        backend=backend,
-        dtype=dtype,
-        read_ms=read_ms,
-        score_ms=score_ms,
-        meta=meta,
-    )
+    return score_array(image, name=name, settings=settings, meta=meta, read_ms=read_ms)
+
+
+def too_big(tile: tiles.TileReader, settings: ScoreSettings) -> bool:
+    """Whether ``tile`` must be scored patch by patch from the file (the memory guard)."""
+    shape = (int(tile.shape[0]), int(tile.shape[1]))
+    return decoded_mb(shape, tile.dtype) > settings.memory_limit_mb
 
 
 class _Shape:

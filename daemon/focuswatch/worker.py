@@ -11,6 +11,14 @@ job each one runs, so a death or a timeout is pinned on the right tile:
 * a job running past ``tile_timeout_s`` → the worker is killed and replaced, and
   the job gets a retryable ``Outcome`` saying so.
 
+``tiles_per_worker`` > 1 lets a worker hold that many jobs at once, each in its own
+thread: a GPU worker (``gpu.score_path_gpu``) reads and copies the next tile while the
+current one is scored. The clock of a job starts when it is the oldest in its
+worker. A timeout blames the oldest job only; the others go back to the queue
+uncharged. A worker that dies holding several jobs cannot say which one killed it, so
+each of them is retried *alone* on a worker, uncharged, and the one that kills its
+worker then is blamed.
+
 The service decides whether to retry (``scoring.max_attempts``). The scoring
 function is injected as a picklable top-level function (``ScoreFn``: path and
 settings in, ``TileScore`` out; ``TileError`` for a bad tile), which is how tests
@@ -25,12 +33,15 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from focuswatch.executor import Job, Outcome, classify
+from focuswatch.gpu import score_path_gpu
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
 __all__ = ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]
@@ -58,9 +69,14 @@ def _worker_main(
     score_fn: ScoreFn,
     name: str,
     env: dict[str, str],
+    *,
     log_setup: tuple[str, str] | None = None,
+    tiles: int = 1,
 ) -> None:
-    """Worker process: score jobs from the pipe until told to stop (None) or orphaned."""
+    """Worker process: score jobs from the pipe until told to stop (None) or orphaned.
+
+    Up to ``tiles`` jobs run at once, one per thread; the parent never sends more.
+    """
     os.environ.update(env)
     if log_setup is not None:  # log like the service (JSON lines under systemd)
         from focuswatch import logs
@@ -73,24 +89,37 @@ def _worker_main(
         conn.send("ready")
     except (EOFError, OSError):
         return
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
+    send_lock = threading.Lock()  # results go back from several threads
+
+    def run(job: Job) -> None:
         try:
             out = Outcome(job.version_id, score_fn(job.path, job.settings), worker=name)
         except Exception as exc:  # never fatal to the worker; executor.classify says why
             reason, retryable = classify(exc)
             out = Outcome(job.version_id, None, error=reason, retryable=retryable, worker=name)
-        try:
-            conn.send(out)
-        except (EOFError, OSError):
-            return
-        except Exception as exc:  # e.g. an unpicklable result from a custom score_fn
-            conn.send(Outcome(job.version_id, None, error=f"result not sendable: {exc}"))
+        with send_lock:
+            try:
+                conn.send(out)
+            except (EOFError, OSError):
+                os._exit(0)  # orphaned: the parent is gone
+            except Exception as exc:  # e.g. an unpicklable result from a custom score_fn
+                conn.send(Outcome(job.version_id, None, error=f"result not sendable: {exc}"))
+
+    with ThreadPoolExecutor(tiles, thread_name_prefix=f"focuswatch-{name}") as pool:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # orphaned: do not wait for tiles nobody will collect
+            if job is None:
+                return  # the parent sends None only to an idle worker
+            pool.submit(run, job)
+
+
+@dataclass
+class _Running:
+    job: Job
+    started: float  # when its time limit started: sent, or when it became the oldest
 
 
 @dataclass
@@ -99,9 +128,12 @@ class _Slot:
     env: dict[str, str]
     proc: Any = None
     conn: multiprocessing.connection.Connection | None = None
-    job: Job | None = None
-    started: float = 0.0
+    jobs: dict[int, _Running] = field(default_factory=dict)  # by version_id, oldest first
     ready: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
 
 
 class LocalExecutor:
@@ -111,6 +143,8 @@ class LocalExecutor:
     collecting outcomes, when it is full). ``devices`` pins worker *i* to GPU
     ``devices[i % len(devices)]`` through ``CUDA_VISIBLE_DEVICES`` (one worker per GPU).
     ``log_setup`` is ``(level, format)`` for ``focuswatch.logs.configure`` in each worker.
+    ``tiles_per_worker`` jobs run at once in each worker, one per thread (see the module
+    docstring).
     """
 
     def __init__(
@@ -123,10 +157,13 @@ class LocalExecutor:
         start_method: str = "forkserver",
         devices: Sequence[int] | None = None,
         log_setup: tuple[str, str] | None = None,
+        tiles_per_worker: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if tiles_per_worker < 1:
+            raise ValueError(f"tiles_per_worker must be >= 1, got {tiles_per_worker}")
         if tile_timeout_s <= 0:
             raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
         if queue_size < 1:
@@ -142,6 +179,9 @@ class LocalExecutor:
         self._log_setup = log_setup
         self._timeout = tile_timeout_s
         self._queue_size = queue_size
+        self._per_worker = tiles_per_worker
+        # Jobs that were in a worker that died holding several: each runs alone next.
+        self._suspects: set[int] = set()
         self._clock = clock
         self._pending: collections.deque[Job] = collections.deque()
         self._ready: collections.deque[Outcome] = collections.deque()
@@ -164,13 +204,14 @@ class LocalExecutor:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._score_fn, slot.name, slot.env, self._log_setup),
+            args=(child, self._score_fn, slot.name, slot.env),
+            kwargs={"log_setup": self._log_setup, "tiles": self._per_worker},
             name=f"focuswatch-{slot.name}",
             daemon=True,
         )
         proc.start()
         child.close()
-        slot.proc, slot.conn, slot.job, slot.ready = proc, parent, None, False
+        slot.proc, slot.conn, slot.jobs, slot.ready = proc, parent, {}, False
 
     def _replace(self, slot: _Slot) -> None:
         if slot.proc is not None and slot.proc.is_alive():
@@ -184,10 +225,24 @@ class LocalExecutor:
         self._start(slot)
 
     def _finish(self, slot: _Slot, outcome: Outcome) -> None:
-        slot.job = None
+        if slot.jobs.pop(outcome.version_id, None) is None:
+            return  # not this worker's job (cannot happen with a sane worker)
+        self._suspects.discard(outcome.version_id)
+        now = self._clock()
+        if slot.jobs:  # the next oldest job's time limit starts now, not when it was sent
+            nxt = next(iter(slot.jobs.values()))
+            nxt.started = max(nxt.started, now)
         self._ready.append(outcome)
         self.completed += 1
-        self._done_times.append(self._clock())
+        self._done_times.append(now)
+
+    def _requeue(self, slot: _Slot, *, suspects: bool) -> None:
+        """Give a dead or killed worker's other jobs back to the queue, uncharged."""
+        for running in reversed(list(slot.jobs.values())):
+            self._pending.appendleft(running.job)
+            if suspects:
+                self._suspects.add(running.job.version_id)
+        slot.jobs = {}
 
     # -- the Executor protocol ---------------------------------------------------------
 
@@ -206,8 +261,8 @@ class LocalExecutor:
             yield self._ready.popleft()
 
     def in_flight(self) -> int:
-        busy = sum(1 for s in self._slots if s.job is not None)
-        return len(self._pending) + busy + len(self._ready)
+        running = sum(len(s.jobs) for s in self._slots)
+        return len(self._pending) + running + len(self._ready)
 
     def describe(self) -> dict[str, Any]:
         rate = 0.0
@@ -217,6 +272,7 @@ class LocalExecutor:
         return {
             "backend": "local",
             "workers": len(self._slots),
+            "tiles_per_worker": self._per_worker,
             "start_method": self._ctx.get_start_method(),
             "completed": self.completed,
             "worker_restarts": self.restarts,
@@ -231,14 +287,14 @@ class LocalExecutor:
         self._closed = True
         self._pending.clear()
         for slot in self._slots:
-            if slot.conn is not None and slot.job is None:
+            if slot.conn is not None and not slot.busy:
                 with contextlib.suppress(OSError):
                     slot.conn.send(None)
         deadline = time.monotonic() + 5.0
         for slot in self._slots:
             if slot.proc is None:
                 continue
-            if slot.job is not None:
+            if slot.busy:
                 slot.proc.kill()  # mid-tile: its result would be discarded anyway
             slot.proc.join(max(0.0, deadline - time.monotonic()))
             if slot.proc.is_alive():
@@ -247,7 +303,8 @@ class LocalExecutor:
             slot.proc.close()
             if slot.conn is not None:
                 slot.conn.close()
-            slot.proc = slot.conn = slot.job = None
+            slot.proc = slot.conn = None
+            slot.jobs = {}
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -259,28 +316,32 @@ class LocalExecutor:
 
     def _dispatch(self) -> None:
         for slot in self._slots:
-            if not self._pending:
-                return
-            if slot.job is None and slot.ready and slot.conn is not None:
+            while self._pending and slot.ready and slot.conn is not None:
+                if len(slot.jobs) >= self._per_worker:
+                    break
+                alone = any(vid in self._suspects for vid in slot.jobs)
+                if alone or (slot.jobs and self._pending[0].version_id in self._suspects):
+                    break  # a suspect runs alone on its worker
                 job = self._pending.popleft()
                 try:
                     slot.conn.send(job)
-                except OSError:  # the idle worker died: replace it and try again later
+                except OSError:  # the worker died: replace it and try again later
                     self._pending.appendleft(job)
+                    self._requeue(slot, suspects=len(slot.jobs) > 1)
                     self._replace(slot)
-                    continue
-                slot.job, slot.started = job, self._clock()
+                    break
+                slot.jobs[job.version_id] = _Running(job, self._clock())
 
     def _pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` for results, deaths or timeouts; then refill workers."""
         self._dispatch()
-        busy = [s for s in self._slots if s.job is not None]
+        busy = [s for s in self._slots if s.busy]
         starting = [s for s in self._slots if not s.ready and s.conn is not None]
         if busy or (starting and self._pending):
             wait_s = timeout
             if busy:
-                nearest = min(s.started + self._timeout for s in busy) - self._clock()
-                wait_s = max(0.0, min(timeout, nearest))
+                oldest = min(r.started for s in busy for r in s.jobs.values())
+                wait_s = max(0.0, min(timeout, oldest + self._timeout - self._clock()))
             handles: list[Any] = []
             for s in busy + starting:
                 handles += [s.conn, s.proc.sentinel]
@@ -306,43 +367,40 @@ class LocalExecutor:
             self._replace(slot)
 
     def _check(self, slot: _Slot) -> None:
-        job = slot.job
-        if job is None or slot.conn is None:
+        if not slot.busy or slot.conn is None:
             return
         try:
-            if slot.conn.poll():
+            while slot.jobs and slot.conn.poll():
                 self._finish(slot, slot.conn.recv())
-                return
         except (EOFError, OSError):
             pass  # the pipe broke: the worker is gone, handled below
+        if not slot.jobs:
+            return
         if not slot.proc.is_alive():
             slot.proc.join(1.0)
             why = describe_exit(slot.proc.exitcode)
-            self._finish(
-                slot,
-                Outcome(
-                    job.version_id,
-                    None,
-                    error=f"worker process died while scoring ({why})",
-                    retryable=True,
-                    worker=slot.name,
-                ),
-            )
+            if len(slot.jobs) > 1:  # which tile killed it? each is retried alone
+                self._requeue(slot, suspects=True)
+            else:
+                self._blame(slot, f"worker process died while scoring ({why})")
             self._replace(slot)
             return
-        if self._clock() - slot.started >= self._timeout:
-            self._finish(
+        oldest = next(iter(slot.jobs.values()))
+        if self._clock() - oldest.started >= self._timeout:
+            self._blame(
                 slot,
-                Outcome(
-                    job.version_id,
-                    None,
-                    error=f"scoring took longer than {self._timeout:g} s "
-                    "(scoring.tile_timeout_s); worker killed",
-                    retryable=True,
-                    worker=slot.name,
-                ),
+                f"scoring took longer than {self._timeout:g} s "
+                "(scoring.tile_timeout_s); worker killed",
             )
+            self._requeue(slot, suspects=False)
             self._replace(slot)
+
+    def _blame(self, slot: _Slot, error: str) -> None:
+        """A retryable outcome for the oldest job of a worker about to be replaced."""
+        job = next(iter(slot.jobs.values())).job
+        self._finish(
+            slot, Outcome(job.version_id, None, error=error, retryable=True, worker=slot.name)
+        )
 
 
 def local_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> LocalExecutor:
@@ -350,15 +408,20 @@ def local_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> LocalExec
 
     The one place that turns ``[scoring]`` and ``[logging]`` into worker processes:
     used by the service and by the Dask executor's local fallback alike. With the GPU
-    backend, worker *i* is pinned to device *i* (one worker per GPU); workers log like
-    the service.
+    backend, worker *i* is pinned to device *i* (one worker per GPU) and scores through
+    that GPU's lane (``gpu.score_path_gpu``), two tiles at a time with
+    ``scoring.gpu_overlap``; workers log like the service.
     """
     s = cfg.scoring
+    gpu = s.backend == "gpu"
+    if score_fn is None:
+        score_fn = score_path_gpu if gpu else score_path
     return LocalExecutor(
         workers=s.workers,
         tile_timeout_s=s.tile_timeout_s,
         queue_size=s.queue_size,
-        score_fn=score_fn or score_path,
-        devices=list(range(s.workers)) if s.backend == "gpu" else None,
+        score_fn=score_fn,
+        devices=list(range(s.workers)) if gpu else None,
         log_setup=(cfg.logging.level, cfg.logging.format),
+        tiles_per_worker=2 if gpu and s.gpu_overlap else 1,
     )
