@@ -20,7 +20,14 @@ import pytest
 import structlog
 import tifffile
 
-from focuswatch.cluster import DaskExecutor, TaskResult, _Throughput, connect, run_task
+from focuswatch.cluster import (
+    DaskExecutor,
+    TaskResult,
+    _Restarts,
+    _Throughput,
+    connect,
+    run_task,
+)
 from focuswatch.config import parse
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Job, Outcome
@@ -31,6 +38,7 @@ distributed = pytest.importorskip("distributed")
 
 SETTINGS = ScoreSettings(backend="cpu")
 GATE_TIMEOUT_S = 30.0
+HANG_BOUND_S = 600.0
 
 
 # ----------------------------------------------------------- injected scoring functions
@@ -63,6 +71,20 @@ def gated_score(path: str, settings: ScoreSettings) -> TileScore:
         score_ms=0.0,
         meta=None,
     )
+
+
+def hang_score(path: str, settings: ScoreSettings) -> TileScore:
+    """``gated_score``, except that a tile named ``*hang*`` reports this process's pid and
+    then hangs, as a call stuck in a driver or on a dead mount would, until a ``release``
+    file appears (bounded, so that a forgotten worker does not hang for ever)."""
+    p = Path(path)
+    if "hang" in p.name:
+        (p.parent / f"started-{os.getpid()}").write_text(p.name)
+        release = p.parent / "release"
+        deadline = time.monotonic() + HANG_BOUND_S
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # a bounded poll on a file in another process
+    return gated_score(path, settings)
 
 
 def restrictions_of(prefix: str, dask_scheduler: Any) -> list[tuple[Any, str]]:
@@ -144,6 +166,43 @@ def cluster() -> Iterator[Any]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def one_worker() -> Iterator[Any]:
+    """One single-threaded worker process under a nanny (what restarts need)."""
+    with local_cluster(1) as c:
+        yield c
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def hang_config(address: str, **cluster: Any) -> Any:
+    return parse(
+        {
+            "scoring": {"tile_timeout_s": 2.0},
+            "cluster": {
+                "scheduler": "dask",
+                "address": address,
+                "connect_timeout_s": 5.0,
+                **cluster,
+            },
+        }
+    )
+
+
+def assert_timed_out(o: Outcome, seconds: str) -> None:
+    assert o.result is None
+    assert o.retryable
+    assert o.error is not None
+    assert o.error.startswith(f"timed out after {seconds} s (scoring.tile_timeout_s)")
+    assert o.worker.startswith("tcp://127.0.0.1:")
+
+
 # ------------------------------------------------------------------ pure task logic
 
 
@@ -187,6 +246,22 @@ def test_throughput_counts_tiles_and_rates_over_the_window() -> None:
     assert tp.per_min("w1") == 0.0
     assert tp.tiles("w1") == 10
     assert tp.per_min("nobody") == 0.0
+
+
+def test_one_hang_means_one_restart_of_its_worker() -> None:
+    """Tiles that started before their worker's last restart request do not ask again
+    (that restart ends them); a hang that started after it does, even at the same
+    address (a fixed --worker-port); memory is bounded."""
+    r = _Restarts(keep=2)
+    assert r.claim("w1", started_at=10.0, now=15.0)
+    assert not r.claim("w1", started_at=12.0, now=15.5)  # same hang era: one restart
+    assert r.claim("w2", started_at=12.0, now=15.5)  # another worker
+    assert r.claim("w1", started_at=16.0, now=21.0)  # a new hang on the fresh process
+    assert not r.claim("w1", started_at=20.0, now=22.0)
+    assert r.claim("w3", started_at=20.0, now=22.0)  # w2 is the oldest: forgotten
+    assert r.claim("w2", started_at=12.0, now=22.0)
+    with pytest.raises(ValueError, match="keep"):
+        _Restarts(keep=0)
 
 
 def test_bad_parameters_are_rejected_with_what_is_allowed() -> None:
@@ -379,7 +454,8 @@ def test_a_hung_tile_times_out_from_its_start_and_its_late_result_is_dropped(
     """connect() passes scoring.tile_timeout_s: two tiles that hang on both workers
     become retryable "timed out" outcomes and are cancelled on the cluster; the tile
     queued behind them waits past the timeout without timing out (it had not started),
-    and the hung tiles' late results, once they come, are dropped."""
+    and the hung tiles' late results, once they come, are dropped. (Workers are not
+    restarted here, so that the late results do come.)"""
     paths = write_tiles(tmp_path, ["gate1.tif", "gate2.tif", "queued.tif"])
     cfg = parse(
         {
@@ -388,6 +464,7 @@ def test_a_hung_tile_times_out_from_its_start_and_its_late_result_is_dropped(
                 "scheduler": "dask",
                 "address": cluster.scheduler_address,
                 "connect_timeout_s": 5.0,
+                "restart_hung_workers": False,
             },
         }
     )
@@ -427,6 +504,77 @@ def test_a_hung_tile_times_out_from_its_start_and_its_late_result_is_dropped(
         assert list(ex.outcomes(0.5)) == []  # the gates' late results were dropped
         assert ex.in_flight() == 0
     finally:
+        ex.close()
+
+
+def test_a_hung_worker_is_restarted_and_the_tile_queued_behind_it_is_scored(
+    one_worker: Any, tmp_path: Path
+) -> None:
+    """connect() passes cluster.restart_hung_workers (default true): the only worker
+    hangs on a tile; past tile_timeout_s that tile is a retryable timeout, the worker's
+    process is restarted through its nanny (logged, counted in describe()), and the tile
+    queued behind it is scored by the fresh process. One outcome per job."""
+    hang, good = write_tiles(tmp_path, ["hang.tif", "good.tif"])
+    ex = connect(hang_config(one_worker.scheduler_address), score_fn=hang_score)
+    assert isinstance(ex, DaskExecutor)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for job in jobs_for([hang, good]):
+                ex.submit(job)
+            (victim,) = wait_for(lambda: started_pids(tmp_path), timeout=30, what="the hang")
+            outcomes = collect(ex, 2, timeout=40)
+            by_id = {o.version_id: o for o in outcomes}
+            assert len(outcomes) == len(by_id) == 2, outcomes
+            timed_out, scored = by_id[1], by_id[2]
+            assert_timed_out(timed_out, "2")
+            assert scored.result is not None
+            assert scored.error is None
+            assert scored.worker.startswith("tcp://127.0.0.1:")
+            assert scored.worker != timed_out.worker  # a fresh worker process
+            wait_for(lambda: not pid_alive(victim), timeout=10, what="the hung process to end")
+            restarted = wait_for(
+                lambda: [e for e in logs if e["event"] == "cluster_worker_restarted"],
+                timeout=10,
+                what="the restart to be logged",
+            )
+        assert [e["worker"] for e in restarted] == [timed_out.worker]
+        assert [e for e in logs if e["event"] == "cluster_worker_restart_failed"] == []
+        assert ex.describe()["worker_restarts"] == 1
+        assert list(ex.outcomes(0.3)) == []  # no late duplicate
+        assert ex.in_flight() == 0
+    finally:
+        (tmp_path / "release").write_text("")
+        ex.close()
+
+
+def test_without_restarts_a_hung_worker_holds_the_tile_queued_behind_it(
+    one_worker: Any, tmp_path: Path
+) -> None:
+    """restart_hung_workers = false: the hung tile still times out, but its worker's
+    thread stays busy, so the tile queued behind it is not scored until the hung call
+    returns, on the same worker."""
+    hang, good = write_tiles(tmp_path, ["hang.tif", "good.tif"])
+    cfg = hang_config(one_worker.scheduler_address, restart_hung_workers=False)
+    ex = connect(cfg, score_fn=hang_score)
+    assert isinstance(ex, DaskExecutor)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for job in jobs_for([hang, good]):
+                ex.submit(job)
+            (timed_out,) = collect(ex, 1, timeout=30)
+            assert timed_out.version_id == 1
+            assert_timed_out(timed_out, "2")
+            assert list(ex.outcomes(3.0)) == []  # the good tile waits behind the hung thread
+        assert not [e for e in logs if e["event"].startswith("cluster_worker_restart")]
+        assert ex.describe()["worker_restarts"] == 0
+        (tmp_path / "release").write_text("")
+        (scored,) = collect(ex, 1, timeout=30)
+        assert scored.version_id == 2
+        assert scored.result is not None
+        assert scored.worker == timed_out.worker  # the same, freed, worker
+        assert list(ex.outcomes(0.3)) == []
+    finally:
+        (tmp_path / "release").write_text("")
         ex.close()
 
 
@@ -618,6 +766,46 @@ def test_scheduler_lost_with_wait_holds_jobs_until_it_is_back(tmp_path: Path) ->
         assert all(o.extra["attempt"] == 2 for o in outcomes)  # resubmitted once, to the cluster
         assert list(ex.outcomes(0.3)) == []
     finally:
+        if ex is not None:
+            ex.close()
+        stop(procs)
+
+
+def test_a_hung_worker_without_a_nanny_is_a_warning_and_the_service_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A worker started with --no-nanny cannot be restarted: the hung tile is still a
+    retryable timeout, the failed restart is one warning that says why and that the
+    worker stays busy, nothing raises, and the worker is neither restarted nor removed."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [start_scheduler(port), start_worker(address)]
+    ex: DaskExecutor | None = None
+    try:
+        wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
+        ex = DaskExecutor(address, score_fn=hang_score, tile_timeout_s=1, connect_timeout_s=5)
+        wait_for(lambda: ex.describe()["workers"], timeout=30, what="the worker to join")
+        (hang,) = write_tiles(tmp_path, ["hang.tif"])
+        with structlog.testing.capture_logs() as logs:
+            ex.submit(Job(version_id=1, path=str(hang), settings=SETTINGS))
+            (timed_out,) = collect(ex, 1, timeout=30)
+            (failed,) = wait_for(
+                lambda: [e for e in logs if e["event"] == "cluster_worker_restart_failed"],
+                timeout=20,
+                what="the failed restart to be logged",
+            )
+        assert_timed_out(timed_out, "1")
+        assert failed["worker"] == timed_out.worker
+        assert failed["log_level"] == "warning"
+        assert "requires a nanny" in failed["reason"]
+        assert "stays busy until its scoring call returns" in failed["detail"]
+        desc = ex.describe()
+        assert desc["worker_restarts"] == 0
+        assert [(w["address"], w["alive"]) for w in desc["workers"]] == [(timed_out.worker, True)]
+        assert started_pids(tmp_path) == {procs[1].pid}  # hung, not restarted
+        assert procs[1].poll() is None
+    finally:
+        (tmp_path / "release").write_text("")
         if ex is not None:
             ex.close()
         stop(procs)

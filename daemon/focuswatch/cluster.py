@@ -21,8 +21,22 @@ Fault tolerance, in layers:
 * a tile that hangs: each task reports its start (a Dask event on
   ``focuswatch-task-started``); one running longer than ``tile_timeout_s`` becomes a
   *retryable* outcome ("timed out after N s") and its future is cancelled, so a late
-  result is dropped. Python cannot stop the worker's thread: it stays busy until the
-  scoring call returns. A task still queued (no start report) is not timed.
+  result is dropped. A task still queued (no start report) is not timed. Python
+  cannot stop the worker's thread, so with ``restart_hung_workers`` (default) the
+  worker is then restarted through its nanny (``Client.restart_workers``, in the
+  background, after the cancel has reached the scheduler; once per hang: a tile that
+  started before its worker's last restart request does not ask again). The nanny
+  gives the worker 4 s to close, kills it and starts a fresh one; the scheduler
+  re-runs the worker's other tasks (running or waiting there) as for a worker that
+  died, which is safe: tasks are pure and outcomes deduplicated per key. It removes
+  the worker with ``expected=False``, so the restart counts against
+  ``allowed-failures`` for each of those tasks, and one caught in more restarts than
+  that comes back as ``KilledWorker`` (retryable). With ``send_bytes``, bytes
+  scattered only to that worker are lost: their futures are cancelled and the
+  executor reads and resubmits those tiles. A worker without a nanny
+  (``--no-nanny``) cannot be restarted: ``cluster_worker_restart_failed`` says so
+  and the worker stays busy until the scoring call returns. ``describe()`` counts
+  the restarts (``worker_restarts``).
 
 ``send_bytes``: the daemon reads each tile and scatters its bytes in a background
 thread, never under the executor's lock (an 800 MB read must not stall the main
@@ -79,8 +93,14 @@ _POLL_S = 0.05
 _MAX_RESUBMITS = 3
 # The Dask event topic on which each task reports its start (for tile_timeout_s).
 _STARTED_TOPIC = "focuswatch-task-started"
-# Threads that read and scatter tiles (send_bytes) and cancel timed-out tasks.
+# Threads that read and scatter tiles (send_bytes), cancel timed-out tasks and restart
+# the workers they hang on.
 _IO_THREADS = 2
+# Bound on one worker restart: the nanny gives the worker 4 s to close, kills it, then
+# the fresh process must start (importing numpy, scipy, ...) and join the scheduler.
+_RESTART_TIMEOUT_S = 60.0
+# Workers whose last restart request is remembered (oldest forgotten first).
+_RESTARTS_KEPT = 256
 
 
 # --------------------------------------------------------------------------- the task
@@ -256,6 +276,34 @@ class _Throughput:
         return len(self._recent.get(worker, ())) * 60.0 / span
 
 
+class _Restarts:
+    """When each worker was last asked to restart, so that one hang means one restart.
+
+    A tile that timed out on a worker restarted (or being restarted) since the tile
+    started needs no restart of its own: that restart ends it too. Comparing with the
+    tile's start, not the address alone, keeps a worker whose restarted process gets
+    the same address (a fixed ``--worker-port``) restartable for a later hang.
+    """
+
+    def __init__(self, *, keep: int = _RESTARTS_KEPT) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self._keep = keep
+        self._asked: dict[str, float] = {}  # insertion order: oldest request first
+
+    def claim(self, worker: str, *, started_at: float, now: float) -> bool:
+        """Whether to restart ``worker`` for a tile started at ``started_at``; if so,
+        remember the request (made at ``now``)."""
+        last = self._asked.get(worker)
+        if last is not None and last >= started_at:
+            return False
+        self._asked.pop(worker, None)
+        self._asked[worker] = now
+        while len(self._asked) > self._keep:
+            del self._asked[next(iter(self._asked))]
+        return True
+
+
 # ----------------------------------------------------------------------- executor
 
 
@@ -283,7 +331,9 @@ class DaskExecutor:
     ``fallback_workers`` processes calling ``score_fn``). ``score_fn`` replaces
     ``scoring.score_path`` in the tasks (a picklable top-level function; tests inject
     a slow one). Reconnection attempts back off from 1 s to ``reconnect_max_s``.
-    A task running longer than ``tile_timeout_s`` is given up (retryable outcome).
+    A task running longer than ``tile_timeout_s`` is given up (retryable outcome) and,
+    with ``restart_hung_workers``, the worker it hangs on is restarted through its
+    nanny (see the module docstring).
     """
 
     def __init__(
@@ -299,6 +349,7 @@ class DaskExecutor:
         fallback_workers: int = 1,
         reconnect_max_s: float = 60.0,
         tile_timeout_s: float = 300.0,
+        restart_hung_workers: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not address:
@@ -314,6 +365,9 @@ class DaskExecutor:
         if tile_timeout_s <= 0:
             raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
         self._timeout = tile_timeout_s
+        self._restart_hung = restart_hung_workers
+        self._restarts = _Restarts()
+        self._worker_restarts = 0  # successful ones
         self._clock = clock
         # Start reports arrive on Dask's event loop, which must never wait for our lock
         # (the main thread may hold it while calling the client): a lock-free queue.
@@ -475,7 +529,7 @@ class DaskExecutor:
                 continue
             if now - entry.started_at < self._timeout:
                 continue
-            fut = entry.future
+            fut, started_at, worker = entry.future, entry.started_at, entry.started_on
             _log.warning(
                 "cluster_tile_timeout",
                 tile=entry.job.path,
@@ -495,10 +549,88 @@ class DaskExecutor:
                     extra=dict(entry.extra),
                 ),
             )
-            if fut is not None and not self._closed:
-                # Cancelling is a round trip to the scheduler: not under the lock. Its
-                # done callback then finds no entry, as would a late result.
+            if fut is None or self._closed:
+                continue
+            # Cancelling and restarting are round trips to the scheduler: not under the
+            # lock. The done callback then finds no entry, as would a late result.
+            client = self._client
+            if (
+                self._restart_hung
+                and worker
+                and client is not None
+                and self._restarts.claim(worker, started_at=started_at, now=now)
+            ):
+                self._io.submit(
+                    self._restart_hung_worker, fut, entry.key, worker, entry.job.path, client
+                )
+            else:
                 self._io.submit(_cancel_quietly, fut)
+
+    def _restart_hung_worker(self, fut: Any, key: str, worker: str, tile: str, client: Any) -> None:
+        """Cancel a timed-out task, then restart the worker it hangs on (an I/O thread).
+
+        Never raises: a restart that cannot be done is logged and the service goes on.
+        """
+        _cancel_quietly(fut)
+        del fut
+        # The cancel travels on the client's batched stream, the restart on another
+        # connection: wait (bounded) until the scheduler has dropped the task from the
+        # worker. Restarted first, the scheduler would re-run the hung task on the
+        # fresh worker, where nothing times it any more.
+        # Past the deadline, restart anyway: a worker that hangs is the worse outcome.
+        deadline = time.monotonic() + self._connect_timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                # All workers: asking for one that has left raises on the scheduler.
+                running = client.sync(
+                    client.scheduler.processing, callback_timeout=self._connect_timeout_s
+                )
+            except Exception:  # no scheduler: the restart below says so
+                break
+            if worker not in running:  # it died or left meanwhile: nothing hangs there
+                _log.info("cluster_worker_restart_skipped", worker=worker, reason="gone")
+                return
+            if key not in running[worker]:
+                break
+            self._stop.wait(_POLL_S)
+        if self._stop.is_set():
+            return  # closed meanwhile
+        t0 = time.monotonic()
+        try:
+            answer = client.restart_workers(
+                [worker], timeout=_RESTART_TIMEOUT_S, raise_for_error=False
+            )
+            status = str(answer.get(worker, "unknown"))
+        except Exception as exc:  # no nanny, worker gone, scheduler unreachable
+            status = f"{type(exc).__name__}: {exc}"
+        if status == "OK":
+            with self._cond:
+                self._worker_restarts += 1
+            _log.info(
+                "cluster_worker_restarted",
+                worker=worker,
+                tile=tile,
+                took_s=round(time.monotonic() - t0, 2),
+            )
+            return
+        if self._stop.is_set():
+            return  # the client was closed under the restart: not the worker's fault
+        if status == "timed out":
+            reason = (
+                f"the worker did not shut down or come back within {_RESTART_TIMEOUT_S:g} s; "
+                "the scheduler removed it"
+            )
+            detail = "if its process still runs, it stays busy until its scoring call returns"
+        else:
+            reason = status
+            detail = (
+                "the worker stays busy until its scoring call returns; hung workers can "
+                "only be restarted through a nanny (the default of `dask worker`, not "
+                "with --no-nanny)"
+            )
+        _log.warning(
+            "cluster_worker_restart_failed", worker=worker, tile=tile, reason=reason, detail=detail
+        )
 
     # -- placing jobs ----------------------------------------------------------
 
@@ -725,7 +857,8 @@ class DaskExecutor:
             return len(self._entries) + len(self._done)
 
     def describe(self) -> dict[str, Any]:
-        """Backend, scheduler address, state and each worker's tiles and recent rate."""
+        """Backend, scheduler address, state, each worker's tiles and recent rate, and
+        how many hung workers were restarted."""
         with self._cond:
             client, state = self._client, self._state
             fallback = self._fallback
@@ -755,6 +888,7 @@ class DaskExecutor:
                 for addr in addresses
             ]
             unfinished = len(self._entries)
+            restarts = self._worker_restarts
         out: dict[str, Any] = {
             "backend": "dask",
             "address": self.address,
@@ -762,6 +896,7 @@ class DaskExecutor:
             "on_unreachable": self._on_unreachable,
             "workers": workers,
             "in_flight": unfinished,
+            "worker_restarts": restarts,
         }
         if fallback is not None:
             out["fallback"] = fallback.describe()
@@ -823,5 +958,6 @@ def connect(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
         send_bytes=c.send_bytes,
         score_fn=score_fn,
         tile_timeout_s=cfg.scoring.tile_timeout_s,
+        restart_hung_workers=c.restart_hung_workers,
         fallback=_local_fallback(cfg, score_fn),
     )

@@ -26,6 +26,7 @@ module import. Without a usable GPU everything here raises ``BackendError``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -45,10 +46,15 @@ __all__ = ["GpuLane", "lane", "require_gpu", "score_path_gpu"]
 DEPTH = 2
 
 
+@functools.lru_cache(maxsize=1)
+def _gpu_backend() -> Backend:
+    return get_backend("gpu")  # probed once per process (a failure is not cached)
+
+
 def require_gpu() -> Backend:
     """The CuPy backend, or ``BackendError("this worker has no usable GPU: ...")``."""
     try:
-        return get_backend("gpu")
+        return _gpu_backend()
     except BackendError as exc:
         raise BackendError(f"this worker has no usable GPU: {exc}") from None
 
