@@ -1,4 +1,5 @@
-"""A stand-in for the parts of CuPy that ``focuswatch.gpu`` drives, on NumPy.
+"""A stand-in for the parts of CuPy that ``focuswatch.gpu`` drives, on NumPy; and
+``HAS_GPU``, whether the real thing is here.
 
 No GPU runs here, so the lane's choreography (pinned buffers, a non-blocking copy
 stream per slot, the compute stream waiting on the copy's event) is checked against
@@ -16,7 +17,20 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
-from focuswatch.backend import Backend
+from focuswatch.backend import Backend, get_backend
+from focuswatch.errors import BackendError
+
+
+def _gpu_available() -> bool:
+    try:
+        get_backend("gpu")
+    except BackendError:
+        return False
+    return True
+
+
+#: Whether real CuPy and a device are here (tests of the real thing skip without).
+HAS_GPU = _gpu_available()
 
 
 class FakeEvent:

@@ -11,15 +11,17 @@ from typing import Any
 NO_FIXED_PORTS = {"dashboard_address": "127.0.0.1:0"}
 
 
-def local_cluster(n_workers: int = 2) -> Any:
-    """``distributed.LocalCluster`` of single-threaded worker processes (a context manager)."""
+def local_cluster(n_workers: int = 2, *, threads: int = 1, **worker_kwargs: Any) -> Any:
+    """``distributed.LocalCluster`` of worker processes under nannies (a context manager);
+    ``worker_kwargs`` go to every worker (e.g. ``resources={"GPU": 1}``)."""
     import distributed
 
     return distributed.LocalCluster(
         n_workers=n_workers,
-        threads_per_worker=1,
+        threads_per_worker=threads,
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
         scheduler_kwargs=NO_FIXED_PORTS,
+        **worker_kwargs,
     )

@@ -20,19 +20,23 @@ import pytest
 import structlog
 import tifffile
 
+from fake_cupy import HAS_GPU
 from focuswatch.cluster import (
     DaskExecutor,
     TaskResult,
     _Restarts,
     _Throughput,
     connect,
+    default_score_fn,
     run_task,
 )
 from focuswatch.config import parse
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Job, Outcome
-from focuswatch.scoring import ScoreSettings, TileScore
+from focuswatch.gpu import score_path_gpu
+from focuswatch.scoring import ScoreSettings, TileScore, score_path
 from loopback import local_cluster
+from pipeline_jobs import fake_score
 
 distributed = pytest.importorskip("distributed")
 
@@ -605,7 +609,8 @@ def test_submit_blocks_at_queue_size_until_a_job_finishes(cluster: Any, tmp_path
 
 
 def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
-    """backend = "gpu" tasks carry resources={"GPU": 1}: on CPU-only workers they wait."""
+    """backend = "gpu" tasks ask for half a GPU (two tiles share one GPU worker, see
+    below): on CPU-only workers they wait."""
     (path,) = write_tiles(tmp_path, ["g.tif"])
     ex = DaskExecutor(cluster.scheduler_address, score_fn=gated_score)
     try:
@@ -618,11 +623,49 @@ def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
                 timeout=10,
                 what="the task on the scheduler",
             )
-        assert waiting == [({"GPU": 1}, "no-worker")]  # no worker offers GPU=1
+        assert waiting == [({"GPU": 0.5}, "no-worker")]  # no worker offers GPU=1
         assert list(ex.outcomes(0.2)) == []
         assert ex.in_flight() == 1
     finally:
         ex.close()
+
+
+def test_two_gpu_tiles_run_at_once_on_a_two_thread_gpu_worker(tmp_path: Path) -> None:
+    """A worker started with ``--nthreads 2 --resources GPU=1`` takes two GPU tiles at a
+    time (one is read and copied while the other is scored): the first tile below only
+    finishes if the second starts while it runs. With ``gpu_tiles_per_worker=1`` a task
+    asks for the whole GPU."""
+    b = tmp_path / "b_MARK.tif"
+    b.write_bytes(b"abc")
+    a = tmp_path / "a_AFTER.tif"
+    a.write_text(str(b))
+    gpu = ScoreSettings(backend="gpu")
+    with local_cluster(1, threads=2, resources={"GPU": 1}) as c:
+        ex = DaskExecutor(c.scheduler_address, score_fn=fake_score)
+        try:
+            ex.submit(Job(1, str(a), gpu))
+            ex.submit(Job(2, str(b), gpu))
+            got = {o.version_id: o for o in collect(ex, 2, timeout=40)}
+        finally:
+            ex.close()
+    assert sorted(got) == [1, 2]
+    assert (got[1].error, got[2].error) == (None, None)
+    with pytest.raises(ValueError, match="gpu_tiles_per_worker"):
+        DaskExecutor("tcp://127.0.0.1:1", gpu_tiles_per_worker=0)
+
+
+def test_gpu_tasks_score_through_the_gpu_lane_by_default() -> None:
+    assert default_score_fn(ScoreSettings(backend="gpu")) is score_path_gpu
+    assert default_score_fn(SETTINGS) is score_path
+
+
+@pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU; the no-GPU answer cannot be seen")
+def test_a_gpu_task_on_a_worker_without_a_gpu_says_so_once(tmp_path: Path) -> None:
+    (path,) = write_tiles(tmp_path, ["g.tif"])
+    res = run_task(str(path), name=str(path), settings=ScoreSettings(backend="gpu"))
+    assert res.error is not None
+    assert res.error.startswith("this worker has no usable GPU: GPU requested but")
+    assert res.retryable
 
 
 # ------------------------------------------------------------ unreachable scheduler

@@ -15,23 +15,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from fake_cupy import FakeCupy, fake_backend
+from fake_cupy import HAS_GPU, FakeCupy, fake_backend
 from focuswatch import scoring
-from focuswatch.backend import get_backend
 from focuswatch.errors import BackendError, TileError
 from focuswatch.gpu import GpuLane, require_gpu, score_path_gpu
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
-
-def _gpu_available() -> bool:
-    try:
-        get_backend("gpu")
-    except BackendError:
-        return False
-    return True
-
-
-HAS_GPU = _gpu_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and an NVIDIA GPU")
 
 CPU = ScoreSettings(backend="cpu", patch_size=256)

@@ -44,9 +44,12 @@ loop); a tile it cannot read is a non-retryable outcome with the reason
 ``focuswatch.tiles`` gives for the same error.
 
 GPU: a job whose ``settings.backend`` is ``"gpu"`` is submitted with
-``resources={"GPU": 1}``, so it only runs on workers started with
-``--resources GPU=1`` (one worker per GPU, ``--nthreads 1``), one tile per GPU at a
-time. A GPU worker without a usable GPU answers with an error that says so.
+``resources={"GPU": 1 / gpu_tiles_per_worker}``, so it only runs on workers started
+with ``--resources GPU=1`` (one worker per GPU), and scores through that process's
+``gpu.GpuLane``. With two tiles per worker (``scoring.gpu_overlap``, on a worker with
+``--nthreads 2``) one tile is read and copied to the GPU while the other is scored;
+each stays its own task, with its own time limit and retries. A GPU worker without a
+usable GPU answers with an error that says so.
 
 Backpressure: ``submit`` blocks while ``queue_size`` jobs are unfinished on the
 cluster (or the fallback); finished outcomes wait in memory until ``outcomes``
@@ -71,7 +74,7 @@ from typing import Any
 
 import structlog
 
-from focuswatch import scoring
+from focuswatch import gpu, scoring
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Executor, Job, Outcome, classify
@@ -79,7 +82,15 @@ from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.tiles import _os_reason
 from focuswatch.worker import LocalExecutor, local_executor
 
-__all__ = ["DaskExecutor", "ScoreFn", "TaskResult", "connect", "run_task", "score_bytes"]
+__all__ = [
+    "DaskExecutor",
+    "ScoreFn",
+    "TaskResult",
+    "connect",
+    "default_score_fn",
+    "run_task",
+    "score_bytes",
+]
 
 ScoreFn = Callable[[str, ScoreSettings], TileScore]
 """Scores one tile file; must be a picklable top-level function (it travels to workers)."""
@@ -93,6 +104,8 @@ _POLL_S = 0.05
 _MAX_RESUBMITS = 3
 # The Dask event topic on which each task reports its start (for tile_timeout_s).
 _STARTED_TOPIC = "focuswatch-task-started"
+# How ``gpu.require_gpu`` starts its error; ``run_task`` says it once, naming the worker.
+_NO_GPU = "this worker has no usable GPU: "
 # Threads that read and scatter tiles (send_bytes), cancel timed-out tasks and restart
 # the workers they hang on.
 _IO_THREADS = 2
@@ -142,7 +155,7 @@ def score_bytes(
     metadata (FibicsXML, CZ_SEM, ATLAS names) and error reasons are exactly those of
     the path route; the result names the original path.
     """
-    fn = score_fn or scoring.score_path
+    fn = score_fn or default_score_fn(settings)
     with tempfile.TemporaryDirectory(prefix="focuswatch-") as tmp:
         local = Path(tmp) / (PurePath(name).name or "tile.tif")
         local.write_bytes(data)
@@ -151,6 +164,11 @@ def score_bytes(
         except TileError as exc:
             raise TileError(name, exc.reason) from None
     return dataclasses.replace(result, path=name)
+
+
+def default_score_fn(settings: ScoreSettings) -> ScoreFn:
+    """What a task runs unless told otherwise: the GPU lane for ``backend = "gpu"``."""
+    return gpu.score_path_gpu if settings.backend == "gpu" else scoring.score_path
 
 
 def run_task(
@@ -173,13 +191,13 @@ def run_task(
         if isinstance(source, bytes):
             result = score_bytes(source, name=name, settings=settings, score_fn=score_fn)
         else:
-            result = (score_fn or scoring.score_path)(source, settings)
+            result = (score_fn or default_score_fn(settings))(source, settings)
     except Exception as exc:
         reason, retryable = classify(exc)
         if isinstance(exc, BackendError):  # say which worker lacks it
             where = f"this worker ({worker})" if worker else "this worker"
             reason = (
-                f"{where} has no usable GPU: {reason}"
+                f"{where} has no usable GPU: {reason.removeprefix(_NO_GPU)}"
                 if settings.backend == "gpu"
                 else f"{where}: {reason}"
             )
@@ -333,7 +351,8 @@ class DaskExecutor:
     a slow one). Reconnection attempts back off from 1 s to ``reconnect_max_s``.
     A task running longer than ``tile_timeout_s`` is given up (retryable outcome) and,
     with ``restart_hung_workers``, the worker it hangs on is restarted through its
-    nanny (see the module docstring).
+    nanny (see the module docstring). ``gpu_tiles_per_worker`` GPU tiles share one
+    worker's GPU at a time (each asks for that fraction of its ``GPU`` resource).
     """
 
     def __init__(
@@ -350,6 +369,7 @@ class DaskExecutor:
         reconnect_max_s: float = 60.0,
         tile_timeout_s: float = 300.0,
         restart_hung_workers: bool = True,
+        gpu_tiles_per_worker: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not address:
@@ -364,6 +384,9 @@ class DaskExecutor:
             raise ValueError(f"reconnect_max_s must be > 0, got {reconnect_max_s}")
         if tile_timeout_s <= 0:
             raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
+        if gpu_tiles_per_worker < 1:
+            raise ValueError(f"gpu_tiles_per_worker must be >= 1, got {gpu_tiles_per_worker}")
+        self._gpu_share = 1.0 / gpu_tiles_per_worker
         self._timeout = tile_timeout_s
         self._restart_hung = restart_hung_workers
         self._restarts = _Restarts()
@@ -717,7 +740,7 @@ class DaskExecutor:
         source: Any = entry.data if self._send_bytes else job.path
         resources = None
         if job.settings.backend == "gpu":
-            resources = {"GPU": 1}
+            resources = {"GPU": self._gpu_share}
             self._warn_if_no_gpu_worker_locked(client)
         fut = client.submit(
             _run_reporting_start,
@@ -959,5 +982,6 @@ def connect(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
         score_fn=score_fn,
         tile_timeout_s=cfg.scoring.tile_timeout_s,
         restart_hung_workers=c.restart_hung_workers,
+        gpu_tiles_per_worker=2 if cfg.scoring.gpu_overlap else 1,
         fallback=_local_fallback(cfg, score_fn),
     )
