@@ -136,7 +136,7 @@ class GpuLane:
         if big:
             with self._compute:
                 return scoring.score_path(name, settings)
-        slot.fit(tuple(image.shape), image.dtype)
+        slot.fit(tuple(image.shape), image.dtype.newbyteorder("="))  # CuPy: native order only
         np.copyto(slot.host, image)
         del image
         read_ms = (time.perf_counter() - t0) * 1e3
