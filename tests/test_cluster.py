@@ -738,18 +738,32 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(10)
 
 
-def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: Path) -> None:
-    """The scheduler dies while a tile is being scored: after the client gives up
-    reconnecting (connect_timeout_s), every unfinished job is scored locally, once."""
+@contextlib.contextmanager
+def standalone_cluster(
+    **executor_kwargs: Any,
+) -> Iterator[tuple[DaskExecutor, list[subprocess.Popen[bytes]]]]:
+    """A scheduler and a ``--no-nanny`` worker in processes of their own (a test may kill
+    either), and an executor connected to them once the worker has joined."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs = [start_scheduler(port), start_worker(address)]
     ex: DaskExecutor | None = None
     try:
         wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
-        # connect_timeout_s also bounds the client's reconnection attempts after a drop.
-        ex = DaskExecutor(address, score_fn=gated_score, connect_timeout_s=2)
+        ex = DaskExecutor(address, **executor_kwargs)
         wait_for(lambda: ex.describe()["workers"], timeout=30, what="the worker to join")
+        yield ex, procs
+    finally:
+        if ex is not None:
+            ex.close()
+        stop(procs)
+
+
+def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: Path) -> None:
+    """The scheduler dies while a tile is being scored: after the client gives up
+    reconnecting (connect_timeout_s), every unfinished job is scored locally, once."""
+    # connect_timeout_s also bounds the client's reconnection attempts after a drop.
+    with standalone_cluster(score_fn=gated_score, connect_timeout_s=2) as (ex, procs):
         paths = write_tiles(tmp_path, ["gate.tif", "a.tif", "b.tif"])
         jobs = jobs_for(paths)
         for job in jobs:
@@ -763,10 +777,6 @@ def test_scheduler_lost_mid_run_moves_unfinished_jobs_to_the_fallback(tmp_path: 
         assert all(o.result is not None for o in outcomes)
         assert by_id[1].extra["backend"] == "local-fallback"  # gate was unfinished
         assert list(ex.outcomes(0.3)) == []
-    finally:
-        if ex is not None:
-            ex.close()
-        stop(procs)
 
 
 def test_scheduler_lost_with_wait_holds_jobs_until_it_is_back(tmp_path: Path) -> None:
@@ -820,35 +830,29 @@ def test_a_hung_worker_without_a_nanny_is_a_warning_and_the_service_goes_on(
     """A worker started with --no-nanny cannot be restarted: the hung tile is still a
     retryable timeout, the failed restart is one warning that says why and that the
     worker stays busy, nothing raises, and the worker is neither restarted nor removed."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [start_scheduler(port), start_worker(address)]
-    ex: DaskExecutor | None = None
-    try:
-        wait_for(lambda: port_open(port), timeout=30, what="the scheduler to listen")
-        ex = DaskExecutor(address, score_fn=hang_score, tile_timeout_s=1, connect_timeout_s=5)
-        wait_for(lambda: ex.describe()["workers"], timeout=30, what="the worker to join")
-        (hang,) = write_tiles(tmp_path, ["hang.tif"])
-        with structlog.testing.capture_logs() as logs:
-            ex.submit(Job(version_id=1, path=str(hang), settings=SETTINGS))
-            (timed_out,) = collect(ex, 1, timeout=30)
-            (failed,) = wait_for(
-                lambda: [e for e in logs if e["event"] == "cluster_worker_restart_failed"],
-                timeout=20,
-                what="the failed restart to be logged",
-            )
-        assert_timed_out(timed_out, "1")
-        assert failed["worker"] == timed_out.worker
-        assert failed["log_level"] == "warning"
-        assert "requires a nanny" in failed["reason"]
-        assert "stays busy until its scoring call returns" in failed["detail"]
-        desc = ex.describe()
-        assert desc["worker_restarts"] == 0
-        assert [(w["address"], w["alive"]) for w in desc["workers"]] == [(timed_out.worker, True)]
-        assert started_pids(tmp_path) == {procs[1].pid}  # hung, not restarted
-        assert procs[1].poll() is None
-    finally:
-        (tmp_path / "release").write_text("")
-        if ex is not None:
-            ex.close()
-        stop(procs)
+    cluster = standalone_cluster(score_fn=hang_score, tile_timeout_s=1, connect_timeout_s=5)
+    with cluster as (ex, procs):
+        try:
+            (hang,) = write_tiles(tmp_path, ["hang.tif"])
+            with structlog.testing.capture_logs() as logs:
+                ex.submit(Job(version_id=1, path=str(hang), settings=SETTINGS))
+                (timed_out,) = collect(ex, 1, timeout=30)
+                (failed,) = wait_for(
+                    lambda: [e for e in logs if e["event"] == "cluster_worker_restart_failed"],
+                    timeout=20,
+                    what="the failed restart to be logged",
+                )
+            assert_timed_out(timed_out, "1")
+            assert failed["worker"] == timed_out.worker
+            assert failed["log_level"] == "warning"
+            assert "requires a nanny" in failed["reason"]
+            assert "stays busy until its scoring call returns" in failed["detail"]
+            desc = ex.describe()
+            assert desc["worker_restarts"] == 0
+            assert [(w["address"], w["alive"]) for w in desc["workers"]] == [
+                (timed_out.worker, True)
+            ]
+            assert started_pids(tmp_path) == {procs[1].pid}  # hung, not restarted
+            assert procs[1].poll() is None
+        finally:
+            (tmp_path / "release").write_text("")
