@@ -55,6 +55,9 @@ class FakeStream:
     def wait_event(self, ev: FakeEvent) -> None:
         self._cp.note("wait", self, ev)
 
+    def synchronize(self) -> None:
+        pass  # as FakeEvent.synchronize
+
 
 class DeviceArray(np.ndarray[Any, Any]):
     """A 'device' array: NumPy memory with CuPy's ``set`` (the host→device copy)."""
@@ -62,8 +65,15 @@ class DeviceArray(np.ndarray[Any, Any]):
     cp: FakeCupy
 
     def set(self, host: np.ndarray[Any, Any], stream: FakeStream | None = None) -> None:
+        if host.shape != self.shape or host.dtype != self.dtype:  # CuPy refuses these too
+            raise ValueError(f"set: {host.dtype}{host.shape} into {self.dtype}{self.shape}")
+        if self.cp.cuda.current_device() is None:
+            raise RuntimeError("copy outside a device context: it would go to device 0")
         np.copyto(self, host)
         self.cp.note("copy", stream, host)
+
+
+_entered = threading.local()  # the device each thread has entered, as CuPy keeps it
 
 
 class _Device:
@@ -71,10 +81,12 @@ class _Device:
         self.id = device_id
 
     def __enter__(self) -> _Device:
+        self._before = getattr(_entered, "id", None)
+        _entered.id = self.id
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        _entered.id = self._before
 
 
 class _Cuda:
@@ -85,6 +97,11 @@ class _Cuda:
 
     def Stream(self, *, non_blocking: bool = False) -> FakeStream:  # noqa: N802 (CuPy's name)
         return FakeStream(self._cp, non_blocking=non_blocking)
+
+    @staticmethod
+    def current_device() -> int | None:
+        """The device this thread entered (``None``: none; real CuPy would use 0)."""
+        return getattr(_entered, "id", None)
 
     def get_current_stream(self) -> FakeStream:
         if not hasattr(self._null, "stream"):  # per thread, like CuPy's

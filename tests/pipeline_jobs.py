@@ -12,6 +12,9 @@ the tile's path says what to do.
 - ``BUG``: raises RuntimeError (a bug in scoring)
 - ``MARK``: leaves ``<path>.ran`` next to the tile when it starts
 - ``STALLFIRST``: like ``MARK``, then hangs the first time only
+- ``QUIT``: raises SystemExit (not an Exception: a worker thread must not swallow it)
+- ``TRACE``: appends ``start <name>`` / ``end <name>`` to ``ran-in-<pid>`` next to the
+  tile, so a test can see which tiles shared a worker process
 - ``AFTER``: first waits (at most 20 s) for ``<other>.ran``, where the tile's content
   is the other tile's path: it runs only if the other tile runs at the same time
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +46,18 @@ def _wait_for(marker: Path, timeout_s: float = 20.0) -> bool:
 
 def fake_score(path: str, settings: ScoreSettings) -> TileScore:
     name = os.path.basename(path)
+    if "TRACE" in name:
+        trace = Path(path).parent / f"ran-in-{os.getpid()}"
+        with trace.open("a") as f:
+            f.write(f"start {name}\n")
+        result = _fake_score(path, name)
+        with trace.open("a") as f:
+            f.write(f"end {name}\n")
+        return result
+    return _fake_score(path, name)
+
+
+def _fake_score(path: str, name: str) -> TileScore:
     if "AFTER" in name:
         other = Path(path).read_text()
         if not _wait_for(Path(other + ".ran")):
@@ -71,6 +87,8 @@ def fake_score(path: str, settings: ScoreSettings) -> TileScore:
         raise TileError(path, "not a TIFF file")
     if "NOGPU" in name:
         raise BackendError("GPU requested but CuPy/an NVIDIA GPU is not available: no device")
+    if "QUIT" in name:
+        sys.exit(5)
     if "BUG" in name:
         raise RuntimeError("scoring bug")
     size = os.path.getsize(path)

@@ -608,11 +608,16 @@ def test_submit_blocks_at_queue_size_until_a_job_finishes(cluster: Any, tmp_path
         ex.close()
 
 
-def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("tiles_per_gpu", "share"), [(2, 0.5), (1, 1.0)])
+def test_gpu_jobs_ask_for_a_gpu_resource(
+    cluster: Any, tmp_path: Path, tiles_per_gpu: int, share: float
+) -> None:
     """backend = "gpu" tasks ask for half a GPU (two tiles share one GPU worker, see
-    below): on CPU-only workers they wait."""
+    below), or all of it with ``gpu_overlap = false``: on CPU-only workers they wait."""
     (path,) = write_tiles(tmp_path, ["g.tif"])
-    ex = DaskExecutor(cluster.scheduler_address, score_fn=gated_score)
+    ex = DaskExecutor(
+        cluster.scheduler_address, score_fn=gated_score, gpu_tiles_per_worker=tiles_per_gpu
+    )
     try:
         with structlog.testing.capture_logs() as logs:
             ex.submit(Job(version_id=7, path=str(path), settings=ScoreSettings(backend="gpu")))
@@ -623,7 +628,7 @@ def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
                 timeout=10,
                 what="the task on the scheduler",
             )
-        assert waiting == [({"GPU": 0.5}, "no-worker")]  # no worker offers GPU=1
+        assert waiting == [({"GPU": share}, "no-worker")]  # no worker offers GPU=1
         assert list(ex.outcomes(0.2)) == []
         assert ex.in_flight() == 1
     finally:
@@ -633,8 +638,7 @@ def test_gpu_jobs_ask_for_a_gpu_resource(cluster: Any, tmp_path: Path) -> None:
 def test_two_gpu_tiles_run_at_once_on_a_two_thread_gpu_worker(tmp_path: Path) -> None:
     """A worker started with ``--nthreads 2 --resources GPU=1`` takes two GPU tiles at a
     time (one is read and copied while the other is scored): the first tile below only
-    finishes if the second starts while it runs. With ``gpu_tiles_per_worker=1`` a task
-    asks for the whole GPU."""
+    finishes if the second starts while it runs."""
     b = tmp_path / "b_MARK.tif"
     b.write_bytes(b"abc")
     a = tmp_path / "a_AFTER.tif"
@@ -650,8 +654,9 @@ def test_two_gpu_tiles_run_at_once_on_a_two_thread_gpu_worker(tmp_path: Path) ->
             ex.close()
     assert sorted(got) == [1, 2]
     assert (got[1].error, got[2].error) == (None, None)
-    with pytest.raises(ValueError, match="gpu_tiles_per_worker"):
-        DaskExecutor("tcp://127.0.0.1:1", gpu_tiles_per_worker=0)
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="gpu_tiles_per_worker must be 1 or 2"):
+            DaskExecutor("tcp://127.0.0.1:1", gpu_tiles_per_worker=bad)
 
 
 def test_gpu_tasks_score_through_the_gpu_lane_by_default() -> None:

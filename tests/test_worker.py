@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def test_bad_tile_is_a_final_error_not_a_retry(ex: LocalExecutor, tmp_path: Path
     d = ex.describe()
     assert d["backend"] == "local"
     assert d["workers"] == 2
+
+
+def test_a_tile_that_raises_systemexit_kills_its_worker_rather_than_vanishing(
+    ex: LocalExecutor, tmp_path: Path
+) -> None:
+    """Worker threads must not swallow SystemExit: the tile's worker dies at once and
+    the tile is told so, as a single-threaded worker did (not a timeout later)."""
+    ex.submit(Job(450, tile(tmp_path, "QUIT.tif"), SETTINGS))
+    got = collect(ex, 1)
+    assert got[450].retryable
+    assert got[450].error == "worker process died while scoring (exit code 70)"
 
 
 def test_failures_are_classified_by_the_shared_rule(ex: LocalExecutor, tmp_path: Path) -> None:
@@ -181,7 +193,7 @@ def test_a_worker_that_dies_holding_two_tiles_has_each_retried_alone(
     """Which tile killed it? Neither is charged; each runs alone next, and the one that
     kills its worker then is blamed: the innocent tile (the older one) scores fine."""
     restarts = pair_ex.restarts
-    crasher, innocent = pair(tmp_path, "a_AFTER_CRASH.tif", "b_STALLFIRST.tif")
+    crasher, innocent = pair(tmp_path, "a_AFTER_CRASH_TRACE.tif", "b_STALLFIRST_TRACE.tif")
     pair_ex.submit(Job(10, innocent, SETTINGS))  # the oldest: a naive rule would blame it
     pair_ex.submit(Job(11, crasher, SETTINGS))
     got = collect(pair_ex, 2)
@@ -190,6 +202,34 @@ def test_a_worker_that_dies_holding_two_tiles_has_each_retried_alone(
     assert got[11].retryable
     assert "killed by SIGKILL" in (got[11].error or "")
     assert pair_ex.restarts == restarts + 2  # both together, then the crasher alone
+    a, b = "a_AFTER_CRASH_TRACE.tif", "b_STALLFIRST_TRACE.tif"
+    runs = [p.read_text().splitlines() for p in tmp_path.glob("ran-in-*")]
+    assert sorted(line for run in runs for line in run) == sorted(
+        [f"start {a}", f"start {b}", f"start {a}", f"start {b}", f"end {b}"]
+    )
+    (finished,) = [run for run in runs if f"end {b}" in run]
+    end = finished.index(f"end {b}")
+    assert finished[end - 1] == f"start {b}"  # nothing else started while it ran
+
+
+def test_the_oldest_tile_times_out_even_while_its_neighbour_keeps_finishing_tiles(
+    pair_ex: LocalExecutor, tmp_path: Path
+) -> None:
+    """A tile's time limit restarts only when it becomes the oldest, not whenever the
+    other thread finishes something: a hung tile is caught under a steady stream."""
+    pair_ex.submit(Job(30, tile(tmp_path, "HANG.tif"), SETTINGS))
+    quick, hung = 0, None
+    deadline = time.monotonic() + 20.0
+    while hung is None and time.monotonic() < deadline:
+        if pair_ex.in_flight() < 2:
+            quick += 1
+            pair_ex.submit(Job(1000 + quick, tile(tmp_path, f"q{quick}.tif"), SETTINGS))
+        for o in pair_ex.outcomes(0.05):
+            if o.version_id == 30:
+                hung = o
+    assert hung is not None, f"the hung tile was never timed out ({quick} quick tiles ran)"
+    assert "longer than 2 s" in (hung.error or "")
+    collect(pair_ex, pair_ex.in_flight())  # leave the worker idle for the next test
 
 
 def test_a_timeout_blames_the_oldest_tile_and_requeues_the_other_uncharged(

@@ -384,8 +384,8 @@ class DaskExecutor:
             raise ValueError(f"reconnect_max_s must be > 0, got {reconnect_max_s}")
         if tile_timeout_s <= 0:
             raise ValueError(f"tile_timeout_s must be > 0, got {tile_timeout_s}")
-        if gpu_tiles_per_worker < 1:
-            raise ValueError(f"gpu_tiles_per_worker must be >= 1, got {gpu_tiles_per_worker}")
+        if gpu_tiles_per_worker not in (1, 2):  # halves add up exactly; thirds may not
+            raise ValueError(f"gpu_tiles_per_worker must be 1 or 2, got {gpu_tiles_per_worker}")
         self._gpu_share = 1.0 / gpu_tiles_per_worker
         self._timeout = tile_timeout_s
         self._restart_hung = restart_hung_workers

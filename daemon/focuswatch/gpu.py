@@ -68,17 +68,29 @@ class _Slot:
         self.dtype: Any = None
         self.host: Any = None
         self.device: Any = None
+        self._pinned: Any = None
+        self._capacity = 0  # bytes of pinned memory held
         self.stream = cp.cuda.Stream(non_blocking=True)
 
     def fit(self, shape: tuple[int, ...], dtype: Any) -> None:
-        """Buffers for ``shape`` and ``dtype`` (the old ones are idle: see ``GpuLane``)."""
+        """Buffers for ``shape`` and ``dtype``. The pinned block only ever grows: CuPy's
+        pinned pool keeps every freed block of a size for good, so one block per size
+        seen would pin ever more RAM."""
         if self.host is not None and self.shape == shape and self.dtype == dtype:
             return
+        self.idle()
         count = int(np.prod(shape))
-        mem = self._cp.cuda.alloc_pinned_memory(max(count * np.dtype(dtype).itemsize, 1))
-        self.host = np.frombuffer(mem, dtype=dtype, count=count).reshape(shape)
+        nbytes = max(count * np.dtype(dtype).itemsize, 1)
+        if nbytes > self._capacity:
+            self._pinned = self._cp.cuda.alloc_pinned_memory(nbytes)
+            self._capacity = nbytes
+        self.host = np.frombuffer(self._pinned, dtype=dtype, count=count).reshape(shape)
         self.device = self._cp.empty(shape, dtype=dtype)
         self.shape, self.dtype = shape, dtype
+
+    def idle(self) -> None:
+        """Wait until no copy out of the pinned buffer is running."""
+        self.stream.synchronize()
 
 
 class GpuLane:
@@ -122,6 +134,7 @@ class GpuLane:
             try:
                 return self._score_in(slot, name, settings)
             finally:
+                slot.idle()  # only matters after an error between copy and scoring
                 with self._free_lock:
                     self._free.append(slot)
 
@@ -143,10 +156,16 @@ class GpuLane:
         slot.device.set(slot.host, stream=slot.stream)
         copied = slot.stream.record()
         with self._compute:
-            cp.cuda.get_current_stream().wait_event(copied)  # this tile's copy, nothing else
-            return self._score(
-                slot.device, name=name, settings=settings, meta=meta, read_ms=read_ms
-            )
+            compute = cp.cuda.get_current_stream()
+            compute.wait_event(copied)  # this tile's copy, nothing else
+            try:
+                return self._score(
+                    slot.device, name=name, settings=settings, meta=meta, read_ms=read_ms
+                )
+            finally:
+                # Scoring returns host values, so its kernels are done, unless it failed
+                # early: then wait, so the slot's buffers are idle when handed back.
+                compute.synchronize()
 
 
 _lanes: dict[int, GpuLane] = {}

@@ -17,7 +17,8 @@ current one is scored. The clock of a job starts when it is the oldest in its
 worker. A timeout blames the oldest job only; the others go back to the queue
 uncharged. A worker that dies holding several jobs cannot say which one killed it, so
 each of them is retried *alone* on a worker, uncharged, and the one that kills its
-worker then is blamed.
+worker then is blamed. A ``SystemExit`` (or other ``BaseException``) in a scoring
+thread ends the worker with exit code 70 rather than vanishing with the thread.
 
 The service decides whether to retry (``scoring.max_attempts``). The scoring
 function is injected as a picklable top-level function (``ScoreFn``: path and
@@ -40,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from focuswatch.executor import Job, Outcome, classify
 from focuswatch.gpu import score_path_gpu
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
     from focuswatch.config import Config
 
 ScoreFn = Callable[[str, ScoreSettings], TileScore]
+
+_log = structlog.get_logger("focuswatch.worker")
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -91,19 +96,25 @@ def _worker_main(
         return
     send_lock = threading.Lock()  # results go back from several threads
 
-    def run(job: Job) -> None:
+    def score(job: Job) -> Outcome:
         try:
-            out = Outcome(job.version_id, score_fn(job.path, job.settings), worker=name)
+            return Outcome(job.version_id, score_fn(job.path, job.settings), worker=name)
         except Exception as exc:  # never fatal to the worker; executor.classify says why
             reason, retryable = classify(exc)
-            out = Outcome(job.version_id, None, error=reason, retryable=retryable, worker=name)
-        with send_lock:
-            try:
-                conn.send(out)
-            except (EOFError, OSError):
-                os._exit(0)  # orphaned: the parent is gone
-            except Exception as exc:  # e.g. an unpicklable result from a custom score_fn
-                conn.send(Outcome(job.version_id, None, error=f"result not sendable: {exc}"))
+            return Outcome(job.version_id, None, error=reason, retryable=retryable, worker=name)
+
+    def run(job: Job) -> None:
+        try:
+            out = score(job)
+            with send_lock:
+                try:
+                    conn.send(out)
+                except (EOFError, OSError):
+                    os._exit(0)  # orphaned: the parent is gone
+                except Exception as exc:  # e.g. an unpicklable result from a custom score_fn
+                    conn.send(Outcome(job.version_id, None, error=f"result not sendable: {exc}"))
+        except BaseException:  # SystemExit & co. in a pool thread would vanish unseen:
+            os._exit(_EXIT_ABANDONED)  # die as a single-threaded worker would, loudly
 
     with ThreadPoolExecutor(tiles, thread_name_prefix=f"focuswatch-{name}") as pool:
         while True:
@@ -114,6 +125,10 @@ def _worker_main(
             if job is None:
                 return  # the parent sends None only to an idle worker
             pool.submit(run, job)
+
+
+# A worker thread met SystemExit or another BaseException while scoring (EX_SOFTWARE).
+_EXIT_ABANDONED = 70
 
 
 @dataclass
@@ -225,11 +240,12 @@ class LocalExecutor:
         self._start(slot)
 
     def _finish(self, slot: _Slot, outcome: Outcome) -> None:
+        was_oldest = next(iter(slot.jobs), None) == outcome.version_id
         if slot.jobs.pop(outcome.version_id, None) is None:
             return  # not this worker's job (cannot happen with a sane worker)
         self._suspects.discard(outcome.version_id)
         now = self._clock()
-        if slot.jobs:  # the next oldest job's time limit starts now, not when it was sent
+        if was_oldest and slot.jobs:  # the next one's time limit starts now, not when sent
             nxt = next(iter(slot.jobs.values()))
             nxt.started = max(nxt.started, now)
         self._ready.append(outcome)
@@ -325,10 +341,9 @@ class LocalExecutor:
                 job = self._pending.popleft()
                 try:
                     slot.conn.send(job)
-                except OSError:  # the worker died: replace it and try again later
+                except OSError:  # the worker died; this job never reached it
                     self._pending.appendleft(job)
-                    self._requeue(slot, suspects=len(slot.jobs) > 1)
-                    self._replace(slot)
+                    self._died(slot)
                     break
                 slot.jobs[job.version_id] = _Running(job, self._clock())
 
@@ -340,7 +355,7 @@ class LocalExecutor:
         if busy or (starting and self._pending):
             wait_s = timeout
             if busy:
-                oldest = min(r.started for s in busy for r in s.jobs.values())
+                oldest = min(next(iter(s.jobs.values())).started for s in busy)
                 wait_s = max(0.0, min(timeout, oldest + self._timeout - self._clock()))
             handles: list[Any] = []
             for s in busy + starting:
@@ -377,13 +392,7 @@ class LocalExecutor:
         if not slot.jobs:
             return
         if not slot.proc.is_alive():
-            slot.proc.join(1.0)
-            why = describe_exit(slot.proc.exitcode)
-            if len(slot.jobs) > 1:  # which tile killed it? each is retried alone
-                self._requeue(slot, suspects=True)
-            else:
-                self._blame(slot, f"worker process died while scoring ({why})")
-            self._replace(slot)
+            self._died(slot)
             return
         oldest = next(iter(slot.jobs.values()))
         if self._clock() - oldest.started >= self._timeout:
@@ -394,6 +403,32 @@ class LocalExecutor:
             )
             self._requeue(slot, suspects=False)
             self._replace(slot)
+
+    def _died(self, slot: _Slot) -> None:
+        """The worker is gone: collect what it sent, pin the death on its tile, replace it.
+
+        One tile in flight: that tile is blamed. Several: which one killed it is
+        unknown, so each is retried alone, uncharged (see the module docstring).
+        """
+        try:
+            while slot.jobs and slot.conn is not None and slot.conn.poll():
+                self._finish(slot, slot.conn.recv())
+        except (EOFError, OSError):
+            pass
+        slot.proc.join(1.0)
+        why = describe_exit(slot.proc.exitcode)
+        if len(slot.jobs) > 1:
+            _log.warning(
+                "worker_died_holding_several_tiles",
+                worker=slot.name,
+                exit=why,
+                tiles=[r.job.path for r in slot.jobs.values()],
+                action="each is retried alone",
+            )
+            self._requeue(slot, suspects=True)
+        elif slot.jobs:
+            self._blame(slot, f"worker process died while scoring ({why})")
+        self._replace(slot)
 
     def _blame(self, slot: _Slot, error: str) -> None:
         """A retryable outcome for the oldest job of a worker about to be replaced."""
