@@ -982,6 +982,6 @@ def connect(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
         score_fn=score_fn,
         tile_timeout_s=cfg.scoring.tile_timeout_s,
         restart_hung_workers=c.restart_hung_workers,
-        gpu_tiles_per_worker=2 if cfg.scoring.gpu_overlap else 1,
+        gpu_tiles_per_worker=gpu.tiles_in_flight(cfg.scoring.gpu_overlap),
         fallback=_local_fallback(cfg, score_fn),
     )

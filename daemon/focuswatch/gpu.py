@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +41,15 @@ from focuswatch.backend import Backend, get_backend
 from focuswatch.errors import BackendError
 from focuswatch.scoring import ScoreSettings, TileScore
 
-__all__ = ["GpuLane", "lane", "require_gpu", "score_path_gpu"]
+__all__ = ["DEPTH", "GpuLane", "lane", "require_gpu", "score_path_gpu", "tiles_in_flight"]
 
 #: Tiles in flight on one GPU: one scored, one read and copied meanwhile.
 DEPTH = 2
+
+
+def tiles_in_flight(overlap: bool) -> int:
+    """Tiles a GPU worker holds at once: ``DEPTH`` with ``scoring.gpu_overlap``, else 1."""
+    return DEPTH if overlap else 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,9 +123,11 @@ class GpuLane:
         self._device_id = int(self._cp.cuda.Device().id)
         self._score = score
         self._compute = threading.Lock()
-        self._free = [_Slot(self._cp) for _ in range(depth)]
-        self._slots = threading.Semaphore(depth)
-        self._free_lock = threading.Lock()
+        # A caller waits here for a free slot: at most ``depth`` tiles in flight. Last
+        # in, first out: a lone caller keeps reusing one slot's buffers.
+        self._free: queue.LifoQueue[_Slot] = queue.LifoQueue()
+        for _ in range(depth):
+            self._free.put(_Slot(self._cp))
 
     def score_path(self, path: str | Path, settings: ScoreSettings) -> TileScore:
         """Read, copy and score one tile; ``TileError`` for anything wrong with the file.
@@ -128,15 +136,13 @@ class GpuLane:
         (``scoring.score_path``), holding the GPU as any scoring does.
         """
         name = str(path)
-        with self._slots, self._cp.cuda.Device(self._device_id):
-            with self._free_lock:
-                slot = self._free.pop()
+        with self._cp.cuda.Device(self._device_id):
+            slot = self._free.get()
             try:
                 return self._score_in(slot, name, settings)
             finally:
                 slot.idle()  # only matters after an error between copy and scoring
-                with self._free_lock:
-                    self._free.append(slot)
+                self._free.put(slot)
 
     def _score_in(self, slot: _Slot, name: str, settings: ScoreSettings) -> TileScore:
         cp = self._cp

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from focuswatch.executor import Job, Outcome, classify
-from focuswatch.gpu import score_path_gpu
+from focuswatch.gpu import score_path_gpu, tiles_in_flight
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 
 __all__ = ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]
@@ -384,11 +384,7 @@ class LocalExecutor:
     def _check(self, slot: _Slot) -> None:
         if not slot.busy or slot.conn is None:
             return
-        try:
-            while slot.jobs and slot.conn.poll():
-                self._finish(slot, slot.conn.recv())
-        except (EOFError, OSError):
-            pass  # the pipe broke: the worker is gone, handled below
+        self._collect(slot)
         if not slot.jobs:
             return
         if not slot.proc.is_alive():
@@ -410,11 +406,7 @@ class LocalExecutor:
         One tile in flight: that tile is blamed. Several: which one killed it is
         unknown, so each is retried alone, uncharged (see the module docstring).
         """
-        try:
-            while slot.jobs and slot.conn is not None and slot.conn.poll():
-                self._finish(slot, slot.conn.recv())
-        except (EOFError, OSError):
-            pass
+        self._collect(slot)
         slot.proc.join(1.0)
         why = describe_exit(slot.proc.exitcode)
         if len(slot.jobs) > 1:
@@ -429,6 +421,14 @@ class LocalExecutor:
         elif slot.jobs:
             self._blame(slot, f"worker process died while scoring ({why})")
         self._replace(slot)
+
+    def _collect(self, slot: _Slot) -> None:
+        """Finish every job whose result the worker has sent."""
+        try:
+            while slot.jobs and slot.conn is not None and slot.conn.poll():
+                self._finish(slot, slot.conn.recv())
+        except (EOFError, OSError):
+            pass  # the pipe broke: the worker is gone (the caller checks)
 
     def _blame(self, slot: _Slot, error: str) -> None:
         """A retryable outcome for the oldest job of a worker about to be replaced."""
@@ -458,5 +458,5 @@ def local_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> LocalExec
         score_fn=score_fn,
         devices=list(range(s.workers)) if gpu else None,
         log_setup=(cfg.logging.level, cfg.logging.format),
-        tiles_per_worker=2 if gpu and s.gpu_overlap else 1,
+        tiles_per_worker=tiles_in_flight(s.gpu_overlap) if gpu else 1,
     )
