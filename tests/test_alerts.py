@@ -68,7 +68,9 @@ class Recorder:
 @pytest.fixture(autouse=True)
 def no_thread_leak() -> Iterator[None]:
     yield
-    left = [t for t in threading.enumerate() if t.name == "focuswatch-alerts" and t.is_alive()]
+    left = [
+        t for t in threading.enumerate() if t.name.startswith("focuswatch-alerts") and t.is_alive()
+    ]
     assert left == []
 
 
@@ -79,22 +81,36 @@ def free_port() -> int:
 
 
 class HookServer:
-    """A real HTTP server on 127.0.0.1 that receives apprise's json:// POSTs."""
+    """A real HTTP server on 127.0.0.1 that receives apprise's json:// POSTs.
 
-    def __init__(self, port: int) -> None:
+    ``statuses`` are answered in turn (then 200); with a ``gate``, every request waits
+    for it (bounded) before it is answered: a slow endpoint the test releases. ``posts``
+    holds the accepted (200) payloads, ``arrivals`` every request as it arrives.
+    """
+
+    def __init__(self, port: int, *, statuses: list[int] | None = None, gate: bool = False) -> None:
         self.port = port
         self.posts: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.arrivals: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.statuses = list(statuses or [])
+        self.gate = threading.Event() if gate else None
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        posts = self.posts
+        owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 n = int(self.headers["Content-Length"])
-                posts.put(json.loads(self.rfile.read(n)))
-                self.send_response(200)
+                payload = json.loads(self.rfile.read(n))
+                owner.arrivals.put(payload)
+                if owner.gate is not None:
+                    owner.gate.wait(WAIT_S)
+                status = owner.statuses.pop(0) if owner.statuses else 200
+                if status == 200:
+                    owner.posts.put(payload)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -105,16 +121,22 @@ class HookServer:
         self._thread.start()
 
     def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
         if self._server is not None and self._thread is not None:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(WAIT_S)
 
     def received(self) -> list[dict[str, Any]]:
-        out = []
-        while not self.posts.empty():
-            out.append(self.posts.get_nowait())
-        return out
+        return drain(self.posts)
+
+
+def drain(q: queue.Queue[Any]) -> list[Any]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
 
 
 @pytest.fixture
@@ -205,6 +227,7 @@ def test_public_names() -> None:
         [
             "AlertSink",
             "AppriseNotifier",
+            "build_endpoints",
             "build_sink",
             "describe_targets",
             "format_tile_alert",
@@ -214,7 +237,18 @@ def test_public_names() -> None:
         ]
     )
     assert sorted(outbox.__all__) == sorted(
-        ["Alert", "Notifier", "Pending", "Sender", "backoff", "enqueue", "pending_count"]
+        [
+            "SEVERITIES",
+            "Alert",
+            "DeliveryError",
+            "Endpoint",
+            "Notifier",
+            "Pending",
+            "Sender",
+            "backoff",
+            "enqueue",
+            "pending_count",
+        ]
     )
 
 
@@ -548,8 +582,10 @@ def test_endpoint_down_then_restart_then_up_delivers_each_alert_once(
         for r in records:
             sink.on_verdict(r)
         assert sink.flush(WAIT_S)  # every due alert was tried once, and failed
+        # Attempts and backoff are the endpoint's own (one delivery row per endpoint).
         rows = ledger.connection.execute(
-            "SELECT dedupe_key, attempts, next_attempt - ? FROM alert_outbox ORDER BY id",
+            "SELECT o.dedupe_key, d.attempts, d.next_attempt - ? FROM alert_outbox o "
+            "JOIN alert_deliveries d ON d.outbox_id = o.id ORDER BY o.id",
             (clock.now,),
         ).fetchall()
     keys = ["tile:1", "tile:2", "summary:S_001", "tile:3"]  # S_002 began: S_001 is done
@@ -617,8 +653,10 @@ def test_a_notifier_that_raises_is_retried_not_fatal(tmp_path: Path) -> None:
     with opened(cfg, clock, flaky) as (ledger, sink):
         sink.on_verdict(rec(1))
         assert sink.flush(WAIT_S)
-        err = ledger.connection.execute("SELECT last_error FROM alert_outbox").fetchone()[0]
+        err = ledger.connection.execute("SELECT last_error FROM alert_deliveries").fetchone()[0]
         assert err == "RuntimeError: boom"
+        err = ledger.connection.execute("SELECT last_error FROM alert_outbox").fetchone()[0]
+        assert err == "notify: RuntimeError: boom"  # the outbox row names the endpoint
         clock.now += 5
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
@@ -632,3 +670,208 @@ def test_format_tile_alert_without_metadata() -> None:
     alert = alerts.format_tile_alert(r)
     assert "Stage X/Y: ? / ? µm" in alert.body
     assert "baseline none yet" in alert.body
+
+
+# -- delivery per endpoint -----------------------------------------------------------------
+
+
+@pytest.fixture
+def servers() -> Iterator[list[HookServer]]:
+    """Hook servers a test makes (``servers.append``); all stopped at the end."""
+    made: list[HookServer] = []
+    yield made
+    for server in made:
+        server.stop()
+
+
+def test_each_endpoint_gets_each_alert_once_and_none_waits_for_another(
+    tmp_path: Path, servers: list[HookServer], smtp: tuple[int, queue.Queue[bytes]]
+) -> None:
+    """A healthy, a slow, a failing (500) and a down JSON endpoint and a real mail server.
+
+    The healthy endpoint and the mail server get both alerts while the slow one still
+    holds the first; the failing and the down ones are retried on their own backoff;
+    in the end every endpoint has accepted each alert exactly once, and no mail was
+    sent twice (apprise's single notify() re-sent to everyone when one failed).
+    """
+    healthy = HookServer(free_port())
+    slow = HookServer(free_port(), gate=True)
+    failing = HookServer(free_port(), statuses=[500, 500])
+    down = HookServer(free_port())  # started only later
+    servers += [healthy, slow, failing, down]
+    for server in (healthy, slow, failing):
+        server.start()
+    port, inbox = smtp
+    urls = [
+        f"json://127.0.0.1:{healthy.port}/healthy",
+        f"json://127.0.0.1:{slow.port}/slow",
+        f"json://127.0.0.1:{failing.port}/failing",
+        f"json://127.0.0.1:{down.port}/down",
+        f"mailto://127.0.0.1:{port}?from=focuswatch@example.org&to=operator@example.org",
+    ]
+    clock = Clock()
+    cfg = cfg_for(
+        tmp_path,
+        urls=urls,
+        digest_minutes=0,
+        section_summary=False,
+        retry_initial_s=5,
+        retry_max_s=60,
+        thumbnail_px=0,
+    )
+    with capture_logs() as logs, opened(cfg, clock) as (ledger, sink):
+        sink.on_verdict(rec(1, col=1))
+        sink.on_verdict(rec(2, col=2))
+        first_slow = slow.arrivals.get(timeout=WAIT_S)  # held until the test releases it
+        healthy_got = [healthy.posts.get(timeout=WAIT_S) for _ in range(2)]
+        mails = [inbox.get(timeout=WAIT_S) for _ in range(2)]
+        assert slow.posts.empty()  # the slow endpoint has not answered even once yet
+        assert "Tile_r1-c1_S_001" in first_slow["title"]
+        assert slow.gate is not None
+        slow.gate.set()
+        assert sink.flush(WAIT_S)
+        # The failing endpoint answered 500 to both, the down one refused both.
+        assert failing.posts.empty()
+        assert outbox.pending_count(ledger) == 2
+        down.start()
+        clock.now += 5
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert outbox.pending_count(ledger) == 0
+        clock.now += 3600  # much later: nothing is sent again
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+
+    def titles(posts: list[dict[str, Any]]) -> list[str]:
+        return sorted(p["title"] for p in posts)
+
+    expected = titles(healthy_got)
+    assert len(set(expected)) == 2
+    assert healthy.received() == []
+    assert titles(slow.received()) == expected
+    assert titles(failing.received()) == expected
+    assert len(drain(failing.arrivals)) == 4  # two refused, then each accepted once
+    assert titles(down.received()) == expected
+    assert len(mails) == 2
+    assert inbox.empty()  # no mail repeated
+
+    failed = [e for e in logs if e["event"] == "alert_send_failed"]
+    by_endpoint = {e["endpoint"]: e["error"] for e in failed}
+    assert set(by_endpoint) == {
+        f"json://127.0.0.1:{failing.port}/failing",
+        f"json://127.0.0.1:{down.port}/down",
+    }
+    assert "500" in by_endpoint[f"json://127.0.0.1:{failing.port}/failing"]
+    assert "Connection error" in by_endpoint[f"json://127.0.0.1:{down.port}/down"]
+
+
+class Gate:
+    """A notifier that records each alert and answers True/False as told (per call)."""
+
+    def __init__(self, answers: list[bool] | None = None) -> None:
+        self.sent: queue.Queue[str] = queue.Queue()
+        self.answers = list(answers or [])
+
+    def __call__(self, alert: Alert) -> bool:
+        self.sent.put(alert.key)
+        return self.answers.pop(0) if self.answers else True
+
+
+def sender_for(cfg: Config, clock: Clock, endpoints: list[outbox.Endpoint]) -> outbox.Sender:
+    return outbox.Sender(cfg.state_dir, endpoints, clock=clock, retry_initial_s=5, retry_max_s=60)
+
+
+def test_a_failing_endpoint_is_retried_alone_with_its_own_backoff(tmp_path: Path) -> None:
+    """Endpoint B fails twice: A is never asked again, B waits 5 s then 10 s, then has it."""
+    clock = Clock()
+    cfg = cfg_for(tmp_path, digest_minutes=0)
+    a, b = Gate(), Gate([False, False])
+    endpoints = [outbox.Endpoint("a", "A", a), outbox.Endpoint("b", "B", b)]
+    ledger = Ledger.open(cfg.state_dir, clock=clock)
+    sender = sender_for(cfg, clock, endpoints)
+    sink = alerts.AlertSink(ledger, cfg.alerts, sender=sender, clock=clock)
+    sink.start()
+    try:
+        sink.on_verdict(rec(1))
+        assert sink.flush(WAIT_S)
+        for step in (5, 9, 1, 10):  # B's backoff: 5 s after the 1st failure, 10 s after the 2nd
+            clock.now += step
+            sink.tick(clock.now)
+            assert sink.flush(WAIT_S)
+        waits = ledger.connection.execute(
+            "SELECT endpoint, attempts, sent IS NOT NULL FROM alert_deliveries ORDER BY endpoint"
+        ).fetchall()
+        assert outbox.pending_count(ledger) == 0
+    finally:
+        sink.close()
+        ledger.close()
+    assert drain(a.sent) == ["tile:1"]
+    assert drain(b.sent) == ["tile:1"] * 3  # at t0, t0+5, t0+15 (not at t0+14)
+    assert waits == [("a", 1, 1), ("b", 3, 1)]
+
+
+def test_a_removed_endpoint_no_longer_holds_its_alerts(tmp_path: Path) -> None:
+    """After a restart without the dead endpoint, what the others have is done; a new
+    endpoint gets what is still undelivered, and the healthy one is not asked again."""
+    clock = Clock()
+    cfg = cfg_for(tmp_path, digest_minutes=0)
+    ok, dead, new = Gate(), Gate([False] * 10), Gate()
+    with opened(cfg, clock) as (ledger, _sink):
+        with ledger.transaction() as conn:
+            outbox.enqueue(conn, Alert("k1", "tile", "S", "t1", "b1"), now=clock.now)
+        sender = sender_for(
+            cfg, clock, [outbox.Endpoint("ok", "ok", ok), outbox.Endpoint("dead", "dead", dead)]
+        )
+        sender.start()
+        assert sender.flush(WAIT_S)
+        sender.stop()
+        assert outbox.pending_count(ledger) == 1
+        sender = sender_for(
+            cfg, clock, [outbox.Endpoint("ok", "ok", ok), outbox.Endpoint("new", "new", new)]
+        )
+        sender.start()
+        assert sender.flush(WAIT_S)
+        sender.stop()
+        assert outbox.pending_count(ledger) == 0
+    assert drain(ok.sent) == ["k1"]
+    assert drain(new.sent) == ["k1"]
+
+
+def test_senders_stop_within_their_bound_while_a_send_hangs(tmp_path: Path) -> None:
+    """stop() returns while one endpoint's send still hangs (and says so); the other
+    endpoint's thread has ended; the hung one ends once its send returns."""
+    started, release = threading.Event(), threading.Event()
+
+    def hanging(alert: Alert) -> bool:
+        started.set()
+        release.wait(WAIT_S)
+        return True
+
+    clock = Clock()
+    cfg = cfg_for(tmp_path, digest_minutes=0)
+    quick = Gate()
+    ledger = Ledger.open(cfg.state_dir, clock=clock)
+    try:
+        with ledger.transaction() as conn:
+            outbox.enqueue(conn, Alert("k1", "tile", "S", "t1", "b1"), now=clock.now)
+        sender = sender_for(
+            cfg,
+            clock,
+            [outbox.Endpoint("q", "quick", quick), outbox.Endpoint("h", "hung", hanging)],
+        )
+        assert not [t for t in threading.enumerate() if t.name.startswith("focuswatch-alerts")]
+        sender.start()
+        assert started.wait(WAIT_S)
+        assert quick.sent.get(timeout=WAIT_S) == "k1"
+        with capture_logs() as logs:
+            sender.stop(timeout=0.5)
+        busy = [e for e in logs if e["event"] == "alert_sender_still_busy"]
+        assert [e["endpoint"] for e in busy] == ["hung"]
+        alive = [t for t in threading.enumerate() if t.name.startswith("focuswatch-alerts")]
+        assert len(alive) == 1
+        release.set()
+        alive[0].join(WAIT_S)
+        assert not alive[0].is_alive()
+    finally:
+        release.set()
+        ledger.close()

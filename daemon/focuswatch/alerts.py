@@ -18,11 +18,14 @@ logged; ``redact_url`` is the one way to show one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import logging
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,14 @@ import structlog
 
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
-from focuswatch.outbox import Alert, Notifier, Sender, enqueue
+from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
 from focuswatch.policy import format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
     "AlertSink",
     "AppriseNotifier",
+    "build_endpoints",
     "build_sink",
     "describe_targets",
     "format_tile_alert",
@@ -175,42 +179,161 @@ def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
     return out
 
 
-class AppriseNotifier:
-    """Sends an alert to every configured apprise target, with a thumbnail when it can."""
+def _endpoint_id(url: str) -> str:
+    """A stable name for an endpoint that holds no secret (kept in the ledger)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
 
-    def __init__(self, acfg: AlertsConfig, *, thumbnail_dir: Path) -> None:
+
+class _ReasonCapture(logging.Handler):
+    """Why a send failed: the warnings and errors apprise logged for it.
+
+    apprise's ``notify()`` answers False and says why only in its log. apprise 2.x
+    collects the log of each call in its result (``result.logs()``), which is used
+    when there; older versions send in the calling thread (``async_mode`` off), so a
+    handler that keeps only the sending thread's records finds the same lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self._thread = threading.get_ident()
+        self._seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread and len(self._seen) < 5:
+            with contextlib.suppress(Exception):
+                self._seen.append(record.getMessage().strip())
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[_ReasonCapture]:
+        logger = logging.getLogger("apprise")
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+
+    def reason(self, result: Any) -> str:
+        lines = list(self._seen)
+        logs = getattr(result, "logs", None)
+        if callable(logs):
+            with contextlib.suppress(Exception):
+                lines = [
+                    str(e.message).strip()
+                    for e in logs()
+                    if getattr(logging, str(e.level), logging.WARNING) >= logging.WARNING
+                ][:5] or lines
+        return "; ".join(lines) or "apprise reported a failure without a reason"
+
+
+_NOTIFY_TYPES = {"info": "info", "success": "success", "warning": "warning", "failure": "failure"}
+
+
+class AppriseNotifier:
+    """Sends alerts to one apprise endpoint (one URL), with a thumbnail when it can.
+
+    One apprise object per URL: apprise's ``notify()`` answers False when any one of
+    several targets failed, so delivery is tracked per URL (``focuswatch.outbox``).
+    A failure raises ``DeliveryError`` with the reason apprise logged.
+    """
+
+    def __init__(
+        self,
+        plugin: Any,
+        *,
+        thumbnail_dir: Path,
+        thumbnail_px: int,
+        send_timeout_s: float = 30.0,
+    ) -> None:
         apprise = _apprise()
 
-        self._apprise = apprise.Apprise()
-        for url in acfg.urls:
-            self._apprise.add(url)
-        if acfg.apprise_config is not None:
-            conf = apprise.AppriseConfig()
-            conf.add(str(acfg.apprise_config))
-            self._apprise.add(conf)
-        self._thumb_px = acfg.thumbnail_px
+        # Sends stay in the endpoint's own thread (no apprise thread pool): the sender
+        # thread is the unit of isolation, and the reason capture keys on it.
+        self._apprise = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False))
+        if isinstance(plugin, str):
+            plugin = apprise.Apprise.instantiate(plugin)
+            if plugin is None:
+                raise ValueError("apprise cannot parse this notification URL")
+        # An endpoint that answers slowly gets time to answer: a send cut short by
+        # apprise's 4 s default is retried, and the endpoint would get it twice. A
+        # timeout given in the URL itself (?rto=) is kept.
+        if plugin.socket_read_timeout == type(plugin).socket_read_timeout:
+            plugin.socket_read_timeout = send_timeout_s
+        self._plugin = plugin
+        self._apprise.add(plugin)
+        self._thumb_px = thumbnail_px
         self._thumb_dir = thumbnail_dir
 
-    def __len__(self) -> int:
-        return len(self._apprise)
+    @property
+    def url(self) -> str:
+        """The endpoint's full URL, secrets included: never log it (see ``redact_url``)."""
+        return str(self._plugin.url(privacy=False))
 
     def __call__(self, alert: Alert) -> bool:
         apprise = _apprise()
 
         thumb = None
         if alert.tile_path and self._thumb_px > 0:
-            name = alert.key.replace(":", "_").replace("/", "_") + ".png"
-            thumb = make_thumbnail(alert.tile_path, self._thumb_dir / name, px=self._thumb_px)
+            folder = self._thumb_dir / _endpoint_id(self.url)
+            name = _safe_name(alert.tile_name or Path(alert.tile_path).stem) + ".png"
+            thumb = make_thumbnail(alert.tile_path, folder / name, px=self._thumb_px)
         try:
             attach = None
             if thumb is not None:
                 attach = apprise.AppriseAttachment()
                 attach.add(str(thumb))
-            return bool(self._apprise.notify(body=alert.body, title=alert.title, attach=attach))
+            with _ReasonCapture().attached() as capture:
+                result = self._apprise.notify(
+                    body=alert.body,
+                    title=alert.title,
+                    notify_type=_NOTIFY_TYPES.get(alert.severity, "info"),
+                    body_format=apprise.NotifyFormat.TEXT,
+                    attach=attach,
+                )
         finally:
             if thumb is not None:
                 with contextlib.suppress(OSError):  # a leftover file must not fail the send
                     thumb.unlink(missing_ok=True)
+        if not result:
+            raise DeliveryError(capture.reason(result))
+        return True
+
+
+def _safe_name(name: str) -> str:
+    """A file name made of the tile name's safe characters."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return out[:120] or "tile"
+
+
+def build_endpoints(acfg: AlertsConfig, *, thumbnail_dir: Path) -> list[Endpoint]:
+    """One endpoint per notification URL (``alerts.urls`` and the apprise config file)."""
+    apprise = _apprise()
+
+    plugins: list[Any] = []
+    for url in acfg.urls:
+        plugin = apprise.Apprise.instantiate(url)
+        if plugin is not None:
+            plugins.append(plugin)
+    if acfg.apprise_config is not None:
+        conf = apprise.AppriseConfig()
+        conf.add(str(acfg.apprise_config))
+        loaded = apprise.Apprise()
+        loaded.add(conf)
+        plugins.extend(loaded)
+    out: list[Endpoint] = []
+    seen: set[str] = set()
+    for plugin in plugins:
+        notifier = AppriseNotifier(
+            plugin,
+            thumbnail_dir=thumbnail_dir,
+            thumbnail_px=acfg.thumbnail_px,
+            send_timeout_s=acfg.send_timeout_s,
+        )
+        eid = _endpoint_id(notifier.url)
+        if eid in seen:
+            continue  # the same URL twice is one endpoint: it gets each alert once
+        seen.add(eid)
+        out.append(Endpoint(id=eid, name=redact_url(notifier.url), notify=notifier))
+    return out
 
 
 # -- what the alerts say -----------------------------------------------------------------
@@ -317,8 +440,11 @@ class AlertSink:
         self._cfg = acfg
         self._sender = sender
         self._clock = clock
-        if sender is not None:
-            sender.start()
+
+    def start(self) -> None:
+        """Start delivery (one sender thread per endpoint); the constructor starts nothing."""
+        if self._sender is not None:
+            self._sender.start()
 
     def _queue(self, conn: Any, alert: Alert, now: float) -> None:
         """Queue for delivery (when there are targets) and log: the console shows it all."""
@@ -493,6 +619,7 @@ def build_sink(
     *,
     clock: Callable[[], float] = time.time,
     notify: Notifier | None = None,
+    endpoints: Sequence[Endpoint] | None = None,
 ) -> AlertSink:
     """The alert sink the service feeds every verdict to.
 
@@ -500,16 +627,29 @@ def build_sink(
     but nothing is queued for delivery.
     """
     acfg = cfg.alerts
+    if endpoints is not None:
+        endpoints = list(endpoints)
+    elif notify is not None:
+        endpoints = [Endpoint(id="notify", name="notify", notify=notify)]
+    elif acfg.urls or acfg.apprise_config is not None:
+        endpoints = build_endpoints(acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails")
+    else:
+        endpoints = []
     sender = None
-    if notify is None and (acfg.urls or acfg.apprise_config is not None):
-        notify = AppriseNotifier(acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails")
-    if notify is not None:
+    if endpoints:
         sender = Sender(
             Path(cfg.state_dir),
-            notify,
+            endpoints,
             clock=clock,
             retry_initial_s=acfg.retry_initial_s,
             retry_max_s=acfg.retry_max_s,
         )
-    _log.info("alerts_configured", targets=describe_targets(acfg), delivery=sender is not None)
-    return AlertSink(ledger, acfg, sender=sender, clock=clock)
+    _log.info(
+        "alerts_configured",
+        targets=describe_targets(acfg),
+        endpoints=[e.name for e in endpoints],
+        delivery=sender is not None,
+    )
+    sink = AlertSink(ledger, acfg, sender=sender, clock=clock)
+    sink.start()
+    return sink

@@ -136,6 +136,7 @@ class AlertsConfig:
     retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
+    send_timeout_s: float = _opt(30.0, _range(1.0, 600))
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,33 @@ MIGRATIONS: list[str] = [
         summarized INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: per-endpoint alert delivery and structured alerts (focuswatch.outbox), the
+    # working distance shown in alerts, the history of each retake entry
+    """
+    ALTER TABLE alert_outbox ADD COLUMN severity TEXT NOT NULL DEFAULT 'info';
+    ALTER TABLE alert_outbox ADD COLUMN details TEXT;
+    CREATE TABLE alert_deliveries (
+        outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
+        endpoint TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        sent REAL,
+        last_error TEXT,
+        PRIMARY KEY (outbox_id, endpoint)
+    );
+    ALTER TABLE versions ADD COLUMN working_distance_um REAL;
+    CREATE TABLE retake_events (
+        id INTEGER PRIMARY KEY,
+        retake_id INTEGER NOT NULL REFERENCES retakes (id),
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        version_id INTEGER,
+        score REAL
+    );
+    CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
+    """,
 ]
 
 # Verdicts whose scores are trusted as context for later decisions.
@@ -539,11 +566,13 @@ class Ledger:
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
-                    "pixel_size_um = coalesce(?, pixel_size_um) WHERE id = ?",
+                    "pixel_size_um = coalesce(?, pixel_size_um), "
+                    "working_distance_um = coalesce(?, working_distance_um) WHERE id = ?",
                     (
                         getattr(meta, "stage_x_um", None),
                         getattr(meta, "stage_y_um", None),
                         getattr(meta, "pixel_size_um", None),
+                        getattr(meta, "working_distance_um", None),
                         version_id,
                     ),
                 )
@@ -586,6 +615,9 @@ class Ledger:
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
+            working_distance_um=self._conn.execute(
+                "SELECT working_distance_um FROM versions WHERE id = ?", (version_id,)
+            ).fetchone()[0],
         )
 
     def mark_delivered(self, version_id: int) -> None:

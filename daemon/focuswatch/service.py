@@ -85,18 +85,19 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
     """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
     sinks: list[Sink] = []
-    try:
-        from focuswatch import alerts
-
-        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
+    # The retake list first: an alert names the retake entry (its id) its tile opened.
     try:
         from focuswatch import retakes
 
         sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
     except (ImportError, AttributeError, NotBuiltError) as exc:
         log.warning("sink_unavailable", sink="retakes", reason=str(exc))
+    try:
+        from focuswatch import alerts
+
+        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
+    except (ImportError, AttributeError, NotBuiltError) as exc:
+        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
     return sinks
 
 
