@@ -875,3 +875,71 @@ def test_senders_stop_within_their_bound_while_a_send_hangs(tmp_path: Path) -> N
     finally:
         release.set()
         ledger.close()
+
+
+# -- secrets in URLs -----------------------------------------------------------------------
+
+SECRET_URLS = {
+    # url: the secrets in it
+    "json://127.0.0.1:8080/hooks/PathT0kenSecret": ["PathT0kenSecret"],
+    "jsons://user:hunter2@monitor.example.org/api/PathTokenSecretValue": [
+        "hunter2",
+        "PathTokenSecretValue",
+    ],
+    "form://127.0.0.1/in/abc123def456ghi": ["abc123def456ghi"],
+    "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#sem": [
+        "T1JJ3T3L2",
+        "A1BRTD4JD",
+        "TIiajkdnlazkcOXrIdevi7FQ",
+    ],
+    "https://hooks.slack.com/services/T1JJ3T3L3/A1BRTD4JE/TIiajkdnlazkcOXrIdevi7FR": [
+        "T1JJ3T3L3",
+        "A1BRTD4JE",
+        "TIiajkdnlazkcOXrIdevi7FR",
+    ],
+    "discord://123456789012345678/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh": [
+        "123456789012345678",
+        "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh",
+    ],
+    "https://discord.com/api/webhooks/223456789012345678/BbCdEfGhIjKlMnOpQrStUvWxYz0123": [
+        "223456789012345678",
+        "BbCdEfGhIjKlMnOpQrStUvWxYz0123",
+    ],
+    "mailtos://operator:s3cretPass@mail.example.org?to=ops@example.org": ["s3cretPass"],
+}
+
+
+@pytest.mark.parametrize("url", list(SECRET_URLS))
+def test_redact_url_masks_tokens_in_paths_and_slack_and_discord_forms(url: str) -> None:
+    """No secret survives redaction, whichever way the URL is written; names do."""
+    shown = alerts.redact_url(url)
+    for secret in SECRET_URLS[url]:
+        assert secret not in shown, shown
+    assert shown.split("://")[0] in url or shown.startswith(("slack://", "discord://"))
+
+
+def test_redact_url_keeps_plain_paths_and_hosts() -> None:
+    """Ordinary names stay readable, so the operator can tell endpoints apart."""
+    assert alerts.redact_url("json://monitor.example.org:8080/focuswatch/hook") == (
+        "json://monitor.example.org:8080/focuswatch/hook"
+    )
+
+
+def test_check_config_and_the_start_log_show_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check-config` prints the effective config and the service logs its targets at
+    start: neither shows a token from any URL."""
+    urls = list(SECRET_URLS)
+    path = tmp_path / "fw.toml"
+    path.write_text("[alerts]\nurls = [" + ", ".join(json.dumps(u) for u in urls) + "]\n")
+    assert cli.main(["check-config", str(path)]) == 0
+    printed = capsys.readouterr()
+    cfg = replace(config.load(path), state_dir=tmp_path / "state")
+    with capture_logs() as logs, opened(cfg, Clock()):
+        pass
+    (started,) = [e for e in logs if e["event"] == "alerts_configured"]
+    assert len(started["endpoints"]) == len(urls)
+    for secret in (s for u in urls for s in SECRET_URLS[u]):
+        assert secret not in printed.out + printed.err
+        assert secret not in repr(started)

@@ -24,6 +24,7 @@ import logging
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -82,14 +83,50 @@ def _apprise() -> Any:
 
 
 def redact_url(url: str) -> str:
-    """A notification URL fit for logs and status: secrets masked, query dropped."""
+    """A notification URL fit for logs and status: secrets masked, query dropped.
+
+    apprise masks what each plugin declares private (passwords, Slack and Discord
+    tokens, however the URL is written); on top of that every host or path segment
+    that looks like a secret (``json://host/hooks/PathT0kenSecret``) is masked too.
+    A URL apprise cannot parse is not shown at all.
+    """
     apprise = _apprise()
 
     plugin: Any = apprise.Apprise.instantiate(url)
     if plugin is None:
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         return f"{scheme}://… (unparseable)"
-    return str(plugin.url(privacy=True)).split("?", 1)[0]
+    shown = str(plugin.url(privacy=True)).split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = shown.partition("://")
+    if not sep:
+        return shown
+    netloc, slash, path = rest.partition("/")
+    user, at, host = netloc.rpartition("@")
+    hostname, colon, port = host.partition(":")
+    if "." not in hostname and _looks_secret(hostname):
+        hostname = _mask(hostname)
+    segments = [_mask(seg) if _looks_secret(seg) else seg for seg in path.split("/")]
+    return f"{scheme}://{user}{at}{hostname}{colon}{port}{slash}{'/'.join(segments)}"
+
+
+def _looks_secret(segment: str) -> bool:
+    """A token rather than a name: long, and letters mixed with digits or cases."""
+    text = urllib.parse.unquote(segment)
+    if len(text) < 8 or "..." in text or "*" in text:  # short, or masked by apprise
+        return False
+    letters = any(c.isalpha() for c in text)
+    digits = any(c.isdigit() for c in text)
+    mixed_case = any(c.isupper() for c in text[1:]) and any(c.islower() for c in text)
+    return (
+        (letters and digits)
+        or (text.isdigit() and len(text) >= 10)  # a webhook or bot id
+        or (mixed_case and len(text) >= 12)
+        or len(text) >= 24
+    )
+
+
+def _mask(segment: str) -> str:
+    return f"{segment[0]}...{segment[-1]}"
 
 
 def describe_targets(acfg: AlertsConfig) -> list[str]:
