@@ -225,12 +225,14 @@ def test_public_names() -> None:
     """The modules export exactly their documented API."""
     assert sorted(alerts.__all__) == sorted(
         [
+            "JSON_FIELD",
             "AlertSink",
             "AppriseNotifier",
             "build_endpoints",
             "build_sink",
             "describe_targets",
             "format_tile_alert",
+            "instance_name",
             "make_thumbnail",
             "redact_url",
             "validate",
@@ -943,3 +945,124 @@ def test_check_config_and_the_start_log_show_no_secret(
     for secret in (s for u in urls for s in SECRET_URLS[u]):
         assert secret not in printed.out + printed.err
         assert secret not in repr(started)
+
+
+# -- what the messages say -------------------------------------------------------------------
+
+WD_UM = 5001.2
+
+
+def test_mail_is_readable_as_text_and_html_and_names_instance_retake_and_tile(
+    tmp_path: Path, smtp: tuple[int, queue.Queue[bytes]]
+) -> None:
+    """text/plain keeps one fact per line, the HTML part breaks lines with <br> and has no
+    raw newline escapes; the subject names the instance, the body the retake id that
+    `retakes dismiss` takes and the working distance; the thumbnail is named after the tile."""
+    port, inbox = smtp
+    url = f"mailto://127.0.0.1:{port}?from=focuswatch@example.org&to=operator@example.org"
+    cfg = cfg_for(tmp_path, urls=[url], thumbnail_px=32, instance="Merlin-2")
+    tile = make_tile(tmp_path, "Tile_r1-c2_S_001")
+    with opened(cfg, Clock()) as (ledger, sink):
+        retake_id = open_retake(ledger, 1)
+        sink.on_verdict(replace(rec(1, path=str(tile)), working_distance_um=WD_UM))
+        raw = inbox.get(timeout=WAIT_S)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert str(msg["Subject"]).startswith("[Merlin-2] ")
+    parts = list(msg.walk())  # type: ignore[no-untyped-call]
+    text = next(p for p in parts if p.get_content_type() == "text/plain").get_content()
+    html = next(p for p in parts if p.get_content_type() == "text/html").get_content()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    assert lines[0].startswith("Section S_001, tile Tile_r1-c2_S_001 (row 1, col 2)")
+    assert "Stage X/Y: 1234.5 / -567.8 µm" in lines
+    assert "Working distance: 5.0012 mm (5001.2 µm)" in lines
+    assert "Score: 140 (baseline 420)" in lines
+    assert any(ln.startswith("Why: score 140 is 67 % below") for ln in lines)
+    assert any(f"focuswatch retakes dismiss {retake_id}" in ln for ln in lines)
+    assert "\\n" not in html
+    assert html.count("<br") >= 5
+    assert "Stage X/Y: 1234.5 / -567.8 µm<br" in html
+    png = next(p for p in parts if p.get_content_type() == "image/png")
+    assert png.get_filename() == "Tile_r1-c2_S_001.png"
+
+
+def open_retake(ledger: Ledger, vid: int, *, position: str = "r1-c2") -> int:
+    """A retake entry for version ``vid`` (as the retake sink opens before the alert)."""
+    with ledger.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO retakes (section, position, tile_name, reason, first_seen, status,"
+            " version_id, updated) VALUES ('S_001', ?, 't', 'r', 0, 'open', ?, 0)",
+            (position, vid),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def test_json_endpoint_gets_a_structured_payload_and_a_severity(
+    tmp_path: Path, hook: HookServer
+) -> None:
+    """json:// POSTs carry the alert as fields ("focuswatch": verdict, section, tile, …)
+    and apprise's type follows the severity: failure, warning (partly, digest), info
+    (summary); the thumbnail is named after the tile."""
+    hook.start()
+    url = f"json://127.0.0.1:{hook.port}/hook"
+    cfg = cfg_for(tmp_path, urls=[url], thumbnail_px=32, instance="Merlin-2", digest_minutes=10)
+    tile = make_tile(tmp_path, "Tile_r1-c2_S_001")
+    partly = Verdict(VerdictKind.PARTLY_OUT_OF_FOCUS, "2 of 9 patches dropped", 420.0)
+    clock = Clock()
+    with opened(cfg, clock) as (ledger, sink):
+        retake_id = open_retake(ledger, 1)
+        sink.on_verdict(replace(rec(1, path=str(tile)), working_distance_um=WD_UM))
+        first = hook.posts.get(timeout=WAIT_S)
+        sink.on_verdict(rec(2, row=2, col=2, verdict=partly))
+        clock.now += 600
+        sink.tick(clock.now)
+        digest = hook.posts.get(timeout=WAIT_S)
+        sink.on_verdict(rec(3, section="S_002", verdict=GOOD))
+        summary = hook.posts.get(timeout=WAIT_S)
+    assert first["type"] == "failure"
+    assert first["title"].startswith("[Merlin-2] ")
+    assert first["focuswatch"] == {
+        "key": "tile:1",
+        "kind": "tile",
+        "severity": "failure",
+        "instance": "Merlin-2",
+        "verdict": "out_of_focus",
+        "section": "S_001",
+        "tile": "Tile_r1-c2_S_001",
+        "row": 1,
+        "col": 2,
+        "stage_x_um": 1234.5,
+        "stage_y_um": -567.8,
+        "working_distance_um": WD_UM,
+        "score": 140.0,
+        "baseline": 420.0,
+        "defocus_um": 4.1,
+        "reason": BAD.reason,
+        "retake_id": retake_id,
+        "retake_status": "open",
+        "path": str(tile),
+        "version_id": 1,
+    }
+    (attachment,) = first["attachments"]
+    assert attachment["filename"] == "Tile_r1-c2_S_001.png"
+    assert digest["type"] == "warning"
+    assert digest["focuswatch"]["kind"] == "digest"
+    (listed,) = digest["focuswatch"]["tiles"]
+    assert (listed["tile"], listed["verdict"]) == ("Tile_r2-c2_S_001", "partly_out_of_focus")
+    assert summary["type"] == "info"
+    assert summary["focuswatch"]["kind"] == "summary"
+    assert summary["focuswatch"]["by_verdict"] == {
+        "out_of_focus": ["r1-c2"],
+        "partly_out_of_focus": ["r2-c2"],
+    }
+    assert summary["title"] == "[Merlin-2] focuswatch: section S_001 complete"
+
+
+def test_instance_defaults_to_the_host_name(tmp_path: Path) -> None:
+    """Without alerts.instance every message still says which machine sent it."""
+    notes = Recorder()
+    with opened(cfg_for(tmp_path), Clock(), notes) as (_, sink):
+        sink.on_verdict(rec(1))
+        assert sink.flush(WAIT_S)
+    (alert,) = notes.drain()
+    assert alert.title.startswith(f"[{socket.gethostname()}] ")
+    assert alert.details["instance"] == socket.gethostname()

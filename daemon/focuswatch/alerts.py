@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import importlib
+import json
 import logging
+import socket
 import sys
 import threading
 import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +44,14 @@ from focuswatch.policy import format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
+    "JSON_FIELD",
     "AlertSink",
     "AppriseNotifier",
     "build_endpoints",
     "build_sink",
     "describe_targets",
     "format_tile_alert",
+    "instance_name",
     "make_thumbnail",
     "redact_url",
     "validate",
@@ -262,6 +268,8 @@ class _ReasonCapture(logging.Handler):
         return "; ".join(lines) or "apprise reported a failure without a reason"
 
 
+JSON_FIELD = "focuswatch"  # the field of a json:// POST that holds the alert's details
+
 _NOTIFY_TYPES = {"info": "info", "success": "success", "warning": "warning", "failure": "failure"}
 
 
@@ -296,6 +304,19 @@ class AppriseNotifier:
         if plugin.socket_read_timeout == type(plugin).socket_read_timeout:
             plugin.socket_read_timeout = send_timeout_s
         self._plugin = plugin
+        # A json:// endpoint gets the alert's structured form as one more field of
+        # apprise's JSON body ("focuswatch": {...}, see README), through the plugin's
+        # own payload extras (the ``:key=value`` tokens of its URL, which stay).
+        self._json_extras: dict[str, Any] | None = None
+        if "json" in (plugin.protocol, plugin.secure_protocol) and isinstance(
+            getattr(plugin, "payload_extras", None), dict
+        ):
+            self._json_extras = dict(plugin.payload_extras)
+        # The form the endpoint shows (apprise 2 lists several, its preferred first).
+        shown = plugin.notify_format
+        if isinstance(shown, tuple | list):
+            shown = shown[0] if shown else None
+        self._html = shown == apprise.NotifyFormat.HTML
         self._apprise.add(plugin)
         self._thumb_px = thumbnail_px
         self._thumb_dir = thumbnail_dir
@@ -318,12 +339,22 @@ class AppriseNotifier:
             if thumb is not None:
                 attach = apprise.AppriseAttachment()
                 attach.add(str(thumb))
+            if self._json_extras is not None:
+                self._plugin.payload_extras = self._json_extras | {
+                    JSON_FIELD: {"key": alert.key, "severity": alert.severity, **alert.details}
+                }
+            # Each endpoint gets the body in the form it shows: HTML for mail (apprise
+            # derives the text/plain part from it, line breaks kept), text elsewhere.
+            if self._html:
+                body, body_format = _html(alert.body), apprise.NotifyFormat.HTML
+            else:
+                body, body_format = alert.body, apprise.NotifyFormat.TEXT
             with _ReasonCapture().attached() as capture:
                 result = self._apprise.notify(
-                    body=alert.body,
+                    body=body,
                     title=alert.title,
                     notify_type=_NOTIFY_TYPES.get(alert.severity, "info"),
-                    body_format=apprise.NotifyFormat.TEXT,
+                    body_format=body_format,
                     attach=attach,
                 )
         finally:
@@ -333,6 +364,11 @@ class AppriseNotifier:
         if not result:
             raise DeliveryError(capture.reason(result))
         return True
+
+
+def _html(text: str) -> str:
+    """The body as HTML: each line escaped, lines joined by ``<br/>`` (no raw newlines)."""
+    return "<br/>".join(html.escape(line, quote=False) for line in text.splitlines())
 
 
 def _safe_name(name: str) -> str:
@@ -376,33 +412,136 @@ def build_endpoints(acfg: AlertsConfig, *, thumbnail_dir: Path) -> list[Endpoint
 # -- what the alerts say -----------------------------------------------------------------
 
 
+def instance_name(acfg: AlertsConfig) -> str:
+    """The name every message carries (``alerts.instance``, else this host's name)."""
+    return acfg.instance or socket.gethostname() or "focuswatch"
+
+
 def _um(v: float | None) -> str:
     return "?" if v is None else f"{v:.1f}"
 
 
-def format_tile_alert(record: VerdictRecord, *, key: str | None = None) -> Alert:
-    """The alert for one tile that needs a retake: everything the operator needs."""
+_SEVERITY = {
+    VerdictKind.OUT_OF_FOCUS: "failure",
+    VerdictKind.PARTLY_OUT_OF_FOCUS: "warning",
+}
+
+
+@dataclass(frozen=True)
+class _Retake:
+    """The retake entry a verdict opened, kept open or closed."""
+
+    id: int
+    status: str
+
+
+def _retake_of(conn: Any, version_id: int) -> _Retake | None:
+    row = conn.execute(
+        "SELECT id, status FROM retakes WHERE version_id = ? ORDER BY id DESC LIMIT 1",
+        (version_id,),
+    ).fetchone()
+    return None if row is None else _Retake(int(row[0]), str(row[1]))
+
+
+def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, Any]:
+    """The structured form of a tile alert (JSON endpoints get it; see README)."""
     v = record.verdict
+    return {
+        "verdict": str(v.kind),
+        "section": record.section,
+        "tile": record.tile_name,
+        "row": record.row,
+        "col": record.col,
+        "stage_x_um": record.stage_x_um,
+        "stage_y_um": record.stage_y_um,
+        "working_distance_um": record.working_distance_um,
+        "score": record.score,
+        "baseline": v.baseline,
+        "defocus_um": v.defocus_um,
+        "reason": v.reason,
+        "retake_id": None if retake is None else retake.id,
+        "retake_status": None if retake is None else retake.status,
+        "path": record.path,
+        "version_id": record.version_id,
+    }
+
+
+def format_tile_alert(
+    record: VerdictRecord,
+    *,
+    key: str | None = None,
+    instance: str = "",
+    retake_id: int | None = None,
+    retake_status: str | None = None,
+) -> Alert:
+    """The alert for one tile that needs a retake: everything the operator needs.
+
+    ``retake_id`` is the retake list entry (what ``focuswatch retakes dismiss`` takes);
+    ``retake_status`` ``retaken_still_bad`` says the tile was retaken and is still bad.
+    """
+    v = record.verdict
+    retake = None if retake_id is None else _Retake(retake_id, retake_status or "open")
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
+    again = retake is not None and retake.status == "retaken_still_bad"
     where = "" if record.row is None else f" (row {record.row}, col {record.col})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
-        f"Section {section}, tile {record.tile_name}{where} is {what}.",
+        f"Section {section}, tile {record.tile_name}{where} is {what}"
+        + (" again after its retake." if again else "."),
         f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm",
-        f"Score: {score} (baseline {base})",
     ]
+    if record.working_distance_um is not None:
+        wd = record.working_distance_um
+        lines.append(f"Working distance: {wd / 1000:.4f} mm ({wd:.1f} µm)")
+    lines.append(f"Score: {score} (baseline {base})")
     if v.defocus_um is not None:
         lines.append(f"Estimated defocus: {v.defocus_um:.1f} µm")
-    lines += [f"Why: {v.reason}", f"File: {record.path}"]
+    lines.append(f"Why: {v.reason}")
+    if retake is not None:
+        lines.append(
+            f"Retake list entry {retake.id} (no retake needed? "
+            f'focuswatch retakes dismiss {retake.id} --note "why")'
+        )
+    lines.append(f"File: {record.path}")
+    prefix = f"[{instance}] " if instance else ""
+    title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
+    if again:
+        title += " again after retake"
+    details = _tile_details(record, retake) | {"kind": "tile", "instance": instance or None}
     return Alert(
         key=key or f"tile:{record.version_id}",
         kind="tile",
         section=record.section,
-        title=f"focuswatch: section {section}, {record.tile_name} {what}",
+        title=title,
         body="\n".join(lines),
         tile_path=record.path,
+        severity=_SEVERITY.get(v.kind, "warning"),
+        details=details,
+        tile_name=record.tile_name,
+    )
+
+
+def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert:
+    """A retake that came out fine: the entry is closed (a recovery)."""
+    section = record.section or "(no section)"
+    score = "?" if record.score is None else format_score(record.score)
+    prefix = f"[{instance}] " if instance else ""
+    lines = [
+        f"Section {section}, tile {record.tile_name} was retaken and is in focus now.",
+        f"Score: {score}; retake list entry {retake.id} is closed.",
+        f"File: {record.path}",
+    ]
+    return Alert(
+        key=f"fixed:{record.version_id}",
+        kind="fixed",
+        section=record.section,
+        title=f"{prefix}focuswatch: section {section}, {record.tile_name} retaken, in focus",
+        body="\n".join(lines),
+        severity="success",
+        details=_tile_details(record, retake) | {"kind": "fixed", "instance": instance or None},
+        tile_name=record.tile_name,
     )
 
 
@@ -456,10 +595,14 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
     ]
 
 
-def _digest_line(label: str, body: str) -> str:
+def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
     why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
     stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
-    return f"- {label}: {stage}; {why}"
+    line = f"- {label}: {stage}; {why}"
+    if retake is not None:
+        again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
+        line += f" ({again}retake {retake.id})"
+    return line
 
 
 class AlertSink:
@@ -477,6 +620,7 @@ class AlertSink:
         self._cfg = acfg
         self._sender = sender
         self._clock = clock
+        self._instance = instance_name(acfg)
 
     def start(self) -> None:
         """Start delivery (one sender thread per endpoint); the constructor starts nothing."""
@@ -488,22 +632,32 @@ class AlertSink:
         if self._sender is not None and not enqueue(conn, alert, now=now):
             return  # queued before: never twice
         _log.warning(
-            "alert", key=alert.key, section=alert.section, title=alert.title, body=alert.body
+            "alert",
+            key=alert.key,
+            section=alert.section,
+            severity=alert.severity,
+            title=alert.title,
+            body=alert.body,
         )
 
     def on_verdict(self, record: VerdictRecord) -> None:
         now = self._clock()
         kind = record.verdict.kind
         section = record.section or ""
-        # A tile waiting for a digest keeps its digest line, so a restart loses nothing.
-        label = record.tile_name
-        if kind.needs_retake:
-            label = _digest_line(record.tile_name, format_tile_alert(record).body)
         with self._ledger.transaction() as conn:
+            # The retake entry this verdict opened, kept open or closed (the retake
+            # sink runs first); a tile waiting for a digest keeps its digest line and
+            # details, so a restart loses nothing.
+            retake = _retake_of(conn, record.version_id)
+            label, details = record.tile_name, None
+            if kind.needs_retake:
+                alert = self._format(record, retake)
+                label = _digest_line(record.tile_name, alert.body, retake)
+                details = json.dumps(dict(alert.details), ensure_ascii=False)
             cur = conn.execute(
-                "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert)"
-                " VALUES (?,?,?,?,?,?,NULL) ON CONFLICT (version_id) DO NOTHING",
-                (record.version_id, section, record.position, label, str(kind), now),
+                "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert,"
+                " details) VALUES (?,?,?,?,?,?,NULL,?) ON CONFLICT (version_id) DO NOTHING",
+                (record.version_id, section, record.position, label, str(kind), now, details),
             )
             if cur.rowcount == 0:
                 return  # replayed after a restart: everything below happened already
@@ -525,20 +679,32 @@ class AlertSink:
                 if older != section:
                     self._summarize(conn, older, now)
             if kind.needs_retake:
-                self._tile_alert(conn, record, now)
+                self._tile_alert(conn, record, retake, now)
+            elif retake is not None and retake.status == "retaken_fixed":
+                self._queue(conn, _fixed_alert(record, retake, self._instance), now)
             if section in done:
                 self._summarize(conn, section, now)
         if self._sender is not None:
             self._sender.kick()
 
-    def _tile_alert(self, conn: Any, record: VerdictRecord, now: float) -> None:
+    def _format(self, record: VerdictRecord, retake: _Retake | None) -> Alert:
+        return format_tile_alert(
+            record,
+            instance=self._instance,
+            retake_id=None if retake is None else retake.id,
+            retake_status=None if retake is None else retake.status,
+        )
+
+    def _tile_alert(
+        self, conn: Any, record: VerdictRecord, retake: _Retake | None, now: float
+    ) -> None:
         """A bad tile: alert at once if it is the section's first (or digests are off)."""
         section = record.section or ""
         last = conn.execute(
             "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
         ).fetchone()[0]
         if last is None or self._cfg.digest_minutes == 0:
-            alert = format_tile_alert(record)
+            alert = self._format(record, retake)
             conn.execute(
                 "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
                 (alert.key, record.version_id),
@@ -577,18 +743,34 @@ class AlertSink:
 
     def _digest(self, conn: Any, section: str, n: int, now: float) -> None:
         rows = conn.execute(
-            "SELECT version_id, label FROM alert_tiles WHERE section = ? AND alert IS NULL "
-            "AND kind IN ('out_of_focus', 'partly_out_of_focus') ORDER BY version_id",
+            "SELECT version_id, label, details FROM alert_tiles WHERE section = ? "
+            "AND alert IS NULL AND kind IN ('out_of_focus', 'partly_out_of_focus') "
+            "ORDER BY version_id",
             (section,),
         ).fetchall()
         key = f"digest:{section}:{n}"
-        noun = "tile needs" if len(rows) == 1 else "tiles need"
+        tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
+        again = sum(t.get("retake_status") == "retaken_still_bad" for t in tiles)
+        new = len(rows) - again
+        parts = []
+        if new:
+            parts.append(f"{new} more {'tile needs' if new == 1 else 'tiles need'} a retake")
+        if again:
+            parts.append(f"{again} still bad after {'its' if again == 1 else 'their'} retake")
+        prefix = f"[{self._instance}] " if self._instance else ""
         alert = Alert(
             key=key,
             kind="digest",
             section=section,
-            title=f"focuswatch: section {section}: {len(rows)} more {noun} a retake",
-            body="\n".join(label for _, label in rows),
+            title=f"{prefix}focuswatch: section {section}: {', '.join(parts)}",
+            body="\n".join(label for _, label, _ in rows),
+            severity="warning",
+            details={
+                "kind": "digest",
+                "instance": self._instance or None,
+                "section": section,
+                "tiles": tiles,
+            },
         )
         conn.executemany(
             "UPDATE alert_tiles SET alert = ? WHERE version_id = ?", [(key, r[0]) for r in rows]
@@ -628,14 +810,23 @@ class AlertSink:
                 if kind is not VerdictKind.EMPTY:
                     text += ": " + ", ".join(found)
                 parts.append(text)
+        prefix = f"[{self._instance}] " if self._instance else ""
         self._queue(
             conn,
             Alert(
                 key=f"summary:{section}",
                 kind="summary",
                 section=section,
-                title=f"focuswatch: section {section} complete",
+                title=f"{prefix}focuswatch: section {section} complete",
                 body="; ".join(parts),
+                severity="info",
+                details={
+                    "kind": "summary",
+                    "instance": self._instance or None,
+                    "section": section,
+                    "tiles": len(rows),
+                    "by_verdict": {k: sorted(v) for k, v in by_kind.items()},
+                },
             ),
             now,
         )

@@ -130,6 +130,7 @@ class AlertsConfig:
 
     urls: list[str] = _opt([], _nonempty_strings, factory=True)
     apprise_config: Path | None = _opt(None)
+    instance: str = _opt("", lambda v: None if len(v) <= 80 else "must be at most 80 characters")
     digest_minutes: float = _opt(10.0, _range(0.0, 1440))
     section_summary: bool = _opt(True)
     section_idle_minutes: float = _opt(30.0, _range(0.1, 10080))

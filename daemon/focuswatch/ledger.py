@@ -166,6 +166,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE alert_outbox ADD COLUMN severity TEXT NOT NULL DEFAULT 'info';
     ALTER TABLE alert_outbox ADD COLUMN details TEXT;
+    ALTER TABLE alert_tiles ADD COLUMN details TEXT;
     CREATE TABLE alert_deliveries (
         outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
         endpoint TEXT NOT NULL,
