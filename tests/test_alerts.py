@@ -1066,3 +1066,133 @@ def test_instance_defaults_to_the_host_name(tmp_path: Path) -> None:
     (alert,) = notes.drain()
     assert alert.title.startswith(f"[{socket.gethostname()}] ")
     assert alert.details["instance"] == socket.gethostname()
+
+
+def test_the_service_alerts_a_real_tile_with_its_working_distance_and_retake_id(
+    tmp_path: Path, hook: HookServer
+) -> None:
+    """End to end: ATLAS tiles with FibicsXML go through the real service (watcher,
+    worker process, policy, retake and alert sinks); the flat tile's JSON alert shows
+    the working distance from Scan/Focus and the id of the retake entry it opened."""
+    from focuswatch import retakes, synth
+    from focuswatch.config import ScoringConfig, WatchConfig
+    from focuswatch.service import Service
+    from pipeline_jobs import read_score
+
+    hook.start()
+    watch = tmp_path / "watch"
+    section = watch / "S_000_1752450056"
+    section.mkdir(parents=True)
+    cfg = Config(
+        state_dir=tmp_path / "state",
+        watch=WatchConfig(path=watch, observer="polling", poll_interval_s=0.05, quiet_s=0.1),
+        scoring=ScoringConfig(workers=1, tile_timeout_s=30.0),
+        alerts=AlertsConfig(
+            urls=[f"json://127.0.0.1:{hook.port}/hook"], thumbnail_px=0, instance="Merlin-2"
+        ),
+    )
+    rng = np.random.default_rng(3)
+    for col in (1, 2, 3, 4):
+        spread = 2 if col == 3 else 60  # column 3: almost no structure
+        image = np.clip(128 + rng.normal(0, spread, (64, 64)), 0, 255).astype(np.uint8)
+        synth.write_tile(
+            section / f"Tile_r1-c{col}_S_000_1752450056.tif",
+            image,
+            row=1,
+            col=col,
+            section="000",
+            stage_x_um=100.0 * col,
+            stage_y_um=200.0,
+            working_distance_um=5000.0 + col,
+        )
+    svc = Service(cfg, score_fn=read_score)
+    try:
+        svc.start()
+        for _ in range(600):  # bounded: ends when the alert arrived
+            svc.turn(0.05)
+            with contextlib.suppress(queue.Empty):
+                post = hook.posts.get_nowait()
+                break
+        else:
+            raise AssertionError("no alert within the turn budget")
+    finally:
+        svc.stop(grace_s=1.0)
+    fields = post["focuswatch"]
+    assert fields["tile"] == "Tile_r1-c3_S_000_1752450056.tif"
+    assert fields["verdict"] == "out_of_focus"
+    assert fields["working_distance_um"] == pytest.approx(5003.0)
+    assert "Working distance: 5.0030 mm" in post["message"]
+    ledger = Ledger.open(cfg.state_dir, readonly=True)
+    try:
+        (entry,) = retakes.entries(ledger)
+    finally:
+        ledger.close()
+    assert entry.tile_name == fields["tile"]
+    assert fields["retake_id"] == entry.id
+    assert f"focuswatch retakes dismiss {entry.id} " in post["message"]
+
+
+def retake_version(ledger: Ledger, n: int) -> int:
+    """Version ``n`` of tile r1-c1 of S_001 (a retake under a new suffix)."""
+    vid, _ = ledger.add_version(
+        f"/wafer/S_001/Tile_r1-c1_S_001_{n}.tif",
+        size=1,
+        mtime_ns=1,
+        tile_name=f"Tile_r1-c1_S_001_{n}",
+        section="S_001",
+        row=1,
+        col=1,
+    )
+    return vid
+
+
+@pytest.mark.parametrize("digest_minutes", [0.0, 10.0])
+def test_a_failed_retake_is_announced_as_such_and_a_good_one_as_a_recovery(
+    tmp_path: Path, digest_minutes: float
+) -> None:
+    """With the real retake list: the first bad tile names its entry; a retake that is
+    still bad says so (at once or in the digest), never "1 more tile needs a retake";
+    a good retake is announced as a success naming the closed entry."""
+    from focuswatch import retakes
+
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=digest_minutes, section_summary=False)
+    with opened(cfg, clock, notes) as (ledger, sink):
+        retake_sink = retakes.RetakeSink(ledger, cfg.state_dir, clock=clock)
+        v1, v2, v3 = (retake_version(ledger, n) for n in (1, 2, 3))
+
+        def judge(vid: int, verdict: Verdict) -> None:
+            record = replace(
+                rec(vid, row=1, col=1, verdict=verdict), tile_name=f"Tile_r1-c1_S_001_{vid}"
+            )
+            retake_sink.on_verdict(record)  # first, as in the service
+            sink.on_verdict(record)
+
+        judge(v1, BAD)
+        assert sink.flush(WAIT_S)
+        (first,) = notes.drain()
+        (entry,) = retakes.entries(ledger)
+        assert first.details["retake_id"] == entry.id
+        assert f"retakes dismiss {entry.id} " in first.body
+
+        judge(v2, BAD)
+        clock.now += digest_minutes * 60
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        (again,) = notes.drain()
+        assert "more tile" not in again.title
+        assert "still bad after its retake" in again.title + again.body
+        if digest_minutes == 0:
+            assert again.details["retake_id"] == entry.id
+            assert again.details["retake_status"] == "retaken_still_bad"
+        else:
+            (listed,) = again.details["tiles"]
+            assert listed["retake_id"] == entry.id
+
+        judge(v3, GOOD)
+        assert sink.flush(WAIT_S)
+        (fixed,) = notes.drain()
+        retake_sink.close()
+    assert fixed.key == f"fixed:{v3}"
+    assert fixed.severity == "success"
+    assert f"entry {entry.id} is closed" in fixed.body

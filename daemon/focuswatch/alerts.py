@@ -332,7 +332,7 @@ class AppriseNotifier:
         thumb = None
         if alert.tile_path and self._thumb_px > 0:
             folder = self._thumb_dir / _endpoint_id(self.url)
-            name = _safe_name(alert.tile_name or Path(alert.tile_path).stem) + ".png"
+            name = _safe_name(Path(alert.tile_name or alert.tile_path).stem) + ".png"
             thumb = make_thumbnail(alert.tile_path, folder / name, px=self._thumb_px)
         try:
             attach = None
@@ -489,7 +489,7 @@ def format_tile_alert(
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
         f"Section {section}, tile {record.tile_name}{where} is {what}"
-        + (" again after its retake." if again else "."),
+        + (", still bad after its retake." if again else "."),
         f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm",
     ]
     if record.working_distance_um is not None:
@@ -508,7 +508,7 @@ def format_tile_alert(
     prefix = f"[{instance}] " if instance else ""
     title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
     if again:
-        title += " again after retake"
+        title += ", still bad after its retake"
     details = _tile_details(record, retake) | {"kind": "tile", "instance": instance or None}
     return Alert(
         key=key or f"tile:{record.version_id}",
