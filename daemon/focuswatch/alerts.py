@@ -9,10 +9,15 @@ none of its own tiles is still waiting or being scored, or it has been idle for
 console and journal show what was sent.
 
 Alerts go through the durable outbox (``focuswatch.outbox``): queued in the ledger in
-the same transaction as the verdict that caused them (once per key), delivered by a
-background thread, retried with backoff: at least once (a crash right after a send
-can repeat it). Notification URLs carry secrets (tokens, passwords): they are never
-logged; ``redact_url`` is the one way to show one.
+the same transaction as the verdict that caused them (once per key), delivered to
+each endpoint (one apprise URL) by that endpoint's own thread, each endpoint retried
+on its own backoff (a crash right after a send can repeat it to that endpoint).
+Each message has a severity (apprise's notify type) and structured ``details``
+(json:// endpoints receive them under ``JSON_FIELD``); titles start with
+``[alerts.instance]``; tile alerts name their retake entry. The retake sink must see
+a verdict before this one (the service orders them so). Notification URLs carry
+secrets (tokens, passwords): they are never logged; ``redact_url`` is the one way to
+show one.
 """
 
 from __future__ import annotations
