@@ -246,16 +246,25 @@ class _EndpointSender:
             ledger.close()
 
     def _reconcile(self, ledger: Ledger) -> None:
-        """Alerts that every endpoint now configured has (one was removed) are done."""
+        """Alerts that every endpoint now configured has (one was removed) are done.
+
+        A plain read first: the write lock is taken only when there is such an alert.
+        """
+        ids = self._owner.endpoint_ids
+        marks = ", ".join("?" * len(ids))
         try:
-            with ledger.transaction() as conn:
-                ids = [
-                    int(r[0])
-                    for r in conn.execute(
-                        "SELECT id FROM alert_outbox WHERE sent IS NULL"
-                    ).fetchall()
-                ]
-                _mark_done(conn, ids, self._owner.endpoint_ids, self._owner.clock())
+            done = [
+                int(r[0])
+                for r in ledger.connection.execute(
+                    "SELECT o.id FROM alert_outbox o WHERE o.sent IS NULL AND "
+                    "(SELECT count(*) FROM alert_deliveries d WHERE d.outbox_id = o.id "
+                    f"AND d.sent IS NOT NULL AND d.endpoint IN ({marks})) = ?",
+                    (*ids, len(ids)),
+                ).fetchall()
+            ]
+            if done:
+                with ledger.transaction() as conn:
+                    _mark_done(conn, done, ids, self._owner.clock())
         except sqlite3.Error as exc:
             _log.error("alert_outbox_error", endpoint=self.endpoint.name, error=str(exc))
 
