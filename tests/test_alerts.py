@@ -1196,3 +1196,57 @@ def test_a_failed_retake_is_announced_as_such_and_a_good_one_as_a_recovery(
     assert fixed.key == f"fixed:{v3}"
     assert fixed.severity == "success"
     assert f"entry {entry.id} is closed" in fixed.body
+
+
+def test_a_sent_alert_whose_bookkeeping_fails_is_not_sent_again_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The ledger refuses writes (a full disk) right after a send: the endpoint is not
+    sent the alert again round after round; once the ledger takes writes again the
+    delivery is recorded, and the endpoint has had it exactly once."""
+    full = threading.Event()
+
+    class DiskFullLedger(Ledger):
+        @contextlib.contextmanager
+        def transaction(self) -> Iterator[sqlite3.Connection]:
+            if full.is_set():
+                raise sqlite3.OperationalError("database or disk is full")
+            with super().transaction() as conn:
+                yield conn
+
+    sent: queue.Queue[str] = queue.Queue()
+
+    def filling(alert: Alert) -> bool:
+        sent.put(alert.key)
+        full.set()  # the disk fills in the instant after the send
+        return True
+
+    clock = Clock()
+    cfg = cfg_for(tmp_path)
+    ledger = Ledger.open(cfg.state_dir, clock=clock)
+    sender = outbox.Sender(
+        cfg.state_dir,
+        [outbox.Endpoint("f", "filling", filling)],
+        clock=clock,
+        retry_initial_s=5,
+        retry_max_s=60,
+        ledger_type=DiskFullLedger,
+    )
+    try:
+        with ledger.transaction() as conn:
+            outbox.enqueue(conn, Alert("k1", "tile", "S", "t1", "b1"), now=clock.now)
+        with capture_logs() as logs:
+            sender.start()
+            assert sent.get(timeout=WAIT_S) == "k1"
+            for _ in range(3):  # rounds while the ledger refuses writes
+                clock.now += 3600
+                assert sender.flush(WAIT_S)
+            assert outbox.pending_count(ledger) == 1
+            full.clear()
+            assert sender.flush(WAIT_S)
+            assert outbox.pending_count(ledger) == 0
+    finally:
+        sender.stop()
+        ledger.close()
+    assert drain(sent) == []  # only the one send
+    assert any("disk is full" in str(e.get("error")) for e in logs)

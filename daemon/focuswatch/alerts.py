@@ -658,7 +658,7 @@ class AlertSink:
             if kind.needs_retake:
                 alert = self._format(record, retake)
                 label = _digest_line(record.tile_name, alert.body, retake)
-                details = json.dumps(dict(alert.details), ensure_ascii=False)
+                details = json.dumps(dict(alert.details), ensure_ascii=False, default=str)
             cur = conn.execute(
                 "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert,"
                 " details) VALUES (?,?,?,?,?,?,NULL,?) ON CONFLICT (version_id) DO NOTHING",

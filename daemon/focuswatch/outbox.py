@@ -25,6 +25,7 @@ thread has its own ledger connection and the service only ever inserts rows.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -106,6 +107,17 @@ class Endpoint:
     notify: Notifier
 
 
+def _finite(value: Any) -> Any:
+    """``value`` fit for strict JSON: NaN and infinities (a broken score) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def enqueue(conn: sqlite3.Connection, alert: Alert, *, now: float) -> bool:
     """Queue an alert inside the caller's transaction; False if its key was queued before."""
     if alert.severity not in SEVERITIES:
@@ -127,7 +139,7 @@ def enqueue(conn: sqlite3.Connection, alert: Alert, *, now: float) -> bool:
             now,
             now,
             alert.severity,
-            json.dumps(details, ensure_ascii=False, allow_nan=False),
+            json.dumps(_finite(details), ensure_ascii=False, allow_nan=False, default=str),
         ),
     )
     return cur.rowcount == 1
@@ -206,6 +218,10 @@ class _EndpointSender:
         self._cond = threading.Condition()
         self._rounds_started = 0
         self._idle_round = 0
+        # Outcomes not yet written to the ledger (it is busy, or its disk is full):
+        # outbox id -> (sent, attempts, next attempt, error, when). Each round writes
+        # them before it sends anything (only a restart forgets them).
+        self._unrecorded: dict[int, tuple[bool, int, float, str | None, float]] = {}
         self.thread = threading.Thread(
             target=self._run, name=f"focuswatch-alerts-{index}", daemon=True
         )
@@ -218,9 +234,22 @@ class _EndpointSender:
         with self._cond:
             return self._cond.wait_for(lambda: self._idle_round >= target, timeout=timeout)
 
+    def _open(self) -> Ledger | None:
+        """The thread's own ledger connection; None if stopped before it could open."""
+        owner = self._owner
+        while not owner.stopping.is_set():
+            try:
+                return owner.ledger_type.open(owner.state_dir, clock=owner.clock)
+            except Exception as exc:  # the state folder is unusable now: try again later
+                _log.error("alert_outbox_error", endpoint=self.endpoint.name, error=str(exc))
+                owner.stopping.wait(max(owner.poll_s, 1.0))
+        return None
+
     def _run(self) -> None:
         owner = self._owner
-        ledger = Ledger.open(owner.state_dir, clock=owner.clock)
+        ledger = self._open()
+        if ledger is None:
+            return
         try:
             self._reconcile(ledger)
             while not owner.stopping.is_set():
@@ -228,6 +257,9 @@ class _EndpointSender:
                     self._rounds_started += 1
                     this_round = self._rounds_started
                 try:
+                    # Outcomes first: while the ledger refuses them, nothing is sent
+                    # (an alert whose delivery is not recorded would go out again).
+                    self._record_waiting(ledger)
                     due = _due(ledger, self.endpoint.id, owner.clock(), owner.batch)
                     for item in due:
                         if owner.stopping.is_set():
@@ -280,20 +312,7 @@ class _EndpointSender:
         now = owner.clock()
         attempts = item.attempts + 1
         wait = backoff(attempts, initial_s=owner.initial_s, max_s=owner.max_s)
-        with ledger.transaction() as conn:
-            conn.execute(
-                "INSERT INTO alert_deliveries (outbox_id, endpoint, attempts, next_attempt, sent,"
-                " last_error) VALUES (?,?,?,?,?,?) ON CONFLICT (outbox_id, endpoint) DO UPDATE"
-                " SET attempts = excluded.attempts, next_attempt = excluded.next_attempt,"
-                " sent = excluded.sent, last_error = excluded.last_error",
-                (item.id, self.endpoint.id, attempts, now + wait, now if ok else None, error),
-            )
-            conn.execute(
-                "UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                (None if ok else f"{self.endpoint.name}: {error}", item.id),
-            )
-            if ok:
-                _mark_done(conn, [item.id], owner.endpoint_ids, now)
+        self._unrecorded[item.id] = (ok, attempts, now + wait, error, now)
         if ok:
             _log.info(
                 "alert_sent", key=item.alert.key, endpoint=self.endpoint.name, attempts=attempts
@@ -307,6 +326,28 @@ class _EndpointSender:
                 retry_in_s=wait,
                 error=error,
             )
+        self._record_waiting(ledger)
+
+    def _record_waiting(self, ledger: Ledger) -> None:
+        """Write the outcomes still waiting; raises sqlite3.Error if the ledger refuses."""
+        owner = self._owner
+        for oid, (ok, attempts, next_attempt, error, at) in list(self._unrecorded.items()):
+            with ledger.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO alert_deliveries (outbox_id, endpoint, attempts, next_attempt,"
+                    " sent, last_error) VALUES (?,?,?,?,?,?) ON CONFLICT (outbox_id, endpoint)"
+                    " DO UPDATE SET attempts = excluded.attempts,"
+                    " next_attempt = excluded.next_attempt, sent = excluded.sent,"
+                    " last_error = excluded.last_error",
+                    (oid, self.endpoint.id, attempts, next_attempt, at if ok else None, error),
+                )
+                conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                    (None if ok else f"{self.endpoint.name}: {error}", oid),
+                )
+                if ok:
+                    _mark_done(conn, [oid], owner.endpoint_ids, at)
+            del self._unrecorded[oid]
 
 
 class Sender:
@@ -325,6 +366,7 @@ class Sender:
         retry_max_s: float,
         poll_s: float = 1.0,
         batch: int = 20,
+        ledger_type: type[Ledger] = Ledger,
     ) -> None:
         if retry_initial_s <= 0 or retry_max_s < retry_initial_s:
             raise ValueError("need 0 < retry_initial_s <= retry_max_s")
@@ -340,6 +382,7 @@ class Sender:
         self.poll_s = poll_s
         self.batch = batch
         self.endpoint_ids = tuple(ids)
+        self.ledger_type = ledger_type  # each thread opens its own connection with it
         self.stopping = threading.Event()
         self._workers = [_EndpointSender(self, e, i) for i, e in enumerate(endpoints)]
         self._started = False
