@@ -249,6 +249,7 @@ def test_public_names() -> None:
             "Sender",
             "backoff",
             "enqueue",
+            "failing_endpoints",
             "pending_count",
         ]
     )
@@ -1250,3 +1251,42 @@ def test_a_sent_alert_whose_bookkeeping_fails_is_not_sent_again_meanwhile(
         ledger.close()
     assert drain(sent) == []  # only the one send
     assert any("disk is full" in str(e.get("error")) for e in logs)
+
+
+def test_every_url_of_an_apprise_config_file_is_its_own_endpoint(
+    tmp_path: Path, servers: list[HookServer]
+) -> None:
+    """URLs from alerts.apprise_config are endpoints like alerts.urls (the same URL
+    twice is one endpoint: it gets each alert once); one down does not stop the other."""
+    up, down = HookServer(free_port()), HookServer(free_port())
+    servers += [up, down]
+    up.start()
+    conf = tmp_path / "apprise.txt"
+    conf.write_text(
+        f"json://127.0.0.1:{up.port}/from-file\njson://127.0.0.1:{down.port}/from-file\n"
+    )
+    cfg = cfg_for(
+        tmp_path,
+        urls=[f"json://127.0.0.1:{up.port}/from-file"],  # also in the file
+        apprise_config=conf,
+        thumbnail_px=0,
+    )
+    endpoints = alerts.build_endpoints(cfg.alerts, thumbnail_dir=tmp_path / "thumbs")
+    assert [e.name for e in endpoints] == [
+        f"json://127.0.0.1:{up.port}/from-file",
+        f"json://127.0.0.1:{down.port}/from-file",
+    ]
+    with opened(cfg, Clock()) as (ledger, sink):
+        sink.on_verdict(rec(1))
+        assert sink.flush(WAIT_S)
+        assert outbox.pending_count(ledger) == 1  # the down one still waits
+    (post,) = up.received()
+    assert post["focuswatch"]["key"] == "tile:1"
+    # `status` says which endpoint holds the alert back, and why.
+    from focuswatch import status
+
+    out = io.StringIO()
+    assert status.main(cfg, as_json=False, out=out) == 0
+    text = out.getvalue()
+    assert f"json://127.0.0.1:{down.port}/from-file: 1 not taken, 1 attempts" in text
+    assert "Connection error" in text

@@ -170,6 +170,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE alert_deliveries (
         outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
         endpoint TEXT NOT NULL,
+        endpoint_name TEXT NOT NULL DEFAULT '',
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt REAL NOT NULL,
         sent REAL,

@@ -48,6 +48,7 @@ __all__ = [
     "Sender",
     "backoff",
     "enqueue",
+    "failing_endpoints",
     "pending_count",
 ]
 
@@ -151,6 +152,18 @@ def pending_count(ledger: Ledger) -> int:
         "SELECT count(*) FROM alert_outbox WHERE sent IS NULL"
     ).fetchone()
     return int(row[0])
+
+
+def failing_endpoints(ledger: Ledger) -> list[dict[str, Any]]:
+    """Endpoints with alerts they failed to take: name (redacted), how many, the most
+    attempts, the latest error and the next try (for ``status``)."""
+    rows = ledger.connection.execute(
+        "SELECT d.endpoint_name, count(*), max(d.attempts), d.last_error, min(d.next_attempt) "
+        "FROM alert_deliveries d JOIN alert_outbox o ON o.id = d.outbox_id "
+        "WHERE o.sent IS NULL AND d.sent IS NULL GROUP BY d.endpoint ORDER BY d.endpoint_name"
+    ).fetchall()
+    keys = ("endpoint", "waiting", "attempts", "last_error", "next_attempt")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def backoff(attempts: int, *, initial_s: float, max_s: float) -> float:
@@ -334,12 +347,21 @@ class _EndpointSender:
         for oid, (ok, attempts, next_attempt, error, at) in list(self._unrecorded.items()):
             with ledger.transaction() as conn:
                 conn.execute(
-                    "INSERT INTO alert_deliveries (outbox_id, endpoint, attempts, next_attempt,"
-                    " sent, last_error) VALUES (?,?,?,?,?,?) ON CONFLICT (outbox_id, endpoint)"
-                    " DO UPDATE SET attempts = excluded.attempts,"
+                    "INSERT INTO alert_deliveries (outbox_id, endpoint, endpoint_name, attempts,"
+                    " next_attempt, sent, last_error) VALUES (?,?,?,?,?,?,?)"
+                    " ON CONFLICT (outbox_id, endpoint) DO UPDATE SET"
+                    " endpoint_name = excluded.endpoint_name, attempts = excluded.attempts,"
                     " next_attempt = excluded.next_attempt, sent = excluded.sent,"
                     " last_error = excluded.last_error",
-                    (oid, self.endpoint.id, attempts, next_attempt, at if ok else None, error),
+                    (
+                        oid,
+                        self.endpoint.id,
+                        self.endpoint.name,
+                        attempts,
+                        next_attempt,
+                        at if ok else None,
+                        error,
+                    ),
                 )
                 conn.execute(
                     "UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
