@@ -1290,3 +1290,17 @@ def test_every_url_of_an_apprise_config_file_is_its_own_endpoint(
     text = out.getvalue()
     assert f"json://127.0.0.1:{down.port}/from-file: 1 not taken, 1 attempts" in text
     assert "Connection error" in text
+
+
+def test_a_tile_retaken_fine_before_its_digest_is_not_asked_for_again(tmp_path: Path) -> None:
+    """r2-c2 waits for the digest, then a good retake of it arrives: no digest asks for it."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=10, section_summary=False)
+    with opened(cfg, clock, notes) as (_, sink):
+        sink.on_verdict(rec(1, row=1, col=1))  # the section's first: at once
+        sink.on_verdict(rec(2, row=2, col=2))  # waits for the digest
+        sink.on_verdict(rec(3, row=2, col=2, verdict=GOOD))  # retaken, fine
+        clock.now += 10 * 60
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert [a.key for a in notes.drain()] == ["tile:1"]

@@ -685,7 +685,15 @@ class AlertSink:
                     self._summarize(conn, older, now)
             if kind.needs_retake:
                 self._tile_alert(conn, record, retake, now)
-            elif retake is not None and retake.status == "retaken_fixed":
+            elif kind is VerdictKind.IN_FOCUS:
+                # A good retake before the digest went out: the digest need not ask
+                # for the earlier version any more.
+                conn.execute(
+                    "UPDATE alert_tiles SET alert = ? WHERE section = ? AND position = ? "
+                    "AND alert IS NULL AND version_id < ?",
+                    (f"retaken:{record.version_id}", section, record.position, record.version_id),
+                )
+            if retake is not None and retake.status == "retaken_fixed" and not kind.needs_retake:
                 self._queue(conn, _fixed_alert(record, retake, self._instance), now)
             if section in done:
                 self._summarize(conn, section, now)

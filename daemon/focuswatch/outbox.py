@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger
 
 __all__ = [
@@ -278,7 +279,7 @@ class _EndpointSender:
                         if owner.stopping.is_set():
                             break
                         self._deliver(ledger, item)
-                except sqlite3.Error as exc:  # the ledger is busy or gone: next round
+                except (sqlite3.Error, StateError) as exc:  # busy, full or gone: next round
                     _log.error("alert_outbox_error", endpoint=self.endpoint.name, error=str(exc))
                     due = []
                 if not due:
@@ -310,7 +311,7 @@ class _EndpointSender:
             if done:
                 with ledger.transaction() as conn:
                     _mark_done(conn, done, ids, self._owner.clock())
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StateError) as exc:
             _log.error("alert_outbox_error", endpoint=self.endpoint.name, error=str(exc))
 
     def _deliver(self, ledger: Ledger, item: Pending) -> None:
