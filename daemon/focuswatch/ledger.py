@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch.errors import StateError
+from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 
 __all__ = [
@@ -168,6 +169,31 @@ _CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
 _DIGITS = re.compile(r"\d+")
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that stores strings that are not valid UTF-8 losslessly.
+
+    File names need not be UTF-8 (``focuswatch.text``); every parameter goes through
+    ``to_db`` and every row through ``from_db``, so no caller can forget it, and a
+    hostile name is stored like any other instead of failing the whole transaction.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return super().execute(sql, _params(parameters))
+
+    def executemany(self, sql: str, seq: Any, /) -> sqlite3.Cursor:
+        return super().executemany(sql, (_params(p) for p in seq))
+
+
+def _params(parameters: Any) -> Any:
+    if isinstance(parameters, dict):
+        return {k: to_db(v) for k, v in parameters.items()}
+    return tuple(to_db(v) for v in parameters)
+
+
+def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
+
+
 def section_index(section: str | None) -> int | None:
     """The section number used for ordering: the first run of digits (``S_012_17…`` → 12)."""
     if section is None:
@@ -253,15 +279,21 @@ class Ledger:
                     timeout=10.0,
                     isolation_level=None,
                     check_same_thread=False,
+                    factory=_Connection,
                 )
             else:
                 state.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(
-                    db, timeout=30.0, isolation_level=None, check_same_thread=False
+                    db,
+                    timeout=30.0,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    factory=_Connection,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = _row
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
@@ -354,7 +386,7 @@ class Ledger:
                     path,
                     size,
                     mtime_ns,
-                    tile_name,
+                    printable(tile_name),
                     section,
                     section_index(section),
                     row,

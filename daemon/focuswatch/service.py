@@ -39,7 +39,7 @@ import structlog
 
 from focuswatch import sdnotify
 from focuswatch.config import Config
-from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError
+from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError, TileError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion
 from focuswatch.scoring import ScoreSettings
@@ -408,7 +408,11 @@ class Service:
                 size, mtime = -1, -1
         from focuswatch.tiles import parse_tile_name
 
-        section, row, col = parse_tile_name(s.path)
+        bad_name: str | None = None
+        try:
+            section, row, col = parse_tile_name(s.path)
+        except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
+            section, row, col, bad_name = None, None, None, exc.reason
         vid, created = self.ledger.add_version(
             s.path,
             size=size,
@@ -421,10 +425,11 @@ class Service:
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind == "ready":
+        if s.kind == "ready" and bad_name is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
-        self._record(v, Verdict(VerdictKind.UNREADABLE, s.reason), score=None, worker="")
+        reason = s.reason if bad_name is None else bad_name
+        self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker="")
 
     def _feed(self) -> None:
         free = self.cfg.scoring.queue_size - self.executor.in_flight()

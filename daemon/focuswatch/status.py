@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from focuswatch import outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
+from focuswatch.text import printable
 
 __all__ = ["format_text", "main", "summary"]
 
@@ -88,16 +89,16 @@ def format_text(s: dict[str, Any]) -> str:
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
             lines.append(
                 f"  {_when(r['at'])}  {r['verdict'] or '-':<20} score {score:<8} "
-                f"{r['section'] or '-'} {_position(r)}  {r['path']}"
+                f"{r['section'] or '-'} {_position(r)}  {printable(r['path'])}"
             )
             if r["verdict"] not in ("in_focus", None):
-                lines.append(f"      {r['reason']}")
+                lines.append(f"      {printable(r['reason'] or '')}")
     if s["failures"]:
         lines.append("")
         lines.append("failures:")
         for f in s["failures"]:
-            lines.append(f"  {_when(f['at'])}  {f['path']}  (attempts {f['attempts']})")
-            lines.append(f"      {f['reason']}")
+            lines.append(f"  {_when(f['at'])}  {printable(f['path'])}  (attempts {f['attempts']})")
+            lines.append(f"      {printable(f['reason'] or '')}")
     return "\n".join(lines)
 
 
