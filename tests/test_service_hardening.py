@@ -8,12 +8,21 @@ is under test here, not MHFD).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from focuswatch import status
+from focuswatch.errors import StateError
+from focuswatch.service import Service
+from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
-from servicekit import MakeService, turn_until, write_tif
+from pipeline_jobs import fake_score
+from servicekit import MakeService, make_cfg, turn_until, write_tif
 
 
 def _bytes_path(folder: Path, name: bytes) -> str:
@@ -77,3 +86,103 @@ def test_an_out_of_range_number_in_a_name_is_a_reason_not_a_crash(
     assert by_path[str(good)].verdict.kind is not VerdictKind.UNREADABLE
     assert by_path[str(bad)].verdict.kind is VerdictKind.UNREADABLE
     assert "out of range" in by_path[str(bad)].verdict.reason
+
+
+def test_a_second_service_on_one_state_folder_refuses_and_names_the_holder(
+    tmp_path: Path, make_service: MakeService
+) -> None:
+    """Its start-up recovery would put the first one's tiles in flight back to 'ready'."""
+    watch = tmp_path / "watch"
+    svc, sink = make_service()
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    turn_until(svc, lambda: len(sink.records) == 1)
+    with pytest.raises(
+        StateError, match=rf"in use by another focuswatch service \(pid {os.getpid()}"
+    ):
+        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    # Read-only commands work beside it.
+    assert status.summary(make_cfg(tmp_path))["counts"]["scored"] == 1
+    # The first one is untouched and goes on.
+    write_tif(watch / "S_001" / "Tile_r1-c2_S_001.tif")
+    turn_until(svc, lambda: len(sink.records) == 2)
+    # Once it stops, the folder is free again.
+    svc.stop(grace_s=0.5)
+    again = Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    again.stop(grace_s=0.5)
+
+
+def test_the_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
+    """flock dies with its process: a SIGKILLed service leaves no stale lock."""
+    state = tmp_path / "state"
+    state.mkdir()
+    code = (
+        "import sys, time; from focuswatch.statelock import StateLock; "
+        f"StateLock({str(state)!r}).acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        _wait_locked_then_kill(proc, state)
+    lock = StateLock(state)
+    lock.acquire()
+    assert lock.held
+    lock.release()
+
+
+def _wait_locked_then_kill(proc: subprocess.Popen[str], state: Path) -> None:
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(StateError, match=f"pid {proc.pid} on"):
+            StateLock(state).acquire()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _run(watch: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "focuswatch",
+                "run",
+                "--watch",
+                str(watch),
+                "--state",
+                str(state),
+                "--log-format",
+                "json",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _wait_for_line(log: Path, text: str, *, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)  # polling a file with a deadline
+    raise AssertionError(f"no {text!r} in the log within {timeout_s} s:\n{log.read_text()}")
+
+
+def test_real_service_second_instance_exits_and_sighup_is_a_logged_stop(tmp_path: Path) -> None:
+    watch, state = tmp_path / "watch", tmp_path / "state"
+    watch.mkdir()
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = _run(watch, state, first_log)
+    try:
+        _wait_for_line(first_log, '"event": "started"')
+        second = _run(watch, state, second_log)
+        assert second.wait(60) == 1
+        assert f"in use by another focuswatch service (pid {first.pid}" in second_log.read_text()
+        first.send_signal(signal.SIGHUP)
+        assert first.wait(60) == 0
+    finally:
+        first.kill()
+        first.wait(10)
+    text = first_log.read_text()
+    assert '"signal": "SIGHUP"' in text
+    assert '"event": "stopped"' in text

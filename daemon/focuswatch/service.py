@@ -17,8 +17,8 @@ crash in between replays them at the next start (sinks de-duplicate by version).
 
 Start-up: versions left in 'scoring' by a crash go back to 'ready', the folder is
 scanned, then ``READY=1`` is sent. A periodic rescan catches what the observer
-missed (kernel queue overflow, files written while the service was down). SIGTERM
-or SIGINT stops intake, waits a bounded time for work in flight and hands the rest
+missed (kernel queue overflow, files written while the service was down). SIGTERM,
+SIGINT or SIGHUP stops intake, waits a bounded time for work in flight and hands the rest
 back to 'ready', then exits 0.
 """
 
@@ -43,6 +43,7 @@ from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateErr
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion
 from focuswatch.scoring import ScoreSettings
+from focuswatch.statelock import StateLock
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
 
@@ -54,6 +55,8 @@ log = structlog.get_logger("focuswatch.service")
 STOP_GRACE_S = 10.0
 # How often the executor's description and a heartbeat are written for ``status``.
 META_INTERVAL_S = 5.0
+# Signals that stop the service in order (hand tiles in flight back, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Changes handled per loop turn, so a burst cannot starve outcomes and the watchdog.
 MAX_CHANGES_PER_TURN = 2000
 
@@ -158,7 +161,15 @@ class Service:
         self.root = str(Path(cfg.watch.path).absolute())
         self.clock = clock
         self.sinks: list[Sink] = []
-        self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        # Before the ledger is touched: a second service's start-up recovery would hand
+        # the first one's tiles in flight back to 'ready'.
+        self._lock = StateLock(_state_folder(cfg))
+        self._lock.acquire()
+        try:
+            self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        except BaseException:
+            self._lock.release()
+            raise
         try:
             self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
             self.readiness = Readiness(
@@ -197,6 +208,7 @@ class Service:
                 with contextlib.suppress(Exception):
                     sink.close()
             self.ledger.close()
+            self._lock.release()
             raise
 
     # -- events ------------------------------------------------------------------------
@@ -605,6 +617,17 @@ class Service:
                 self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
         self._event("stopped", handed_back=handed_back)
         self.ledger.close()
+        self._lock.release()
+
+
+def _state_folder(cfg: Config) -> Path:
+    """The state folder, created if need be (StateError if it cannot be)."""
+    state = Path(cfg.state_dir)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
+    return state
 
 
 def _check_folders(cfg: Config) -> None:
@@ -615,11 +638,7 @@ def _check_folders(cfg: Config) -> None:
         raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
     if not os.access(watch, os.R_OK | os.X_OK):
         raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
-    state = Path(cfg.state_dir)
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
+    state = _state_folder(cfg)
     if not os.access(state, os.W_OK | os.X_OK):
         raise StateError(f"state folder {state} is not writable")
 
@@ -651,7 +670,9 @@ def main(cfg: Config, *, once: bool = False) -> int:
     def why() -> dict[str, Any]:
         return {"signal": signal.Signals(received[0]).name} if received else {}
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (the terminal went away, or ``kill -HUP``) is a logged, orderly stop like
+    # SIGTERM: configuration is read once at start, so there is nothing to reload.
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         service = Service(cfg)
         service.run_until(stop, once=once, why=why)
