@@ -7,6 +7,7 @@ is under test here, not MHFD).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
+from focuswatch import service as service_mod
 from focuswatch import status
-from focuswatch.errors import StateError
+from focuswatch.errors import ConfigError, StateError
 from focuswatch.service import Service
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
@@ -186,3 +189,54 @@ def test_real_service_second_instance_exits_and_sighup_is_a_logged_stop(tmp_path
     text = first_log.read_text()
     assert '"signal": "SIGHUP"' in text
     assert '"event": "stopped"' in text
+
+
+def test_a_symlink_out_of_the_watch_folder_is_not_followed_and_logged_once(
+    tmp_path: Path, make_service: MakeService
+) -> None:
+    watch = tmp_path / "watch"
+    outside = write_tif(tmp_path / "elsewhere" / "secret.tif")
+    (watch / "S_001").mkdir(parents=True)
+    link = watch / "S_001" / "Tile_r1-c1_S_001.tif"
+    link.symlink_to(outside)
+    inside_link = watch / "S_001" / "Tile_r1-c2_S_001.tif"
+    inside_link.symlink_to(write_tif(watch / "originals" / "real.tif"))
+    with structlog.testing.capture_logs() as logs:
+        svc, sink = make_service()
+        turn_until(svc, lambda: len(sink.records) == 2)
+        svc._start_rescan()  # a rescan finds the link again: no second log line
+        assert svc._rescan_thread is not None
+        svc._rescan_thread.join(10)
+        for _ in range(20):
+            svc.turn(0.02)
+    assert {r.path for r in sink.records} == {str(inside_link), str(watch / "originals/real.tif")}
+    assert svc.ledger.versions(str(link)) == []
+    skipped = [e for e in logs if e["event"] == "symlink_outside_skipped"]
+    assert [e["tile"] for e in skipped] == [str(link)]
+    assert skipped[0]["target"] == str(outside)
+
+
+def test_following_links_out_of_the_watch_folder_is_a_choice(
+    tmp_path: Path, make_service: MakeService
+) -> None:
+    watch = tmp_path / "watch"
+    outside = write_tif(tmp_path / "elsewhere" / "tile.tif")
+    (watch / "S_001").mkdir(parents=True)
+    (watch / "S_001" / "Tile_r1-c1_S_001.tif").symlink_to(outside)
+    cfg = make_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        cfg, watch=dataclasses.replace(cfg.watch, follow_symlinks_outside=True)
+    )
+    svc, sink = make_service(cfg)
+    turn_until(svc, lambda: len(sink.records) == 1)
+
+
+@pytest.mark.parametrize("where", ["watch/state", "watch", "watch/S_001/../.state"])
+def test_a_state_folder_inside_the_watch_folder_is_refused(tmp_path: Path, where: str) -> None:
+    """The service would score its own thumbnails (with ``*.png`` included)."""
+    cfg = dataclasses.replace(make_cfg(tmp_path), state_dir=tmp_path / where)
+    with pytest.raises(ConfigError, match=r"at 'state_dir': the state folder .* is inside"):
+        Service(cfg, builtin_sinks=False, score_fn=fake_score)
+    with pytest.raises(ConfigError, match="is inside the watch folder"):
+        service_mod.main(cfg)
+    assert not (tmp_path / where / "focuswatch.db").exists()

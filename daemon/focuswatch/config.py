@@ -89,6 +89,7 @@ class WatchConfig:
     quiet_s: float = _opt(2.0, _range(0.0, 3600))
     incomplete_timeout_s: float = _opt(600.0, _range(1.0))
     rescan_interval_s: float = _opt(300.0, _range(1.0))
+    follow_symlinks_outside: bool = _opt(False)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion
 from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
+from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
 
@@ -152,13 +153,14 @@ class Service:
         notifier: sdnotify.Notifier | None = None,
         decide: Callable[..., Verdict] | None = None,
     ) -> None:
-        if cfg.watch.path is None:
-            raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+        watch_path = _watch_folder(cfg)
         self.cfg = cfg
         # Before anything is opened or started: without the GPU asked for, every tile
         # would fail one by one; refuse to start instead (BackendError).
         self._check_backend()
-        self.root = str(Path(cfg.watch.path).absolute())
+        self.root = str(watch_path.absolute())
+        self._real_root = os.path.realpath(self.root).rstrip("/")
+        self._outside_links: set[str] = set()
         self.clock = clock
         self.sinks: list[Sink] = []
         # Before the ledger is touched: a second service's start-up recovery would hand
@@ -405,6 +407,8 @@ class Service:
         if s.kind == "vanished":
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
+        if self._outside(s.path):
+            return
         size, mtime = s.size, s.mtime_ns
         if s.kind == "incomplete":
             # Never the key of a complete file: a writer that stops right now leaves the
@@ -442,6 +446,28 @@ class Service:
             return
         reason = s.reason if bad_name is None else bad_name
         self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker="")
+
+    def _outside(self, path: str) -> bool:
+        """A link out of the watch folder is not followed (unless the config says so).
+
+        Logged once per link and process; it is not recorded, so it is no tile of the
+        wafer and nothing is read from it.
+        """
+        if self.cfg.watch.follow_symlinks_outside:
+            return False
+        target = os.path.realpath(path)
+        if target.startswith(self._real_root + "/"):
+            return False
+        if path not in self._outside_links:
+            self._outside_links.add(path)
+            self._event(
+                "symlink_outside_skipped",
+                "warning",
+                tile=printable(path),
+                target=printable(target),
+                why="its target is outside the watch folder (watch.follow_symlinks_outside)",
+            )
+        return True
 
     def _feed(self) -> None:
         free = self.cfg.scoring.queue_size - self.executor.in_flight()
@@ -630,10 +656,23 @@ def _state_folder(cfg: Config) -> Path:
     return state
 
 
-def _check_folders(cfg: Config) -> None:
+def _watch_folder(cfg: Config) -> Path:
+    """``watch.path``; the state folder may not lie in it (the service would score itself)."""
     if cfg.watch.path is None:
         raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
-    watch = Path(cfg.watch.path)
+    watch = os.path.realpath(cfg.watch.path)
+    state = os.path.realpath(cfg.state_dir)
+    if state == watch or state.startswith(watch.rstrip("/") + "/"):
+        raise ConfigError(
+            f"at 'state_dir': the state folder {str(cfg.state_dir)!r} is inside the watch "
+            f"folder {str(cfg.watch.path)!r}; the service would watch (and score) its own "
+            "files: put it outside"
+        )
+    return Path(cfg.watch.path)
+
+
+def _check_folders(cfg: Config) -> None:
+    watch = _watch_folder(cfg)
     if not watch.is_dir():
         raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
     if not os.access(watch, os.R_OK | os.X_OK):
