@@ -240,3 +240,38 @@ def test_a_state_folder_inside_the_watch_folder_is_refused(tmp_path: Path, where
     with pytest.raises(ConfigError, match="is inside the watch folder"):
         service_mod.main(cfg)
     assert not (tmp_path / where / "focuswatch.db").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "focuswatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_damaged_ledger_stops_run_and_status_until_reset_is_asked_for(tmp_path: Path) -> None:
+    watch, state = tmp_path / "watch", tmp_path / "state"
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    state.mkdir()
+    (state / "focuswatch.db").write_bytes(b"")
+    run = ("run", "--once", "--watch", str(watch), "--state", str(state))
+    for args in (run, ("status", "--state", str(state))):
+        done = _cli(*args)
+        assert done.returncode == 1, done.stderr
+        assert "is damaged: the file is empty (0 bytes)" in done.stderr
+        assert "--reset-ledger" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert (state / "focuswatch.db").stat().st_size == 0
+    done = _cli(*run, "--reset-ledger")
+    assert done.returncode == 0, done.stderr
+    assert "ledger_reset" in done.stderr
+    (aside,) = state.glob("focuswatch.db.damaged-*")
+    assert aside.stat().st_size == 0
+    assert status.summary(make_cfg(tmp_path))["counts"]["scored"] == 1
+    # A healthy ledger is never reset.
+    done = _cli(*run, "--reset-ledger")
+    assert done.returncode == 1
+    assert "is healthy" in done.stderr

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score what is in the folder now, then exit (no watching)",
     )
+    p.add_argument(
+        "--reset-ledger",
+        action="store_true",
+        help="the ledger is damaged: keep it aside (focuswatch.db.damaged-TIME) and start "
+        "a new one; every tile in the watch folder is then scored and alerted again",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -300,7 +306,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from focuswatch import service
 
-        return service.main(cfg, once=args.once)
+        return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
     if args.command == "score":
         from focuswatch import scoring
 

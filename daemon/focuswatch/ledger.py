@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -43,7 +44,9 @@ __all__ = [
     "STATES",
     "Ledger",
     "TileVersion",
+    "damage",
     "section_index",
+    "set_aside",
 ]
 
 DB_NAME = "focuswatch.db"
@@ -272,6 +275,17 @@ class Ledger:
         try:
             if (readonly or not create) and not db.is_file():
                 raise StateError(f"no ledger at {db} (has the service run with this --state?)")
+            if not readonly and not db.exists():
+                state.mkdir(parents=True, exist_ok=True)
+                _create(db)
+            problem = damage(db)
+            if problem is not None:
+                raise StateError(
+                    f"ledger {db} is damaged: {problem}. Nothing was changed. Keep a copy, "
+                    "then either restore a backup, or start a new ledger with "
+                    "`focuswatch run --reset-ledger` (the damaged file is kept aside; every "
+                    "tile in the watch folder is scored, and alerted, again)"
+                )
             if readonly:
                 conn = sqlite3.connect(
                     f"{db.resolve().as_uri()}?mode=ro",
@@ -739,6 +753,84 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _create(db: Path) -> None:
+    """A new, migrated ledger, put in place by a rename: never a half-made file at ``db``.
+
+    So an empty or unreadable file at ``db`` is damage, never a start that crashed.
+    """
+    tmp = db.with_name(f".{db.name}.new")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None, factory=_Connection)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        Ledger(conn, tmp, clock=time.time, readonly=False)._migrate()
+    finally:
+        conn.close()  # checkpoints the WAL into the file and removes it
+    os.replace(tmp, db)
+    _fsync_dir(db.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def damage(db: Path) -> str | None:
+    """Why the ledger file at ``db`` cannot be trusted (None: it can, or it is not there).
+
+    ``PRAGMA quick_check`` (every page and index reachable and well formed; seconds
+    even for a big ledger, unlike ``integrity_check``), and an empty file: SQLite would
+    silently take it for a new database and every tile would be scored and alerted
+    again. (A 0-byte file with a WAL beside it is a ledger whose pages are all still
+    in the WAL: SQLite recovers it.)
+    """
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        return None
+    wal = Path(f"{db}-wal")
+    if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
+        return "the file is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        try:
+            rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            return None  # busy, not damaged: the open that follows waits for it
+        return f"SQLite cannot read it ({exc})"
+    found = [" ".join(str(r[0]).split()) for r in rows]  # one line each
+    return None if found == ["ok"] else "quick_check found: " + "; ".join(found)
+
+
+def set_aside(state_dir: str | Path, *, clock: Callable[[], float] = time.time) -> Path | None:
+    """Move a damaged ledger (and its WAL) aside; None if there was nothing to move.
+
+    ``focuswatch run --reset-ledger``: only a damaged ledger is moved (StateError for a
+    healthy one: a reset is never the way to re-score a wafer).
+    """
+    db = Path(state_dir) / DB_NAME
+    problem = damage(db)
+    if not db.exists():
+        return None
+    if problem is None:
+        raise StateError(f"ledger {db} is healthy: --reset-ledger only replaces a damaged one")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+    aside = db.with_name(f"{db.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{db}{suffix}")
+        if src.exists():
+            os.replace(src, Path(f"{aside}{suffix}"))
+    _fsync_dir(db.parent)
+    return aside
 
 
 def _statements(script: str) -> list[str]:

@@ -41,7 +41,7 @@ from focuswatch import sdnotify
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError, TileError
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.ledger import Ledger, TileVersion, set_aside
 from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
@@ -699,9 +699,26 @@ def _stop_on_signal(
     return on_signal
 
 
-def main(cfg: Config, *, once: bool = False) -> int:
-    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done)."""
+def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
+    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done).
+
+    ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
+    a healthy one).
+    """
     _check_folders(cfg)
+    if reset_ledger:
+        lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
+        lock.acquire()
+        try:
+            aside = set_aside(cfg.state_dir)
+        finally:
+            lock.release()
+        log.warning(
+            "ledger_reset",
+            damaged_kept_at=None if aside is None else str(aside),
+            consequence="every tile in the watch folder is scored again, and alerts for "
+            "bad ones are sent again",
+        )
     stop = threading.Event()
     received: list[int] = []
     on_signal = _stop_on_signal(stop, received)
