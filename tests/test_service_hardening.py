@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -275,3 +278,191 @@ def test_a_damaged_ledger_stops_run_and_status_until_reset_is_asked_for(tmp_path
     done = _cli(*run, "--reset-ledger")
     assert done.returncode == 1
     assert "is healthy" in done.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, tiny file system (tmpfs, 4 MiB) for the state folder, so it can fill up."""
+    mount = tmp_path / "state"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write a ballast file until the file system is full."""
+    ballast = folder / "ballast"
+    with ballast.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
+    tmp_path: Path,
+    small_disk: Path,
+    make_service: MakeService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_mod, "FAULT_RETRY_S", 0.1)
+    watch = tmp_path / "watch"
+    svc, sink = make_service()
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    turn_until(svc, lambda: len(sink.records) == 1)
+    ballast = _fill(small_disk)
+    with structlog.testing.capture_logs() as logs:
+        names = [watch / "S_001" / f"Tile_r2-c{c}_S_001_{'x' * 200}.tif" for c in range(1, 41)]
+        for path in names:
+            write_tif(path, value=len(str(path)))
+        turn_until(svc, lambda: svc.fault is not None)
+        for _ in range(30):  # it stays up while the disk is full
+            svc.turn(0.02)
+        assert svc.fault is not None
+        assert "database or disk is full" in svc.fault
+        # ``status`` beside it says what is going on (a minute later).
+        later = status.summary(make_cfg(tmp_path), clock=lambda: time.time() + 120)
+        assert f"running (pid {os.getpid()}" in status.format_text(later)
+        assert "cannot write its state folder" in status.format_text(later)
+        ballast.unlink()
+        turn_until(svc, lambda: svc.fault is None and len(sink.records) == 41)
+        svc._start_rescan()  # nothing that arrived meanwhile is missed, nothing doubled
+        assert svc._rescan_thread is not None
+        svc._rescan_thread.join(10)
+        for _ in range(30):
+            svc.turn(0.02)
+    events = [e["event"] for e in logs]
+    assert events.count("state_unwritable") == 1
+    assert "state_writable_again" in events
+    (said,) = [e for e in logs if e["event"] == "state_unwritable"]
+    assert said["log_level"] == "error"
+    assert "cannot write the ledger" in said["reason"]
+    assert len(sink.records) == 41
+    assert {r.path for r in sink.records} == {str(p) for p in names} | {
+        str(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    }
+    counts = svc.ledger.counts()
+    assert counts["scored"] == 41
+    assert counts["ready"] == counts["scoring"] == 0
+
+
+def test_a_stop_while_the_state_disk_is_full_is_orderly(
+    tmp_path: Path, small_disk: Path, make_service: MakeService
+) -> None:
+    watch = tmp_path / "watch"
+    svc, sink = make_service()
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    turn_until(svc, lambda: len(sink.records) == 1)
+    _fill(small_disk)
+    for c in range(1, 41):
+        write_tif(watch / "S_001" / f"Tile_r3-c{c}_S_001_{'y' * 200}.tif")
+    turn_until(svc, lambda: svc.fault is not None)
+    with structlog.testing.capture_logs() as logs:
+        svc.stop(grace_s=0.5)  # no exception
+    assert svc.stopped
+    assert "stopped_unwritable" in [e["event"] for e in logs]
+
+
+def test_a_deleted_state_folder_is_detected_and_nothing_more_is_written(
+    tmp_path: Path, make_service: MakeService
+) -> None:
+    watch = tmp_path / "watch"
+    svc, sink = make_service()
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    turn_until(svc, lambda: len(sink.records) == 1)
+    shutil.rmtree(tmp_path / "state")
+    with structlog.testing.capture_logs() as logs:
+        write_tif(watch / "S_001" / "Tile_r1-c2_S_001.tif")
+        turn_until(svc, lambda: svc.fault is not None)
+        for _ in range(20):
+            svc.turn(0.02)
+    assert svc.fault is not None
+    assert "was deleted while the service was running" in svc.fault
+    assert len(sink.records) == 1  # the second tile was not recorded into the deleted file
+    assert [e["event"] for e in logs].count("state_unwritable") == 1
+    assert not (tmp_path / "state").exists()  # and nothing was silently re-created
+
+
+OVERFLOW_CONFIG = """\
+[watch]
+observer = "inotify"
+quiet_s = 0.2
+rescan_interval_s = 3600.0
+[scoring]
+workers = 1
+"""
+
+
+@pytest.mark.slow
+def test_an_inotify_queue_overflow_rescans_at_once_and_is_logged_as_an_event(
+    tmp_path: Path,
+) -> None:
+    """A service stopped (SIGSTOP) while thousands of files arrive loses kernel events.
+
+    The kernel queue holds ``fs.inotify.max_queued_events`` events (16384 by default,
+    about three per file written); what overflows must be found by a rescan now, not
+    at the next periodic one an hour later.
+    """
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    n = limit // 2  # create + modify + close per file: well past the limit
+    watch, state = tmp_path / "watch", tmp_path / "state"
+    section = watch / "S_001"
+    section.mkdir(parents=True)
+    config = tmp_path / "fw.toml"
+    config.write_text(OVERFLOW_CONFIG)
+    log = tmp_path / "service.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "focuswatch",
+                "run",
+                "--watch",
+                str(watch),
+                "--state",
+                str(state),
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        _wait_for_line(log, '"event": "started"')
+        proc.send_signal(signal.SIGSTOP)
+        for i in range(n):
+            (section / f"Tile_r{i // 100 + 1}-c{i % 100 + 1}_S_001.tif").write_bytes(b"x")
+        proc.send_signal(signal.SIGCONT)
+        _wait_for_line(log, '"event": "watch_overflow"')
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _versions(state) < n:
+            time.sleep(0.2)  # polling the ledger with a deadline
+        assert _versions(state) == n
+    finally:
+        proc.kill()
+        proc.wait(30)
+    lines = log.read_text().splitlines()
+    assert all(line.startswith("{") for line in lines), "a non-JSON line in the JSON log"
+    assert any('"library": "watchdog.observers.inotify_c"' in line for line in lines)
+
+
+def _versions(state: Path) -> int:
+    with sqlite3.connect(f"{(state / 'focuswatch.db').as_uri()}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(DISTINCT path) FROM versions").fetchone()[0])

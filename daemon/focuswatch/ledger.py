@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from focuswatch.errors import StateError
+from focuswatch.errors import LedgerWriteError, StateError
 from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 
@@ -197,6 +197,11 @@ def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
 
 
+def _is_fault(exc: BaseException) -> bool:
+    """A failure of the storage, not of focuswatch's SQL (constraint or syntax errors are bugs)."""
+    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 def section_index(section: str | None) -> int | None:
     """The section number used for ordering: the first run of digits (``S_012_17…`` → 12)."""
     if section is None:
@@ -252,6 +257,8 @@ class Ledger:
         self.clock = clock
         self.readonly = readonly
         self._lock = threading.RLock()
+        st = os.stat(path) if path.exists() else None
+        self._identity = (st.st_dev, st.st_ino) if st is not None else (-1, -1)
 
     # -- opening -----------------------------------------------------------------------
 
@@ -349,15 +356,51 @@ class Ledger:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error)."""
+        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
+
+        A failure of the state folder (disk full, read-only, I/O error, busy for longer
+        than the timeout, the ledger file deleted or replaced) raises ``LedgerWriteError``
+        after the rollback: nothing was written, and the caller may try again later.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            problem = self.file_problem()  # a stat: never write into a deleted ledger
+            if problem is not None:
+                raise LedgerWriteError(problem)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from exc
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled back already (SQLITE_FULL): then there is none.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                if _is_fault(exc):
+                    raise self._write_error(exc) from exc
                 raise
-            self._conn.execute("COMMIT")
+
+    def _write_error(self, exc: BaseException) -> LedgerWriteError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return LedgerWriteError(f"cannot write the ledger {self.path}: {reason}")
+
+    def file_problem(self) -> str | None:
+        """Why the ledger file this connection writes is no longer the one at its path.
+
+        The state folder deleted or the file replaced while the service runs: SQLite
+        goes on writing into the open, deleted file, and everything is lost at the next
+        start. None while the file is where it was opened.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the ledger {self.path} was deleted while the service was running"
+        except OSError as exc:
+            return f"cannot stat the ledger {self.path}: {exc.strerror or exc}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"the ledger {self.path} was replaced by another file while the service ran"
+        return None
 
     def close(self) -> None:
         with self._lock:

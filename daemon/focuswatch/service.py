@@ -39,7 +39,14 @@ import structlog
 
 from focuswatch import sdnotify
 from focuswatch.config import Config
-from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError, TileError
+from focuswatch.errors import (
+    BackendError,
+    ConfigError,
+    LedgerWriteError,
+    NotBuiltError,
+    StateError,
+    TileError,
+)
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion, set_aside
 from focuswatch.scoring import ScoreSettings
@@ -56,6 +63,10 @@ log = structlog.get_logger("focuswatch.service")
 STOP_GRACE_S = 10.0
 # How often the executor's description and a heartbeat are written for ``status``.
 META_INTERVAL_S = 5.0
+# While the ledger cannot be written: how often a write is tried again, and how often
+# the log is reminded (with what is waiting).
+FAULT_RETRY_S = 5.0
+FAULT_REMIND_S = 60.0
 # Signals that stop the service in order (hand tiles in flight back, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Changes handled per loop turn, so a burst cannot starve outcomes and the watchdog.
@@ -199,12 +210,19 @@ class Service:
             self.observer_kind: str | None = None
             self._rescan_thread: threading.Thread | None = None
             self._next_rescan = 0.0
+            self._rescan_soon = False
             self._next_poll = 0.0
             self._closed_pending = False
             self._next_meta = 0.0
             self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
             self.started = False
             self.stopped = False
+            self._fault: str | None = None
+            self._fault_since = 0.0
+            self._next_fault_probe = 0.0
+            self._next_fault_reminder = 0.0
+            self._held: list[Outcome] = []
+            self._recovered = False
         except BaseException:  # e.g. a bad calibration file: do not leak the open ledger
             for sink in self.sinks:
                 with contextlib.suppress(Exception):
@@ -234,9 +252,10 @@ class Service:
 
     def start(self, *, watch: bool = True) -> None:
         """Recover from a crash, start the observer, scan the folder, send READY=1."""
-        recovered = self.ledger.recover()
-        if recovered:
-            self._event("recovered_in_flight", versions=recovered)
+        try:
+            self._recover()
+        except LedgerWriteError as exc:  # e.g. the disk is full at start: wait, don't exit
+            self._enter_fault(str(exc))
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
             watcher = Watcher(
@@ -256,12 +275,23 @@ class Service:
                 self._event("watching", path=self.root, observer=kind, why=why)
         _ = self.executor  # start workers now, not on the first tile
         found = self._scan_now(self.root)
-        self._replay_undelivered()
+        if self._fault is None:
+            try:
+                self._replay_undelivered()
+                self._write_meta(force=True)
+            except LedgerWriteError as exc:
+                self._enter_fault(str(exc))
         self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
-        self._write_meta(force=True)
         self.started = True
         self._event("started", files_found=found, pending=len(self.readiness))
         self.notifier.ready(f"watching {self.root}")
+
+    def _recover(self) -> None:
+        """Versions a crash left in 'scoring' go back to 'ready' (once, before any work)."""
+        recovered = self.ledger.recover()
+        self._recovered = True
+        if recovered:
+            self._event("recovered_in_flight", versions=recovered)
 
     def _check_backend(self) -> None:
         """Probe the GPU once, at start, when local workers are to use one.
@@ -302,42 +332,156 @@ class Service:
     # -- the main loop -----------------------------------------------------------------
 
     def turn(self, timeout: float = 0.1) -> None:
-        """One main-loop iteration; waits at most about ``timeout`` seconds."""
+        """One main-loop iteration; waits at most about ``timeout`` seconds.
+
+        While the ledger cannot be written (``fault``), no new work is taken: results
+        that arrive are held in memory, and the write is retried every
+        ``FAULT_RETRY_S``; once it goes through, they are recorded and work resumes.
+        """
+        if self._fault is not None:
+            self._turn_in_fault(timeout)
+            return
+        try:
+            self._turn(timeout)
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
+        self.notifier.watchdog()
+
+    @property
+    def fault(self) -> str | None:
+        """Why the state folder cannot be written now (None: it can)."""
+        return self._fault
+
+    def _turn(self, timeout: float) -> None:
         self._take_changes(0.0)
         now = time.monotonic()
         self._poll_readiness(now)
         self._feed()
         wait = min(timeout, self._poll_every) if len(self.readiness) else timeout
         if self.executor.in_flight():
-            for outcome in self.executor.outcomes(wait):
-                self._handle(outcome)
+            self._handle_all(list(self.executor.outcomes(wait)))
             self._feed()
         else:
             self._take_changes(wait)
             if self._closed_pending:  # a close-write is ready now: don't wait a turn
                 self._poll_readiness(time.monotonic())
                 self._feed()
-        if now >= self._next_rescan:
+        rescanning = self._rescan_thread is not None and self._rescan_thread.is_alive()
+        if now >= self._next_rescan or (self._rescan_soon and not rescanning):
+            self._rescan_soon = False
             self._start_rescan()
         wall = self.clock()
         for sink in self.sinks:
             try:
                 sink.tick(wall)
+            except LedgerWriteError:
+                raise
             except Exception as exc:  # a sink's failure is logged; scoring goes on
                 self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
         self._write_meta()
+
+    def _handle_all(self, outcomes: Sequence[Outcome]) -> None:
+        for i, outcome in enumerate(outcomes):
+            try:
+                self._handle(outcome)
+            except LedgerWriteError:
+                self._held.extend(outcomes[i:])  # recorded once the ledger can be written
+                raise
+
+    # -- a state folder that cannot be written -----------------------------------------
+
+    def _enter_fault(self, reason: str) -> None:
+        first = self._fault is None
+        self._fault = reason
+        now = time.monotonic()
+        self._next_fault_probe = now + FAULT_RETRY_S
+        if first:
+            self._fault_since = now
+            self._next_fault_reminder = now + FAULT_REMIND_S
+            self._event("state_unwritable", "error", reason=reason, **self._waiting())
+
+    def _waiting(self) -> dict[str, Any]:
+        return {
+            "results_held": len(self._held),
+            "changes_waiting": self.changes.qsize(),
+            "files_pending": len(self.readiness),
+            "in_flight": self.executor.in_flight() if self._executor is not None else 0,
+            "action": "no new tiles are taken until the state folder can be written; "
+            f"retrying every {FAULT_RETRY_S:g} s",
+        }
+
+    def _turn_in_fault(self, timeout: float) -> None:
+        ex = self._executor
+        if ex is not None and ex.in_flight():
+            self._held.extend(ex.outcomes(timeout))  # results keep, in memory, for later
+        else:
+            time.sleep(timeout)  # nothing to wait on but the clock
+        now = time.monotonic()
+        if now >= self._next_fault_probe:
+            self._next_fault_probe = now + FAULT_RETRY_S
+            self._probe_ledger()
+        if self._fault is not None and now >= self._next_fault_reminder:
+            self._next_fault_reminder = now + FAULT_REMIND_S
+            self._event(
+                "state_still_unwritable",
+                "error",
+                reason=self._fault,
+                for_s=round(now - self._fault_since),
+                **self._waiting(),
+            )
         self.notifier.watchdog()
+
+    def _probe_ledger(self) -> None:
+        """Try one small write; if it goes through, record what was held and resume."""
+        problem = self.ledger.file_problem()
+        if problem is not None:
+            # Never write into a deleted ledger: what it holds is lost at the next start.
+            self._fault = (
+                f"{problem}; nothing more is written there. Restore the state folder and "
+                "restart the service (a restart without it scores every tile again)"
+            )
+            return
+        try:
+            self.ledger.set_meta("heartbeat", self.clock())
+        except LedgerWriteError as exc:
+            self._fault = str(exc)
+            return
+        was = self._fault
+        self._fault = None
+        self._event(
+            "state_writable_again",
+            "warning",
+            was=was,
+            after_s=round(time.monotonic() - self._fault_since),
+            **self._waiting(),
+        )
+        try:
+            if not self._recovered:
+                self._recover()
+            held, self._held = self._held, []
+            self._handle_all(held)
+            self._replay_undelivered()
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
 
     def _poll_readiness(self, now: float) -> None:
         if not len(self.readiness) or (now < self._next_poll and not self._closed_pending):
             return
         self._next_poll = now + self._poll_every
         self._closed_pending = False
-        for settled in self.readiness.poll():
-            self._settle(settled)
+        settled = self.readiness.poll()
+        for i, s in enumerate(settled):
+            try:
+                self._settle(s)
+            except LedgerWriteError:
+                for rest in settled[i:]:  # looked at again once the ledger can be written
+                    self.readiness.note(rest.path)
+                raise
 
     def idle(self) -> bool:
         """Nothing left to do: no changes, nothing pending, nothing ready or in flight."""
+        if self._fault is not None or self._held:
+            return False
         counts = self.ledger.counts()
         return (
             self.changes.empty()
@@ -386,6 +530,15 @@ class Service:
                 return
 
     def _change(self, c: Change) -> None:
+        if c.overflow:
+            self._event(
+                "watch_overflow",
+                "warning",
+                path=self.root,
+                action="the kernel dropped file events; rescanning the folder now",
+            )
+            self._rescan_soon = True  # once no rescan is running (one may predate the loss)
+            return
         if c.is_dir:
             # A folder moved in (a whole section): its files may bring no events of their own.
             if os.path.isdir(c.path) and not self.matcher.under_hidden_dir(c.path, self.root):
@@ -548,6 +701,8 @@ class Service:
             for sink in self.sinks:
                 try:
                     sink.on_verdict(record)
+                except LedgerWriteError:
+                    raise  # not marked delivered: replayed once the ledger can be written
                 except Exception as exc:
                     self._event(
                         "sink_failed",
@@ -615,6 +770,15 @@ class Service:
 
     # -- stop --------------------------------------------------------------------------
 
+    def _stop_step(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
+        """One ledger step of a stop; a state-folder fault is noted, the stop goes on."""
+        try:
+            fn(*args, **kw)
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
+            return False
+        return True
+
     def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
         """Stop intake, wait up to ``grace_s`` for work in flight, hand the rest back."""
         if self.stopped:
@@ -627,15 +791,25 @@ class Service:
         ex = self._executor
         if ex is not None:
             while ex.in_flight() and time.monotonic() < deadline:
-                for outcome in ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))):
-                    self._handle(outcome)
-            self._write_meta(force=True)  # final figures for ``status``
+                outcomes = list(ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))))
+                if self._fault is None:
+                    self._stop_step(self._handle_all, outcomes)
+                else:
+                    self._held.extend(outcomes)
+            self._stop_step(self._write_meta, force=True)  # final figures for ``status``
             ex.close()
         handed_back = 0
+        if self._fault is None:
+            held, self._held = self._held, []
+            self._stop_step(self._handle_all, held)
         for vid in list(self._submitted):
-            self.ledger.release(vid, undo_attempt=True)  # not the tile's fault
-            handed_back += 1
+            # Not the tile's fault. If this cannot be written either, the version stays
+            # 'scoring' in the ledger and the next start's recovery hands it back.
+            if self._fault is None and self._stop_step(self.ledger.release, vid, undo_attempt=True):
+                handed_back += 1
         self._submitted.clear()
+        if self._fault is not None:
+            self._event("stopped_unwritable", "error", reason=self._fault, **self._waiting())
         for sink in self.sinks:
             try:
                 sink.close()

@@ -61,6 +61,22 @@ class StateLock:
             os.pwrite(fd, text, 0)
         self._fd = fd
 
+    def holder(self) -> str | None:
+        """Who holds the lock now (None: nobody): for read-only commands, takes nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read(fd)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is None:
             return
