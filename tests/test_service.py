@@ -544,10 +544,12 @@ def test_run_on_the_gpu_without_one_fails_at_start_with_one_line(
 
 def test_public_names() -> None:
     assert sorted(service_mod.__all__) == [
+        "NOT_CHECKED",
         "Service",
         "Sink",
         "build_executor",
         "main",
+        "preflight",
     ]
 
 

@@ -55,7 +55,7 @@ from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
 
-__all__ = ["Service", "Sink", "build_executor", "main"]
+__all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
 
 log = structlog.get_logger("focuswatch.service")
 
@@ -294,22 +294,7 @@ class Service:
             self._event("recovered_in_flight", versions=recovered)
 
     def _check_backend(self) -> None:
-        """Probe the GPU once, at start, when local workers are to use one.
-
-        With Dask the GPUs are the workers', not this machine's: each task says so itself.
-        """
-        if self.cfg.scoring.backend != "gpu" or self.cfg.cluster.scheduler == "dask":
-            return
-        from focuswatch.backend import get_backend
-
-        try:
-            backend = get_backend("gpu")
-        except BackendError as exc:
-            raise BackendError(
-                f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
-                "(use --backend cpu or auto)"
-            ) from None
-        log.info("backend_checked", backend=backend.name, device=backend.device)
+        _backend_usable(self.cfg)
 
     def _scan_now(self, root: str) -> int:
         known = self.ledger.known_paths(under=None if root == self.root else root)
@@ -830,6 +815,25 @@ def _state_folder(cfg: Config) -> Path:
     return state
 
 
+def _backend_usable(cfg: Config) -> None:
+    """Probe the GPU once, at start, when local workers are to use one.
+
+    With Dask the GPUs are the workers', not this machine's: each task says so itself.
+    """
+    if cfg.scoring.backend != "gpu" or cfg.cluster.scheduler == "dask":
+        return
+    from focuswatch.backend import get_backend
+
+    try:
+        backend = get_backend("gpu")
+    except BackendError as exc:
+        raise BackendError(
+            f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
+            "(use --backend cpu or auto)"
+        ) from None
+    log.info("backend_checked", backend=backend.name, device=backend.device)
+
+
 def _watch_folder(cfg: Config) -> Path:
     """``watch.path``; the state folder may not lie in it (the service would score itself)."""
     if cfg.watch.path is None:
@@ -846,14 +850,74 @@ def _watch_folder(cfg: Config) -> Path:
 
 
 def _check_folders(cfg: Config) -> None:
+    _watch_usable(cfg)
+    state = _state_folder(cfg)
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise StateError(f"state folder {state} is not writable")
+
+
+def _watch_usable(cfg: Config) -> None:
     watch = _watch_folder(cfg)
+    if watch.exists() and not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': {str(watch)!r} is a file, not a folder")
     if not watch.is_dir():
         raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
     if not os.access(watch, os.R_OK | os.X_OK):
         raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
-    state = _state_folder(cfg)
-    if not os.access(state, os.W_OK | os.X_OK):
-        raise StateError(f"state folder {state} is not writable")
+
+
+def _state_usable_without_creating(cfg: Config) -> None:
+    state = Path(cfg.state_dir)
+    if state.exists():
+        if not state.is_dir():
+            raise StateError(f"at 'state_dir': {str(state)!r} is a file, not a folder")
+        if not os.access(state, os.W_OK | os.X_OK):
+            raise StateError(f"at 'state_dir': folder {str(state)!r} is not writable")
+        return
+    parent = state.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StateError(
+            f"at 'state_dir': folder {str(state)!r} does not exist and cannot be created "
+            f"({str(parent)!r} is not a writable folder)"
+        )
+
+
+def _calibration_usable(cfg: Config) -> None:
+    from focuswatch import policy
+
+    policy.load_calibration(cfg.policy)
+
+
+# What ``check-config`` cannot check from here: it needs the running service's network.
+NOT_CHECKED = (
+    "alert endpoints answering (delivery is tried when the service runs)",
+    "the Dask scheduler being reachable (cluster.address)",
+)
+
+
+def preflight(cfg: Config) -> list[str]:
+    """Every problem ``run`` would refuse to start with, without starting or creating anything.
+
+    For ``check-config``: the watch folder, the state folder, the calibration file and
+    the GPU (when asked for with local workers).
+    """
+    problems: list[str] = []
+    checks: tuple[Callable[[Config], object], ...] = (
+        _watch_usable,
+        _state_usable_without_creating,
+        _calibration_usable,
+        _backend_usable,
+    )
+    for check in checks:
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (StateError, BackendError) as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _stop_on_signal(
