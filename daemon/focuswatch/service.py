@@ -676,6 +676,7 @@ class Service:
                 read_ms=round(float(score.read_ms), 1),
                 score_ms=round(float(score.score_ms), 1),
                 worker=worker,
+                **_nonfinite(score),
             )
         self._deliver(v.id)
 
@@ -813,6 +814,12 @@ def _state_folder(cfg: Config) -> Path:
     except OSError as exc:
         raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
     return state
+
+
+def _nonfinite(score: Any) -> dict[str, Any]:
+    """NaN/inf pixels of a float tile were left out of its score: say how many."""
+    n = int(getattr(score.meta, "nonfinite_pixels", 0) or 0)
+    return {"nonfinite_pixels_not_scored": n} if n else {}
 
 
 def _backend_usable(cfg: Config) -> None:

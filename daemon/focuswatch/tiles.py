@@ -119,6 +119,9 @@ class TileMeta:
     dwell_ns: float | None
     working_distance_um: float | None
     source: str
+    #: Pixels of a float tile that were NaN or infinite and so not scored (set by
+    #: ``scoring``, which fills them with the finite pixels' median).
+    nonfinite_pixels: int = 0
 
 
 # --------------------------------------------------------------------------- names
