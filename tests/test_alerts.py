@@ -936,8 +936,11 @@ def test_check_config_and_the_start_log_show_no_secret(
     urls = list(SECRET_URLS)
     path = tmp_path / "fw.toml"
     path.write_text("[alerts]\nurls = [" + ", ".join(json.dumps(u) for u in urls) + "]\n")
-    assert cli.main(["check-config", str(path)]) == 0
+    (tmp_path / "watch").mkdir()
+    args = ["--watch", str(tmp_path / "watch"), "--state", str(tmp_path / "state")]
+    assert cli.main(["check-config", str(path), *args]) == 0, capsys.readouterr().err
     printed = capsys.readouterr()
+    assert "json://127.0.0.1:8080/hooks/P...t" in printed.out  # shown, redacted
     cfg = replace(config.load(path), state_dir=tmp_path / "state")
     with capture_logs() as logs, opened(cfg, Clock()):
         pass

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score what is in the folder now, then exit (no watching)",
     )
+    p.add_argument(
+        "--reset-ledger",
+        action="store_true",
+        help="the ledger is damaged: keep it aside (focuswatch.db.damaged-TIME) and start "
+        "a new one; every tile in the watch folder is then scored and alerted again",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -231,10 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check-config",
         help="validate a configuration file and report every problem",
-        description="Check a TOML configuration file. Prints every problem with its key "
-        "path and exits 1, or prints the effective configuration and exits 0.",
+        description="Check a TOML configuration file and everything `run` checks before "
+        "it starts (watch and state folders, calibration file, GPU). Prints every problem "
+        "with its key path and exits 2, or prints the effective configuration and exits 0.",
     )
     p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--watch", type=Path, metavar="DIR", help="check with this watch folder")
+    p.add_argument("--state", type=Path, metavar="DIR", help="check with this state folder")
+    p.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="check only the file's keys and values, not the folders it names (a template)",
+    )
 
     p = sub.add_parser(
         "demo",
@@ -301,14 +315,23 @@ def _settings(args: argparse.Namespace) -> config.Config:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         cfg = config.load(args.file)
-        print(f"{args.file}: OK")
+        if not args.syntax_only:
+            from focuswatch import service
+
+            cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
+            problems = service.preflight(cfg)
+            if problems:
+                raise ConfigError([f"{args.file}: {p}" for p in problems])
+        print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
+        if not args.syntax_only:
+            print("# not checked here: " + "; ".join(service.NOT_CHECKED))
         print(config.describe(cfg))
         return EXIT_OK
     cfg = _settings(args)
     if args.command == "run":
         from focuswatch import service
 
-        return service.main(cfg, once=args.once)
+        return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
     if args.command == "score":
         from focuswatch import scoring
 

@@ -10,6 +10,7 @@ object the rest of the service sees.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -75,12 +76,16 @@ def _nonempty_strings(v: Any) -> str | None:
     return None if all(s for s in v) else "must not contain empty strings"
 
 
+def _patterns(v: Any) -> str | None:
+    return _nonempty_strings(v) if v else "must name at least one pattern, e.g. ['*.tif']"
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     """Where tiles arrive and how the folder is watched."""
 
     path: Path | None = _opt(None)
-    include: list[str] = _opt(["*.tif", "*.tiff"], _nonempty_strings, factory=True)
+    include: list[str] = _opt(["*.tif", "*.tiff"], _patterns, factory=True)
     exclude: list[str] = _opt(
         ["*thumb*", "*Thumb*", "*.tmp", "*.part", "*~", ".*"], _nonempty_strings, factory=True
     )
@@ -89,6 +94,7 @@ class WatchConfig:
     quiet_s: float = _opt(2.0, _range(0.0, 3600))
     incomplete_timeout_s: float = _opt(600.0, _range(1.0))
     rescan_interval_s: float = _opt(300.0, _range(1.0))
+    follow_symlinks_outside: bool = _opt(False)
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ def _coerce(tp: Any, value: Any) -> tuple[Any, str | None]:
         return (value, None) if ok else (None, "must be an integer")
     if tp is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # TOML allows nan and inf; no setting means them
+            return None, "must be a finite number"
         return (float(value), None) if ok else (None, "must be a number")
     if tp is str:
         return (value, None) if isinstance(value, str) else (None, "must be a string")

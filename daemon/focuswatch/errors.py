@@ -5,6 +5,7 @@
     FocuswatchError
     ├── ConfigError       bad or unreadable configuration (all problems, with key paths)
     ├── StateError        the state folder or ledger cannot be used
+    │   └── LedgerWriteError  a write failed (disk full, read-only, I/O): the service waits
     ├── TileError         one tile cannot be read or scored (recorded, never fatal)
     ├── BackendError      the requested array backend (GPU) is not usable
     └── NotBuiltError     a command that is not built yet (exits non-zero, never pretends)
@@ -30,6 +31,14 @@ class ConfigError(FocuswatchError):
 
 class StateError(FocuswatchError):
     """The state folder or ledger cannot be created, opened or written."""
+
+
+class LedgerWriteError(StateError):
+    """A ledger write failed for a reason outside focuswatch (disk full, read-only, I/O).
+
+    Nothing was changed (the transaction rolled back). The service holds its work,
+    says so, and retries until the write goes through.
+    """
 
 
 class TileError(FocuswatchError):

@@ -119,6 +119,9 @@ class TileMeta:
     dwell_ns: float | None
     working_distance_um: float | None
     source: str
+    #: Pixels of a float tile that were NaN or infinite and so not scored (set by
+    #: ``scoring``, which fills them with the finite pixels' median).
+    nonfinite_pixels: int = 0
 
 
 # --------------------------------------------------------------------------- names
@@ -131,7 +134,8 @@ def parse_tile_name(path: str | Path) -> tuple[str | None, int | None, int | Non
     the ``S_`` part, else from an ``S_{section}_*`` parent folder) and other
     ``Tile_r{row}-c{col}_{anything}.tif`` variants. MultiSEM beam images
     ``{NNN}_{mfov:06d}_{beam:03d}_{timestamp}.bmp|png`` give section ``NNN`` and
-    no row or column (the mFoV/beam pair is not a grid position).
+    no row or column (the mFoV/beam pair is not a grid position). A number with more
+    than ``MAX_DIGITS`` digits raises ``TileError``.
     """
     p = Path(path)
     stem = p.stem if p.suffix else p.name
@@ -143,11 +147,35 @@ def parse_tile_name(path: str | Path) -> tuple[str | None, int | None, int | Non
         rest = atlas.group("rest") or ""
         in_name = _SECTION_IN_NAME.search(rest)
         section = in_name.group("section") if in_name else folder_section
-        return section, int(atlas.group("row")), int(atlas.group("col"))
+        row = _in_range(atlas.group("row"), "row", p)
+        col = _in_range(atlas.group("col"), "column", p)
+        return _checked_section(section, p), row, col
     multisem = _MULTISEM_NAME.match(stem)
     if multisem:
         return multisem.group("section"), None, None
-    return folder_section, None, None
+    return _checked_section(folder_section, p), None, None
+
+
+#: Row, column and section numbers have at most this many digits. A longer one is no
+#: microscope's (and overflows SQLite's 64-bit integers): the tile is recorded with
+#: that reason instead.
+MAX_DIGITS = 9
+
+
+def _in_range(digits: str, what: str, path: Path) -> int:
+    value = int(digits)
+    if value >= 10**MAX_DIGITS:
+        raise TileError(
+            str(path),
+            f"{what} number {digits} in the name is out of range (at most {MAX_DIGITS} digits)",
+        )
+    return value
+
+
+def _checked_section(section: str | None, path: Path) -> str | None:
+    if section is not None:
+        _in_range(section, "section", path)
+    return section
 
 
 # ------------------------------------------------------------------------ metadata

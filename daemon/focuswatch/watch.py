@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import logging
 import os
 import queue
 import re
@@ -67,6 +68,8 @@ class Change:
     path: str
     closed: bool = False
     is_dir: bool = False
+    #: The kernel's event queue overflowed: events were lost, the folder needs a rescan.
+    overflow: bool = False
 
 
 class Matcher:
@@ -195,6 +198,22 @@ def _make_observer(kind: str, poll_interval_s: float) -> Any:
     raise ValueError(f"observer must be 'inotify' or 'polling', not {kind!r}")
 
 
+_INOTIFY_LOG = logging.getLogger("watchdog.observers.inotify_c")
+
+
+class _OverflowSignal(logging.Handler):
+    """Turns watchdog's 'Inotify queue overflowed' log record into an overflow ``Change``."""
+
+    def __init__(self, root: str, out: queue.Queue[Change]) -> None:
+        super().__init__(logging.WARNING)
+        self._root = root
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in str(record.msg).lower():
+            self._out.put(Change(self._root, is_dir=True, overflow=True))
+
+
 class Watcher:
     """A running watchdog observer on ``root`` feeding ``Change``s into ``changes``.
 
@@ -221,6 +240,7 @@ class Watcher:
         self._make_observer = make_observer
         self.kind = observer
         self.fallback: str | None = None
+        self._overflow = _OverflowSignal(self._root, changes)
         self._observer = self._scheduled(observer)
 
     def _scheduled(self, kind: str) -> Any:
@@ -229,6 +249,11 @@ class Watcher:
         return obs
 
     def start(self) -> None:
+        # watchdog says that the kernel dropped events only in a log line; that line is
+        # our signal to rescan at once instead of at the next periodic rescan.
+        _INOTIFY_LOG.addHandler(self._overflow)
+        if _INOTIFY_LOG.getEffectiveLevel() > logging.WARNING:
+            _INOTIFY_LOG.setLevel(logging.WARNING)
         try:
             self._observer.start()
         except OSError as exc:
@@ -245,6 +270,7 @@ class Watcher:
             self._observer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        _INOTIFY_LOG.removeHandler(self._overflow)
         self._observer.stop()
         self._observer.join(timeout)
 
