@@ -15,7 +15,7 @@ from typing import Any
 
 from focuswatch import __version__, config, logs
 from focuswatch.backend import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, NotBuiltError
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError, NotBuiltError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -243,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "unit-dropin",
+        help="print the systemd drop-in for this configuration's folders",
+        description="Prints the drop-in that fits the systemd unit to the folders in the "
+        "configuration (RequiresMountsFor=, ReadOnlyPaths=, ProtectHome= for a folder under "
+        "/home). Install it with: focuswatch unit-dropin --config FILE | sudo tee "
+        "/etc/systemd/system/focuswatch.service.d/folders.conf",
+    )
+    p.add_argument("--watch", type=Path, metavar="DIR", help="the folder the microscope writes")
+    p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
+    _add_config_args(p)
+
+    p = sub.add_parser(
         "demo",
         help="rehearse: generate a small synthetic wafer and run the service on it",
         description="Generates a small wafer of synthetic SEM tiles (some out of focus, one "
@@ -297,6 +309,8 @@ def _settings(args: argparse.Namespace) -> config.Config:
     elif args.command == "demo" and args.log_level is None:
         # The demo prints what an operator sees; service logs would only bury it.
         overrides["logging.level"] = "error"
+    elif args.command == "unit-dropin":
+        overrides |= {"watch.path": args.watch, "state_dir": args.state}
     elif args.command in ("status", "retakes"):
         overrides["state_dir"] = args.state or getattr(args, "dismiss_state", None)
     cfg = config.with_overrides(cfg, overrides)
@@ -324,6 +338,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from focuswatch import service
 
         return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
+    if args.command == "unit-dropin":
+        from focuswatch import unit
+
+        print(unit.dropin(cfg), end="")
+        return EXIT_OK
     if args.command == "score":
         from focuswatch import scoring
 
@@ -393,6 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except LedgerWriteError as exc:
+        print(
+            f"focuswatch {args.command}: {exc}; this command changes the ledger: run it as "
+            "the service's user (sudo -u focuswatch focuswatch ...), which can write the "
+            "state folder",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
