@@ -371,3 +371,19 @@ def test_an_operator_in_the_group_reads_the_list_and_is_told_what_writing_needs(
         rc, out, err = _cli_as(65534, [], listing, outs)
         assert rc == 1
         assert "usermod -aG focuswatch" in err
+
+
+@pytest.mark.parametrize("written", ["7", "007", "S_007", "S_007_1752450056"])
+def test_section_filter_takes_the_section_however_it_is_written(
+    ledger: Ledger, written: str
+) -> None:
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD, section="007", name="Tile_r1-c2_S_007"))
+    sink.on_verdict(record(ledger, BAD, section="070", name="Tile_r1-c2_S_070"))
+    assert [e.section for e in retakes.entries(ledger, section=written)] == ["007"]
+
+
+def test_dismiss_help_names_the_state_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["retakes", "dismiss", "--help"])
+    assert "--state DIR" in capsys.readouterr().out

@@ -201,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
     p.add_argument("--format", choices=["text", "csv", "json"], default="text")
-    p.add_argument("--section", metavar="S", help="only this section")
+    p.add_argument(
+        "--section",
+        metavar="S",
+        help="only this section, however written: 7, 007, S_007 or its folder name",
+    )
     p.add_argument("--open", action="store_true", help="only entries still to re-image")
     rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
     d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
@@ -210,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--note", required=True, type=_nonblank, help="why it is dismissed (kept in the list)"
     )
     d.add_argument(
-        "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
     )
     _add_config_args(p)
 

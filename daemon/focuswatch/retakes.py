@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from focuswatch.config import Config
-from focuswatch.ledger import Ledger
+from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
@@ -195,9 +195,6 @@ def entries(
     """The retake list from the ledger, in section and position order."""
     where: list[str] = []
     args: list[Any] = []
-    if section is not None:
-        where.append("section = ?")
-        args.append(section)
     if only_open:
         where.append("status IN (?, ?)")
         args += list(_ACTIVE)
@@ -205,7 +202,12 @@ def entries(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY section, row, col, tile_name, id"
-    return [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+    found = [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+    if section is None:
+        return found
+    # However the section is written: '7', '007', 'S_007' or its folder 'S_007_1752450056'.
+    wanted = section_index(section)
+    return [e for e in found if e.section == section or section_index(e.section) == wanted]
 
 
 def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
