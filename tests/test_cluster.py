@@ -38,6 +38,9 @@ from focuswatch.scoring import ScoreSettings, TileScore, score_path
 from loopback import local_cluster
 from pipeline_jobs import fake_score
 
+# Real multi-process Dask clusters on 127.0.0.1: seconds per test (make check skips them).
+pytestmark = pytest.mark.slow
+
 distributed = pytest.importorskip("distributed")
 
 SETTINGS = ScoreSettings(backend="cpu")

@@ -272,6 +272,7 @@ class CountingExecutor:
         self.inner.close()
 
 
+@pytest.mark.slow
 def test_burst_of_tiles_all_scored_once_with_bounded_in_flight(
     tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:

@@ -174,6 +174,7 @@ def _wait_for_line(log: Path, text: str, *, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"no {text!r} in the log within {timeout_s} s:\n{log.read_text()}")
 
 
+@pytest.mark.slow
 def test_real_service_second_instance_exits_and_sighup_is_a_logged_stop(tmp_path: Path) -> None:
     watch, state = tmp_path / "watch", tmp_path / "state"
     watch.mkdir()
@@ -255,6 +256,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_damaged_ledger_stops_run_and_status_until_reset_is_asked_for(tmp_path: Path) -> None:
     watch, state = tmp_path / "watch", tmp_path / "state"
     write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")

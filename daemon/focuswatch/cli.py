@@ -15,7 +15,7 @@ from typing import Any
 
 from focuswatch import __version__, config, logs
 from focuswatch.backend import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, NotBuiltError
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError, NotBuiltError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -201,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
     p.add_argument("--format", choices=["text", "csv", "json"], default="text")
-    p.add_argument("--section", metavar="S", help="only this section")
+    p.add_argument(
+        "--section",
+        metavar="S",
+        help="only this section, however written: 7, 007, S_007 or its folder name",
+    )
     p.add_argument("--open", action="store_true", help="only entries still to re-image")
     rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
     d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
@@ -210,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--note", required=True, type=_nonblank, help="why it is dismissed (kept in the list)"
     )
     d.add_argument(
-        "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
     )
     r = rsub.add_parser("reopen", help="put a dismissed or fixed entry back on the list")
     r.add_argument("id", type=_int_at_least(1), metavar="ID")
@@ -218,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--note", required=True, type=_nonblank, help="why it is reopened (kept in its history)"
     )
     r.add_argument(
-        "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
     )
     _add_config_args(p)
 
@@ -249,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check only the file's keys and values, not the folders it names (a template)",
     )
+
+    p = sub.add_parser(
+        "unit-dropin",
+        help="print the systemd drop-in for this configuration's folders",
+        description="Prints the drop-in that fits the systemd unit to the folders in the "
+        "configuration (RequiresMountsFor=, ReadOnlyPaths=, ProtectHome= for a folder under "
+        "/home). Install it with: focuswatch unit-dropin --config FILE | sudo tee "
+        "/etc/systemd/system/focuswatch.service.d/folders.conf",
+    )
+    p.add_argument("--watch", type=Path, metavar="DIR", help="the folder the microscope writes")
+    p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
+    _add_config_args(p)
 
     p = sub.add_parser(
         "demo",
@@ -305,6 +331,8 @@ def _settings(args: argparse.Namespace) -> config.Config:
     elif args.command == "demo" and args.log_level is None:
         # The demo prints what an operator sees; service logs would only bury it.
         overrides["logging.level"] = "error"
+    elif args.command == "unit-dropin":
+        overrides |= {"watch.path": args.watch, "state_dir": args.state}
     elif args.command in ("status", "retakes"):
         overrides["state_dir"] = args.state or getattr(args, "dismiss_state", None)
     cfg = config.with_overrides(cfg, overrides)
@@ -332,6 +360,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from focuswatch import service
 
         return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
+    if args.command == "unit-dropin":
+        from focuswatch import unit
+
+        print(unit.dropin(cfg), end="")
+        return EXIT_OK
     if args.command == "score":
         from focuswatch import scoring
 
@@ -403,6 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except LedgerWriteError as exc:
+        print(
+            f"focuswatch {args.command}: {exc}; this command changes the ledger: run it as "
+            "the service's user (sudo -u focuswatch focuswatch ...), which can write the "
+            "state folder",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch.errors import LedgerWriteError, StateError
+from focuswatch.statelock import StateLock
 from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 
@@ -309,6 +310,11 @@ class Ledger:
         state = Path(state_dir)
         db = state / DB_NAME
         try:
+            if state.is_dir() and not os.access(state, os.R_OK | os.X_OK):
+                raise StateError(
+                    f"cannot read the state folder {state}: permission denied (operators "
+                    "read it as members of the service's group: usermod -aG focuswatch USER)"
+                )
             if (readonly or not create) and not db.is_file():
                 raise StateError(f"no ledger at {db} (has the service run with this --state?)")
             if not readonly and not db.exists():
@@ -323,14 +329,7 @@ class Ledger:
                     "tile in the watch folder is scored, and alerted, again)"
                 )
             if readonly:
-                conn = sqlite3.connect(
-                    f"{db.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    timeout=10.0,
-                    isolation_level=None,
-                    check_same_thread=False,
-                    factory=_Connection,
-                )
+                conn = _connect_readonly(db, isolation_level=None, check_same_thread=False)
             else:
                 state.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(
@@ -347,6 +346,8 @@ class Ledger:
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
+            if not readonly and "readonly" in str(exc):  # no write access to the folder
+                raise LedgerWriteError(f"cannot write the ledger {db}: {exc}") from None
             raise StateError(f"cannot use ledger {db}: {exc}") from None
         except OSError as exc:
             raise StateError(f"cannot create state folder {state}: {exc}") from None
@@ -858,6 +859,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _connect_readonly(db: Path, **kw: Any) -> sqlite3.Connection:
+    """A read-only connection, also for an operator who may not write the state folder.
+
+    A WAL database is read through its ``-shm`` index. While the service runs, that file
+    exists and a group member reads beside it; once the service has stopped, SQLite has
+    removed it and only someone who may create files there could open the ledger.
+    Then, and only while no service holds the state folder's lock (so nothing
+    changes the file), it is opened as immutable.
+    """
+    uri = db.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, factory=_Connection, **kw)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        cannot_index = "readonly" in str(exc) or "unable to open" in str(exc)
+        if not cannot_index or StateLock(db.parent).holder() is not None:
+            raise
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro&immutable=1", uri=True, timeout=10.0, factory=_Connection, **kw
+        )
+    return conn
+
+
 def damage(db: Path) -> str | None:
     """Why the ledger file at ``db`` cannot be trusted (None: it can, or it is not there).
 
@@ -875,7 +900,7 @@ def damage(db: Path) -> str | None:
     if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
         return "the file is empty (0 bytes)"
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn = _connect_readonly(db)
         try:
             rows = conn.execute("PRAGMA quick_check(5)").fetchall()
         finally:
