@@ -80,6 +80,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports (each held until all are chosen: no repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 class HookServer:
     """A real HTTP server on 127.0.0.1 that receives apprise's json:// POSTs.
 
@@ -697,10 +706,11 @@ def test_each_endpoint_gets_each_alert_once_and_none_waits_for_another(
     in the end every endpoint has accepted each alert exactly once, and no mail was
     sent twice (apprise's single notify() re-sent to everyone when one failed).
     """
-    healthy = HookServer(free_port())
-    slow = HookServer(free_port(), gate=True)
-    failing = HookServer(free_port(), statuses=[500, 500])
-    down = HookServer(free_port())  # started only later
+    ports = free_ports(4)
+    healthy = HookServer(ports[0])
+    slow = HookServer(ports[1], gate=True)
+    failing = HookServer(ports[2], statuses=[500, 500])
+    down = HookServer(ports[3])  # started only later
     servers += [healthy, slow, failing, down]
     for server in (healthy, slow, failing):
         server.start()
@@ -1261,7 +1271,7 @@ def test_every_url_of_an_apprise_config_file_is_its_own_endpoint(
 ) -> None:
     """URLs from alerts.apprise_config are endpoints like alerts.urls (the same URL
     twice is one endpoint: it gets each alert once); one down does not stop the other."""
-    up, down = HookServer(free_port()), HookServer(free_port())
+    up, down = (HookServer(port) for port in free_ports(2))
     servers += [up, down]
     up.start()
     conf = tmp_path / "apprise.txt"
