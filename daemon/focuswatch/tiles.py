@@ -50,6 +50,7 @@ __all__ = [
     "TileMeta",
     "TileReader",
     "open_tile",
+    "os_reason",
     "parse_tile_name",
     "read_meta",
     "read_tile",
@@ -355,7 +356,7 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file not found: it vanished before it could be read (moved or deleted)"
     if isinstance(exc, PermissionError):
@@ -374,9 +375,9 @@ def _check_file(path: Path) -> int:
     except FileNotFoundError:
         if path.is_symlink():
             raise TileError(str(path), "broken symlink: its target does not exist") from None
-        raise TileError(str(path), _os_reason(FileNotFoundError())) from None
+        raise TileError(str(path), os_reason(FileNotFoundError())) from None
     except OSError as exc:
-        raise TileError(str(path), _os_reason(exc)) from None
+        raise TileError(str(path), os_reason(exc)) from None
     if stat.S_ISDIR(st.st_mode):
         raise TileError(str(path), "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -392,7 +393,7 @@ def _sniff(path: Path) -> str:
         with path.open("rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise TileError(str(path), _os_reason(exc)) from None
+        raise TileError(str(path), os_reason(exc)) from None
     if head[:4] in _TIFF_MAGIC:
         return "tiff"
     suffix = path.suffix.lower()
@@ -513,7 +514,7 @@ class TileReader:
             raise TileError(str(self.path), "not enough memory to open this tile") from None
         except OSError as exc:
             self.close()
-            raise TileError(str(self.path), _os_reason(exc)) from None
+            raise TileError(str(self.path), os_reason(exc)) from None
         except Exception as exc:  # tifffile/Pillow raise many types for bad files
             self.close()
             raise TileError(str(self.path), f"corrupt or unreadable image: {_short(exc)}") from None
@@ -649,7 +650,7 @@ class TileReader:
                 str(self.path), f"not enough memory to {what} a {self.shape} tile"
             ) from None
         except OSError as exc:
-            raise TileError(str(self.path), _os_reason(exc)) from None
+            raise TileError(str(self.path), os_reason(exc)) from None
         except Exception as exc:
             raise TileError(str(self.path), f"corrupt image data: {_short(exc)}") from None
 
