@@ -857,6 +857,7 @@ def _watch_folder(cfg: Config) -> Path:
 
 
 def _check_folders(cfg: Config) -> None:
+    _alerts_usable(cfg)
     _watch_usable(cfg)
     state = _state_folder(cfg)
     if not os.access(state, os.W_OK | os.X_OK):
@@ -891,6 +892,16 @@ def _state_usable_without_creating(cfg: Config) -> None:
         )
 
 
+def _alerts_usable(cfg: Config) -> None:
+    """Every notification URL one that apprise can use (ConfigError with key paths)."""
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
+
+        problems = alerts.validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+
+
 def _calibration_usable(cfg: Config) -> None:
     from focuswatch import policy
 
@@ -907,11 +918,12 @@ NOT_CHECKED = (
 def preflight(cfg: Config) -> list[str]:
     """Every problem ``run`` would refuse to start with, without starting or creating anything.
 
-    For ``check-config``: the watch folder, the state folder, the calibration file and
-    the GPU (when asked for with local workers).
+    For ``check-config``: the notification URLs, the watch folder, the state folder,
+    the calibration file and the GPU (when asked for with local workers).
     """
     problems: list[str] = []
     checks: tuple[Callable[[Config], object], ...] = (
+        _alerts_usable,
         _watch_usable,
         _state_usable_without_creating,
         _calibration_usable,
