@@ -53,7 +53,16 @@ from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
-from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
+from focuswatch.watch import (
+    Change,
+    Matcher,
+    Readiness,
+    Settled,
+    SettledKind,
+    Watcher,
+    choose_observer,
+    scan,
+)
 
 __all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
 
@@ -542,19 +551,19 @@ class Service:
         self._closed_pending = self._closed_pending or c.closed
 
     def _settle(self, s: Settled) -> None:
-        if s.kind == "vanished":
+        if s.kind is SettledKind.VANISHED:
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
         if self._outside(s.path):
             return
         size, mtime = s.size, s.mtime_ns
-        if s.kind == "incomplete":
+        if s.kind is SettledKind.INCOMPLETE:
             # Never the key of a complete file: a writer that stops right now leaves the
             # file with this very (size, mtime), and that finished file must become a
             # version of its own and be scored (a shared key would find this record and
             # keep its 'still being written' result forever). Size -1: not a whole file.
             size = -1
-        elif s.kind == "error":
+        elif s.kind is SettledKind.ERROR:
             try:  # the link itself identifies the version (a symlink loop has no target)
                 st = os.lstat(s.path)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -579,7 +588,7 @@ class Service:
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind == "ready" and bad_name is None:
+        if s.kind is SettledKind.READY and bad_name is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
         reason = s.reason if bad_name is None else bad_name
