@@ -15,7 +15,7 @@ from typing import Any
 
 from focuswatch import __version__, config, logs
 from focuswatch.choices import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError, NotBuiltError
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -419,9 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except NotBuiltError as exc:
-        print(f"focuswatch {args.command}: not built yet: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:

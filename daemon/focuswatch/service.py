@@ -43,7 +43,6 @@ from focuswatch.errors import (
     BackendError,
     ConfigError,
     LedgerWriteError,
-    NotBuiltError,
     StateError,
     TileError,
 )
@@ -92,9 +91,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-EventHook = Callable[[str, dict[str, Any]], None]
-
-
 def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
     """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
     if cfg.cluster.scheduler == "dask":
@@ -107,21 +103,13 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
-    sinks: list[Sink] = []
-    try:
-        from focuswatch import alerts
+    """The alert and retake sinks."""
+    from focuswatch import alerts, retakes
 
-        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
-    try:
-        from focuswatch import retakes
-
-        sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="retakes", reason=str(exc))
-    return sinks
+    return [
+        alerts.build_sink(cfg, ledger, clock=clock),
+        retakes.build_sink(cfg, ledger, clock=clock),
+    ]
 
 
 def evidence(
@@ -167,7 +155,6 @@ class Service:
         sinks: Sequence[Sink] | None = None,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
-        on_event: EventHook | None = None,
         builtin_sinks: bool = True,
         score_fn: Any = None,
         notifier: sdnotify.Notifier | None = None,
@@ -200,7 +187,6 @@ class Service:
             self.changes: queue.Queue[Change] = queue.Queue()
             self.settings = ScoreSettings.from_config(cfg.scoring)
             self.notifier = notifier or sdnotify.Notifier()
-            self._on_event = on_event
             if decide is None:
                 from focuswatch import policy
 
@@ -244,8 +230,6 @@ class Service:
 
     def _event(self, name: str, level: str = "info", **fields: Any) -> None:
         getattr(log, level)(name, **fields)
-        if self._on_event is not None:
-            self._on_event(name, fields)
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
@@ -531,7 +515,7 @@ class Service:
                 path=self.root,
                 action="the kernel dropped file events; rescanning the folder now",
             )
-            self._rescan_soon = True  # once no rescan is running (one may predate the loss)
+            self.rescan_now()  # one already running may predate the loss: another after it
             return
         if c.is_dir:
             # A folder moved in (a whole section): its files may bring no events of their own.
@@ -740,8 +724,11 @@ class Service:
         log.debug("rescan_done", files=n, queued=queued)
 
     def rescan_now(self) -> None:
-        """Start a reconciliation scan at the next turn (for tests and operators)."""
-        self._next_rescan = 0.0
+        """Reconcile with the folder at the next turn (once no rescan is running).
+
+        The answer to events the kernel dropped (an inotify queue overflow).
+        """
+        self._rescan_soon = True
 
     def _write_meta(self, *, force: bool = False) -> None:
         now = time.monotonic()
