@@ -343,15 +343,11 @@ def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: 
         signal.signal(signal.SIGTERM, previous)
     assert in_handler == []
     assert received == [signal.SIGTERM]
-    events: list[tuple[str, dict[str, Any]]] = []
-    svc = Service(
-        make_cfg(tmp_path),
-        builtin_sinks=False,
-        score_fn=fake_score,
-        on_event=lambda name, fields: events.append((name, fields)),
-    )
-    svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
-    assert ("stop_requested", {"signal": "SIGTERM"}) in events
+    svc = Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    with structlog.testing.capture_logs() as logs:
+        svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
+    (said,) = [e for e in logs if e["event"] == "stop_requested"]
+    assert said["signal"] == "SIGTERM"
     assert svc.stopped
 
 

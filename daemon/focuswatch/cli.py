@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch import __version__, config, logs
-from focuswatch.backend import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError, NotBuiltError
+from focuswatch.choices import BACKEND_NAMES
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -340,21 +340,27 @@ def _settings(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from focuswatch import alerts, service
+
+    cfg = config.load(args.file)
+    if args.syntax_only:
+        problems = alerts.validate(cfg)  # a URL apprise cannot parse is a bad value
+    else:
+        cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
+        problems = service.preflight(cfg)
+    if problems:
+        raise ConfigError([f"{args.file}: {p}" for p in problems])
+    print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
+    if not args.syntax_only:
+        print("# not checked here: " + "; ".join(service.NOT_CHECKED))
+    print(config.describe(cfg, redact_url=alerts.redact_url))
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
-        cfg = config.load(args.file)
-        if not args.syntax_only:
-            from focuswatch import service
-
-            cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
-            problems = service.preflight(cfg)
-            if problems:
-                raise ConfigError([f"{args.file}: {p}" for p in problems])
-        print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
-        if not args.syntax_only:
-            print("# not checked here: " + "; ".join(service.NOT_CHECKED))
-        print(config.describe(cfg))
-        return EXIT_OK
+        return _check_config(args)
     cfg = _settings(args)
     if args.command == "run":
         from focuswatch import service
@@ -428,9 +434,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except NotBuiltError as exc:
-        print(f"focuswatch {args.command}: not built yet: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focuswatch.backend import BACKEND_NAMES
+from focuswatch.choices import BACKEND_NAMES, CRITERIA, MODES, RESOLUTIONS
 from focuswatch.errors import ConfigError
-from focuswatch.score import CRITERIA, MODES, RESOLUTIONS  # the scorer's own lists
 
 __all__ = [
     "AlertsConfig",
@@ -261,10 +260,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("at 'policy.sparse_contrast': must be >= policy.empty_contrast")
     if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
         problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
-    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
-        from focuswatch import alerts  # apprise is slow to import; only when alerts are set
-
-        problems.extend(alerts.validate(cfg))
+    # The notification URLs themselves are apprise's to judge: ``alerts.validate``, which
+    # check-config and the service's start call (config knows no effect module).
 
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
@@ -330,11 +327,17 @@ def _merge(obj: Any, changes: Mapping[str, Any], prefix: str, problems: list[str
     return dataclasses.replace(obj, **updates)
 
 
-def describe(cfg: Config) -> str:
+def _masked(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://***" if sep else "***"
+
+
+def describe(cfg: Config, *, redact_url: Callable[[str], str] = _masked) -> str:
     """The effective configuration as TOML-like text (for ``check-config`` and logs).
 
-    Notification URLs carry secrets (tokens, passwords): they are shown only through
-    ``focuswatch.alerts.redact_url``.
+    Notification URLs carry secrets (tokens, passwords): each is shown only through
+    ``redact_url`` (by default just its scheme; ``check-config`` passes
+    ``focuswatch.alerts.redact_url``, which keeps what is not secret).
     """
     top: list[str] = []
     tables: list[str] = []
@@ -345,8 +348,6 @@ def describe(cfg: Config) -> str:
             for k in dataclasses.fields(value):
                 shown = getattr(value, k.name)
                 if isinstance(value, AlertsConfig) and k.name == "urls" and shown:
-                    from focuswatch.alerts import redact_url  # apprise: only when needed
-
                     shown = [redact_url(u) for u in shown]
                 tables.append(_toml_line(k.name, shown))
         else:

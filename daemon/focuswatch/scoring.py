@@ -31,8 +31,13 @@ from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
-from focuswatch.score import ScoreResult, check_options, score_image, score_patches
-from focuswatch.score._dtypes import float_dtype
+from focuswatch.score import (
+    ScoreResult,
+    check_options,
+    float_dtype,
+    score_image,
+    score_patches,
+)
 
 __all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path", "too_big"]
 

@@ -43,7 +43,6 @@ from focuswatch.errors import (
     BackendError,
     ConfigError,
     LedgerWriteError,
-    NotBuiltError,
     StateError,
     TileError,
 )
@@ -53,7 +52,16 @@ from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
-from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
+from focuswatch.watch import (
+    Change,
+    Matcher,
+    Readiness,
+    Settled,
+    SettledKind,
+    Watcher,
+    choose_observer,
+    scan,
+)
 
 __all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
 
@@ -83,9 +91,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-EventHook = Callable[[str, dict[str, Any]], None]
-
-
 def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
     """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
     if cfg.cluster.scheduler == "dask":
@@ -98,22 +103,14 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
-    sinks: list[Sink] = []
-    # The retake list first: an alert names the retake entry (its id) its tile opened.
-    try:
-        from focuswatch import retakes
+    """The retake and alert sinks, in that order: an alert names the retake entry (its
+    id) its tile opened, so the retake list must have seen the verdict first."""
+    from focuswatch import alerts, retakes
 
-        sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="retakes", reason=str(exc))
-    try:
-        from focuswatch import alerts
-
-        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
-    return sinks
+    return [
+        retakes.build_sink(cfg, ledger, clock=clock),
+        alerts.build_sink(cfg, ledger, clock=clock),
+    ]
 
 
 def evidence(
@@ -159,7 +156,6 @@ class Service:
         sinks: Sequence[Sink] | None = None,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
-        on_event: EventHook | None = None,
         builtin_sinks: bool = True,
         score_fn: Any = None,
         notifier: sdnotify.Notifier | None = None,
@@ -192,7 +188,6 @@ class Service:
             self.changes: queue.Queue[Change] = queue.Queue()
             self.settings = ScoreSettings.from_config(cfg.scoring)
             self.notifier = notifier or sdnotify.Notifier()
-            self._on_event = on_event
             if decide is None:
                 from focuswatch import policy
 
@@ -236,8 +231,6 @@ class Service:
 
     def _event(self, name: str, level: str = "info", **fields: Any) -> None:
         getattr(log, level)(name, **fields)
-        if self._on_event is not None:
-            self._on_event(name, fields)
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
@@ -523,7 +516,7 @@ class Service:
                 path=self.root,
                 action="the kernel dropped file events; rescanning the folder now",
             )
-            self._rescan_soon = True  # once no rescan is running (one may predate the loss)
+            self.rescan_now()  # one already running may predate the loss: another after it
             return
         if c.is_dir:
             # A folder moved in (a whole section): its files may bring no events of their own.
@@ -543,19 +536,19 @@ class Service:
         self._closed_pending = self._closed_pending or c.closed
 
     def _settle(self, s: Settled) -> None:
-        if s.kind == "vanished":
+        if s.kind is SettledKind.VANISHED:
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
         if self._outside(s.path):
             return
         size, mtime = s.size, s.mtime_ns
-        if s.kind == "incomplete":
+        if s.kind is SettledKind.INCOMPLETE:
             # Never the key of a complete file: a writer that stops right now leaves the
             # file with this very (size, mtime), and that finished file must become a
             # version of its own and be scored (a shared key would find this record and
             # keep its 'still being written' result forever). Size -1: not a whole file.
             size = -1
-        elif s.kind == "error":
+        elif s.kind is SettledKind.ERROR:
             try:  # the link itself identifies the version (a symlink loop has no target)
                 st = os.lstat(s.path)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -580,7 +573,7 @@ class Service:
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind == "ready" and bad_name is None:
+        if s.kind is SettledKind.READY and bad_name is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
         reason = s.reason if bad_name is None else bad_name
@@ -732,8 +725,11 @@ class Service:
         log.debug("rescan_done", files=n, queued=queued)
 
     def rescan_now(self) -> None:
-        """Start a reconciliation scan at the next turn (for tests and operators)."""
-        self._next_rescan = 0.0
+        """Reconcile with the folder at the next turn (once no rescan is running).
+
+        The answer to events the kernel dropped (an inotify queue overflow).
+        """
+        self._rescan_soon = True
 
     def _write_meta(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -858,6 +854,7 @@ def _watch_folder(cfg: Config) -> Path:
 
 
 def _check_folders(cfg: Config) -> None:
+    _alerts_usable(cfg)
     _watch_usable(cfg)
     state = _state_folder(cfg)
     if not os.access(state, os.W_OK | os.X_OK):
@@ -892,6 +889,16 @@ def _state_usable_without_creating(cfg: Config) -> None:
         )
 
 
+def _alerts_usable(cfg: Config) -> None:
+    """Every notification URL one that apprise can use (ConfigError with key paths)."""
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
+
+        problems = alerts.validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+
+
 def _calibration_usable(cfg: Config) -> None:
     from focuswatch import policy
 
@@ -908,11 +915,12 @@ NOT_CHECKED = (
 def preflight(cfg: Config) -> list[str]:
     """Every problem ``run`` would refuse to start with, without starting or creating anything.
 
-    For ``check-config``: the watch folder, the state folder, the calibration file and
-    the GPU (when asked for with local workers).
+    For ``check-config``: the notification URLs, the watch folder, the state folder,
+    the calibration file and the GPU (when asked for with local workers).
     """
     problems: list[str] = []
     checks: tuple[Callable[[Config], object], ...] = (
+        _alerts_usable,
         _watch_usable,
         _state_usable_without_creating,
         _calibration_usable,
