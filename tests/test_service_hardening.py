@@ -24,6 +24,7 @@ import structlog
 from focuswatch import service as service_mod
 from focuswatch import status
 from focuswatch.errors import ConfigError, StateError
+from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
@@ -468,3 +469,41 @@ def test_an_inotify_queue_overflow_rescans_at_once_and_is_logged_as_an_event(
 def _versions(state: Path) -> int:
     with sqlite3.connect(f"{(state / 'focuswatch.db').as_uri()}?mode=ro", uri=True) as conn:
         return int(conn.execute("SELECT count(DISTINCT path) FROM versions").fetchone()[0])
+
+
+def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_recovery(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox lives in the ledger that cannot be written: the news goes from memory."""
+    from test_alerts import HookServer, free_port
+
+    monkeypatch.setattr(service_mod, "FAULT_RETRY_S", 0.1)
+    hook = HookServer(free_port())
+    hook.start()
+    watch = tmp_path / "watch"
+    base = make_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        base,
+        alerts=dataclasses.replace(
+            base.alerts, urls=[f"json://127.0.0.1:{hook.port}/hook"], instance="sem-3"
+        ),
+    )
+    svc = Service(cfg, score_fn=fake_score, notifier=Notifier(env={}))
+    try:
+        svc.start()
+        ballast = _fill(small_disk)
+        for c in range(1, 41):
+            write_tif(watch / "S_001" / f"Tile_r4-c{c}_S_001_{'z' * 200}.tif")
+        turn_until(svc, lambda: svc.fault is not None)
+        told = hook.posts.get(timeout=30)
+        assert told["title"].startswith("[sem-3] focuswatch cannot write its state folder")
+        assert told["type"] == "failure"
+        assert "database or disk is full" in told["message"]
+        ballast.unlink()
+        turn_until(svc, lambda: svc.fault is None)
+        again = hook.posts.get(timeout=30)
+        assert again["title"].startswith("[sem-3] focuswatch can write its state folder again")
+        assert again["type"] == "success"
+    finally:
+        svc.stop(grace_s=0.5)
+        hook.stop()

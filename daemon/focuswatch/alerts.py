@@ -844,6 +844,22 @@ class AlertSink:
             now,
         )
 
+    def tell_now(self, key: str, *, title: str, body: str, severity: str) -> None:
+        """A health message sent at once from memory, past the outbox (whose ledger may be
+        the thing that is broken); logged like every alert."""
+        alert = Alert(
+            key=key,
+            kind="health",
+            section=None,
+            title=f"[{self._instance}] {title}",
+            body=body,
+            severity=severity,
+            details={"health": key.partition(":")[0], "message": body},
+        )
+        _log.warning("alert", key=key, severity=severity, title=alert.title, body=body)
+        if self._sender is not None:
+            self._sender.tell_now(alert)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait for the sender to deliver what is due (for the demo and tests)."""
         return True if self._sender is None else self._sender.flush(timeout)

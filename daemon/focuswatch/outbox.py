@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sqlite3
 import threading
 import time
@@ -57,6 +58,10 @@ _log = structlog.get_logger("focuswatch.alerts")
 
 # How bad the news is; each maps to one of apprise's notify types.
 SEVERITIES = ("info", "success", "warning", "failure")
+
+
+#: Tries per endpoint of a health message sent from memory (``Sender.tell_now``).
+URGENT_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,9 @@ class _EndpointSender:
         # outbox id -> (sent, attempts, next attempt, error, when). Each round writes
         # them before it sends anything (only a restart forgets them).
         self._unrecorded: dict[int, tuple[bool, int, float, str | None, float]] = {}
+        # Health messages that cannot wait for the ledger (its disk is full): sent from
+        # memory, before anything else, a few tries each; never recorded.
+        self.urgent: queue.SimpleQueue[tuple[Alert, int]] = queue.SimpleQueue()
         self.thread = threading.Thread(
             target=self._run, name=f"focuswatch-alerts-{index}", daemon=True
         )
@@ -270,6 +278,7 @@ class _EndpointSender:
                 with self._cond:
                     self._rounds_started += 1
                     this_round = self._rounds_started
+                self._send_urgent()
                 try:
                     # Outcomes first: while the ledger refuses them, nothing is sent
                     # (an alert whose delivery is not recorded would go out again).
@@ -290,6 +299,29 @@ class _EndpointSender:
                     self.wake.clear()
         finally:
             ledger.close()
+
+    def _send_urgent(self) -> None:
+        retry: list[tuple[Alert, int]] = []
+        while True:
+            try:
+                alert, tries = self.urgent.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                ok = bool(self.endpoint.notify(alert))
+                error = None if ok else "the notification service did not accept it"
+            except Exception as exc:  # DeliveryError or a notifier bug: logged, not fatal
+                ok, error = False, str(exc)
+            if ok:
+                _log.info("alert_sent", key=alert.key, endpoint=self.endpoint.name, attempts=1)
+            else:
+                _log.warning(
+                    "alert_send_failed", key=alert.key, endpoint=self.endpoint.name, error=error
+                )
+                if tries + 1 < URGENT_TRIES:
+                    retry.append((alert, tries + 1))
+        for item in retry:  # next round (the thread wakes every poll_s)
+            self.urgent.put(item)
 
     def _reconcile(self, ledger: Ledger) -> None:
         """Alerts that every endpoint now configured has (one was removed) are done.
@@ -421,6 +453,17 @@ class Sender:
         self._started = True
         for w in self._workers:
             w.thread.start()
+
+    def tell_now(self, alert: Alert) -> None:
+        """Send ``alert`` to every endpoint from memory, not through the outbox.
+
+        For health messages while the ledger cannot be written: not durable (a restart
+        forgets it), tried ``URGENT_TRIES`` times per endpoint, and never waits behind
+        the outbox.
+        """
+        for w in self._workers:
+            w.urgent.put((alert, 0))
+        self.kick()
 
     def kick(self) -> None:
         """Look for due alerts now (new ones queued, or the clock moved)."""

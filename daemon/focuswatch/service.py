@@ -377,7 +377,17 @@ class Service:
         if first:
             self._fault_since = now
             self._next_fault_reminder = now + FAULT_REMIND_S
-            self._event("state_unwritable", "error", reason=reason, **self._waiting())
+            waiting = self._waiting()
+            self._event("state_unwritable", "error", reason=reason, **waiting)
+            self._tell(
+                f"state_unwritable:{self.clock():.0f}",
+                severity="failure",
+                title="focuswatch cannot write its state folder: no new tiles are scored",
+                body=f"{reason}\nWaiting: {waiting['results_held']} results, "
+                f"{waiting['changes_waiting'] + waiting['files_pending']} new files. "
+                f"Scoring resumes by itself once the state folder ({self.cfg.state_dir}) can "
+                "be written again.",
+            )
 
     def _waiting(self) -> dict[str, Any]:
         return {
@@ -388,6 +398,17 @@ class Service:
             "action": "no new tiles are taken until the state folder can be written; "
             f"retrying every {FAULT_RETRY_S:g} s",
         }
+
+    def _tell(self, key: str, *, severity: str, title: str, body: str) -> None:
+        """A health message to the sinks that can send one without the ledger."""
+        for sink in self.sinks:
+            tell = getattr(sink, "tell_now", None)  # the alert sink; recording sinks lack it
+            if tell is None:
+                continue
+            try:
+                tell(key, title=title, body=body, severity=severity)
+            except Exception as exc:  # a health message must not make matters worse
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
 
     def _turn_in_fault(self, timeout: float) -> None:
         ex = self._executor
@@ -427,12 +448,13 @@ class Service:
             return
         was = self._fault
         self._fault = None
-        self._event(
-            "state_writable_again",
-            "warning",
-            was=was,
-            after_s=round(time.monotonic() - self._fault_since),
-            **self._waiting(),
+        after_s = round(time.monotonic() - self._fault_since)
+        self._event("state_writable_again", "warning", was=was, after_s=after_s, **self._waiting())
+        self._tell(
+            f"state_writable_again:{self.clock():.0f}",
+            severity="success",
+            title="focuswatch can write its state folder again: scoring resumed",
+            body=f"After {after_s} s: {was}",
         )
         try:
             if not self._recovered:
