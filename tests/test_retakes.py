@@ -178,12 +178,27 @@ def test_positions_and_sections_are_separate_entries(ledger: Ledger) -> None:
     assert len(retakes.entries(ledger, section="S_007")) == 2
 
 
-def test_empty_and_unreadable_tiles_are_not_retakes(ledger: Ledger) -> None:
-    """Empty tiles are not alerts, and unreadable ones are retried by the service."""
+def test_empty_tiles_are_not_retakes(ledger: Ledger) -> None:
+    """Empty tiles (resin, background) are never alerts nor retakes."""
     sink = sink_for(ledger)
     sink.on_verdict(record(ledger, Verdict(VerdictKind.EMPTY, "score 0; no tissue")))
-    sink.on_verdict(record(ledger, Verdict(VerdictKind.UNREADABLE, "truncated"), row=3))
     assert retakes.entries(ledger) == []
+
+
+def test_an_unreadable_tile_is_a_retake_with_its_reason_until_a_readable_one_arrives(
+    ledger: Ledger,
+) -> None:
+    """A truncated or corrupt tile must be imaged again as much as a blurred one (issue 12.15:
+    such tiles used to show only in status failures and the summary)."""
+    sink = sink_for(ledger)
+    bad = Verdict(VerdictKind.UNREADABLE, "corrupt or truncated TIFF: read 512 of 4096 bytes")
+    sink.on_verdict(record(ledger, bad, row=3))
+    (entry,) = retakes.entries(ledger)
+    assert (entry.row, entry.status) == (3, "open")
+    assert entry.reason == bad.reason
+    sink.on_verdict(record(ledger, GOOD, row=3, score=430.0))
+    (entry,) = retakes.entries(ledger)
+    assert entry.status == "retaken_fixed"
 
 
 def test_deleted_or_corrupted_file_is_rebuilt_from_the_ledger(ledger: Ledger) -> None:

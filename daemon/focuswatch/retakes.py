@@ -12,6 +12,9 @@ Every change is also kept in ``retake_events`` (when, what, who, note, the versi
 its score): a second dismissal, a reopening or a failed retake adds to the history
 instead of overwriting it.
 
+Out-of-focus, partly out-of-focus and unreadable tiles (truncated, corrupt: they must
+be imaged again too) open entries; a readable, in-focus retake closes them.
+
 A later version is a retake written under the same name (a new version of the path)
 or under a new name (``…_2.tif``) at the same row/col in the same section. The live
 files ``<state_dir>/retakes.csv`` and ``retakes.json`` are always regenerated from
@@ -161,9 +164,12 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
     if kind not in (
         VerdictKind.OUT_OF_FOCUS,
         VerdictKind.PARTLY_OUT_OF_FOCUS,
+        VerdictKind.UNREADABLE,
         VerdictKind.IN_FOCUS,
     ):
-        return False  # empty and unreadable tiles neither open nor close entries
+        return False  # empty tiles neither open nor close entries
+    # A tile that cannot be read must be imaged again as much as a blurred one.
+    opens = kind.needs_retake or kind is VerdictKind.UNREADABLE
     section = record.section or ""
     position = record.position
     now = record.at
@@ -193,7 +199,7 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
             (section, position, *_ACTIVE),
         ).fetchone()
-        if kind.needs_retake:
+        if opens:
             if active is None:
                 cur = conn.execute(
                     "INSERT INTO retakes (section, position, tile_name, row, col, stage_x_um,"
