@@ -507,3 +507,37 @@ def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_rec
     finally:
         svc.stop(grace_s=0.5)
         hook.stop()
+
+
+@pytest.mark.slow
+def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """Restarted by systemd onto the same full disk, an exit would only repeat; and a
+    full disk is no damaged ledger: nothing may advise --reset-ledger for it."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    first = tmp_path / "first.log"
+    proc = _run(watch, small_disk, first)  # a ledger exists, cleanly stopped
+    try:
+        _wait_for_line(first, '"event": "started"')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+    ballast = _fill(small_disk)
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    log = tmp_path / "second.log"
+    proc = _run(watch, small_disk, log)
+    try:
+        _wait_for_line(log, '"event": "state_unwritable"')
+        assert proc.poll() is None  # up, waiting
+        assert "damaged" not in log.read_text()
+        ballast.unlink()
+        _wait_for_line(log, '"event": "tile_scored"')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -227,9 +227,25 @@ def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
 
 
+# SQLite's primary result codes for a storage that cannot be used now, but may be again
+# (https://sqlite.org/rescode.html): PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_STORAGE_FAULTS = frozenset({3, 5, 6, 8, 10, 13, 14})
+# ... and for a file that is not, or no longer, a sound database: CORRUPT, NOTADB.
+_DAMAGE = frozenset({11, 26})
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def _is_fault(exc: BaseException) -> bool:
-    """A failure of the storage, not of focuswatch's SQL (constraint or syntax errors are bugs)."""
-    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    """A failure of the storage (full, read-only, I/O, busy), not of focuswatch's SQL.
+
+    Syntax errors, a missing column, a violated constraint or a corrupt page are not
+    faults to wait out: they raise as they are.
+    """
+    return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
 
 
 def section_index(section: str | None) -> int | None:
@@ -346,7 +362,7 @@ class Ledger:
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
-            if not readonly and "readonly" in str(exc):  # no write access to the folder
+            if not readonly and _is_fault(exc):  # full, read-only, no access: may pass
                 raise LedgerWriteError(f"cannot write the ledger {db}: {exc}") from None
             raise StateError(f"cannot use ledger {db}: {exc}") from None
         except OSError as exc:
@@ -906,9 +922,12 @@ def damage(db: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):
-            return None  # busy, not damaged: the open that follows waits for it
-        return f"SQLite cannot read it ({exc})"
+        # Only a file SQLite itself calls corrupt or not a database is damaged. A full
+        # disk, a read-only mount, no permission or a busy file is not: the open that
+        # follows reports it as what it is (and the service waits it out).
+        if _code(exc) in _DAMAGE:
+            return f"SQLite cannot read it ({exc})"
+        return None
     found = [" ".join(str(r[0]).split()) for r in rows]  # one line each
     return None if found == ["ok"] else "quick_check found: " + "; ".join(found)
 

@@ -875,12 +875,19 @@ def _watch_folder(cfg: Config) -> Path:
     return Path(cfg.watch.path)
 
 
-def _check_folders(cfg: Config) -> None:
-    _alerts_usable(cfg)
-    _watch_usable(cfg)
+def _state_writable(cfg: Config) -> None:
+    """StateError if the state folder can never be used as configured; LedgerWriteError
+    if it cannot be written now (a read-only mount, which may come back read-write)."""
     state = _state_folder(cfg)
-    if not os.access(state, os.W_OK | os.X_OK):
-        raise StateError(f"state folder {state} is not writable")
+    if os.access(state, os.W_OK | os.X_OK):
+        return
+    try:
+        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly_mount = False
+    if readonly_mount:
+        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
+    raise StateError(f"state folder {state} is not writable")
 
 
 def _watch_usable(cfg: Config) -> None:
@@ -958,6 +965,42 @@ def preflight(cfg: Config) -> list[str]:
     return problems
 
 
+def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
+    """The service, once its state folder can be written; None if stopped meanwhile.
+
+    A full disk or a read-only mount at start is waited out (retried every
+    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
+    running: exiting would only have systemd restart it into the same fault, over and
+    over. systemd is told the service is up (and fed its watchdog) while it waits.
+    """
+    notifier = sdnotify.Notifier()
+    waiting_since: float | None = None
+    remind = 0.0
+    while True:
+        try:
+            _state_writable(cfg)
+            return Service(cfg)
+        except LedgerWriteError as exc:
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since, remind = now, now + FAULT_REMIND_S
+                log.error(
+                    "state_unwritable",
+                    reason=str(exc),
+                    action="not started: waiting for the state folder to be writable; "
+                    f"retrying every {FAULT_RETRY_S:g} s",
+                )
+                notifier.ready("waiting for the state folder to be writable")
+            elif now >= remind:
+                remind = now + FAULT_REMIND_S
+                log.error(
+                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
+                )
+            notifier.watchdog()
+            if stop.wait(FAULT_RETRY_S):
+                return None
+
+
 def _stop_on_signal(
     stop: threading.Event, received: list[int]
 ) -> Callable[[int, FrameType | None], None]:
@@ -981,7 +1024,8 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
     a healthy one).
     """
-    _check_folders(cfg)
+    _alerts_usable(cfg)
+    _watch_usable(cfg)
     if reset_ledger:
         lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
         lock.acquire()
@@ -1006,7 +1050,10 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     # SIGTERM: configuration is read once at start, so there is nothing to reload.
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        service = Service(cfg)
+        service = _when_writable(cfg, stop)
+        if service is None:
+            log.info("stop_requested", **why(), while_waiting="for the state folder")
+            return 0
         service.run_until(stop, once=once, why=why)
     finally:
         for s, handler in previous.items():
