@@ -328,7 +328,10 @@ def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
     turn_until(svc, lambda: len(sink.records) == 1)
     ballast = _fill(small_disk)
     with structlog.testing.capture_logs() as logs:
-        names = [watch / "S_001" / f"Tile_r2-c{c}_S_001_{'x' * 200}.tif" for c in range(1, 41)]
+        names = [watch / "S_001" / f"Tile_r2-c{c}_S_001_{'x' * 200}.tif" for c in range(1, 40)]
+        # A name with a reason of its own: recorded with it, whenever the disk lets it.
+        hostile = watch / "S_001" / f"Tile_r99999999999999999999-c1_S_001_{'x' * 200}.tif"
+        names.append(hostile)
         for path in names:
             write_tif(path, value=len(str(path)))
         turn_until(svc, lambda: svc.fault is not None)
@@ -357,8 +360,11 @@ def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
     assert {r.path for r in sink.records} == {str(p) for p in names} | {
         str(watch / "S_001" / "Tile_r1-c1_S_001.tif")
     }
+    (said,) = [r for r in sink.records if r.path == str(hostile)]
+    assert said.verdict.kind is VerdictKind.UNREADABLE
+    assert "out of range" in said.verdict.reason
     counts = svc.ledger.counts()
-    assert counts["scored"] == 41
+    assert (counts["scored"], counts["failed"]) == (40, 1)
     assert counts["ready"] == counts["scoring"] == 0
 
 

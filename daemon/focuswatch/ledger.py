@@ -472,10 +472,13 @@ class Ledger:
         row: int | None = None,
         col: int | None = None,
         state: str = "ready",
+        unreadable: Verdict | None = None,
     ) -> tuple[int, bool]:
         """Record a version (idempotent); returns ``(version_id, created)``.
 
-        A new version supersedes every other version of the same path.
+        A new version supersedes every other version of the same path. ``unreadable``
+        records it as failed with that verdict in the same transaction (a version known
+        to be unreadable never waits as 'ready', where a crash would leave it scored).
         """
         if state not in ("seen", "ready"):
             raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
@@ -511,6 +514,16 @@ class Ledger:
                 "WHERE path = ? AND id != ? AND superseded = 0",
                 (now, path, vid),
             )
+            if unreadable is not None:
+                conn.execute(
+                    "INSERT INTO results (version_id, verdict, reason, worker, scored_at)"
+                    " VALUES (?, ?, ?, '', ?)",
+                    (vid, str(unreadable.kind), unreadable.reason, now),
+                )
+                conn.execute(
+                    "UPDATE versions SET state = 'failed', last_error = ? WHERE id = ?",
+                    (unreadable.reason, vid),
+                )
             return vid, True
 
     def get(self, version_id: int) -> TileVersion:

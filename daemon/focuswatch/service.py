@@ -583,6 +583,8 @@ class Service:
             section, row, col = parse_tile_name(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
             section, row, col, bad_name = None, None, None, exc.reason
+        ready = s.kind is SettledKind.READY and bad_name is None
+        unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
             s.path,
             size=size,
@@ -591,15 +593,22 @@ class Service:
             section=section,
             row=row,
             col=col,
+            unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind is SettledKind.READY and bad_name is None:
+        if unreadable is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
-        reason = s.reason if bad_name is None else bad_name
-        self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker="")
+        self._event(
+            "tile_failed",
+            "warning",
+            **self._tile_fields(v),
+            verdict=str(unreadable.kind),
+            reason=unreadable.reason,
+        )
+        self._deliver(vid)
 
     def _outside(self, path: str) -> bool:
         """A link out of the watch folder is not followed (unless the config says so).
