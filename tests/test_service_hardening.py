@@ -402,7 +402,11 @@ def test_a_deleted_state_folder_is_detected_and_nothing_more_is_written(
     assert "was deleted while the service was running" in svc.fault
     assert len(sink.records) == 1  # the second tile was not recorded into the deleted file
     assert [e["event"] for e in logs].count("state_unwritable") == 1
-    assert not (tmp_path / "state").exists()  # and nothing was silently re-created
+    # Nothing was silently re-created but the lock, so that a second service on the
+    # emptied folder does not score the wafer again beside this one.
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["focuswatch.lock"]
+    with pytest.raises(StateError, match="in use by another focuswatch service"):
+        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
 
 
 OVERFLOW_CONFIG = """\

@@ -611,12 +611,16 @@ class Ledger:
         else:
             prefix = under.rstrip("/") + "/"
             # Every path starting with 'prefix' sorts in [prefix, prefix[:-1] + '0'): '0'
-            # is the character right after '/'.
-            rows = self._conn.execute(
-                "SELECT path, size, mtime_ns FROM versions "
-                "WHERE path >= ? AND path < ? AND superseded = 0",
-                (prefix, prefix[:-1] + "0"),
-            ).fetchall()
+            # is the character right after '/'. Paths that are not UTF-8 are BLOBs, which
+            # sort after all text: their range is asked for in bytes.
+            raw = prefix.encode("utf-8", "surrogateescape")
+            rows = []
+            for lo, hi in ((prefix, prefix[:-1] + "0"), (raw, raw[:-1] + b"0")):
+                rows += self._conn.execute(
+                    "SELECT path, size, mtime_ns FROM versions "
+                    "WHERE path >= ? AND path < ? AND superseded = 0",
+                    (lo, hi),
+                ).fetchall()
         return {p: (s, m) for p, s, m in rows}
 
     # -- results -----------------------------------------------------------------------

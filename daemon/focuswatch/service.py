@@ -369,7 +369,16 @@ class Service:
 
     # -- a state folder that cannot be written -----------------------------------------
 
+    def _keep_lock(self) -> None:
+        """The state folder deleted: the lock went with it. Take it again, or a second
+        service would start on the emptied folder and score the wafer again beside us."""
+        lost = self._lock.keep()
+        if lost is not None:
+            self._event("state_lock_lost", "error", reason=lost)
+
     def _enter_fault(self, reason: str) -> None:
+        if self.ledger.file_problem() is not None:
+            self._keep_lock()
         first = self._fault is None
         self._fault = reason
         now = time.monotonic()
@@ -435,6 +444,7 @@ class Service:
         """Try one small write; if it goes through, record what was held and resume."""
         problem = self.ledger.file_problem()
         if problem is not None:
+            self._keep_lock()
             # Never write into a deleted ledger: what it holds is lost at the next start.
             self._fault = (
                 f"{problem}; nothing more is written there. Restore the state folder and "
