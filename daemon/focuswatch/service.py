@@ -25,6 +25,7 @@ back to 'ready', then exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -186,7 +187,10 @@ class Service:
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
             )
             self.changes: queue.Queue[Change] = queue.Queue()
-            self.settings = ScoreSettings.from_config(cfg.scoring)
+            self.settings = dataclasses.replace(
+                ScoreSettings.from_config(cfg.scoring),
+                within=None if cfg.watch.follow_symlinks_outside else self._real_root,
+            )
             self.notifier = notifier or sdnotify.Notifier()
             if decide is None:
                 from focuswatch import policy
