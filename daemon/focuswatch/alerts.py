@@ -746,8 +746,7 @@ class AlertSink:
         """
         digest_s = self._cfg.digest_minutes * 60.0
         idle_s = self._cfg.section_idle_minutes * 60.0
-        with self._ledger._lock:  # the thread lock only: never inside another's transaction
-            conn = self._ledger.connection
+        with self._ledger.reading() as conn:
             due = (
                 bool(_due_digests(conn, now - digest_s))
                 or bool(_idle_sections(conn, now - idle_s))

@@ -401,6 +401,14 @@ class Ledger:
         return self._conn
 
     @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for plain reads: no write lock (WAL readers never wait), but the
+        thread lock, so a read never runs inside a transaction another thread has open
+        on this connection (and never sees its uncommitted rows)."""
+        with self._lock:
+            yield self._conn
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
 
