@@ -1322,3 +1322,37 @@ def test_a_tile_retaken_fine_before_its_digest_is_not_asked_for_again(tmp_path: 
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
         assert [a.key for a in notes.drain()] == ["tile:1"]
+
+
+def test_a_section_that_goes_quiet_short_of_its_tiles_is_incomplete_not_complete(
+    tmp_path: Path,
+) -> None:
+    """The microscope stopped at 3 am: "section 002 complete: 2 tiles" for a section of 4
+    would tell the operator all is well. It is told as incomplete, and waits."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=10, section_idle_minutes=30, instance="fw")
+    with opened(cfg, clock, notes) as (_, sink):
+        vid = iter(range(1, 100))
+        for row, col in ((1, 1), (1, 2), (2, 1), (2, 2)):
+            sink.on_verdict(rec(next(vid), section="S_001", row=row, col=col, verdict=GOOD))
+        for row, col in ((1, 1), (1, 2)):  # S_002 begins: S_001 is complete
+            sink.on_verdict(rec(next(vid), section="S_002", row=row, col=col, verdict=GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        assert [a.title for a in notes.drain()] == ["[fw] focuswatch: section S_001 complete"]
+        clock.now += 31 * 60  # and then nothing more
+        sink.tick(clock.now)
+        sink.tick(clock.now + 1)  # told once, not every turn
+        assert sink.flush(WAIT_S)
+        (stalled,) = notes.drain()
+        assert stalled.title == "[fw] focuswatch: section S_002 incomplete: 2 of 4 tiles"
+        assert stalled.severity == "warning"
+        assert "r2-c1, r2-c2" in stalled.body
+        for row, col in ((2, 1), (2, 2)):  # the microscope goes on
+            sink.on_verdict(rec(next(vid), section="S_002", row=row, col=col, verdict=GOOD))
+        clock.now += 31 * 60
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        (summary,) = notes.drain()
+    assert summary.title == "[fw] focuswatch: section S_002 complete"
+    assert summary.body == "Section S_002: 4 tiles, 0 out of focus"

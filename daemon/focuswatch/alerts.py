@@ -600,14 +600,37 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
 
 
 def _idle_sections(conn: Any, cutoff: float) -> list[str]:
-    """Unsummarised sections with no verdict since cutoff."""
+    """Unsummarised sections with no verdict since cutoff (and none told as stalled with
+    the tiles they have now)."""
     return [
         str(section)
         for (section,) in conn.execute(
-            "SELECT section FROM alert_sections WHERE summarized = 0 AND last_at <= ?",
+            "SELECT s.section FROM alert_sections s WHERE s.summarized = 0 AND s.last_at <= ? "
+            "AND (s.stalled_tiles IS NULL OR s.stalled_tiles != (SELECT count(DISTINCT "
+            "t.position) FROM alert_tiles t WHERE t.section = s.section))",
             (cutoff,),
         ).fetchall()
     ]
+
+
+def _positions(conn: Any, section: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT position FROM alert_tiles WHERE section = ?", (section,)
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _expected_positions(conn: Any, section: str) -> set[str]:
+    """The tile positions this section should have: those of the section before it.
+
+    (Sections in the order their first verdict came; empty when there is none before.)
+    """
+    row = conn.execute(
+        "SELECT p.section FROM alert_sections p WHERE p.rowid < "
+        "(SELECT rowid FROM alert_sections WHERE section = ?) ORDER BY p.rowid DESC LIMIT 1",
+        (section,),
+    ).fetchone()
+    return set() if row is None else _positions(conn, str(row[0]))
 
 
 def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
@@ -757,7 +780,7 @@ class AlertSink:
                 for section, digests in _due_digests(conn, now - digest_s):
                     self._digest(conn, section, digests + 1, now)
                 for section in _idle_sections(conn, now - idle_s):
-                    self._summarize(conn, section, now)
+                    self._summarize_or_stall(conn, section, now)
                 for older in _completed_older(conn):
                     self._summarize(conn, older, now)
         if self._sender is not None:
@@ -803,6 +826,47 @@ class AlertSink:
         )
         self._queue(conn, alert, now)
 
+    def _summarize_or_stall(self, conn: Any, section: str, now: float) -> None:
+        """A section gone quiet is complete only if it has every position the section
+        before it had; otherwise it is told as incomplete ("the microscope stopped?")
+        and waits: for its missing tiles, or for the next section to begin."""
+        have = _positions(conn, section)
+        missing = sorted(_expected_positions(conn, section) - have)
+        if not missing:
+            self._summarize(conn, section, now)
+            return
+        conn.execute(
+            "UPDATE alert_sections SET stalled_tiles = ? WHERE section = ?", (len(have), section)
+        )
+        expected = len(have) + len(missing)
+        idle_min = self._cfg.section_idle_minutes
+        prefix = f"[{self._instance}] " if self._instance else ""
+        self._queue(
+            conn,
+            Alert(
+                key=f"stalled:{section}:{len(have)}",
+                kind="stall",
+                section=section,
+                title=f"{prefix}focuswatch: section {section} incomplete: "
+                f"{len(have)} of {expected} tiles",
+                body=f"No new tile of section {section} for {idle_min:g} min, with "
+                f"{len(missing)} of its {expected} positions still missing: "
+                f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}. "
+                "Has the microscope stopped? The summary follows once they arrive or the "
+                "next section begins.",
+                severity="warning",
+                details={
+                    "kind": "stall",
+                    "instance": self._instance or None,
+                    "section": section,
+                    "tiles": len(have),
+                    "expected": expected,
+                    "missing": missing,
+                },
+            ),
+            now,
+        )
+
     def _summarize(self, conn: Any, section: str, now: float) -> None:
         # The latest version at each position counts (a good retake replaces a bad tile).
         rows = conn.execute(
@@ -832,6 +896,10 @@ class AlertSink:
                 if kind is not VerdictKind.EMPTY:
                     text += ": " + ", ".join(found)
                 parts.append(text)
+        # Closed by the next section's start with positions still missing: say which.
+        missing = sorted(_expected_positions(conn, section) - {str(p) for p, _ in rows})
+        if missing:
+            parts.append(f"{len(missing)} positions never arrived: {', '.join(missing[:20])}")
         prefix = f"[{self._instance}] " if self._instance else ""
         self._queue(
             conn,

@@ -195,6 +195,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
     """,
+    # 4: a section that went quiet before all its expected tiles arrived (alerts): how
+    # many tiles it had when that was told (NULL: not told)
+    """
+    ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
+    """,
 ]
 
 # Verdicts whose scores are trusted as context for later decisions.
