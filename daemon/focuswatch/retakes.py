@@ -25,6 +25,7 @@ and a file a user deleted or damaged is rebuilt on the next tick.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import getpass
@@ -35,7 +36,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,8 +44,10 @@ from typing import Any, BinaryIO
 import structlog
 
 from focuswatch.config import Config
+from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
+from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
@@ -633,24 +636,20 @@ def list_main(cfg: Config, *, fmt: str, section: str | None, only_open: bool) ->
 
 def dismiss_main(cfg: Config, entry_id: int, *, note: str) -> int:
     """``focuswatch retakes dismiss ID --note TEXT``; also refreshes the live files."""
-    ledger = _open(cfg, readonly=False)
-    try:
+    with _editing(cfg) as ledger:
         try:
             entry = dismiss(ledger, entry_id, note=note)
         except KeyError:
             print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
             return 1
         RetakeSink(ledger, cfg.state_dir).write_files()
-    finally:
-        ledger.close()
     print(f"dismissed {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
     return 0
 
 
 def reopen_main(cfg: Config, entry_id: int, *, note: str) -> int:
     """``focuswatch retakes reopen ID --note TEXT``; also refreshes the live files."""
-    ledger = _open(cfg, readonly=False)
-    try:
+    with _editing(cfg) as ledger:
         try:
             entry = reopen(ledger, entry_id, note=note)
         except KeyError:
@@ -660,10 +659,32 @@ def reopen_main(cfg: Config, entry_id: int, *, note: str) -> int:
             print(f"focuswatch retakes: {exc}", file=sys.stderr)
             return 1
         RetakeSink(ledger, cfg.state_dir).write_files()
-    finally:
-        ledger.close()
     print(f"reopened {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
     return 0
+
+
+@contextlib.contextmanager
+def _editing(cfg: Config) -> Iterator[Ledger]:
+    """The ledger for a change made from the command line.
+
+    With no service running, the state folder's lock is held meanwhile, so that a
+    reader who may only read the folder (and so reads it as immutable while nobody
+    holds the lock) never reads the file while this writes it. Beside a running service
+    SQLite's own locking suffices. (Without access to the lock file, the open below
+    says what access is missing.)
+    """
+    lock = StateLock(cfg.state_dir)
+    if lock.holder() is None:
+        with contextlib.suppress(StateError):
+            lock.acquire()
+    try:
+        ledger = _open(cfg, readonly=False)
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+    finally:
+        lock.release()
 
 
 def _open(cfg: Config, *, readonly: bool) -> Ledger:
