@@ -52,6 +52,7 @@ class Linear:
 def test_public_names() -> None:
     """The module exports exactly its documented API."""
     assert set(policy.__all__) == {
+        "SECTION_WIDE",
         "DefocusModel",
         "Evidence",
         "decide",
@@ -99,15 +100,16 @@ def test_section_peers_are_the_baseline_without_history() -> None:
     assert fine.kind is VerdictKind.IN_FOCUS
 
 
-def test_first_tile_ever_uses_only_the_floor() -> None:
-    """No history and no peers: only min_score can make a tile out of focus."""
+def test_first_tile_ever_is_not_judged_and_only_the_floor_alerts() -> None:
+    """No history and no peers: uncertain (never passed as in focus), min_score alerts."""
     cfg = dataclasses.replace(CFG, min_score=50)
     assert decide(Evidence(score=49, patch_scores=None, content=0.3), cfg=cfg).kind is (
         VerdictKind.OUT_OF_FOCUS
     )
     v = decide(Evidence(score=51, patch_scores=None, content=0.3), cfg=cfg)
-    assert v.kind is VerdictKind.IN_FOCUS
-    assert "no earlier sections" in v.reason
+    assert v.kind is VerdictKind.UNCERTAIN
+    assert not v.kind.needs_retake
+    assert "not judged, no earlier sections" in v.reason
 
 
 def test_low_content_is_empty_whatever_the_score() -> None:
@@ -149,7 +151,7 @@ def test_a_mostly_resin_tile_is_not_compared_with_other_positions() -> None:
     """Sparse tissue scores low however sharp: peers are no baseline for it."""
     sparse = Evidence(score=1.5, patch_scores=None, content=0.025, section_scores=[208, 220])
     v = decide(sparse, cfg=CFG)
-    assert v.kind is VerdictKind.IN_FOCUS
+    assert v.kind is VerdictKind.UNCERTAIN
     assert "too little tissue" in v.reason
     dense = dataclasses.replace(sparse, content=0.05)
     assert decide(dense, cfg=CFG).kind is VerdictKind.OUT_OF_FOCUS
@@ -180,7 +182,7 @@ def test_a_patch_that_changed_for_good_alerts_once() -> None:
 def test_a_featureless_baseline_is_not_used() -> None:
     """A position whose history has ~no features cannot say a tile lost features."""
     v = decide(Evidence(score=0.0, patch_scores=None, content=0.025, history=[1.5]), cfg=CFG)
-    assert v.kind is VerdictKind.IN_FOCUS
+    assert v.kind is VerdictKind.UNCERTAIN
     assert "score 0" in v.reason
 
 
@@ -194,9 +196,9 @@ def test_slow_drift_never_alerts() -> None:
     """Content drifting 1 % per section for 300 sections: the rolling median follows."""
     history: list[float] = []
     score = 1000.0
-    for _ in range(300):
+    for i in range(300):
         v = decide(Evidence(score=score, patch_scores=None, content=0.3, history=history), cfg=CFG)
-        assert v.kind is VerdictKind.IN_FOCUS
+        assert v.kind is (VerdictKind.UNCERTAIN if i == 0 else VerdictKind.IN_FOCUS)
         history = [score, *history][: CFG.history_sections]
         score *= 0.99
     assert score < 100  # it really did drift by an order of magnitude

@@ -41,6 +41,7 @@ __all__ = [
     "MIGRATIONS",
     "STATES",
     "Ledger",
+    "PastTile",
     "TileVersion",
     "section_index",
 ]
@@ -163,8 +164,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# Verdicts whose scores are trusted as context for later decisions.
-_CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -198,6 +197,18 @@ class TileVersion:
     first_seen: float
     updated: float
     superseded: bool
+
+
+@dataclass(frozen=True)
+class PastTile:
+    """A judged tile as context for another tile's verdict (same position or section)."""
+
+    version_id: int
+    section_index: int
+    score: float
+    patch_scores: list[list[float]] | None
+    verdict: str
+    fine_fraction: float | None = None
 
 
 _VERSION_COLUMNS = (
@@ -603,41 +614,86 @@ class Ledger:
 
     def position_history(
         self, row: int, col: int, *, before_section_index: int, limit: int
-    ) -> list[tuple[float, list[list[float]] | None]]:
-        """Trusted (score, focus map) at this position in earlier sections, most recent first.
+    ) -> list[PastTile]:
+        """Every scored earlier section at this position, most recent first.
 
-        Current versions only, verdict in_focus or partly_out_of_focus, one per section
-        (the latest version when a section has several, e.g. a retake with a new suffix).
+        Current versions only, whatever their verdict (which of them to trust is the
+        policy's call: the scores are evidence either way), one per section (the
+        latest version when a section has several, e.g. a retake with a new suffix).
         """
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.section_index, r.score, r.patch_scores FROM versions v JOIN results r "
-            "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
-            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IN (?, ?) "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
             "ORDER BY v.section_index DESC, v.id DESC",
-            (row, col, before_section_index, *_CONTEXT_VERDICTS),
+            (row, col, before_section_index),
         )
-        out: list[tuple[float, list[list[float]] | None]] = []
+        out: list[PastTile] = []
         last: int | None = None
-        for sec, score, maps in cur:
+        for vid, sec, score, maps, verdict in cur:
             if sec == last:
                 continue
             last = sec
-            out.append((float(score), None if maps is None else json.loads(maps)))
+            patches = None if maps is None else json.loads(maps)
+            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict)))
             if len(out) >= limit:
                 break
         return out
 
-    def section_scores(self, section: str, *, exclude_version: int | None = None) -> list[float]:
-        """Trusted scores of the other current tiles of this section."""
+    def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
+        """The other current, scored, non-empty tiles of this section, oldest first."""
         rows = self._conn.execute(
-            "SELECT r.score FROM versions v JOIN results r ON r.version_id = v.id "
+            "SELECT v.id, v.section_index, r.score, NULL, r.verdict "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
-            "AND r.score IS NOT NULL AND r.verdict IN (?, ?) ORDER BY v.id",
-            (section, -1 if exclude_version is None else exclude_version, *_CONTEXT_VERDICTS),
+            "AND r.score IS NOT NULL AND r.verdict IS NOT NULL AND r.verdict != 'empty' "
+            "ORDER BY v.id",
+            (section, -1 if exclude_version is None else exclude_version),
         ).fetchall()
-        return [float(r[0]) for r in rows]
+        return [
+            PastTile(int(vid), -1 if sec is None else int(sec), float(score), None, str(verdict))
+            for vid, sec, score, _, verdict in rows
+        ]
+
+    def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
+        """Current judged versions at this position in later sections, oldest section first."""
+        rows = self._conn.execute(
+            "SELECT v.id FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 AND v.section_index > ? "
+            "AND r.score IS NOT NULL ORDER BY v.section_index, v.id",
+            (row, col, after_section_index),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def revise_verdict(self, version_id: int, verdict: Verdict) -> str | None:
+        """Replace a scored version's verdict (its context changed).
+
+        Returns None when nothing changed, ``"reason"`` when the verdict still asks
+        the same of the operator (only its kind among those needing no retake, its
+        wording or its baseline changed), ``"retake"`` when whether the tile needs a
+        retake changed: then the result is also marked undelivered in the same
+        transaction, so the sinks see it (replayed at the next start if need be).
+        """
+        new = (str(verdict.kind), verdict.reason, verdict.baseline, verdict.defocus_um)
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT verdict, reason, baseline, defocus_um FROM results "
+                "WHERE version_id = ? AND score IS NOT NULL",
+                (version_id,),
+            ).fetchone()
+            if row is None or tuple(row) == new:
+                return None
+            was = VerdictKind(row[0]).needs_retake if row[0] is not None else False
+            changed = "retake" if was != verdict.kind.needs_retake else "reason"
+            conn.execute(
+                "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ?, "
+                "delivered = delivered * ? WHERE version_id = ?",
+                (*new, 0 if changed == "retake" else 1, version_id),
+            )
+            return changed
 
     # -- meta and status ---------------------------------------------------------------
 
