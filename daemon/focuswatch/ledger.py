@@ -162,6 +162,10 @@ MIGRATIONS: list[str] = [
         summarized INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
+    """
+    ALTER TABLE results ADD COLUMN fine_fraction REAL;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -506,6 +510,7 @@ class Ledger:
             "shape": None,
             "read_ms": None,
             "score_ms": None,
+            "fine_fraction": None,
         }
         meta = None
         if score is not None:
@@ -519,13 +524,15 @@ class Ledger:
                 "shape": json.dumps(list(score.shape)),
                 "read_ms": float(score.read_ms),
                 "score_ms": float(score.score_ms),
+                "fine_fraction": getattr(score, "fine_fraction", None),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, verdict, reason, baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " read_ms, score_ms, fine_fraction, verdict, reason, baseline, defocus_um,"
+                " worker, scored_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),

@@ -143,6 +143,12 @@ class ScoreResult:
     shape: tuple[int, int]
     patch_content: np.ndarray[Any, Any] | None = field(default=None, compare=False)
     noise: float = float("nan")
+    #: The scale signature (``mhfd`` only, else None): the fraction of counted maxima
+    #: whose level has σ ≤ ``FINE_SIGMA`` px, pooled over the patches (fine maxima
+    #: over all maxima of the tile); None when nothing was counted.
+    fine_fraction: float | None = None
+    #: Per patch (``resolution="patches"``, ``mhfd`` only); NaN for a patch without maxima.
+    patch_fine_fraction: np.ndarray[Any, Any] | None = field(default=None, compare=False)
 
 
 def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int) -> None:
@@ -159,14 +165,15 @@ def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int
 
 def score_unit(
     image: Any, *, backend: Backend, criterion: str, mode: str, dtype: Any, resize: int | None
-) -> tuple[float, float, float]:
-    """(score, content, noise) of one image scored as a whole (a patch or a resized tile)."""
+) -> tuple[float, float, float, float]:
+    """(score, content, noise, fine maxima) of one image scored as a whole (a patch or
+    a resized tile); the last is NaN for criteria other than ``mhfd``."""
     xp = backend.xp
     if criterion == "mhfd":
         d: MhfdDetail = mhfd_detail(
             image, backend=backend, mode=mode, resize=resize, dtype=np.dtype(dtype).name
         )
-        return float(d.count), d.content, d.noise
+        return float(d.count), d.content, d.noise, float(d.fine)
     image = xp.asarray(image)
     minmax = validate_image(image, backend)
     if resize is not None and image.shape != (resize, resize):
@@ -183,7 +190,7 @@ def score_unit(
     limits = stretch_limits(image, backend, saturation=params_for(mode).saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=dtype)
     F = backend.fft.rfft2(u, **backend.fft_kwargs())
-    return float(value), content_of(F, u.shape, backend, dtype), float("nan")
+    return float(value), content_of(F, u.shape, backend, dtype), float("nan"), float("nan")
 
 
 def score_patches(
@@ -203,12 +210,13 @@ def score_patches(
     scores = np.zeros((len(ys), len(xs)))
     content = np.zeros_like(scores)
     noise = np.full_like(scores, np.nan)
+    fine = np.zeros_like(scores)
     resize = PAPER_SIZE if mode == "faithful" else None
     for i, (y0, y1) in enumerate(ys):
         for j, (x0, x1) in enumerate(xs):
             patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
             try:
-                scores[i, j], content[i, j], noise[i, j] = score_unit(
+                scores[i, j], content[i, j], noise[i, j], fine[i, j] = score_unit(
                     patch,
                     backend=backend,
                     criterion=criterion,
@@ -222,6 +230,7 @@ def score_patches(
                 if not str(exc).startswith("constant image"):
                     raise
                 scores[i, j] = _blank_score(criterion)
+    mhfd_counts = criterion == "mhfd"
     return ScoreResult(
         score=float(np.median(scores)),
         patch_scores=scores,
@@ -232,7 +241,19 @@ def score_patches(
         shape=shape,
         patch_content=content,
         noise=float(np.nanmedian(noise)) if np.isfinite(noise).any() else float("nan"),
+        fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
+        patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
     )
+
+
+def _fine_fraction(fine: float, count: float) -> float | None:
+    return float(fine / count) if count > 0 else None
+
+
+def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> Any:
+    out = np.full(counts.shape, np.nan)
+    np.divide(fine, counts, out=out, where=counts > 0)
+    return out
 
 
 def _blank_score(criterion: str) -> float:
@@ -265,14 +286,14 @@ def score_image(
             image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
         )
     if resolution == "resized":
-        score, content, noise = score_unit(
+        score, content, noise, fine = score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=PAPER_SIZE
         )
     elif criterion == "mhfd":
         d = native_mhfd(image, params_for(mode), backend=backend, dtype=ft)
-        score, content, noise = float(d.count), d.content, d.noise
+        score, content, noise, fine = float(d.count), d.content, d.noise, float(d.fine)
     else:
-        score, content, noise = score_unit(
+        score, content, noise, fine = score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
     return ScoreResult(
@@ -284,4 +305,5 @@ def score_image(
         resolution=resolution,
         shape=shape,
         noise=noise,
+        fine_fraction=_fine_fraction(fine, score) if criterion == "mhfd" else None,
     )

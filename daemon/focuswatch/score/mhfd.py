@@ -47,6 +47,7 @@ from focuswatch.score._dtypes import (
 )
 
 __all__ = [
+    "FINE_SIGMA",
     "MODES",
     "PAPER_SATURATION",
     "PAPER_SIGMAS",
@@ -60,6 +61,7 @@ __all__ = [
     "dog_gains",
     "dog_max",
     "fast_factors",
+    "fine_levels",
     "level_noise",
     "mhfd",
     "mhfd_detail",
@@ -88,6 +90,12 @@ DEFAULT_NOISE_K = 4.0
 #: Default mode: the contrast floor, the paper's threshold at its working size
 #: (1e-4·sqrt(1024²)), fixed instead of growing with the image.
 DEFAULT_CONTRAST = PAPER_THRESHOLD * PAPER_SIZE
+
+#: The scale signature: a counted maximum is *fine* when the level it comes from (the
+#: argmax over the thresholded levels) has σ_i ≤ this many pixels (the paper's
+#: schedule: σ 1, 2.07 and 3.14, the three finest of 29 levels). Defocus of σ ≥ 1.5 px
+#: removes those first; less tissue removes maxima at every scale alike.
+FINE_SIGMA = 3.5
 
 #: Binnings at which the noise level is estimated (see ``noise_profile``).
 NOISE_FACTORS = (1, 2, 4, 8)
@@ -595,14 +603,46 @@ def dog_bands(
     their maxima interpolated linearly onto the next finer grid, all well below full
     size; ``count_band_maxima`` counts without interpolating to full resolution.
     """
+    fine, coarse, _ = _dog_bands(
+        F,
+        shape,
+        sigmas=sigmas,
+        scales=scales,
+        backend=backend,
+        dtype=dtype,
+        factors=factors,
+        n_fine=0,
+    )
+    return fine, coarse
+
+
+def _dog_bands(
+    F: Any,
+    shape: tuple[int, int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    backend: Backend,
+    dtype: Any,
+    factors: list[int],
+    n_fine: int,
+) -> tuple[Any, tuple[int, Any] | None, Any]:
+    """``dog_bands`` plus the coarse band's maximum over its levels ``≥ n_fine`` only
+    (on the coarse band's grid; ``None`` when no decimated level is below ``n_fine``,
+    i.e. no coarse sample can come from a fine level). A coarse sample whose band
+    value is above that snapshot comes from a fine level (the scale signature)."""
     n_levels = len(sigmas) - 1
     if len(factors) != n_levels:
         raise ValueError(f"need one factor per level ({n_levels}), got {len(factors)}")
     # Coarsest grid first: its running maximum is interpolated to the next finer
-    # grid and carried on there.
+    # grid and carried on there. Within a grid the coarse-scale levels go first, so
+    # the maximum over them alone can be kept before the fine ones are folded in.
     m = None
+    snap = None
+    snapped = False
     coarse: tuple[int, Any] | None = None
     fine = None
+    xp = backend.xp
     for f in sorted(set(factors), reverse=True):
         levels = [i for i in range(n_levels) if factors[i] == f]
         if f == 1:
@@ -611,24 +651,31 @@ def dog_bands(
             Fs, sh = _crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f)
             if m is not None:
                 m = _upsample(m, sh, backend)
-        d = _levels_max(
-            Fs,
-            sh,
-            levels,
-            sigmas=sigmas,
-            scales=scales,
-            f=f,
-            backend=backend,
-            dtype=dtype,
-            m=None if f == 1 else m,
-            in_place=True,
-        )
+            if snap is not None:
+                snap = _upsample(snap, sh, backend)
+        kw: dict[str, Any] = {
+            "sigmas": sigmas,
+            "scales": scales,
+            "f": f,
+            "backend": backend,
+            "dtype": dtype,
+            "in_place": True,
+        }
         if f == 1:
-            fine = d
-        else:
-            m = d
-            coarse = (f, m)
-    return fine, coarse
+            fine = _levels_max(Fs, sh, levels, m=None, **kw)
+            continue
+        late = [i for i in levels if i >= n_fine]
+        early = [i for i in levels if i < n_fine]
+        if late:
+            m = _levels_max(Fs, sh, late, m=m, **kw)
+        if early:
+            if not snapped:
+                # Every coarse-scale level is in by now (factors grow with σ).
+                snap = m.copy() if m is not None else xp.full(sh, -xp.inf, dtype=dtype)
+                snapped = True
+            m = _levels_max(Fs, sh, early, m=m, **kw)
+        coarse = (f, m)
+    return fine, coarse, snap
 
 
 def dog_max(
@@ -673,6 +720,63 @@ def dog_max(
     if fine is not None:
         backend.xp.maximum(m, fine, out=m)
     return m
+
+
+def fine_levels(sigmas: tuple[float, ...]) -> int:
+    """How many of the first DoG levels of ``sigmas`` are fine (σ_i ≤ ``FINE_SIGMA``)."""
+    return sum(1 for s in sigmas[:-1] if s <= FINE_SIGMA)
+
+
+def _dog_max_split(
+    F: Any,
+    shape: tuple[int, int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    backend: Backend,
+    dtype: Any,
+    n_fine: int,
+) -> tuple[Any, Any]:
+    """``dog_max`` (exact) and the maximum over the first ``n_fine`` levels alone
+    (``None`` when ``n_fine`` is 0; ``M`` itself when every level is fine): the
+    fine levels run first and their running maximum is copied once."""
+    n_levels = len(sigmas) - 1
+    kw: dict[str, Any] = {
+        "sigmas": sigmas,
+        "scales": scales,
+        "f": 1,
+        "backend": backend,
+        "dtype": dtype,
+    }
+    if n_fine <= 0 or n_fine >= n_levels:
+        M = _levels_max(F, shape, list(range(n_levels)), **kw)
+        return M, (M if n_fine >= n_levels else None)
+    Mf = _levels_max(F, shape, list(range(n_fine)), **kw)
+    M = _levels_max(F, shape, list(range(n_fine, n_levels)), m=Mf.copy(), **kw)
+    return M, Mf
+
+
+def _count_split(
+    M: Any,
+    Mf: Any,
+    backend: Backend,
+    *,
+    level: float,
+    interior: tuple[int, int, int, int] | None = None,
+) -> tuple[int, int]:
+    """``count_maxima`` and how many of those maxima come from a fine level (where
+    the fine levels' maximum ``Mf`` reaches ``M``)."""
+    xp = backend.xp
+    c = _neighbourhood_max(M, backend)
+    if interior is not None:
+        y0, y1, x0, x1 = interior
+        M, c = M[y0:y1, x0:x1], c[y0:y1, x0:x1]
+        Mf = None if Mf is None else Mf[y0:y1, x0:x1]
+    peaks = (c <= M) & (level <= M)
+    count = int(xp.count_nonzero(peaks))
+    if Mf is None or count == 0:
+        return count, 0
+    return count, int(xp.count_nonzero(peaks & (Mf >= M)))
 
 
 def _neighbourhood_max(M: Any, backend: Backend) -> Any:
@@ -770,10 +874,29 @@ def count_band_maxima(
 
     ``shape`` is the full-resolution shape, ``interior`` as in ``count_maxima``.
     """
+    return _band_counts(
+        fine, coarse, backend, level=level, shape=shape, interior=interior, snap=None
+    )[0]
+
+
+def _band_counts(
+    fine: Any,
+    coarse: tuple[int, Any] | None,
+    backend: Backend,
+    *,
+    level: float,
+    shape: tuple[int, int],
+    interior: tuple[int, int, int, int] | None,
+    snap: Any,
+) -> tuple[int, int]:
+    """``count_band_maxima`` and how many of those maxima come from a fine level:
+    every full-resolution one, and the coarse samples above ``snap`` (the coarse
+    band's maximum over its coarse-scale levels alone, see ``_dog_bands``)."""
     xp = backend.xp
     if fine is None and coarse is None:
         raise ValueError("count_band_maxima needs at least one band")
     count = 0
+    n_fine = 0
     c_coarse = None
     if coarse is not None:
         f, m = coarse
@@ -791,7 +914,10 @@ def count_band_maxima(
                 m, f, ys[unsure], xs[unsure], shape=shape, backend=backend
             )
             keep[unsure] &= v[unsure] >= exact
-        count += int(xp.count_nonzero(keep))
+        kept = int(xp.count_nonzero(keep))
+        count += kept
+        # Full-resolution levels have σ < 2·_FAST_MIN_SIGMA ≤ FINE_SIGMA: all fine.
+        n_fine += kept
     if coarse is not None and c_coarse is not None:
         f, m = coarse
         idx = xp.flatnonzero(c_coarse <= m)
@@ -804,7 +930,10 @@ def count_band_maxima(
         if fine is not None:
             keep &= peak >= _neighbourhood_max_at(fine, qy * f, qx * f, backend)
         count += int(xp.count_nonzero(keep))
-    return count
+        if snap is not None:
+            qy, qx = qy[keep], qx[keep]
+            n_fine += int(xp.count_nonzero(m[qy, qx] > snap[qy, qx]))
+    return count, n_fine
 
 
 _NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
@@ -903,6 +1032,13 @@ class MhfdDetail:
     noise: float
     thresholds: tuple[float, ...]
     shape: tuple[int, int]
+    #: How many of the ``count`` maxima come from a fine level (σ_i ≤ ``FINE_SIGMA``).
+    fine: int = 0
+
+    @property
+    def fine_fraction(self) -> float | None:
+        """The scale signature: fine maxima over all maxima (None without maxima)."""
+        return self.fine / self.count if self.count else None
 
 
 def level_thresholds(
@@ -948,8 +1084,9 @@ def mhfd_prepared(
     # Levels at the base threshold need no scaling pass; the others are scaled
     # down to it, and the count compares with the base.
     scales = t.min() / t
+    n_fine = fine_levels(params.sigmas)
     if params.decimate:
-        fine, coarse = dog_bands(
+        fine, coarse, snap = _dog_bands(
             F,
             shape,
             sigmas=params.sigmas,
@@ -957,18 +1094,38 @@ def mhfd_prepared(
             backend=backend,
             dtype=dtype,
             factors=fast_factors(params.sigmas, shape),
+            n_fine=n_fine,
         )
-        count = count_band_maxima(
-            fine, coarse, backend, level=float(t.min()), shape=shape, interior=interior
+        count, n_fine_max = _band_counts(
+            fine,
+            coarse,
+            backend,
+            level=float(t.min()),
+            shape=shape,
+            interior=interior,
+            snap=snap,
         )
-        del fine, coarse
+        del fine, coarse, snap
     else:
-        M = dog_max(F, shape, sigmas=params.sigmas, scales=scales, backend=backend, dtype=dtype)
-        count = count_maxima(M, backend, level=float(t.min()), interior=interior)
-        del M
+        M, Mf = _dog_max_split(
+            F,
+            shape,
+            sigmas=params.sigmas,
+            scales=scales,
+            backend=backend,
+            dtype=dtype,
+            n_fine=n_fine,
+        )
+        count, n_fine_max = _count_split(M, Mf, backend, level=float(t.min()), interior=interior)
+        del M, Mf
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
     return MhfdDetail(
-        count=count, content=content, noise=noise[0], thresholds=tuple(t), shape=shape
+        count=count,
+        content=content,
+        noise=noise[0],
+        thresholds=tuple(t),
+        shape=shape,
+        fine=n_fine_max,
     )
 
 

@@ -148,6 +148,7 @@ def native_mhfd(
     # Native blocks see real neighbours, so no periodic correction is wanted.
     block_params = MhfdParams(**{**params.__dict__, "periodic": False})
     count = 0
+    fine = 0
     contents = []
     for rows, cols, interior in _blocks(shape, block, h):
         u = stretched(_take(image, rows, cols, backend), backend, limits=limits, dtype=dtype)
@@ -155,6 +156,7 @@ def native_mhfd(
             u, block_params, backend=backend, noise=noise, interior=interior, threshold_shape=shape
         )
         count += d.count
+        fine += d.fine
         contents.append(d.content)
         del u
     return MhfdDetail(
@@ -163,4 +165,5 @@ def native_mhfd(
         noise=noise[0],
         thresholds=d.thresholds,
         shape=shape,
+        fine=fine,
     )
