@@ -122,7 +122,7 @@ class PolicyConfig:
     min_baseline: float = _opt(10.0, _range(0.0))
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
-    fine_drop: float = _opt(0.3, _fraction)
+    fine_drop: float = _opt(0.15, _fraction)
     section_wide_fraction: float = _opt(0.5, _fraction)
     calibration: Path | None = _opt(None)
 

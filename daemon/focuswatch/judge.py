@@ -63,6 +63,7 @@ def evidence(
     content: float,
     fine_fraction: float | None,
     cfg: PolicyConfig,
+    patch_fine: list[list[float]] | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
@@ -86,6 +87,7 @@ def evidence(
         fine_history=[p.fine_fraction for p in history],
         section_fine=[p.fine_fraction for p in peers],
         section_kinds=[p.verdict for p in peers],
+        patch_fine=patch_fine,
     )
 
 
@@ -102,6 +104,7 @@ def _stored_evidence(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> Evide
         content=float(r["content"]),
         fine_fraction=None if fine is None else float(fine),
         cfg=cfg,
+        patch_fine=r.get("patch_fine_fraction"),
     )
 
 
@@ -189,6 +192,7 @@ def judge(
             content=float(score.content),
             fine_fraction=_fine(score),
             cfg=cfg,
+            patch_fine=getattr(score, "patch_fine_fraction", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
     except Exception as exc:  # a policy bug must not lose the score or stop the service

@@ -166,6 +166,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE results ADD COLUMN fine_fraction REAL;
     """,
+    # 4: the scale signature per patch (TileScore.patch_fine_fraction, JSON rows), for
+    # telling a wrinkle from tissue without history (focuswatch.policy)
+    """
+    ALTER TABLE results ADD COLUMN patch_fine_fraction TEXT;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -511,6 +516,7 @@ class Ledger:
             "read_ms": None,
             "score_ms": None,
             "fine_fraction": None,
+            "patch_fine_fraction": None,
         }
         meta = None
         if score is not None:
@@ -525,14 +531,15 @@ class Ledger:
                 "read_ms": float(score.read_ms),
                 "score_ms": float(score.score_ms),
                 "fine_fraction": getattr(score, "fine_fraction", None),
+                "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, fine_fraction, verdict, reason, baseline, defocus_um,"
-                " worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction, verdict, reason,"
+                " baseline, defocus_um, worker, scored_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -574,7 +581,7 @@ class Ledger:
         if row is None:
             return None
         out = dict(zip([d[0] for d in cur.description], row, strict=True))
-        for key in ("patch_scores", "shape"):
+        for key in ("patch_scores", "shape", "patch_fine_fraction"):
             if out[key] is not None:
                 out[key] = json.loads(out[key])
         return out
@@ -631,7 +638,7 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -640,12 +647,12 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict in cur:
+        for vid, sec, score, maps, verdict, fine in cur:
             if sec == last:
                 continue
             last = sec
             patches = None if maps is None else json.loads(maps)
-            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict)))
+            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict), fine))
             if len(out) >= limit:
                 break
         return out
@@ -653,7 +660,7 @@ class Ledger:
     def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
         """The other current, scored, non-empty tiles of this section, oldest first."""
         rows = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, NULL, r.verdict "
+            "SELECT v.id, v.section_index, r.score, NULL, r.verdict, r.fine_fraction "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
             "AND r.score IS NOT NULL AND r.verdict IS NOT NULL AND r.verdict != 'empty' "
@@ -661,8 +668,8 @@ class Ledger:
             (section, -1 if exclude_version is None else exclude_version),
         ).fetchall()
         return [
-            PastTile(int(vid), -1 if sec is None else int(sec), float(score), None, str(verdict))
-            for vid, sec, score, _, verdict in rows
+            PastTile(int(vid), -1 if sec is None else int(sec), float(score), None, str(v), fine)
+            for vid, sec, score, _, v, fine in rows
         ]
 
     def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
@@ -770,6 +777,10 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _statements(script: str) -> list[str]:

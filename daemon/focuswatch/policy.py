@@ -78,6 +78,12 @@ _SPARSE_PATCH = 0.5
 # The long-memory baseline: this quantile of the trusted scores (a high one, so a
 # drift that has taken over part of the memory does not drag it down).
 _UPPER = 0.75
+# A patch's fine fraction rests on fewer features than the tile's: its margin is
+# this many times ``fine_drop``.
+_PATCH_FINE_MARGIN = 2.0
+# ... and it must be this many standard errors (binomial, from its feature count)
+# below the tile's typical patch.
+_PATCH_FINE_Z = 3.0
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 #: How a section-wide failure's reason starts (alerts may group on it).
@@ -116,7 +122,7 @@ class Evidence:
     ``section_fine`` their fine-scale fractions; ``section_kinds`` the verdicts of
     those already judged. ``patch_scores``: the tile's focus map, or None when the
     tile was scored whole. ``fine_fraction``: the share of the tile's features at
-    fine scales (None when the scorer gives none).
+    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
     """
 
     score: float
@@ -130,6 +136,7 @@ class Evidence:
     fine_history: Sequence[float | None] = ()
     section_fine: Sequence[float | None] = ()
     section_kinds: Sequence[str] = ()
+    patch_fine: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,8 +247,14 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
         if n == 1
         else f"this tile position over the last {n} sections"
     )
+    # The fine fraction does not follow tissue, so the whole memory's median guards
+    # against a drift that the recent median follows (drifted sections are not trusted).
     fines = _finite([p.fine for p in trusted])
-    fine = max(statistics.median(fines[: cfg.history_sections]), _upper(fines)) if fines else None
+    fine = (
+        max(statistics.median(fines[: cfg.history_sections]), statistics.median(fines))
+        if fines
+        else None
+    )
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
     return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio)
 
@@ -291,8 +304,49 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
+def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
+    """Patches whose fine-scale fraction is far below the tile's other patches.
+
+    Within one tile the fine fraction does not follow the tissue (a patch of sparse
+    tissue keeps it, a blurred patch loses it), so no history is needed. None when
+    the tile has no usable per-patch signature.
+    """
+    now, fine = ev.patch_scores, ev.patch_fine
+    if not now or not fine or _shape(now) != _shape(fine):
+        return None
+    cells = [
+        (r, c, float(fine[r][c]), float(now[r][c]))
+        for r, line in enumerate(now)
+        for c in range(len(line))
+        if math.isfinite(fine[r][c]) and math.isfinite(now[r][c])
+    ]
+    if len(cells) < _MIN_PATCHES_FOR_REGION:
+        return None
+    typical_score = statistics.median(q for *_, q in cells)
+    # The typical signature comes from patches with tissue (not resin) ...
+    solid = [f for _, _, f, q in cells if q >= _SPARSE_PATCH * typical_score and f > 0]
+    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
+        return None
+    typical = statistics.median(solid)
+    # ... and a patch is weak when its fine fraction is far below it (twice the tile's
+    # margin: fewer features) and significantly so for its number of features (a
+    # blurred patch also loses features; a patch of resin has too few to say).
+    limit = (1.0 - _PATCH_FINE_MARGIN * cfg.fine_drop) * typical
+    weak = []
+    for r, c, f, q in cells:
+        if q < cfg.min_baseline or f >= limit:
+            continue
+        se = math.sqrt(max(typical * (1.0 - typical), 1e-6) / q)
+        if typical - f > _PATCH_FINE_Z * se:
+            weak.append((r, c))
+    return weak
+
+
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
     """Patches (row, col) that lost much more of their usual score than the tile did."""
+    by_fine = _fine_weak_patches(ev, cfg)
+    if by_fine is not None:
+        return by_fine
     now = ev.patch_scores
     if not now:
         return []
