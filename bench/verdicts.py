@@ -155,8 +155,8 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 img[: h // 2, : w // 2] = blur[: h // 2, : w // 2]
             else:
                 img = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose)
-            # One wafer per dose, side by side: its own rows, the same sections.
-            row, section = r + 100 * d, f"{s:03d}"
+            # One wafer per dose: its own sections and rows (no shared context).
+            row, section = r + 100 * d, f"{s + 100 * d:03d}"
             path = out / f"S_{section}" / f"Tile_r{row}-c{c}_S_{section}.tif"
             synth.write_tile(
                 path,

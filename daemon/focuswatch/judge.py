@@ -86,7 +86,9 @@ def evidence(
         fine_fraction=fine_fraction,
         fine_history=[p.fine_fraction for p in history],
         section_fine=[p.fine_fraction for p in peers],
-        section_kinds=[p.verdict for p in peers],
+        # Only verdicts against their own position's history: a verdict against the
+        # section would make two tiles of one section each other's context.
+        section_kinds=[p.verdict for p in peers if p.has_history],
         patch_fine=patch_fine,
     )
 
@@ -147,7 +149,7 @@ def revise(
 
     push(_affected(ledger, v))
     changed: list[int] = []
-    budget = _REVISE_BUDGET * max(1, len(heap))
+    budget = _REVISE_BUDGET * (len(heap) + 10)
     while heap and budget > 0:
         budget -= 1
         _, vid = heapq.heappop(heap)

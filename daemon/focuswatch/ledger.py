@@ -218,6 +218,7 @@ class PastTile:
     patch_scores: list[list[float]] | None
     verdict: str
     fine_fraction: float | None = None
+    has_history: bool = True
 
 
 _VERSION_COLUMNS = (
@@ -658,9 +659,15 @@ class Ledger:
         return out
 
     def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
-        """The other current, scored, non-empty tiles of this section, oldest first."""
+        """The other current, scored, non-empty tiles of this section, oldest first.
+
+        ``has_history``: the tile's position has a scored tile in an earlier section.
+        """
         rows = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, NULL, r.verdict, r.fine_fraction "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
+            "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
+            "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
+            "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
             "AND r.score IS NOT NULL AND r.verdict IS NOT NULL AND r.verdict != 'empty' "
@@ -668,8 +675,16 @@ class Ledger:
             (section, -1 if exclude_version is None else exclude_version),
         ).fetchall()
         return [
-            PastTile(int(vid), -1 if sec is None else int(sec), float(score), None, str(v), fine)
-            for vid, sec, score, _, v, fine in rows
+            PastTile(
+                int(vid),
+                -1 if sec is None else int(sec),
+                float(score),
+                None,
+                str(verdict),
+                fine,
+                bool(history),
+            )
+            for vid, sec, score, verdict, fine, history in rows
         ]
 
     def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:

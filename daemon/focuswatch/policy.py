@@ -9,10 +9,10 @@ scores of its context and never on the order in which tiles arrived:
 1. **Empty** when the tile's content (contrast) is below ``policy.empty_contrast``:
    resin, a hole, the edge of the section. Decided by content alone, never alerted.
 2. **Trusted history.** Of the position's earlier sections (most recent
-   ``policy.memory_sections``), those judged in focus, partly out of focus or empty
-   are *confirmed*; a section counts as trusted when its score (and, when scored,
-   its fine-scale fraction) is not far below the upper quartile of the confirmed
-   ones (``drop_ratio``, ``fine_drop``). A tile that was flagged or not judged is
+   ``policy.memory_sections``), those not judged out of focus are *confirmed*; a
+   section counts as trusted when its score (and, when scored, its fine-scale
+   fraction) is not far below the upper quartile of the confirmed ones
+   (``drop_ratio``, ``fine_drop``). A tile that was flagged is
    trusted once later confirmed sections show it was normal here (a false alert
    does not repeat forever); a blurred tile never is.
 3. **Baselines** from the trusted history: the median of the last
@@ -30,8 +30,10 @@ scores of its context and never on the order in which tiles arrived:
    tissue, said so in the reason and not alerted. Without one, a score
    ``drop_ratio`` below either baseline is out of focus.
 5. **Uncertain** when there is nothing trustworthy to compare with (first section,
-   too little tissue, only flagged sections here): never passed as in focus, never
-   alerted, never trusted. ``score < policy.min_score`` is out of focus regardless.
+   too little tissue, or far below the section's other tiles exactly as this
+   position's flagged earlier sections were): never passed as in focus, never
+   alerted; its score is evidence for later sections like any unflagged one.
+   ``score < policy.min_score`` is out of focus regardless.
 6. **Section-wide**: a tile out of focus together with ``section_wide_fraction`` of
    the section's other judged tiles says so (an autofocus failure, not one tile).
 7. **Partly out of focus** when the whole tile is fine but at least
@@ -82,8 +84,8 @@ _UPPER = 0.75
 # this many times ``fine_drop``.
 _PATCH_FINE_MARGIN = 2.0
 # ... and it must be this many standard errors (binomial, from its feature count)
-# below the tile's typical patch.
-_PATCH_FINE_Z = 3.0
+# below the tile's typical patch (4: every patch of every tile is tested).
+_PATCH_FINE_Z = 4.0
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 #: How a section-wide failure's reason starts (alerts may group on it).
@@ -99,8 +101,16 @@ _SEVERITY = {
 }
 # Earlier verdicts whose scores are confirmed evidence of what this position looks
 # like in focus (empty is decided by content, not by focus; None: not recorded).
+# Uncertain counts too: readable tissue nobody flagged, and without it a position with
+# no other tiles in its sections (one tile per section) could never be judged. Out
+# of focus does not: such a score is trusted only once confirmed sections agree.
 _CONFIRMED = frozenset(
-    {str(VerdictKind.IN_FOCUS), str(VerdictKind.PARTLY_OUT_OF_FOCUS), str(VerdictKind.EMPTY)}
+    {
+        str(VerdictKind.IN_FOCUS),
+        str(VerdictKind.PARTLY_OUT_OF_FOCUS),
+        str(VerdictKind.EMPTY),
+        str(VerdictKind.UNCERTAIN),
+    }
 )
 
 
@@ -120,8 +130,9 @@ class Evidence:
     ``patch_history`` their focus maps (maps of another shape are ignored).
     ``section_scores``: scores of this section's other readable, non-empty tiles;
     ``section_fine`` their fine-scale fractions; ``section_kinds`` the verdicts of
-    those already judged. ``patch_scores``: the tile's focus map, or None when the
-    tile was scored whole. ``fine_fraction``: the share of the tile's features at
+    those judged against their own position's earlier sections. ``patch_scores``:
+    the tile's focus map, or None when the tile was scored whole.
+    ``fine_fraction``: the share of the tile's features at
     fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
     """
 
@@ -315,10 +326,10 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     if not now or not fine or _shape(now) != _shape(fine):
         return None
     cells = [
-        (r, c, float(fine[r][c]), float(now[r][c]))
-        for r, line in enumerate(now)
-        for c in range(len(line))
-        if math.isfinite(fine[r][c]) and math.isfinite(now[r][c])
+        (r, c, float(f), float(q))
+        for r, (line, fine_line) in enumerate(zip(now, fine, strict=True))
+        for c, (q, f) in enumerate(zip(line, fine_line, strict=True))
+        if math.isfinite(f) and math.isfinite(q)
     ]
     if len(cells) < _MIN_PATCHES_FOR_REGION:
         return None
@@ -344,9 +355,6 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
     """Patches (row, col) that lost much more of their usual score than the tile did."""
-    by_fine = _fine_weak_patches(ev, cfg)
-    if by_fine is not None:
-        return by_fine
     now = ev.patch_scores
     if not now:
         return []
@@ -463,8 +471,17 @@ def _judge(
     if out is None:
         context = f"median of {peers.where} {format_score(peers.recent)}"
         return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=peers.recent), []
-    unconfirmed = [p.score for p in past[: cfg.history_sections]]
-    if unconfirmed and ev.score >= (1.0 - cfg.drop_ratio) * statistics.median(unconfirmed):
+    recent = past[: cfg.history_sections]
+    fines = _finite([p.fine for p in recent])
+    fine = _fine(ev.fine_fraction)
+    if fines and fine is not None:  # like its flagged past, by the scale signature ...
+        alike = fine >= (1.0 - cfg.fine_drop) * statistics.median(fines)
+    else:  # ... or by the score
+        alike = bool(recent) and ev.score >= (1.0 - cfg.drop_ratio) * statistics.median(
+            p.score for p in recent
+        )
+    unconfirmed = [p.score for p in recent]
+    if alike:
         n = len(unconfirmed)
         sections = "section" if n == 1 else f"{n} sections"
         return (
@@ -517,16 +534,21 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
     if verdict.kind is not VerdictKind.IN_FOCUS:
         return verdict
 
-    weak = _weak_patches(ev, trusted, cfg)
+    by_fine = _fine_weak_patches(ev, cfg)
+    weak = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
         cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
+        what = (
+            "lost their fine-scale features while the rest of the tile kept them"
+            if by_fine is not None
+            else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
+            "at this position while the rest did not"
+        )
         return Verdict(
             VerdictKind.PARTLY_OUT_OF_FOCUS,
             f"{score_text} is fine for the whole tile, but {len(weak)} of {total} patches "
-            f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score at "
-            f"this position while the rest did not (patches {cells}): a wrinkle, dirt or "
-            "a tilted region",
+            f"{what} (patches {cells}): a wrinkle, dirt or a tilted region",
             baseline=verdict.baseline,
         )
     return verdict
