@@ -34,7 +34,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -225,6 +227,7 @@ def run_order(
     pcfg: PolicyConfig,
 ) -> dict[Path, Verdict]:
     """Feed tiles to a fresh ledger in this order; the final verdict of each."""
+    shutil.rmtree(state, ignore_errors=True)
     ledger = Ledger.open(state)
     ids: dict[Path, int] = {}
     for tile in order:
@@ -340,8 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-false-alerts", type=float, default=0.005)
     p.add_argument("--max-missed", type=float, default=0.0)
     p.add_argument("--keep", type=Path, help="write the wafer and ledgers here and keep them")
+    p.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="with --keep: judge the tiles scored by an earlier run there again (policy work)",
+    )
     args = p.parse_args(argv)
     args.doses = [float(d) for d in args.doses.split(",")]
+    if args.rejudge and not args.keep:
+        p.error("--rejudge needs --keep DIR from an earlier run")
 
     pcfg = PolicyConfig()
     settings = ScoreSettings(
@@ -350,17 +360,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="focuswatch-verdicts-") as tmp:
         root = args.keep or Path(tmp)
         t0 = time.perf_counter()
-        build = serial_wafer if args.wafer == "serial" else synth_wafer
-        tiles = build(root / "wafer", args)
-        t_write = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores: dict[Path, Any] = {}
-        for t in tiles:
-            try:
-                scores[t.path] = score_path(t.path, settings)
-            except TileError as exc:
-                scores[t.path] = exc.reason
-        t_score = time.perf_counter() - t0
+        cache = root / "scored.pickle"
+        if args.rejudge:
+            tiles, scores = pickle.loads(cache.read_bytes())
+            t_write = t_score = 0.0
+        else:
+            build = serial_wafer if args.wafer == "serial" else synth_wafer
+            tiles = build(root / "wafer", args)
+            t_write = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores: dict[Path, Any] = {}
+            for t in tiles:
+                try:
+                    scores[t.path] = score_path(t.path, settings)
+                except TileError as exc:
+                    scores[t.path] = exc.reason
+            t_score = time.perf_counter() - t0
+            if args.keep:
+                cache.write_bytes(pickle.dumps((tiles, scores)))
         t0 = time.perf_counter()
         results = {
             name: run_order(order, scores, root / f"state-{i}", pcfg)

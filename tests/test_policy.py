@@ -330,3 +330,62 @@ def test_unreadable_calibration_is_a_config_error_with_key_path(tmp_path: Path) 
     for path in (bad, tmp_path / "missing.json"):
         with pytest.raises(ConfigError, match=r"at 'policy\.calibration'"):
             policy.load_calibration(dataclasses.replace(CFG, calibration=path))
+
+
+fines = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
+kinds_of_past = st.sampled_from([k.value for k in VerdictKind if k is not VerdictKind.UNREADABLE])
+
+
+@given(
+    cfg=configs,
+    a=fines,
+    b=fines,
+    score=scores,
+    content=contents,
+    past=st.lists(st.tuples(scores, fines, kinds_of_past), max_size=8),
+    peers=st.lists(st.tuples(scores, fines), max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_losing_fine_scale_features_never_gets_a_milder_verdict(
+    *,
+    cfg: PolicyConfig,
+    a: float,
+    b: float,
+    score: float,
+    content: float,
+    past: list[tuple[float, float, str]],
+    peers: list[tuple[float, float]],
+) -> None:
+    """Monotonic in the scale signature: same score and context, a lower fine-scale
+    fraction (more defocus) never gives a less severe verdict."""
+    low, high = sorted((a, b))
+
+    def ev(fine: float) -> Evidence:
+        return Evidence(
+            score,
+            None,
+            content,
+            history=[s for s, _, _ in past],
+            section_scores=[s for s, _ in peers],
+            history_kinds=[k for _, _, k in past],
+            fine_fraction=fine,
+            fine_history=[f for _, f, _ in past],
+            section_fine=[f for _, f in peers],
+        )
+
+    blurry, sharp = decide(ev(low), cfg=cfg), decide(ev(high), cfg=cfg)
+    assert severity(sharp.kind) <= severity(blurry.kind)
+
+
+def test_fewer_features_with_the_fine_fraction_held_is_less_tissue_not_defocus() -> None:
+    """Issue 10b: the reason tells less tissue from defocus."""
+
+    def ev(fine: float) -> Evidence:
+        return Evidence(156.0, None, 0.2, [400.0] * 5, fine_fraction=fine, fine_history=[0.7] * 5)
+
+    less = decide(ev(0.69), cfg=CFG)
+    assert less.kind is VerdictKind.IN_FOCUS
+    assert "fewer features at every scale, less tissue here" in less.reason
+    blur = decide(ev(0.5), cfg=CFG)
+    assert blur.kind is VerdictKind.OUT_OF_FOCUS
+    assert "fine-scale features lost, defocus" in blur.reason

@@ -451,11 +451,14 @@ def _judge(
         if out is not None:
             return out, trusted
         context = f"median of {ref.where} {format_score(ref.recent)}"
-        if ev.score < (1.0 - cfg.drop_ratio) * ref.recent and ref.fine is not None:
-            context = (
-                f"{100 * (1 - ev.score / ref.recent):.0f} % below the {context}, but "
-                f"{_fine_text(ev, ref)}: fewer features at every scale, less tissue here"
-            )
+        if _fine_loss(ev, ref) is not None:
+            if ev.score < (1.0 - cfg.drop_ratio) * ref.recent:
+                context = (
+                    f"{100 * (1 - ev.score / ref.recent):.0f} % below the {context}, but "
+                    f"{_fine_text(ev, ref)}: fewer features at every scale, less tissue here"
+                )
+            else:
+                context += f"; fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f}"
         return Verdict(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
