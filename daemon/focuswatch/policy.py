@@ -258,11 +258,12 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
         if n == 1
         else f"this tile position over the last {n} sections"
     )
-    # The fine fraction does not follow tissue, so the whole memory's median guards
-    # against a drift that the recent median follows (drifted sections are not trusted).
+    # The fine fraction barely follows tissue, so the memory's upper quartile guards
+    # against a drift that the recent median follows: even a drift that began a few
+    # sections into the wafer leaves enough sharp sections at the top of the memory.
     fines = _finite([p.fine for p in trusted])
     fine = (
-        max(statistics.median(fines[: cfg.history_sections]), statistics.median(fines))
+        max(statistics.median(fines[: cfg.history_sections]), _upper(fines))
         if fines
         else None
     )
