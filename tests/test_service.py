@@ -668,3 +668,55 @@ def test_a_rescan_queues_only_files_that_differ_from_the_ledger(
     write_tif(tiles[2], value=99, size=48)  # rewritten while unobserved
     assert rescan() == 1
     assert svc.changes.get_nowait().path == str(tiles[2])
+
+
+def _serial_wafer(out: Path, sections: range) -> None:
+    """Real tiles (synthetic tissue, shot noise), 2×2 positions; r1-c1 blurred in S_002."""
+    from focuswatch import synth
+
+    plan = synth.wafer_plan(
+        sections=4, rows=2, cols=2, blur_fraction=0.0, seed=5, out=out, size=384
+    )
+    plan = [
+        dataclasses.replace(t, defocus_sigma=3.0)
+        if (t.section, t.row, t.col) == ("002", 1, 1)
+        else t
+        for t in plan
+    ]
+    for s in sections:
+        synth.write_section([t for t in plan if int(t.section) == s], size=384, dose=30.0, seed=5)
+
+
+def _final_kinds(svc: Service) -> dict[tuple[str | None, int | None, int | None], str]:
+    rows = svc.ledger.connection.execute(
+        "SELECT v.section, v.row, v.col, r.verdict FROM versions v JOIN results r "
+        "ON r.version_id = v.id WHERE v.superseded = 0"
+    ).fetchall()
+    return {(s, r, c): k for s, r, c, k in rows}
+
+
+def test_a_wafer_fed_section_by_section_and_in_a_burst_gets_the_same_verdicts(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """Issue 10 item 5, end to end with MHFD: sections written one after another, and the
+    same wafer with its first sections written last, scored by two workers."""
+    kinds = []
+    for name, batches in (
+        ("by-section", [range(s, s + 1) for s in range(4)]),
+        ("burst", [range(2, 4), range(0, 2)]),
+    ):
+        (tmp_path / name).mkdir()
+        base = make_cfg(tmp_path / name, workers=2, patch_size=128, backend="cpu")
+        cfg = dataclasses.replace(base, state_dir=tmp_path / name / "state")
+        root = Path(cfg.watch.path or "")
+        svc, _ = make_service(cfg, score_fn=None, watch=False)
+        done = 0
+        for batch in batches:
+            _serial_wafer(root, batch)
+            done += 4 * len(batch)
+            svc.rescan_now()
+            turn_until(svc, lambda n=done: len(_final_kinds(svc)) == n, turns=2000)
+        kinds.append(_final_kinds(svc))
+    assert kinds[0] == kinds[1]
+    assert kinds[0]["002", 1, 1] == "out_of_focus"
+    assert sum(k == "out_of_focus" for k in kinds[0].values()) == 1
