@@ -715,7 +715,7 @@ def test_a_wafer_fed_section_by_section_and_in_a_burst_gets_the_same_verdicts(
             _serial_wafer(root, batch)
             done += 4 * len(batch)
             svc.rescan_now()
-            turn_until(svc, lambda n=done: len(_final_kinds(svc)) == n, turns=2000)
+            turn_until(svc, lambda s=svc, n=done: len(_final_kinds(s)) == n, turns=2000)
         kinds.append(_final_kinds(svc))
     assert kinds[0] == kinds[1]
     assert kinds[0]["002", 1, 1] == "out_of_focus"
