@@ -262,11 +262,7 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
     # against a drift that the recent median follows: even a drift that began a few
     # sections into the wafer leaves enough sharp sections at the top of the memory.
     fines = _finite([p.fine for p in trusted])
-    fine = (
-        max(statistics.median(fines[: cfg.history_sections]), _upper(fines))
-        if fines
-        else None
-    )
+    fine = max(statistics.median(fines[: cfg.history_sections]), _upper(fines)) if fines else None
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
     return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio)
 
