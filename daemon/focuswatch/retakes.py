@@ -130,6 +130,15 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             "SELECT max(version_id) FROM retakes WHERE section = ? AND position = ?",
             (section, position),
         ).fetchone()[0]
+        if newest == record.version_id and not kind.needs_retake:
+            # The same version's verdict was revised (focuswatch.judge: context that
+            # arrived late showed it in focus): it no longer needs a retake.
+            cur = conn.execute(
+                "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE "
+                "section = ? AND position = ? AND version_id = ? AND status IN (?, ?)",
+                (f"verdict revised: {v.reason}", now, section, position, newest, *_ACTIVE),
+            )
+            return cur.rowcount > 0
         if newest is not None and newest >= record.version_id:
             return False  # already applied, or a stale verdict of an older version
         if _judged_later(conn, record):
