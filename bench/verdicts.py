@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             t_score = time.perf_counter() - t0
             if args.keep:
                 cache.write_bytes(pickle.dumps((tiles, scores)))
+                truth = {str(t.path): [t.how, t.sigma, t.dose] for t in tiles}
+                (root / "truth.json").write_text(json.dumps(truth, indent=0))
         t0 = time.perf_counter()
         results = {
             name: run_order(order, scores, root / f"state-{i}", pcfg)

@@ -389,3 +389,21 @@ def test_fewer_features_with_the_fine_fraction_held_is_less_tissue_not_defocus()
     blur = decide(ev(0.5), cfg=CFG)
     assert blur.kind is VerdictKind.OUT_OF_FOCUS
     assert "fine-scale features lost, defocus" in blur.reason
+
+
+def test_a_tile_whose_every_feature_is_coarse_is_out_of_focus() -> None:
+    """A fine-scale fraction of 0 (σ 3 blur at 200 e/px on ISBI) is the signature of
+    defocus, not a missing one."""
+    v = decide(
+        Evidence(
+            45.5,
+            [[47.0, 59.0], [44.0, 35.0]],
+            0.1,
+            section_scores=[185.0, 161.0, 173.0, 140.0],
+            fine_fraction=0.0,
+            section_fine=[0.57, 0.56, 0.59, 0.58],
+        ),
+        cfg=CFG,
+    )
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "fine-scale features lost" in v.reason

@@ -195,7 +195,8 @@ def _finite(values: Sequence[float | None]) -> list[float]:
 
 
 def _fine(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
+    """A usable fine-scale fraction; 0 is one (every feature coarse: a blurred tile)."""
+    return float(value) if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 def _upper(values: Sequence[float]) -> float:
@@ -383,7 +384,7 @@ def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list
 
 def _fine_loss(ev: Evidence, ref: _Reference) -> float | None:
     fine = _fine(ev.fine_fraction)
-    if fine is None or ref.fine is None:
+    if fine is None or ref.fine is None or ref.fine <= 0:
         return None
     return 1.0 - fine / ref.fine
 
