@@ -32,6 +32,7 @@ Run: ``.venv/bin/python bench/verdicts.py`` (a few minutes on two CPU cores).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pickle
