@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from PIL import Image
 from structlog.testing import capture_logs
 
-from focuswatch import alerts, cli, config, outbox
+from focuswatch import alerts, cli, config, outbox, service
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
@@ -219,16 +219,21 @@ def test_public_names() -> None:
 
 
 def test_unparseable_url_is_a_config_error_with_its_key_path(tmp_path: Path) -> None:
-    """A malformed Slack URL is reported at load as alerts.urls[1], without its secret."""
+    """A malformed Slack URL is reported as alerts.urls[1], without its secret.
+
+    (``alerts.validate``: check-config and the service's start call it; config itself
+    imports no effect module.)
+    """
     data = {"alerts": {"urls": [SLACK_OK, "slack://T1JJ3T3L2/secret-token-xyz", "json://h/p"]}}
-    with pytest.raises(ConfigError) as err:
-        config.parse(data)
-    assert len(err.value.problems) == 1
-    problem = err.value.problems[0]
+    problems = alerts.validate(config.parse(data))
+    assert len(problems) == 1
+    problem = problems[0]
     assert "at 'alerts.urls[1]'" in problem
     assert "secret-token-xyz" not in problem
     good = {"alerts": {"urls": [SLACK_OK, "json://127.0.0.1:8080/hook"]}}
-    assert config.parse(good).alerts.urls[0] == SLACK_OK
+    assert alerts.validate(config.parse(good)) == []
+    with pytest.raises(ConfigError, match=r"at 'alerts\.urls\[1\]'"):
+        service.main(config.parse(data))  # the service refuses to start with it
 
 
 def test_check_config_reports_a_bad_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,11 +247,11 @@ def test_check_config_reports_a_bad_url(tmp_path: Path, capsys: pytest.CaptureFi
 def test_apprise_config_file_must_load_urls(tmp_path: Path) -> None:
     """alerts.apprise_config must exist and hold at least one usable URL."""
     missing = {"alerts": {"apprise_config": str(tmp_path / "none.yml")}}
-    with pytest.raises(ConfigError, match=r"at 'alerts\.apprise_config'"):
-        config.parse(missing)
+    (problem,) = alerts.validate(config.parse(missing))
+    assert "at 'alerts.apprise_config'" in problem
     good = tmp_path / "apprise.txt"
     good.write_text("json://127.0.0.1:9/hook\n")
-    assert config.parse({"alerts": {"apprise_config": str(good)}}).alerts.apprise_config == good
+    assert alerts.validate(config.parse({"alerts": {"apprise_config": str(good)}})) == []
 
 
 def test_redact_url_hides_passwords_and_tokens() -> None:

@@ -6,7 +6,10 @@ import csv
 import errno
 import io
 import json
+import os
 import sqlite3
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -323,3 +326,81 @@ def test_a_verdict_revised_to_in_focus_takes_its_tile_off_the_list(ledger: Ledge
     assert e.status == "dismissed"
     assert e.note == f"verdict revised: {revised.reason}"
     assert retakes.entries(ledger, only_open=True) == []
+
+
+OPERATORS_GID = 64999  # a group that only this test uses
+
+
+def _cli_as(uid: int, groups: list[int], args: list[str], out: Path) -> tuple[int, str, str]:
+    """``focuswatch ARGS`` run by another account: a forked child that drops root first.
+
+    (A new interpreter could not even start as that account: this checkout and its
+    Python live under folders only root may enter.)
+    """
+    stdout, stderr = out / f"out-{uid}-{len(groups)}", out / f"err-{uid}-{len(groups)}"
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        rc = 70
+        try:
+            os.setgroups(groups)
+            os.setgid(65534)
+            os.setuid(uid)
+            with stdout.open("w") as o, stderr.open("w") as e:
+                sys.stdout, sys.stderr = o, e
+                rc = cli.main(args)
+        finally:
+            os._exit(rc)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stdout.read_text(), stderr.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an operator account needs root")
+def test_an_operator_in_the_group_reads_the_list_and_is_told_what_writing_needs() -> None:
+    """State files are group-readable; a write command says in one line what it needs."""
+    with tempfile.TemporaryDirectory(prefix="focuswatch-operator-") as tree:
+        root = Path(tree)
+        root.chmod(0o755)
+        (outs := root / "outs").mkdir()
+        outs.chmod(0o777)
+        state = root / "state"
+        old = os.umask(0o027)  # the unit's UMask=
+        try:
+            state.mkdir()
+            led = Ledger.open(state, clock=Clock())
+            sink = sink_for(led)
+            sink.on_verdict(record(led, BAD, name="Tile_r1-c1_S_007", row=1, col=1))
+            sink.close()
+            led.close()
+        finally:
+            os.umask(old)
+        for p in [state, *state.iterdir()]:
+            os.chown(p, 0, OPERATORS_GID)
+        assert (state / "retakes.csv").stat().st_mode & 0o777 == 0o640
+        listing = ["retakes", "--state", str(state), "--format", "csv"]
+        rc, out, err = _cli_as(65534, [OPERATORS_GID], listing, outs)
+        assert rc == 0, err
+        assert "Tile_r1-c1_S_007" in out
+        dismiss = ["retakes", "dismiss", "1", "--note", "ok", "--state", str(state)]
+        rc, out, err = _cli_as(65534, [OPERATORS_GID], dismiss, outs)
+        assert rc == 1
+        assert len(err.strip().splitlines()) == 1, err
+        assert "run it as the service's user" in err
+        rc, out, err = _cli_as(65534, [], listing, outs)
+        assert rc == 1
+        assert "usermod -aG focuswatch" in err
+
+
+@pytest.mark.parametrize("written", ["7", "007", "S_007", "S_007_1752450056"])
+def test_section_filter_takes_the_section_however_it_is_written(
+    ledger: Ledger, written: str
+) -> None:
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD, section="007", name="Tile_r1-c2_S_007"))
+    sink.on_verdict(record(ledger, BAD, section="070", name="Tile_r1-c2_S_070"))
+    assert [e.section for e in retakes.entries(ledger, section=written)] == ["007"]
+
+
+def test_dismiss_help_names_the_state_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["retakes", "dismiss", "--help"])
+    assert "--state DIR" in capsys.readouterr().out

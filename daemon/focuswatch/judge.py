@@ -23,6 +23,7 @@ from typing import Any
 
 from focuswatch import policy
 from focuswatch.config import PolicyConfig
+from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger, TileVersion
 from focuswatch.policy import DefocusModel, Evidence
 from focuswatch.verdict import Verdict, VerdictKind
@@ -197,6 +198,8 @@ def judge(
             patch_fine=getattr(score, "patch_fine_fraction", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
+    except StateError:
+        raise  # the ledger, not the policy: the service's to handle
     except Exception as exc:  # a policy bug must not lose the score or stop the service
         error = repr(exc)
         verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
@@ -205,6 +208,8 @@ def judge(
     if created and error is None:
         try:
             revised = revise(ledger, v, cfg=cfg, calibration=calibration, decide=decide)
+        except StateError:
+            raise  # e.g. LedgerWriteError: the service holds the outcome and retries
         except Exception as exc:
             error = f"revising the tiles after it failed: {exc!r}"
     return Judged(verdict, created, revised, error)

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import structlog
 
+from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger
 
 __all__ = ["Alert", "Notifier", "Pending", "Sender", "backoff", "enqueue", "pending_count"]
@@ -161,7 +162,7 @@ class Sender:
                         if self._stop.is_set():
                             break
                         self._deliver(ledger, item)
-                except sqlite3.Error as exc:  # the ledger is busy or gone: next round
+                except (sqlite3.Error, StateError) as exc:  # busy, full or gone: next round
                     _log.error("alert_outbox_error", error=str(exc))
                     due = []
                 if not due:

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from focuswatch.config import Config
-from focuswatch.ledger import Ledger
+from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
@@ -204,9 +204,6 @@ def entries(
     """The retake list from the ledger, in section and position order."""
     where: list[str] = []
     args: list[Any] = []
-    if section is not None:
-        where.append("section = ?")
-        args.append(section)
     if only_open:
         where.append("status IN (?, ?)")
         args += list(_ACTIVE)
@@ -214,7 +211,12 @@ def entries(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY section, row, col, tile_name, id"
-    return [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+    found = [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+    if section is None:
+        return found
+    # However the section is written: '7', '007', 'S_007' or its folder 'S_007_1752450056'.
+    wanted = section_index(section)
+    return [e for e in found if e.section == section or section_index(e.section) == wanted]
 
 
 def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -318,6 +320,9 @@ def atomic_write(
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600 whatever the umask; the retake list is for the
+        # operators' group too (the unit's UMask=0027 gives 0640).
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f, data)
             f.flush()
@@ -332,6 +337,17 @@ def atomic_write(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _default_writer(path: Path, data: bytes) -> None:
