@@ -606,13 +606,12 @@ def spectral_level_noise(
         _second_difference_power(rx) * _second_difference_power(ry)
     )
     gy, gx = _gauss_rows(H, tuple(sigmas)), _gauss_rows(W, tuple(sigmas))
-    # Cross sums S[a, b] = Σ_ω G_a(ω)·G_b(ω)·P(ω) on each axis.
-    sy = (gy * _lag_spectrum(H, ry)) @ gy.T
-    sx = (gx * _lag_spectrum(W, rx)) @ gx.T
-    n = len(sigmas) - 1
-    i = np.arange(n)
-    j = i + 1
-    power = sy[i, i] * sx[i, i] - 2 * sy[i, j] * sx[i, j] + sy[j, j] * sx[j, j]
+    # Sums Σ_ω G_a(ω)·G_b(ω)·P(ω) on each axis for b = a and b = a + 1 (elementwise:
+    # a matrix product would start BLAS threads for a few thousand products).
+    py, px = _lag_spectrum(H, ry), _lag_spectrum(W, rx)
+    yy, xx = np.sum(gy * gy * py, axis=1), np.sum(gx * gx * px, axis=1)
+    yn, xn = np.sum(gy[:-1] * gy[1:] * py, axis=1), np.sum(gx[:-1] * gx[1:] * px, axis=1)
+    power = yy[:-1] * xx[:-1] - 2 * yn * xn + yy[1:] * xx[1:]
     out: np.ndarray[Any, Any] = np.asarray(sigmas[:-1]) * np.sqrt(
         np.clip(power, 0.0, None) * sigma2 / (H * W)
     )
