@@ -113,9 +113,11 @@ _RHO_RANGE = (-0.5, 0.75)
 _MAX_TAILS = 1.6
 #: Blocks (differenced lines × pixels along them) in which the correlation is measured.
 _CORR_BLOCK = (8, 64)
-#: The correlations are measured on every this many lines (1024²: ~33 000 pairs per
-#: lag in the quiet quarter, a standard error of ~0.006).
+#: The correlations are measured on every this many lines at least, and on about
+#: ``_CORR_LINES`` lines in all (1024²: every 16th, ~16 000 pairs per lag in the
+#: quiet quarter, a standard error of ~0.01).
 _CORR_STEP = 8
+_CORR_LINES = 64
 #: ...and the share of a block's pixels that may be clipped by the stretch.
 _CLIPPED_SHARE = 0.1
 #: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
@@ -504,33 +506,42 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     br, bc = _CORR_BLOCK
     none = (0.0,) * NOISE_LAGS
     across = 0 if axis == 1 else 1
-    if u.shape[across] < 4 + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
+    half = step // 2
+    if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
         return none
-    m = u.shape[across] - 4
+    m = u.shape[across] - 4 - half
 
-    def line(i: int) -> Any:
-        return u[i : i + m : step] if across == 0 else u[:, i : i + m : step]
+    def diff4(i: int) -> Any:
+        """The fourth difference [1, -4, 6, -4, 1] across, on the lines from ``i`` on
+        (every ``step``-th): cancels structure up to cubic across the lines, where a
+        second difference lets through twice as much of a sharp image's texture."""
 
-    # The fourth difference [1, -4, 6, -4, 1] across: cancels structure up to cubic
-    # across the lines, where a second difference lets through twice as much of a
-    # sharp image's texture.
-    e = line(0) + line(4) - 4 * (line(1) + line(3)) + 6 * line(2)
-    centre = line(2)
-    if across == 1:
-        # One transposed copy of each (an eighth of the image): the lag products
-        # below then run along contiguous rows.
-        e, centre = xp.ascontiguousarray(e.T), xp.ascontiguousarray(centre.T)
+        def line(j: int) -> Any:
+            return u[j : j + m : step] if across == 0 else u[:, j : j + m : step]
+
+        d = line(i) + line(i + 4) - 4 * (line(i + 1) + line(i + 3)) + 6 * line(i + 2)
+        # One transposed copy (an eighth of the image) for the y axis: the lag
+        # products below then run along contiguous rows.
+        return d if across == 0 else xp.ascontiguousarray(d.T)
+
+    e = diff4(0)
+    # The blocks are ranked on the lines half a step further on: the same structure,
+    # independent noise (ranked on the measured lines themselves, the quiet blocks
+    # would be those whose noise happens to be least correlated: ρ 0.47 for 0.5).
+    probe = diff4(half)
+    centre = u[2 : 2 + m : step] if across == 0 else xp.ascontiguousarray(u[:, 2 : 2 + m : step].T)
     n = e.shape[1] - NOISE_LAGS
     base = e[:, :n]
     clipped = _block_sums(((centre[:, :n] <= 0) | (centre[:, :n] >= 1)).astype(e.dtype), br, bc)
+    rank = _block_sums(probe[:, :n] * probe[:, :n], br, bc)
     energy = _block_sums(base * base, br, bc)
     ok = clipped <= _CLIPPED_SHARE * (br * bc)
     n_ok = int(xp.count_nonzero(ok))
     if n_ok < 4:
         return none
     # The quietest quarter of the unclipped blocks.
-    ranked = xp.sort(energy[ok])
-    quiet = ok & (energy <= ranked[max(n_ok // 4 - 1, 0)])
+    ranked = xp.sort(rank[ok])
+    quiet = ok & (rank <= ranked[max(n_ok // 4 - 1, 0)])
     e0 = float(xp.sum(energy[quiet]))
     if e0 <= 0:
         return none
@@ -551,13 +562,13 @@ def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]
     (``_immerkaer``).
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
-    correlations use lines ``_CORR_STEP`` apart.
+    correlations use ~``_CORR_LINES`` lines, at least ``_CORR_STEP`` apart.
     """
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2)
-    rx = _axis_correlation(u, backend, axis=1, step=_CORR_STEP)
-    ry = _axis_correlation(u, backend, axis=0, step=_CORR_STEP)
+    rx = _axis_correlation(u, backend, axis=1, step=max(_CORR_STEP, u.shape[0] // _CORR_LINES))
+    ry = _axis_correlation(u, backend, axis=0, step=max(_CORR_STEP, u.shape[1] // _CORR_LINES))
     return (*profile, *rx, *ry, tails)
 
 
