@@ -152,6 +152,22 @@ def test_exactly_one_result_per_version(led: Ledger) -> None:
     assert count == 1
 
 
+@dataclass
+class SignedScore(Score):
+    fine_fraction: float | None = None
+
+
+def test_result_keeps_the_scale_signature(led: Ledger) -> None:
+    """``TileScore.fine_fraction`` lands in the results row (NULL when there is none)."""
+    a, b = add(led, "/w/a.tif"), add(led, "/w/b.tif")
+    led.record_result(a, verdict=IN, score=SignedScore(10.0, fine_fraction=0.8))
+    led.record_result(b, verdict=IN, score=SignedScore(10.0))
+    ra, rb = led.result(a), led.result(b)
+    assert ra is not None
+    assert rb is not None
+    assert (ra["fine_fraction"], rb["fine_fraction"]) == (0.8, None)
+
+
 def test_unreadable_result_marks_version_failed_with_reason(led: Ledger) -> None:
     vid = add(led, "/w/bad.tif")
     led.record_result(vid, verdict=Verdict(VerdictKind.UNREADABLE, "not a TIFF"))
@@ -304,22 +320,6 @@ def test_known_paths_under_a_folder_reads_only_that_folder(led: Ledger) -> None:
     assert set(led.known_paths(under="/w/S_001")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
     assert set(led.known_paths(under="/w/S_001/")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
     assert len(led.known_paths()) == 4
-
-
-@dataclass
-class SignedScore(Score):
-    fine_fraction: float | None = None
-
-
-def test_result_keeps_the_scale_signature(led: Ledger) -> None:
-    """``TileScore.fine_fraction`` lands in the results row (NULL when there is none)."""
-    a, b = add(led, "/w/a.tif"), add(led, "/w/b.tif")
-    led.record_result(a, verdict=IN, score=SignedScore(10.0, fine_fraction=0.8))
-    led.record_result(b, verdict=IN, score=SignedScore(10.0))
-    ra, rb = led.result(a), led.result(b)
-    assert ra is not None
-    assert rb is not None
-    assert (ra["fine_fraction"], rb["fine_fraction"]) == (0.8, None)
 
 
 def _ledger_with_rows(state: Path, n: int = 400) -> Path:

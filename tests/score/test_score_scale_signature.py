@@ -28,9 +28,10 @@ def test_fine_levels_are_the_paper_levels_up_to_fine_sigma() -> None:
 def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
     isbi_dir: Path, mode: str, dose: float
 ) -> None:
-    """On real EM slices: a σ 2 px defocus takes the fine fraction down by a third or
-    more and σ 3 px by half, though it leaves about as many maxima as covering half the
-    tile with flat resin does; the half-resin tile keeps its fraction within 0.06."""
+    """On real EM slices: covering half the tile with flat resin and a σ 2 px defocus
+    both cost the count a quarter of its maxima or more (the count alone cannot tell
+    them apart), but only defocus moves the fine fraction: down by a quarter or more
+    at σ 2 px and by half at σ 3 px, while the half-resin tile keeps it within 0.06."""
     slices = synth.load_isbi(isbi_dir)
     for k in SLICES:
         clean = slices[k]
@@ -49,9 +50,9 @@ def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
         assert half.fine_fraction is not None
         assert blur2.fine_fraction is not None
         assert blur3.fine_fraction is not None
-        # Both lost about half the maxima or more ...
-        assert half.score < 0.65 * sharp.score, (k, half.score, sharp.score)
-        assert blur2.score < 0.4 * sharp.score, (k, blur2.score, sharp.score)
+        # Both lost a quarter of the maxima or more ...
+        assert half.score < 0.75 * sharp.score, (k, half.score, sharp.score)
+        assert blur2.score < 0.75 * sharp.score, (k, blur2.score, sharp.score)
         # ... but only defocus moved the signature.
         assert abs(half.fine_fraction - sharp.fine_fraction) < 0.06, (k, half, sharp)
         assert blur2.fine_fraction < 0.75 * sharp.fine_fraction, (k, blur2, sharp)

@@ -15,18 +15,25 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     The same scale space, DoG, maximum over scale and counting rule. What we
     changed, and why:
 
-    * **A noise floor per level.** With shot noise the fine DoG levels are noise,
-      and the paper's fixed contrast threshold counts noise maxima. Worse, the
-      stretch maps a blurred (low-contrast) tile's range to [0, 1], amplifying
-      its noise relative to the threshold, so the paper's count *rises* with
-      defocus at 10-30 e/px (bench/accuracy.py). We estimate the noise (Immerkær's
-      operator, median absolute deviation: insensitive to edges) at binnings 1,
-      2, 4, 8 and raise level i's threshold to ``k·n_i·g_i``: ``g_i`` the level's
-      exact gain for white noise (from its transfer function), ``n_i`` the
-      largest noise estimate at binnings ≤ σ_i (the binned estimates catch noise
-      correlated between neighbouring pixels, which hides from the finest
-      operator but not from coarse levels), k = 4 (a one-sided tail of ~3e-5
-      per pixel and level). Clean images keep the contrast threshold alone.
+    * **A noise floor per level, for the noise that is there.** With shot noise the
+      fine DoG levels are noise, and the paper's fixed contrast threshold counts
+      noise maxima. Worse, the stretch maps a blurred (low-contrast) tile's range
+      to [0, 1], amplifying its noise relative to the threshold, so the paper's
+      count *rises* with defocus at 10-30 e/px (bench/accuracy.py). Level i's
+      threshold is raised to ``k·n_i`` (k = 4: a one-sided tail of ~3e-5 per
+      pixel and level), ``n_i`` that level's noise standard deviation, predicted
+      from a noise model measured on the image (``mhfd.noise_model``): Immerkær's
+      robust noise level, the noise's autocorrelation at lags 1-3 along x (the
+      fast-scan axis) and along y, each measured after differencing across the
+      other axis (which removes structure but keeps the noise's correlation along
+      the lines) in the quietest blocks, and a tail factor for noise whose
+      variance changes from pixel to pixel (resampled images). ``n_i`` is the
+      level's transfer function's power under that separable spectrum, so noise
+      correlated along the scan line (a detector slower than the pixel rate) or
+      in 2-D (resampled, interpolated images) is held to its own level, not a
+      white-noise one; the white-noise estimates at binnings 2, 4, 8 (``n_i`` at
+      least the binned estimate × the white-noise gain) still bound the coarse
+      levels. Clean images keep the contrast threshold alone.
     * **A fixed contrast threshold.** The paper's threshold grows with sqrt(H·W)
       (an artefact of its orthonormal FFT units); we use its value at the paper's
       working size, 0.1024 of the stretched range, at every size, so patches and
@@ -46,7 +53,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     the coarse band's samples are refined to their peak height by a parabola
     and must not lie below the fine band around them; a fine maximum must not
     lie below the interpolated coarse band. The stretch percentiles and the
-    finest noise estimates are taken on a sparser sample. Ranks like exact mode
+    binning-2 noise estimate are taken on a sparser sample. Ranks like exact mode
     (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts
     run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
     fewer close pairs of maxima), so compare fast scores with fast scores.
