@@ -26,8 +26,10 @@ scores of its context and never on the order in which tiles arrived:
    ``policy.min_baseline`` has too few features to compare against.
 4. **Defocus or less tissue.** With a scale signature (``fine_fraction``: the share
    of features found at fine scales), defocus is a fine fraction ``fine_drop`` or
-   more below the baseline's; a lower score with the fine fraction held is less
-   tissue, said so in the reason and not alerted. Without one, a score
+   more below the baseline's (the higher of the recent median and the memory's upper
+   quartile of the trusted fractions; with no history, the section's median); a
+   lower score with the fine fraction held is less tissue, said so in the reason
+   and not alerted. Without one, a score
    ``drop_ratio`` below either baseline is out of focus.
 5. **Uncertain** when there is nothing trustworthy to compare with (first section,
    too little tissue, or far below the section's other tiles exactly as this
@@ -35,11 +37,15 @@ scores of its context and never on the order in which tiles arrived:
    alerted; its score is evidence for later sections like any unflagged one.
    ``score < policy.min_score`` is out of focus regardless.
 6. **Section-wide**: a tile out of focus together with ``section_wide_fraction`` of
-   the section's other judged tiles says so (an autofocus failure, not one tile).
+   the section's other tiles judged against their own positions says so (an
+   autofocus failure, not one tile; the reason starts with ``SECTION_WIDE``).
 7. **Partly out of focus** when the whole tile is fine but at least
-   ``policy.partial_min_patches`` patches lost ``partial_patch_drop`` or more of
-   their own score at this position in trusted sections, relative to the tile's
-   median change (a wrinkle, dirt, a tilted region).
+   ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
+   region): with a per-patch scale signature, a patch whose fine fraction is
+   ``2 × fine_drop`` below the tile's typical patch and significantly so for its
+   feature count (no history needed: within a tile the fraction does not follow the
+   tissue); without one, a patch that lost ``partial_patch_drop`` or more of its own
+   score at this position in trusted sections, relative to the tile's median change.
 8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
