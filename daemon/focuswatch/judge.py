@@ -9,9 +9,10 @@ One step that the service and the verdict bench both call (``judge``)::
 A verdict is a function of the scores in its context, never of arrival order: a
 tile whose earlier section arrives late (written before its folder was watched, a
 burst scored out of order, a section's other tiles still on their way) is decided
-again when that score lands, and its result is updated (and marked undelivered, so
-the sinks see the new verdict). Revisions go in section order, so the state after
-the last tile is the one a section-by-section feed reaches.
+again when that score lands, and its result is updated; when that changes whether
+the tile needs a retake, the result is marked undelivered and handed to the sinks
+again (alerts, retake list). Revisions go in section order, so the state after the
+last tile is the one a section-by-section feed reaches.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def revise(
 
     def push(ids: list[int]) -> None:
         for vid in ids:
-            if vid != v.id and vid not in queued:
+            if vid not in queued:  # v itself too: a revised peer is context for it
                 w = ledger.get(vid)
                 heapq.heappush(heap, (w.section_index if w.section_index is not None else -1, vid))
                 queued.add(vid)
@@ -165,7 +166,7 @@ def revise(
         what = ledger.revise_verdict(vid, verdict)
         if what is not None:
             push(_affected(ledger, w))
-        if what == "retake":
+        if what == "retake" and vid not in changed:
             changed.append(vid)
     return changed
 
