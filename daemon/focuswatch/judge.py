@@ -49,6 +49,9 @@ class Judged:
     created: bool
     revised: list[int]
     error: str | None = None
+    #: The ledger could not be written while revising (e.g. a full disk): the verdict
+    #: is recorded; the caller hands it on, then raises this.
+    revise_error: StateError | None = None
 
 
 def _fine(score: Any) -> float | None:
@@ -95,12 +98,13 @@ def evidence(
     )
 
 
-def _stored_evidence(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> Evidence | None:
+def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence, str] | None:
+    """The evidence for a judged version, and the gist of its recorded verdict."""
     r = ledger.result(v.id)
     if r is None or r["score"] is None or r["verdict"] is None:
         return None
     fine = r.get("fine_fraction")
-    return evidence(
+    ev = evidence(
         ledger,
         v,
         score=float(r["score"]),
@@ -110,6 +114,16 @@ def _stored_evidence(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> Evide
         cfg=cfg,
         patch_fine=r.get("patch_fine_fraction"),
     )
+    return ev, _gist(str(r["verdict"]), r["reason"] or "")
+
+
+def _gist(kind: str, reason: str) -> str:
+    """What a revision must change to be written: the kind, and whether it is section-wide.
+
+    A reason that only words the same conclusion against more context (one more peer
+    in a section's median) is not worth a write per tile per peer.
+    """
+    return f"{kind} {reason.startswith(policy.SECTION_WIDE)}"
 
 
 def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
@@ -134,7 +148,8 @@ def revise(
 ) -> list[int]:
     """Decide again the verdicts whose context ``v``'s score is part of.
 
-    Every change is recorded; returns the versions whose need for a retake changed
+    A changed kind (or section-wide naming) is recorded, not a reworded reason;
+    returns the versions whose need for a retake changed
     (for the sinks: alerts and the retake list), in the order they were revised. A
     changed verdict is itself context for others: they are decided again in turn,
     lowest section first.
@@ -159,15 +174,16 @@ def revise(
         w = ledger.get(vid)
         if w.superseded:
             continue
-        ev = _stored_evidence(ledger, w, cfg)
-        if ev is None:
+        stored = _stored(ledger, w, cfg)
+        if stored is None:
             continue
+        ev, gist = stored
         verdict = decide(ev, cfg=cfg, calibration=calibration)
-        what = ledger.revise_verdict(vid, verdict)
-        if what is not None:
-            push(_affected(ledger, w))
-        if what == "retake" and vid not in changed:
+        if _gist(str(verdict.kind), verdict.reason) == gist:
+            continue  # the same conclusion: nothing for others' context either
+        if ledger.revise_verdict(vid, verdict) and vid not in changed:
             changed.append(vid)
+        push(_affected(ledger, w))
     return changed
 
 
@@ -206,11 +222,12 @@ def judge(
         verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
     created = ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
     revised: list[int] = []
+    revise_error = None
     if created and error is None:
         try:
             revised = revise(ledger, v, cfg=cfg, calibration=calibration, decide=decide)
-        except StateError:
-            raise  # e.g. LedgerWriteError: the service holds the outcome and retries
+        except StateError as exc:  # e.g. LedgerWriteError: after v's own verdict is out
+            revise_error = exc
         except Exception as exc:
             error = f"revising the tiles after it failed: {exc!r}"
-    return Judged(verdict, created, revised, error)
+    return Judged(verdict, created, revised, error, revise_error)

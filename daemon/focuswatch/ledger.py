@@ -787,32 +787,35 @@ class Ledger:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def revise_verdict(self, version_id: int, verdict: Verdict) -> str | None:
+    def revise_verdict(self, version_id: int, verdict: Verdict) -> bool:
         """Replace a scored version's verdict (its context changed).
 
-        Returns None when nothing changed, ``"reason"`` when the verdict still asks
-        the same of the operator (only its kind among those needing no retake, its
-        wording or its baseline changed), ``"retake"`` when whether the tile needs a
-        retake changed: then the result is also marked undelivered in the same
-        transaction, so the sinks see it (replayed at the next start if need be).
+        True when that changed whether the tile needs a retake: then the result is
+        also marked undelivered in the same transaction, so the sinks see it
+        (replayed at the next start if need be).
         """
-        new = (str(verdict.kind), verdict.reason, verdict.baseline, verdict.defocus_um)
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT verdict, reason, baseline, defocus_um FROM results "
-                "WHERE version_id = ? AND score IS NOT NULL",
+                "SELECT verdict FROM results WHERE version_id = ? AND score IS NOT NULL",
                 (version_id,),
             ).fetchone()
-            if row is None or tuple(row) == new:
-                return None
+            if row is None:
+                return False
             was = VerdictKind(row[0]).needs_retake if row[0] is not None else False
-            changed = "retake" if was != verdict.kind.needs_retake else "reason"
+            retake = was != verdict.kind.needs_retake
             conn.execute(
                 "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ?, "
                 "delivered = delivered * ? WHERE version_id = ?",
-                (*new, 0 if changed == "retake" else 1, version_id),
+                (
+                    str(verdict.kind),
+                    verdict.reason,
+                    verdict.baseline,
+                    verdict.defocus_um,
+                    0 if retake else 1,
+                    version_id,
+                ),
             )
-            return changed
+            return retake
 
     # -- meta and status ---------------------------------------------------------------
 

@@ -623,6 +623,10 @@ class Service:
                 reason=r.verdict.reason,
             )
             self._deliver(vid)
+        if judged.revise_error is not None:
+            # The tile's own verdict is recorded and delivered; the tiles it is context
+            # for keep theirs until a later tile revises them (the ledger is the fault).
+            raise judged.revise_error
 
     def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
         created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
