@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck check bench clean
+.PHONY: venv demo test check lint typecheck bench clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,14 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/focuswatch demo
 
+# The whole suite: what CI runs.
 test: venv lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The edit loop: lint, types and the fast tests (no Dask clusters, no whole-service
+# subprocesses, no demo; those are marked slow).
+check: venv lint typecheck
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

@@ -5,6 +5,7 @@
 * ``tmp_wafer``: writes a small synthetic ATLAS wafer (real TIFF files with
   FibicsXML) and returns ``(folder, tiles)`` with the truth for every tile.
 * ``synth_tile``: writes one synthetic tile with a chosen defocus.
+* ``make_service``: a started in-process service with a recording sink (``servicekit``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import structlog
 
 from focuswatch import synth
+from servicekit import make_service  # noqa: F401  (a fixture: the service in-process)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -54,9 +54,57 @@ def test_check_config_reports_problems_and_exits_2(
 
 
 def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    # A template: its watch folder (/data/atlas) is on the microscope's PC, not here.
     example = Path(__file__).parent.parent / "config" / "focuswatch.toml"
-    assert cli.main(["check-config", str(example)]) == 0
+    assert cli.main(["check-config", "--syntax-only", str(example)]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_checks_what_run_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folders and the calibration file, all at once; `run` refuses the same."""
+    example = Path(__file__).parent.parent / "config" / "focuswatch.toml"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text(
+        f"state_dir = '{afile}/state'\n[watch]\npath = '{tmp_path}/nowhere'\n"
+        f"[policy]\ncalibration = '{tmp_path}/nocal.json'\n"
+    )
+    assert cli.main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "at 'watch.path': folder" in err
+    assert "does not exist" in err
+    assert "at 'state_dir'" in err
+    assert "at 'policy.calibration'" in err
+    assert cli.main(["check-config", str(example), "--watch", str(afile)]) == 2
+    assert f"at 'watch.path': '{afile}' is a file, not a folder" in capsys.readouterr().err
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    args = ["check-config", str(example), "--watch", str(watch), "--state", str(tmp_path / "s")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out
+    assert "not checked here: alert endpoints answering" in out
+    assert not (tmp_path / "s").exists()  # checked, not created
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[watch]\nquiet_s = nan\n", "watch.quiet_s"),
+        ("[scoring]\ntile_timeout_s = inf\n", "scoring.tile_timeout_s"),
+        ("[watch]\ninclude = []\n", "watch.include"),
+    ],
+)
+def test_check_config_refuses_nan_infinity_and_no_patterns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, where: str
+) -> None:
+    path = tmp_path / "fw.toml"
+    path.write_text(text)
+    assert cli.main(["check-config", "--syntax-only", str(path)]) == 2
+    assert f"at '{where}'" in capsys.readouterr().err
 
 
 def test_missing_config_file_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
@@ -120,7 +168,7 @@ def test_check_config_prints_alert_urls_redacted(
         '  "mailto://user:hunter2@127.0.0.1:25?from=a@b.org&to=c@d.org",\n]\n',
         encoding="utf-8",
     )
-    assert cli.main(["check-config", str(path)]) == 0
+    assert cli.main(["check-config", "--syntax-only", str(path)]) == 0
     out = capsys.readouterr().out
     assert "urls = [" in out
     assert "TIiajkdnlazkcOXrIdevi7FQ" not in out

@@ -24,12 +24,11 @@ from fake_cupy import HAS_GPU
 from focuswatch.cluster import (
     DaskExecutor,
     TaskResult,
-    _Restarts,
-    _Throughput,
     connect,
     default_score_fn,
     run_task,
 )
+from focuswatch.cluster.executor import _Restarts, _Throughput
 from focuswatch.config import parse
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Job, Outcome
@@ -37,6 +36,9 @@ from focuswatch.gpu import score_path_gpu
 from focuswatch.scoring import ScoreSettings, TileScore, score_path
 from loopback import local_cluster
 from pipeline_jobs import fake_score
+
+# Real multi-process Dask clusters on 127.0.0.1: seconds per test (make check skips them).
+pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
 

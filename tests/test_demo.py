@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The whole demo end to end (make check skips it).
+pytestmark = pytest.mark.slow
+
 
 def test_demo_shows_verdicts_alerts_a_closed_retake_and_the_list(tmp_path: Path) -> None:
     result = subprocess.run(

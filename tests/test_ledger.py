@@ -11,7 +11,7 @@ import pytest
 
 from focuswatch import ledger as ledger_mod
 from focuswatch.errors import StateError
-from focuswatch.ledger import MIGRATIONS, Ledger, section_index
+from focuswatch.ledger import DB_NAME, MIGRATIONS, Ledger, damage, section_index, set_aside
 from focuswatch.verdict import Verdict, VerdictKind
 
 IN = Verdict(VerdictKind.IN_FOCUS, "sharp")
@@ -286,7 +286,9 @@ def test_public_names() -> None:
         "MIGRATIONS",
         "STATES",
         "TileVersion",
+        "damage",
         "section_index",
+        "set_aside",
     ]
 
 
@@ -308,3 +310,79 @@ def test_known_paths_under_a_folder_reads_only_that_folder(led: Ledger) -> None:
     assert set(led.known_paths(under="/w/S_001")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
     assert set(led.known_paths(under="/w/S_001/")) == {"/w/S_001/a.tif", "/w/S_001/sub/b.tif"}
     assert len(led.known_paths()) == 4
+
+
+def _ledger_with_rows(state: Path, n: int = 400) -> Path:
+    ledger = Ledger.open(state)
+    for i in range(n):
+        ledger.add_version(
+            f"/w/S_{i:03d}/Tile_r1-c1_{i:06d}_{'x' * 60}.tif", size=i, mtime_ns=i, tile_name=f"t{i}"
+        )
+    ledger.close()
+    return state / DB_NAME
+
+
+def test_a_ledger_with_a_damaged_page_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    db = _ledger_with_rows(tmp_path)
+    pages = db.stat().st_size // 4096
+    assert pages > 4
+    with db.open("r+b") as f:  # garbage over a page in the middle
+        f.seek((pages // 2) * 4096)
+        f.write(b"\xa5" * 4096)
+    before = db.read_bytes()
+    for readonly in (False, True):  # the service, and ``status`` beside it
+        with pytest.raises(StateError, match=r"is damaged: .*--reset-ledger"):
+            Ledger.open(tmp_path, readonly=readonly)
+    assert db.read_bytes() == before  # nothing was changed
+
+
+def test_an_empty_ledger_file_is_damage_not_a_new_ledger(tmp_path: Path) -> None:
+    """Taken for a new ledger, it would have every tile scored and alerted again."""
+    (tmp_path / DB_NAME).write_bytes(b"")
+    with pytest.raises(StateError, match=r"empty \(0 bytes\)"):
+        Ledger.open(tmp_path)
+    assert (tmp_path / DB_NAME).stat().st_size == 0
+
+
+def test_set_aside_moves_only_a_damaged_ledger(tmp_path: Path) -> None:
+    _ledger_with_rows(tmp_path, n=3)
+    with pytest.raises(StateError, match="is healthy"):
+        set_aside(tmp_path)
+    (tmp_path / DB_NAME).write_bytes(b"not a database, just text" * 200)
+    aside = set_aside(tmp_path, clock=lambda: 0.0)
+    assert aside is not None
+    assert aside.name.startswith(f"{DB_NAME}.damaged-")
+    assert aside.read_bytes().startswith(b"not a database")
+    assert not (tmp_path / DB_NAME).exists()
+    fresh = Ledger.open(tmp_path)
+    assert fresh.counts()["ready"] == 0
+    fresh.close()
+
+
+def test_a_new_ledger_appears_whole_by_rename(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "state")
+    ledger.close()
+    assert sorted(p.name for p in (tmp_path / "state").iterdir() if "new" in p.name) == []
+    assert damage(tmp_path / "state" / DB_NAME) is None
+
+
+def test_a_bug_in_sql_is_not_taken_for_a_full_disk(tmp_path: Path) -> None:
+    """Only storage faults (full, read-only, I/O, busy) are waited out; a bad statement
+    raises as itself, or the service would retry it forever."""
+    ledger = Ledger.open(tmp_path)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="no such column"),
+        ledger.transaction() as conn,
+    ):
+        conn.execute("UPDATE versions SET nosuchcolumn = 1")
+    ledger.close()
+
+
+def test_only_a_corrupt_file_is_called_damaged(tmp_path: Path) -> None:
+    """A ledger SQLite cannot open for another reason (no permission, no space for its
+    index) is not damaged, so nobody is told to reset it."""
+    _ledger_with_rows(tmp_path, n=3)
+    db = tmp_path / DB_NAME
+    assert damage(db) is None
+    db.write_bytes(b"SQLite format 3\x00" + b"\x01" * 200)
+    assert damage(db) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import tracemalloc
@@ -136,8 +137,9 @@ def test_constant_tile_is_a_tile_error_saying_no_signal(tmp_path: Path) -> None:
 
 
 def test_nan_tile_is_a_tile_error(tmp_path: Path) -> None:
-    image = np.random.default_rng(0).random((128, 128)).astype(np.float32)
-    image[3, 4] = np.nan
+    # Only a tile with no finite pixel: a few NaN pixels are left out, not the tile
+    # (test_a_few_nan_pixels_cost_a_few_features_not_the_tile).
+    image = np.full((128, 128), np.nan, np.float32)
     path = write(tmp_path / "nan.tif", image)
     with pytest.raises(TileError, match="NaN"):
         score_path(path, CPU)
@@ -248,3 +250,24 @@ def test_cli_score_takes_its_defaults_from_the_config_file(
     assert "patches 2x2" in first  # patch_size 64 from the file
     assert "numpy" in first
     assert "(mhfd, fast)" in second
+
+
+def test_a_few_nan_pixels_cost_a_few_features_not_the_tile(tmp_path: Path) -> None:
+    """The finite pixels are scored; the count of those that were not is in the meta."""
+    rng = np.random.default_rng(3)
+    image = synth.neuropil((640, 640), rng=rng).astype(np.float32)  # 1.6 MB: can stream
+    clean = tmp_path / "clean.tif"
+    tifffile.imwrite(clean, image)
+    holed = image.copy()
+    holed[10, 10] = np.nan
+    holed[100:102, 50:55] = np.inf
+    path = tmp_path / "holed.tif"
+    tifffile.imwrite(path, holed)
+    settings = ScoreSettings(backend="cpu")
+    ref = score_path(clean, settings)
+    got = score_path(path, settings)
+    assert got.meta.nonfinite_pixels == 11
+    assert ref.meta.nonfinite_pixels == 0
+    assert abs(got.score - ref.score) <= 0.02 * ref.score
+    streamed = score_path(path, dataclasses.replace(settings, memory_limit_mb=1))
+    assert streamed.meta.nonfinite_pixels == 11

@@ -28,95 +28,14 @@ from focuswatch.config import ClusterConfig, Config, ScoringConfig, WatchConfig
 from focuswatch.errors import BackendError, ConfigError, StateError
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger
-from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind
 from focuswatch.watch import Change
 from focuswatch.worker import LocalExecutor
 from pipeline_jobs import fake_score, read_score, read_score_unprivileged
+from servicekit import RecordingSink, make_cfg, turn_until, write_tif
 
 BURST = int(os.environ.get("FOCUSWATCH_BURST_TILES", "2000"))
-
-
-class RecordingSink:
-    """A real sink that remembers what it was given."""
-
-    def __init__(self) -> None:
-        self.records: list[VerdictRecord] = []
-        self.ticks = 0
-        self.closed = False
-
-    def on_verdict(self, record: VerdictRecord) -> None:
-        self.records.append(record)
-
-    def tick(self, now: float) -> None:
-        self.ticks += 1
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def make_cfg(tmp_path: Path, *, observer: str = "inotify", **scoring: Any) -> Config:
-    watch = tmp_path / "watch"
-    watch.mkdir(exist_ok=True)
-    sc = {"tile_timeout_s": 1.0, "max_attempts": 2, "queue_size": 8, "workers": 1} | scoring
-    return Config(
-        state_dir=tmp_path / "state",
-        watch=WatchConfig(
-            path=watch,
-            observer=observer,
-            poll_interval_s=0.05,
-            quiet_s=0.1,
-            incomplete_timeout_s=30.0,
-            rescan_interval_s=3600.0,
-        ),
-        scoring=ScoringConfig(**sc),
-    )
-
-
-def write_tif(path: Path, *, value: int = 0, size: int = 32) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(value)
-    tifffile.imwrite(path, rng.integers(0, 255, (size, size), dtype=np.uint8))
-    return path
-
-
-def turn_until(svc: Service, done: Callable[[], bool], *, turns: int = 600) -> None:
-    for _ in range(turns):
-        if done():
-            return
-        svc.turn(0.05)
-    raise AssertionError("condition not reached within the turn budget")
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, RecordingSink]]]:
-    made: list[Service] = []
-
-    def make(
-        cfg: Config | None = None,
-        *,
-        score_fn: Any = fake_score,
-        watch: bool = True,
-        notifier_env: dict[str, str] | None = None,
-        **kw: Any,
-    ) -> tuple[Service, RecordingSink]:
-        sink = RecordingSink()
-        svc = Service(
-            cfg or make_cfg(tmp_path),
-            sinks=[sink],
-            builtin_sinks=False,
-            score_fn=score_fn,
-            notifier=Notifier(env=notifier_env or {}),
-            **kw,
-        )
-        made.append(svc)
-        svc.start(watch=watch)
-        return svc, sink
-
-    yield make
-    for svc in made:
-        svc.stop(grace_s=0.5)
 
 
 def results_per_version(state: Path) -> dict[str, int]:
@@ -353,6 +272,7 @@ class CountingExecutor:
         self.inner.close()
 
 
+@pytest.mark.slow
 def test_burst_of_tiles_all_scored_once_with_bounded_in_flight(
     tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:
@@ -423,15 +343,11 @@ def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: 
         signal.signal(signal.SIGTERM, previous)
     assert in_handler == []
     assert received == [signal.SIGTERM]
-    events: list[tuple[str, dict[str, Any]]] = []
-    svc = Service(
-        make_cfg(tmp_path),
-        builtin_sinks=False,
-        score_fn=fake_score,
-        on_event=lambda name, fields: events.append((name, fields)),
-    )
-    svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
-    assert ("stop_requested", {"signal": "SIGTERM"}) in events
+    svc = Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    with structlog.testing.capture_logs() as logs:
+        svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
+    (said,) = [e for e in logs if e["event"] == "stop_requested"]
+    assert said["signal"] == "SIGTERM"
     assert svc.stopped
 
 
@@ -625,10 +541,12 @@ def test_run_on_the_gpu_without_one_fails_at_start_with_one_line(
 
 def test_public_names() -> None:
     assert sorted(service_mod.__all__) == [
+        "NOT_CHECKED",
         "Service",
         "Sink",
         "build_executor",
         "main",
+        "preflight",
     ]
 
 

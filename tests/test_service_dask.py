@@ -22,6 +22,9 @@ from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from loopback import local_cluster
 
+# The service on a real Dask cluster: seconds per test (make check skips them).
+pytestmark = pytest.mark.slow
+
 distributed = pytest.importorskip("distributed")
 
 DEADLINE_S = 20.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -142,3 +143,20 @@ def test_status_command_line(tmp_path: Path) -> None:
 
 def test_public_names() -> None:
     assert sorted(status.__all__) == ["format_text", "main", "summary"]
+
+
+def test_hostile_names_are_shown_escaped_in_status_lines(tmp_path: Path) -> None:
+    """A newline or an escape code in a file name cannot break or colour a status line."""
+    ledger = Ledger.open(tmp_path)
+    for name in ("Tile_r1-c1_\n\x1b[31mred.tif", os.fsdecode(b"Tile_r1-c2_\xe9.tif")):
+        vid, _ = ledger.add_version(f"/w/S_001/{name}", size=1, mtime_ns=1, tile_name=name)
+        ledger.record_result(vid, verdict=Verdict(VerdictKind.UNREADABLE, f"cannot read {name}"))
+    ledger.close()
+    text = status.format_text(status.summary(Config(state_dir=tmp_path)))
+    assert "\x1b" not in text
+    assert "\\x1b[31mred.tif" in text
+    assert "Tile_r1-c2_\\xe9.tif" in text
+    # The newline in the name is shown as \n: the name stays on one line.
+    assert [ln for ln in text.splitlines() if "Tile_r1-c1_" in ln] == [
+        ln for ln in text.splitlines() if "red.tif" in ln
+    ]

@@ -44,7 +44,9 @@ def test_unit_is_hardened() -> None:
         "CapabilityBoundingSet": "",
     }.items():
         assert svc.get(key) == value, key
-    assert "ReadOnlyPaths" in svc  # the watch folder is only read
+    # The watch folder is only read: ReadOnlyPaths= for it comes with the drop-in made
+    # from the configuration (test_dropin_...), never edited into this file.
+    assert "ReadOnlyPaths" not in svc
     assert "PrivateDevices" not in svc  # would hide /dev/nvidia* from CuPy
 
 
@@ -72,3 +74,71 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
     ours = [line for line in result.stderr.splitlines() if "focuswatch" in line]
     assert result.returncode == 0, result.stderr
     assert ours == []
+
+
+def _dropin(tmp_path: Path, *args: str) -> dict[str, dict[str, str]]:
+    out = tmp_path / "out.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "focuswatch", "unit-dropin", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out.write_text(done.stdout)
+    parser = configparser.RawConfigParser(strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(done.stdout)
+    return {name: dict(parser[name]) for name in parser.sections()}
+
+
+def test_dropin_follows_the_configured_watch_folder_on_a_share(tmp_path: Path) -> None:
+    """The watch folder is set once, in the config; the unit's drop-in is made from it."""
+    config = tmp_path / "fw.toml"
+    config.write_text("state_dir = '/var/lib/focuswatch'\n[watch]\npath = '/mnt/atlas share'\n")
+    unit = _dropin(tmp_path, "--config", str(config))
+    assert unit["Unit"]["RequiresMountsFor"] == '"/mnt/atlas share" /var/lib/focuswatch'
+    assert unit["Service"]["ReadOnlyPaths"] == '"/mnt/atlas share"'
+    assert "ProtectHome" not in unit["Service"]
+    assert "ReadWritePaths" not in unit["Service"]
+
+
+def test_dropin_opens_home_read_only_for_a_watch_folder_there(tmp_path: Path) -> None:
+    """ProtectHome=yes would hide a watch folder under /home without a word."""
+    unit = _dropin(tmp_path, "--watch", "/home/op/atlas", "--state", "/srv/focuswatch")
+    assert unit["Service"]["ProtectHome"] == "read-only"
+    assert unit["Service"]["ReadOnlyPaths"] == "/home/op/atlas"
+    assert unit["Service"]["ReadWritePaths"] == "/srv/focuswatch"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_systemd_analyze_verify_accepts_the_unit_with_its_dropin(tmp_path: Path) -> None:
+    entry = Path(sys.executable).parent / "focuswatch"
+    unit = tmp_path / "focuswatch.service"
+    text = UNIT.read_text(encoding="utf-8").replace("/opt/focuswatch/bin/focuswatch", str(entry))
+    (watch := tmp_path / "watch").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", str(watch)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # verify reads one file: the unit with its drop-in's lines in their sections.
+    dropin = configparser.RawConfigParser(strict=False)
+    dropin.optionxform = str  # type: ignore[assignment,method-assign]
+    dropin.read_string(done.stdout)
+    for section in ("Unit", "Service"):
+        extra = "".join(f"{k}={v}\n" for k, v in dropin[section].items())
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{extra}", 1)
+    unit.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "focuswatch" in line] == []

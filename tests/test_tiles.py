@@ -681,6 +681,7 @@ def test_public_names() -> None:
         "TileMeta",
         "TileReader",
         "open_tile",
+        "os_reason",
         "parse_tile_name",
         "read_meta",
         "read_tile",

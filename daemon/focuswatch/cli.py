@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch import __version__, config, logs
-from focuswatch.backend import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, NotBuiltError
+from focuswatch.choices import BACKEND_NAMES
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score what is in the folder now, then exit (no watching)",
     )
+    p.add_argument(
+        "--reset-ledger",
+        action="store_true",
+        help="the ledger is damaged: keep it aside (focuswatch.db.damaged-TIME) and start "
+        "a new one; every tile in the watch folder is then scored and alerted again",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -195,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
     p.add_argument("--format", choices=["text", "csv", "json"], default="text")
-    p.add_argument("--section", metavar="S", help="only this section")
+    p.add_argument(
+        "--section",
+        metavar="S",
+        help="only this section, however written: 7, 007, S_007 or its folder name",
+    )
     p.add_argument("--open", action="store_true", help="only entries still to re-image")
     rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
     d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
@@ -204,7 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--note", required=True, type=_nonblank, help="why it is dismissed (kept in the list)"
     )
     d.add_argument(
-        "--state", type=Path, metavar="DIR", dest="dismiss_state", help=argparse.SUPPRESS
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
+    )
+    r = rsub.add_parser("reopen", help="put a dismissed or fixed entry back on the list")
+    r.add_argument("id", type=_int_at_least(1), metavar="ID")
+    r.add_argument(
+        "--note", required=True, type=_nonblank, help="why it is reopened (kept in its history)"
+    )
+    r.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
     )
     _add_config_args(p)
 
@@ -223,10 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check-config",
         help="validate a configuration file and report every problem",
-        description="Check a TOML configuration file. Prints every problem with its key "
-        "path and exits 1, or prints the effective configuration and exits 0.",
+        description="Check a TOML configuration file and everything `run` checks before "
+        "it starts (watch and state folders, calibration file, GPU). Prints every problem "
+        "with its key path and exits 2, or prints the effective configuration and exits 0.",
     )
     p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--watch", type=Path, metavar="DIR", help="check with this watch folder")
+    p.add_argument("--state", type=Path, metavar="DIR", help="check with this state folder")
+    p.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="check only the file's keys and values, not the folders it names (a template)",
+    )
+
+    p = sub.add_parser(
+        "unit-dropin",
+        help="print the systemd drop-in for this configuration's folders",
+        description="Prints the drop-in that fits the systemd unit to the folders in the "
+        "configuration (RequiresMountsFor=, ReadOnlyPaths=, ProtectHome= for a folder under "
+        "/home). Install it with: focuswatch unit-dropin --config FILE | sudo tee "
+        "/etc/systemd/system/focuswatch.service.d/folders.conf",
+    )
+    p.add_argument("--watch", type=Path, metavar="DIR", help="the folder the microscope writes")
+    p.add_argument("--state", type=Path, metavar="DIR", help="the service's state folder")
+    _add_config_args(p)
 
     p = sub.add_parser(
         "demo",
@@ -283,6 +331,8 @@ def _settings(args: argparse.Namespace) -> config.Config:
     elif args.command == "demo" and args.log_level is None:
         # The demo prints what an operator sees; service logs would only bury it.
         overrides["logging.level"] = "error"
+    elif args.command == "unit-dropin":
+        overrides |= {"watch.path": args.watch, "state_dir": args.state}
     elif args.command in ("status", "retakes"):
         overrides["state_dir"] = args.state or getattr(args, "dismiss_state", None)
     cfg = config.with_overrides(cfg, overrides)
@@ -290,17 +340,37 @@ def _settings(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from focuswatch import alerts, service
+
+    cfg = config.load(args.file)
+    if args.syntax_only:
+        problems = alerts.validate(cfg)  # a URL apprise cannot parse is a bad value
+    else:
+        cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
+        problems = service.preflight(cfg)
+    if problems:
+        raise ConfigError([f"{args.file}: {p}" for p in problems])
+    print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
+    if not args.syntax_only:
+        print("# not checked here: " + "; ".join(service.NOT_CHECKED))
+    print(config.describe(cfg, redact_url=alerts.redact_url))
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
-        cfg = config.load(args.file)
-        print(f"{args.file}: OK")
-        print(config.describe(cfg))
-        return EXIT_OK
+        return _check_config(args)
     cfg = _settings(args)
     if args.command == "run":
         from focuswatch import service
 
-        return service.main(cfg, once=args.once)
+        return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
+    if args.command == "unit-dropin":
+        from focuswatch import unit
+
+        print(unit.dropin(cfg), end="")
+        return EXIT_OK
     if args.command == "score":
         from focuswatch import scoring
 
@@ -332,6 +402,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.retakes_action == "dismiss":
             return retakes.dismiss_main(cfg, args.id, note=args.note)
+        if args.retakes_action == "reopen":
+            return retakes.reopen_main(cfg, args.id, note=args.note)
         return retakes.list_main(cfg, fmt=args.format, section=args.section, only_open=args.open)
     if args.command == "status":
         from focuswatch import status
@@ -362,14 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except NotBuiltError as exc:
-        print(f"focuswatch {args.command}: not built yet: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except LedgerWriteError as exc:
+        print(
+            f"focuswatch {args.command}: {exc}; this command changes the ledger: run it as "
+            "the service's user (sudo -u focuswatch focuswatch ...), which can write the "
+            "state folder",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE

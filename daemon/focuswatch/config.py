@@ -10,6 +10,7 @@ object the rest of the service sees.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -18,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focuswatch.backend import BACKEND_NAMES
+from focuswatch.choices import BACKEND_NAMES, CRITERIA, MODES, RESOLUTIONS
 from focuswatch.errors import ConfigError
-from focuswatch.score import CRITERIA, MODES, RESOLUTIONS  # the scorer's own lists
 
 __all__ = [
     "AlertsConfig",
@@ -75,12 +75,16 @@ def _nonempty_strings(v: Any) -> str | None:
     return None if all(s for s in v) else "must not contain empty strings"
 
 
+def _patterns(v: Any) -> str | None:
+    return _nonempty_strings(v) if v else "must name at least one pattern, e.g. ['*.tif']"
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     """Where tiles arrive and how the folder is watched."""
 
     path: Path | None = _opt(None)
-    include: list[str] = _opt(["*.tif", "*.tiff"], _nonempty_strings, factory=True)
+    include: list[str] = _opt(["*.tif", "*.tiff"], _patterns, factory=True)
     exclude: list[str] = _opt(
         ["*thumb*", "*Thumb*", "*.tmp", "*.part", "*~", ".*"], _nonempty_strings, factory=True
     )
@@ -89,6 +93,7 @@ class WatchConfig:
     quiet_s: float = _opt(2.0, _range(0.0, 3600))
     incomplete_timeout_s: float = _opt(600.0, _range(1.0))
     rescan_interval_s: float = _opt(300.0, _range(1.0))
+    follow_symlinks_outside: bool = _opt(False)
 
 
 @dataclass(frozen=True)
@@ -130,12 +135,14 @@ class AlertsConfig:
 
     urls: list[str] = _opt([], _nonempty_strings, factory=True)
     apprise_config: Path | None = _opt(None)
+    instance: str = _opt("", lambda v: None if len(v) <= 80 else "must be at most 80 characters")
     digest_minutes: float = _opt(10.0, _range(0.0, 1440))
     section_summary: bool = _opt(True)
     section_idle_minutes: float = _opt(30.0, _range(0.1, 10080))
     retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
+    send_timeout_s: float = _opt(30.0, _range(1.0, 600))
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,8 @@ def _coerce(tp: Any, value: Any) -> tuple[Any, str | None]:
         return (value, None) if ok else (None, "must be an integer")
     if tp is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # TOML allows nan and inf; no setting means them
+            return None, "must be a finite number"
         return (float(value), None) if ok else (None, "must be a number")
     if tp is str:
         return (value, None) if isinstance(value, str) else (None, "must be a string")
@@ -251,10 +260,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("at 'policy.sparse_contrast': must be >= policy.empty_contrast")
     if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
         problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
-    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
-        from focuswatch import alerts  # apprise is slow to import; only when alerts are set
-
-        problems.extend(alerts.validate(cfg))
+    # The notification URLs themselves are apprise's to judge: ``alerts.validate``, which
+    # check-config and the service's start call (config knows no effect module).
 
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
@@ -320,11 +327,17 @@ def _merge(obj: Any, changes: Mapping[str, Any], prefix: str, problems: list[str
     return dataclasses.replace(obj, **updates)
 
 
-def describe(cfg: Config) -> str:
+def _masked(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://***" if sep else "***"
+
+
+def describe(cfg: Config, *, redact_url: Callable[[str], str] = _masked) -> str:
     """The effective configuration as TOML-like text (for ``check-config`` and logs).
 
-    Notification URLs carry secrets (tokens, passwords): they are shown only through
-    ``focuswatch.alerts.redact_url``.
+    Notification URLs carry secrets (tokens, passwords): each is shown only through
+    ``redact_url`` (by default just its scheme; ``check-config`` passes
+    ``focuswatch.alerts.redact_url``, which keeps what is not secret).
     """
     top: list[str] = []
     tables: list[str] = []
@@ -335,8 +348,6 @@ def describe(cfg: Config) -> str:
             for k in dataclasses.fields(value):
                 shown = getattr(value, k.name)
                 if isinstance(value, AlertsConfig) and k.name == "urls" and shown:
-                    from focuswatch.alerts import redact_url  # apprise: only when needed
-
                     shown = [redact_url(u) for u in shown]
                 tables.append(_toml_line(k.name, shown))
         else:

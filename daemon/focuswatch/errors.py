@@ -5,9 +5,9 @@
     FocuswatchError
     ├── ConfigError       bad or unreadable configuration (all problems, with key paths)
     ├── StateError        the state folder or ledger cannot be used
+    │   └── LedgerWriteError  a write failed (disk full, read-only, I/O): the service waits
     ├── TileError         one tile cannot be read or scored (recorded, never fatal)
-    ├── BackendError      the requested array backend (GPU) is not usable
-    └── NotBuiltError     a command that is not built yet (exits non-zero, never pretends)
+    └── BackendError      the requested array backend (GPU) is not usable
 
 Input validation in the pure scoring core raises ``ValueError`` (as NumPy and
 scikit-image do); the service turns it into a ``TileError`` for that tile.
@@ -32,6 +32,14 @@ class StateError(FocuswatchError):
     """The state folder or ledger cannot be created, opened or written."""
 
 
+class LedgerWriteError(StateError):
+    """A ledger write failed for a reason outside focuswatch (disk full, read-only, I/O).
+
+    Nothing was changed (the transaction rolled back). The service holds its work,
+    says so, and retries until the write goes through.
+    """
+
+
 class TileError(FocuswatchError):
     """One tile cannot be read or scored; ``reason`` is for the operator."""
 
@@ -43,7 +51,3 @@ class TileError(FocuswatchError):
 
 class BackendError(FocuswatchError):
     """The array backend asked for (e.g. a GPU) is not available here."""
-
-
-class NotBuiltError(FocuswatchError):
-    """A command or feature that is not implemented yet."""

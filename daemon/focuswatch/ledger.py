@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from focuswatch.errors import StateError
+from focuswatch.errors import LedgerWriteError, StateError
+from focuswatch.statelock import StateLock
+from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
 
 __all__ = [
@@ -42,7 +45,9 @@ __all__ = [
     "STATES",
     "Ledger",
     "TileVersion",
+    "damage",
     "section_index",
+    "set_aside",
 ]
 
 DB_NAME = "focuswatch.db"
@@ -161,7 +166,36 @@ MIGRATIONS: list[str] = [
         summarized INTEGER NOT NULL DEFAULT 0
     );
     """,
-    # 3: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
+    # 3: per-endpoint alert delivery and structured alerts (focuswatch.outbox), the
+    # working distance shown in alerts, the history of each retake entry
+    """
+    ALTER TABLE alert_outbox ADD COLUMN severity TEXT NOT NULL DEFAULT 'info';
+    ALTER TABLE alert_outbox ADD COLUMN details TEXT;
+    ALTER TABLE alert_tiles ADD COLUMN details TEXT;
+    CREATE TABLE alert_deliveries (
+        outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
+        endpoint TEXT NOT NULL,
+        endpoint_name TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        sent REAL,
+        last_error TEXT,
+        PRIMARY KEY (outbox_id, endpoint)
+    );
+    ALTER TABLE versions ADD COLUMN working_distance_um REAL;
+    CREATE TABLE retake_events (
+        id INTEGER PRIMARY KEY,
+        retake_id INTEGER NOT NULL REFERENCES retakes (id),
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        version_id INTEGER,
+        score REAL
+    );
+    CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
+    """,
+    # 4: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
     """
     ALTER TABLE results ADD COLUMN fine_fraction REAL;
     """,
@@ -170,6 +204,52 @@ MIGRATIONS: list[str] = [
 # Verdicts whose scores are trusted as context for later decisions.
 _CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
 _DIGITS = re.compile(r"\d+")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that stores strings that are not valid UTF-8 losslessly.
+
+    File names need not be UTF-8 (``focuswatch.text``); every parameter goes through
+    ``to_db`` and every row through ``from_db``, so no caller can forget it, and a
+    hostile name is stored like any other instead of failing the whole transaction.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return super().execute(sql, _params(parameters))
+
+    def executemany(self, sql: str, seq: Any, /) -> sqlite3.Cursor:
+        return super().executemany(sql, (_params(p) for p in seq))
+
+
+def _params(parameters: Any) -> Any:
+    if isinstance(parameters, dict):
+        return {k: to_db(v) for k, v in parameters.items()}
+    return tuple(to_db(v) for v in parameters)
+
+
+def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
+
+
+# SQLite's primary result codes for a storage that cannot be used now, but may be again
+# (https://sqlite.org/rescode.html): PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_STORAGE_FAULTS = frozenset({3, 5, 6, 8, 10, 13, 14})
+# ... and for a file that is not, or no longer, a sound database: CORRUPT, NOTADB.
+_DAMAGE = frozenset({11, 26})
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """A failure of the storage (full, read-only, I/O, busy), not of focuswatch's SQL.
+
+    Syntax errors, a missing column, a violated constraint or a corrupt page are not
+    faults to wait out: they raise as they are.
+    """
+    return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
 
 
 def section_index(section: str | None) -> int | None:
@@ -227,6 +307,8 @@ class Ledger:
         self.clock = clock
         self.readonly = readonly
         self._lock = threading.RLock()
+        st = os.stat(path) if path.exists() else None
+        self._identity = (st.st_dev, st.st_ino) if st is not None else (-1, -1)
 
     # -- opening -----------------------------------------------------------------------
 
@@ -248,27 +330,44 @@ class Ledger:
         state = Path(state_dir)
         db = state / DB_NAME
         try:
+            if state.is_dir() and not os.access(state, os.R_OK | os.X_OK):
+                raise StateError(
+                    f"cannot read the state folder {state}: permission denied (operators "
+                    "read it as members of the service's group: usermod -aG focuswatch USER)"
+                )
             if (readonly or not create) and not db.is_file():
                 raise StateError(f"no ledger at {db} (has the service run with this --state?)")
-            if readonly:
-                conn = sqlite3.connect(
-                    f"{db.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    timeout=10.0,
-                    isolation_level=None,
-                    check_same_thread=False,
+            if not readonly and not db.exists():
+                state.mkdir(parents=True, exist_ok=True)
+                _create(db)
+            problem = damage(db)
+            if problem is not None:
+                raise StateError(
+                    f"ledger {db} is damaged: {problem}. Nothing was changed. Keep a copy, "
+                    "then either restore a backup, or start a new ledger with "
+                    "`focuswatch run --reset-ledger` (the damaged file is kept aside; every "
+                    "tile in the watch folder is scored, and alerted, again)"
                 )
+            if readonly:
+                conn = _connect_readonly(db, isolation_level=None, check_same_thread=False)
             else:
                 state.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(
-                    db, timeout=30.0, isolation_level=None, check_same_thread=False
+                    db,
+                    timeout=30.0,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    factory=_Connection,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = _row
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
+            if not readonly and _is_fault(exc):  # full, read-only, no access: may pass
+                raise LedgerWriteError(f"cannot write the ledger {db}: {exc}") from None
             raise StateError(f"cannot use ledger {db}: {exc}") from None
         except OSError as exc:
             raise StateError(f"cannot create state folder {state}: {exc}") from None
@@ -307,15 +406,51 @@ class Ledger:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error)."""
+        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
+
+        A failure of the state folder (disk full, read-only, I/O error, busy for longer
+        than the timeout, the ledger file deleted or replaced) raises ``LedgerWriteError``
+        after the rollback: nothing was written, and the caller may try again later.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            problem = self.file_problem()  # a stat: never write into a deleted ledger
+            if problem is not None:
+                raise LedgerWriteError(problem)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from exc
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled back already (SQLITE_FULL): then there is none.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                if _is_fault(exc):
+                    raise self._write_error(exc) from exc
                 raise
-            self._conn.execute("COMMIT")
+
+    def _write_error(self, exc: BaseException) -> LedgerWriteError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return LedgerWriteError(f"cannot write the ledger {self.path}: {reason}")
+
+    def file_problem(self) -> str | None:
+        """Why the ledger file this connection writes is no longer the one at its path.
+
+        The state folder deleted or the file replaced while the service runs: SQLite
+        goes on writing into the open, deleted file, and everything is lost at the next
+        start. None while the file is where it was opened.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the ledger {self.path} was deleted while the service was running"
+        except OSError as exc:
+            return f"cannot stat the ledger {self.path}: {exc.strerror or exc}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"the ledger {self.path} was replaced by another file while the service ran"
+        return None
 
     def close(self) -> None:
         with self._lock:
@@ -341,10 +476,13 @@ class Ledger:
         row: int | None = None,
         col: int | None = None,
         state: str = "ready",
+        unreadable: Verdict | None = None,
     ) -> tuple[int, bool]:
         """Record a version (idempotent); returns ``(version_id, created)``.
 
-        A new version supersedes every other version of the same path.
+        A new version supersedes every other version of the same path. ``unreadable``
+        records it as failed with that verdict in the same transaction (a version known
+        to be unreadable never waits as 'ready', where a crash would leave it scored).
         """
         if state not in ("seen", "ready"):
             raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
@@ -358,7 +496,7 @@ class Ledger:
                     path,
                     size,
                     mtime_ns,
-                    tile_name,
+                    printable(tile_name),
                     section,
                     section_index(section),
                     row,
@@ -380,6 +518,16 @@ class Ledger:
                 "WHERE path = ? AND id != ? AND superseded = 0",
                 (now, path, vid),
             )
+            if unreadable is not None:
+                conn.execute(
+                    "INSERT INTO results (version_id, verdict, reason, worker, scored_at)"
+                    " VALUES (?, ?, ?, '', ?)",
+                    (vid, str(unreadable.kind), unreadable.reason, now),
+                )
+                conn.execute(
+                    "UPDATE versions SET state = 'failed', last_error = ? WHERE id = ?",
+                    (unreadable.reason, vid),
+                )
             return vid, True
 
     def get(self, version_id: int) -> TileVersion:
@@ -546,11 +694,13 @@ class Ledger:
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
-                    "pixel_size_um = coalesce(?, pixel_size_um) WHERE id = ?",
+                    "pixel_size_um = coalesce(?, pixel_size_um), "
+                    "working_distance_um = coalesce(?, working_distance_um) WHERE id = ?",
                     (
                         getattr(meta, "stage_x_um", None),
                         getattr(meta, "stage_y_um", None),
                         getattr(meta, "pixel_size_um", None),
+                        getattr(meta, "working_distance_um", None),
                         version_id,
                     ),
                 )
@@ -593,6 +743,9 @@ class Ledger:
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
+            working_distance_um=self._conn.execute(
+                "SELECT working_distance_um FROM versions WHERE id = ?", (version_id,)
+            ).fetchone()[0],
         )
 
     def mark_delivered(self, version_id: int) -> None:
@@ -714,6 +867,111 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _create(db: Path) -> None:
+    """A new, migrated ledger, put in place by a rename: never a half-made file at ``db``.
+
+    So an empty or unreadable file at ``db`` is damage, never a start that crashed.
+    """
+    tmp = db.with_name(f".{db.name}.new")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None, factory=_Connection)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        Ledger(conn, tmp, clock=time.time, readonly=False)._migrate()
+    finally:
+        conn.close()  # checkpoints the WAL into the file and removes it
+    os.replace(tmp, db)
+    _fsync_dir(db.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _connect_readonly(db: Path, **kw: Any) -> sqlite3.Connection:
+    """A read-only connection, also for an operator who may not write the state folder.
+
+    A WAL database is read through its ``-shm`` index. While the service runs, that file
+    exists and a group member reads beside it; once the service has stopped, SQLite has
+    removed it and only someone who may create files there could open the ledger.
+    Then, and only while no service holds the state folder's lock (so nothing
+    changes the file), it is opened as immutable.
+    """
+    uri = db.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, factory=_Connection, **kw)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        cannot_index = "readonly" in str(exc) or "unable to open" in str(exc)
+        if not cannot_index or StateLock(db.parent).holder() is not None:
+            raise
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro&immutable=1", uri=True, timeout=10.0, factory=_Connection, **kw
+        )
+    return conn
+
+
+def damage(db: Path) -> str | None:
+    """Why the ledger file at ``db`` cannot be trusted (None: it can, or it is not there).
+
+    ``PRAGMA quick_check`` (every page and index reachable and well formed; seconds
+    even for a big ledger, unlike ``integrity_check``), and an empty file: SQLite would
+    silently take it for a new database and every tile would be scored and alerted
+    again. (A 0-byte file with a WAL beside it is a ledger whose pages are all still
+    in the WAL: SQLite recovers it.)
+    """
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        return None
+    wal = Path(f"{db}-wal")
+    if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
+        return "the file is empty (0 bytes)"
+    try:
+        conn = _connect_readonly(db)
+        try:
+            rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        # Only a file SQLite itself calls corrupt or not a database is damaged. A full
+        # disk, a read-only mount, no permission or a busy file is not: the open that
+        # follows reports it as what it is (and the service waits it out).
+        if _code(exc) in _DAMAGE:
+            return f"SQLite cannot read it ({exc})"
+        return None
+    found = [" ".join(str(r[0]).split()) for r in rows]  # one line each
+    return None if found == ["ok"] else "quick_check found: " + "; ".join(found)
+
+
+def set_aside(state_dir: str | Path, *, clock: Callable[[], float] = time.time) -> Path | None:
+    """Move a damaged ledger (and its WAL) aside; None if there was nothing to move.
+
+    ``focuswatch run --reset-ledger``: only a damaged ledger is moved (StateError for a
+    healthy one: a reset is never the way to re-score a wafer).
+    """
+    db = Path(state_dir) / DB_NAME
+    problem = damage(db)
+    if not db.exists():
+        return None
+    if problem is None:
+        raise StateError(f"ledger {db} is healthy: --reset-ledger only replaces a damaged one")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+    aside = db.with_name(f"{db.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{db}{suffix}")
+        if src.exists():
+            os.replace(src, Path(f"{aside}{suffix}"))
+    _fsync_dir(db.parent)
+    return aside
 
 
 def _statements(script: str) -> list[str]:

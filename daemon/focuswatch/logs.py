@@ -3,6 +3,10 @@
 Modules log with ``structlog.get_logger()`` and bind context (``tile=``,
 ``section=``, ``row=``, ``col=``); tests assert on captured events with
 ``structlog.testing.capture_logs``, never on formatted strings.
+
+Libraries that log through the standard ``logging`` module (watchdog, apprise, Dask's
+``distributed``) reach the same output as events ``library_log`` with the library's
+logger name and message, so a JSON log holds only JSON lines.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    _route_stdlib(_LEVELS[level])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,3 +57,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+class _ToStructlog(logging.Handler):
+    """Hands standard-library log records to structlog (one output, one format)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not lose the line
+            message = str(record.msg)
+        fields = {"library": record.name, "message": message}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["error"] = repr(record.exc_info[1])
+        structlog.get_logger("focuswatch.library").log(record.levelno, "library_log", **fields)
+
+
+def _route_stdlib(level: int) -> None:
+    """One handler on the root logger; libraries' own chatter only from WARNING up."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(level, logging.WARNING))

@@ -16,6 +16,7 @@ error line per unreadable file, exit status 1 if any file failed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -30,8 +31,13 @@ from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
-from focuswatch.score import ScoreResult, check_options, score_image, score_patches
-from focuswatch.score._dtypes import float_dtype
+from focuswatch.score import (
+    ScoreResult,
+    check_options,
+    float_dtype,
+    score_image,
+    score_patches,
+)
 
 __all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path", "too_big"]
 
@@ -205,10 +211,34 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     with tiles.open_tile(path) as tile:
         if too_big(tile, settings):
             return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
-        image = tile.read()
-        meta = tile.meta
+        image, bad = finite_only(tile.read())
+        meta = _with_nonfinite(tile.meta, bad)
     read_ms = (time.perf_counter() - t0) * 1e3
     return score_array(image, name=name, settings=settings, meta=meta, read_ms=read_ms)
+
+
+def finite_only(image: Any) -> tuple[Any, int]:
+    """A float image with its NaN/inf pixels set to the finite pixels' median; their count.
+
+    A flat fill makes no DoG maxima, so a few dead pixels cost a few features instead
+    of the whole tile. (A tile with no finite pixel at all is refused by the reader.)
+    The count is the tile's ``meta.nonfinite_pixels``; the service logs it.
+    """
+    if image.dtype.kind != "f":
+        return image, 0
+    finite = np.isfinite(image)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if bad == 0:
+        return image, 0
+    # A patch of a streamed tile may hold no finite pixel: flat, it is scored as empty.
+    fill = np.median(image[finite]) if bad < finite.size else 0.0
+    return np.where(finite, image, fill).astype(image.dtype, copy=False), bad
+
+
+def _with_nonfinite(meta: Any, n: int) -> Any:
+    if n == 0 or meta is None:
+        return meta
+    return dataclasses.replace(meta, nonfinite_pixels=meta.nonfinite_pixels + n)
 
 
 def too_big(tile: tiles.TileReader, settings: ScoreSettings) -> bool:
@@ -230,10 +260,13 @@ def _score_by_patches(
     """The memory guard: patches read one at a time, never the whole tile."""
     read_ms = 0.0
 
+    nonfinite = 0
+
     def read(y0: int, y1: int, x0: int, x1: int) -> Any:
-        nonlocal read_ms
+        nonlocal read_ms, nonfinite
         t = time.perf_counter()
-        part = tile.read_region(y0, y1, x0, x1)
+        part, bad = finite_only(tile.read_region(y0, y1, x0, x1))
+        nonfinite += bad
         read_ms += (time.perf_counter() - t) * 1e3
         return part
 
@@ -260,7 +293,7 @@ def _score_by_patches(
         dtype=str(tile.dtype),
         read_ms=read_ms,
         score_ms=total_ms - read_ms,
-        meta=tile.meta,
+        meta=_with_nonfinite(tile.meta, nonfinite),
     )
 
 

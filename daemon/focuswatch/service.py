@@ -17,8 +17,8 @@ crash in between replays them at the next start (sinks de-duplicate by version).
 
 Start-up: versions left in 'scoring' by a crash go back to 'ready', the folder is
 scanned, then ``READY=1`` is sent. A periodic rescan catches what the observer
-missed (kernel queue overflow, files written while the service was down). SIGTERM
-or SIGINT stops intake, waits a bounded time for work in flight and hands the rest
+missed (kernel queue overflow, files written while the service was down). SIGTERM,
+SIGINT or SIGHUP stops intake, waits a bounded time for work in flight and hands the rest
 back to 'ready', then exits 0.
 """
 
@@ -39,14 +39,31 @@ import structlog
 
 from focuswatch import sdnotify
 from focuswatch.config import Config
-from focuswatch.errors import BackendError, ConfigError, NotBuiltError, StateError
+from focuswatch.errors import (
+    BackendError,
+    ConfigError,
+    LedgerWriteError,
+    StateError,
+    TileError,
+)
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.ledger import Ledger, TileVersion, set_aside
 from focuswatch.scoring import ScoreSettings
+from focuswatch.statelock import StateLock
+from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
-from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
+from focuswatch.watch import (
+    Change,
+    Matcher,
+    Readiness,
+    Settled,
+    SettledKind,
+    Watcher,
+    choose_observer,
+    scan,
+)
 
-__all__ = ["Service", "Sink", "build_executor", "main"]
+__all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
 
 log = structlog.get_logger("focuswatch.service")
 
@@ -54,6 +71,12 @@ log = structlog.get_logger("focuswatch.service")
 STOP_GRACE_S = 10.0
 # How often the executor's description and a heartbeat are written for ``status``.
 META_INTERVAL_S = 5.0
+# While the ledger cannot be written: how often a write is tried again, and how often
+# the log is reminded (with what is waiting).
+FAULT_RETRY_S = 5.0
+FAULT_REMIND_S = 60.0
+# Signals that stop the service in order (hand tiles in flight back, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Changes handled per loop turn, so a burst cannot starve outcomes and the watchdog.
 MAX_CHANGES_PER_TURN = 2000
 
@@ -68,9 +91,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-EventHook = Callable[[str, dict[str, Any]], None]
-
-
 def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
     """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
     if cfg.cluster.scheduler == "dask":
@@ -83,21 +103,14 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
-    sinks: list[Sink] = []
-    try:
-        from focuswatch import alerts
+    """The retake and alert sinks, in that order: an alert names the retake entry (its
+    id) its tile opened, so the retake list must have seen the verdict first."""
+    from focuswatch import alerts, retakes
 
-        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
-    try:
-        from focuswatch import retakes
-
-        sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="retakes", reason=str(exc))
-    return sinks
+    return [
+        retakes.build_sink(cfg, ledger, clock=clock),
+        alerts.build_sink(cfg, ledger, clock=clock),
+    ]
 
 
 def evidence(
@@ -143,22 +156,30 @@ class Service:
         sinks: Sequence[Sink] | None = None,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
-        on_event: EventHook | None = None,
         builtin_sinks: bool = True,
         score_fn: Any = None,
         notifier: sdnotify.Notifier | None = None,
         decide: Callable[..., Verdict] | None = None,
     ) -> None:
-        if cfg.watch.path is None:
-            raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+        watch_path = _watch_folder(cfg)
         self.cfg = cfg
         # Before anything is opened or started: without the GPU asked for, every tile
         # would fail one by one; refuse to start instead (BackendError).
         self._check_backend()
-        self.root = str(Path(cfg.watch.path).absolute())
+        self.root = str(watch_path.absolute())
+        self._real_root = os.path.realpath(self.root).rstrip("/")
+        self._outside_links: set[str] = set()
         self.clock = clock
         self.sinks: list[Sink] = []
-        self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        # Before the ledger is touched: a second service's start-up recovery would hand
+        # the first one's tiles in flight back to 'ready'.
+        self._lock = StateLock(_state_folder(cfg))
+        self._lock.acquire()
+        try:
+            self.ledger = Ledger.open(cfg.state_dir, clock=clock)
+        except BaseException:
+            self._lock.release()
+            raise
         try:
             self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
             self.readiness = Readiness(
@@ -167,7 +188,6 @@ class Service:
             self.changes: queue.Queue[Change] = queue.Queue()
             self.settings = ScoreSettings.from_config(cfg.scoring)
             self.notifier = notifier or sdnotify.Notifier()
-            self._on_event = on_event
             if decide is None:
                 from focuswatch import policy
 
@@ -186,25 +206,31 @@ class Service:
             self.observer_kind: str | None = None
             self._rescan_thread: threading.Thread | None = None
             self._next_rescan = 0.0
+            self._rescan_soon = False
             self._next_poll = 0.0
             self._closed_pending = False
             self._next_meta = 0.0
             self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
             self.started = False
             self.stopped = False
+            self._fault: str | None = None
+            self._fault_since = 0.0
+            self._next_fault_probe = 0.0
+            self._next_fault_reminder = 0.0
+            self._held: list[Outcome] = []
+            self._recovered = False
         except BaseException:  # e.g. a bad calibration file: do not leak the open ledger
             for sink in self.sinks:
                 with contextlib.suppress(Exception):
                     sink.close()
             self.ledger.close()
+            self._lock.release()
             raise
 
     # -- events ------------------------------------------------------------------------
 
     def _event(self, name: str, level: str = "info", **fields: Any) -> None:
         getattr(log, level)(name, **fields)
-        if self._on_event is not None:
-            self._on_event(name, fields)
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
@@ -220,9 +246,10 @@ class Service:
 
     def start(self, *, watch: bool = True) -> None:
         """Recover from a crash, start the observer, scan the folder, send READY=1."""
-        recovered = self.ledger.recover()
-        if recovered:
-            self._event("recovered_in_flight", versions=recovered)
+        try:
+            self._recover()
+        except LedgerWriteError as exc:  # e.g. the disk is full at start: wait, don't exit
+            self._enter_fault(str(exc))
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
             watcher = Watcher(
@@ -242,30 +269,26 @@ class Service:
                 self._event("watching", path=self.root, observer=kind, why=why)
         _ = self.executor  # start workers now, not on the first tile
         found = self._scan_now(self.root)
-        self._replay_undelivered()
+        if self._fault is None:
+            try:
+                self._replay_undelivered()
+                self._write_meta(force=True)
+            except LedgerWriteError as exc:
+                self._enter_fault(str(exc))
         self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
-        self._write_meta(force=True)
         self.started = True
         self._event("started", files_found=found, pending=len(self.readiness))
         self.notifier.ready(f"watching {self.root}")
 
+    def _recover(self) -> None:
+        """Versions a crash left in 'scoring' go back to 'ready' (once, before any work)."""
+        recovered = self.ledger.recover()
+        self._recovered = True
+        if recovered:
+            self._event("recovered_in_flight", versions=recovered)
+
     def _check_backend(self) -> None:
-        """Probe the GPU once, at start, when local workers are to use one.
-
-        With Dask the GPUs are the workers', not this machine's: each task says so itself.
-        """
-        if self.cfg.scoring.backend != "gpu" or self.cfg.cluster.scheduler == "dask":
-            return
-        from focuswatch.backend import get_backend
-
-        try:
-            backend = get_backend("gpu")
-        except BackendError as exc:
-            raise BackendError(
-                f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
-                "(use --backend cpu or auto)"
-            ) from None
-        log.info("backend_checked", backend=backend.name, device=backend.device)
+        _backend_usable(self.cfg)
 
     def _scan_now(self, root: str) -> int:
         known = self.ledger.known_paths(under=None if root == self.root else root)
@@ -288,42 +311,178 @@ class Service:
     # -- the main loop -----------------------------------------------------------------
 
     def turn(self, timeout: float = 0.1) -> None:
-        """One main-loop iteration; waits at most about ``timeout`` seconds."""
+        """One main-loop iteration; waits at most about ``timeout`` seconds.
+
+        While the ledger cannot be written (``fault``), no new work is taken: results
+        that arrive are held in memory, and the write is retried every
+        ``FAULT_RETRY_S``; once it goes through, they are recorded and work resumes.
+        """
+        if self._fault is not None:
+            self._turn_in_fault(timeout)
+            return
+        try:
+            self._turn(timeout)
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
+        self.notifier.watchdog()
+
+    @property
+    def fault(self) -> str | None:
+        """Why the state folder cannot be written now (None: it can)."""
+        return self._fault
+
+    def _turn(self, timeout: float) -> None:
         self._take_changes(0.0)
         now = time.monotonic()
         self._poll_readiness(now)
         self._feed()
         wait = min(timeout, self._poll_every) if len(self.readiness) else timeout
         if self.executor.in_flight():
-            for outcome in self.executor.outcomes(wait):
-                self._handle(outcome)
+            self._handle_all(list(self.executor.outcomes(wait)))
             self._feed()
         else:
             self._take_changes(wait)
             if self._closed_pending:  # a close-write is ready now: don't wait a turn
                 self._poll_readiness(time.monotonic())
                 self._feed()
-        if now >= self._next_rescan:
+        rescanning = self._rescan_thread is not None and self._rescan_thread.is_alive()
+        if now >= self._next_rescan or (self._rescan_soon and not rescanning):
+            self._rescan_soon = False
             self._start_rescan()
         wall = self.clock()
         for sink in self.sinks:
             try:
                 sink.tick(wall)
+            except LedgerWriteError:
+                raise
             except Exception as exc:  # a sink's failure is logged; scoring goes on
                 self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
         self._write_meta()
+
+    def _handle_all(self, outcomes: Sequence[Outcome]) -> None:
+        for i, outcome in enumerate(outcomes):
+            try:
+                self._handle(outcome)
+            except LedgerWriteError:
+                self._held.extend(outcomes[i:])  # recorded once the ledger can be written
+                raise
+
+    # -- a state folder that cannot be written -----------------------------------------
+
+    def _enter_fault(self, reason: str) -> None:
+        first = self._fault is None
+        self._fault = reason
+        now = time.monotonic()
+        self._next_fault_probe = now + FAULT_RETRY_S
+        if first:
+            self._fault_since = now
+            self._next_fault_reminder = now + FAULT_REMIND_S
+            waiting = self._waiting()
+            self._event("state_unwritable", "error", reason=reason, **waiting)
+            self._tell(
+                f"state_unwritable:{self.clock():.0f}",
+                severity="failure",
+                title="focuswatch cannot write its state folder: no new tiles are scored",
+                body=f"{reason}\nWaiting: {waiting['results_held']} results, "
+                f"{waiting['changes_waiting'] + waiting['files_pending']} new files. "
+                f"Scoring resumes by itself once the state folder ({self.cfg.state_dir}) can "
+                "be written again.",
+            )
+
+    def _waiting(self) -> dict[str, Any]:
+        return {
+            "results_held": len(self._held),
+            "changes_waiting": self.changes.qsize(),
+            "files_pending": len(self.readiness),
+            "in_flight": self.executor.in_flight() if self._executor is not None else 0,
+            "action": "no new tiles are taken until the state folder can be written; "
+            f"retrying every {FAULT_RETRY_S:g} s",
+        }
+
+    def _tell(self, key: str, *, severity: str, title: str, body: str) -> None:
+        """A health message to the sinks that can send one without the ledger."""
+        for sink in self.sinks:
+            tell = getattr(sink, "tell_now", None)  # the alert sink; recording sinks lack it
+            if tell is None:
+                continue
+            try:
+                tell(key, title=title, body=body, severity=severity)
+            except Exception as exc:  # a health message must not make matters worse
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
+
+    def _turn_in_fault(self, timeout: float) -> None:
+        ex = self._executor
+        if ex is not None and ex.in_flight():
+            self._held.extend(ex.outcomes(timeout))  # results keep, in memory, for later
+        else:
+            time.sleep(timeout)  # nothing to wait on but the clock
+        now = time.monotonic()
+        if now >= self._next_fault_probe:
+            self._next_fault_probe = now + FAULT_RETRY_S
+            self._probe_ledger()
+        if self._fault is not None and now >= self._next_fault_reminder:
+            self._next_fault_reminder = now + FAULT_REMIND_S
+            self._event(
+                "state_still_unwritable",
+                "error",
+                reason=self._fault,
+                for_s=round(now - self._fault_since),
+                **self._waiting(),
+            )
         self.notifier.watchdog()
+
+    def _probe_ledger(self) -> None:
+        """Try one small write; if it goes through, record what was held and resume."""
+        problem = self.ledger.file_problem()
+        if problem is not None:
+            # Never write into a deleted ledger: what it holds is lost at the next start.
+            self._fault = (
+                f"{problem}; nothing more is written there. Restore the state folder and "
+                "restart the service (a restart without it scores every tile again)"
+            )
+            return
+        try:
+            self.ledger.set_meta("heartbeat", self.clock())
+        except LedgerWriteError as exc:
+            self._fault = str(exc)
+            return
+        was = self._fault
+        self._fault = None
+        after_s = round(time.monotonic() - self._fault_since)
+        self._event("state_writable_again", "warning", was=was, after_s=after_s, **self._waiting())
+        self._tell(
+            f"state_writable_again:{self.clock():.0f}",
+            severity="success",
+            title="focuswatch can write its state folder again: scoring resumed",
+            body=f"After {after_s} s: {was}",
+        )
+        try:
+            if not self._recovered:
+                self._recover()
+            held, self._held = self._held, []
+            self._handle_all(held)
+            self._replay_undelivered()
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
 
     def _poll_readiness(self, now: float) -> None:
         if not len(self.readiness) or (now < self._next_poll and not self._closed_pending):
             return
         self._next_poll = now + self._poll_every
         self._closed_pending = False
-        for settled in self.readiness.poll():
-            self._settle(settled)
+        settled = self.readiness.poll()
+        for i, s in enumerate(settled):
+            try:
+                self._settle(s)
+            except LedgerWriteError:
+                for rest in settled[i:]:  # looked at again once the ledger can be written
+                    self.readiness.note(rest.path)
+                raise
 
     def idle(self) -> bool:
         """Nothing left to do: no changes, nothing pending, nothing ready or in flight."""
+        if self._fault is not None or self._held:
+            return False
         counts = self.ledger.counts()
         return (
             self.changes.empty()
@@ -372,6 +531,15 @@ class Service:
                 return
 
     def _change(self, c: Change) -> None:
+        if c.overflow:
+            self._event(
+                "watch_overflow",
+                "warning",
+                path=self.root,
+                action="the kernel dropped file events; rescanning the folder now",
+            )
+            self.rescan_now()  # one already running may predate the loss: another after it
+            return
         if c.is_dir:
             # A folder moved in (a whole section): its files may bring no events of their own.
             if os.path.isdir(c.path) and not self.matcher.under_hidden_dir(c.path, self.root):
@@ -390,17 +558,19 @@ class Service:
         self._closed_pending = self._closed_pending or c.closed
 
     def _settle(self, s: Settled) -> None:
-        if s.kind == "vanished":
+        if s.kind is SettledKind.VANISHED:
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
+        if self._outside(s.path):
+            return
         size, mtime = s.size, s.mtime_ns
-        if s.kind == "incomplete":
+        if s.kind is SettledKind.INCOMPLETE:
             # Never the key of a complete file: a writer that stops right now leaves the
             # file with this very (size, mtime), and that finished file must become a
             # version of its own and be scored (a shared key would find this record and
             # keep its 'still being written' result forever). Size -1: not a whole file.
             size = -1
-        elif s.kind == "error":
+        elif s.kind is SettledKind.ERROR:
             try:  # the link itself identifies the version (a symlink loop has no target)
                 st = os.lstat(s.path)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -408,7 +578,13 @@ class Service:
                 size, mtime = -1, -1
         from focuswatch.tiles import parse_tile_name
 
-        section, row, col = parse_tile_name(s.path)
+        bad_name: str | None = None
+        try:
+            section, row, col = parse_tile_name(s.path)
+        except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
+            section, row, col, bad_name = None, None, None, exc.reason
+        ready = s.kind is SettledKind.READY and bad_name is None
+        unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
             s.path,
             size=size,
@@ -417,14 +593,44 @@ class Service:
             section=section,
             row=row,
             col=col,
+            unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind == "ready":
+        if unreadable is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
-        self._record(v, Verdict(VerdictKind.UNREADABLE, s.reason), score=None, worker="")
+        self._event(
+            "tile_failed",
+            "warning",
+            **self._tile_fields(v),
+            verdict=str(unreadable.kind),
+            reason=unreadable.reason,
+        )
+        self._deliver(vid)
+
+    def _outside(self, path: str) -> bool:
+        """A link out of the watch folder is not followed (unless the config says so).
+
+        Logged once per link and process; it is not recorded, so it is no tile of the
+        wafer and nothing is read from it.
+        """
+        if self.cfg.watch.follow_symlinks_outside:
+            return False
+        target = os.path.realpath(path)
+        if target.startswith(self._real_root + "/"):
+            return False
+        if path not in self._outside_links:
+            self._outside_links.add(path)
+            self._event(
+                "symlink_outside_skipped",
+                "warning",
+                tile=printable(path),
+                target=printable(target),
+                why="its target is outside the watch folder (watch.follow_symlinks_outside)",
+            )
+        return True
 
     def _feed(self) -> None:
         free = self.cfg.scoring.queue_size - self.executor.in_flight()
@@ -495,6 +701,7 @@ class Service:
                 read_ms=round(float(score.read_ms), 1),
                 score_ms=round(float(score.score_ms), 1),
                 worker=worker,
+                **_nonfinite(score),
             )
         self._deliver(v.id)
 
@@ -505,6 +712,8 @@ class Service:
             for sink in self.sinks:
                 try:
                     sink.on_verdict(record)
+                except LedgerWriteError:
+                    raise  # not marked delivered: replayed once the ledger can be written
                 except Exception as exc:
                     self._event(
                         "sink_failed",
@@ -547,8 +756,11 @@ class Service:
         log.debug("rescan_done", files=n, queued=queued)
 
     def rescan_now(self) -> None:
-        """Start a reconciliation scan at the next turn (for tests and operators)."""
-        self._next_rescan = 0.0
+        """Reconcile with the folder at the next turn (once no rescan is running).
+
+        The answer to events the kernel dropped (an inotify queue overflow).
+        """
+        self._rescan_soon = True
 
     def _write_meta(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -572,6 +784,15 @@ class Service:
 
     # -- stop --------------------------------------------------------------------------
 
+    def _stop_step(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
+        """One ledger step of a stop; a state-folder fault is noted, the stop goes on."""
+        try:
+            fn(*args, **kw)
+        except LedgerWriteError as exc:
+            self._enter_fault(str(exc))
+            return False
+        return True
+
     def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
         """Stop intake, wait up to ``grace_s`` for work in flight, hand the rest back."""
         if self.stopped:
@@ -584,15 +805,25 @@ class Service:
         ex = self._executor
         if ex is not None:
             while ex.in_flight() and time.monotonic() < deadline:
-                for outcome in ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))):
-                    self._handle(outcome)
-            self._write_meta(force=True)  # final figures for ``status``
+                outcomes = list(ex.outcomes(min(0.2, max(0.0, deadline - time.monotonic()))))
+                if self._fault is None:
+                    self._stop_step(self._handle_all, outcomes)
+                else:
+                    self._held.extend(outcomes)
+            self._stop_step(self._write_meta, force=True)  # final figures for ``status``
             ex.close()
         handed_back = 0
+        if self._fault is None:
+            held, self._held = self._held, []
+            self._stop_step(self._handle_all, held)
         for vid in list(self._submitted):
-            self.ledger.release(vid, undo_attempt=True)  # not the tile's fault
-            handed_back += 1
+            # Not the tile's fault. If this cannot be written either, the version stays
+            # 'scoring' in the ledger and the next start's recovery hands it back.
+            if self._fault is None and self._stop_step(self.ledger.release, vid, undo_attempt=True):
+                handed_back += 1
         self._submitted.clear()
+        if self._fault is not None:
+            self._event("stopped_unwritable", "error", reason=self._fault, **self._waiting())
         for sink in self.sinks:
             try:
                 sink.close()
@@ -600,23 +831,183 @@ class Service:
                 self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
         self._event("stopped", handed_back=handed_back)
         self.ledger.close()
+        self._lock.release()
 
 
-def _check_folders(cfg: Config) -> None:
-    if cfg.watch.path is None:
-        raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
-    watch = Path(cfg.watch.path)
-    if not watch.is_dir():
-        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
-    if not os.access(watch, os.R_OK | os.X_OK):
-        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
+def _state_folder(cfg: Config) -> Path:
+    """The state folder, created if need be (StateError if it cannot be)."""
     state = Path(cfg.state_dir)
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
-    if not os.access(state, os.W_OK | os.X_OK):
-        raise StateError(f"state folder {state} is not writable")
+    return state
+
+
+def _nonfinite(score: Any) -> dict[str, Any]:
+    """NaN/inf pixels of a float tile were left out of its score: say how many."""
+    n = int(getattr(score.meta, "nonfinite_pixels", 0) or 0)
+    return {"nonfinite_pixels_not_scored": n} if n else {}
+
+
+def _backend_usable(cfg: Config) -> None:
+    """Probe the GPU once, at start, when local workers are to use one.
+
+    With Dask the GPUs are the workers', not this machine's: each task says so itself.
+    """
+    if cfg.scoring.backend != "gpu" or cfg.cluster.scheduler == "dask":
+        return
+    from focuswatch.backend import get_backend
+
+    try:
+        backend = get_backend("gpu")
+    except BackendError as exc:
+        raise BackendError(
+            f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
+            "(use --backend cpu or auto)"
+        ) from None
+    log.info("backend_checked", backend=backend.name, device=backend.device)
+
+
+def _watch_folder(cfg: Config) -> Path:
+    """``watch.path``; the state folder may not lie in it (the service would score itself)."""
+    if cfg.watch.path is None:
+        raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+    watch = os.path.realpath(cfg.watch.path)
+    state = os.path.realpath(cfg.state_dir)
+    if state == watch or state.startswith(watch.rstrip("/") + "/"):
+        raise ConfigError(
+            f"at 'state_dir': the state folder {str(cfg.state_dir)!r} is inside the watch "
+            f"folder {str(cfg.watch.path)!r}; the service would watch (and score) its own "
+            "files: put it outside"
+        )
+    return Path(cfg.watch.path)
+
+
+def _state_writable(cfg: Config) -> None:
+    """StateError if the state folder can never be used as configured; LedgerWriteError
+    if it cannot be written now (a read-only mount, which may come back read-write)."""
+    state = _state_folder(cfg)
+    if os.access(state, os.W_OK | os.X_OK):
+        return
+    try:
+        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly_mount = False
+    if readonly_mount:
+        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
+    raise StateError(f"state folder {state} is not writable")
+
+
+def _watch_usable(cfg: Config) -> None:
+    watch = _watch_folder(cfg)
+    if watch.exists() and not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': {str(watch)!r} is a file, not a folder")
+    if not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
+    if not os.access(watch, os.R_OK | os.X_OK):
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
+
+
+def _state_usable_without_creating(cfg: Config) -> None:
+    state = Path(cfg.state_dir)
+    if state.exists():
+        if not state.is_dir():
+            raise StateError(f"at 'state_dir': {str(state)!r} is a file, not a folder")
+        if not os.access(state, os.W_OK | os.X_OK):
+            raise StateError(f"at 'state_dir': folder {str(state)!r} is not writable")
+        return
+    parent = state.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StateError(
+            f"at 'state_dir': folder {str(state)!r} does not exist and cannot be created "
+            f"({str(parent)!r} is not a writable folder)"
+        )
+
+
+def _alerts_usable(cfg: Config) -> None:
+    """Every notification URL one that apprise can use (ConfigError with key paths)."""
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
+
+        problems = alerts.validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+
+
+def _calibration_usable(cfg: Config) -> None:
+    from focuswatch import policy
+
+    policy.load_calibration(cfg.policy)
+
+
+# What ``check-config`` cannot check from here: it needs the running service's network.
+NOT_CHECKED = (
+    "alert endpoints answering (delivery is tried when the service runs)",
+    "the Dask scheduler being reachable (cluster.address)",
+)
+
+
+def preflight(cfg: Config) -> list[str]:
+    """Every problem ``run`` would refuse to start with, without starting or creating anything.
+
+    For ``check-config``: the notification URLs, the watch folder, the state folder,
+    the calibration file and the GPU (when asked for with local workers).
+    """
+    problems: list[str] = []
+    checks: tuple[Callable[[Config], object], ...] = (
+        _alerts_usable,
+        _watch_usable,
+        _state_usable_without_creating,
+        _calibration_usable,
+        _backend_usable,
+    )
+    for check in checks:
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (StateError, BackendError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
+    """The service, once its state folder can be written; None if stopped meanwhile.
+
+    A full disk or a read-only mount at start is waited out (retried every
+    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
+    running: exiting would only have systemd restart it into the same fault, over and
+    over. systemd is told the service is up (and fed its watchdog) while it waits.
+    """
+    notifier = sdnotify.Notifier()
+    waiting_since: float | None = None
+    remind = 0.0
+    while True:
+        try:
+            _state_writable(cfg)
+            return Service(cfg)
+        except LedgerWriteError as exc:
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since, remind = now, now + FAULT_REMIND_S
+                log.error(
+                    "state_unwritable",
+                    reason=str(exc),
+                    action="not started: waiting for the state folder to be writable; "
+                    f"retrying every {FAULT_RETRY_S:g} s",
+                )
+                notifier.ready("waiting for the state folder to be writable")
+            elif now >= remind:
+                remind = now + FAULT_REMIND_S
+                log.error(
+                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
+                )
+            notifier.watchdog()
+            if stop.wait(FAULT_RETRY_S):
+                return None
 
 
 def _stop_on_signal(
@@ -636,9 +1027,27 @@ def _stop_on_signal(
     return on_signal
 
 
-def main(cfg: Config, *, once: bool = False) -> int:
-    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done)."""
-    _check_folders(cfg)
+def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
+    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done).
+
+    ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
+    a healthy one).
+    """
+    _alerts_usable(cfg)
+    _watch_usable(cfg)
+    if reset_ledger:
+        lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
+        lock.acquire()
+        try:
+            aside = set_aside(cfg.state_dir)
+        finally:
+            lock.release()
+        log.warning(
+            "ledger_reset",
+            damaged_kept_at=None if aside is None else str(aside),
+            consequence="every tile in the watch folder is scored again, and alerts for "
+            "bad ones are sent again",
+        )
     stop = threading.Event()
     received: list[int] = []
     on_signal = _stop_on_signal(stop, received)
@@ -646,9 +1055,14 @@ def main(cfg: Config, *, once: bool = False) -> int:
     def why() -> dict[str, Any]:
         return {"signal": signal.Signals(received[0]).name} if received else {}
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (the terminal went away, or ``kill -HUP``) is a logged, orderly stop like
+    # SIGTERM: configuration is read once at start, so there is nothing to reload.
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        service = Service(cfg)
+        service = _when_writable(cfg, stop)
+        if service is None:
+            log.info("stop_requested", **why(), while_waiting="for the state folder")
+            return 0
         service.run_until(stop, once=once, why=why)
     finally:
         for s, handler in previous.items():

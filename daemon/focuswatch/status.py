@@ -19,8 +19,13 @@ from typing import Any, TextIO
 from focuswatch import outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
+from focuswatch.statelock import StateLock
+from focuswatch.text import printable
 
 __all__ = ["format_text", "main", "summary"]
+
+# A running service writes its heartbeat every few seconds (service.META_INTERVAL_S).
+STALE_HEARTBEAT_S = 60.0
 
 
 def summary(
@@ -34,9 +39,11 @@ def summary(
         out = ledger.status_summary(last=last)
         service = ledger.get_meta("service")
         out["alerts_pending"] = outbox.pending_count(ledger)
+        out["alerts_failing"] = outbox.failing_endpoints(ledger)
     finally:
         ledger.close()
     out["state_dir"] = str(cfg.state_dir)
+    out["running"] = StateLock(cfg.state_dir).holder()
     out["service"] = None if service is None else service[0]
     return out
 
@@ -56,10 +63,19 @@ def _position(r: dict[str, Any]) -> str:
 def format_text(s: dict[str, Any]) -> str:
     lines = [f"state folder: {s['state_dir']}"]
     hb = s.get("heartbeat_age_s")
+    running = s.get("running")
     if hb is None:
-        lines.append("service: never ran")
+        lines.append("service: never ran" if running is None else f"service: running ({running})")
+    elif running is None:
+        lines.append(f"service: not running (last heartbeat {hb:.0f} s ago)")
+    elif hb > STALE_HEARTBEAT_S:
+        lines.append(
+            f"service: running ({running}) but its last heartbeat is {hb:.0f} s old: it "
+            "cannot write its state folder (disk full? deleted?) and holds its work; see "
+            "its log (state_unwritable)"
+        )
     else:
-        lines.append(f"service: last heartbeat {hb:.0f} s ago")
+        lines.append(f"service: running ({running}), last heartbeat {hb:.0f} s ago")
     svc = s.get("service") or {}
     if svc:
         lines.append(f"watching: {svc.get('watch')} (observer: {svc.get('observer')})")
@@ -74,6 +90,11 @@ def format_text(s: dict[str, Any]) -> str:
         "array backend: " + (f"{array} (latest result)" if array else "- (no tile scored yet)")
     )
     lines.append(f"alerts waiting to be sent: {s.get('alerts_pending', 0)}")
+    for f in s.get("alerts_failing", []):
+        lines.append(
+            f"  {f['endpoint'] or '(an endpoint)'}: {f['waiting']} not taken, "
+            f"{f['attempts']} attempts, next try {_when(f['next_attempt'])}: {f['last_error']}"
+        )
     counts = s["counts"]
     lines.append("tiles: " + ", ".join(f"{st} {counts[st]}" for st in STATES))
     lines.append(
@@ -88,16 +109,16 @@ def format_text(s: dict[str, Any]) -> str:
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
             lines.append(
                 f"  {_when(r['at'])}  {r['verdict'] or '-':<20} score {score:<8} "
-                f"{r['section'] or '-'} {_position(r)}  {r['path']}"
+                f"{r['section'] or '-'} {_position(r)}  {printable(r['path'])}"
             )
             if r["verdict"] not in ("in_focus", None):
-                lines.append(f"      {r['reason']}")
+                lines.append(f"      {printable(r['reason'] or '')}")
     if s["failures"]:
         lines.append("")
         lines.append("failures:")
         for f in s["failures"]:
-            lines.append(f"  {_when(f['at'])}  {f['path']}  (attempts {f['attempts']})")
-            lines.append(f"      {f['reason']}")
+            lines.append(f"  {_when(f['at'])}  {printable(f['path'])}  (attempts {f['attempts']})")
+            lines.append(f"      {printable(f['reason'] or '')}")
     return "\n".join(lines)
 
 

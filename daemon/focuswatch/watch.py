@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fnmatch
+import logging
 import os
 import queue
 import re
@@ -31,6 +33,7 @@ __all__ = [
     "Matcher",
     "Readiness",
     "Settled",
+    "SettledKind",
     "Watcher",
     "choose_observer",
     "fstype_of",
@@ -67,6 +70,8 @@ class Change:
     path: str
     closed: bool = False
     is_dir: bool = False
+    #: The kernel's event queue overflowed: events were lost, the folder needs a rescan.
+    overflow: bool = False
 
 
 class Matcher:
@@ -195,6 +200,22 @@ def _make_observer(kind: str, poll_interval_s: float) -> Any:
     raise ValueError(f"observer must be 'inotify' or 'polling', not {kind!r}")
 
 
+_INOTIFY_LOG = logging.getLogger("watchdog.observers.inotify_c")
+
+
+class _OverflowSignal(logging.Handler):
+    """Turns watchdog's 'Inotify queue overflowed' log record into an overflow ``Change``."""
+
+    def __init__(self, root: str, out: queue.Queue[Change]) -> None:
+        super().__init__(logging.WARNING)
+        self._root = root
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in str(record.msg).lower():
+            self._out.put(Change(self._root, is_dir=True, overflow=True))
+
+
 class Watcher:
     """A running watchdog observer on ``root`` feeding ``Change``s into ``changes``.
 
@@ -221,6 +242,7 @@ class Watcher:
         self._make_observer = make_observer
         self.kind = observer
         self.fallback: str | None = None
+        self._overflow = _OverflowSignal(self._root, changes)
         self._observer = self._scheduled(observer)
 
     def _scheduled(self, kind: str) -> Any:
@@ -229,6 +251,11 @@ class Watcher:
         return obs
 
     def start(self) -> None:
+        # watchdog says that the kernel dropped events only in a log line; that line is
+        # our signal to rescan at once instead of at the next periodic rescan.
+        _INOTIFY_LOG.addHandler(self._overflow)
+        if _INOTIFY_LOG.getEffectiveLevel() > logging.WARNING:
+            _INOTIFY_LOG.setLevel(logging.WARNING)
         try:
             self._observer.start()
         except OSError as exc:
@@ -245,6 +272,7 @@ class Watcher:
             self._observer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        _INOTIFY_LOG.removeHandler(self._overflow)
         self._observer.stop()
         self._observer.join(timeout)
 
@@ -252,12 +280,21 @@ class Watcher:
         return bool(self._observer.is_alive())
 
 
+class SettledKind(enum.StrEnum):
+    """What became of a pending path."""
+
+    READY = "ready"  # complete: record it and score it
+    INCOMPLETE = "incomplete"  # still being written after watch.incomplete_timeout_s
+    VANISHED = "vanished"  # gone before it could be read
+    ERROR = "error"  # cannot even be looked at (a symlink loop, no permission)
+
+
 @dataclass(frozen=True)
 class Settled:
-    """A pending path that needs action: ``kind`` is ready, incomplete, vanished or error."""
+    """A pending path that needs action."""
 
     path: str
-    kind: str
+    kind: SettledKind
     size: int = -1
     mtime_ns: int = -1
     reason: str = ""
@@ -314,11 +351,13 @@ class Readiness:
                 st = self._stat(path)
             except FileNotFoundError:
                 del self._pending[path]
-                out.append(Settled(path, "vanished", reason="file vanished before it was read"))
+                out.append(
+                    Settled(path, SettledKind.VANISHED, reason="file vanished before it was read")
+                )
                 continue
             except OSError as exc:
                 del self._pending[path]
-                out.append(Settled(path, "error", reason=_os_reason(exc)))
+                out.append(Settled(path, SettledKind.ERROR, reason=_os_reason(exc)))
                 continue
             key = (st.st_size, st.st_mtime_ns)
             if key != entry.key:
@@ -326,14 +365,14 @@ class Readiness:
                 entry.last_change = now
             if entry.closed or now - entry.last_change >= self.quiet_s:
                 del self._pending[path]
-                out.append(Settled(path, "ready", size=key[0], mtime_ns=key[1]))
+                out.append(Settled(path, SettledKind.READY, size=key[0], mtime_ns=key[1]))
             elif now - entry.first_seen >= self.incomplete_timeout_s:
                 # Reported once per timeout period; a later change still makes it ready.
                 entry.first_seen = now
                 out.append(
                     Settled(
                         path,
-                        "incomplete",
+                        SettledKind.INCOMPLETE,
                         size=key[0],
                         mtime_ns=key[1],
                         reason=f"still being written after {self.incomplete_timeout_s:g} s "

@@ -87,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
+from focuswatch.choices import CRITERIA, RESOLUTIONS
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     float_dtype,
@@ -116,6 +117,7 @@ __all__ = [
     "RESOLUTIONS",
     "ScoreResult",
     "check_options",
+    "float_dtype",
     "mhfd",
     "mhfd_detail",
     "patch_grid",
@@ -123,16 +125,6 @@ __all__ = [
     "score_patches",
     "sigma_schedule",
 ]
-
-CRITERIA = (
-    "mhfd",
-    "variance_of_laplacian",
-    "tenengrad",
-    "brenner",
-    "normalized_variance",
-    "power_spectrum_slope",
-)
-RESOLUTIONS = ("patches", "resized", "native")
 
 
 @dataclass(frozen=True)

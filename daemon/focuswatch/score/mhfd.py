@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
+from focuswatch.choices import MODES
 from focuswatch.score._dtypes import (
     float_dtype,
     stretch_limits,
@@ -81,7 +82,6 @@ __all__ = [
     "spectral_level_noise",
 ]
 
-MODES = ("default", "faithful", "fast")
 
 #: The authors' schedule: 30 standard deviations, 29 DoG levels.
 PAPER_SIGMAS: tuple[float, ...] = tuple(float(s) for s in np.linspace(1.0, 30.0 + 29.0 / 28.0, 30))
