@@ -374,3 +374,25 @@ def test_a_new_ledger_appears_whole_by_rename(tmp_path: Path) -> None:
     ledger.close()
     assert sorted(p.name for p in (tmp_path / "state").iterdir() if "new" in p.name) == []
     assert damage(tmp_path / "state" / DB_NAME) is None
+
+
+def test_a_bug_in_sql_is_not_taken_for_a_full_disk(tmp_path: Path) -> None:
+    """Only storage faults (full, read-only, I/O, busy) are waited out; a bad statement
+    raises as itself, or the service would retry it forever."""
+    ledger = Ledger.open(tmp_path)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="no such column"),
+        ledger.transaction() as conn,
+    ):
+        conn.execute("UPDATE versions SET nosuchcolumn = 1")
+    ledger.close()
+
+
+def test_only_a_corrupt_file_is_called_damaged(tmp_path: Path) -> None:
+    """A ledger SQLite cannot open for another reason (no permission, no space for its
+    index) is not damaged, so nobody is told to reset it."""
+    _ledger_with_rows(tmp_path, n=3)
+    db = tmp_path / DB_NAME
+    assert damage(db) is None
+    db.write_bytes(b"SQLite format 3\x00" + b"\x01" * 200)
+    assert damage(db) is not None

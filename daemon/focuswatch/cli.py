@@ -221,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service's state folder (default: state_dir from --config, else "
         "/var/lib/focuswatch)",
     )
+    r = rsub.add_parser("reopen", help="put a dismissed or fixed entry back on the list")
+    r.add_argument("id", type=_int_at_least(1), metavar="ID")
+    r.add_argument(
+        "--note", required=True, type=_nonblank, help="why it is reopened (kept in its history)"
+    )
+    r.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -389,6 +402,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.retakes_action == "dismiss":
             return retakes.dismiss_main(cfg, args.id, note=args.note)
+        if args.retakes_action == "reopen":
+            return retakes.reopen_main(cfg, args.id, note=args.note)
         return retakes.list_main(cfg, fmt=args.format, section=args.section, only_open=args.open)
     if args.command == "status":
         from focuswatch import status

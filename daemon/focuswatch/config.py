@@ -138,12 +138,14 @@ class AlertsConfig:
 
     urls: list[str] = _opt([], _nonempty_strings, factory=True)
     apprise_config: Path | None = _opt(None)
+    instance: str = _opt("", lambda v: None if len(v) <= 80 else "must be at most 80 characters")
     digest_minutes: float = _opt(10.0, _range(0.0, 1440))
     section_summary: bool = _opt(True)
     section_idle_minutes: float = _opt(30.0, _range(0.1, 10080))
     retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
+    send_timeout_s: float = _opt(30.0, _range(1.0, 600))
 
 
 @dataclass(frozen=True)

@@ -167,11 +167,40 @@ MIGRATIONS: list[str] = [
         summarized INTEGER NOT NULL DEFAULT 0
     );
     """,
-    # 3: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
+    # 3: per-endpoint alert delivery and structured alerts (focuswatch.outbox), the
+    # working distance shown in alerts, the history of each retake entry
+    """
+    ALTER TABLE alert_outbox ADD COLUMN severity TEXT NOT NULL DEFAULT 'info';
+    ALTER TABLE alert_outbox ADD COLUMN details TEXT;
+    ALTER TABLE alert_tiles ADD COLUMN details TEXT;
+    CREATE TABLE alert_deliveries (
+        outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
+        endpoint TEXT NOT NULL,
+        endpoint_name TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        sent REAL,
+        last_error TEXT,
+        PRIMARY KEY (outbox_id, endpoint)
+    );
+    ALTER TABLE versions ADD COLUMN working_distance_um REAL;
+    CREATE TABLE retake_events (
+        id INTEGER PRIMARY KEY,
+        retake_id INTEGER NOT NULL REFERENCES retakes (id),
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        version_id INTEGER,
+        score REAL
+    );
+    CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
+    """,
+    # 4: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
     """
     ALTER TABLE results ADD COLUMN fine_fraction REAL;
     """,
-    # 4: the scale signature per patch (TileScore.patch_fine_fraction, JSON rows), for
+    # 5: the scale signature per patch (TileScore.patch_fine_fraction, JSON rows), for
     # telling a wrinkle from tissue without history (focuswatch.policy)
     """
     ALTER TABLE results ADD COLUMN patch_fine_fraction TEXT;
@@ -206,9 +235,25 @@ def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
 
 
+# SQLite's primary result codes for a storage that cannot be used now, but may be again
+# (https://sqlite.org/rescode.html): PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_STORAGE_FAULTS = frozenset({3, 5, 6, 8, 10, 13, 14})
+# ... and for a file that is not, or no longer, a sound database: CORRUPT, NOTADB.
+_DAMAGE = frozenset({11, 26})
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def _is_fault(exc: BaseException) -> bool:
-    """A failure of the storage, not of focuswatch's SQL (constraint or syntax errors are bugs)."""
-    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    """A failure of the storage (full, read-only, I/O, busy), not of focuswatch's SQL.
+
+    Syntax errors, a missing column, a violated constraint or a corrupt page are not
+    faults to wait out: they raise as they are.
+    """
+    return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
 
 
 def section_index(section: str | None) -> int | None:
@@ -338,7 +383,7 @@ class Ledger:
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
-            if not readonly and "readonly" in str(exc):  # no write access to the folder
+            if not readonly and _is_fault(exc):  # full, read-only, no access: may pass
                 raise LedgerWriteError(f"cannot write the ledger {db}: {exc}") from None
             raise StateError(f"cannot use ledger {db}: {exc}") from None
         except OSError as exc:
@@ -448,10 +493,13 @@ class Ledger:
         row: int | None = None,
         col: int | None = None,
         state: str = "ready",
+        unreadable: Verdict | None = None,
     ) -> tuple[int, bool]:
         """Record a version (idempotent); returns ``(version_id, created)``.
 
-        A new version supersedes every other version of the same path.
+        A new version supersedes every other version of the same path. ``unreadable``
+        records it as failed with that verdict in the same transaction (a version known
+        to be unreadable never waits as 'ready', where a crash would leave it scored).
         """
         if state not in ("seen", "ready"):
             raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
@@ -487,6 +535,16 @@ class Ledger:
                 "WHERE path = ? AND id != ? AND superseded = 0",
                 (now, path, vid),
             )
+            if unreadable is not None:
+                conn.execute(
+                    "INSERT INTO results (version_id, verdict, reason, worker, scored_at)"
+                    " VALUES (?, ?, ?, '', ?)",
+                    (vid, str(unreadable.kind), unreadable.reason, now),
+                )
+                conn.execute(
+                    "UPDATE versions SET state = 'failed', last_error = ? WHERE id = ?",
+                    (unreadable.reason, vid),
+                )
             return vid, True
 
     def get(self, version_id: int) -> TileVersion:
@@ -655,11 +713,13 @@ class Ledger:
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
-                    "pixel_size_um = coalesce(?, pixel_size_um) WHERE id = ?",
+                    "pixel_size_um = coalesce(?, pixel_size_um), "
+                    "working_distance_um = coalesce(?, working_distance_um) WHERE id = ?",
                     (
                         getattr(meta, "stage_x_um", None),
                         getattr(meta, "stage_y_um", None),
                         getattr(meta, "pixel_size_um", None),
+                        getattr(meta, "working_distance_um", None),
                         version_id,
                     ),
                 )
@@ -702,6 +762,9 @@ class Ledger:
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
+            working_distance_um=self._conn.execute(
+                "SELECT working_distance_um FROM versions WHERE id = ?", (version_id,)
+            ).fetchone()[0],
         )
 
     def mark_delivered(self, version_id: int) -> None:
@@ -964,9 +1027,12 @@ def damage(db: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):
-            return None  # busy, not damaged: the open that follows waits for it
-        return f"SQLite cannot read it ({exc})"
+        # Only a file SQLite itself calls corrupt or not a database is damaged. A full
+        # disk, a read-only mount, no permission or a busy file is not: the open that
+        # follows reports it as what it is (and the service waits it out).
+        if _code(exc) in _DAMAGE:
+            return f"SQLite cannot read it ({exc})"
+        return None
     found = [" ".join(str(r[0]).split()) for r in rows]  # one line each
     return None if found == ["ok"] else "quick_check found: " + "; ".join(found)
 

@@ -103,12 +103,13 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks."""
+    """The retake and alert sinks, in that order: an alert names the retake entry (its
+    id) its tile opened, so the retake list must have seen the verdict first."""
     from focuswatch import alerts, retakes
 
     return [
-        alerts.build_sink(cfg, ledger, clock=clock),
         retakes.build_sink(cfg, ledger, clock=clock),
+        alerts.build_sink(cfg, ledger, clock=clock),
     ]
 
 
@@ -343,7 +344,17 @@ class Service:
         if first:
             self._fault_since = now
             self._next_fault_reminder = now + FAULT_REMIND_S
-            self._event("state_unwritable", "error", reason=reason, **self._waiting())
+            waiting = self._waiting()
+            self._event("state_unwritable", "error", reason=reason, **waiting)
+            self._tell(
+                f"state_unwritable:{self.clock():.0f}",
+                severity="failure",
+                title="focuswatch cannot write its state folder: no new tiles are scored",
+                body=f"{reason}\nWaiting: {waiting['results_held']} results, "
+                f"{waiting['changes_waiting'] + waiting['files_pending']} new files. "
+                f"Scoring resumes by itself once the state folder ({self.cfg.state_dir}) can "
+                "be written again.",
+            )
 
     def _waiting(self) -> dict[str, Any]:
         return {
@@ -354,6 +365,17 @@ class Service:
             "action": "no new tiles are taken until the state folder can be written; "
             f"retrying every {FAULT_RETRY_S:g} s",
         }
+
+    def _tell(self, key: str, *, severity: str, title: str, body: str) -> None:
+        """A health message to the sinks that can send one without the ledger."""
+        for sink in self.sinks:
+            tell = getattr(sink, "tell_now", None)  # the alert sink; recording sinks lack it
+            if tell is None:
+                continue
+            try:
+                tell(key, title=title, body=body, severity=severity)
+            except Exception as exc:  # a health message must not make matters worse
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
 
     def _turn_in_fault(self, timeout: float) -> None:
         ex = self._executor
@@ -393,12 +415,13 @@ class Service:
             return
         was = self._fault
         self._fault = None
-        self._event(
-            "state_writable_again",
-            "warning",
-            was=was,
-            after_s=round(time.monotonic() - self._fault_since),
-            **self._waiting(),
+        after_s = round(time.monotonic() - self._fault_since)
+        self._event("state_writable_again", "warning", was=was, after_s=after_s, **self._waiting())
+        self._tell(
+            f"state_writable_again:{self.clock():.0f}",
+            severity="success",
+            title="focuswatch can write its state folder again: scoring resumed",
+            body=f"After {after_s} s: {was}",
         )
         try:
             if not self._recovered:
@@ -527,6 +550,8 @@ class Service:
             section, row, col = parse_tile_name(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
             section, row, col, bad_name = None, None, None, exc.reason
+        ready = s.kind is SettledKind.READY and bad_name is None
+        unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
             s.path,
             size=size,
@@ -535,15 +560,22 @@ class Service:
             section=section,
             row=row,
             col=col,
+            unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind is SettledKind.READY and bad_name is None:
+        if unreadable is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
-        reason = s.reason if bad_name is None else bad_name
-        self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker="")
+        self._event(
+            "tile_failed",
+            "warning",
+            **self._tile_fields(v),
+            verdict=str(unreadable.kind),
+            reason=unreadable.reason,
+        )
+        self._deliver(vid)
 
     def _outside(self, path: str) -> bool:
         """A link out of the watch folder is not followed (unless the config says so).
@@ -832,12 +864,19 @@ def _watch_folder(cfg: Config) -> Path:
     return Path(cfg.watch.path)
 
 
-def _check_folders(cfg: Config) -> None:
-    _alerts_usable(cfg)
-    _watch_usable(cfg)
+def _state_writable(cfg: Config) -> None:
+    """StateError if the state folder can never be used as configured; LedgerWriteError
+    if it cannot be written now (a read-only mount, which may come back read-write)."""
     state = _state_folder(cfg)
-    if not os.access(state, os.W_OK | os.X_OK):
-        raise StateError(f"state folder {state} is not writable")
+    if os.access(state, os.W_OK | os.X_OK):
+        return
+    try:
+        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly_mount = False
+    if readonly_mount:
+        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
+    raise StateError(f"state folder {state} is not writable")
 
 
 def _watch_usable(cfg: Config) -> None:
@@ -915,6 +954,42 @@ def preflight(cfg: Config) -> list[str]:
     return problems
 
 
+def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
+    """The service, once its state folder can be written; None if stopped meanwhile.
+
+    A full disk or a read-only mount at start is waited out (retried every
+    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
+    running: exiting would only have systemd restart it into the same fault, over and
+    over. systemd is told the service is up (and fed its watchdog) while it waits.
+    """
+    notifier = sdnotify.Notifier()
+    waiting_since: float | None = None
+    remind = 0.0
+    while True:
+        try:
+            _state_writable(cfg)
+            return Service(cfg)
+        except LedgerWriteError as exc:
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since, remind = now, now + FAULT_REMIND_S
+                log.error(
+                    "state_unwritable",
+                    reason=str(exc),
+                    action="not started: waiting for the state folder to be writable; "
+                    f"retrying every {FAULT_RETRY_S:g} s",
+                )
+                notifier.ready("waiting for the state folder to be writable")
+            elif now >= remind:
+                remind = now + FAULT_REMIND_S
+                log.error(
+                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
+                )
+            notifier.watchdog()
+            if stop.wait(FAULT_RETRY_S):
+                return None
+
+
 def _stop_on_signal(
     stop: threading.Event, received: list[int]
 ) -> Callable[[int, FrameType | None], None]:
@@ -938,7 +1013,8 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
     a healthy one).
     """
-    _check_folders(cfg)
+    _alerts_usable(cfg)
+    _watch_usable(cfg)
     if reset_ledger:
         lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
         lock.acquire()
@@ -963,7 +1039,10 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     # SIGTERM: configuration is read once at start, so there is nothing to reload.
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        service = Service(cfg)
+        service = _when_writable(cfg, stop)
+        if service is None:
+            log.info("stop_requested", **why(), while_waiting="for the state folder")
+            return 0
         service.run_until(stop, once=once, why=why)
     finally:
         for s, handler in previous.items():

@@ -53,6 +53,7 @@ class VerdictRecord:
     score: float | None
     verdict: Verdict
     at: float  # seconds since the epoch, from the injected clock
+    working_distance_um: float | None = None  # the microscope's focus (FibicsXML Scan/Focus)
 
     @property
     def position(self) -> str:

@@ -550,10 +550,15 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     e0 = float(xp.sum(energy[quiet]))
     if e0 <= 0:
         return none
+    # A sample correlation of N independent pairs has a standard error of ~1/sqrt(N):
+    # estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se), so that a
+    # small patch's chance correlation of white noise does not move its floor.
+    se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
     out = []
     for k in range(1, NOISE_LAGS + 1):
         c = _block_sums(base * e[:, k : k + n], br, bc)
         rho = float(xp.sum(c[quiet])) / e0
+        rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
         out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
     return tuple(out)
 
