@@ -396,3 +396,18 @@ def test_only_a_corrupt_file_is_called_damaged(tmp_path: Path) -> None:
     assert damage(db) is None
     db.write_bytes(b"SQLite format 3\x00" + b"\x01" * 200)
     assert damage(db) is not None
+
+
+def test_known_paths_under_a_folder_include_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Stored as BLOBs they sort after all text; a folder's range must still find them."""
+    import os
+
+    ledger = Ledger.open(tmp_path)
+    odd = os.fsdecode(b"/w/S_001/Tile_r1-c1_\xe9.tif")
+    for path in (odd, "/w/S_001/Tile_r1-c2.tif", "/w/S_002/Tile_r1-c1.tif"):
+        ledger.add_version(path, size=1, mtime_ns=1, tile_name=os.path.basename(path))
+    assert sorted(ledger.known_paths(under="/w/S_001")) == sorted([odd, "/w/S_001/Tile_r1-c2.tif"])
+    odd_dir = os.fsdecode(b"/w/S_\xff")
+    ledger.add_version(f"{odd_dir}/t.tif", size=1, mtime_ns=1, tile_name="t.tif")
+    assert list(ledger.known_paths(under=odd_dir)) == [f"{odd_dir}/t.tif"]
+    ledger.close()

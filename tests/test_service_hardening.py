@@ -23,7 +23,8 @@ import structlog
 
 from focuswatch import service as service_mod
 from focuswatch import status
-from focuswatch.errors import ConfigError, StateError
+from focuswatch.errors import ConfigError, StateError, TileError
+from focuswatch.scoring import score_path
 from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.statelock import StateLock
@@ -219,6 +220,9 @@ def test_a_symlink_out_of_the_watch_folder_is_not_followed_and_logged_once(
     skipped = [e for e in logs if e["event"] == "symlink_outside_skipped"]
     assert [e["tile"] for e in skipped] == [str(link)]
     assert skipped[0]["target"] == str(outside)
+    # A tile replaced by such a link after that check is refused where it is read.
+    with pytest.raises(TileError, match="outside the watch folder"):
+        score_path(str(link), svc.settings)
 
 
 def test_following_links_out_of_the_watch_folder_is_a_choice(
@@ -402,7 +406,11 @@ def test_a_deleted_state_folder_is_detected_and_nothing_more_is_written(
     assert "was deleted while the service was running" in svc.fault
     assert len(sink.records) == 1  # the second tile was not recorded into the deleted file
     assert [e["event"] for e in logs].count("state_unwritable") == 1
-    assert not (tmp_path / "state").exists()  # and nothing was silently re-created
+    # Nothing was silently re-created but the lock, so that a second service on the
+    # emptied folder does not score the wafer again beside this one.
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["focuswatch.lock"]
+    with pytest.raises(StateError, match="in use by another focuswatch service"):
+        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
 
 
 OVERFLOW_CONFIG = """\

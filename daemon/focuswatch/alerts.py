@@ -28,6 +28,7 @@ import html
 import importlib
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -193,7 +194,9 @@ def _decimated(tile: Any, step: int) -> np.ndarray[Any, Any]:
     )
 
 
-def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
+def make_thumbnail(
+    tile_path: str | Path, out: Path, *, px: int, within: str | None = None
+) -> Path | None:
     """A small contrast-stretched PNG of the tile, or None if it cannot be made.
 
     Never raises: a thumbnail is a nicety, and a failure here (unreadable tile, full
@@ -207,7 +210,7 @@ def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
     from focuswatch.tiles import open_tile
 
     try:
-        with open_tile(tile_path) as tile:
+        with open_tile(tile_path, within=within) as tile:
             step = max(1, max(tile.shape) // (4 * px))  # ~4 px per thumbnail px, then resample
             small = np.asarray(_decimated(tile, step), dtype=np.float32)
         small = np.nan_to_num(small, nan=0.0, posinf=0.0, neginf=0.0)
@@ -294,6 +297,7 @@ class AppriseNotifier:
         thumbnail_dir: Path,
         thumbnail_px: int,
         send_timeout_s: float = 30.0,
+        within: str | None = None,
     ) -> None:
         apprise = _apprise()
 
@@ -326,6 +330,7 @@ class AppriseNotifier:
         self._apprise.add(plugin)
         self._thumb_px = thumbnail_px
         self._thumb_dir = thumbnail_dir
+        self._within = within  # thumbnails only of files in the watch folder
 
     @property
     def url(self) -> str:
@@ -339,7 +344,9 @@ class AppriseNotifier:
         if alert.tile_path and self._thumb_px > 0:
             folder = self._thumb_dir / _endpoint_id(self.url)
             name = _safe_name(Path(alert.tile_name or alert.tile_path).stem) + ".png"
-            thumb = make_thumbnail(alert.tile_path, folder / name, px=self._thumb_px)
+            thumb = make_thumbnail(
+                alert.tile_path, folder / name, px=self._thumb_px, within=self._within
+            )
         try:
             attach = None
             if thumb is not None:
@@ -383,7 +390,9 @@ def _safe_name(name: str) -> str:
     return out[:120] or "tile"
 
 
-def build_endpoints(acfg: AlertsConfig, *, thumbnail_dir: Path) -> list[Endpoint]:
+def build_endpoints(
+    acfg: AlertsConfig, *, thumbnail_dir: Path, within: str | None = None
+) -> list[Endpoint]:
     """One endpoint per notification URL (``alerts.urls`` and the apprise config file)."""
     apprise = _apprise()
 
@@ -406,6 +415,7 @@ def build_endpoints(acfg: AlertsConfig, *, thumbnail_dir: Path) -> list[Endpoint
             thumbnail_dir=thumbnail_dir,
             thumbnail_px=acfg.thumbnail_px,
             send_timeout_s=acfg.send_timeout_s,
+            within=within,
         )
         eid = _endpoint_id(notifier.url)
         if eid in seen:
@@ -737,8 +747,7 @@ class AlertSink:
         """
         digest_s = self._cfg.digest_minutes * 60.0
         idle_s = self._cfg.section_idle_minutes * 60.0
-        with self._ledger._lock:  # the thread lock only: never inside another's transaction
-            conn = self._ledger.connection
+        with self._ledger.reading() as conn:
             due = (
                 bool(_due_digests(conn, now - digest_s))
                 or bool(_idle_sections(conn, now - idle_s))
@@ -896,7 +905,12 @@ def build_sink(
     elif notify is not None:
         endpoints = [Endpoint(id="notify", name="notify", notify=notify)]
     elif acfg.urls or acfg.apprise_config is not None:
-        endpoints = build_endpoints(acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails")
+        within = None
+        if cfg.watch.path is not None and not cfg.watch.follow_symlinks_outside:
+            within = os.path.realpath(cfg.watch.path)
+        endpoints = build_endpoints(
+            acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails", within=within
+        )
     else:
         endpoints = []
     sender = None

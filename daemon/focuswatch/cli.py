@@ -440,12 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     except LedgerWriteError as exc:
-        print(
-            f"focuswatch {args.command}: {exc}; this command changes the ledger: run it as "
-            "the service's user (sudo -u focuswatch focuswatch ...), which can write the "
-            "state folder",
-            file=sys.stderr,
+        # The hint only where access is what is missing (not a full or busy disk).
+        access = any(w in str(exc).lower() for w in ("readonly", "read-only", "permission"))
+        hint = (
+            "; this command changes the ledger: run it as the service's user "
+            "(sudo -u focuswatch focuswatch ...), which can write the state folder"
         )
+        print(f"focuswatch {args.command}: {exc}{hint if access else ''}", file=sys.stderr)
         return EXIT_FAILURE
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)

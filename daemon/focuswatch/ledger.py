@@ -422,6 +422,14 @@ class Ledger:
         return self._conn
 
     @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for plain reads: no write lock (WAL readers never wait), but the
+        thread lock, so a read never runs inside a transaction another thread has open
+        on this connection (and never sees its uncommitted rows)."""
+        with self._lock:
+            yield self._conn
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
 
@@ -632,12 +640,16 @@ class Ledger:
         else:
             prefix = under.rstrip("/") + "/"
             # Every path starting with 'prefix' sorts in [prefix, prefix[:-1] + '0'): '0'
-            # is the character right after '/'.
-            rows = self._conn.execute(
-                "SELECT path, size, mtime_ns FROM versions "
-                "WHERE path >= ? AND path < ? AND superseded = 0",
-                (prefix, prefix[:-1] + "0"),
-            ).fetchall()
+            # is the character right after '/'. Paths that are not UTF-8 are BLOBs, which
+            # sort after all text: their range is asked for in bytes.
+            raw = prefix.encode("utf-8", "surrogateescape")
+            rows = []
+            for lo, hi in ((prefix, prefix[:-1] + "0"), (raw, raw[:-1] + b"0")):
+                rows += self._conn.execute(
+                    "SELECT path, size, mtime_ns FROM versions "
+                    "WHERE path >= ? AND path < ? AND superseded = 0",
+                    (lo, hi),
+                ).fetchall()
         return {p: (s, m) for p, s, m in rows}
 
     # -- results -----------------------------------------------------------------------

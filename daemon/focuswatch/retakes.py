@@ -325,13 +325,9 @@ def entries(
 
 
 def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
-    """A plain read: no write lock (WAL readers never wait for the writer).
-
-    Under the ledger's thread lock, so it never runs inside a transaction another
-    thread has open on the same connection (and so never sees its uncommitted rows).
-    """
-    with ledger._lock:
-        return ledger.connection.execute(sql, args).fetchall()
+    """A plain read (``Ledger.reading``: no write lock, never inside another's transaction)."""
+    with ledger.reading() as conn:
+        return conn.execute(sql, args).fetchall()
 
 
 def history(ledger: Ledger, entry_id: int | None = None) -> list[RetakeEvent]:

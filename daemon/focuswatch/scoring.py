@@ -50,6 +50,9 @@ class ScoreSettings:
     patch_size: int = 1024
     backend: str = "auto"
     memory_limit_mb: int = 2048
+    #: A folder whose files alone are read (the watch folder: links out are refused);
+    #: None reads any path.
+    within: str | None = None
 
     @classmethod
     def from_config(cls, sc: ScoringConfig) -> ScoreSettings:
@@ -208,7 +211,7 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     name = str(path)
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
-    with tiles.open_tile(path) as tile:
+    with tiles.open_tile(path, within=settings.within) as tile:
         if too_big(tile, settings):
             return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
         image, bad = finite_only(tile.read())

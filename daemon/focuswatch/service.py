@@ -25,6 +25,7 @@ back to 'ready', then exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -153,7 +154,10 @@ class Service:
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
             )
             self.changes: queue.Queue[Change] = queue.Queue()
-            self.settings = ScoreSettings.from_config(cfg.scoring)
+            self.settings = dataclasses.replace(
+                ScoreSettings.from_config(cfg.scoring),
+                within=None if cfg.watch.follow_symlinks_outside else self._real_root,
+            )
             self.notifier = notifier or sdnotify.Notifier()
             if decide is None:
                 from focuswatch import policy
@@ -336,7 +340,16 @@ class Service:
 
     # -- a state folder that cannot be written -----------------------------------------
 
+    def _keep_lock(self) -> None:
+        """The state folder deleted: the lock went with it. Take it again, or a second
+        service would start on the emptied folder and score the wafer again beside us."""
+        lost = self._lock.keep()
+        if lost is not None:
+            self._event("state_lock_lost", "error", reason=lost)
+
     def _enter_fault(self, reason: str) -> None:
+        if self.ledger.file_problem() is not None:
+            self._keep_lock()
         first = self._fault is None
         self._fault = reason
         now = time.monotonic()
@@ -402,6 +415,7 @@ class Service:
         """Try one small write; if it goes through, record what was held and resume."""
         problem = self.ledger.file_problem()
         if problem is not None:
+            self._keep_lock()
             # Never write into a deleted ledger: what it holds is lost at the next start.
             self._fault = (
                 f"{problem}; nothing more is written there. Restore the state folder and "

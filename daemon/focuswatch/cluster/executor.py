@@ -9,6 +9,7 @@ per job.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -518,11 +519,14 @@ class DaskExecutor:
                 and entry.where == "reading"
             )
 
+        reason: str | None = None
         try:
             with open(entry.job.path, "rb") as f:
-                data = f.read()
+                reason = _outside(f.fileno(), entry.job.settings.within)
+                data = b"" if reason else f.read()
         except OSError as exc:  # the tile's problem, as the path route would say
             reason = os_reason(exc)
+        if reason is not None:
             _log.warning("cluster_tile_unreadable", tile=entry.job.path, reason=reason)
             with self._cond:
                 if current():
@@ -766,6 +770,17 @@ class DaskExecutor:
             fallback.close()
         if self._reconnector is not None:
             self._reconnector.join(timeout=self._connect_timeout_s + 1)
+
+
+def _outside(fd: int, within: str | None) -> str | None:
+    """Why the open file ``fd`` may not be read (its real path is out of ``within``)."""
+    if within is None:
+        return None
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    root = os.path.realpath(within).rstrip("/")
+    if real == root or real.startswith(root + "/"):
+        return None
+    return "its real path is outside the watch folder: not read (watch.follow_symlinks_outside)"
 
 
 def _cancel_quietly(fut: Any) -> None:

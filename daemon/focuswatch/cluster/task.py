@@ -81,6 +81,8 @@ def score_bytes(
     metadata (FibicsXML, CZ_SEM, ATLAS names) and error reasons are exactly those of
     the path route; the result names the original path.
     """
+    # The daemon read the bytes inside its watch folder; this private copy is not there.
+    settings = dataclasses.replace(settings, within=None)
     fn = score_fn or default_score_fn(settings)
     with tempfile.TemporaryDirectory(prefix="focuswatch-") as tmp:
         local = Path(tmp) / (PurePath(name).name or "tile.tif")

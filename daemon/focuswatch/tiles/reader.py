@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import stat
 import warnings
 from collections import OrderedDict
@@ -20,6 +21,7 @@ import numpy.typing as npt
 import tifffile
 
 from focuswatch.errors import TileError
+from focuswatch.text import printable
 from focuswatch.tiles.meta import CZ_SEM_TAG, TileMeta, build_meta
 
 __all__ = ["MIN_SIDE", "TileReader", "open_tile", "os_reason", "read_meta", "read_tile"]
@@ -195,8 +197,12 @@ class TileReader:
     dtype: np.dtype[Any]
     meta: TileMeta
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, within: str | None = None) -> None:
         self.path = Path(path)
+        # Pixels are read only from a file whose real path lies in ``within`` (checked on
+        # the open descriptor itself, so a link swapped in after any earlier check of
+        # the name is caught too).
+        self._within = None if within is None else os.path.realpath(within).rstrip("/")
         self._tif: Any = None
         self._page: Any = None
         self._pixels: npt.NDArray[Any] | None = None  # Pillow path: decoded once
@@ -235,6 +241,7 @@ class TileReader:
                 self._tif = tifffile.TiffFile(path)
             except tifffile.TiffFileError as exc:
                 raise TileError(str(path), f"corrupt or truncated TIFF: {_short(exc)}") from None
+            self._confine(self._tif.filehandle.fileno())
             if len(self._tif.pages) == 0:
                 raise TileError(str(path), "TIFF has no images in it")
             page = self._tif.pages.first
@@ -250,6 +257,20 @@ class TileReader:
         self.shape = (height, width)
         self.dtype = self._layout.out_dtype
         self.meta = build_meta(path, page, sem)
+
+    def _confine(self, fd: int) -> None:
+        if self._within is None:
+            return
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: the name's real path, checked just now
+            real = os.path.realpath(self.path)
+        if real != self._within and not real.startswith(self._within + "/"):
+            raise TileError(
+                str(self.path),
+                f"its real path {printable(real)} is outside the watch folder: not read "
+                "(watch.follow_symlinks_outside = false)",
+            )
 
     def _tiff_layout(self, page: Any, stored: np.dtype[Any]) -> _Layout:
         photometric = int(page.photometric)
@@ -325,6 +346,8 @@ class TileReader:
         from PIL import Image
 
         with Image.open(self.path) as opened:
+            if opened.fp is not None:
+                self._confine(opened.fp.fileno())
             opened.load()
             if opened.mode == "1":
                 raise TileError(str(self.path), "1-bit (black/white) image: not an SEM tile")
@@ -497,9 +520,12 @@ class TileReader:
         return f"TileReader({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def open_tile(path: str | Path) -> TileReader:
-    """Open a tile for reading; TileError if it cannot be a tile. Use with ``with``."""
-    return TileReader(path)
+def open_tile(path: str | Path, *, within: str | None = None) -> TileReader:
+    """Open a tile for reading; TileError if it cannot be a tile. Use with ``with``.
+
+    ``within``: a folder the file's real path must lie in (links out are refused).
+    """
+    return TileReader(path, within=within)
 
 
 def read_tile(path: str | Path) -> tuple[npt.NDArray[Any], TileMeta]:
