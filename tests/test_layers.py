@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"scoring", "ledger"},
     {"executor", "calibrate", "outbox"},
     {"policy", "gpu"},
-    {"worker", "alerts", "retakes"},
+    {"judge", "worker", "alerts", "retakes"},
     {"cluster", "status"},
     {"service"},
     {"demo"},

@@ -330,6 +330,23 @@ def test_reading_the_list_takes_no_write_lock(ledger: Ledger) -> None:
     assert entry.status == "open"
 
 
+def test_a_verdict_revised_to_in_focus_takes_its_tile_off_the_list(ledger: Ledger) -> None:
+    """The judge revises a verdict when its context arrives late: the same version, now
+    in focus, dismisses its open entry (once); the list says why."""
+    sink = sink_for(ledger)
+    bad = record(ledger, BAD)
+    sink.on_verdict(bad)
+    revised = Verdict(VerdictKind.IN_FOCUS, "score 140 (median of this tile position 150)")
+    ledger.revise_verdict(bad.version_id, revised)
+    again = ledger.verdict_record(bad.version_id)
+    sink.on_verdict(again)
+    sink.on_verdict(again)
+    (e,) = retakes.entries(ledger)
+    assert e.status == "dismissed"
+    assert e.note == f"verdict revised: {revised.reason}"
+    assert retakes.entries(ledger, only_open=True) == []
+
+
 # -- the history of an entry -----------------------------------------------------------
 
 

@@ -71,6 +71,7 @@ _KIND_TEXT = {
     VerdictKind.EMPTY: "empty",
     VerdictKind.UNREADABLE: "unreadable",
     VerdictKind.IN_FOCUS: "in focus",
+    VerdictKind.UNCERTAIN: "not judged (nothing to compare with)",
 }
 
 
@@ -889,7 +890,13 @@ class AlertSink:
         out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
         line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
         parts = [line + (": " + ", ".join(out) if out else "")]
-        for kind in (VerdictKind.PARTLY_OUT_OF_FOCUS, VerdictKind.EMPTY, VerdictKind.UNREADABLE):
+        others = (
+            VerdictKind.PARTLY_OUT_OF_FOCUS,
+            VerdictKind.EMPTY,
+            VerdictKind.UNREADABLE,
+            VerdictKind.UNCERTAIN,
+        )
+        for kind in others:
             found = by_kind.get(str(kind), [])
             if found:
                 text = f"{len(found)} {_KIND_TEXT[kind]}"

@@ -118,6 +118,7 @@ class PolicyConfig:
     """How scores become verdicts."""
 
     history_sections: int = _opt(5, _range(1, 1000))
+    memory_sections: int = _opt(30, _range(1, 10_000))
     drop_ratio: float = _opt(0.5, _fraction)
     section_drop_ratio: float = _opt(0.6, _fraction)
     min_score: float = _opt(0.0, _range(0.0))
@@ -126,6 +127,8 @@ class PolicyConfig:
     min_baseline: float = _opt(10.0, _range(0.0))
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
+    fine_drop: float = _opt(0.15, _fraction)
+    section_wide_fraction: float = _opt(0.5, _fraction)
     calibration: Path | None = _opt(None)
 
 

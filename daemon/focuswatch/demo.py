@@ -40,6 +40,7 @@ _LABEL = {
     VerdictKind.PARTLY_OUT_OF_FOCUS: "PARTLY OUT OF FOCUS",
     VerdictKind.EMPTY: "empty",
     VerdictKind.UNREADABLE: "UNREADABLE",
+    VerdictKind.UNCERTAIN: "not judged",
 }
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "MIGRATIONS",
     "STATES",
     "Ledger",
+    "PastTile",
     "TileVersion",
     "damage",
     "section_index",
@@ -195,15 +196,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
     """,
-    # 4: a section that went quiet before all its expected tiles arrived (alerts): how
+    # 4: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
+    """
+    ALTER TABLE results ADD COLUMN fine_fraction REAL;
+    """,
+    # 5: the scale signature per patch (TileScore.patch_fine_fraction, JSON rows), for
+    # telling a wrinkle from tissue without history (focuswatch.policy)
+    """
+    ALTER TABLE results ADD COLUMN patch_fine_fraction TEXT;
+    """,
+    # 6: a section that went quiet before all its expected tiles arrived (alerts): how
     # many tiles it had when that was told (NULL: not told)
     """
     ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
     """,
 ]
 
-# Verdicts whose scores are trusted as context for later decisions.
-_CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -283,6 +291,19 @@ class TileVersion:
     first_seen: float
     updated: float
     superseded: bool
+
+
+@dataclass(frozen=True)
+class PastTile:
+    """A judged tile as context for another tile's verdict (same position or section)."""
+
+    version_id: int
+    section_index: int
+    score: float
+    patch_scores: list[list[float]] | None
+    verdict: str
+    fine_fraction: float | None = None
+    has_history: bool = True
 
 
 _VERSION_COLUMNS = (
@@ -660,6 +681,8 @@ class Ledger:
             "shape": None,
             "read_ms": None,
             "score_ms": None,
+            "fine_fraction": None,
+            "patch_fine_fraction": None,
         }
         meta = None
         if score is not None:
@@ -673,13 +696,16 @@ class Ledger:
                 "shape": json.dumps(list(score.shape)),
                 "read_ms": float(score.read_ms),
                 "score_ms": float(score.score_ms),
+                "fine_fraction": getattr(score, "fine_fraction", None),
+                "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, verdict, reason, baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction, verdict, reason,"
+                " baseline, defocus_um, worker, scored_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -723,7 +749,7 @@ class Ledger:
         if row is None:
             return None
         out = dict(zip([d[0] for d in cur.description], row, strict=True))
-        for key in ("patch_scores", "shape"):
+        for key in ("patch_scores", "shape", "patch_fine_fraction"):
             if out[key] is not None:
                 out[key] = json.loads(out[key])
         return out
@@ -773,41 +799,103 @@ class Ledger:
 
     def position_history(
         self, row: int, col: int, *, before_section_index: int, limit: int
-    ) -> list[tuple[float, list[list[float]] | None]]:
-        """Trusted (score, focus map) at this position in earlier sections, most recent first.
+    ) -> list[PastTile]:
+        """Every scored earlier section at this position, most recent first.
 
-        Current versions only, verdict in_focus or partly_out_of_focus, one per section
-        (the latest version when a section has several, e.g. a retake with a new suffix).
+        Current versions only, whatever their verdict (which of them to trust is the
+        policy's call: the scores are evidence either way), one per section (the
+        latest version when a section has several, e.g. a retake with a new suffix).
         """
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.section_index, r.score, r.patch_scores FROM versions v JOIN results r "
-            "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
-            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IN (?, ?) "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
             "ORDER BY v.section_index DESC, v.id DESC",
-            (row, col, before_section_index, *_CONTEXT_VERDICTS),
+            (row, col, before_section_index),
         )
-        out: list[tuple[float, list[list[float]] | None]] = []
+        out: list[PastTile] = []
         last: int | None = None
-        for sec, score, maps in cur:
+        for vid, sec, score, maps, verdict, fine in cur:
             if sec == last:
                 continue
             last = sec
-            out.append((float(score), None if maps is None else json.loads(maps)))
+            patches = None if maps is None else json.loads(maps)
+            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict), fine))
             if len(out) >= limit:
                 break
         return out
 
-    def section_scores(self, section: str, *, exclude_version: int | None = None) -> list[float]:
-        """Trusted scores of the other current tiles of this section."""
+    def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
+        """The other current, scored, non-empty tiles of this section, oldest first.
+
+        ``has_history``: the tile's position has a scored tile in an earlier section.
+        """
         rows = self._conn.execute(
-            "SELECT r.score FROM versions v JOIN results r ON r.version_id = v.id "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
+            "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
+            "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
+            "AND w.superseded = 0 AND q.score IS NOT NULL) "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
-            "AND r.score IS NOT NULL AND r.verdict IN (?, ?) ORDER BY v.id",
-            (section, -1 if exclude_version is None else exclude_version, *_CONTEXT_VERDICTS),
+            "AND r.score IS NOT NULL AND r.verdict IS NOT NULL AND r.verdict != 'empty' "
+            "ORDER BY v.id",
+            (section, -1 if exclude_version is None else exclude_version),
         ).fetchall()
-        return [float(r[0]) for r in rows]
+        return [
+            PastTile(
+                int(vid),
+                -1 if sec is None else int(sec),
+                float(score),
+                None,
+                str(verdict),
+                fine,
+                bool(history),
+            )
+            for vid, sec, score, verdict, fine, history in rows
+        ]
+
+    def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
+        """Current judged versions at this position in later sections, oldest section first."""
+        rows = self._conn.execute(
+            "SELECT v.id FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 AND v.section_index > ? "
+            "AND r.score IS NOT NULL ORDER BY v.section_index, v.id",
+            (row, col, after_section_index),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def revise_verdict(self, version_id: int, verdict: Verdict) -> bool:
+        """Replace a scored version's verdict (its context changed).
+
+        True when that changed whether the tile needs a retake: then the result is
+        also marked undelivered in the same transaction, so the sinks see it
+        (replayed at the next start if need be).
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT verdict FROM results WHERE version_id = ? AND score IS NOT NULL",
+                (version_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            was = VerdictKind(row[0]).needs_retake if row[0] is not None else False
+            retake = was != verdict.kind.needs_retake
+            conn.execute(
+                "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ?, "
+                "delivered = delivered * ? WHERE version_id = ?",
+                (
+                    str(verdict.kind),
+                    verdict.reason,
+                    verdict.baseline,
+                    verdict.defocus_um,
+                    0 if retake else 1,
+                    version_id,
+                ),
+            )
+            return retake
 
     # -- meta and status ---------------------------------------------------------------
 
@@ -877,6 +965,10 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _create(db: Path) -> None:

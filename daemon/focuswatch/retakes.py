@@ -194,6 +194,23 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             "SELECT max(version_id) FROM retakes WHERE section = ? AND position = ?",
             (section, position),
         ).fetchone()[0]
+        if newest == record.version_id and not opens:
+            # The same version's verdict was revised (focuswatch.judge: context that
+            # arrived late showed it in focus): it no longer needs a retake.
+            revised = conn.execute(
+                "SELECT id FROM retakes WHERE section = ? AND position = ? AND version_id = ?"
+                " AND status IN (?, ?)",
+                (section, position, newest, *_ACTIVE),
+            ).fetchone()
+            if revised is None:
+                return False
+            note = f"verdict revised: {v.reason}"
+            conn.execute(
+                "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
+                (note, now, revised[0]),
+            )
+            _event(conn, revised[0], now, "dismissed", note=note, version_id=newest)
+            return True
         if newest is not None and newest >= record.version_id:
             return False  # already applied, or a stale verdict of an older version
         if _judged_later(conn, record):

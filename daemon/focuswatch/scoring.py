@@ -87,6 +87,13 @@ class TileScore:
     patch_content: list[list[float]] | None = None
     #: Estimated noise standard deviation, as a fraction of the stretched range.
     noise: float = float("nan")
+    #: The scale signature (``mhfd`` only, else None): fraction of the tile's counted
+    #: maxima from the fine levels (σ ≤ ``focuswatch.score.mhfd.FINE_SIGMA`` px), pooled
+    #: over patches. Defocus lowers it (fine scales go first); less tissue leaves it
+    #: about where it was. None when nothing was counted.
+    fine_fraction: float | None = None
+    #: The same per patch (grid of ``patch_scores``; NaN for a patch without maxima).
+    patch_fine_fraction: list[list[float]] | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -125,6 +132,8 @@ def _tile_score(
         mode=result.mode,
         patch_content=_grid(result.patch_content),
         noise=result.noise,
+        fine_fraction=result.fine_fraction,
+        patch_fine_fraction=_grid(result.patch_fine_fraction),
     )
 
 
@@ -313,6 +322,7 @@ def _as_json(ts: TileScore) -> dict[str, Any]:
         "mode": ts.mode,
         "resolution": ts.resolution,
         "content": ts.content,
+        "fine_fraction": ts.fine_fraction,
         "patches": None
         if grid is None
         else {

@@ -6,7 +6,7 @@
     rescan thread  ──► changes queue ─┤
                                       ▼
     main loop: Readiness ─► ledger 'ready' ─► executor (worker processes | Dask)
-               outcomes ─► policy.decide ─► ledger result (one per version) ─► sinks
+               outcomes ─► judge (context, policy, result; revisions) ─► sinks
 
 The ledger is the queue: versions wait there as 'ready' and the main loop hands the
 executor at most ``scoring.queue_size`` at a time, so a burst of 10,000 tiles costs
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from focuswatch import sdnotify
+from focuswatch import judge, sdnotify
 from focuswatch.config import Config
 from focuswatch.errors import (
     BackendError,
@@ -112,39 +112,6 @@ def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> l
         retakes.build_sink(cfg, ledger, clock=clock),
         alerts.build_sink(cfg, ledger, clock=clock),
     ]
-
-
-def evidence(
-    ledger: Ledger,
-    *,
-    version_id: int,
-    section: str | None,
-    section_index: int | None,
-    row: int | None,
-    col: int | None,
-    score: Any,
-    history_sections: int,
-) -> Any:
-    """What the policy weighs for one scored tile: its score and its context in the ledger.
-
-    ``score`` is a ``TileScore``; the result a ``policy.Evidence``.
-    """
-    from focuswatch.policy import Evidence
-
-    history: list[tuple[float, list[list[float]] | None]] = []
-    if row is not None and col is not None and section_index is not None:
-        history = ledger.position_history(
-            row, col, before_section_index=section_index, limit=history_sections
-        )
-    peers = [] if section is None else ledger.section_scores(section, exclude_version=version_id)
-    return Evidence(
-        score=float(score.score),
-        patch_scores=score.patch_scores,
-        content=float(score.content),
-        history=[s for s, _ in history],
-        section_scores=peers,
-        patch_history=[maps for _, maps in history],
-    )
 
 
 class Service:
@@ -679,28 +646,41 @@ class Service:
             self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker=o.worker)
             return
         ts = o.result
-        try:
-            verdict = self._verdict(v, ts)
-        except Exception as exc:  # a policy bug must not lose the score or stop the service
-            verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
-            self._event("policy_failed", "error", **self._tile_fields(v), error=repr(exc))
-        self._record(v, verdict, score=ts, worker=o.worker)
-
-    def _verdict(self, v: TileVersion, ts: Any) -> Verdict:
-        ev = evidence(
+        judged = judge.judge(
             self.ledger,
-            version_id=v.id,
-            section=v.section,
-            section_index=v.section_index,
-            row=v.row,
-            col=v.col,
-            score=ts,
-            history_sections=self.cfg.policy.history_sections,
+            v,
+            ts,
+            cfg=self.cfg.policy,
+            calibration=self._calibration,
+            decide=self._decide,
+            worker=o.worker,
         )
-        return self._decide(ev, cfg=self.cfg.policy, calibration=self._calibration)
+        if judged.error is not None:
+            self._event("policy_failed", "error", **self._tile_fields(v), error=judged.error)
+        self._recorded(v, judged.verdict, created=judged.created, score=ts, worker=o.worker)
+        for vid in judged.revised:
+            r = self.ledger.verdict_record(vid)
+            self._event(
+                "verdict_revised",
+                version=vid,
+                section=r.section,
+                position=r.position,
+                verdict=str(r.verdict.kind),
+                reason=r.verdict.reason,
+            )
+            self._deliver(vid)
+        if judged.revise_error is not None:
+            # The tile's own verdict is recorded and delivered; the tiles it is context
+            # for keep theirs until a later tile revises them (the ledger is the fault).
+            raise judged.revise_error
 
     def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
         created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
+        self._recorded(v, verdict, created=created, score=score, worker=worker)
+
+    def _recorded(
+        self, v: TileVersion, verdict: Verdict, *, created: bool, score: Any, worker: str
+    ) -> None:
         if not created:
             self._event("duplicate_outcome", **self._tile_fields(v))
             return

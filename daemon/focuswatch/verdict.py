@@ -18,6 +18,9 @@ class VerdictKind(enum.StrEnum):
     PARTLY_OUT_OF_FOCUS = "partly_out_of_focus"
     EMPTY = "empty"
     UNREADABLE = "unreadable"
+    #: Readable tissue that cannot be judged yet (nothing trustworthy to compare it
+    #: with): never passed as in focus, never alerted, never trusted as context.
+    UNCERTAIN = "uncertain"
 
     @property
     def needs_retake(self) -> bool:
