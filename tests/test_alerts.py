@@ -1356,3 +1356,31 @@ def test_a_section_that_goes_quiet_short_of_its_tiles_is_incomplete_not_complete
         (summary,) = notes.drain()
     assert summary.title == "[fw] focuswatch: section S_002 complete"
     assert summary.body == "Section S_002: 4 tiles, 0 out of focus"
+
+
+def test_a_section_wide_failure_is_one_alert_and_a_summary_not_one_per_tile(
+    tmp_path: Path,
+) -> None:
+    """Every tile of a section blurred by a failed autofocus: the first tile alerts at
+    once, the summary names the failure; no alert per tile, even with digests off."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0, section_idle_minutes=30)
+    wide = Verdict(
+        VerdictKind.OUT_OF_FOCUS,
+        "section-wide: 8 of 9 tiles of this section are out of focus (autofocus failure?); "
+        "score 120 is 70 % below this tile position's median (400)",
+        400.0,
+    )
+    with opened(cfg, clock, notes) as (_, sink):
+        vid = iter(range(1, 100))
+        sink.on_verdict(rec(next(vid), row=1, col=1))  # the first, before it was clear
+        for row, col in [(r, c) for r in (1, 2, 3) for c in (1, 2, 3)][1:]:
+            sink.on_verdict(rec(next(vid), row=row, col=col, verdict=wide))
+            sink.tick(clock.now)
+        sink.on_verdict(rec(next(vid), section="S_002", row=1, col=1, verdict=GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        sent = notes.drain()
+    assert [a.kind for a in sent] == ["tile", "summary"]
+    assert sent[1].title.endswith("section S_001 complete: section-wide focus failure")
+    assert "9 out of focus" in sent[1].body

@@ -46,7 +46,7 @@ import structlog
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
 from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
-from focuswatch.policy import format_score
+from focuswatch.policy import SECTION_WIDE, format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
@@ -587,6 +587,14 @@ def _completed_older(conn: Any) -> list[str]:
     ]
 
 
+# Bad tiles a digest names: not yet alerted, and not part of a section-wide failure
+# (those wait for the section's summary, which names the failure once).
+_DIGESTED = (
+    "t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus') AND t.label NOT LIKE ?"
+)
+_SECTION_WIDE_LIKE = f"%{SECTION_WIDE}%"
+
+
 def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
     """(section, digests sent) of sections with bad tiles waiting, last alert before cutoff."""
     return [
@@ -594,8 +602,8 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
         for section, n in conn.execute(
             "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
             "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
-            "AND t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus'))",
-            (cutoff,),
+            f"AND {_DIGESTED})",
+            (cutoff, _SECTION_WIDE_LIKE),
         ).fetchall()
     ]
 
@@ -745,12 +753,18 @@ class AlertSink:
     def _tile_alert(
         self, conn: Any, record: VerdictRecord, retake: _Retake | None, now: float
     ) -> None:
-        """A bad tile: alert at once if it is the section's first (or digests are off)."""
+        """A bad tile: alert at once if it is the section's first (or digests are off).
+
+        A tile of a section-wide failure (an autofocus that failed for the whole
+        section) after the section's first alert waits for the section's summary: one
+        failure is one message, not one per tile.
+        """
         section = record.section or ""
         last = conn.execute(
             "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
         ).fetchone()[0]
-        if last is None or self._cfg.digest_minutes == 0:
+        section_wide = record.verdict.reason.startswith(SECTION_WIDE)
+        if last is None or (self._cfg.digest_minutes == 0 and not section_wide):
             alert = self._format(record, retake)
             conn.execute(
                 "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
@@ -789,10 +803,9 @@ class AlertSink:
 
     def _digest(self, conn: Any, section: str, n: int, now: float) -> None:
         rows = conn.execute(
-            "SELECT version_id, label, details FROM alert_tiles WHERE section = ? "
-            "AND alert IS NULL AND kind IN ('out_of_focus', 'partly_out_of_focus') "
-            "ORDER BY version_id",
-            (section,),
+            f"SELECT version_id, label, details FROM alert_tiles t WHERE section = ? "
+            f"AND {_DIGESTED} ORDER BY version_id",
+            (section, _SECTION_WIDE_LIKE),
         ).fetchall()
         key = f"digest:{section}:{n}"
         tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
@@ -888,7 +901,13 @@ class AlertSink:
         for position, kind in rows:
             by_kind.setdefault(kind, []).append(position)
         out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
+        wide = conn.execute(
+            "SELECT count(*) FROM alert_tiles WHERE section = ? AND label LIKE ?",
+            (section, _SECTION_WIDE_LIKE),
+        ).fetchone()[0]
         line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
+        if wide:
+            line = f"Section-wide focus failure (autofocus?): {line}"
         parts = [line + (": " + ", ".join(out) if out else "")]
         others = (
             VerdictKind.PARTLY_OUT_OF_FOCUS,
@@ -914,7 +933,8 @@ class AlertSink:
                 key=f"summary:{section}",
                 kind="summary",
                 section=section,
-                title=f"{prefix}focuswatch: section {section} complete",
+                title=f"{prefix}focuswatch: section {section} complete"
+                + (": section-wide focus failure" if wide else ""),
                 body="; ".join(parts),
                 severity="info",
                 details={
