@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -47,6 +48,7 @@ from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
 from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
 from focuswatch.policy import SECTION_WIDE, format_score
+from focuswatch.text import printable
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
@@ -115,6 +117,8 @@ def redact_url(url: str) -> str:
         return shown
     netloc, slash, path = rest.partition("/")
     user, at, host = netloc.rpartition("@")
+    if user and _looks_secret(user, short=True):  # a token given as the user
+        user = _mask(user)
     hostname, colon, port = host.partition(":")
     if "." not in hostname and _looks_secret(hostname):
         hostname = _mask(hostname)
@@ -122,11 +126,14 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}{at}{hostname}{colon}{port}{slash}{'/'.join(segments)}"
 
 
-def _looks_secret(segment: str) -> bool:
-    """A token rather than a name: long, and letters mixed with digits or cases."""
+def _looks_secret(segment: str, *, short: bool = False) -> bool:
+    """A token rather than a name: long, and letters mixed with digits or cases; any
+    segment of 16 characters or more (a lower-case token is still a token)."""
     text = urllib.parse.unquote(segment)
-    if len(text) < 8 or "..." in text or "*" in text:  # short, or masked by apprise
+    if len(text) < (6 if short else 8) or "..." in text or "*" in text:  # masked already
         return False
+    if len(text) >= 16:
+        return True
     letters = any(c.isalpha() for c in text)
     digits = any(c.isdigit() for c in text)
     mixed_case = any(c.isupper() for c in text[1:]) and any(c.islower() for c in text)
@@ -134,7 +141,6 @@ def _looks_secret(segment: str) -> bool:
         (letters and digits)
         or (text.isdigit() and len(text) >= 10)  # a webhook or bot id
         or (mixed_case and len(text) >= 12)
-        or len(text) >= 24
     )
 
 
@@ -308,6 +314,13 @@ class AppriseNotifier:
             plugin = apprise.Apprise.instantiate(plugin)
             if plugin is None:
                 raise ValueError("apprise cannot parse this notification URL")
+        # The endpoint's identity in the ledger: taken before anything below changes the
+        # plugin's URL (its timeout, its payload), and from apprise's own id where it has
+        # one (it ignores parameters), so a changed setting never makes a new endpoint
+        # that is sent every alert again.
+        url_id = getattr(plugin, "url_id", None)
+        stable = url_id() if callable(url_id) else None
+        self.endpoint_id = _endpoint_id(str(stable or plugin.url(privacy=False)))
         # An endpoint that answers slowly gets time to answer: a send cut short by
         # apprise's 4 s default is retried, and the endpoint would get it twice. A
         # timeout given in the URL itself (?rto=) is kept.
@@ -342,7 +355,7 @@ class AppriseNotifier:
 
         thumb = None
         if alert.tile_path and self._thumb_px > 0:
-            folder = self._thumb_dir / _endpoint_id(self.url)
+            folder = self._thumb_dir / self.endpoint_id
             name = _safe_name(Path(alert.tile_name or alert.tile_path).stem) + ".png"
             thumb = make_thumbnail(
                 alert.tile_path, folder / name, px=self._thumb_px, within=self._within
@@ -417,7 +430,7 @@ def build_endpoints(
             send_timeout_s=acfg.send_timeout_s,
             within=within,
         )
-        eid = _endpoint_id(notifier.url)
+        eid = notifier.endpoint_id
         if eid in seen:
             continue  # the same URL twice is one endpoint: it gets each alert once
         seen.add(eid)
@@ -477,7 +490,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "reason": v.reason,
         "retake_id": None if retake is None else retake.id,
         "retake_status": None if retake is None else retake.status,
-        "path": record.path,
+        "path": printable(record.path),  # a name that is not UTF-8 cannot be sent as is
         "version_id": record.version_id,
     }
 
@@ -520,7 +533,7 @@ def format_tile_alert(
             f"Retake list entry {retake.id} (no retake needed? "
             f'focuswatch retakes dismiss {retake.id} --note "why")'
         )
-    lines.append(f"File: {record.path}")
+    lines.append(f"File: {printable(record.path)}")
     prefix = f"[{instance}] " if instance else ""
     title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
     if again:
@@ -547,7 +560,7 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
     lines = [
         f"Section {section}, tile {record.tile_name} was retaken and is in focus now.",
         f"Score: {score}; retake list entry {retake.id} is closed.",
-        f"File: {record.path}",
+        f"File: {printable(record.path)}",
     ]
     return Alert(
         key=f"fixed:{record.version_id}",
@@ -622,6 +635,9 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
     ]
 
 
+_GRID_POSITION = re.compile(r"r\d+-c\d+")
+
+
 def _positions(conn: Any, section: str) -> set[str]:
     rows = conn.execute(
         "SELECT DISTINCT position FROM alert_tiles WHERE section = ?", (section,)
@@ -639,7 +655,11 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
         "(SELECT rowid FROM alert_sections WHERE section = ?) ORDER BY p.rowid DESC LIMIT 1",
         (section,),
     ).fetchone()
-    return set() if row is None else _positions(conn, str(row[0]))
+    if row is None:
+        return set()
+    # Only grid positions (r{row}-c{col}) repeat from section to section; a tile known
+    # by its name alone (no row/col in it) says nothing about the next section's.
+    return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
 def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
