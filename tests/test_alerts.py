@@ -1448,3 +1448,23 @@ def test_tiles_known_by_name_alone_never_make_a_section_incomplete(tmp_path: Pat
         titles = [a.title for a in notes.drain()]
     assert titles[-1].endswith("section 002 complete")
     assert not any("incomplete" in t for t in titles)
+
+
+def test_a_revised_verdict_is_followed_by_the_sections_messages(tmp_path: Path) -> None:
+    """The judge re-decides a tile once more of its section is in: newly bad is alerted,
+    no longer bad after an alert is said so, and the summary counts the verdict of now."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0, section_idle_minutes=30)
+    with opened(cfg, clock, notes) as (_, sink):
+        sink.on_verdict(rec(1, row=1, col=1, verdict=GOOD))
+        sink.on_verdict(rec(2, row=1, col=2))  # bad: alerted at once
+        sink.on_verdict(rec(1, row=1, col=1))  # revised: bad after all
+        sink.on_verdict(rec(2, row=1, col=2, verdict=GOOD))  # revised: fine after all
+        sink.on_verdict(rec(2, row=1, col=2, verdict=GOOD))  # replayed: nothing more
+        sink.on_verdict(rec(3, section="S_002", verdict=GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        sent = notes.drain()
+    assert [a.key for a in sent] == ["tile:2", "tile:1", "revised:2:in_focus", "summary:S_001"]
+    assert "in focus after all" in sent[2].title
+    assert sent[3].body.startswith("Section S_001: 2 tiles, 1 out of focus: r1-c1")

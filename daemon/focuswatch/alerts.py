@@ -727,7 +727,10 @@ class AlertSink:
                 (record.version_id, section, record.position, label, str(kind), now, details),
             )
             if cur.rowcount == 0:
-                return  # replayed after a restart: everything below happened already
+                # Replayed after a restart (nothing to do), or a verdict revised once more
+                # of its section or position was known (focuswatch.judge).
+                self._revised(conn, record, retake, label=label, details=details, now=now)
+                return
             cur = conn.execute(
                 "UPDATE alert_sections SET last_at = max(last_at, ?) WHERE section = ?",
                 (now, section),
@@ -761,6 +764,55 @@ class AlertSink:
                 self._summarize(conn, section, now)
         if self._sender is not None:
             self._sender.kick()
+
+    def _revised(
+        self,
+        conn: Any,
+        record: VerdictRecord,
+        retake: _Retake | None,
+        *,
+        label: str,
+        details: str | None,
+        now: float,
+    ) -> None:
+        """A tile's verdict changed: the section's messages follow the verdict it has now.
+
+        Newly bad: alerted as any bad tile is (at once, or in the digest). No longer
+        bad after it was alerted: said so, so that nobody re-images it for nothing.
+        """
+        row = conn.execute(
+            "SELECT kind, alert FROM alert_tiles WHERE version_id = ?", (record.version_id,)
+        ).fetchone()
+        kind = record.verdict.kind
+        if row is None or row[0] == str(kind):
+            return
+        was = VerdictKind(row[0])
+        conn.execute(
+            "UPDATE alert_tiles SET kind = ?, label = ?, details = ?, "
+            "alert = CASE WHEN ? THEN NULL ELSE alert END WHERE version_id = ?",
+            (str(kind), label, details, kind.needs_retake, record.version_id),
+        )
+        if kind.needs_retake and not was.needs_retake:
+            self._tile_alert(conn, record, retake, now)
+        elif was.needs_retake and not kind.needs_retake and row[1] is not None:
+            prefix = f"[{self._instance}] " if self._instance else ""
+            self._queue(
+                conn,
+                Alert(
+                    key=f"revised:{record.version_id}:{kind}",
+                    kind="revised",
+                    section=record.section,
+                    title=f"{prefix}focuswatch: section {record.section}, {record.tile_name} "
+                    f"is {_KIND_TEXT.get(kind, str(kind))} after all: no retake needed",
+                    body=f"Judged again once more of its section and position was in: "
+                    f"{record.verdict.reason}",
+                    severity="success",
+                    details=_tile_details(record, retake)
+                    | {"kind": "revised", "instance": self._instance or None},
+                    tile_name=record.tile_name,
+                ),
+                now,
+            )
 
     def _format(self, record: VerdictRecord, retake: _Retake | None) -> Alert:
         return format_tile_alert(
