@@ -232,40 +232,6 @@ def opened(
 # -- configuration and secrets -----------------------------------------------------------
 
 
-def test_public_names() -> None:
-    """The modules export exactly their documented API."""
-    assert sorted(alerts.__all__) == sorted(
-        [
-            "JSON_FIELD",
-            "AlertSink",
-            "AppriseNotifier",
-            "build_endpoints",
-            "build_sink",
-            "describe_targets",
-            "format_tile_alert",
-            "instance_name",
-            "make_thumbnail",
-            "redact_url",
-            "validate",
-        ]
-    )
-    assert sorted(outbox.__all__) == sorted(
-        [
-            "SEVERITIES",
-            "Alert",
-            "DeliveryError",
-            "Endpoint",
-            "Notifier",
-            "Pending",
-            "Sender",
-            "backoff",
-            "enqueue",
-            "failing_endpoints",
-            "pending_count",
-        ]
-    )
-
-
 def test_unparseable_url_is_a_config_error_with_its_key_path(tmp_path: Path) -> None:
     """A malformed Slack URL is reported as alerts.urls[1], without its secret.
 

@@ -287,20 +287,6 @@ def test_set_state_rejects_unknown_state(led: Ledger) -> None:
         led.add_version("/w/x.tif", size=1, mtime_ns=1, tile_name="x", state="scored")
 
 
-def test_public_names() -> None:
-    assert sorted(ledger_mod.__all__) == [
-        "DB_NAME",
-        "Ledger",
-        "MIGRATIONS",
-        "PastTile",
-        "STATES",
-        "TileVersion",
-        "damage",
-        "section_index",
-        "set_aside",
-    ]
-
-
 def test_position_history_returns_each_sections_focus_map(led: Ledger) -> None:
     """The policy compares each patch with the same patch in earlier sections."""
     vid = add(led, "/w/S_001/t.tif", section="S_001", row=0, col=0)

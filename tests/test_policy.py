@@ -49,20 +49,6 @@ class Linear:
         return max(0.0, 10.0 * (1.0 - score / baseline))
 
 
-def test_public_names() -> None:
-    """The module exports exactly its documented API."""
-    assert set(policy.__all__) == {
-        "SECTION_WIDE",
-        "DefocusModel",
-        "Evidence",
-        "decide",
-        "format_score",
-        "load_calibration",
-        "severity",
-        "unreadable",
-    }
-
-
 def test_drop_against_history_is_out_of_focus_with_a_readable_reason() -> None:
     """A tile far below its position's history is out of focus; the reason says why."""
     ev = Evidence(score=140, patch_scores=None, content=0.3, history=[420, 400, 430, 410, 450, 10])

@@ -82,30 +82,6 @@ def sink_for(ledger: Ledger, **kw: retakes.Writer) -> retakes.RetakeSink:
     return retakes.RetakeSink(ledger, ledger.path.parent, clock=ledger.clock, **kw)
 
 
-def test_public_names() -> None:
-    """The module exports exactly its documented API."""
-    assert sorted(retakes.__all__) == sorted(
-        [
-            "STATUSES",
-            "RetakeEntry",
-            "RetakeEvent",
-            "RetakeSink",
-            "atomic_write",
-            "build_sink",
-            "dismiss",
-            "dismiss_main",
-            "entries",
-            "history",
-            "list_main",
-            "render_csv",
-            "render_json",
-            "render_text",
-            "reopen",
-            "reopen_main",
-        ]
-    )
-
-
 def test_bad_tile_opens_one_entry_even_if_delivered_twice(ledger: Ledger) -> None:
     """An out-of-focus verdict opens an entry; replaying it changes nothing."""
     sink = sink_for(ledger)

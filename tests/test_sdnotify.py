@@ -79,9 +79,3 @@ def test_without_notify_socket_nothing_is_sent() -> None:
 
 def test_unreachable_socket_is_not_fatal() -> None:
     assert not Notifier(env={"NOTIFY_SOCKET": "/nonexistent/socket"}).ready()
-
-
-def test_public_names() -> None:
-    from focuswatch import sdnotify
-
-    assert sdnotify.__all__ == ["Notifier"]

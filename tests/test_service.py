@@ -541,17 +541,6 @@ def test_run_on_the_gpu_without_one_fails_at_start_with_one_line(
     assert not (state / "focuswatch.db").exists()  # refused before any tile was recorded
 
 
-def test_public_names() -> None:
-    assert sorted(service_mod.__all__) == [
-        "NOT_CHECKED",
-        "Service",
-        "Sink",
-        "build_executor",
-        "main",
-        "preflight",
-    ]
-
-
 def test_reconciliation_scan_finds_files_the_observer_missed(
     tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:

@@ -141,10 +141,6 @@ def test_status_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_public_names() -> None:
-    assert sorted(status.__all__) == ["format_text", "main", "summary"]
-
-
 def test_hostile_names_are_shown_escaped_in_status_lines(tmp_path: Path) -> None:
     """A newline or an escape code in a file name cannot break or colour a status line."""
     ledger = Ledger.open(tmp_path)

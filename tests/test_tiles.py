@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from focuswatch import synth, tiles
+from focuswatch import synth
 from focuswatch.errors import TileError
 from focuswatch.tiles import TileMeta, open_tile, parse_tile_name, read_meta, read_tile
 
@@ -673,19 +673,6 @@ def test_damaged_png_is_a_tile_error(tmp_path: Path) -> None:
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.dat").write_bytes(b"\xff\xd8\xff\xe0 jpeg-ish")
     assert "not an image file focuswatch reads" in _reason(tmp_path / "x.dat")
-
-
-def test_public_names() -> None:
-    assert sorted(tiles.__all__) == [
-        "MIN_SIDE",
-        "TileMeta",
-        "TileReader",
-        "open_tile",
-        "os_reason",
-        "parse_tile_name",
-        "read_meta",
-        "read_tile",
-    ]
 
 
 def test_a_link_out_of_the_allowed_folder_is_refused_on_the_open_file(tmp_path: Path) -> None:

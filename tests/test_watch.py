@@ -258,20 +258,3 @@ def test_polling_that_cannot_start_is_not_hidden(tmp_path: Path) -> None:
     w = Watcher(tmp_path, queue.Queue(), observer="polling", make_observer=make)
     with pytest.raises(OSError, match="limit"):
         w.start()
-
-
-def test_public_names() -> None:
-    from focuswatch import watch
-
-    assert sorted(watch.__all__) == [
-        "Change",
-        "Matcher",
-        "NETWORK_FSTYPES",
-        "Readiness",
-        "Settled",
-        "SettledKind",
-        "Watcher",
-        "choose_observer",
-        "fstype_of",
-        "scan",
-    ]

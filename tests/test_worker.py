@@ -279,9 +279,3 @@ def test_spawn_start_method_also_works(tmp_path: Path) -> None:
         got = collect(ex, 1)
     assert got[1].result is not None
     assert ex.describe()["start_method"] == "spawn"
-
-
-def test_public_names() -> None:
-    from focuswatch import worker
-
-    assert sorted(worker.__all__) == ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]

@@ -15,6 +15,15 @@ scikit-image do); the service turns it into a ``TileError`` for that tile.
 
 from __future__ import annotations
 
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "FocuswatchError",
+    "LedgerWriteError",
+    "StateError",
+    "TileError",
+]
+
 
 class FocuswatchError(Exception):
     """Base of every error focuswatch raises on purpose."""

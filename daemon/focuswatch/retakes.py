@@ -55,6 +55,7 @@ __all__ = [
     "RetakeEntry",
     "RetakeEvent",
     "RetakeSink",
+    "apply",
     "atomic_write",
     "build_sink",
     "dismiss",

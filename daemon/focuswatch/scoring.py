@@ -39,7 +39,15 @@ from focuswatch.score import (
     score_patches,
 )
 
-__all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path", "too_big"]
+__all__ = [
+    "ScoreSettings",
+    "TileScore",
+    "finite_only",
+    "main",
+    "score_array",
+    "score_path",
+    "too_big",
+]
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,7 @@ def _score_whole(
     return result, (time.perf_counter() - t0) * 1e3
 
 
-def decoded_mb(shape: tuple[int, int], dtype: Any) -> float:
+def _decoded_mb(shape: tuple[int, int], dtype: Any) -> float:
     """Size of the decoded pixels in MiB."""
     return float(shape[0] * shape[1] * np.dtype(dtype).itemsize) / 2**20
 
@@ -247,7 +255,7 @@ def _with_nonfinite(meta: Any, n: int) -> Any:
 def too_big(tile: tiles.TileReader, settings: ScoreSettings) -> bool:
     """Whether ``tile`` must be scored patch by patch from the file (the memory guard)."""
     shape = (int(tile.shape[0]), int(tile.shape[1]))
-    return decoded_mb(shape, tile.dtype) > settings.memory_limit_mb
+    return _decoded_mb(shape, tile.dtype) > settings.memory_limit_mb
 
 
 class _Shape:

@@ -162,7 +162,7 @@ def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int
         raise ValueError(f"patch_size must be an integer >= 64, got {patch_size!r}")
 
 
-def score_unit(
+def _score_unit(
     image: Any, *, backend: Backend, criterion: str, mode: str, dtype: Any, resize: int | None
 ) -> tuple[float, float, float, float]:
     """(score, content, noise, fine maxima) of one image scored as a whole (a patch or
@@ -215,7 +215,7 @@ def score_patches(
         for j, (x0, x1) in enumerate(xs):
             patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
             try:
-                scores[i, j], content[i, j], noise[i, j], fine[i, j] = score_unit(
+                scores[i, j], content[i, j], noise[i, j], fine[i, j] = _score_unit(
                     patch,
                     backend=backend,
                     criterion=criterion,
@@ -285,14 +285,14 @@ def score_image(
             image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
         )
     if resolution == "resized":
-        score, content, noise, fine = score_unit(
+        score, content, noise, fine = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=PAPER_SIZE
         )
     elif criterion == "mhfd":
         d = native_mhfd(image, params_for(mode), backend=backend, dtype=ft)
         score, content, noise, fine = float(d.count), d.content, d.noise, float(d.fine)
     else:
-        score, content, noise, fine = score_unit(
+        score, content, noise, fine = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
     return ScoreResult(

@@ -62,6 +62,7 @@ __all__ = [
     "PAPER_THRESHOLD",
     "MhfdDetail",
     "MhfdParams",
+    "content_of",
     "count_band_maxima",
     "count_maxima",
     "dog_bands",
@@ -447,7 +448,7 @@ def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ..
     bandwidth along the scan line, demosaicing) hides from the finest operator
     but not from the binned ones, and coarse DoG levels see exactly that
     low-frequency noise. Structure inflates the coarse entries a little; where it
-    does, the contrast floor is higher anyway (see ``level_thresholds``). ``step``:
+    does, the contrast floor is higher anyway (see ``_level_thresholds``). ``step``:
     the sampling step at binnings 1 and 2 (``noise_sigma``'s ``subsample``).
     """
     return _profile(u, backend, step=step, first_step=step, tails=False)[0]
@@ -1278,7 +1279,7 @@ class MhfdDetail:
         return self.fine / self.count if self.count else None
 
 
-def level_thresholds(
+def _level_thresholds(
     params: MhfdParams, shape: tuple[int, int], noise: tuple[float, ...]
 ) -> np.ndarray[Any, Any]:
     """Per-level thresholds ``T_i`` in stretched units for an image of ``shape``."""
@@ -1321,7 +1322,7 @@ def mhfd_prepared(
         F = periodic_spectrum(u, backend)
     else:
         F = backend.fft.rfft2(u, **backend.fft_kwargs())
-    t = level_thresholds(params, threshold_shape or shape, noise)
+    t = _level_thresholds(params, threshold_shape or shape, noise)
     # Levels at the base threshold need no scaling pass; the others are scaled
     # down to it, and the count compares with the base.
     scales = t.min() / t

@@ -108,7 +108,7 @@ def _take(
     return backend.xp.asarray(part)
 
 
-def tile_noise(
+def _tile_noise(
     image: Any, backend: Backend, *, limits: tuple[float, float], dtype: Any
 ) -> tuple[float, ...]:
     """Noise model of a whole tile (``noise_model``): the median of each entry over
@@ -142,7 +142,7 @@ def native_mhfd(
     shape = (int(image.shape[0]), int(image.shape[1]))
     limits = stretch_limits(image, backend, saturation=params.saturation, minmax=minmax)
     noise = (
-        tile_noise(image, backend, limits=limits, dtype=dtype)
+        _tile_noise(image, backend, limits=limits, dtype=dtype)
         if params.noise_k is not None
         else (0.0,) * len(NOISE_FACTORS)
     )
