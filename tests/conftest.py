@@ -22,6 +22,7 @@ import structlog
 
 from focuswatch import synth
 from servicekit import make_service  # noqa: F401  (a fixture: the service in-process)
+from webkit import console_service  # noqa: F401  (a fixture: the service with its web page)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,6 +31,7 @@ __all__ = [
     "PolicyConfig",
     "ScoringConfig",
     "WatchConfig",
+    "WebConfig",
     "describe",
     "load",
     "parse",
@@ -164,6 +165,33 @@ class LoggingConfig:
     format: str = _opt("auto", _one_of("auto", "json", "console"))
 
 
+def _host(v: Any) -> str | None:
+    return (
+        None if v.strip() and v == v.strip() else "must be a host name or address, e.g. '127.0.0.1'"
+    )
+
+
+def _token(v: Any) -> str | None:
+    if len(v) < 16:
+        return "must be at least 16 characters (e.g. the output of `openssl rand -hex 16`)"
+    return (
+        None
+        if v.isprintable() and v == v.strip()
+        else "must be printable, without spaces at the ends"
+    )
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The operator console: a web page served by the daemon (``focuswatch.web``)."""
+
+    enabled: bool = _opt(True)
+    host: str = _opt("127.0.0.1", _host)
+    port: int = _opt(8423, _range(1, 65535))
+    # Dismissing or reopening a retake entry from the page needs this token; unset: off.
+    token: str | None = _opt(None, _token)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, as the service uses it."""
@@ -175,6 +203,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -332,7 +361,7 @@ def describe(cfg: Config) -> str:
     """The effective configuration as TOML-like text (for ``check-config`` and logs).
 
     Notification URLs carry secrets (tokens, passwords): they are shown only through
-    ``focuswatch.alerts.redact_url``.
+    ``focuswatch.alerts.redact_url``; ``web.token`` is never shown.
     """
     top: list[str] = []
     tables: list[str] = []
@@ -346,6 +375,9 @@ def describe(cfg: Config) -> str:
                     from focuswatch.alerts import redact_url  # apprise: only when needed
 
                     shown = [redact_url(u) for u in shown]
+                if isinstance(value, WebConfig) and k.name == "token" and shown:
+                    tables.append(f'{k.name} = "(set, not shown)"')
+                    continue
                 tables.append(_toml_line(k.name, shown))
         else:
             top.append(_toml_line(f.name, value))

@@ -98,7 +98,7 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks; a module that is not there yet is logged, not fatal."""
+    """The alert and retake sinks and the web console; a missing module is logged, not fatal."""
     sinks: list[Sink] = []
     try:
         from focuswatch import alerts
@@ -112,6 +112,10 @@ def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> l
         sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
     except (ImportError, AttributeError, NotBuiltError) as exc:
         log.warning("sink_unavailable", sink="retakes", reason=str(exc))
+    if cfg.web.enabled:  # the console's server thread; a port in use is one log line
+        from focuswatch.web import WebConsole
+
+        sinks.append(WebConsole(cfg.web, cfg.state_dir, clock=clock))
     return sinks
 
 
