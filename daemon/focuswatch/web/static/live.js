@@ -24,7 +24,8 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("live");
         var clock = doc.getElementById("clock");
-        if (fresh) { main.innerHTML = fresh.innerHTML; }
+        // Only a real change replaces the content (fewer swaps under a reader's eyes).
+        if (fresh && fresh.innerHTML !== main.innerHTML) { main.innerHTML = fresh.innerHTML; }
         if (clock && document.getElementById("clock")) {
           document.getElementById("clock").textContent = clock.textContent;
         }
@@ -39,7 +40,7 @@
       .then(function (data) {
         var changed = last !== null && data.generation !== last;
         last = data.generation;
-        main.setAttribute("data-generation", last);
+        main.setAttribute("data-generation", String(last));
         if (changed || mode === "always") { return refresh(); }
         return null;
       })
