@@ -80,6 +80,23 @@ def test_now_page_and_healthz_say_healthy_with_a_fresh_heartbeat(
     assert "Backlog" in html
     assert "local time" in html
     assert "local" in html  # the executor's backend as the service described it
+    assert "time to clear: nothing waiting" in html
+    assert "built-in" not in html
+
+
+def test_now_line_warns_when_no_tile_arrived_for_half_an_hour(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    led = Ledger.open(cs.state)
+    try:
+        led.connection.execute("UPDATE versions SET first_seen = first_seen - 3600")
+    finally:
+        led.close()
+    status, _, body = fetch(cs.url + "healthz")
+    assert status == 200
+    assert b"healthy, but no new tile for 1 h" in body
+    assert b"has the microscope stopped?" in body
 
 
 def test_healthz_is_503_with_the_reason_when_the_heartbeat_is_old(

@@ -36,6 +36,9 @@ __all__ = [
 
 # A running service writes its heartbeat every few seconds (service.META_INTERVAL_S).
 STALE_HEARTBEAT_S = 60.0
+# No new tile for this long: the Now line says the microscope may have stopped writing
+# (a warning on the page, not a /healthz failure: the service itself is fine).
+QUIET_WARNING_S = 30 * 60.0
 # Verdict names in the order the legend lists them; 'pending' is a tile not judged yet.
 VERDICTS = ("in_focus", "partly_out_of_focus", "out_of_focus", "empty", "unreadable", "pending")
 _RETAKE_VERDICTS = ("out_of_focus", "partly_out_of_focus")
@@ -151,11 +154,19 @@ class Console:
         return out
 
     def rates(self, now: float, window_s: float) -> tuple[float, float]:
-        """Tiles per minute arriving (new versions) and scored (results) over the window."""
+        """Tiles per minute arriving (new versions) and scored (results) over the window.
+
+        A ledger younger than the window is measured over its own age (at least a
+        minute), so a rate 40 s after the first tile is not diluted by empty time.
+        """
         since = now - window_s
         arrived = self._one("SELECT count(*) FROM versions WHERE first_seen >= ?", (since,))[0]
         scored = self._one("SELECT count(*) FROM results WHERE scored_at >= ?", (since,))[0]
-        minutes = window_s / 60.0
+        oldest = self._one("SELECT min(first_seen) FROM versions")
+        span = window_s
+        if oldest and oldest[0] is not None:
+            span = min(window_s, max(60.0, now - float(oldest[0])))
+        minutes = span / 60.0
         return int(arrived) / minutes, int(scored) / minutes
 
     def last_tile(self) -> tuple[str, float] | None:
@@ -189,11 +200,15 @@ class Console:
             warnings.append(
                 f"scoring falls behind: {arrive5:.1f} tiles/min arrive, {score5:.1f} scored"
             )
+        last = self.last_tile()
+        if last is not None and now - last[1] > QUIET_WARNING_S:
+            warnings.append(
+                f"no new tile for {_duration(now - last[1])} (has the microscope stopped?)"
+            )
         if problems:
             return Health(False, "NOT HEALTHY: " + "; ".join(problems), problems, warnings)
         if warnings:
             return Health(True, "healthy, but " + "; ".join(warnings), problems, warnings)
-        last = self.last_tile()
         tail = "no tile seen yet" if last is None else f"last tile {_duration(now - last[1])} ago"
         return Health(True, f"healthy: scoring keeps up; {tail}", problems, warnings)
 
@@ -226,7 +241,7 @@ class Console:
             },
             "counts": counts,
             "backlog": backlog,
-            "clear": clear,
+            "clear_in": clear,
             "backend": str(desc.get("backend", "unknown")),
             "workers": desc.get("workers"),
             "executor": {str(k): printable(str(v)) for k, v in desc.items()},
