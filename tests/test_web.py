@@ -238,7 +238,12 @@ def test_dismiss_and_reopen_need_the_token_same_origin_and_the_session_token(
     status, body = _post(url, path, {**form, "note": " "}, good)
     assert status == 400
     assert b"note" in body
-    status, body = _post(url, path, form, {"Cookie": cookie, "Referer": url + "retakes"})
+    back = {**form, "back": "section=002&status=to_do&message=hello"}
+    status, _, _ = fetch(
+        url + path,
+        data=urllib.parse.urlencode(back).encode(),
+        headers={"Cookie": cookie, "Referer": url + "retakes"},
+    )
     assert status == 303
     (item,) = fetch_json(url + "retakes.json")["entries"]
     assert item["status"] == "dismissed"
@@ -264,6 +269,24 @@ def test_without_a_token_the_page_is_read_only(console_service: MakeConsole) -> 
     )
     assert status == 403
     assert b"Changes are off" in body
+
+
+def test_the_list_after_a_change_keeps_its_filters_and_says_only_what_happened(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    entry = _retake_id(cs, cs.url)
+    cookie, csrf = _session(cs.url)
+    form = {"csrf": csrf, "token": TOKEN, "note": "ok", "back": "section=2&message=<b>x</b>"}
+    data = urllib.parse.urlencode(form).encode()
+    headers = {"Cookie": cookie, "Origin": cs.url.rstrip("/")}
+    status, answer, _ = fetch(cs.url + f"retakes/{entry}/dismiss", data=data, headers=headers)
+    assert status == 303
+    assert answer["location"] == f"/retakes?section=2&done=dismissed&entry={entry}"
+    _, _, body = fetch(cs.url + answer["location"].lstrip("/"))
+    assert f"dismissed entry {entry}".encode() in body
+    _, _, body = fetch(cs.url + "retakes?message=%3Cb%3Ex%3C%2Fb%3E&done=pwned&entry=1")
+    assert b'id="message"' not in body  # no text from the URL as a message
 
 
 def test_retake_list_filters_and_downloads(console_service: MakeConsole) -> None:

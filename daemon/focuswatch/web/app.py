@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jinja2
 from starlette.applications import Starlette
@@ -124,6 +124,15 @@ class _Thumbnails:
         return data
 
 
+def _done_message(request: Request) -> str:
+    """What the last change did (only these words: no text from the URL reaches the page)."""
+    done = request.query_params.get("done")
+    entry = request.query_params.get("entry", "")
+    if done in ("dismissed", "reopened") and entry.isdigit():
+        return f"{done} entry {int(entry)}"
+    return ""
+
+
 def _same_file(path: str, size: int, mtime_ns: int) -> bool:
     """The file at ``path`` is still the version the ledger recorded (a regular file)."""
     try:
@@ -204,12 +213,11 @@ def build_app(
         present = _same_file(view.path, view.size, view.mtime_ns)
         wd = None
         if present:
-            from focuswatch.errors import TileError
             from focuswatch.tiles import read_meta
 
             try:
                 wd = read_meta(view.path).working_distance_um
-            except (TileError, OSError):
+            except Exception:  # TileError, OSError, or a tag the reader trips on: a nicety
                 wd = None
         return page(
             request,
@@ -253,7 +261,7 @@ def build_app(
             sections=console.retake_sections(),
             statuses=("to_do", *retakes.STATUSES),
             query=request.url.query,
-            message=request.query_params.get("message", ""),
+            message=_done_message(request),
             live="changes",
         )
 
@@ -316,11 +324,11 @@ def build_app(
             return not_found(request, f"No retake entry {entry_id}.")
         except ValueError as exc:
             return refuse(request, 400, f"Not changed: {exc}.")
-        back = form.get("back", "")
-        query = back if back and "\n" not in back and "\r" not in back else ""
-        done = f"{'dismissed' if action == 'dismiss' else 'reopened'} entry {entry.id}"
-        sep = "&" if query else ""
-        location = f"/retakes?{query}{sep}message={done.replace(' ', '+')}"
+        # Back to the list as it was filtered; only the filters, never a URL from the form.
+        back = parse_qs(form.get("back", ""))
+        keep = {k: back[k][0] for k in ("section", "status") if back.get(k)}
+        keep |= {"done": "dismissed" if action == "dismiss" else "reopened", "entry": str(entry.id)}
+        location = "/retakes?" + urlencode(keep)
         return Response(status_code=303, headers={"Location": location})
 
     async def alerts_page(request: Request) -> Response:
