@@ -2,7 +2,7 @@
 
 The real service (real MHFD scoring in a worker process, ledger, built-in sinks, the
 web console on a free port of 127.0.0.1) scores ``--count`` tiles dropped at once,
-alternately with no client and with a client that fetches the Now page, the wafer
+alternately with no client and with a client (its own process) that fetches the Now page, the wafer
 map and ``/api/generation`` ``--rate`` times a second (what a few open browser tabs
 and a Prometheus scrape do, and more). Each run is first tile copied → last verdict;
 ``--rounds`` alternations, and the median of each. Target: under 2 % slower.
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from focuswatch import synth
@@ -40,14 +40,30 @@ def _judged(state: Path) -> int:
         led.close()
 
 
-def _poll(url: str, rate: float, stop: threading.Event, counter: list[int]) -> None:
-    period = 1.0 / rate
-    i = 0
-    while not stop.wait(period):
-        with urllib.request.urlopen(url + PAGES[i % len(PAGES)], timeout=10) as r:
+# The client runs in its own process, as a browser would: only the server's own work
+# lands in the service's process.
+_CLIENT = """
+import sys, time, urllib.request
+url, rate, pages = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+period, n, start = 1.0 / rate, 0, time.monotonic()
+try:
+    while True:
+        with urllib.request.urlopen(url + pages[n % len(pages)], timeout=10) as r:
             r.read()
-        counter[0] += 1
-        i += 1
+        n += 1
+        time.sleep(max(0.0, start + n * period - time.monotonic()))
+except KeyboardInterrupt:
+    print(n)
+"""
+
+
+def _client(url: str, rate: float) -> subprocess.Popen[str]:
+    pages = ",".join(PAGES)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLIENT, url, str(rate), pages],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def one_run(staging: Path, work: Path, *, rate: float) -> tuple[float, int]:
@@ -63,12 +79,8 @@ def one_run(staging: Path, work: Path, *, rate: float) -> tuple[float, int]:
     svc.start()
     web = next(s for s in svc.sinks if isinstance(s, WebConsole))
     want = sum(1 for _ in staging.rglob("*.tif"))
-    stop = threading.Event()
-    counter = [0]
-    poller = None
-    if rate > 0 and web.url:
-        poller = threading.Thread(target=_poll, args=(web.url, rate, stop, counter), daemon=True)
-        poller.start()
+    client = _client(web.url, rate) if rate > 0 and web.url else None
+    served = 0
     try:
         t0 = time.perf_counter()
         for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
@@ -77,11 +89,12 @@ def one_run(staging: Path, work: Path, *, rate: float) -> tuple[float, int]:
             svc.turn(0.05)
         took = time.perf_counter() - t0
     finally:
-        stop.set()
-        if poller is not None:
-            poller.join(10)
+        if client is not None:
+            client.send_signal(signal.SIGINT)
+            out, _ = client.communicate(timeout=10)
+            served = int(out.strip() or 0)
         svc.stop()
-    return took, counter[0]
+    return took, served
 
 
 def main(argv: list[str] | None = None) -> int:
