@@ -159,16 +159,19 @@ def test_unknown_pages_tiles_and_vanished_files_are_404_pages(
         assert headers["content-type"].startswith("text/html"), page
         assert b"Not found" in body
     vid = cs.version_id("Tile_r1-c1_S_002_2.tif")
-    status, headers, _ = fetch(cs.url + f"tile/{vid}/thumb.png")
-    assert status == 200
-    assert headers["content-type"] == "image/png"
+    for image in ("thumb.png", "crop.png"):  # thumbnail, worst patch at full resolution
+        status, headers, png = fetch(cs.url + f"tile/{vid}/{image}")
+        assert status == 200
+        assert headers["content-type"] == "image/png"
+        assert png.startswith(b"\x89PNG")
     (cs.root / "S_002_2" / "Tile_r1-c1_S_002_2.tif").unlink()
     status, _, body = fetch(cs.url + f"tile/{vid}")
     assert status == 200
     assert b"no longer on disk" in body
-    status, _, body = fetch(cs.url + f"tile/{vid}/thumb.png")
-    assert status == 404
-    assert b"not on disk any more" in body
+    for image in ("thumb.png", "crop.png"):
+        status, _, body = fetch(cs.url + f"tile/{vid}/{image}")
+        assert status == 404
+        assert b"not on disk any more" in body
     # Only versions the ledger knows: no path, no traversal.
     status, _, _ = fetch(cs.url + "tile/..%2F..%2Fetc%2Fpasswd")
     assert status == 404
@@ -346,3 +349,28 @@ def test_service_stop_closes_the_server(console_service: MakeConsole) -> None:
     assert not cs.web.running
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port or 0)) != 0
+
+
+def test_the_worst_patch_crop_is_that_patch_at_full_resolution(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from focuswatch.web.app import worst_patch_crop
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 96), dtype=np.uint8)
+    image[32:, 48:] = 7  # the bottom-right patch of a 2x2 grid: flat
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, image)
+    png = worst_patch_crop(str(path), [[900.0, 800.0], [700.0, 3.0]], px=384)
+    assert png is not None
+    crop = np.asarray(Image.open(io.BytesIO(png)))
+    assert crop.shape == (32, 48)  # the whole patch: smaller than px
+    assert crop.min() == crop.max()  # nothing from the textured patches around it
+    small = worst_patch_crop(str(path), [[1.0, 800.0], [700.0, 3.5]], px=16)
+    assert small is not None
+    assert np.asarray(Image.open(io.BytesIO(small))).shape == (16, 16)
+    assert worst_patch_crop(str(path), None) is None
+    assert worst_patch_crop(str(tmp_path / "gone.tif"), [[1.0]]) is None

@@ -6,6 +6,7 @@
     GET  /wafer                 every section a grid of positions coloured by verdict
     GET  /tile/{id}             one tile version: thumbnail, focus map, history, reason
     GET  /tile/{id}/thumb.png   its thumbnail (only versions the ledger knows, never a path)
+    GET  /tile/{id}/crop.png    its worst patch at full resolution
     GET  /retakes[.csv|.json]   the retake list, ?section=&status=
     POST /retakes/{id}/{dismiss|reopen}   needs web.token, same origin and the session's token
     GET  /alerts                the alert outbox: sent and waiting
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import math
 import os
 import secrets
 import stat
@@ -37,6 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jinja2
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -57,6 +61,7 @@ _HERE = Path(__file__).parent
 _THUMB_PX = 384
 _THUMB_CACHE = 64
 _MAX_FORM_BYTES = 16 * 1024
+_CROP_PX = 384
 
 VERDICT_LABELS = {
     "in_focus": "in focus",
@@ -122,6 +127,48 @@ class _Thumbnails:
             while len(self._cache) > _THUMB_CACHE:
                 self._cache.popitem(last=False)
         return data
+
+
+def worst_patch_crop(path: str, patches: Any, *, px: int = _CROP_PX) -> bytes | None:
+    """A PNG of the worst patch at full resolution (at most ``px`` square, from its centre).
+
+    A σ = 2 px blur is invisible in a thumbnail of a whole 8k tile; this is what the
+    policy saw. The patch grid is laid over the tile as the scorer lays it (equal
+    shares, rounded). None when the tile has no focus map or cannot be read.
+    """
+    if not isinstance(patches, list) or not patches or not isinstance(patches[0], list):
+        return None
+    cells = [
+        (float(v), r, c)
+        for r, row in enumerate(patches)
+        for c, v in enumerate(row)
+        if isinstance(v, int | float) and math.isfinite(v)
+    ]
+    if not cells:
+        return None
+    _, r, c = min(cells)
+    rows, cols = len(patches), len(patches[r])
+    from PIL import Image
+
+    from focuswatch.tiles import open_tile
+
+    try:
+        with open_tile(path) as tile:
+            height, width = tile.shape
+            y0, y1 = round(r * height / rows), round((r + 1) * height / rows)
+            x0, x1 = round(c * width / cols), round((c + 1) * width / cols)
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            h, w = min(px, y1 - y0), min(px, x1 - x0)
+            top, left = max(y0, cy - h // 2), max(x0, cx - w // 2)
+            part = np.asarray(tile.read_region(top, top + h, left, left + w), dtype=np.float32)
+        part = np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = np.percentile(part, [0.5, 99.5])
+        scaled = np.clip((part - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+        out = io.BytesIO()
+        Image.fromarray((scaled * 255).astype(np.uint8)).save(out, format="PNG")
+    except Exception:  # unreadable now (TileError, OSError, a decoder's error): no crop
+        return None
+    return out.getvalue()
 
 
 def _done_message(request: Request) -> str:
@@ -241,6 +288,16 @@ def build_app(
         data = thumbs.get(view.id, view.path, view.size, view.mtime_ns)
         if data is None:
             return not_found(request, f"No thumbnail can be made of tile version {vid}.")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    def crop(request: Request) -> Response:
+        vid = int(request.path_params["vid"])
+        view = console.tile(vid)
+        if view is None or not _same_file(view.path, view.size, view.mtime_ns):
+            return not_found(request, f"Tile version {vid} is not on disk any more.")
+        data = worst_patch_crop(view.path, view.patch_scores)
+        if data is None:
+            return not_found(request, f"Tile version {vid} has no focus map to crop from.")
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     def _filters(request: Request) -> tuple[str | None, str | None]:
@@ -368,6 +425,7 @@ def build_app(
         Route("/wafer", wafer_page),
         Route("/tile/{vid:int}", tile_page),
         Route("/tile/{vid:int}/thumb.png", thumbnail),
+        Route("/tile/{vid:int}/crop.png", crop),
         Route("/retakes", retakes_page),
         Route("/retakes.csv", retakes_csv),
         Route("/retakes.json", retakes_json),
