@@ -105,7 +105,7 @@ def _shoot(driver: Any, url: str, out: Path, width: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/screens"))
-    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--width", type=int, default=1440)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="focuswatch-screens-") as tmp:
