@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/speed.py                 # CPU
     .venv/bin/python bench/speed.py --backend gpu   # CuPy: 1024² (30 scales) and native 8192²
+    .venv/bin/python bench/speed.py --against ../main/daemon   # this tree vs another, A/B
 
 Prints the machine, the median of ``--repeat`` runs per variant (after a warm-up
 run that fills the FFT plan and transfer-function caches) and each variant's
@@ -9,7 +10,9 @@ speed-up over the baseline, all from one run. On a shared machine the figures
 move with the load: run it when the machine is quiet. The fast-vs-exact ratio
 (the issue's "≥ 3× faster") is measured separately with the two modes alternated
 call by call, so that load from elsewhere hits both alike: median of the per-pair
-ratios.
+ratios. ``--against DIR`` times this tree's modes against another checkout's
+(``DIR`` is its ``daemon`` folder), each in its own worker process on the same tile,
+alternated call by call: the median of the per-pair ratios (this / other).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -89,6 +93,72 @@ def interleaved(
     )
 
 
+_WORKER = r"""
+import sys, time
+import numpy as np
+from focuswatch import synth
+from focuswatch.backend import get_backend
+from focuswatch.score.mhfd import mhfd
+backend = get_backend(sys.argv[1])
+size, mode = int(sys.argv[2]), sys.argv[3]
+rng = np.random.default_rng(0)
+tile = synth.to_uint(
+    synth.degrade(synth.neuropil((size, size), rng=rng), rng=rng, dose=30.0), 16
+)
+dev = backend.xp.asarray(tile)
+sync = backend.xp.cuda.Device().synchronize if backend.is_gpu else (lambda: None)
+mhfd(dev, backend=backend, mode=mode)
+sync()
+print("ready", flush=True)
+for _ in sys.stdin:
+    t0 = time.perf_counter()
+    mhfd(dev, backend=backend, mode=mode)
+    sync()
+    print((time.perf_counter() - t0) * 1e3, flush=True)
+"""
+
+
+def against(other: str, *, backend: str, size: int, mode: str, repeat: int) -> None:
+    """This tree's ``mode`` against another checkout's, alternated call by call."""
+    here = str(Path(__file__).resolve().parents[1] / "daemon")
+    procs = {}
+    for name, root in (("this", here), ("other", str(Path(other).resolve()))):
+        env = {**os.environ, "PYTHONPATH": root}
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, backend, str(size), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    times: dict[str, list[float]] = {name: [] for name in procs}
+    try:
+        for p in procs.values():
+            assert p.stdout is not None
+            p.stdout.readline()
+        for r in range(repeat):
+            # Each pair in turn starts with the other tree (no order effect).
+            for name, p in sorted(procs.items(), reverse=bool(r % 2)):
+                assert p.stdin is not None
+                assert p.stdout is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                times[name].append(float(p.stdout.readline()))
+    finally:
+        for p in procs.values():
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait()
+    ratios = [a / b for a, b in zip(times["this"], times["other"], strict=True)]
+    print(
+        f"\n{mode} this tree vs {other}, alternated x{repeat}: this "
+        f"{statistics.median(times['this']):.1f} ms, other "
+        f"{statistics.median(times['other']):.1f} ms (medians); this/other "
+        f"{statistics.median(ratios):.3f} (median of pairs; range "
+        f"{min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
@@ -100,9 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also score a native tile this size (GPU default 8192)",
     )
+    ap.add_argument(
+        "--against",
+        metavar="DIR",
+        help="only compare with another checkout's daemon folder (default and fast, A/B)",
+    )
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     print(machine(backend))
+    if args.against:
+        for mode in ("default", "fast"):
+            against(
+                args.against,
+                backend=args.backend,
+                size=args.size,
+                mode=mode,
+                repeat=max(args.repeat, 15),
+            )
+        return 0
     rng = np.random.default_rng(0)
     tile = synth.to_uint(
         synth.degrade(synth.neuropil((args.size, args.size), rng=rng), rng=rng, dose=30.0), 16

@@ -158,3 +158,35 @@ def test_cli_without_working_distances_fails_clearly(
     assert "no working distance" in err
     assert "cannot calibrate" in err
     assert not (tmp_path / "cal.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("scores", "wd", "said"),
+    [
+        ([5.0, 0.0, 0.0, 7.0], [1.0, 2.0, 3.0, 4.0], "only 2 of 4 tiles scored above 0"),
+        ([5.0, 6.0, 7.0, 8.0], [1.0, 1.0, 2.0, 2.0], "4 usable tiles, but at only 2 different"),
+    ],
+)
+def test_too_little_to_fit_says_which_condition_failed(
+    scores: list[float], wd: list[float], said: str
+) -> None:
+    """Never "got 12 usable of 12" for a series that only lacks working distances."""
+    with pytest.raises(ValueError, match=said):
+        fit_calibration(wd, scores)
+
+
+def test_plot_labels_never_need_a_glyph_the_font_lacks(tmp_path: Path) -> None:
+    from focuswatch import calibrate
+
+    font, text = calibrate._plot_font()
+    label = text("slope per µm, |Δf|")
+    if "µ" in label:  # a font said to have the glyphs: neither is the missing-glyph box
+        missing = bytes(font.getmask("\U0010fffd"))
+        assert bytes(font.getmask("µ")) != missing
+        assert bytes(font.getmask("Δ")) != missing
+    else:
+        assert label == "slope per um, |df|"
+    cal = fit_calibration([1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 40.0, 90.0, 40.0, 10.0])
+    calibrate.write_plot(cal, tmp_path / "plot.png")
+    with Image.open(tmp_path / "plot.png") as img:
+        assert img.size == (720, 480)

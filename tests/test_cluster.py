@@ -24,12 +24,11 @@ from fake_cupy import HAS_GPU
 from focuswatch.cluster import (
     DaskExecutor,
     TaskResult,
-    _Restarts,
-    _Throughput,
     connect,
     default_score_fn,
     run_task,
 )
+from focuswatch.cluster.executor import _Restarts, _Throughput
 from focuswatch.config import parse
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import Job, Outcome

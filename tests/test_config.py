@@ -154,12 +154,19 @@ def test_describe_never_shows_secrets_in_alert_urls() -> None:
             }
         }
     )
-    text = config.describe(cfg)
+    from focuswatch.alerts import redact_url
+
+    text = config.describe(cfg, redact_url=redact_url)  # as check-config shows it
     (urls,) = [line for line in text.splitlines() if line.startswith("urls = ")]
     assert token not in text
     assert "hunter2" not in text
     assert '"slack://' in urls
     assert '"mailto://user:' in urls
+    # Without apprise's redaction (config imports no effect module) only schemes show.
+    bare = config.describe(cfg)
+    assert token not in bare
+    assert "hunter2" not in bare
+    assert 'urls = ["slack://***", "mailto://***"]' in bare
 
 
 def test_scoring_choices_are_the_scorers_own() -> None:

@@ -10,7 +10,6 @@ def test_top_level_public_names() -> None:
         "BackendError",
         "ConfigError",
         "FocuswatchError",
-        "NotBuiltError",
         "StateError",
         "TileError",
         "__version__",

@@ -152,6 +152,22 @@ def test_exactly_one_result_per_version(led: Ledger) -> None:
     assert count == 1
 
 
+@dataclass
+class SignedScore(Score):
+    fine_fraction: float | None = None
+
+
+def test_result_keeps_the_scale_signature(led: Ledger) -> None:
+    """``TileScore.fine_fraction`` lands in the results row (NULL when there is none)."""
+    a, b = add(led, "/w/a.tif"), add(led, "/w/b.tif")
+    led.record_result(a, verdict=IN, score=SignedScore(10.0, fine_fraction=0.8))
+    led.record_result(b, verdict=IN, score=SignedScore(10.0))
+    ra, rb = led.result(a), led.result(b)
+    assert ra is not None
+    assert rb is not None
+    assert (ra["fine_fraction"], rb["fine_fraction"]) == (0.8, None)
+
+
 def test_unreadable_result_marks_version_failed_with_reason(led: Ledger) -> None:
     vid = add(led, "/w/bad.tif")
     led.record_result(vid, verdict=Verdict(VerdictKind.UNREADABLE, "not a TIFF"))
@@ -196,17 +212,22 @@ def _scored(led: Ledger, section: str, score: float, verdict: Verdict = IN, **kw
 
 
 def _history(led: Ledger, row: int, col: int, **kw: Any) -> list[float]:
-    return [score for score, _ in led.position_history(row, col, **kw)]
+    return [p.score for p in led.position_history(row, col, **kw)]
 
 
-def test_history_scores_most_recent_section_first_filtered(led: Ledger) -> None:
+def test_history_scores_most_recent_section_first_with_their_verdicts(led: Ledger) -> None:
+    """Every scored earlier section is evidence; the policy decides which to trust."""
     for i, s in enumerate([10.0, 20.0, 30.0, 40.0]):
         _scored(led, f"S_{i:03d}", s, row=1, col=1)
-    _scored(led, "S_002", 999.0, verdict=OUT, row=1, col=1)  # not trusted as context
+    _scored(led, "S_002", 999.0, verdict=OUT, row=1, col=1)  # the latest of its section
     _scored(led, "S_001", 777.0, row=2, col=1)  # another position
-    got = _history(led, 1, 1, before_section_index=3, limit=5)
-    assert got == [30.0, 20.0, 10.0]
-    assert _history(led, 1, 1, before_section_index=3, limit=2) == [30.0, 20.0]
+    got = led.position_history(1, 1, before_section_index=3, limit=5)
+    assert [(p.score, p.verdict) for p in got] == [
+        (999.0, "out_of_focus"),
+        (20.0, "in_focus"),
+        (10.0, "in_focus"),
+    ]
+    assert _history(led, 1, 1, before_section_index=3, limit=2) == [999.0, 20.0]
     assert _history(led, 1, 1, before_section_index=0, limit=5) == []
 
 
@@ -227,13 +248,16 @@ def test_history_ignores_superseded_versions(led: Ledger) -> None:
     assert _history(led, 0, 0, before_section_index=5, limit=5) == []
 
 
-def test_section_scores_excludes_the_tile_itself(led: Ledger) -> None:
+def test_section_peers_excludes_the_tile_itself_and_empty_tiles(led: Ledger) -> None:
     a = _scored(led, "S_005", 1.0, row=0, col=0)
-    _scored(led, "S_005", 2.0, row=0, col=1)
+    b = _scored(led, "S_005", 2.0, verdict=OUT, row=0, col=1)
     _scored(led, "S_005", 3.0, verdict=Verdict(VerdictKind.EMPTY, "blank"), row=0, col=2)
     _scored(led, "S_006", 4.0, row=0, col=0)
-    assert led.section_scores("S_005", exclude_version=a) == [2.0]
-    assert led.section_scores("S_005") == [1.0, 2.0]
+    assert [(p.version_id, p.score) for p in led.section_peers("S_005", exclude_version=a)] == [
+        (b, 2.0)
+    ]
+    peers = led.section_peers("S_005")
+    assert [(p.score, p.verdict) for p in peers] == [(1.0, "in_focus"), (2.0, "out_of_focus")]
 
 
 def test_status_summary_counts_backlog_and_recent(led: Ledger) -> None:
@@ -268,6 +292,7 @@ def test_public_names() -> None:
         "DB_NAME",
         "Ledger",
         "MIGRATIONS",
+        "PastTile",
         "STATES",
         "TileVersion",
         "damage",
@@ -282,7 +307,8 @@ def test_position_history_returns_each_sections_focus_map(led: Ledger) -> None:
     led.record_result(vid, verdict=IN, score=Score(10.0, patch_scores=[[1.0, 2.0], [3.0, 4.0]]))
     vid = add(led, "/w/S_002/t.tif", section="S_002", row=0, col=0)
     led.record_result(vid, verdict=IN, score=Score(11.0))
-    assert led.position_history(0, 0, before_section_index=3, limit=5) == [
+    got = led.position_history(0, 0, before_section_index=3, limit=5)
+    assert [(p.score, p.patch_scores) for p in got] == [
         (11.0, None),
         (10.0, [[1.0, 2.0], [3.0, 4.0]]),
     ]
@@ -348,3 +374,40 @@ def test_a_new_ledger_appears_whole_by_rename(tmp_path: Path) -> None:
     ledger.close()
     assert sorted(p.name for p in (tmp_path / "state").iterdir() if "new" in p.name) == []
     assert damage(tmp_path / "state" / DB_NAME) is None
+
+
+def test_a_bug_in_sql_is_not_taken_for_a_full_disk(tmp_path: Path) -> None:
+    """Only storage faults (full, read-only, I/O, busy) are waited out; a bad statement
+    raises as itself, or the service would retry it forever."""
+    ledger = Ledger.open(tmp_path)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="no such column"),
+        ledger.transaction() as conn,
+    ):
+        conn.execute("UPDATE versions SET nosuchcolumn = 1")
+    ledger.close()
+
+
+def test_only_a_corrupt_file_is_called_damaged(tmp_path: Path) -> None:
+    """A ledger SQLite cannot open for another reason (no permission, no space for its
+    index) is not damaged, so nobody is told to reset it."""
+    _ledger_with_rows(tmp_path, n=3)
+    db = tmp_path / DB_NAME
+    assert damage(db) is None
+    db.write_bytes(b"SQLite format 3\x00" + b"\x01" * 200)
+    assert damage(db) is not None
+
+
+def test_known_paths_under_a_folder_include_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Stored as BLOBs they sort after all text; a folder's range must still find them."""
+    import os
+
+    ledger = Ledger.open(tmp_path)
+    odd = os.fsdecode(b"/w/S_001/Tile_r1-c1_\xe9.tif")
+    for path in (odd, "/w/S_001/Tile_r1-c2.tif", "/w/S_002/Tile_r1-c1.tif"):
+        ledger.add_version(path, size=1, mtime_ns=1, tile_name=os.path.basename(path))
+    assert sorted(ledger.known_paths(under="/w/S_001")) == sorted([odd, "/w/S_001/Tile_r1-c2.tif"])
+    odd_dir = os.fsdecode(b"/w/S_\xff")
+    ledger.add_version(f"{odd_dir}/t.tif", size=1, mtime_ns=1, tile_name="t.tif")
+    assert list(ledger.known_paths(under=odd_dir)) == [f"{odd_dir}/t.tif"]
+    ledger.close()

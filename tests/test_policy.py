@@ -52,6 +52,7 @@ class Linear:
 def test_public_names() -> None:
     """The module exports exactly its documented API."""
     assert set(policy.__all__) == {
+        "SECTION_WIDE",
         "DefocusModel",
         "Evidence",
         "decide",
@@ -99,15 +100,16 @@ def test_section_peers_are_the_baseline_without_history() -> None:
     assert fine.kind is VerdictKind.IN_FOCUS
 
 
-def test_first_tile_ever_uses_only_the_floor() -> None:
-    """No history and no peers: only min_score can make a tile out of focus."""
+def test_first_tile_ever_is_not_judged_and_only_the_floor_alerts() -> None:
+    """No history and no peers: uncertain (never passed as in focus), min_score alerts."""
     cfg = dataclasses.replace(CFG, min_score=50)
     assert decide(Evidence(score=49, patch_scores=None, content=0.3), cfg=cfg).kind is (
         VerdictKind.OUT_OF_FOCUS
     )
     v = decide(Evidence(score=51, patch_scores=None, content=0.3), cfg=cfg)
-    assert v.kind is VerdictKind.IN_FOCUS
-    assert "no earlier sections" in v.reason
+    assert v.kind is VerdictKind.UNCERTAIN
+    assert not v.kind.needs_retake
+    assert "not judged, no earlier sections" in v.reason
 
 
 def test_low_content_is_empty_whatever_the_score() -> None:
@@ -149,7 +151,7 @@ def test_a_mostly_resin_tile_is_not_compared_with_other_positions() -> None:
     """Sparse tissue scores low however sharp: peers are no baseline for it."""
     sparse = Evidence(score=1.5, patch_scores=None, content=0.025, section_scores=[208, 220])
     v = decide(sparse, cfg=CFG)
-    assert v.kind is VerdictKind.IN_FOCUS
+    assert v.kind is VerdictKind.UNCERTAIN
     assert "too little tissue" in v.reason
     dense = dataclasses.replace(sparse, content=0.05)
     assert decide(dense, cfg=CFG).kind is VerdictKind.OUT_OF_FOCUS
@@ -180,7 +182,7 @@ def test_a_patch_that_changed_for_good_alerts_once() -> None:
 def test_a_featureless_baseline_is_not_used() -> None:
     """A position whose history has ~no features cannot say a tile lost features."""
     v = decide(Evidence(score=0.0, patch_scores=None, content=0.025, history=[1.5]), cfg=CFG)
-    assert v.kind is VerdictKind.IN_FOCUS
+    assert v.kind is VerdictKind.UNCERTAIN
     assert "score 0" in v.reason
 
 
@@ -194,9 +196,9 @@ def test_slow_drift_never_alerts() -> None:
     """Content drifting 1 % per section for 300 sections: the rolling median follows."""
     history: list[float] = []
     score = 1000.0
-    for _ in range(300):
+    for i in range(300):
         v = decide(Evidence(score=score, patch_scores=None, content=0.3, history=history), cfg=CFG)
-        assert v.kind is VerdictKind.IN_FOCUS
+        assert v.kind is (VerdictKind.UNCERTAIN if i == 0 else VerdictKind.IN_FOCUS)
         history = [score, *history][: CFG.history_sections]
         score *= 0.99
     assert score < 100  # it really did drift by an order of magnitude
@@ -328,3 +330,80 @@ def test_unreadable_calibration_is_a_config_error_with_key_path(tmp_path: Path) 
     for path in (bad, tmp_path / "missing.json"):
         with pytest.raises(ConfigError, match=r"at 'policy\.calibration'"):
             policy.load_calibration(dataclasses.replace(CFG, calibration=path))
+
+
+fines = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
+kinds_of_past = st.sampled_from([k.value for k in VerdictKind if k is not VerdictKind.UNREADABLE])
+
+
+@given(
+    cfg=configs,
+    a=fines,
+    b=fines,
+    score=scores,
+    content=contents,
+    past=st.lists(st.tuples(scores, fines, kinds_of_past), max_size=8),
+    peers=st.lists(st.tuples(scores, fines), max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_losing_fine_scale_features_never_gets_a_milder_verdict(
+    *,
+    cfg: PolicyConfig,
+    a: float,
+    b: float,
+    score: float,
+    content: float,
+    past: list[tuple[float, float, str]],
+    peers: list[tuple[float, float]],
+) -> None:
+    """Monotonic in the scale signature: same score and context, a lower fine-scale
+    fraction (more defocus) never gives a less severe verdict."""
+    low, high = sorted((a, b))
+
+    def ev(fine: float) -> Evidence:
+        return Evidence(
+            score,
+            None,
+            content,
+            history=[s for s, _, _ in past],
+            section_scores=[s for s, _ in peers],
+            history_kinds=[k for _, _, k in past],
+            fine_fraction=fine,
+            fine_history=[f for _, f, _ in past],
+            section_fine=[f for _, f in peers],
+        )
+
+    blurry, sharp = decide(ev(low), cfg=cfg), decide(ev(high), cfg=cfg)
+    assert severity(sharp.kind) <= severity(blurry.kind)
+
+
+def test_fewer_features_with_the_fine_fraction_held_is_less_tissue_not_defocus() -> None:
+    """Issue 10b: the reason tells less tissue from defocus."""
+
+    def ev(fine: float) -> Evidence:
+        return Evidence(156.0, None, 0.2, [400.0] * 5, fine_fraction=fine, fine_history=[0.7] * 5)
+
+    less = decide(ev(0.69), cfg=CFG)
+    assert less.kind is VerdictKind.IN_FOCUS
+    assert "fewer features at every scale, less tissue here" in less.reason
+    blur = decide(ev(0.5), cfg=CFG)
+    assert blur.kind is VerdictKind.OUT_OF_FOCUS
+    assert "fine-scale features lost, defocus" in blur.reason
+
+
+def test_a_tile_whose_every_feature_is_coarse_is_out_of_focus() -> None:
+    """A fine-scale fraction of 0 (σ 3 blur at 200 e/px on ISBI) is the signature of
+    defocus, not a missing one."""
+    v = decide(
+        Evidence(
+            45.5,
+            [[47.0, 59.0], [44.0, 35.0]],
+            0.1,
+            section_scores=[185.0, 161.0, 173.0, 140.0],
+            fine_fraction=0.0,
+            section_fine=[0.57, 0.56, 0.59, 0.58],
+        ),
+        cfg=CFG,
+    )
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "fine-scale features lost" in v.reason

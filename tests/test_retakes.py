@@ -88,16 +88,20 @@ def test_public_names() -> None:
         [
             "STATUSES",
             "RetakeEntry",
+            "RetakeEvent",
             "RetakeSink",
             "atomic_write",
             "build_sink",
             "dismiss",
             "dismiss_main",
             "entries",
+            "history",
             "list_main",
             "render_csv",
             "render_json",
             "render_text",
+            "reopen",
+            "reopen_main",
         ]
     )
 
@@ -174,12 +178,27 @@ def test_positions_and_sections_are_separate_entries(ledger: Ledger) -> None:
     assert len(retakes.entries(ledger, section="S_007")) == 2
 
 
-def test_empty_and_unreadable_tiles_are_not_retakes(ledger: Ledger) -> None:
-    """Empty tiles are not alerts, and unreadable ones are retried by the service."""
+def test_empty_tiles_are_not_retakes(ledger: Ledger) -> None:
+    """Empty tiles (resin, background) are never alerts nor retakes."""
     sink = sink_for(ledger)
     sink.on_verdict(record(ledger, Verdict(VerdictKind.EMPTY, "score 0; no tissue")))
-    sink.on_verdict(record(ledger, Verdict(VerdictKind.UNREADABLE, "truncated"), row=3))
     assert retakes.entries(ledger) == []
+
+
+def test_an_unreadable_tile_is_a_retake_with_its_reason_until_a_readable_one_arrives(
+    ledger: Ledger,
+) -> None:
+    """A truncated or corrupt tile must be imaged again as much as a blurred one (issue 12.15:
+    such tiles used to show only in status failures and the summary)."""
+    sink = sink_for(ledger)
+    bad = Verdict(VerdictKind.UNREADABLE, "corrupt or truncated TIFF: read 512 of 4096 bytes")
+    sink.on_verdict(record(ledger, bad, row=3))
+    (entry,) = retakes.entries(ledger)
+    assert (entry.row, entry.status) == (3, "open")
+    assert entry.reason == bad.reason
+    sink.on_verdict(record(ledger, GOOD, row=3, score=430.0))
+    (entry,) = retakes.entries(ledger)
+    assert entry.status == "retaken_fixed"
 
 
 def test_deleted_or_corrupted_file_is_rebuilt_from_the_ledger(ledger: Ledger) -> None:
@@ -311,6 +330,123 @@ def test_reading_the_list_takes_no_write_lock(ledger: Ledger) -> None:
     assert entry.status == "open"
 
 
+def test_a_verdict_revised_to_in_focus_takes_its_tile_off_the_list(ledger: Ledger) -> None:
+    """The judge revises a verdict when its context arrives late: the same version, now
+    in focus, dismisses its open entry (once); the list says why."""
+    sink = sink_for(ledger)
+    bad = record(ledger, BAD)
+    sink.on_verdict(bad)
+    revised = Verdict(VerdictKind.IN_FOCUS, "score 140 (median of this tile position 150)")
+    ledger.revise_verdict(bad.version_id, revised)
+    again = ledger.verdict_record(bad.version_id)
+    sink.on_verdict(again)
+    sink.on_verdict(again)
+    (e,) = retakes.entries(ledger)
+    assert e.status == "dismissed"
+    assert e.note == f"verdict revised: {revised.reason}"
+    assert retakes.entries(ledger, only_open=True) == []
+
+
+# -- the history of an entry -----------------------------------------------------------
+
+
+def test_dismissing_again_keeps_every_note_with_who_and_when(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second dismissal adds to the entry's history instead of replacing the note."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    (entry,) = retakes.entries(ledger)
+    retakes.dismiss(ledger, entry.id, note="dust on the detector", who="alice")
+    monkeypatch.setenv("SUDO_USER", "bob")  # the operator behind sudo
+    state = str(ledger.path.parent)
+    assert (
+        cli.main(["retakes", "dismiss", str(entry.id), "--note", "seen: wrinkle", "--state", state])
+        == 0
+    )
+    events = retakes.history(ledger, entry.id)
+    assert [(e.action, e.who, e.note) for e in events] == [
+        ("opened", "", BAD.reason),
+        ("dismissed", "alice", "dust on the detector"),
+        ("dismissed", "bob", "seen: wrinkle"),
+    ]
+    assert events[1].at == 1_750_000_000.0  # when: the ledger's clock (injected here)
+    assert events[2].at > events[1].at  # the command's own clock (now)
+    (entry,) = retakes.entries(ledger)
+    assert entry.note == "seen: wrinkle"
+    capsys.readouterr()
+    assert cli.main(["retakes", "--state", state]) == 0
+    text = capsys.readouterr().out
+    assert "dismissed by alice: dust on the detector" in text
+    assert "dismissed by bob: seen: wrinkle" in text
+    live = json.loads(sink.paths[1].read_text())  # the live file has the history too
+    assert [h["action"] for h in live["entries"][0]["history"]] == [
+        "opened",
+        "dismissed",
+        "dismissed",
+    ]
+
+
+def test_a_dismissed_entry_can_be_reopened_and_an_open_one_not(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retakes reopen ID --note` puts a dismissed entry back on the list (history kept);
+    reopening one still to do, or a missing one, says why and exits 1."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    (entry,) = retakes.entries(ledger)
+    state = str(ledger.path.parent)
+    assert cli.main(["retakes", "reopen", str(entry.id), "--note", "x", "--state", state]) == 1
+    assert "still to re-image" in capsys.readouterr().err
+    retakes.dismiss(ledger, entry.id, note="dust", who="alice")
+    assert retakes.entries(ledger, only_open=True) == []
+    assert (
+        cli.main(["retakes", "reopen", str(entry.id), "--note", "it was blur", "--state", state])
+        == 0
+    )
+    assert f"reopened {entry.id}" in capsys.readouterr().out
+    (entry,) = retakes.entries(ledger, only_open=True)
+    assert (entry.status, entry.note) == ("open", "it was blur")
+    assert [e.action for e in retakes.history(ledger, entry.id)] == [
+        "opened",
+        "dismissed",
+        "reopened",
+    ]
+    assert cli.main(["retakes", "reopen", "999", "--note", "x", "--state", state]) == 1
+    assert "no retake entry with id 999" in capsys.readouterr().err
+    # Still one active entry per tile: a bad retake now updates this entry.
+    sink.on_verdict(record(ledger, BAD, score=120))
+    (entry,) = retakes.entries(ledger)
+    assert entry.status == "retaken_still_bad"
+
+
+def test_a_reopened_entry_cannot_clash_with_a_newer_open_one(ledger: Ledger) -> None:
+    """Dismissed, then the tile came out bad again (a new entry): the old one stays closed."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD))
+    (old,) = retakes.entries(ledger)
+    retakes.dismiss(ledger, old.id, note="dust", who="alice")
+    sink.on_verdict(record(ledger, BAD, name="Tile_r1-c2_S_007_2", score=100))
+    with pytest.raises(ValueError, match="already open for this tile"):
+        retakes.reopen(ledger, old.id, note="x", who="alice")
+
+
+def test_a_failed_retake_shows_its_score_and_the_earlier_one(ledger: Ledger) -> None:
+    """The entry shows the retake's score; its note and history keep the earlier score."""
+    sink = sink_for(ledger)
+    sink.on_verdict(record(ledger, BAD, score=140))
+    sink.on_verdict(record(ledger, BAD, name="Tile_r1-c2_S_007_2", score=150))
+    (entry,) = retakes.entries(ledger)
+    assert (entry.status, entry.score) == ("retaken_still_bad", 150)
+    assert (
+        entry.note == "retaken as Tile_r1-c2_S_007_2: score 150, still out of focus (before: 140)"
+    )
+    events = retakes.history(ledger, entry.id)
+    assert [(e.action, e.score) for e in events] == [("opened", 140), ("retaken_still_bad", 150)]
+    text = retakes.render_text(retakes.entries(ledger), {entry.id: events})
+    assert "retaken still bad: retaken as Tile_r1-c2_S_007_2: score 150" in text
+
+
 OPERATORS_GID = 64999  # a group that only this test uses
 
 
@@ -386,4 +522,10 @@ def test_section_filter_takes_the_section_however_it_is_written(
 def test_dismiss_help_names_the_state_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["retakes", "dismiss", "--help"])
+    assert "--state DIR" in capsys.readouterr().out
+
+
+def test_reopen_help_names_the_state_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["retakes", "reopen", "--help"])
     assert "--state DIR" in capsys.readouterr().out

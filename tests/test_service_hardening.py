@@ -23,7 +23,9 @@ import structlog
 
 from focuswatch import service as service_mod
 from focuswatch import status
-from focuswatch.errors import ConfigError, StateError
+from focuswatch.errors import ConfigError, StateError, TileError
+from focuswatch.scoring import score_path
+from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
@@ -218,6 +220,9 @@ def test_a_symlink_out_of_the_watch_folder_is_not_followed_and_logged_once(
     skipped = [e for e in logs if e["event"] == "symlink_outside_skipped"]
     assert [e["tile"] for e in skipped] == [str(link)]
     assert skipped[0]["target"] == str(outside)
+    # A tile replaced by such a link after that check is refused where it is read.
+    with pytest.raises(TileError, match="outside the watch folder"):
+        score_path(str(link), svc.settings)
 
 
 def test_following_links_out_of_the_watch_folder_is_a_choice(
@@ -327,7 +332,10 @@ def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
     turn_until(svc, lambda: len(sink.records) == 1)
     ballast = _fill(small_disk)
     with structlog.testing.capture_logs() as logs:
-        names = [watch / "S_001" / f"Tile_r2-c{c}_S_001_{'x' * 200}.tif" for c in range(1, 41)]
+        names = [watch / "S_001" / f"Tile_r2-c{c}_S_001_{'x' * 200}.tif" for c in range(1, 40)]
+        # A name with a reason of its own: recorded with it, whenever the disk lets it.
+        hostile = watch / "S_001" / f"Tile_r99999999999999999999-c1_S_001_{'x' * 200}.tif"
+        names.append(hostile)
         for path in names:
             write_tif(path, value=len(str(path)))
         turn_until(svc, lambda: svc.fault is not None)
@@ -356,8 +364,11 @@ def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
     assert {r.path for r in sink.records} == {str(p) for p in names} | {
         str(watch / "S_001" / "Tile_r1-c1_S_001.tif")
     }
+    (said,) = [r for r in sink.records if r.path == str(hostile)]
+    assert said.verdict.kind is VerdictKind.UNREADABLE
+    assert "out of range" in said.verdict.reason
     counts = svc.ledger.counts()
-    assert counts["scored"] == 41
+    assert (counts["scored"], counts["failed"]) == (40, 1)
     assert counts["ready"] == counts["scoring"] == 0
 
 
@@ -395,7 +406,11 @@ def test_a_deleted_state_folder_is_detected_and_nothing_more_is_written(
     assert "was deleted while the service was running" in svc.fault
     assert len(sink.records) == 1  # the second tile was not recorded into the deleted file
     assert [e["event"] for e in logs].count("state_unwritable") == 1
-    assert not (tmp_path / "state").exists()  # and nothing was silently re-created
+    # Nothing was silently re-created but the lock, so that a second service on the
+    # emptied folder does not score the wafer again beside this one.
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["focuswatch.lock"]
+    with pytest.raises(StateError, match="in use by another focuswatch service"):
+        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
 
 
 OVERFLOW_CONFIG = """\
@@ -468,3 +483,75 @@ def test_an_inotify_queue_overflow_rescans_at_once_and_is_logged_as_an_event(
 def _versions(state: Path) -> int:
     with sqlite3.connect(f"{(state / 'focuswatch.db').as_uri()}?mode=ro", uri=True) as conn:
         return int(conn.execute("SELECT count(DISTINCT path) FROM versions").fetchone()[0])
+
+
+def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_recovery(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox lives in the ledger that cannot be written: the news goes from memory."""
+    from test_alerts import HookServer, free_port
+
+    monkeypatch.setattr(service_mod, "FAULT_RETRY_S", 0.1)
+    hook = HookServer(free_port())
+    hook.start()
+    watch = tmp_path / "watch"
+    base = make_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        base,
+        alerts=dataclasses.replace(
+            base.alerts, urls=[f"json://127.0.0.1:{hook.port}/hook"], instance="sem-3"
+        ),
+    )
+    svc = Service(cfg, score_fn=fake_score, notifier=Notifier(env={}))
+    try:
+        svc.start()
+        ballast = _fill(small_disk)
+        for c in range(1, 41):
+            write_tif(watch / "S_001" / f"Tile_r4-c{c}_S_001_{'z' * 200}.tif")
+        turn_until(svc, lambda: svc.fault is not None)
+        told = hook.posts.get(timeout=30)
+        assert told["title"].startswith("[sem-3] focuswatch cannot write its state folder")
+        assert told["type"] == "failure"
+        assert "database or disk is full" in told["message"]
+        ballast.unlink()
+        turn_until(svc, lambda: svc.fault is None)
+        again = hook.posts.get(timeout=30)
+        assert again["title"].startswith("[sem-3] focuswatch can write its state folder again")
+        assert again["type"] == "success"
+    finally:
+        svc.stop(grace_s=0.5)
+        hook.stop()
+
+
+@pytest.mark.slow
+def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """Restarted by systemd onto the same full disk, an exit would only repeat; and a
+    full disk is no damaged ledger: nothing may advise --reset-ledger for it."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    first = tmp_path / "first.log"
+    proc = _run(watch, small_disk, first)  # a ledger exists, cleanly stopped
+    try:
+        _wait_for_line(first, '"event": "started"')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+    ballast = _fill(small_disk)
+    write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    log = tmp_path / "second.log"
+    proc = _run(watch, small_disk, log)
+    try:
+        _wait_for_line(log, '"event": "state_unwritable"')
+        assert proc.poll() is None  # up, waiting
+        assert "damaged" not in log.read_text()
+        ballast.unlink()
+        _wait_for_line(log, '"event": "tile_scored"')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)

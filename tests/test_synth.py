@@ -169,6 +169,72 @@ def test_shot_noise_variance_is_brightness_over_dose() -> None:
         assert float(noisy.var()) == pytest.approx(0.3 / dose, rel=0.05)
 
 
+def _lag_corr(noise: np.ndarray, axis: int, k: int) -> float:
+    n = noise.astype(np.float64) - noise.mean()
+    a = np.take(n, range(k, n.shape[axis]), axis=axis)
+    b = np.take(n, range(n.shape[axis] - k), axis=axis)
+    return float((a * b).mean() / n.var())
+
+
+def test_correlated_shot_noise_keeps_the_dose_variance() -> None:
+    """``noise_pole_x``: an AR(1) along x (ρ_k = p^k), none across lines;
+    ``noise_sigma_2d``: correlated both ways; both at the dose's variance."""
+    flat = np.full((256, 512), 0.3, np.float32)
+    x = synth.degrade(flat, rng=np.random.default_rng(1), dose=30.0, noise_pole_x=0.5)
+    assert float(x.var()) == pytest.approx(0.3 / 30.0, rel=0.06)
+    assert _lag_corr(x, 1, 1) == pytest.approx(0.5, abs=0.02)
+    assert _lag_corr(x, 1, 2) == pytest.approx(0.25, abs=0.02)
+    assert abs(_lag_corr(x, 0, 1)) < 0.02
+    xy = synth.degrade(flat, rng=np.random.default_rng(2), dose=30.0, noise_sigma_2d=0.7)
+    assert float(xy.var()) == pytest.approx(0.3 / 30.0, rel=0.06)
+    assert _lag_corr(xy, 0, 1) == pytest.approx(_lag_corr(xy, 1, 1), abs=0.03)
+    assert _lag_corr(xy, 0, 1) > 0.5
+    for bad in ({"noise_pole_x": 1.0}, {"noise_sigma_2d": -1.0}, {"scan_pole": 1.0}):
+        with pytest.raises(ValueError, match="out of range"):
+            synth.degrade(flat, rng=np.random.default_rng(0), dose=30.0, **bad)
+
+
+def test_detector_bandwidth_low_passes_each_scan_line() -> None:
+    """``scan_pole`` filters signal and noise along x: lag-1 correlation p, less noise,
+    and a step along x is smeared forward (causal) but not across lines."""
+    flat = np.full((256, 512), 0.3, np.float32)
+    white = synth.degrade(flat, rng=np.random.default_rng(3), dose=30.0)
+    low = synth.degrade(flat, rng=np.random.default_rng(3), dose=30.0, scan_pole=0.4)
+    assert _lag_corr(low, 1, 1) == pytest.approx(0.4, abs=0.02)
+    assert abs(_lag_corr(low, 0, 1)) < 0.02
+    assert float(low.var()) == pytest.approx(float(white.var()) * 0.6 / 1.4, rel=0.06)
+    step = np.zeros((4, 16), np.float32)
+    step[:, 8:] = 1.0
+    out = synth.degrade(step, rng=np.random.default_rng(0), scan_pole=0.5)
+    assert out[0, 7] == 0.0
+    assert out[0, 8] == pytest.approx(0.5)
+    assert out[0, 9] == pytest.approx(0.75)
+
+
+def test_filter_lines_spreads_each_pixel_forward_along_its_line() -> None:
+    delta = np.zeros((3, 9), np.float32)
+    delta[1, 4] = 1.0
+    out = synth.filter_lines(delta, (2.0, 1.0, 1.0))
+    np.testing.assert_allclose(out[1, 4:7], [0.5, 0.25, 0.25])
+    assert out[0].sum() == 0.0
+    assert out[2].sum() == 0.0
+    with pytest.raises(ValueError, match="taps"):
+        synth.filter_lines(delta, ())
+
+
+def test_resample_correlates_noise_in_both_axes() -> None:
+    flat = np.full((128, 128), 0.4, np.float32)
+    noisy = synth.degrade(flat, rng=np.random.default_rng(4), dose=30.0)
+    out = synth.resample(noisy, 1.5, order=1)
+    assert out.shape == (192, 192)
+    assert _lag_corr(out, 0, 1) > 0.4
+    assert _lag_corr(out, 1, 1) > 0.4
+    with pytest.raises(ValueError, match="factor"):
+        synth.resample(noisy, 10.0)
+    with pytest.raises(ValueError, match="order"):
+        synth.resample(noisy, 1.5, order=7)
+
+
 def test_no_dose_means_no_noise(tissue: np.ndarray) -> None:
     same = synth.degrade(tissue, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(same, np.clip(tissue, 0, 1))

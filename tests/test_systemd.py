@@ -104,12 +104,28 @@ def test_dropin_follows_the_configured_watch_folder_on_a_share(tmp_path: Path) -
     assert "ReadWritePaths" not in unit["Service"]
 
 
-def test_dropin_opens_home_read_only_for_a_watch_folder_there(tmp_path: Path) -> None:
-    """ProtectHome=yes would hide a watch folder under /home without a word."""
+def test_dropin_binds_in_only_the_watch_folder_of_a_home(tmp_path: Path) -> None:
+    """ProtectHome=yes would hide a watch folder under /home without a word; read-only
+    would open every home to the service: only the watch folder is bound in."""
     unit = _dropin(tmp_path, "--watch", "/home/op/atlas", "--state", "/srv/focuswatch")
-    assert unit["Service"]["ProtectHome"] == "read-only"
+    assert unit["Service"]["ProtectHome"] == "tmpfs"
+    assert unit["Service"]["BindReadOnlyPaths"] == "/home/op/atlas"
     assert unit["Service"]["ReadOnlyPaths"] == "/home/op/atlas"
-    assert unit["Service"]["ReadWritePaths"] == "/srv/focuswatch"
+    assert unit["Service"]["ReadWritePaths"] == "-/srv/focuswatch"
+
+
+def test_dropin_refuses_a_folder_the_service_cannot_see(tmp_path: Path) -> None:
+    """PrivateTmp=yes gives the service a /tmp of its own."""
+    done = subprocess.run(
+        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", "/tmp/atlas"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "at 'watch.path'" in done.stderr
+    assert "PrivateTmp" in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
@@ -117,9 +133,10 @@ def test_systemd_analyze_verify_accepts_the_unit_with_its_dropin(tmp_path: Path)
     entry = Path(sys.executable).parent / "focuswatch"
     unit = tmp_path / "focuswatch.service"
     text = UNIT.read_text(encoding="utf-8").replace("/opt/focuswatch/bin/focuswatch", str(entry))
-    (watch := tmp_path / "watch").mkdir()
+    # Not under /tmp (refused: PrivateTmp=); verify does not need the folder to exist.
+    watch = "/srv/atlas share"
     done = subprocess.run(
-        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", str(watch)],
+        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", watch],
         capture_output=True,
         text=True,
         timeout=60,

@@ -681,7 +681,26 @@ def test_public_names() -> None:
         "TileMeta",
         "TileReader",
         "open_tile",
+        "os_reason",
         "parse_tile_name",
         "read_meta",
         "read_tile",
     ]
+
+
+def test_a_link_out_of_the_allowed_folder_is_refused_on_the_open_file(tmp_path: Path) -> None:
+    """Checked on the descriptor that the pixels are read from: a link swapped in after
+    the name was checked (the watcher's check) is caught too."""
+    inside, outside = tmp_path / "watch", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    tifffile.imwrite(outside / "secret.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(inside / "real.tif", np.zeros((32, 32), np.uint8))
+    (inside / "link.tif").symlink_to(outside / "secret.tif")
+    (inside / "inner.tif").symlink_to(inside / "real.tif")
+    with pytest.raises(TileError, match="outside the watch folder"):
+        open_tile(inside / "link.tif", within=str(inside))
+    with open_tile(inside / "inner.tif", within=str(inside)) as tile:  # links within: fine
+        assert tile.shape == (32, 32)
+    with open_tile(inside / "link.tif") as tile:  # no folder given: any path
+        assert tile.shape == (32, 32)

@@ -269,6 +269,7 @@ def test_public_names() -> None:
         "NETWORK_FSTYPES",
         "Readiness",
         "Settled",
+        "SettledKind",
         "Watcher",
         "choose_observer",
         "fstype_of",

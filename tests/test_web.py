@@ -250,7 +250,9 @@ def test_dismiss_and_reopen_need_the_token_same_origin_and_the_session_token(
     assert status == 303
     (item,) = fetch_json(url + "retakes.json")["entries"]
     assert item["status"] == "dismissed"
-    assert item["note"] == "wrinkle, fine (ana, web)"
+    assert item["note"] == "wrinkle, fine"
+    assert item["history"][-1]["who"] == "ana (web page)"
+    assert item["history"][-1]["action"] == "dismissed"
     assert (cs.state / "retakes.csv").read_text().count("dismissed") == 1
     status, _ = _post(url, f"retakes/{entry}/reopen", {**form, "note": "look again"}, good)
     assert status == 303

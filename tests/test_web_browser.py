@@ -81,7 +81,8 @@ def test_retake_list_updates_after_a_dismiss_from_the_page(
     assert message.startswith("dismissed entry")
     row = chromium.find_element(By.CSS_SELECTOR, "#retakes tbody tr")
     assert row.get_attribute("data-status") == "dismissed"
-    assert "a wrinkle, not defocus (ana, web)" in row.text
+    assert "a wrinkle, not defocus" in row.text
+    assert "dismissed by ana (web page)" in row.text
     # The change was made: the service's own retake file says so too.
     assert "dismissed" in (cs.state / "retakes.csv").read_text()
 

@@ -144,7 +144,7 @@ def test_service_and_dask_fallback_build_the_same_local_executor(tmp_path: Path)
         scoring=ScoringConfig(backend="gpu", workers=2),
         logging=LoggingConfig(level="debug", format="json"),
     )
-    built = [service.build_executor(cfg), cluster._local_fallback(cfg, None)()]
+    built = [service.build_executor(cfg), cluster.executor._local_fallback(cfg, None)()]
     try:
         for ex in built:
             assert isinstance(ex, LocalExecutor)

@@ -9,7 +9,6 @@ from focuswatch.errors import (
     BackendError,
     ConfigError,
     FocuswatchError,
-    NotBuiltError,
     StateError,
     TileError,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "FocuswatchError",
-    "NotBuiltError",
     "StateError",
     "TileError",
     "__version__",

@@ -9,20 +9,34 @@ none of its own tiles is still waiting or being scored, or it has been idle for
 console and journal show what was sent.
 
 Alerts go through the durable outbox (``focuswatch.outbox``): queued in the ledger in
-the same transaction as the verdict that caused them (once per key), delivered by a
-background thread, retried with backoff: at least once (a crash right after a send
-can repeat it). Notification URLs carry secrets (tokens, passwords): they are never
-logged; ``redact_url`` is the one way to show one.
+the same transaction as the verdict that caused them (once per key), delivered to
+each endpoint (one apprise URL) by that endpoint's own thread, each endpoint retried
+on its own backoff (a crash right after a send can repeat it to that endpoint).
+Each message has a severity (apprise's notify type) and structured ``details``
+(json:// endpoints receive them under ``JSON_FIELD``); titles start with
+``[alerts.instance]``; tile alerts name their retake entry. The retake sink must see
+a verdict before this one (the service orders them so). Notification URLs carry
+secrets (tokens, passwords): they are never logged; ``redact_url`` is the one way to
+show one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import html
 import importlib
+import json
+import logging
+import os
+import socket
 import sys
+import threading
 import time
+import urllib.parse
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +45,19 @@ import structlog
 
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
-from focuswatch.outbox import Alert, Notifier, Sender, enqueue
+from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
 from focuswatch.policy import format_score
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
+    "JSON_FIELD",
     "AlertSink",
     "AppriseNotifier",
+    "build_endpoints",
     "build_sink",
     "describe_targets",
     "format_tile_alert",
+    "instance_name",
     "make_thumbnail",
     "redact_url",
     "validate",
@@ -54,6 +71,7 @@ _KIND_TEXT = {
     VerdictKind.EMPTY: "empty",
     VerdictKind.UNREADABLE: "unreadable",
     VerdictKind.IN_FOCUS: "in focus",
+    VerdictKind.UNCERTAIN: "not judged (nothing to compare with)",
 }
 
 
@@ -78,14 +96,50 @@ def _apprise() -> Any:
 
 
 def redact_url(url: str) -> str:
-    """A notification URL fit for logs and status: secrets masked, query dropped."""
+    """A notification URL fit for logs and status: secrets masked, query dropped.
+
+    apprise masks what each plugin declares private (passwords, Slack and Discord
+    tokens, however the URL is written); on top of that every host or path segment
+    that looks like a secret (``json://host/hooks/PathT0kenSecret``) is masked too.
+    A URL apprise cannot parse is not shown at all.
+    """
     apprise = _apprise()
 
     plugin: Any = apprise.Apprise.instantiate(url)
     if plugin is None:
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         return f"{scheme}://… (unparseable)"
-    return str(plugin.url(privacy=True)).split("?", 1)[0]
+    shown = str(plugin.url(privacy=True)).split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = shown.partition("://")
+    if not sep:
+        return shown
+    netloc, slash, path = rest.partition("/")
+    user, at, host = netloc.rpartition("@")
+    hostname, colon, port = host.partition(":")
+    if "." not in hostname and _looks_secret(hostname):
+        hostname = _mask(hostname)
+    segments = [_mask(seg) if _looks_secret(seg) else seg for seg in path.split("/")]
+    return f"{scheme}://{user}{at}{hostname}{colon}{port}{slash}{'/'.join(segments)}"
+
+
+def _looks_secret(segment: str) -> bool:
+    """A token rather than a name: long, and letters mixed with digits or cases."""
+    text = urllib.parse.unquote(segment)
+    if len(text) < 8 or "..." in text or "*" in text:  # short, or masked by apprise
+        return False
+    letters = any(c.isalpha() for c in text)
+    digits = any(c.isdigit() for c in text)
+    mixed_case = any(c.isupper() for c in text[1:]) and any(c.islower() for c in text)
+    return (
+        (letters and digits)
+        or (text.isdigit() and len(text) >= 10)  # a webhook or bot id
+        or (mixed_case and len(text) >= 12)
+        or len(text) >= 24
+    )
+
+
+def _mask(segment: str) -> str:
+    return f"{segment[0]}...{segment[-1]}"
 
 
 def describe_targets(acfg: AlertsConfig) -> list[str]:
@@ -140,7 +194,9 @@ def _decimated(tile: Any, step: int) -> np.ndarray[Any, Any]:
     )
 
 
-def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
+def make_thumbnail(
+    tile_path: str | Path, out: Path, *, px: int, within: str | None = None
+) -> Path | None:
     """A small contrast-stretched PNG of the tile, or None if it cannot be made.
 
     Never raises: a thumbnail is a nicety, and a failure here (unreadable tile, full
@@ -154,7 +210,7 @@ def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
     from focuswatch.tiles import open_tile
 
     try:
-        with open_tile(tile_path) as tile:
+        with open_tile(tile_path, within=within) as tile:
             step = max(1, max(tile.shape) // (4 * px))  # ~4 px per thumbnail px, then resample
             small = np.asarray(_decimated(tile, step), dtype=np.float32)
         small = np.nan_to_num(small, nan=0.0, posinf=0.0, neginf=0.0)
@@ -175,74 +231,333 @@ def make_thumbnail(tile_path: str | Path, out: Path, *, px: int) -> Path | None:
     return out
 
 
-class AppriseNotifier:
-    """Sends an alert to every configured apprise target, with a thumbnail when it can."""
+def _endpoint_id(url: str) -> str:
+    """A stable name for an endpoint that holds no secret (kept in the ledger)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
 
-    def __init__(self, acfg: AlertsConfig, *, thumbnail_dir: Path) -> None:
+
+class _ReasonCapture(logging.Handler):
+    """Why a send failed: the warnings and errors apprise logged for it.
+
+    apprise's ``notify()`` answers False and says why only in its log. apprise 2.x
+    collects the log of each call in its result (``result.logs()``), which is used
+    when there; older versions send in the calling thread (``async_mode`` off), so a
+    handler that keeps only the sending thread's records finds the same lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self._thread = threading.get_ident()
+        self._seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread and len(self._seen) < 5:
+            with contextlib.suppress(Exception):
+                self._seen.append(record.getMessage().strip())
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[_ReasonCapture]:
+        logger = logging.getLogger("apprise")
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+
+    def reason(self, result: Any) -> str:
+        lines = list(self._seen)
+        logs = getattr(result, "logs", None)
+        if callable(logs):
+            with contextlib.suppress(Exception):
+                lines = [
+                    str(e.message).strip()
+                    for e in logs()
+                    if getattr(logging, str(e.level), logging.WARNING) >= logging.WARNING
+                ][:5] or lines
+        return "; ".join(lines) or "apprise reported a failure without a reason"
+
+
+JSON_FIELD = "focuswatch"  # the field of a json:// POST that holds the alert's details
+
+_NOTIFY_TYPES = {"info": "info", "success": "success", "warning": "warning", "failure": "failure"}
+
+
+class AppriseNotifier:
+    """Sends alerts to one apprise endpoint (one URL), with a thumbnail when it can.
+
+    One apprise object per URL: apprise's ``notify()`` answers False when any one of
+    several targets failed, so delivery is tracked per URL (``focuswatch.outbox``).
+    A failure raises ``DeliveryError`` with the reason apprise logged.
+    """
+
+    def __init__(
+        self,
+        plugin: Any,
+        *,
+        thumbnail_dir: Path,
+        thumbnail_px: int,
+        send_timeout_s: float = 30.0,
+        within: str | None = None,
+    ) -> None:
         apprise = _apprise()
 
-        self._apprise = apprise.Apprise()
-        for url in acfg.urls:
-            self._apprise.add(url)
-        if acfg.apprise_config is not None:
-            conf = apprise.AppriseConfig()
-            conf.add(str(acfg.apprise_config))
-            self._apprise.add(conf)
-        self._thumb_px = acfg.thumbnail_px
+        # Sends stay in the endpoint's own thread (no apprise thread pool): the sender
+        # thread is the unit of isolation, and the reason capture keys on it.
+        self._apprise = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False))
+        if isinstance(plugin, str):
+            plugin = apprise.Apprise.instantiate(plugin)
+            if plugin is None:
+                raise ValueError("apprise cannot parse this notification URL")
+        # An endpoint that answers slowly gets time to answer: a send cut short by
+        # apprise's 4 s default is retried, and the endpoint would get it twice. A
+        # timeout given in the URL itself (?rto=) is kept.
+        if plugin.socket_read_timeout == type(plugin).socket_read_timeout:
+            plugin.socket_read_timeout = send_timeout_s
+        self._plugin = plugin
+        # A json:// endpoint gets the alert's structured form as one more field of
+        # apprise's JSON body ("focuswatch": {...}, see README), through the plugin's
+        # own payload extras (the ``:key=value`` tokens of its URL, which stay).
+        self._json_extras: dict[str, Any] | None = None
+        if "json" in (plugin.protocol, plugin.secure_protocol) and isinstance(
+            getattr(plugin, "payload_extras", None), dict
+        ):
+            self._json_extras = dict(plugin.payload_extras)
+        # The form the endpoint shows (apprise 2 lists several, its preferred first).
+        shown = plugin.notify_format
+        if isinstance(shown, tuple | list):
+            shown = shown[0] if shown else None
+        self._html = shown == apprise.NotifyFormat.HTML
+        self._apprise.add(plugin)
+        self._thumb_px = thumbnail_px
         self._thumb_dir = thumbnail_dir
+        self._within = within  # thumbnails only of files in the watch folder
 
-    def __len__(self) -> int:
-        return len(self._apprise)
+    @property
+    def url(self) -> str:
+        """The endpoint's full URL, secrets included: never log it (see ``redact_url``)."""
+        return str(self._plugin.url(privacy=False))
 
     def __call__(self, alert: Alert) -> bool:
         apprise = _apprise()
 
         thumb = None
         if alert.tile_path and self._thumb_px > 0:
-            name = alert.key.replace(":", "_").replace("/", "_") + ".png"
-            thumb = make_thumbnail(alert.tile_path, self._thumb_dir / name, px=self._thumb_px)
+            folder = self._thumb_dir / _endpoint_id(self.url)
+            name = _safe_name(Path(alert.tile_name or alert.tile_path).stem) + ".png"
+            thumb = make_thumbnail(
+                alert.tile_path, folder / name, px=self._thumb_px, within=self._within
+            )
         try:
             attach = None
             if thumb is not None:
                 attach = apprise.AppriseAttachment()
                 attach.add(str(thumb))
-            return bool(self._apprise.notify(body=alert.body, title=alert.title, attach=attach))
+            if self._json_extras is not None:
+                self._plugin.payload_extras = self._json_extras | {
+                    JSON_FIELD: {"key": alert.key, "severity": alert.severity, **alert.details}
+                }
+            # Each endpoint gets the body in the form it shows: HTML for mail (apprise
+            # derives the text/plain part from it, line breaks kept), text elsewhere.
+            if self._html:
+                body, body_format = _html(alert.body), apprise.NotifyFormat.HTML
+            else:
+                body, body_format = alert.body, apprise.NotifyFormat.TEXT
+            with _ReasonCapture().attached() as capture:
+                result = self._apprise.notify(
+                    body=body,
+                    title=alert.title,
+                    notify_type=_NOTIFY_TYPES.get(alert.severity, "info"),
+                    body_format=body_format,
+                    attach=attach,
+                )
         finally:
             if thumb is not None:
                 with contextlib.suppress(OSError):  # a leftover file must not fail the send
                     thumb.unlink(missing_ok=True)
+        if not result:
+            raise DeliveryError(capture.reason(result))
+        return True
+
+
+def _html(text: str) -> str:
+    """The body as HTML: each line escaped, lines joined by ``<br/>`` (no raw newlines)."""
+    return "<br/>".join(html.escape(line, quote=False) for line in text.splitlines())
+
+
+def _safe_name(name: str) -> str:
+    """A file name made of the tile name's safe characters."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return out[:120] or "tile"
+
+
+def build_endpoints(
+    acfg: AlertsConfig, *, thumbnail_dir: Path, within: str | None = None
+) -> list[Endpoint]:
+    """One endpoint per notification URL (``alerts.urls`` and the apprise config file)."""
+    apprise = _apprise()
+
+    plugins: list[Any] = []
+    for url in acfg.urls:
+        plugin = apprise.Apprise.instantiate(url)
+        if plugin is not None:
+            plugins.append(plugin)
+    if acfg.apprise_config is not None:
+        conf = apprise.AppriseConfig()
+        conf.add(str(acfg.apprise_config))
+        loaded = apprise.Apprise()
+        loaded.add(conf)
+        plugins.extend(loaded)
+    out: list[Endpoint] = []
+    seen: set[str] = set()
+    for plugin in plugins:
+        notifier = AppriseNotifier(
+            plugin,
+            thumbnail_dir=thumbnail_dir,
+            thumbnail_px=acfg.thumbnail_px,
+            send_timeout_s=acfg.send_timeout_s,
+            within=within,
+        )
+        eid = _endpoint_id(notifier.url)
+        if eid in seen:
+            continue  # the same URL twice is one endpoint: it gets each alert once
+        seen.add(eid)
+        out.append(Endpoint(id=eid, name=redact_url(notifier.url), notify=notifier))
+    return out
 
 
 # -- what the alerts say -----------------------------------------------------------------
+
+
+def instance_name(acfg: AlertsConfig) -> str:
+    """The name every message carries (``alerts.instance``, else this host's name)."""
+    return acfg.instance or socket.gethostname() or "focuswatch"
 
 
 def _um(v: float | None) -> str:
     return "?" if v is None else f"{v:.1f}"
 
 
-def format_tile_alert(record: VerdictRecord, *, key: str | None = None) -> Alert:
-    """The alert for one tile that needs a retake: everything the operator needs."""
+_SEVERITY = {
+    VerdictKind.OUT_OF_FOCUS: "failure",
+    VerdictKind.PARTLY_OUT_OF_FOCUS: "warning",
+}
+
+
+@dataclass(frozen=True)
+class _Retake:
+    """The retake entry a verdict opened, kept open or closed."""
+
+    id: int
+    status: str
+
+
+def _retake_of(conn: Any, version_id: int) -> _Retake | None:
+    row = conn.execute(
+        "SELECT id, status FROM retakes WHERE version_id = ? ORDER BY id DESC LIMIT 1",
+        (version_id,),
+    ).fetchone()
+    return None if row is None else _Retake(int(row[0]), str(row[1]))
+
+
+def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, Any]:
+    """The structured form of a tile alert (JSON endpoints get it; see README)."""
     v = record.verdict
+    return {
+        "verdict": str(v.kind),
+        "section": record.section,
+        "tile": record.tile_name,
+        "row": record.row,
+        "col": record.col,
+        "stage_x_um": record.stage_x_um,
+        "stage_y_um": record.stage_y_um,
+        "working_distance_um": record.working_distance_um,
+        "score": record.score,
+        "baseline": v.baseline,
+        "defocus_um": v.defocus_um,
+        "reason": v.reason,
+        "retake_id": None if retake is None else retake.id,
+        "retake_status": None if retake is None else retake.status,
+        "path": record.path,
+        "version_id": record.version_id,
+    }
+
+
+def format_tile_alert(
+    record: VerdictRecord,
+    *,
+    key: str | None = None,
+    instance: str = "",
+    retake_id: int | None = None,
+    retake_status: str | None = None,
+) -> Alert:
+    """The alert for one tile that needs a retake: everything the operator needs.
+
+    ``retake_id`` is the retake list entry (what ``focuswatch retakes dismiss`` takes);
+    ``retake_status`` ``retaken_still_bad`` says the tile was retaken and is still bad.
+    """
+    v = record.verdict
+    retake = None if retake_id is None else _Retake(retake_id, retake_status or "open")
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
+    again = retake is not None and retake.status == "retaken_still_bad"
     where = "" if record.row is None else f" (row {record.row}, col {record.col})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
-        f"Section {section}, tile {record.tile_name}{where} is {what}.",
+        f"Section {section}, tile {record.tile_name}{where} is {what}"
+        + (", still bad after its retake." if again else "."),
         f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm",
-        f"Score: {score} (baseline {base})",
     ]
+    if record.working_distance_um is not None:
+        wd = record.working_distance_um
+        lines.append(f"Working distance: {wd / 1000:.4f} mm ({wd:.1f} µm)")
+    lines.append(f"Score: {score} (baseline {base})")
     if v.defocus_um is not None:
         lines.append(f"Estimated defocus: {v.defocus_um:.1f} µm")
-    lines += [f"Why: {v.reason}", f"File: {record.path}"]
+    lines.append(f"Why: {v.reason}")
+    if retake is not None:
+        lines.append(
+            f"Retake list entry {retake.id} (no retake needed? "
+            f'focuswatch retakes dismiss {retake.id} --note "why")'
+        )
+    lines.append(f"File: {record.path}")
+    prefix = f"[{instance}] " if instance else ""
+    title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
+    if again:
+        title += ", still bad after its retake"
+    details = _tile_details(record, retake) | {"kind": "tile", "instance": instance or None}
     return Alert(
         key=key or f"tile:{record.version_id}",
         kind="tile",
         section=record.section,
-        title=f"focuswatch: section {section}, {record.tile_name} {what}",
+        title=title,
         body="\n".join(lines),
         tile_path=record.path,
+        severity=_SEVERITY.get(v.kind, "warning"),
+        details=details,
+        tile_name=record.tile_name,
+    )
+
+
+def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert:
+    """A retake that came out fine: the entry is closed (a recovery)."""
+    section = record.section or "(no section)"
+    score = "?" if record.score is None else format_score(record.score)
+    prefix = f"[{instance}] " if instance else ""
+    lines = [
+        f"Section {section}, tile {record.tile_name} was retaken and is in focus now.",
+        f"Score: {score}; retake list entry {retake.id} is closed.",
+        f"File: {record.path}",
+    ]
+    return Alert(
+        key=f"fixed:{record.version_id}",
+        kind="fixed",
+        section=record.section,
+        title=f"{prefix}focuswatch: section {section}, {record.tile_name} retaken, in focus",
+        body="\n".join(lines),
+        severity="success",
+        details=_tile_details(record, retake) | {"kind": "fixed", "instance": instance or None},
+        tile_name=record.tile_name,
     )
 
 
@@ -286,20 +601,47 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
 
 
 def _idle_sections(conn: Any, cutoff: float) -> list[str]:
-    """Unsummarised sections with no verdict since cutoff."""
+    """Unsummarised sections with no verdict since cutoff (and none told as stalled with
+    the tiles they have now)."""
     return [
         str(section)
         for (section,) in conn.execute(
-            "SELECT section FROM alert_sections WHERE summarized = 0 AND last_at <= ?",
+            "SELECT s.section FROM alert_sections s WHERE s.summarized = 0 AND s.last_at <= ? "
+            "AND (s.stalled_tiles IS NULL OR s.stalled_tiles != (SELECT count(DISTINCT "
+            "t.position) FROM alert_tiles t WHERE t.section = s.section))",
             (cutoff,),
         ).fetchall()
     ]
 
 
-def _digest_line(label: str, body: str) -> str:
+def _positions(conn: Any, section: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT position FROM alert_tiles WHERE section = ?", (section,)
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _expected_positions(conn: Any, section: str) -> set[str]:
+    """The tile positions this section should have: those of the section before it.
+
+    (Sections in the order their first verdict came; empty when there is none before.)
+    """
+    row = conn.execute(
+        "SELECT p.section FROM alert_sections p WHERE p.rowid < "
+        "(SELECT rowid FROM alert_sections WHERE section = ?) ORDER BY p.rowid DESC LIMIT 1",
+        (section,),
+    ).fetchone()
+    return set() if row is None else _positions(conn, str(row[0]))
+
+
+def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
     why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
     stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
-    return f"- {label}: {stage}; {why}"
+    line = f"- {label}: {stage}; {why}"
+    if retake is not None:
+        again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
+        line += f" ({again}retake {retake.id})"
+    return line
 
 
 class AlertSink:
@@ -317,30 +659,44 @@ class AlertSink:
         self._cfg = acfg
         self._sender = sender
         self._clock = clock
-        if sender is not None:
-            sender.start()
+        self._instance = instance_name(acfg)
+
+    def start(self) -> None:
+        """Start delivery (one sender thread per endpoint); the constructor starts nothing."""
+        if self._sender is not None:
+            self._sender.start()
 
     def _queue(self, conn: Any, alert: Alert, now: float) -> None:
         """Queue for delivery (when there are targets) and log: the console shows it all."""
         if self._sender is not None and not enqueue(conn, alert, now=now):
             return  # queued before: never twice
         _log.warning(
-            "alert", key=alert.key, section=alert.section, title=alert.title, body=alert.body
+            "alert",
+            key=alert.key,
+            section=alert.section,
+            severity=alert.severity,
+            title=alert.title,
+            body=alert.body,
         )
 
     def on_verdict(self, record: VerdictRecord) -> None:
         now = self._clock()
         kind = record.verdict.kind
         section = record.section or ""
-        # A tile waiting for a digest keeps its digest line, so a restart loses nothing.
-        label = record.tile_name
-        if kind.needs_retake:
-            label = _digest_line(record.tile_name, format_tile_alert(record).body)
         with self._ledger.transaction() as conn:
+            # The retake entry this verdict opened, kept open or closed (the retake
+            # sink runs first); a tile waiting for a digest keeps its digest line and
+            # details, so a restart loses nothing.
+            retake = _retake_of(conn, record.version_id)
+            label, details = record.tile_name, None
+            if kind.needs_retake:
+                alert = self._format(record, retake)
+                label = _digest_line(record.tile_name, alert.body, retake)
+                details = json.dumps(dict(alert.details), ensure_ascii=False, default=str)
             cur = conn.execute(
-                "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert)"
-                " VALUES (?,?,?,?,?,?,NULL) ON CONFLICT (version_id) DO NOTHING",
-                (record.version_id, section, record.position, label, str(kind), now),
+                "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert,"
+                " details) VALUES (?,?,?,?,?,?,NULL,?) ON CONFLICT (version_id) DO NOTHING",
+                (record.version_id, section, record.position, label, str(kind), now, details),
             )
             if cur.rowcount == 0:
                 return  # replayed after a restart: everything below happened already
@@ -362,20 +718,40 @@ class AlertSink:
                 if older != section:
                     self._summarize(conn, older, now)
             if kind.needs_retake:
-                self._tile_alert(conn, record, now)
+                self._tile_alert(conn, record, retake, now)
+            elif kind is VerdictKind.IN_FOCUS:
+                # A good retake before the digest went out: the digest need not ask
+                # for the earlier version any more.
+                conn.execute(
+                    "UPDATE alert_tiles SET alert = ? WHERE section = ? AND position = ? "
+                    "AND alert IS NULL AND version_id < ?",
+                    (f"retaken:{record.version_id}", section, record.position, record.version_id),
+                )
+            if retake is not None and retake.status == "retaken_fixed" and not kind.needs_retake:
+                self._queue(conn, _fixed_alert(record, retake, self._instance), now)
             if section in done:
                 self._summarize(conn, section, now)
         if self._sender is not None:
             self._sender.kick()
 
-    def _tile_alert(self, conn: Any, record: VerdictRecord, now: float) -> None:
+    def _format(self, record: VerdictRecord, retake: _Retake | None) -> Alert:
+        return format_tile_alert(
+            record,
+            instance=self._instance,
+            retake_id=None if retake is None else retake.id,
+            retake_status=None if retake is None else retake.status,
+        )
+
+    def _tile_alert(
+        self, conn: Any, record: VerdictRecord, retake: _Retake | None, now: float
+    ) -> None:
         """A bad tile: alert at once if it is the section's first (or digests are off)."""
         section = record.section or ""
         last = conn.execute(
             "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
         ).fetchone()[0]
         if last is None or self._cfg.digest_minutes == 0:
-            alert = format_tile_alert(record)
+            alert = self._format(record, retake)
             conn.execute(
                 "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
                 (alert.key, record.version_id),
@@ -394,8 +770,7 @@ class AlertSink:
         """
         digest_s = self._cfg.digest_minutes * 60.0
         idle_s = self._cfg.section_idle_minutes * 60.0
-        with self._ledger._lock:  # the thread lock only: never inside another's transaction
-            conn = self._ledger.connection
+        with self._ledger.reading() as conn:
             due = (
                 bool(_due_digests(conn, now - digest_s))
                 or bool(_idle_sections(conn, now - idle_s))
@@ -406,7 +781,7 @@ class AlertSink:
                 for section, digests in _due_digests(conn, now - digest_s):
                     self._digest(conn, section, digests + 1, now)
                 for section in _idle_sections(conn, now - idle_s):
-                    self._summarize(conn, section, now)
+                    self._summarize_or_stall(conn, section, now)
                 for older in _completed_older(conn):
                     self._summarize(conn, older, now)
         if self._sender is not None:
@@ -414,18 +789,34 @@ class AlertSink:
 
     def _digest(self, conn: Any, section: str, n: int, now: float) -> None:
         rows = conn.execute(
-            "SELECT version_id, label FROM alert_tiles WHERE section = ? AND alert IS NULL "
-            "AND kind IN ('out_of_focus', 'partly_out_of_focus') ORDER BY version_id",
+            "SELECT version_id, label, details FROM alert_tiles WHERE section = ? "
+            "AND alert IS NULL AND kind IN ('out_of_focus', 'partly_out_of_focus') "
+            "ORDER BY version_id",
             (section,),
         ).fetchall()
         key = f"digest:{section}:{n}"
-        noun = "tile needs" if len(rows) == 1 else "tiles need"
+        tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
+        again = sum(t.get("retake_status") == "retaken_still_bad" for t in tiles)
+        new = len(rows) - again
+        parts = []
+        if new:
+            parts.append(f"{new} more {'tile needs' if new == 1 else 'tiles need'} a retake")
+        if again:
+            parts.append(f"{again} still bad after {'its' if again == 1 else 'their'} retake")
+        prefix = f"[{self._instance}] " if self._instance else ""
         alert = Alert(
             key=key,
             kind="digest",
             section=section,
-            title=f"focuswatch: section {section}: {len(rows)} more {noun} a retake",
-            body="\n".join(label for _, label in rows),
+            title=f"{prefix}focuswatch: section {section}: {', '.join(parts)}",
+            body="\n".join(label for _, label, _ in rows),
+            severity="warning",
+            details={
+                "kind": "digest",
+                "instance": self._instance or None,
+                "section": section,
+                "tiles": tiles,
+            },
         )
         conn.executemany(
             "UPDATE alert_tiles SET alert = ? WHERE version_id = ?", [(key, r[0]) for r in rows]
@@ -435,6 +826,47 @@ class AlertSink:
             (n, now, section),
         )
         self._queue(conn, alert, now)
+
+    def _summarize_or_stall(self, conn: Any, section: str, now: float) -> None:
+        """A section gone quiet is complete only if it has every position the section
+        before it had; otherwise it is told as incomplete ("the microscope stopped?")
+        and waits: for its missing tiles, or for the next section to begin."""
+        have = _positions(conn, section)
+        missing = sorted(_expected_positions(conn, section) - have)
+        if not missing:
+            self._summarize(conn, section, now)
+            return
+        conn.execute(
+            "UPDATE alert_sections SET stalled_tiles = ? WHERE section = ?", (len(have), section)
+        )
+        expected = len(have) + len(missing)
+        idle_min = self._cfg.section_idle_minutes
+        prefix = f"[{self._instance}] " if self._instance else ""
+        self._queue(
+            conn,
+            Alert(
+                key=f"stalled:{section}:{len(have)}",
+                kind="stall",
+                section=section,
+                title=f"{prefix}focuswatch: section {section} incomplete: "
+                f"{len(have)} of {expected} tiles",
+                body=f"No new tile of section {section} for {idle_min:g} min, with "
+                f"{len(missing)} of its {expected} positions still missing: "
+                f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}. "
+                "Has the microscope stopped? The summary follows once they arrive or the "
+                "next section begins.",
+                severity="warning",
+                details={
+                    "kind": "stall",
+                    "instance": self._instance or None,
+                    "section": section,
+                    "tiles": len(have),
+                    "expected": expected,
+                    "missing": missing,
+                },
+            ),
+            now,
+        )
 
     def _summarize(self, conn: Any, section: str, now: float) -> None:
         # The latest version at each position counts (a good retake replaces a bad tile).
@@ -458,24 +890,59 @@ class AlertSink:
         out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
         line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
         parts = [line + (": " + ", ".join(out) if out else "")]
-        for kind in (VerdictKind.PARTLY_OUT_OF_FOCUS, VerdictKind.EMPTY, VerdictKind.UNREADABLE):
+        others = (
+            VerdictKind.PARTLY_OUT_OF_FOCUS,
+            VerdictKind.EMPTY,
+            VerdictKind.UNREADABLE,
+            VerdictKind.UNCERTAIN,
+        )
+        for kind in others:
             found = by_kind.get(str(kind), [])
             if found:
                 text = f"{len(found)} {_KIND_TEXT[kind]}"
                 if kind is not VerdictKind.EMPTY:
                     text += ": " + ", ".join(found)
                 parts.append(text)
+        # Closed by the next section's start with positions still missing: say which.
+        missing = sorted(_expected_positions(conn, section) - {str(p) for p, _ in rows})
+        if missing:
+            parts.append(f"{len(missing)} positions never arrived: {', '.join(missing[:20])}")
+        prefix = f"[{self._instance}] " if self._instance else ""
         self._queue(
             conn,
             Alert(
                 key=f"summary:{section}",
                 kind="summary",
                 section=section,
-                title=f"focuswatch: section {section} complete",
+                title=f"{prefix}focuswatch: section {section} complete",
                 body="; ".join(parts),
+                severity="info",
+                details={
+                    "kind": "summary",
+                    "instance": self._instance or None,
+                    "section": section,
+                    "tiles": len(rows),
+                    "by_verdict": {k: sorted(v) for k, v in by_kind.items()},
+                },
             ),
             now,
         )
+
+    def tell_now(self, key: str, *, title: str, body: str, severity: str) -> None:
+        """A health message sent at once from memory, past the outbox (whose ledger may be
+        the thing that is broken); logged like every alert."""
+        alert = Alert(
+            key=key,
+            kind="health",
+            section=None,
+            title=f"[{self._instance}] {title}",
+            body=body,
+            severity=severity,
+            details={"health": key.partition(":")[0], "message": body},
+        )
+        _log.warning("alert", key=key, severity=severity, title=alert.title, body=body)
+        if self._sender is not None:
+            self._sender.tell_now(alert)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait for the sender to deliver what is due (for the demo and tests)."""
@@ -493,6 +960,7 @@ def build_sink(
     *,
     clock: Callable[[], float] = time.time,
     notify: Notifier | None = None,
+    endpoints: Sequence[Endpoint] | None = None,
 ) -> AlertSink:
     """The alert sink the service feeds every verdict to.
 
@@ -500,16 +968,34 @@ def build_sink(
     but nothing is queued for delivery.
     """
     acfg = cfg.alerts
+    if endpoints is not None:
+        endpoints = list(endpoints)
+    elif notify is not None:
+        endpoints = [Endpoint(id="notify", name="notify", notify=notify)]
+    elif acfg.urls or acfg.apprise_config is not None:
+        within = None
+        if cfg.watch.path is not None and not cfg.watch.follow_symlinks_outside:
+            within = os.path.realpath(cfg.watch.path)
+        endpoints = build_endpoints(
+            acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails", within=within
+        )
+    else:
+        endpoints = []
     sender = None
-    if notify is None and (acfg.urls or acfg.apprise_config is not None):
-        notify = AppriseNotifier(acfg, thumbnail_dir=Path(cfg.state_dir) / "thumbnails")
-    if notify is not None:
+    if endpoints:
         sender = Sender(
             Path(cfg.state_dir),
-            notify,
+            endpoints,
             clock=clock,
             retry_initial_s=acfg.retry_initial_s,
             retry_max_s=acfg.retry_max_s,
         )
-    _log.info("alerts_configured", targets=describe_targets(acfg), delivery=sender is not None)
-    return AlertSink(ledger, acfg, sender=sender, clock=clock)
+    _log.info(
+        "alerts_configured",
+        targets=describe_targets(acfg),
+        endpoints=[e.name for e in endpoints],
+        delivery=sender is not None,
+    )
+    sink = AlertSink(ledger, acfg, sender=sender, clock=clock)
+    sink.start()
+    return sink

@@ -16,11 +16,10 @@ import scipy.fft
 import scipy.ndimage
 import structlog
 
+from focuswatch.choices import BACKEND_NAMES
 from focuswatch.errors import BackendError
 
 __all__ = ["BACKEND_NAMES", "Backend", "get_backend"]
-
-BACKEND_NAMES = ("auto", "cpu", "gpu")
 
 
 @dataclass(frozen=True)

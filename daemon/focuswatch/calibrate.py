@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,10 +138,15 @@ def fit_calibration(
     if not (np.all(np.isfinite(wd)) and np.all(np.isfinite(s))):
         raise ValueError("working distances and scores must be finite")
     keep = s > 0
-    if keep.sum() < 3 or len(np.unique(wd[keep])) < 3:
+    usable, distances = int(keep.sum()), len(np.unique(wd[keep]))
+    if usable < 3 or distances < 3:
+        got = (
+            f"only {usable} of {len(s)} tiles scored above 0"
+            if usable < 3
+            else f"{usable} usable tiles, but at only {distances} different working distances"
+        )
         raise ValueError(
-            "need at least 3 tiles with a positive score at 3 different working distances "
-            f"(got {int(keep.sum())} usable of {len(s)})"
+            f"need at least 3 tiles with a positive score at 3 different working distances ({got})"
         )
     wd, s = wd[keep], s[keep]
     y = np.log(s)
@@ -177,10 +182,34 @@ def fit_calibration(
 # --- the plot (Pillow: matplotlib is not a dependency) -------------------------------------
 
 
+_PLOT_FONTS = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+def _plot_font() -> tuple[Any, Callable[[str], str]]:
+    """A font that has µ and Δ, and the labels as given; else Pillow's, and ASCII labels.
+
+    Pillow's own font has neither glyph and draws boxes in their place.
+    """
+    from PIL import ImageFont
+
+    for name in _PLOT_FONTS:
+        try:
+            return ImageFont.truetype(name, 13), lambda t: t
+        except OSError:
+            continue
+    return ImageFont.load_default(), _ascii_label
+
+
+def _ascii_label(text: str) -> str:
+    """``text`` with the plot's Greek and micro signs spelled in ASCII (µm → um, Δf → df)."""
+    return text.replace("µ", "u").replace("Δ", "d").replace("σ", "sigma")
+
+
 def write_plot(cal: Calibration, path: str | Path, *, size: tuple[int, int] = (720, 480)) -> None:
     """Scatter of log(score) against working distance with the fitted V, as a PNG."""
     from PIL import Image, ImageDraw
 
+    font, text = _plot_font()
     W, H = size
     left, right, top, bottom = 70, 20, 40, 50
     img = Image.new("RGB", size, "white")
@@ -211,15 +240,18 @@ def write_plot(cal: Calibration, path: str | Path, *, size: tuple[int, int] = (7
         px, _ = to_px(xv, y_lo)
         _, py = to_px(x_lo, yv)
         draw.line([px, H - bottom, px, H - bottom + 5], fill="black")
-        draw.text((px - 20, H - bottom + 8), f"{xv:.4g}", fill="black")
+        draw.text((px - 20, H - bottom + 8), f"{xv:.4g}", fill="black", font=font)
         draw.line([left - 5, py, left, py], fill="black")
-        draw.text((5, py - 6), f"{yv:.3g}", fill="black")
-    draw.text((W // 2 - 60, H - 18), "working distance (µm)", fill="black")
+        draw.text((5, py - 6), f"{yv:.3g}", fill="black", font=font)
+    draw.text((W // 2 - 60, H - 18), text("working distance (µm)"), fill="black", font=font)
     draw.text(
         (left, 8),
-        f"log({cal.criterion}) vs |Δf|: slope {cal.slope_per_um:.4g}/µm, r = {cal.r:.3f}, "
-        f"best focus {cal.best_focus_um:.4g} µm",
+        text(
+            f"log({cal.criterion}) vs |Δf|: slope {cal.slope_per_um:.4g}/µm, r = {cal.r:.3f}, "
+            f"best focus {cal.best_focus_um:.4g} µm"
+        ),
         fill="black",
+        font=font,
     )
     draw.line(
         [to_px(float(a), float(b)) for a, b in zip(fit_x, fit_y, strict=True)], fill="red", width=2

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch import __version__, config, logs
-from focuswatch.backend import BACKEND_NAMES
-from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError, NotBuiltError
+from focuswatch.choices import BACKEND_NAMES
+from focuswatch.errors import ConfigError, FocuswatchError, LedgerWriteError
 from focuswatch.score import CRITERIA, MODES, RESOLUTIONS
 
 __all__ = ["build_parser", "main"]
@@ -221,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service's state folder (default: state_dir from --config, else "
         "/var/lib/focuswatch)",
     )
+    r = rsub.add_parser("reopen", help="put a dismissed or fixed entry back on the list")
+    r.add_argument("id", type=_int_at_least(1), metavar="ID")
+    r.add_argument(
+        "--note", required=True, type=_nonblank, help="why it is reopened (kept in its history)"
+    )
+    r.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        dest="dismiss_state",
+        help="the service's state folder (default: state_dir from --config, else "
+        "/var/lib/focuswatch)",
+    )
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -327,21 +340,27 @@ def _settings(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from focuswatch import alerts, service
+
+    cfg = config.load(args.file)
+    if args.syntax_only:
+        problems = alerts.validate(cfg)  # a URL apprise cannot parse is a bad value
+    else:
+        cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
+        problems = service.preflight(cfg)
+    if problems:
+        raise ConfigError([f"{args.file}: {p}" for p in problems])
+    print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
+    if not args.syntax_only:
+        print("# not checked here: " + "; ".join(service.NOT_CHECKED))
+    print(config.describe(cfg, redact_url=alerts.redact_url))
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
-        cfg = config.load(args.file)
-        if not args.syntax_only:
-            from focuswatch import service
-
-            cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
-            problems = service.preflight(cfg)
-            if problems:
-                raise ConfigError([f"{args.file}: {p}" for p in problems])
-        print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
-        if not args.syntax_only:
-            print("# not checked here: " + "; ".join(service.NOT_CHECKED))
-        print(config.describe(cfg))
-        return EXIT_OK
+        return _check_config(args)
     cfg = _settings(args)
     if args.command == "run":
         from focuswatch import service
@@ -383,6 +402,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.retakes_action == "dismiss":
             return retakes.dismiss_main(cfg, args.id, note=args.note)
+        if args.retakes_action == "reopen":
+            return retakes.reopen_main(cfg, args.id, note=args.note)
         return retakes.list_main(cfg, fmt=args.format, section=args.section, only_open=args.open)
     if args.command == "status":
         from focuswatch import status
@@ -413,21 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except NotBuiltError as exc:
-        print(f"focuswatch {args.command}: not built yet: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     except LedgerWriteError as exc:
-        print(
-            f"focuswatch {args.command}: {exc}; this command changes the ledger: run it as "
-            "the service's user (sudo -u focuswatch focuswatch ...), which can write the "
-            "state folder",
-            file=sys.stderr,
+        # The hint only where access is what is missing (not a full or busy disk).
+        access = any(w in str(exc).lower() for w in ("readonly", "read-only", "permission"))
+        hint = (
+            "; this command changes the ledger: run it as the service's user "
+            "(sudo -u focuswatch focuswatch ...), which can write the state folder"
         )
+        print(f"focuswatch {args.command}: {exc}{hint if access else ''}", file=sys.stderr)
         return EXIT_FAILURE
     except FocuswatchError as exc:
         print(f"focuswatch {args.command}: {exc}", file=sys.stderr)

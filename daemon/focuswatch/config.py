@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focuswatch.backend import BACKEND_NAMES
+from focuswatch.choices import BACKEND_NAMES, CRITERIA, MODES, RESOLUTIONS
 from focuswatch.errors import ConfigError
-from focuswatch.score import CRITERIA, MODES, RESOLUTIONS  # the scorer's own lists
 
 __all__ = [
     "AlertsConfig",
@@ -120,6 +119,7 @@ class PolicyConfig:
     """How scores become verdicts."""
 
     history_sections: int = _opt(5, _range(1, 1000))
+    memory_sections: int = _opt(30, _range(1, 10_000))
     drop_ratio: float = _opt(0.5, _fraction)
     section_drop_ratio: float = _opt(0.6, _fraction)
     min_score: float = _opt(0.0, _range(0.0))
@@ -128,6 +128,8 @@ class PolicyConfig:
     min_baseline: float = _opt(10.0, _range(0.0))
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
+    fine_drop: float = _opt(0.15, _fraction)
+    section_wide_fraction: float = _opt(0.5, _fraction)
     calibration: Path | None = _opt(None)
 
 
@@ -137,12 +139,14 @@ class AlertsConfig:
 
     urls: list[str] = _opt([], _nonempty_strings, factory=True)
     apprise_config: Path | None = _opt(None)
+    instance: str = _opt("", lambda v: None if len(v) <= 80 else "must be at most 80 characters")
     digest_minutes: float = _opt(10.0, _range(0.0, 1440))
     section_summary: bool = _opt(True)
     section_idle_minutes: float = _opt(30.0, _range(0.1, 10080))
     retry_initial_s: float = _opt(5.0, _range(0.1, 3600))
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
+    send_timeout_s: float = _opt(30.0, _range(1.0, 600))
 
 
 @dataclass(frozen=True)
@@ -288,10 +292,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("at 'policy.sparse_contrast': must be >= policy.empty_contrast")
     if cfg.alerts.retry_max_s < cfg.alerts.retry_initial_s:
         problems.append("at 'alerts.retry_max_s': must be >= alerts.retry_initial_s")
-    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
-        from focuswatch import alerts  # apprise is slow to import; only when alerts are set
-
-        problems.extend(alerts.validate(cfg))
+    # The notification URLs themselves are apprise's to judge: ``alerts.validate``, which
+    # check-config and the service's start call (config knows no effect module).
 
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
@@ -357,11 +359,18 @@ def _merge(obj: Any, changes: Mapping[str, Any], prefix: str, problems: list[str
     return dataclasses.replace(obj, **updates)
 
 
-def describe(cfg: Config) -> str:
+def _masked(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://***" if sep else "***"
+
+
+def describe(cfg: Config, *, redact_url: Callable[[str], str] = _masked) -> str:
     """The effective configuration as TOML-like text (for ``check-config`` and logs).
 
-    Notification URLs carry secrets (tokens, passwords): they are shown only through
-    ``focuswatch.alerts.redact_url``; ``web.token`` is never shown.
+    Notification URLs carry secrets (tokens, passwords): each is shown only through
+    ``redact_url`` (by default just its scheme; ``check-config`` passes
+    ``focuswatch.alerts.redact_url``, which keeps what is not secret). ``web.token``
+    is never shown.
     """
     top: list[str] = []
     tables: list[str] = []
@@ -372,8 +381,6 @@ def describe(cfg: Config) -> str:
             for k in dataclasses.fields(value):
                 shown = getattr(value, k.name)
                 if isinstance(value, AlertsConfig) and k.name == "urls" and shown:
-                    from focuswatch.alerts import redact_url  # apprise: only when needed
-
                     shown = [redact_url(u) for u in shown]
                 if isinstance(value, WebConfig) and k.name == "token" and shown:
                     tables.append(f'{k.name} = "(set, not shown)"')

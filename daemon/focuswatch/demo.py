@@ -21,7 +21,7 @@ from typing import TextIO
 from focuswatch import alerts, retakes, synth
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError
-from focuswatch.outbox import Alert
+from focuswatch.outbox import Alert, Endpoint
 from focuswatch.policy import format_score
 from focuswatch.service import Service
 from focuswatch.verdict import VerdictKind, VerdictRecord
@@ -40,6 +40,7 @@ _LABEL = {
     VerdictKind.PARTLY_OUT_OF_FOCUS: "PARTLY OUT OF FOCUS",
     VerdictKind.EMPTY: "empty",
     VerdictKind.UNREADABLE: "UNREADABLE",
+    VerdictKind.UNCERTAIN: "not judged",
 }
 
 
@@ -68,13 +69,13 @@ class _ConsoleVerdicts:
         pass
 
 
-def _console_notifier(out: TextIO, forward: Callable[[Alert], bool] | None) -> Callable[..., bool]:
-    """Print every alert; also deliver it through apprise when alert URLs are configured."""
+def _console_notifier(out: TextIO) -> Callable[..., bool]:
+    """Print every alert (the configured alert URLs get it too, as their own endpoints)."""
 
     def notify(alert: Alert) -> bool:
         body = "\n".join(f"        | {line}" for line in alert.body.splitlines())
         print(f"  >>> ALERT [{alert.kind}] {alert.title}\n{body}", file=out, flush=True)
-        return True if forward is None else forward(alert)
+        return True
 
     return notify
 
@@ -134,15 +135,14 @@ def _run(cfg: Config, root: Path, seed: int, out: TextIO) -> int:
     )
     console = _ConsoleVerdicts(out)
     svc = Service(cfg, builtin_sinks=False)
-    forward = (
-        alerts.AppriseNotifier(cfg.alerts, thumbnail_dir=root / "state" / "thumbnails")
-        if cfg.alerts.urls or cfg.alerts.apprise_config
-        else None
-    )
+    endpoints = [Endpoint(id="console", name="console", notify=_console_notifier(out))]
+    if cfg.alerts.urls or cfg.alerts.apprise_config:
+        endpoints += alerts.build_endpoints(cfg.alerts, thumbnail_dir=root / "state" / "thumbnails")
     svc.sinks += [
         console,
-        alerts.build_sink(cfg, svc.ledger, notify=_console_notifier(out, forward)),
+        # The retake list first: an alert names the retake entry its tile opened.
         retakes.build_sink(cfg, svc.ledger),
+        alerts.build_sink(cfg, svc.ledger, endpoints=endpoints),
     ]
     try:
         svc.start()

@@ -7,8 +7,7 @@
     ├── StateError        the state folder or ledger cannot be used
     │   └── LedgerWriteError  a write failed (disk full, read-only, I/O): the service waits
     ├── TileError         one tile cannot be read or scored (recorded, never fatal)
-    ├── BackendError      the requested array backend (GPU) is not usable
-    └── NotBuiltError     a command that is not built yet (exits non-zero, never pretends)
+    └── BackendError      the requested array backend (GPU) is not usable
 
 Input validation in the pure scoring core raises ``ValueError`` (as NumPy and
 scikit-image do); the service turns it into a ``TileError`` for that tile.
@@ -52,7 +51,3 @@ class TileError(FocuswatchError):
 
 class BackendError(FocuswatchError):
     """The array backend asked for (e.g. a GPU) is not available here."""
-
-
-class NotBuiltError(FocuswatchError):
-    """A command or feature that is not implemented yet."""

@@ -147,7 +147,7 @@ class GpuLane:
     def _score_in(self, slot: _Slot, name: str, settings: ScoreSettings) -> TileScore:
         cp = self._cp
         t0 = time.perf_counter()
-        with tiles.open_tile(name) as tile:
+        with tiles.open_tile(name, within=settings.within) as tile:
             big = scoring.too_big(tile, settings)
             if not big:
                 image = tile.read()

@@ -44,6 +44,7 @@ __all__ = [
     "MIGRATIONS",
     "STATES",
     "Ledger",
+    "PastTile",
     "TileVersion",
     "damage",
     "section_index",
@@ -166,10 +167,51 @@ MIGRATIONS: list[str] = [
         summarized INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: per-endpoint alert delivery and structured alerts (focuswatch.outbox), the
+    # working distance shown in alerts, the history of each retake entry
+    """
+    ALTER TABLE alert_outbox ADD COLUMN severity TEXT NOT NULL DEFAULT 'info';
+    ALTER TABLE alert_outbox ADD COLUMN details TEXT;
+    ALTER TABLE alert_tiles ADD COLUMN details TEXT;
+    CREATE TABLE alert_deliveries (
+        outbox_id INTEGER NOT NULL REFERENCES alert_outbox (id),
+        endpoint TEXT NOT NULL,
+        endpoint_name TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        sent REAL,
+        last_error TEXT,
+        PRIMARY KEY (outbox_id, endpoint)
+    );
+    ALTER TABLE versions ADD COLUMN working_distance_um REAL;
+    CREATE TABLE retake_events (
+        id INTEGER PRIMARY KEY,
+        retake_id INTEGER NOT NULL REFERENCES retakes (id),
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        version_id INTEGER,
+        score REAL
+    );
+    CREATE INDEX retake_events_by_entry ON retake_events (retake_id, id);
+    """,
+    # 4: the scale signature of a result (focuswatch.scoring.TileScore.fine_fraction)
+    """
+    ALTER TABLE results ADD COLUMN fine_fraction REAL;
+    """,
+    # 5: the scale signature per patch (TileScore.patch_fine_fraction, JSON rows), for
+    # telling a wrinkle from tissue without history (focuswatch.policy)
+    """
+    ALTER TABLE results ADD COLUMN patch_fine_fraction TEXT;
+    """,
+    # 6: a section that went quiet before all its expected tiles arrived (alerts): how
+    # many tiles it had when that was told (NULL: not told)
+    """
+    ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
+    """,
 ]
 
-# Verdicts whose scores are trusted as context for later decisions.
-_CONTEXT_VERDICTS = ("in_focus", "partly_out_of_focus")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -198,9 +240,25 @@ def _row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(from_db(v) for v in row) if any(isinstance(v, bytes) for v in row) else row
 
 
+# SQLite's primary result codes for a storage that cannot be used now, but may be again
+# (https://sqlite.org/rescode.html): PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_STORAGE_FAULTS = frozenset({3, 5, 6, 8, 10, 13, 14})
+# ... and for a file that is not, or no longer, a sound database: CORRUPT, NOTADB.
+_DAMAGE = frozenset({11, 26})
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def _is_fault(exc: BaseException) -> bool:
-    """A failure of the storage, not of focuswatch's SQL (constraint or syntax errors are bugs)."""
-    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    """A failure of the storage (full, read-only, I/O, busy), not of focuswatch's SQL.
+
+    Syntax errors, a missing column, a violated constraint or a corrupt page are not
+    faults to wait out: they raise as they are.
+    """
+    return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
 
 
 def section_index(section: str | None) -> int | None:
@@ -233,6 +291,19 @@ class TileVersion:
     first_seen: float
     updated: float
     superseded: bool
+
+
+@dataclass(frozen=True)
+class PastTile:
+    """A judged tile as context for another tile's verdict (same position or section)."""
+
+    version_id: int
+    section_index: int
+    score: float
+    patch_scores: list[list[float]] | None
+    verdict: str
+    fine_fraction: float | None = None
+    has_history: bool = True
 
 
 _VERSION_COLUMNS = (
@@ -317,7 +388,7 @@ class Ledger:
             ledger = cls(conn, db, clock=clock, readonly=readonly)
             ledger._migrate()
         except sqlite3.Error as exc:
-            if not readonly and "readonly" in str(exc):  # no write access to the folder
+            if not readonly and _is_fault(exc):  # full, read-only, no access: may pass
                 raise LedgerWriteError(f"cannot write the ledger {db}: {exc}") from None
             raise StateError(f"cannot use ledger {db}: {exc}") from None
         except OSError as exc:
@@ -354,6 +425,14 @@ class Ledger:
     def connection(self) -> sqlite3.Connection:
         """The raw connection (autocommit mode): for modules that own their own tables."""
         return self._conn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for plain reads: no write lock (WAL readers never wait), but the
+        thread lock, so a read never runs inside a transaction another thread has open
+        on this connection (and never sees its uncommitted rows)."""
+        with self._lock:
+            yield self._conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -427,10 +506,13 @@ class Ledger:
         row: int | None = None,
         col: int | None = None,
         state: str = "ready",
+        unreadable: Verdict | None = None,
     ) -> tuple[int, bool]:
         """Record a version (idempotent); returns ``(version_id, created)``.
 
-        A new version supersedes every other version of the same path.
+        A new version supersedes every other version of the same path. ``unreadable``
+        records it as failed with that verdict in the same transaction (a version known
+        to be unreadable never waits as 'ready', where a crash would leave it scored).
         """
         if state not in ("seen", "ready"):
             raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
@@ -466,6 +548,16 @@ class Ledger:
                 "WHERE path = ? AND id != ? AND superseded = 0",
                 (now, path, vid),
             )
+            if unreadable is not None:
+                conn.execute(
+                    "INSERT INTO results (version_id, verdict, reason, worker, scored_at)"
+                    " VALUES (?, ?, ?, '', ?)",
+                    (vid, str(unreadable.kind), unreadable.reason, now),
+                )
+                conn.execute(
+                    "UPDATE versions SET state = 'failed', last_error = ? WHERE id = ?",
+                    (unreadable.reason, vid),
+                )
             return vid, True
 
     def get(self, version_id: int) -> TileVersion:
@@ -553,12 +645,16 @@ class Ledger:
         else:
             prefix = under.rstrip("/") + "/"
             # Every path starting with 'prefix' sorts in [prefix, prefix[:-1] + '0'): '0'
-            # is the character right after '/'.
-            rows = self._conn.execute(
-                "SELECT path, size, mtime_ns FROM versions "
-                "WHERE path >= ? AND path < ? AND superseded = 0",
-                (prefix, prefix[:-1] + "0"),
-            ).fetchall()
+            # is the character right after '/'. Paths that are not UTF-8 are BLOBs, which
+            # sort after all text: their range is asked for in bytes.
+            raw = prefix.encode("utf-8", "surrogateescape")
+            rows = []
+            for lo, hi in ((prefix, prefix[:-1] + "0"), (raw, raw[:-1] + b"0")):
+                rows += self._conn.execute(
+                    "SELECT path, size, mtime_ns FROM versions "
+                    "WHERE path >= ? AND path < ? AND superseded = 0",
+                    (lo, hi),
+                ).fetchall()
         return {p: (s, m) for p, s, m in rows}
 
     # -- results -----------------------------------------------------------------------
@@ -585,6 +681,8 @@ class Ledger:
             "shape": None,
             "read_ms": None,
             "score_ms": None,
+            "fine_fraction": None,
+            "patch_fine_fraction": None,
         }
         meta = None
         if score is not None:
@@ -598,13 +696,16 @@ class Ledger:
                 "shape": json.dumps(list(score.shape)),
                 "read_ms": float(score.read_ms),
                 "score_ms": float(score.score_ms),
+                "fine_fraction": getattr(score, "fine_fraction", None),
+                "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, verdict, reason, baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction, verdict, reason,"
+                " baseline, defocus_um, worker, scored_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -629,11 +730,13 @@ class Ledger:
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
-                    "pixel_size_um = coalesce(?, pixel_size_um) WHERE id = ?",
+                    "pixel_size_um = coalesce(?, pixel_size_um), "
+                    "working_distance_um = coalesce(?, working_distance_um) WHERE id = ?",
                     (
                         getattr(meta, "stage_x_um", None),
                         getattr(meta, "stage_y_um", None),
                         getattr(meta, "pixel_size_um", None),
+                        getattr(meta, "working_distance_um", None),
                         version_id,
                     ),
                 )
@@ -646,7 +749,7 @@ class Ledger:
         if row is None:
             return None
         out = dict(zip([d[0] for d in cur.description], row, strict=True))
-        for key in ("patch_scores", "shape"):
+        for key in ("patch_scores", "shape", "patch_fine_fraction"):
             if out[key] is not None:
                 out[key] = json.loads(out[key])
         return out
@@ -676,6 +779,9 @@ class Ledger:
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
+            working_distance_um=self._conn.execute(
+                "SELECT working_distance_um FROM versions WHERE id = ?", (version_id,)
+            ).fetchone()[0],
         )
 
     def mark_delivered(self, version_id: int) -> None:
@@ -693,41 +799,103 @@ class Ledger:
 
     def position_history(
         self, row: int, col: int, *, before_section_index: int, limit: int
-    ) -> list[tuple[float, list[list[float]] | None]]:
-        """Trusted (score, focus map) at this position in earlier sections, most recent first.
+    ) -> list[PastTile]:
+        """Every scored earlier section at this position, most recent first.
 
-        Current versions only, verdict in_focus or partly_out_of_focus, one per section
-        (the latest version when a section has several, e.g. a retake with a new suffix).
+        Current versions only, whatever their verdict (which of them to trust is the
+        policy's call: the scores are evidence either way), one per section (the
+        latest version when a section has several, e.g. a retake with a new suffix).
         """
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.section_index, r.score, r.patch_scores FROM versions v JOIN results r "
-            "ON r.version_id = v.id WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
-            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IN (?, ?) "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
             "ORDER BY v.section_index DESC, v.id DESC",
-            (row, col, before_section_index, *_CONTEXT_VERDICTS),
+            (row, col, before_section_index),
         )
-        out: list[tuple[float, list[list[float]] | None]] = []
+        out: list[PastTile] = []
         last: int | None = None
-        for sec, score, maps in cur:
+        for vid, sec, score, maps, verdict, fine in cur:
             if sec == last:
                 continue
             last = sec
-            out.append((float(score), None if maps is None else json.loads(maps)))
+            patches = None if maps is None else json.loads(maps)
+            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict), fine))
             if len(out) >= limit:
                 break
         return out
 
-    def section_scores(self, section: str, *, exclude_version: int | None = None) -> list[float]:
-        """Trusted scores of the other current tiles of this section."""
+    def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
+        """The other current, scored, non-empty tiles of this section, oldest first.
+
+        ``has_history``: the tile's position has a scored tile in an earlier section.
+        """
         rows = self._conn.execute(
-            "SELECT r.score FROM versions v JOIN results r ON r.version_id = v.id "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
+            "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
+            "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
+            "AND w.superseded = 0 AND q.score IS NOT NULL) "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
-            "AND r.score IS NOT NULL AND r.verdict IN (?, ?) ORDER BY v.id",
-            (section, -1 if exclude_version is None else exclude_version, *_CONTEXT_VERDICTS),
+            "AND r.score IS NOT NULL AND r.verdict IS NOT NULL AND r.verdict != 'empty' "
+            "ORDER BY v.id",
+            (section, -1 if exclude_version is None else exclude_version),
         ).fetchall()
-        return [float(r[0]) for r in rows]
+        return [
+            PastTile(
+                int(vid),
+                -1 if sec is None else int(sec),
+                float(score),
+                None,
+                str(verdict),
+                fine,
+                bool(history),
+            )
+            for vid, sec, score, verdict, fine, history in rows
+        ]
+
+    def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
+        """Current judged versions at this position in later sections, oldest section first."""
+        rows = self._conn.execute(
+            "SELECT v.id FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 AND v.section_index > ? "
+            "AND r.score IS NOT NULL ORDER BY v.section_index, v.id",
+            (row, col, after_section_index),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def revise_verdict(self, version_id: int, verdict: Verdict) -> bool:
+        """Replace a scored version's verdict (its context changed).
+
+        True when that changed whether the tile needs a retake: then the result is
+        also marked undelivered in the same transaction, so the sinks see it
+        (replayed at the next start if need be).
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT verdict FROM results WHERE version_id = ? AND score IS NOT NULL",
+                (version_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            was = VerdictKind(row[0]).needs_retake if row[0] is not None else False
+            retake = was != verdict.kind.needs_retake
+            conn.execute(
+                "UPDATE results SET verdict = ?, reason = ?, baseline = ?, defocus_um = ?, "
+                "delivered = delivered * ? WHERE version_id = ?",
+                (
+                    str(verdict.kind),
+                    verdict.reason,
+                    verdict.baseline,
+                    verdict.defocus_um,
+                    0 if retake else 1,
+                    version_id,
+                ),
+            )
+            return retake
 
     # -- meta and status ---------------------------------------------------------------
 
@@ -797,6 +965,10 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _create(db: Path) -> None:
@@ -872,9 +1044,12 @@ def damage(db: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):
-            return None  # busy, not damaged: the open that follows waits for it
-        return f"SQLite cannot read it ({exc})"
+        # Only a file SQLite itself calls corrupt or not a database is damaged. A full
+        # disk, a read-only mount, no permission or a busy file is not: the open that
+        # follows reports it as what it is (and the service waits it out).
+        if _code(exc) in _DAMAGE:
+            return f"SQLite cannot read it ({exc})"
+        return None
     found = [" ".join(str(r[0]).split()) for r in rows]  # one line each
     return None if found == ["ok"] else "quick_check found: " + "; ".join(found)
 

@@ -1,32 +1,52 @@
 """Scores to verdicts: a pure decision with a reason a person can read.
 
 A focus score means little on its own: it depends on how much structure the tile
-shows, so the policy compares each tile with its own context:
+shows, so the policy compares each tile with its own context. Every earlier score of
+the position is evidence (whatever its verdict then); which of them are *trusted* as
+a reference is decided here, from the scores themselves, so a verdict depends on the
+scores of its context and never on the order in which tiles arrived:
 
 1. **Empty** when the tile's content (contrast) is below ``policy.empty_contrast``:
    resin, a hole, the edge of the section. Decided by content alone, never alerted.
-2. **Baseline**: the median score of the same tile position over the last
-   ``policy.history_sections`` sections when there is history (tissue changes slowly
-   from section to section, and a rolling median follows slow drift over hundreds
-   of sections); otherwise the median of this section's other tiles (a looser
+2. **Trusted history.** Of the position's earlier sections (most recent
+   ``policy.memory_sections``), those not judged out of focus are *confirmed*; a
+   section counts as trusted when its score (and, when scored, its fine-scale
+   fraction) is not far below the upper quartile of the confirmed ones
+   (``drop_ratio``, ``fine_drop``). A tile that was flagged is
+   trusted once later confirmed sections show it was normal here (a false alert
+   does not repeat forever); a blurred tile never is.
+3. **Baselines** from the trusted history: the median of the last
+   ``policy.history_sections`` (follows tissue as it changes) and the upper
+   quartile over the whole memory (does not follow a slow focus drift down).
+   Without trusted history, the median of this section's other tiles (a looser
    ``policy.section_drop_ratio``, since different positions show different tissue),
-   but only for a tile with enough tissue to be compared with other positions
-   (content ≥ ``policy.sparse_contrast``: a tile that is mostly resin scores low
-   however sharp it is). Against peers, a tile with a focus map is represented by
-   its best patch: a tile that is half resin still has sharp tissue somewhere, a
-   blurred tile has none anywhere. Otherwise no baseline, and only the absolute floor
-   ``policy.min_score`` applies. A baseline below ``policy.min_baseline`` has too
-   few features to compare against and is not used. The first section therefore
-   cannot start an alert storm.
-3. **Out of focus** when ``score < (1 - drop_ratio) · baseline`` or ``score < min_score``.
-4. **Partly out of focus** when the whole-tile score is fine but at least
-   ``policy.partial_min_patches`` patches of the focus map lost ``partial_patch_drop``
-   or more of their own score at this position in earlier sections (the lower of the
-   median and the latest), relative to the tile's median change (a wrinkle, dirt, a
-   tilted region). Patches are compared with
-   their own history, not with each other: within one tile, resin and tissue patches
-   differ far more than blur makes them.
-5. Otherwise **in focus**.
+   only for a tile with enough tissue to be compared with other positions
+   (content ≥ ``policy.sparse_contrast``), and represented by its best patch (a
+   tile that is half resin still has sharp tissue somewhere). A baseline below
+   ``policy.min_baseline`` has too few features to compare against.
+4. **Defocus or less tissue.** With a scale signature (``fine_fraction``: the share
+   of features found at fine scales), defocus is a fine fraction ``fine_drop`` or
+   more below the baseline's (the higher of the recent median and the memory's upper
+   quartile of the trusted fractions; with no history, the section's median); a
+   lower score with the fine fraction held is less tissue, said so in the reason
+   and not alerted. Without one, a score
+   ``drop_ratio`` below either baseline is out of focus.
+5. **Uncertain** when there is nothing trustworthy to compare with (first section,
+   too little tissue, or far below the section's other tiles exactly as this
+   position's flagged earlier sections were): never passed as in focus, never
+   alerted; its score is evidence for later sections like any unflagged one.
+   ``score < policy.min_score`` is out of focus regardless.
+6. **Section-wide**: a tile out of focus together with ``section_wide_fraction`` of
+   the section's other tiles judged against their own positions says so (an
+   autofocus failure, not one tile; the reason starts with ``SECTION_WIDE``).
+7. **Partly out of focus** when the whole tile is fine but at least
+   ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
+   region): with a per-patch scale signature, a patch whose fine fraction is
+   ``2 × fine_drop`` below the tile's typical patch and significantly so for its
+   feature count (no history needed: within a tile the fraction does not follow the
+   tissue); without one, a patch that lost ``partial_patch_drop`` or more of its own
+   score at this position in trusted sections, relative to the tile's median change.
+8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
 ``unreadable``. Nothing here does I/O except ``load_calibration``.
@@ -46,6 +66,7 @@ from focuswatch.errors import ConfigError
 from focuswatch.verdict import Verdict, VerdictKind
 
 __all__ = [
+    "SECTION_WIDE",
     "DefocusModel",
     "Evidence",
     "decide",
@@ -62,15 +83,41 @@ _MIN_PATCHES_FOR_REGION = 3
 # score is mostly resin or sparse tissue: its score swings as the tissue drifts
 # from section to section, so it is not judged on its own.
 _SPARSE_PATCH = 0.5
-_PEERS = " of this section"
+# The long-memory baseline: this quantile of the trusted scores (a high one, so a
+# drift that has taken over part of the memory does not drag it down).
+_UPPER = 0.75
+# A patch's fine fraction rests on fewer features than the tile's: its margin is
+# this many times ``fine_drop``.
+_PATCH_FINE_MARGIN = 2.0
+# ... and it must be this many standard errors (binomial, from its feature count)
+# below the tile's typical patch (4: every patch of every tile is tested).
+_PATCH_FINE_Z = 4.0
+# A section-wide failure needs at least this many other tiles out of focus with it.
+_SECTION_WIDE_MIN = 2
+#: How a section-wide failure's reason starts (alerts may group on it).
+SECTION_WIDE = "section-wide"
 
 _SEVERITY = {
     VerdictKind.EMPTY: 0,
     VerdictKind.IN_FOCUS: 0,
+    VerdictKind.UNCERTAIN: 1,
     VerdictKind.PARTLY_OUT_OF_FOCUS: 1,
     VerdictKind.OUT_OF_FOCUS: 2,
     VerdictKind.UNREADABLE: 3,
 }
+# Earlier verdicts whose scores are confirmed evidence of what this position looks
+# like in focus (empty is decided by content, not by focus; None: not recorded).
+# Uncertain counts too: readable tissue nobody flagged, and without it a position with
+# no other tiles in its sections (one tile per section) could never be judged. Out
+# of focus does not: such a score is trusted only once confirmed sections agree.
+_CONFIRMED = frozenset(
+    {
+        str(VerdictKind.IN_FOCUS),
+        str(VerdictKind.PARTLY_OUT_OF_FOCUS),
+        str(VerdictKind.EMPTY),
+        str(VerdictKind.UNCERTAIN),
+    }
+)
 
 
 class DefocusModel(Protocol):
@@ -83,12 +130,16 @@ class DefocusModel(Protocol):
 class Evidence:
     """Everything the policy looks at for one tile version.
 
-    ``history``: scores of the same row/col in earlier sections, most recent first
-    (readable, non-empty tiles; only the first ``history_sections`` are used).
-    ``section_scores``: scores of this section's other tiles (readable, non-empty).
-    ``patch_scores``: the tile's focus map (rows of patches), or None when the tile
-    was scored whole. ``patch_history``: the focus maps of the same position in
-    earlier sections, most recent first (maps of another shape are ignored).
+    ``history``: scores of the same row/col in earlier sections, most recent first,
+    whatever their verdict (``history_kinds``, aligned, gives it; missing entries
+    count as in focus); ``fine_history`` their fine-scale fractions and
+    ``patch_history`` their focus maps (maps of another shape are ignored).
+    ``section_scores``: scores of this section's other readable, non-empty tiles;
+    ``section_fine`` their fine-scale fractions; ``section_kinds`` the verdicts of
+    those judged against their own position's earlier sections. ``patch_scores``:
+    the tile's focus map, or None when the tile was scored whole.
+    ``fine_fraction``: the share of the tile's features at
+    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
     """
 
     score: float
@@ -97,6 +148,33 @@ class Evidence:
     history: Sequence[float] = ()
     section_scores: Sequence[float] = ()
     patch_history: Sequence[list[list[float]] | None] = ()
+    history_kinds: Sequence[str | None] = ()
+    fine_fraction: float | None = None
+    fine_history: Sequence[float | None] = ()
+    section_fine: Sequence[float | None] = ()
+    section_kinds: Sequence[str] = ()
+    patch_fine: list[list[float]] | None = None
+
+
+@dataclass(frozen=True)
+class _Past:
+    score: float
+    kind: str | None
+    fine: float | None
+    patches: list[list[float]] | None
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """What the tile is compared with."""
+
+    recent: float  # median of the recent trusted scores (or of the peers)
+    long: float | None  # upper quartile of the trusted scores over the memory
+    where: str  # "this tile position over the last 3 sections", "8 other tiles ..."
+    n_long: int
+    fine: float | None  # the reference fine-scale fraction
+    peers: bool
+    drop: float
 
 
 def severity(kind: VerdictKind) -> int:
@@ -118,8 +196,22 @@ def unreadable(reason: str) -> Verdict:
     return Verdict(VerdictKind.UNREADABLE, f"could not be read or scored: {reason}")
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    return [float(v) for v in values if math.isfinite(v)]
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _fine(value: float | None) -> float | None:
+    """A usable fine-scale fraction; 0 is one (every feature coarse: a blurred tile)."""
+    return float(value) if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def _upper(values: Sequence[float]) -> float:
+    """The upper quartile (linear interpolation; the value itself for one)."""
+    s = sorted(values)
+    pos = _UPPER * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def _best_patch(ev: Evidence) -> float | None:
@@ -127,27 +219,89 @@ def _best_patch(ev: Evidence) -> float | None:
     return max(cells) if len(cells) > 1 else None
 
 
-def _baseline(ev: Evidence, cfg: PolicyConfig) -> tuple[float | None, float, str]:
-    """(baseline, allowed drop, where it comes from); without one, why not."""
-    history = _finite(list(ev.history)[: cfg.history_sections])
-    if history and statistics.median(history) >= cfg.min_baseline:
-        n = len(history)
-        where = (
-            "this tile position in the previous section"
-            if n == 1
-            else f"this tile position over the last {n} sections"
-        )
-        return statistics.median(history), cfg.drop_ratio, where
+def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
+    n = min(len(ev.history), cfg.memory_sections)
+    kinds = list(ev.history_kinds)
+    fines = list(ev.fine_history)
+    maps = list(ev.patch_history)
+    out = []
+    for i in range(n):
+        score = float(ev.history[i])
+        if not math.isfinite(score):
+            continue
+        kind = kinds[i] if i < len(kinds) else None
+        if kind == str(VerdictKind.UNREADABLE):
+            continue
+        fine = _fine(fines[i]) if i < len(fines) else None
+        out.append(_Past(score, kind, fine, maps[i] if i < len(maps) else None))
+    return out
+
+
+def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
+    """Earlier sections trusted as a reference (most recent first); see the docstring."""
+    confirmed = [p for p in past if p.kind is None or p.kind in _CONFIRMED]
+    if not confirmed:
+        return []
+    top = _upper([p.score for p in confirmed])
+    fines = _finite([p.fine for p in confirmed])
+    fine_top = _upper(fines) if fines else None
+
+    def ok(p: _Past) -> bool:
+        if p.score < (1.0 - cfg.drop_ratio) * top:
+            return False
+        return fine_top is None or p.fine is None or p.fine >= (1.0 - cfg.fine_drop) * fine_top
+
+    return [p for p in past if ok(p)]
+
+
+def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference | None:
+    recent = trusted[: cfg.history_sections]
+    median = statistics.median(p.score for p in recent)
+    if median < cfg.min_baseline:
+        return None
+    n = len(recent)
+    where = (
+        "this tile position in the previous section"
+        if n == 1
+        else f"this tile position over the last {n} sections"
+    )
+    # The fine fraction barely follows tissue, so the memory's upper quartile guards
+    # against a drift that the recent median follows: even a drift that began a few
+    # sections into the wafer leaves enough sharp sections at the top of the memory.
+    fines = _finite([p.fine for p in trusted])
+    fine = max(statistics.median(fines[: cfg.history_sections]), _upper(fines)) if fines else None
+    long = _upper([p.score for p in trusted]) if len(trusted) > n else None
+    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio)
+
+
+def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
+    """The section's other tiles as the reference; without one, why not."""
     peers = _finite(ev.section_scores)
     if ev.content < cfg.sparse_contrast:
-        return None, 0.0, "too little tissue to compare with other tile positions"
+        return "too little tissue to compare with other tile positions"
+    if _section_wide(ev, cfg) is not None:
+        return "most other tiles of this section are out of focus too: nothing to compare with"
     if peers and statistics.median(peers) >= cfg.min_baseline:
         n = len(peers)
         noun = "tile" if n == 1 else "tiles"
-        return statistics.median(peers), cfg.section_drop_ratio, f"{n} other {noun}{_PEERS}"
-    if history or peers:
-        return None, 0.0, "too few features here to compare with"
-    return None, 0.0, "no earlier sections or other tiles to compare with yet"
+        fines = _finite([_fine(f) for f in ev.section_fine])
+        fine = statistics.median(fines) if fines else None
+        where = f"{n} other {noun} of this section"
+        return _Reference(
+            statistics.median(peers), None, where, 0, fine, True, cfg.section_drop_ratio
+        )
+    if peers or ev.history:
+        return "too few features here to compare with"
+    return "no earlier sections or other tiles to compare with yet"
+
+
+def _section_wide(ev: Evidence, cfg: PolicyConfig) -> tuple[int, int] | None:
+    """(out of focus, judged) among the section's other tiles when most lost focus."""
+    judged = [k for k in ev.section_kinds if k != str(VerdictKind.EMPTY)]
+    bad = sum(1 for k in judged if k == str(VerdictKind.OUT_OF_FOCUS))
+    if bad >= _SECTION_WIDE_MIN and bad >= cfg.section_wide_fraction * len(judged):
+        return bad, len(judged)
+    return None
 
 
 def _defocus(model: DefocusModel | None, score: float, baseline: float | None) -> float | None:
@@ -165,15 +319,53 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
-def _weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]:
+def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
+    """Patches whose fine-scale fraction is far below the tile's other patches.
+
+    Within one tile the fine fraction does not follow the tissue (a patch of sparse
+    tissue keeps it, a blurred patch loses it), so no history is needed. None when
+    the tile has no usable per-patch signature.
+    """
+    now, fine = ev.patch_scores, ev.patch_fine
+    if not now or not fine or _shape(now) != _shape(fine):
+        return None
+    cells = [
+        (r, c, float(f), float(q))
+        for r, (line, fine_line) in enumerate(zip(now, fine, strict=True))
+        for c, (q, f) in enumerate(zip(line, fine_line, strict=True))
+        if math.isfinite(f) and math.isfinite(q)
+    ]
+    if len(cells) < _MIN_PATCHES_FOR_REGION:
+        return None
+    typical_score = statistics.median(q for *_, q in cells)
+    # The typical signature comes from patches with tissue (not resin) ...
+    solid = [f for _, _, f, q in cells if q >= _SPARSE_PATCH * typical_score and f > 0]
+    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
+        return None
+    typical = statistics.median(solid)
+    # ... and a patch is weak when its fine fraction is far below it (twice the tile's
+    # margin: fewer features) and significantly so for its number of features (a
+    # blurred patch also loses features; a patch of resin has too few to say).
+    limit = (1.0 - _PATCH_FINE_MARGIN * cfg.fine_drop) * typical
+    weak = []
+    for r, c, f, q in cells:
+        if q < cfg.min_baseline or f >= limit:
+            continue
+        se = math.sqrt(max(typical * (1.0 - typical), 1e-6) / q)
+        if typical - f > _PATCH_FINE_Z * se:
+            weak.append((r, c))
+    return weak
+
+
+def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
     """Patches (row, col) that lost much more of their usual score than the tile did."""
     now = ev.patch_scores
     if not now:
         return []
     maps = [
-        m
-        for m in list(ev.patch_history)[: cfg.history_sections]
-        if m is not None and _shape(m) == _shape(now)
+        p.patches
+        for p in trusted[: cfg.history_sections]
+        if p.patches is not None and _shape(p.patches) == _shape(now)
     ]
     if not maps:
         return []
@@ -196,6 +388,122 @@ def _weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]:
     return [(r, c) for r, c, q in ratios if q < limit]
 
 
+def _fine_loss(ev: Evidence, ref: _Reference) -> float | None:
+    fine = _fine(ev.fine_fraction)
+    if fine is None or ref.fine is None or ref.fine <= 0:
+        return None
+    return 1.0 - fine / ref.fine
+
+
+def _fine_text(ev: Evidence, ref: _Reference) -> str:
+    return f"fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f} of {ref.where}"
+
+
+def _out_of_focus(
+    ev: Evidence, ref: _Reference, cfg: PolicyConfig, calibration: DefocusModel | None
+) -> Verdict | None:
+    """The out-of-focus verdict against ``ref``, or None when the tile holds up."""
+    score_text = f"score {format_score(ev.score)}"
+    defocus = _defocus(calibration, ev.score, ref.recent)
+    loss = _fine_loss(ev, ref)
+    if loss is not None:
+        if loss < cfg.fine_drop:
+            return None
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{score_text}: fine-scale features lost, defocus ({_fine_text(ev, ref)}, "
+            f"{100 * loss:.0f} % lower){_defocus_text(defocus)}",
+            baseline=ref.recent,
+            defocus_um=defocus,
+        )
+    # Against other positions, the tile's best patch speaks for it (see the docstring).
+    best = _best_patch(ev) if ref.peers else None
+    judged = ev.score if best is None else max(best, ev.score)
+    subject = score_text if best is None else f"{score_text}, best patch {format_score(best)},"
+    if judged < (1.0 - ref.drop) * ref.recent:
+        below = 100.0 * (1.0 - judged / ref.recent)
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{subject} is {below:.0f} % below the median of {ref.where} "
+            f"({format_score(ref.recent)}){_defocus_text(defocus)}",
+            baseline=ref.recent,
+            defocus_um=defocus,
+        )
+    if ref.long is not None and judged < (1.0 - ref.drop) * ref.long:
+        below = 100.0 * (1.0 - judged / ref.long)
+        defocus = _defocus(calibration, ev.score, ref.long)
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{subject} is {below:.0f} % below the upper quartile of this tile position "
+            f"over the last {ref.n_long} sections ({format_score(ref.long)}): a slow drift"
+            f"{_defocus_text(defocus)}",
+            baseline=ref.long,
+            defocus_um=defocus,
+        )
+    return None
+
+
+def _judge(
+    ev: Evidence, cfg: PolicyConfig, calibration: DefocusModel | None
+) -> tuple[Verdict, list[_Past]]:
+    score_text = f"score {format_score(ev.score)}"
+    past = _past(ev, cfg)
+    trusted = _trusted(past, cfg)
+    ref = _position_reference(trusted, cfg) if trusted else None
+    if ref is not None:
+        out = _out_of_focus(ev, ref, cfg, calibration)
+        if out is not None:
+            return out, trusted
+        context = f"median of {ref.where} {format_score(ref.recent)}"
+        if _fine_loss(ev, ref) is not None:
+            if ev.score < (1.0 - cfg.drop_ratio) * ref.recent:
+                context = (
+                    f"{100 * (1 - ev.score / ref.recent):.0f} % below the {context}, but "
+                    f"{_fine_text(ev, ref)}: fewer features at every scale, less tissue here"
+                )
+            else:
+                context += f"; fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f}"
+        return Verdict(
+            VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
+        ), trusted
+
+    peers = _peer_reference(ev, cfg)
+    if isinstance(peers, str):
+        if past and not trusted:
+            peers = (
+                "no earlier section here was judged in focus; nothing trustworthy to compare with"
+            )
+        return Verdict(VerdictKind.UNCERTAIN, f"{score_text}: not judged, {peers}"), trusted
+    out = _out_of_focus(ev, peers, cfg, calibration)
+    if out is None:
+        context = f"median of {peers.where} {format_score(peers.recent)}"
+        return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=peers.recent), []
+    recent = past[: cfg.history_sections]
+    fines = _finite([p.fine for p in recent])
+    fine = _fine(ev.fine_fraction)
+    if fines and fine is not None:  # like its flagged past, by the scale signature ...
+        alike = fine >= (1.0 - cfg.fine_drop) * statistics.median(fines)
+    else:  # ... or by the score
+        alike = bool(recent) and ev.score >= (1.0 - cfg.drop_ratio) * statistics.median(
+            p.score for p in recent
+        )
+    unconfirmed = [p.score for p in recent]
+    if alike:
+        n = len(unconfirmed)
+        sections = "section" if n == 1 else f"{n} sections"
+        return (
+            Verdict(
+                VerdictKind.UNCERTAIN,
+                f"{score_text}: not judged; far below the {peers.where}, as this tile "
+                f"position was in its last {sections} (less tissue here, or the same blur "
+                "every time: check it once)",
+                baseline=peers.recent,
+            ),
+            [],
+        )
+    return out, []
+
+
 def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None = None) -> Verdict:
     """The verdict for one tile; see the module docstring for the rules."""
     score_text = f"score {format_score(ev.score)}"
@@ -208,46 +516,49 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
             "no tissue to judge (resin, a hole or the section's edge)",
         )
 
-    baseline, drop, where = _baseline(ev, cfg)
-    defocus = _defocus(calibration, ev.score, baseline)
-
-    # Against other positions, the tile's best patch speaks for it (see the docstring).
-    best = _best_patch(ev) if where.endswith(_PEERS) else None
-    judged = ev.score if best is None else max(best, ev.score)
-    if baseline is not None and baseline > 0 and judged < (1.0 - drop) * baseline:
-        below = 100.0 * (1.0 - judged / baseline)
-        subject = score_text if best is None else f"{score_text}, best patch {format_score(best)},"
-        return Verdict(
-            VerdictKind.OUT_OF_FOCUS,
-            f"{subject} is {below:.0f} % below the median of {where} "
-            f"({format_score(baseline)}){_defocus_text(defocus)}",
-            baseline=baseline,
-            defocus_um=defocus,
-        )
-    if ev.score < cfg.min_score:
-        return Verdict(
+    verdict, trusted = _judge(ev, cfg, calibration)
+    if verdict.kind is not VerdictKind.OUT_OF_FOCUS and ev.score < cfg.min_score:
+        defocus = _defocus(calibration, ev.score, verdict.baseline)
+        verdict = Verdict(
             VerdictKind.OUT_OF_FOCUS,
             f"{score_text} is below the minimum score {format_score(cfg.min_score)}"
             f"{_defocus_text(defocus)}",
-            baseline=baseline,
+            baseline=verdict.baseline,
             defocus_um=defocus,
         )
+    if verdict.kind is VerdictKind.OUT_OF_FOCUS:
+        wide = _section_wide(ev, cfg)
+        if wide is not None:
+            bad, judged = wide
+            verdict = Verdict(
+                verdict.kind,
+                f"{SECTION_WIDE}: {bad} of the {judged} other judged tiles of this section "
+                f"are out of focus too (autofocus failure?); {verdict.reason}",
+                baseline=verdict.baseline,
+                defocus_um=verdict.defocus_um,
+            )
+        return verdict
+    if verdict.kind is not VerdictKind.IN_FOCUS:
+        return verdict
 
-    weak = _weak_patches(ev, cfg)
+    by_fine = _fine_weak_patches(ev, cfg)
+    weak = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
         cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
+        what = (
+            "lost their fine-scale features while the rest of the tile kept them"
+            if by_fine is not None
+            else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
+            "at this position while the rest did not"
+        )
         return Verdict(
             VerdictKind.PARTLY_OUT_OF_FOCUS,
             f"{score_text} is fine for the whole tile, but {len(weak)} of {total} patches "
-            f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score at "
-            f"this position while the rest did not (patches {cells}): a wrinkle, dirt or "
-            "a tilted region",
-            baseline=baseline,
+            f"{what} (patches {cells}): a wrinkle, dirt or a tilted region",
+            baseline=verdict.baseline,
         )
-
-    context = where if baseline is None else f"median of {where} {format_score(baseline)}"
-    return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=baseline)
+    return verdict
 
 
 def load_calibration(pcfg: PolicyConfig) -> DefocusModel | None:

@@ -6,6 +6,14 @@ and section::
     open ──► retaken_fixed        a later version at the same position came out fine
       │  └─► retaken_still_bad ──► retaken_fixed   (still to redo until then)
       └────► dismissed            the operator decided no retake is needed (with a note)
+    dismissed, retaken_fixed ──► open   reopened by the operator (with a note)
+
+Every change is also kept in ``retake_events`` (when, what, who, note, the version and
+its score): a second dismissal, a reopening or a failed retake adds to the history
+instead of overwriting it.
+
+Out-of-focus, partly out-of-focus and unreadable tiles (truncated, corrupt: they must
+be imaged again too) open entries; a readable, in-focus retake closes them.
 
 A later version is a retake written under the same name (a new version of the path)
 or under a new name (``…_2.tif``) at the same row/col in the same section. The live
@@ -17,8 +25,10 @@ and a file a user deleted or damaged is rebuilt on the next tick.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import getpass
 import io
 import json
 import os
@@ -26,7 +36,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,23 +44,29 @@ from typing import Any, BinaryIO
 import structlog
 
 from focuswatch.config import Config
+from focuswatch.errors import StateError
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
+from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
     "STATUSES",
     "RetakeEntry",
+    "RetakeEvent",
     "RetakeSink",
     "atomic_write",
     "build_sink",
     "dismiss",
     "dismiss_main",
     "entries",
+    "history",
     "list_main",
     "render_csv",
     "render_json",
     "render_text",
+    "reopen",
+    "reopen_main",
 ]
 
 STATUSES = ("open", "retaken_fixed", "retaken_still_bad", "dismissed")
@@ -93,6 +109,51 @@ class RetakeEntry:
 _COLUMNS = list(RetakeEntry.__dataclass_fields__)
 
 
+@dataclass(frozen=True)
+class RetakeEvent:
+    """One change of a retake entry, as kept in its history."""
+
+    retake_id: int
+    at: float
+    action: str  # opened, retaken_still_bad, retaken_fixed, dismissed, reopened
+    who: str  # the operator, for dismissed/reopened; empty for the service's own changes
+    note: str
+    version_id: int | None
+    score: float | None
+
+
+_EVENT_COLUMNS = list(RetakeEvent.__dataclass_fields__)
+
+
+def _event(
+    conn: sqlite3.Connection,
+    retake_id: int,
+    at: float,
+    action: str,
+    *,
+    who: str = "",
+    note: str = "",
+    version_id: int | None = None,
+    score: float | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO retake_events (retake_id, at, action, who, note, version_id, score)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (retake_id, at, action, who, note, version_id, score),
+    )
+
+
+def _operator() -> str:
+    """Who runs this command (the user behind sudo, if any)."""
+    user = os.environ.get("SUDO_USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (a container): the number says who
+        return f"uid {os.getuid()}"
+
+
 # -- the state machine, one transaction per verdict ------------------------------------
 
 
@@ -106,9 +167,12 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
     if kind not in (
         VerdictKind.OUT_OF_FOCUS,
         VerdictKind.PARTLY_OUT_OF_FOCUS,
+        VerdictKind.UNREADABLE,
         VerdictKind.IN_FOCUS,
     ):
-        return False  # empty and unreadable tiles neither open nor close entries
+        return False  # empty tiles neither open nor close entries
+    # A tile that cannot be read must be imaged again as much as a blurred one.
+    opens = kind.needs_retake or kind is VerdictKind.UNREADABLE
     section = record.section or ""
     position = record.position
     now = record.at
@@ -130,6 +194,23 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             "SELECT max(version_id) FROM retakes WHERE section = ? AND position = ?",
             (section, position),
         ).fetchone()[0]
+        if newest == record.version_id and not opens:
+            # The same version's verdict was revised (focuswatch.judge: context that
+            # arrived late showed it in focus): it no longer needs a retake.
+            revised = conn.execute(
+                "SELECT id FROM retakes WHERE section = ? AND position = ? AND version_id = ?"
+                " AND status IN (?, ?)",
+                (section, position, newest, *_ACTIVE),
+            ).fetchone()
+            if revised is None:
+                return False
+            note = f"verdict revised: {v.reason}"
+            conn.execute(
+                "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
+                (note, now, revised[0]),
+            )
+            _event(conn, revised[0], now, "dismissed", note=note, version_id=newest)
+            return True
         if newest is not None and newest >= record.version_id:
             return False  # already applied, or a stale verdict of an older version
         if _judged_later(conn, record):
@@ -138,38 +219,74 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
             (section, position, *_ACTIVE),
         ).fetchone()
-        if kind.needs_retake:
+        if opens:
             if active is None:
-                conn.execute(
+                cur = conn.execute(
                     "INSERT INTO retakes (section, position, tile_name, row, col, stage_x_um,"
                     " stage_y_um, pixel_size_um, score, baseline, reason, defocus_um,"
                     " first_seen, status, note, version_id, updated)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'open','',?,?)",
                     (section, position, *fields, now, record.version_id, now),
                 )
+                _event(
+                    conn,
+                    int(cur.lastrowid or 0),
+                    now,
+                    "opened",
+                    note=v.reason,
+                    version_id=record.version_id,
+                    score=record.score,
+                )
             else:
+                # A failed retake: the entry shows the new version; the note and the
+                # history say it was retaken and what the earlier score was.
+                before = conn.execute(
+                    "SELECT score FROM retakes WHERE id = ?", (active[0],)
+                ).fetchone()[0]
+                note = (
+                    f"retaken as {record.tile_name}: score {_score(record.score)}, "
+                    f"still {str(kind).replace('_', ' ')} (before: {_score(before)})"
+                )
                 conn.execute(
                     "UPDATE retakes SET tile_name = ?, row = ?, col = ?, stage_x_um = ?,"
                     " stage_y_um = ?, pixel_size_um = ?, score = ?, baseline = ?, reason = ?,"
-                    " defocus_um = ?, status = 'retaken_still_bad', version_id = ?, updated = ?"
-                    " WHERE id = ?",
-                    (*fields, record.version_id, now, active[0]),
+                    " defocus_um = ?, status = 'retaken_still_bad', version_id = ?, updated = ?,"
+                    " note = ? WHERE id = ?",
+                    (*fields, record.version_id, now, note, active[0]),
+                )
+                _event(
+                    conn,
+                    active[0],
+                    now,
+                    "retaken_still_bad",
+                    note=note,
+                    version_id=record.version_id,
+                    score=record.score,
                 )
             return True
         if active is None:
             return False
         # A good retake: keep why it was needed (score, reason) and record the fix.
+        note = f"retaken as {record.tile_name}: score {format_score(record.score or 0.0)}"
         conn.execute(
             "UPDATE retakes SET status = 'retaken_fixed', version_id = ?, updated = ?,"
             " note = ? WHERE id = ?",
-            (
-                record.version_id,
-                now,
-                f"retaken as {record.tile_name}: score {format_score(record.score or 0.0)}",
-                active[0],
-            ),
+            (record.version_id, now, note, active[0]),
+        )
+        _event(
+            conn,
+            active[0],
+            now,
+            "retaken_fixed",
+            note=note,
+            version_id=record.version_id,
+            score=record.score,
         )
         return True
+
+
+def _score(v: float | None) -> str:
+    return "?" if v is None else format_score(v)
 
 
 def _judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
@@ -211,26 +328,75 @@ def entries(
 
 
 def _read(ledger: Ledger, sql: str, args: Sequence[Any]) -> list[Any]:
-    """A plain read: no write lock (WAL readers never wait for the writer).
+    """A plain read (``Ledger.reading``: no write lock, never inside another's transaction)."""
+    with ledger.reading() as conn:
+        return conn.execute(sql, args).fetchall()
 
-    Under the ledger's thread lock, so it never runs inside a transaction another
-    thread has open on the same connection (and so never sees its uncommitted rows).
+
+def history(ledger: Ledger, entry_id: int | None = None) -> list[RetakeEvent]:
+    """The changes of one entry (or of all), oldest first."""
+    sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM retake_events"
+    args: list[Any] = []
+    if entry_id is not None:
+        sql += " WHERE retake_id = ?"
+        args.append(entry_id)
+    return [RetakeEvent(*r) for r in _read(ledger, sql + " ORDER BY retake_id, id", args)]
+
+
+def _histories(ledger: Ledger) -> dict[int, list[RetakeEvent]]:
+    out: dict[int, list[RetakeEvent]] = {}
+    for e in history(ledger):
+        out.setdefault(e.retake_id, []).append(e)
+    return out
+
+
+def dismiss(ledger: Ledger, entry_id: int, *, note: str, who: str | None = None) -> RetakeEntry:
+    """Mark an entry as not needing a retake; KeyError if there is no such entry.
+
+    Dismissing an entry again keeps the earlier note in its history.
     """
-    with ledger._lock:
-        return ledger.connection.execute(sql, args).fetchall()
-
-
-def dismiss(ledger: Ledger, entry_id: int, *, note: str) -> RetakeEntry:
-    """Mark an entry as not needing a retake; KeyError if there is no such entry."""
     if not note.strip():
         raise ValueError("a dismissal needs a note saying why")
+    now = ledger.clock()
     with ledger.transaction() as conn:
         cur = conn.execute(
             "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
-            (note.strip(), ledger.clock(), entry_id),
+            (note.strip(), now, entry_id),
         )
         if cur.rowcount == 0:
             raise KeyError(entry_id)
+        _event(conn, entry_id, now, "dismissed", who=who or _operator(), note=note.strip())
+    return next(e for e in entries(ledger) if e.id == entry_id)
+
+
+def reopen(ledger: Ledger, entry_id: int, *, note: str, who: str | None = None) -> RetakeEntry:
+    """Put a dismissed or fixed entry back on the list; KeyError if there is none.
+
+    ValueError if it is still to do, or another entry for the same tile is.
+    """
+    if not note.strip():
+        raise ValueError("reopening needs a note saying why")
+    now = ledger.clock()
+    with ledger.transaction() as conn:
+        row = conn.execute(
+            "SELECT status, section, position FROM retakes WHERE id = ?", (entry_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(entry_id)
+        status, section, position = row
+        if status in _ACTIVE:
+            raise ValueError(f"entry {entry_id} is still to re-image ({status.replace('_', ' ')})")
+        other = conn.execute(
+            "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
+            (section, position, *_ACTIVE),
+        ).fetchone()
+        if other is not None:
+            raise ValueError(f"entry {other[0]} is already open for this tile")
+        conn.execute(
+            "UPDATE retakes SET status = 'open', note = ?, updated = ? WHERE id = ?",
+            (note.strip(), now, entry_id),
+        )
+        _event(conn, entry_id, now, "reopened", who=who or _operator(), note=note.strip())
     return next(e for e in entries(ledger) if e.id == entry_id)
 
 
@@ -253,12 +419,24 @@ def render_csv(items: Sequence[RetakeEntry]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def render_json(items: Sequence[RetakeEntry], *, generated: float) -> bytes:
+def render_json(
+    items: Sequence[RetakeEntry],
+    *,
+    generated: float,
+    events: Mapping[int, Sequence[RetakeEvent]] | None = None,
+) -> bytes:
+    """The list as JSON; with ``events``, each entry has its ``history``."""
     doc = {
         "generated": _iso(generated),
         "open": sum(e.still_to_do for e in items),
         "entries": [
-            asdict(e) | {"first_seen": _iso(e.first_seen), "updated": _iso(e.updated)}
+            asdict(e)
+            | {"first_seen": _iso(e.first_seen), "updated": _iso(e.updated)}
+            | (
+                {}
+                if events is None
+                else {"history": [asdict(h) | {"at": _iso(h.at)} for h in events.get(e.id, [])]}
+            )
             for e in items
         ],
     }
@@ -269,8 +447,13 @@ def _num(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def render_text(items: Sequence[RetakeEntry]) -> str:
-    """A table the ATLAS operator can work through, still-to-do entries marked."""
+def render_text(
+    items: Sequence[RetakeEntry], events: Mapping[int, Sequence[RetakeEvent]] | None = None
+) -> str:
+    """A table the ATLAS operator can work through, still-to-do entries marked.
+
+    With ``events``, every change after an entry was opened is listed under it.
+    """
     if not items:
         return "No tiles on the retake list."
     head = ["ID", "SECTION", "TILE", "ROW/COL", "STAGE X/Y µm", "SCORE / BASELINE", "STATUS"]
@@ -287,7 +470,13 @@ def render_text(items: Sequence[RetakeEntry]) -> str:
     for e, r in zip(items, rows, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines.append(f"    why: {e.reason}")
-        if e.note:
+        changes = [h for h in (events or {}).get(e.id, []) if h.action != "opened"]
+        if changes:
+            for h in changes:
+                by = f" by {h.who}" if h.who else ""
+                text = f": {h.note}" if h.note else ""
+                lines.append(f"    {_iso(h.at)} {h.action.replace('_', ' ')}{by}{text}")
+        elif e.note:
             lines.append(f"    note: {e.note}")
     todo = sum(e.still_to_do for e in items)
     lines.append(f"{todo} of {len(items)} still to re-image.")
@@ -408,7 +597,9 @@ class RetakeSink:
             # The JSON's "generated" stamp moves only when the list does.
             self._content = {
                 csv_path: render_csv(items),
-                json_path: render_json(items, generated=self._clock()),
+                json_path: render_json(
+                    items, generated=self._clock(), events=_histories(self._ledger)
+                ),
             }
             self._items = items
         ok = True
@@ -448,31 +639,69 @@ def list_main(cfg: Config, *, fmt: str, section: str | None, only_open: bool) ->
     ledger = _open(cfg, readonly=True)
     try:
         items = entries(ledger, section=section, only_open=only_open)
+        events = _histories(ledger)
     finally:
         ledger.close()
     if fmt == "csv":
         print(render_csv(items).decode("utf-8"), end="")
     elif fmt == "json":
-        print(render_json(items, generated=time.time()).decode("utf-8"), end="")
+        print(render_json(items, generated=time.time(), events=events).decode("utf-8"), end="")
     else:
-        print(render_text(items))
+        print(render_text(items, events))
     return 0
 
 
 def dismiss_main(cfg: Config, entry_id: int, *, note: str) -> int:
     """``focuswatch retakes dismiss ID --note TEXT``; also refreshes the live files."""
-    ledger = _open(cfg, readonly=False)
-    try:
+    with _editing(cfg) as ledger:
         try:
             entry = dismiss(ledger, entry_id, note=note)
         except KeyError:
             print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
             return 1
         RetakeSink(ledger, cfg.state_dir).write_files()
-    finally:
-        ledger.close()
     print(f"dismissed {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
     return 0
+
+
+def reopen_main(cfg: Config, entry_id: int, *, note: str) -> int:
+    """``focuswatch retakes reopen ID --note TEXT``; also refreshes the live files."""
+    with _editing(cfg) as ledger:
+        try:
+            entry = reopen(ledger, entry_id, note=note)
+        except KeyError:
+            print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"focuswatch retakes: {exc}", file=sys.stderr)
+            return 1
+        RetakeSink(ledger, cfg.state_dir).write_files()
+    print(f"reopened {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
+    return 0
+
+
+@contextlib.contextmanager
+def _editing(cfg: Config) -> Iterator[Ledger]:
+    """The ledger for a change made from the command line.
+
+    With no service running, the state folder's lock is held meanwhile, so that a
+    reader who may only read the folder (and so reads it as immutable while nobody
+    holds the lock) never reads the file while this writes it. Beside a running service
+    SQLite's own locking suffices. (Without access to the lock file, the open below
+    says what access is missing.)
+    """
+    lock = StateLock(cfg.state_dir)
+    if lock.holder() is None:
+        with contextlib.suppress(StateError):
+            lock.acquire()
+    try:
+        ledger = _open(cfg, readonly=False)
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+    finally:
+        lock.release()
 
 
 def _open(cfg: Config, *, readonly: bool) -> Ledger:

@@ -31,8 +31,13 @@ from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
-from focuswatch.score import ScoreResult, check_options, score_image, score_patches
-from focuswatch.score._dtypes import float_dtype
+from focuswatch.score import (
+    ScoreResult,
+    check_options,
+    float_dtype,
+    score_image,
+    score_patches,
+)
 
 __all__ = ["ScoreSettings", "TileScore", "main", "score_array", "score_path", "too_big"]
 
@@ -45,6 +50,9 @@ class ScoreSettings:
     patch_size: int = 1024
     backend: str = "auto"
     memory_limit_mb: int = 2048
+    #: A folder whose files alone are read (the watch folder: links out are refused);
+    #: None reads any path.
+    within: str | None = None
 
     @classmethod
     def from_config(cls, sc: ScoringConfig) -> ScoreSettings:
@@ -79,6 +87,13 @@ class TileScore:
     patch_content: list[list[float]] | None = None
     #: Estimated noise standard deviation, as a fraction of the stretched range.
     noise: float = float("nan")
+    #: The scale signature (``mhfd`` only, else None): fraction of the tile's counted
+    #: maxima from the fine levels (σ ≤ ``focuswatch.score.mhfd.FINE_SIGMA`` px), pooled
+    #: over patches. Defocus lowers it (fine scales go first); less tissue leaves it
+    #: about where it was. None when nothing was counted.
+    fine_fraction: float | None = None
+    #: The same per patch (grid of ``patch_scores``; NaN for a patch without maxima).
+    patch_fine_fraction: list[list[float]] | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,6 +132,8 @@ def _tile_score(
         mode=result.mode,
         patch_content=_grid(result.patch_content),
         noise=result.noise,
+        fine_fraction=result.fine_fraction,
+        patch_fine_fraction=_grid(result.patch_fine_fraction),
     )
 
 
@@ -194,7 +211,7 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     name = str(path)
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
-    with tiles.open_tile(path) as tile:
+    with tiles.open_tile(path, within=settings.within) as tile:
         if too_big(tile, settings):
             return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
         image, bad = finite_only(tile.read())
@@ -305,6 +322,7 @@ def _as_json(ts: TileScore) -> dict[str, Any]:
         "mode": ts.mode,
         "resolution": ts.resolution,
         "content": ts.content,
+        "fine_fraction": ts.fine_fraction,
         "patches": None
         if grid is None
         else {

@@ -6,7 +6,7 @@
     rescan thread  ──► changes queue ─┤
                                       ▼
     main loop: Readiness ─► ledger 'ready' ─► executor (worker processes | Dask)
-               outcomes ─► policy.decide ─► ledger result (one per version) ─► sinks
+               outcomes ─► judge (context, policy, result; revisions) ─► sinks
 
 The ledger is the queue: versions wait there as 'ready' and the main loop hands the
 executor at most ``scoring.queue_size`` at a time, so a burst of 10,000 tiles costs
@@ -25,6 +25,7 @@ back to 'ready', then exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -37,13 +38,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from focuswatch import sdnotify
+from focuswatch import judge, sdnotify
 from focuswatch.config import Config
 from focuswatch.errors import (
     BackendError,
     ConfigError,
     LedgerWriteError,
-    NotBuiltError,
     StateError,
     TileError,
 )
@@ -53,7 +53,16 @@ from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
-from focuswatch.watch import Change, Matcher, Readiness, Settled, Watcher, choose_observer, scan
+from focuswatch.watch import (
+    Change,
+    Matcher,
+    Readiness,
+    Settled,
+    SettledKind,
+    Watcher,
+    choose_observer,
+    scan,
+)
 
 __all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
 
@@ -83,9 +92,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-EventHook = Callable[[str, dict[str, Any]], None]
-
-
 def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
     """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
     if cfg.cluster.scheduler == "dask":
@@ -98,58 +104,20 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The alert and retake sinks and the web console; a missing module is logged, not fatal."""
-    sinks: list[Sink] = []
-    try:
-        from focuswatch import alerts
+    """The retake and alert sinks, in that order: an alert names the retake entry (its
+    id) its tile opened, so the retake list must have seen the verdict first. Then the
+    web console (its server thread; a port in use is one log line), when enabled."""
+    from focuswatch import alerts, retakes
 
-        sinks.append(alerts.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="alerts", reason=str(exc))
-    try:
-        from focuswatch import retakes
-
-        sinks.append(retakes.build_sink(cfg, ledger, clock=clock))
-    except (ImportError, AttributeError, NotBuiltError) as exc:
-        log.warning("sink_unavailable", sink="retakes", reason=str(exc))
-    if cfg.web.enabled:  # the console's server thread; a port in use is one log line
+    sinks: list[Sink] = [
+        retakes.build_sink(cfg, ledger, clock=clock),
+        alerts.build_sink(cfg, ledger, clock=clock),
+    ]
+    if cfg.web.enabled:
         from focuswatch.web import WebConsole
 
         sinks.append(WebConsole(cfg.web, cfg.state_dir, clock=clock))
     return sinks
-
-
-def evidence(
-    ledger: Ledger,
-    *,
-    version_id: int,
-    section: str | None,
-    section_index: int | None,
-    row: int | None,
-    col: int | None,
-    score: Any,
-    history_sections: int,
-) -> Any:
-    """What the policy weighs for one scored tile: its score and its context in the ledger.
-
-    ``score`` is a ``TileScore``; the result a ``policy.Evidence``.
-    """
-    from focuswatch.policy import Evidence
-
-    history: list[tuple[float, list[list[float]] | None]] = []
-    if row is not None and col is not None and section_index is not None:
-        history = ledger.position_history(
-            row, col, before_section_index=section_index, limit=history_sections
-        )
-    peers = [] if section is None else ledger.section_scores(section, exclude_version=version_id)
-    return Evidence(
-        score=float(score.score),
-        patch_scores=score.patch_scores,
-        content=float(score.content),
-        history=[s for s, _ in history],
-        section_scores=peers,
-        patch_history=[maps for _, maps in history],
-    )
 
 
 class Service:
@@ -162,7 +130,6 @@ class Service:
         sinks: Sequence[Sink] | None = None,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
-        on_event: EventHook | None = None,
         builtin_sinks: bool = True,
         score_fn: Any = None,
         notifier: sdnotify.Notifier | None = None,
@@ -193,9 +160,11 @@ class Service:
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
             )
             self.changes: queue.Queue[Change] = queue.Queue()
-            self.settings = ScoreSettings.from_config(cfg.scoring)
+            self.settings = dataclasses.replace(
+                ScoreSettings.from_config(cfg.scoring),
+                within=None if cfg.watch.follow_symlinks_outside else self._real_root,
+            )
             self.notifier = notifier or sdnotify.Notifier()
-            self._on_event = on_event
             if decide is None:
                 from focuswatch import policy
 
@@ -239,8 +208,6 @@ class Service:
 
     def _event(self, name: str, level: str = "info", **fields: Any) -> None:
         getattr(log, level)(name, **fields)
-        if self._on_event is not None:
-            self._on_event(name, fields)
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
@@ -379,7 +346,16 @@ class Service:
 
     # -- a state folder that cannot be written -----------------------------------------
 
+    def _keep_lock(self) -> None:
+        """The state folder deleted: the lock went with it. Take it again, or a second
+        service would start on the emptied folder and score the wafer again beside us."""
+        lost = self._lock.keep()
+        if lost is not None:
+            self._event("state_lock_lost", "error", reason=lost)
+
     def _enter_fault(self, reason: str) -> None:
+        if self.ledger.file_problem() is not None:
+            self._keep_lock()
         first = self._fault is None
         self._fault = reason
         now = time.monotonic()
@@ -387,7 +363,17 @@ class Service:
         if first:
             self._fault_since = now
             self._next_fault_reminder = now + FAULT_REMIND_S
-            self._event("state_unwritable", "error", reason=reason, **self._waiting())
+            waiting = self._waiting()
+            self._event("state_unwritable", "error", reason=reason, **waiting)
+            self._tell(
+                f"state_unwritable:{self.clock():.0f}",
+                severity="failure",
+                title="focuswatch cannot write its state folder: no new tiles are scored",
+                body=f"{reason}\nWaiting: {waiting['results_held']} results, "
+                f"{waiting['changes_waiting'] + waiting['files_pending']} new files. "
+                f"Scoring resumes by itself once the state folder ({self.cfg.state_dir}) can "
+                "be written again.",
+            )
 
     def _waiting(self) -> dict[str, Any]:
         return {
@@ -398,6 +384,17 @@ class Service:
             "action": "no new tiles are taken until the state folder can be written; "
             f"retrying every {FAULT_RETRY_S:g} s",
         }
+
+    def _tell(self, key: str, *, severity: str, title: str, body: str) -> None:
+        """A health message to the sinks that can send one without the ledger."""
+        for sink in self.sinks:
+            tell = getattr(sink, "tell_now", None)  # the alert sink; recording sinks lack it
+            if tell is None:
+                continue
+            try:
+                tell(key, title=title, body=body, severity=severity)
+            except Exception as exc:  # a health message must not make matters worse
+                self._event("sink_failed", "error", sink=type(sink).__name__, error=repr(exc))
 
     def _turn_in_fault(self, timeout: float) -> None:
         ex = self._executor
@@ -424,6 +421,7 @@ class Service:
         """Try one small write; if it goes through, record what was held and resume."""
         problem = self.ledger.file_problem()
         if problem is not None:
+            self._keep_lock()
             # Never write into a deleted ledger: what it holds is lost at the next start.
             self._fault = (
                 f"{problem}; nothing more is written there. Restore the state folder and "
@@ -437,12 +435,13 @@ class Service:
             return
         was = self._fault
         self._fault = None
-        self._event(
-            "state_writable_again",
-            "warning",
-            was=was,
-            after_s=round(time.monotonic() - self._fault_since),
-            **self._waiting(),
+        after_s = round(time.monotonic() - self._fault_since)
+        self._event("state_writable_again", "warning", was=was, after_s=after_s, **self._waiting())
+        self._tell(
+            f"state_writable_again:{self.clock():.0f}",
+            severity="success",
+            title="focuswatch can write its state folder again: scoring resumed",
+            body=f"After {after_s} s: {was}",
         )
         try:
             if not self._recovered:
@@ -526,7 +525,7 @@ class Service:
                 path=self.root,
                 action="the kernel dropped file events; rescanning the folder now",
             )
-            self._rescan_soon = True  # once no rescan is running (one may predate the loss)
+            self.rescan_now()  # one already running may predate the loss: another after it
             return
         if c.is_dir:
             # A folder moved in (a whole section): its files may bring no events of their own.
@@ -546,19 +545,19 @@ class Service:
         self._closed_pending = self._closed_pending or c.closed
 
     def _settle(self, s: Settled) -> None:
-        if s.kind == "vanished":
+        if s.kind is SettledKind.VANISHED:
             self._event("tile_vanished", "warning", tile=s.path, reason=s.reason)
             return
         if self._outside(s.path):
             return
         size, mtime = s.size, s.mtime_ns
-        if s.kind == "incomplete":
+        if s.kind is SettledKind.INCOMPLETE:
             # Never the key of a complete file: a writer that stops right now leaves the
             # file with this very (size, mtime), and that finished file must become a
             # version of its own and be scored (a shared key would find this record and
             # keep its 'still being written' result forever). Size -1: not a whole file.
             size = -1
-        elif s.kind == "error":
+        elif s.kind is SettledKind.ERROR:
             try:  # the link itself identifies the version (a symlink loop has no target)
                 st = os.lstat(s.path)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -571,6 +570,8 @@ class Service:
             section, row, col = parse_tile_name(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
             section, row, col, bad_name = None, None, None, exc.reason
+        ready = s.kind is SettledKind.READY and bad_name is None
+        unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
             s.path,
             size=size,
@@ -579,15 +580,22 @@ class Service:
             section=section,
             row=row,
             col=col,
+            unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
             return
         v = self.ledger.get(vid)
-        if s.kind == "ready" and bad_name is None:
+        if unreadable is None:
             self._event("tile_ready", **self._tile_fields(v), size=size)
             return
-        reason = s.reason if bad_name is None else bad_name
-        self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker="")
+        self._event(
+            "tile_failed",
+            "warning",
+            **self._tile_fields(v),
+            verdict=str(unreadable.kind),
+            reason=unreadable.reason,
+        )
+        self._deliver(vid)
 
     def _outside(self, path: str) -> bool:
         """A link out of the watch folder is not followed (unless the config says so).
@@ -644,28 +652,41 @@ class Service:
             self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker=o.worker)
             return
         ts = o.result
-        try:
-            verdict = self._verdict(v, ts)
-        except Exception as exc:  # a policy bug must not lose the score or stop the service
-            verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
-            self._event("policy_failed", "error", **self._tile_fields(v), error=repr(exc))
-        self._record(v, verdict, score=ts, worker=o.worker)
-
-    def _verdict(self, v: TileVersion, ts: Any) -> Verdict:
-        ev = evidence(
+        judged = judge.judge(
             self.ledger,
-            version_id=v.id,
-            section=v.section,
-            section_index=v.section_index,
-            row=v.row,
-            col=v.col,
-            score=ts,
-            history_sections=self.cfg.policy.history_sections,
+            v,
+            ts,
+            cfg=self.cfg.policy,
+            calibration=self._calibration,
+            decide=self._decide,
+            worker=o.worker,
         )
-        return self._decide(ev, cfg=self.cfg.policy, calibration=self._calibration)
+        if judged.error is not None:
+            self._event("policy_failed", "error", **self._tile_fields(v), error=judged.error)
+        self._recorded(v, judged.verdict, created=judged.created, score=ts, worker=o.worker)
+        for vid in judged.revised:
+            r = self.ledger.verdict_record(vid)
+            self._event(
+                "verdict_revised",
+                version=vid,
+                section=r.section,
+                position=r.position,
+                verdict=str(r.verdict.kind),
+                reason=r.verdict.reason,
+            )
+            self._deliver(vid)
+        if judged.revise_error is not None:
+            # The tile's own verdict is recorded and delivered; the tiles it is context
+            # for keep theirs until a later tile revises them (the ledger is the fault).
+            raise judged.revise_error
 
     def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
         created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
+        self._recorded(v, verdict, created=created, score=score, worker=worker)
+
+    def _recorded(
+        self, v: TileVersion, verdict: Verdict, *, created: bool, score: Any, worker: str
+    ) -> None:
         if not created:
             self._event("duplicate_outcome", **self._tile_fields(v))
             return
@@ -735,8 +756,11 @@ class Service:
         log.debug("rescan_done", files=n, queued=queued)
 
     def rescan_now(self) -> None:
-        """Start a reconciliation scan at the next turn (for tests and operators)."""
-        self._next_rescan = 0.0
+        """Reconcile with the folder at the next turn (once no rescan is running).
+
+        The answer to events the kernel dropped (an inotify queue overflow).
+        """
+        self._rescan_soon = True
 
     def _write_meta(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -860,11 +884,19 @@ def _watch_folder(cfg: Config) -> Path:
     return Path(cfg.watch.path)
 
 
-def _check_folders(cfg: Config) -> None:
-    _watch_usable(cfg)
+def _state_writable(cfg: Config) -> None:
+    """StateError if the state folder can never be used as configured; LedgerWriteError
+    if it cannot be written now (a read-only mount, which may come back read-write)."""
     state = _state_folder(cfg)
-    if not os.access(state, os.W_OK | os.X_OK):
-        raise StateError(f"state folder {state} is not writable")
+    if os.access(state, os.W_OK | os.X_OK):
+        return
+    try:
+        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly_mount = False
+    if readonly_mount:
+        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
+    raise StateError(f"state folder {state} is not writable")
 
 
 def _watch_usable(cfg: Config) -> None:
@@ -895,6 +927,16 @@ def _state_usable_without_creating(cfg: Config) -> None:
         )
 
 
+def _alerts_usable(cfg: Config) -> None:
+    """Every notification URL one that apprise can use (ConfigError with key paths)."""
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
+
+        problems = alerts.validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+
+
 def _calibration_usable(cfg: Config) -> None:
     from focuswatch import policy
 
@@ -911,11 +953,12 @@ NOT_CHECKED = (
 def preflight(cfg: Config) -> list[str]:
     """Every problem ``run`` would refuse to start with, without starting or creating anything.
 
-    For ``check-config``: the watch folder, the state folder, the calibration file and
-    the GPU (when asked for with local workers).
+    For ``check-config``: the notification URLs, the watch folder, the state folder,
+    the calibration file and the GPU (when asked for with local workers).
     """
     problems: list[str] = []
     checks: tuple[Callable[[Config], object], ...] = (
+        _alerts_usable,
         _watch_usable,
         _state_usable_without_creating,
         _calibration_usable,
@@ -929,6 +972,42 @@ def preflight(cfg: Config) -> list[str]:
         except (StateError, BackendError) as exc:
             problems.append(str(exc))
     return problems
+
+
+def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
+    """The service, once its state folder can be written; None if stopped meanwhile.
+
+    A full disk or a read-only mount at start is waited out (retried every
+    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
+    running: exiting would only have systemd restart it into the same fault, over and
+    over. systemd is told the service is up (and fed its watchdog) while it waits.
+    """
+    notifier = sdnotify.Notifier()
+    waiting_since: float | None = None
+    remind = 0.0
+    while True:
+        try:
+            _state_writable(cfg)
+            return Service(cfg)
+        except LedgerWriteError as exc:
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since, remind = now, now + FAULT_REMIND_S
+                log.error(
+                    "state_unwritable",
+                    reason=str(exc),
+                    action="not started: waiting for the state folder to be writable; "
+                    f"retrying every {FAULT_RETRY_S:g} s",
+                )
+                notifier.ready("waiting for the state folder to be writable")
+            elif now >= remind:
+                remind = now + FAULT_REMIND_S
+                log.error(
+                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
+                )
+            notifier.watchdog()
+            if stop.wait(FAULT_RETRY_S):
+                return None
 
 
 def _stop_on_signal(
@@ -954,7 +1033,8 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
     a healthy one).
     """
-    _check_folders(cfg)
+    _alerts_usable(cfg)
+    _watch_usable(cfg)
     if reset_ledger:
         lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
         lock.acquire()
@@ -979,7 +1059,10 @@ def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
     # SIGTERM: configuration is read once at start, so there is nothing to reload.
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        service = Service(cfg)
+        service = _when_writable(cfg, stop)
+        if service is None:
+            log.info("stop_requested", **why(), while_waiting="for the state folder")
+            return 0
         service.run_until(stop, once=once, why=why)
     finally:
         for s, handler in previous.items():

@@ -41,9 +41,7 @@ class StateLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise StateError(f"cannot open lock file {self.path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock_within(fd, ACQUIRE_S):
             holder = _read(fd)
             os.close(fd)
             raise StateError(
@@ -77,6 +75,34 @@ class StateLock:
         finally:
             os.close(fd)
 
+    def keep(self) -> str | None:
+        """Take the lock again if its file is gone (the state folder was deleted).
+
+        The kernel lock stays on the deleted file, where no second service looks; a
+        new lock file at the same path keeps the state folder taken. Returns why that
+        failed, or None.
+        """
+        if self._fd is None:
+            return None
+        mine = os.fstat(self._fd)
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return None
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return str(exc)
+        old, self._fd = self._fd, None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.acquire()
+        except (OSError, StateError) as exc:
+            self._fd = old  # hold on to what we have
+            return str(exc)
+        os.close(old)
+        return None
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -84,6 +110,24 @@ class StateLock:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the descriptor releases the flock
+
+
+#: How long ``acquire`` tries: ``holder()`` (a ``status`` beside a starting service) holds
+#: a shared lock for an instant, which must not turn a start away.
+ACQUIRE_S = 2.0
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)  # a bounded retry of a non-blocking lock
+        else:
+            return True
 
 
 def _read(fd: int) -> str:

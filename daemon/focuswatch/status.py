@@ -39,6 +39,7 @@ def summary(
         out = ledger.status_summary(last=last)
         service = ledger.get_meta("service")
         out["alerts_pending"] = outbox.pending_count(ledger)
+        out["alerts_failing"] = outbox.failing_endpoints(ledger)
     finally:
         ledger.close()
     out["state_dir"] = str(cfg.state_dir)
@@ -89,6 +90,11 @@ def format_text(s: dict[str, Any]) -> str:
         "array backend: " + (f"{array} (latest result)" if array else "- (no tile scored yet)")
     )
     lines.append(f"alerts waiting to be sent: {s.get('alerts_pending', 0)}")
+    for f in s.get("alerts_failing", []):
+        lines.append(
+            f"  {f['endpoint'] or '(an endpoint)'}: {f['waiting']} not taken, "
+            f"{f['attempts']} attempts, next try {_when(f['next_attempt'])}: {f['last_error']}"
+        )
     counts = s["counts"]
     lines.append("tiles: " + ", ".join(f"{st} {counts[st]}" for st in STATES))
     lines.append(

@@ -5,7 +5,9 @@ Two layers:
 * pure array functions, deterministic by seed: :func:`neuropil` (EM-like tissue
   texture: cell membranes, vesicles, mitochondria with cristae, granular
   cytoplasm), :func:`resin` (an empty tile), :func:`degrade` (defocus blur with
-  astigmatism, scan-line jitter, shot noise, gain/offset drift) and :func:`to_uint`;
+  astigmatism, scan-line jitter, shot noise, detector bandwidth along the scan line,
+  gain/offset drift), :func:`filter_lines` and :func:`resample` (other correlated-
+  noise models: a FIR detector response along x; a resampled image) and :func:`to_uint`;
 * writers: :func:`write_tile` (TIFF with ATLAS FibicsXML, written atomically) and
   :func:`write_wafer` (ATLAS 5 section folders plus a ``manifest.json`` with the
   truth for every tile), used by ``focuswatch synth`` and the demo.
@@ -41,9 +43,11 @@ __all__ = [
     "defocus_sigma",
     "degrade",
     "fibics_xml",
+    "filter_lines",
     "load_isbi",
     "main",
     "neuropil",
+    "resample",
     "resin",
     "through_focus_series",
     "to_uint",
@@ -525,6 +529,9 @@ def degrade(
     gain: float = 1.0,
     offset: float = 0.0,
     gain_ramp: float = 0.0,
+    scan_pole: float = 0.0,
+    noise_pole_x: float = 0.0,
+    noise_sigma_2d: float = 0.0,
 ) -> FloatImage:
     """What the microscope makes of a perfect ``image`` (float in [0, 1]).
 
@@ -532,9 +539,18 @@ def degrade(
     astigmatism ``a`` in [0, 1) makes it σ(1+a) along ``astig_angle_deg`` and
     σ(1−a) across), scan-line jitter (each row shifted by N(0, ``jitter_px``)),
     shot noise (``dose`` electrons per pixel at full brightness: Poisson counts
-    divided by the dose; ``None`` for none), then detector gain and offset, with
-    the gain ramping by ``gain_ramp`` (relative) from top to bottom. Returns
-    float32 clipped to [0, 1].
+    divided by the dose; ``None`` for none), the detector/amplifier bandwidth
+    (``scan_pole`` p in [0, 1): a first-order low-pass along each scan line,
+    ``y[x] = (1−p)·s[x] + p·y[x−1]``, so the noise's autocorrelation along x is
+    p at lag 1 and none across lines, as on a fast raster scan; it also lowers
+    the noise), then detector gain and offset, with the gain ramping by
+    ``gain_ramp`` (relative) from top to bottom. Returns float32 clipped to [0, 1].
+
+    Correlated shot noise *at the dose's variance* (the noise alone is filtered and
+    rescaled to its variance before, the signal untouched): ``noise_pole_x`` p
+    (an AR(1) along x: autocorrelation p^k at lag k along x, none across lines)
+    and ``noise_sigma_2d`` (a Gaussian of that σ in px on both axes, as a
+    resampled or interpolated image has).
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -545,6 +561,9 @@ def degrade(
         "jitter_px": (jitter_px, jitter_px >= 0),
         "gain": (gain, gain > 0),
         "gain_ramp": (gain_ramp, -1 < gain_ramp < 1),
+        "scan_pole": (scan_pole, 0 <= scan_pole < 1),
+        "noise_pole_x": (noise_pole_x, 0 <= noise_pole_x < 1),
+        "noise_sigma_2d": (noise_sigma_2d, 0 <= noise_sigma_2d <= 4),
     }
     for name, (value, ok) in checks.items():
         if not (math.isfinite(value) and ok):
@@ -577,13 +596,80 @@ def degrade(
             part = _jitter_rows(part, shifts[y0:y1])
         if dose is not None:
             counts = rng.poisson(np.clip(part, 0.0, None).astype(np.float64) * dose)
-            part = (counts / dose).astype(np.float32)
+            noisy = (counts / dose).astype(np.float32)
+            if noise_pole_x > 0 or noise_sigma_2d > 0:
+                noisy = part + _correlate_noise(noisy - part, noise_pole_x, noise_sigma_2d)
+            part = noisy
+        if scan_pole > 0:
+            part = _line_lowpass(part, scan_pole)
         if gain != 1.0 or gain_ramp != 0.0:
             part = part * ramp[y0:y1, None]
         if offset != 0.0:
             part = part + np.float32(offset)
         np.clip(part, 0.0, 1.0, out=result[y0:y1])
     return result
+
+
+def _line_lowpass(part: npt.NDArray[np.float32], pole: float) -> npt.NDArray[np.float32]:
+    """First-order low-pass along each row, started in its steady state (no transient)."""
+    from scipy import signal
+
+    b, a = [1.0 - pole], [1.0, -pole]
+    zi = signal.lfilter_zi(b, a)[None, :] * part[:, :1].astype(np.float64)
+    out, _ = signal.lfilter(b, a, part.astype(np.float64), axis=1, zi=zi)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _correlate_noise(
+    noise: npt.NDArray[np.float32], pole: float, sigma: float
+) -> npt.NDArray[np.float32]:
+    """``noise`` made correlated (AR(1) along rows, then a 2-D Gaussian), its
+    variance kept (each filter's white-noise power gain divided out)."""
+    out = noise.astype(np.float64)
+    if pole > 0:
+        from scipy import signal
+
+        out = signal.lfilter([math.sqrt(1 - pole * pole)], [1.0, -pole], out, axis=1)
+    if sigma > 0:
+        out = ndimage.gaussian_filter(out, sigma, mode="reflect")
+        r = math.ceil(4 * sigma)
+        delta = np.zeros((2 * r + 1, 2 * r + 1))
+        delta[r, r] = 1.0
+        out /= math.sqrt(float(np.sum(ndimage.gaussian_filter(delta, sigma) ** 2)))
+    return out.astype(np.float32)
+
+
+def filter_lines(image: npt.ArrayLike, taps: Sequence[float]) -> FloatImage:
+    """``image`` filtered along each row (x, the fast-scan axis) by the FIR ``taps``
+    (normalised to sum 1, mirrored at the ends): a detector response that spreads
+    each pixel's signal, and its noise, over the next few pixels of the line."""
+    img = np.asarray(image, dtype=np.float32)
+    h = np.asarray(taps, dtype=np.float64)
+    if img.ndim != 2 or h.ndim != 1 or h.size == 0 or not np.all(np.isfinite(h)) or h.sum() <= 0:
+        raise ValueError("need a 2-D image and finite taps with a positive sum")
+    h = h / h.sum()
+    # correlate1d with the kernel reversed and shifted: pixel x gets taps[k]·s[x − k].
+    out: FloatImage = np.clip(
+        ndimage.convolve1d(img, h, axis=1, mode="reflect", origin=-((h.size - 1) // 2)), 0.0, 1.0
+    ).astype(np.float32)
+    return out
+
+
+def resample(image: npt.ArrayLike, factor: float, *, order: int = 1) -> FloatImage:
+    """``image`` (noise and all) resampled by ``factor`` on each axis with a spline of
+    ``order`` (1: bilinear, 3: cubic), as an export or stitching step does: the noise
+    becomes correlated between neighbouring pixels in both axes."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    if not (math.isfinite(factor) and 0.25 <= factor <= 4):
+        raise ValueError(f"factor must be in [0.25, 4], got {factor}")
+    if order not in (0, 1, 2, 3, 4, 5):
+        raise ValueError(f"order must be 0-5, got {order}")
+    out: FloatImage = np.clip(
+        ndimage.zoom(img, factor, order=order, mode="reflect", grid_mode=True), 0.0, 1.0
+    ).astype(np.float32)
+    return out
 
 
 def to_uint(image: npt.ArrayLike, bits: int) -> npt.NDArray[np.unsignedinteger[Any]]:
@@ -601,9 +687,11 @@ def through_focus_series(
     sigmas: Iterable[float],
     dose: float | None,
     rng: np.random.Generator,
+    **options: Any,
 ) -> list[FloatImage]:
-    """``image`` blurred by each σ in ``sigmas`` (px), each with fresh shot noise."""
-    return [degrade(image, rng=rng, defocus_sigma=float(s), dose=dose) for s in sigmas]
+    """``image`` blurred by each σ in ``sigmas`` (px), each with fresh shot noise;
+    ``options`` go to ``degrade`` (``astigmatism``, ``scan_pole``, ...)."""
+    return [degrade(image, rng=rng, defocus_sigma=float(s), dose=dose, **options) for s in sigmas]
 
 
 def load_isbi(directory: str | Path) -> list[FloatImage]:

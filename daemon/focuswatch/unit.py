@@ -7,10 +7,15 @@ in one place (the configuration) and never edited into the unit by hand:
 - ``RequiresMountsFor=``: the service starts only once a network share holding the
   watch folder (or the state folder) is mounted, and stops before it is unmounted;
 - ``ReadOnlyPaths=``: the watch folder is only ever read;
-- ``ProtectHome=read-only`` when the watch folder lies under ``/home``, ``/root`` or
-  ``/run/user`` (the unit's ``ProtectHome=yes`` would hide it without a word);
+- a folder under ``/home``, ``/root`` or ``/run/user`` (which the unit's
+  ``ProtectHome=yes`` would hide without a word): ``ProtectHome=tmpfs`` and that folder
+  alone bound in (``BindReadOnlyPaths=`` the watch folder, ``BindPaths=`` the state
+  folder), so the rest of the home folders stays hidden;
 - ``ReadWritePaths=`` for a state folder other than ``/var/lib/focuswatch`` (the
   unit's ``StateDirectory=``), which ``ProtectSystem=strict`` would make read-only.
+
+A folder under ``/tmp`` or ``/var/tmp`` is refused: the unit's ``PrivateTmp=yes`` gives
+the service a /tmp of its own, in which the microscope's files are not.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = ["DROPIN_PATH", "dropin"]
 DROPIN_PATH = "/etc/systemd/system/focuswatch.service.d/folders.conf"
 _STATE_DIRECTORY = "/var/lib/focuswatch"
 _HOMES = ("/home", "/root", "/run/user")
+_TMPS = ("/tmp", "/var/tmp")
 
 
 def _quoted(path: str) -> str:
@@ -45,6 +51,12 @@ def dropin(cfg: Config) -> str:
         raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
     watch = os.path.realpath(cfg.watch.path)
     state = os.path.realpath(cfg.state_dir)
+    for key, folder in (("watch.path", watch), ("state_dir", state)):
+        if _under(folder, _TMPS):
+            raise ConfigError(
+                f"at '{key}': {folder!r} is under /tmp or /var/tmp, which the service does "
+                "not see (PrivateTmp=yes gives it a /tmp of its own): use another folder"
+            )
     lines = [
         "# Made by `focuswatch unit-dropin` from the configuration: make it again after",
         "# changing watch.path or state_dir, then `systemctl daemon-reload`.",
@@ -55,8 +67,14 @@ def dropin(cfg: Config) -> str:
         f"ReadOnlyPaths={_quoted(watch)}",
     ]
     if _under(watch, _HOMES) or _under(state, _HOMES):
-        lines.append("# The watch or state folder is under a home folder: readable, not hidden.")
-        lines.append("ProtectHome=read-only")
-    if state != _STATE_DIRECTORY:
-        lines.append(f"ReadWritePaths={_quoted(state)}")
+        lines.append("# Under a home folder: the homes stay hidden but for this folder.")
+        lines.append("ProtectHome=tmpfs")
+        if _under(watch, _HOMES):
+            lines.append(f"BindReadOnlyPaths={_quoted(watch)}")
+        if _under(state, _HOMES):
+            lines.append(f"BindPaths={_quoted(state)}")
+    if state != _STATE_DIRECTORY and not _under(state, _HOMES):
+        # '-': a state folder not made yet must not stop the unit (226/NAMESPACE); the
+        # service then says it cannot create it.
+        lines.append(f"ReadWritePaths=-{_quoted(state)}")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,9 @@ class VerdictKind(enum.StrEnum):
     PARTLY_OUT_OF_FOCUS = "partly_out_of_focus"
     EMPTY = "empty"
     UNREADABLE = "unreadable"
+    #: Readable tissue that cannot be judged yet (nothing trustworthy to compare it
+    #: with): never passed as in focus, never alerted, never trusted as context.
+    UNCERTAIN = "uncertain"
 
     @property
     def needs_retake(self) -> bool:
@@ -50,6 +53,7 @@ class VerdictRecord:
     score: float | None
     verdict: Verdict
     at: float  # seconds since the epoch, from the injected clock
+    working_distance_um: float | None = None  # the microscope's focus (FibicsXML Scan/Focus)
 
     @property
     def position(self) -> str:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fnmatch
 import logging
@@ -32,6 +33,7 @@ __all__ = [
     "Matcher",
     "Readiness",
     "Settled",
+    "SettledKind",
     "Watcher",
     "choose_observer",
     "fstype_of",
@@ -278,12 +280,21 @@ class Watcher:
         return bool(self._observer.is_alive())
 
 
+class SettledKind(enum.StrEnum):
+    """What became of a pending path."""
+
+    READY = "ready"  # complete: record it and score it
+    INCOMPLETE = "incomplete"  # still being written after watch.incomplete_timeout_s
+    VANISHED = "vanished"  # gone before it could be read
+    ERROR = "error"  # cannot even be looked at (a symlink loop, no permission)
+
+
 @dataclass(frozen=True)
 class Settled:
-    """A pending path that needs action: ``kind`` is ready, incomplete, vanished or error."""
+    """A pending path that needs action."""
 
     path: str
-    kind: str
+    kind: SettledKind
     size: int = -1
     mtime_ns: int = -1
     reason: str = ""
@@ -340,11 +351,13 @@ class Readiness:
                 st = self._stat(path)
             except FileNotFoundError:
                 del self._pending[path]
-                out.append(Settled(path, "vanished", reason="file vanished before it was read"))
+                out.append(
+                    Settled(path, SettledKind.VANISHED, reason="file vanished before it was read")
+                )
                 continue
             except OSError as exc:
                 del self._pending[path]
-                out.append(Settled(path, "error", reason=_os_reason(exc)))
+                out.append(Settled(path, SettledKind.ERROR, reason=_os_reason(exc)))
                 continue
             key = (st.st_size, st.st_mtime_ns)
             if key != entry.key:
@@ -352,14 +365,14 @@ class Readiness:
                 entry.last_change = now
             if entry.closed or now - entry.last_change >= self.quiet_s:
                 del self._pending[path]
-                out.append(Settled(path, "ready", size=key[0], mtime_ns=key[1]))
+                out.append(Settled(path, SettledKind.READY, size=key[0], mtime_ns=key[1]))
             elif now - entry.first_seen >= self.incomplete_timeout_s:
                 # Reported once per timeout period; a later change still makes it ready.
                 entry.first_seen = now
                 out.append(
                     Settled(
                         path,
-                        "incomplete",
+                        SettledKind.INCOMPLETE,
                         size=key[0],
                         mtime_ns=key[1],
                         reason=f"still being written after {self.incomplete_timeout_s:g} s "

@@ -14,6 +14,7 @@ def test_public_names() -> None:
         "RESOLUTIONS",
         "ScoreResult",
         "check_options",
+        "float_dtype",
         "mhfd",
         "mhfd_detail",
         "patch_grid",

@@ -15,18 +15,25 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     The same scale space, DoG, maximum over scale and counting rule. What we
     changed, and why:
 
-    * **A noise floor per level.** With shot noise the fine DoG levels are noise,
-      and the paper's fixed contrast threshold counts noise maxima. Worse, the
-      stretch maps a blurred (low-contrast) tile's range to [0, 1], amplifying
-      its noise relative to the threshold, so the paper's count *rises* with
-      defocus at 10-30 e/px (bench/accuracy.py). We estimate the noise (Immerkær's
-      operator, median absolute deviation: insensitive to edges) at binnings 1,
-      2, 4, 8 and raise level i's threshold to ``k·n_i·g_i``: ``g_i`` the level's
-      exact gain for white noise (from its transfer function), ``n_i`` the
-      largest noise estimate at binnings ≤ σ_i (the binned estimates catch noise
-      correlated between neighbouring pixels, which hides from the finest
-      operator but not from coarse levels), k = 4 (a one-sided tail of ~3e-5
-      per pixel and level). Clean images keep the contrast threshold alone.
+    * **A noise floor per level, for the noise that is there.** With shot noise the
+      fine DoG levels are noise, and the paper's fixed contrast threshold counts
+      noise maxima. Worse, the stretch maps a blurred (low-contrast) tile's range
+      to [0, 1], amplifying its noise relative to the threshold, so the paper's
+      count *rises* with defocus at 10-30 e/px (bench/accuracy.py). Level i's
+      threshold is raised to ``k·n_i`` (k = 4: a one-sided tail of ~3e-5 per
+      pixel and level), ``n_i`` that level's noise standard deviation, predicted
+      from a noise model measured on the image (``mhfd.noise_model``): Immerkær's
+      robust noise level, the noise's autocorrelation at lags 1-3 along x (the
+      fast-scan axis) and along y, each measured after differencing across the
+      other axis (which removes structure but keeps the noise's correlation along
+      the lines) in the quietest blocks, and a tail factor for noise whose
+      variance changes from pixel to pixel (resampled images). ``n_i`` is the
+      level's transfer function's power under that separable spectrum, so noise
+      correlated along the scan line (a detector slower than the pixel rate) or
+      in 2-D (resampled, interpolated images) is held to its own level, not a
+      white-noise one; the white-noise estimates at binnings 2, 4, 8 (``n_i`` at
+      least the binned estimate × the white-noise gain) still bound the coarse
+      levels. Clean images keep the contrast threshold alone.
     * **A fixed contrast threshold.** The paper's threshold grows with sqrt(H·W)
       (an artefact of its orthonormal FFT units); we use its value at the paper's
       working size, 0.1024 of the stretched range, at every size, so patches and
@@ -46,7 +53,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     the coarse band's samples are refined to their peak height by a parabola
     and must not lie below the fine band around them; a fine maximum must not
     lie below the interpolated coarse band. The stretch percentiles and the
-    finest noise estimates are taken on a sparser sample. Ranks like exact mode
+    binning-2 noise estimate are taken on a sparser sample. Ranks like exact mode
     (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts
     run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
     fewer close pairs of maxima), so compare fast scores with fast scores.
@@ -80,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
+from focuswatch.choices import CRITERIA, RESOLUTIONS
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     float_dtype,
@@ -109,6 +117,7 @@ __all__ = [
     "RESOLUTIONS",
     "ScoreResult",
     "check_options",
+    "float_dtype",
     "mhfd",
     "mhfd_detail",
     "patch_grid",
@@ -116,16 +125,6 @@ __all__ = [
     "score_patches",
     "sigma_schedule",
 ]
-
-CRITERIA = (
-    "mhfd",
-    "variance_of_laplacian",
-    "tenengrad",
-    "brenner",
-    "normalized_variance",
-    "power_spectrum_slope",
-)
-RESOLUTIONS = ("patches", "resized", "native")
 
 
 @dataclass(frozen=True)
@@ -143,6 +142,12 @@ class ScoreResult:
     shape: tuple[int, int]
     patch_content: np.ndarray[Any, Any] | None = field(default=None, compare=False)
     noise: float = float("nan")
+    #: The scale signature (``mhfd`` only, else None): the fraction of counted maxima
+    #: whose level has σ ≤ ``FINE_SIGMA`` px, pooled over the patches (fine maxima
+    #: over all maxima of the tile); None when nothing was counted.
+    fine_fraction: float | None = None
+    #: Per patch (``resolution="patches"``, ``mhfd`` only); NaN for a patch without maxima.
+    patch_fine_fraction: np.ndarray[Any, Any] | None = field(default=None, compare=False)
 
 
 def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int) -> None:
@@ -159,14 +164,15 @@ def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int
 
 def score_unit(
     image: Any, *, backend: Backend, criterion: str, mode: str, dtype: Any, resize: int | None
-) -> tuple[float, float, float]:
-    """(score, content, noise) of one image scored as a whole (a patch or a resized tile)."""
+) -> tuple[float, float, float, float]:
+    """(score, content, noise, fine maxima) of one image scored as a whole (a patch or
+    a resized tile); the last is NaN for criteria other than ``mhfd``."""
     xp = backend.xp
     if criterion == "mhfd":
         d: MhfdDetail = mhfd_detail(
             image, backend=backend, mode=mode, resize=resize, dtype=np.dtype(dtype).name
         )
-        return float(d.count), d.content, d.noise
+        return float(d.count), d.content, d.noise, float(d.fine)
     image = xp.asarray(image)
     minmax = validate_image(image, backend)
     if resize is not None and image.shape != (resize, resize):
@@ -183,7 +189,7 @@ def score_unit(
     limits = stretch_limits(image, backend, saturation=params_for(mode).saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=dtype)
     F = backend.fft.rfft2(u, **backend.fft_kwargs())
-    return float(value), content_of(F, u.shape, backend, dtype), float("nan")
+    return float(value), content_of(F, u.shape, backend, dtype), float("nan"), float("nan")
 
 
 def score_patches(
@@ -203,12 +209,13 @@ def score_patches(
     scores = np.zeros((len(ys), len(xs)))
     content = np.zeros_like(scores)
     noise = np.full_like(scores, np.nan)
+    fine = np.zeros_like(scores)
     resize = PAPER_SIZE if mode == "faithful" else None
     for i, (y0, y1) in enumerate(ys):
         for j, (x0, x1) in enumerate(xs):
             patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
             try:
-                scores[i, j], content[i, j], noise[i, j] = score_unit(
+                scores[i, j], content[i, j], noise[i, j], fine[i, j] = score_unit(
                     patch,
                     backend=backend,
                     criterion=criterion,
@@ -222,6 +229,7 @@ def score_patches(
                 if not str(exc).startswith("constant image"):
                     raise
                 scores[i, j] = _blank_score(criterion)
+    mhfd_counts = criterion == "mhfd"
     return ScoreResult(
         score=float(np.median(scores)),
         patch_scores=scores,
@@ -232,7 +240,19 @@ def score_patches(
         shape=shape,
         patch_content=content,
         noise=float(np.nanmedian(noise)) if np.isfinite(noise).any() else float("nan"),
+        fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
+        patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
     )
+
+
+def _fine_fraction(fine: float, count: float) -> float | None:
+    return float(fine / count) if count > 0 else None
+
+
+def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> Any:
+    out = np.full(counts.shape, np.nan)
+    np.divide(fine, counts, out=out, where=counts > 0)
+    return out
 
 
 def _blank_score(criterion: str) -> float:
@@ -265,14 +285,14 @@ def score_image(
             image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
         )
     if resolution == "resized":
-        score, content, noise = score_unit(
+        score, content, noise, fine = score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=PAPER_SIZE
         )
     elif criterion == "mhfd":
         d = native_mhfd(image, params_for(mode), backend=backend, dtype=ft)
-        score, content, noise = float(d.count), d.content, d.noise
+        score, content, noise, fine = float(d.count), d.content, d.noise, float(d.fine)
     else:
-        score, content, noise = score_unit(
+        score, content, noise, fine = score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
     return ScoreResult(
@@ -284,4 +304,5 @@ def score_image(
         resolution=resolution,
         shape=shape,
         noise=noise,
+        fine_fraction=_fine_fraction(fine, score) if criterion == "mhfd" else None,
     )

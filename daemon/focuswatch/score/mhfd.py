@@ -16,9 +16,14 @@ Modes (see the package docstring for why the default differs from the paper):
 ``faithful``  the authors' algorithm and defaults, plain circular FFT, one
               threshold ``1e-4·sqrt(H·W)``.
 ``default``   same scale space and counting, plus a per-level noise floor
-              ``T_i = max(contrast, k·σ_n·g_i)`` (``σ_n`` estimated from the image,
-              ``g_i`` the level's exact white-noise gain), and the periodic + smooth
+              ``T_i = max(contrast, k·n_i)``, ``n_i`` the level's noise standard
+              deviation under a noise spectrum measured on the image
+              (``noise_model``: level, autocorrelation along x and y, tail factor;
+              ``spectral_level_noise``), at least the binned white-noise estimate
+              times the level's white-noise gain; and the periodic + smooth
               decomposition so the circular FFT sees no seam at the image border.
+              The scale signature (``MhfdDetail.fine``): how many counted maxima
+              come from a level with σ_i ≤ ``FINE_SIGMA`` (every mode).
 ``fast``      ``default`` with every level computed on the coarsest grid on which
               its σ is still ≥ 1 pixel (spectrum cropped), in two bands: full
               resolution (σ = 1) and the decimated levels, merged onto the finest
@@ -39,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
+from focuswatch.choices import MODES
 from focuswatch.score._dtypes import (
     float_dtype,
     stretch_limits,
@@ -47,7 +53,9 @@ from focuswatch.score._dtypes import (
 )
 
 __all__ = [
+    "FINE_SIGMA",
     "MODES",
+    "NOISE_LAGS",
     "PAPER_SATURATION",
     "PAPER_SIGMAS",
     "PAPER_SIZE",
@@ -60,18 +68,20 @@ __all__ = [
     "dog_gains",
     "dog_max",
     "fast_factors",
+    "fine_levels",
     "level_noise",
     "mhfd",
     "mhfd_detail",
     "mhfd_prepared",
+    "noise_model",
     "noise_profile",
     "noise_sigma",
     "params_for",
     "periodic_spectrum",
     "sigma_schedule",
+    "spectral_level_noise",
 ]
 
-MODES = ("default", "faithful", "fast")
 
 #: The authors' schedule: 30 standard deviations, 29 DoG levels.
 PAPER_SIGMAS: tuple[float, ...] = tuple(float(s) for s in np.linspace(1.0, 30.0 + 29.0 / 28.0, 30))
@@ -89,8 +99,36 @@ DEFAULT_NOISE_K = 4.0
 #: (1e-4·sqrt(1024²)), fixed instead of growing with the image.
 DEFAULT_CONTRAST = PAPER_THRESHOLD * PAPER_SIZE
 
+#: The scale signature: a counted maximum is *fine* when the level it comes from (the
+#: argmax over the thresholded levels) has σ_i ≤ this many pixels (the paper's
+#: schedule: σ 1, 2.07 and 3.14, the three finest of 29 levels). Defocus of σ ≥ 1.5 px
+#: removes those first; less tissue removes maxima at every scale alike.
+FINE_SIGMA = 3.5
+
 #: Binnings at which the noise level is estimated (see ``noise_profile``).
 NOISE_FACTORS = (1, 2, 4, 8)
+#: Lags (pixels) at which the noise's autocorrelation is measured along each axis
+#: (``noise_model``); longer-range correlation is what the binned estimates catch.
+NOISE_LAGS = 3
+#: Measured correlations are held to this range: detector bandwidth and resampling
+#: give lag-1 correlations up to ~0.6-0.7; beyond that what is measured is smooth
+#: structure, and believing it would divide the noise estimate by almost nothing.
+_RHO_RANGE = (-0.5, 0.75)
+#: The tail factor (``_immerkaer``) is held below this.
+_MAX_TAILS = 1.6
+#: Blocks (differenced lines × pixels along them) in which the correlation is measured.
+_CORR_BLOCK = (8, 64)
+#: The correlations are measured on every this many lines at least, and on about
+#: ``_CORR_LINES`` lines in all (1024²: every 16th, ~16 000 pairs per lag in the
+#: quiet quarter, a standard error of ~0.01).
+_CORR_STEP = 8
+_CORR_LINES = 64
+#: ...and the share of a block's pixels that may be clipped by the stretch.
+_CLIPPED_SHARE = 0.1
+#: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
+#: white noise; strongly low-passed noise hides from it, and the estimate of σ
+#: would be a division by almost nothing).
+_MIN_DIFF_POWER = 0.25
 
 #: A level is computed on a grid decimated by f when its Gaussian's transfer at the
 #: coarse Nyquist frequency is below exp(-_CUT) (fast mode only).
@@ -107,7 +145,7 @@ _MIN_COARSE_SIGMA = 1.6
 #: Maxima are counted on each band's own grid (no interpolation to full size).
 _FAST_MIN_SIGMA = 1.0
 #: Fast mode samples every this many pixels (each way) for the noise estimate at
-#: binnings 1 and 2 (exact mode: 2) and for the stretch percentiles (exact mode: 1).
+#: binning 2 (exact mode: 2) and for the stretch percentiles (exact mode: 1).
 _FAST_NOISE_STEP = 4
 _FAST_STRETCH_STEP = 2
 #: A Gaussian's transfer is below 1e-9 beyond ω = this / σ (sqrt(2·ln 1e9)).
@@ -321,6 +359,13 @@ def _dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> tuple[float
 # --- image statistics ---------------------------------------------------------------
 
 
+def _block_sums(a: Any, rows: int, cols: int) -> Any:
+    """Sums of ``a`` over blocks of ``rows × cols`` (a ragged last row/column of blocks
+    is dropped)."""
+    nb, mb = a.shape[0] // rows, a.shape[1] // cols
+    return a[: nb * rows, : mb * cols].reshape(nb, rows, mb, cols).sum(axis=(1, 3))
+
+
 def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> float:
     """Robust standard deviation of white noise in ``u`` (stretched to [0, 1]; Immerkær's
     operator, MAD over pixels strictly inside (0, 1)).
@@ -330,6 +375,24 @@ def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> fl
     noise standard deviation for Gaussian noise, insensitive to the edges that
     remain. ``subsample``: evaluated at every other pixel each way only (plenty of
     samples, a quarter of the work); an integer is the step itself (fast mode: 4).
+    """
+    return _immerkaer(u, backend, subsample=subsample, tails=False)[0]
+
+
+def _immerkaer(
+    u: Any, backend: Backend, *, subsample: bool | int = True, tails: bool = True
+) -> tuple[float, float]:
+    """``noise_sigma`` and the tail factor: the 25th percentile over blocks of ~32×64
+    pixels of the response's rms, over the MAD estimate (at least 1, at most
+    ``_MAX_TAILS``; 1 without ``tails``).
+
+    For Gaussian noise of one variance the two agree (the factor is ~0.95-1 and
+    held at 1). Where the noise's variance changes from pixel to pixel, as in a
+    resampled image (a pixel on the input grid keeps its noise, one between two
+    averages it away; bilinear ×1.3: a factor ~1.35), the median sees the quiet
+    pixels while a DoG level, a weighted sum of many pixels, sees the mean
+    variance. A low percentile of block rms values leaves out the blocks with
+    edges in them, as the median leaves out single edge pixels.
     """
     xp = backend.xp
     want = int(subsample) if not isinstance(subsample, bool) else (2 if subsample else 1)
@@ -341,12 +404,28 @@ def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> fl
     # Pixels clipped by the stretch (a black margin, saturated areas) carry no noise;
     # counting their zero responses would halve the estimate where half the tile is flat.
     centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
-    a = xp.abs(e[(centre > 0) & (centre < 1)])
+    inside = (centre > 0) & (centre < 1)
+    a = xp.abs(e[inside])
     if a.size < 16:
-        return 0.0
+        return 0.0, 1.0
     k = a.size // 2
     mad = float(xp.partition(a, k)[k])
-    return mad / (0.6744897501960817 * 6.0)
+    sigma = mad / (0.6744897501960817 * 6.0)
+    if not tails or mad <= 0:
+        return sigma, 1.0
+    br, bc = max(1, 32 // step), max(1, 64 // step)
+    w = inside.astype(e.dtype)
+    n = _block_sums(w, br, bc)
+    if n.size == 0:
+        return sigma, 1.0
+    energy = _block_sums(e * e * w, br, bc)
+    full = n >= (1 - _CLIPPED_SHARE) * (br * bc)
+    if int(xp.count_nonzero(full)) < 8:
+        return sigma, 1.0
+    ms = xp.sort(energy[full] / n[full])
+    q = float(ms[(ms.size - 1) // 4])
+    ratio = math.sqrt(max(q, 0.0)) / (mad / 0.6744897501960817)
+    return sigma, min(max(ratio, 1.0), _MAX_TAILS)
 
 
 def _bin2(u: Any) -> Any:
@@ -371,7 +450,16 @@ def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ..
     does, the contrast floor is higher anyway (see ``level_thresholds``). ``step``:
     the sampling step at binnings 1 and 2 (``noise_sigma``'s ``subsample``).
     """
+    return _profile(u, backend, step=step, first_step=step, tails=False)[0]
+
+
+def _profile(
+    u: Any, backend: Backend, *, step: int, first_step: int, tails: bool = True
+) -> tuple[tuple[float, ...], float]:
+    """``noise_profile`` (``first_step`` at binning 1, ``step`` at 2) and the tail
+    factor at binning 1 (``_immerkaer``)."""
     out: list[float] = []
+    factor = 1.0
     v = u
     for f in NOISE_FACTORS:
         if f > 1:
@@ -379,8 +467,11 @@ def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ..
         if min(v.shape) < 8:
             out.append(out[-1] if out else 0.0)
             continue
-        out.append(f * noise_sigma(v, backend, subsample=step if f <= 2 else 1))
-    return tuple(out)
+        sub = first_step if f == 1 else step if f == 2 else 1
+        sigma, t = _immerkaer(v, backend, subsample=sub, tails=tails and f == 1)
+        out.append(f * sigma)
+        factor = t if f == 1 else factor
+    return tuple(out), factor
 
 
 def level_noise(sigmas: tuple[float, ...], profile: tuple[float, ...]) -> np.ndarray[Any, Any]:
@@ -391,6 +482,160 @@ def level_noise(sigmas: tuple[float, ...], profile: tuple[float, ...]) -> np.nda
             n for f, n in zip(NOISE_FACTORS, profile, strict=True) if f <= max(1.0, sigmas[i])
         ]
         out[i] = max(usable)
+    return out
+
+
+def _robust_scale(a: Any, backend: Backend) -> float:
+    """Median of ``|a|`` (∝ the standard deviation of zero-mean Gaussian ``a``)."""
+    a = backend.xp.abs(a)
+    k = a.size // 2
+    return float(backend.xp.partition(a.ravel(), k)[k])
+
+
+def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tuple[float, ...]:
+    """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``.
+
+    The image is first differenced four times across ``axis`` (lines ``step`` apart
+    are used): that cancels the structure that is smooth across and leaves the noise's
+    correlation along ``axis`` as it was, for a separable noise spectrum (a raster
+    scan's: lines independent, correlated along them; a resampled image's). What
+    structure survives the differencing (edges, fine texture) is correlated too, so
+    the correlation is pooled over the quietest quarter of blocks of ~32×64 pixels
+    only (least differenced energy: where the noise dominates; on a noisy tile
+    the energy of a noise-only block hardly varies, while structure's does), and
+    blocks with more than a few pixels clipped by the stretch are left out (a
+    saturated margin carries no noise; at a few electrons per pixel the darkest
+    count level is clipped all over the tile).
+    """
+    xp = backend.xp
+    br, bc = _CORR_BLOCK
+    none = (0.0,) * NOISE_LAGS
+    across = 0 if axis == 1 else 1
+    half = step // 2
+    if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
+        return none
+    m = u.shape[across] - 4 - half
+
+    def diff4(i: int) -> Any:
+        """The fourth difference [1, -4, 6, -4, 1] across, on the lines from ``i`` on
+        (every ``step``-th): cancels structure up to cubic across the lines, where a
+        second difference lets through twice as much of a sharp image's texture."""
+
+        def line(j: int) -> Any:
+            return u[j : j + m : step] if across == 0 else u[:, j : j + m : step]
+
+        d = line(i) + line(i + 4) - 4 * (line(i + 1) + line(i + 3)) + 6 * line(i + 2)
+        # One transposed copy (an eighth of the image) for the y axis: the lag
+        # products below then run along contiguous rows.
+        return d if across == 0 else xp.ascontiguousarray(d.T)
+
+    e = diff4(0)
+    # The blocks are ranked on the lines half a step further on: the same structure,
+    # independent noise (ranked on the measured lines themselves, the quiet blocks
+    # would be those whose noise happens to be least correlated: ρ 0.47 for 0.5).
+    probe = diff4(half)
+    centre = u[2 : 2 + m : step] if across == 0 else xp.ascontiguousarray(u[:, 2 : 2 + m : step].T)
+    n = e.shape[1] - NOISE_LAGS
+    base = e[:, :n]
+    clipped = _block_sums(((centre[:, :n] <= 0) | (centre[:, :n] >= 1)).astype(e.dtype), br, bc)
+    rank = _block_sums(probe[:, :n] * probe[:, :n], br, bc)
+    energy = _block_sums(base * base, br, bc)
+    ok = clipped <= _CLIPPED_SHARE * (br * bc)
+    n_ok = int(xp.count_nonzero(ok))
+    if n_ok < 4:
+        return none
+    # The quietest quarter of the unclipped blocks.
+    ranked = xp.sort(rank[ok])
+    quiet = ok & (rank <= ranked[max(n_ok // 4 - 1, 0)])
+    e0 = float(xp.sum(energy[quiet]))
+    if e0 <= 0:
+        return none
+    # A sample correlation of N independent pairs has a standard error of ~1/sqrt(N):
+    # estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se), so that a
+    # small patch's chance correlation of white noise does not move its floor.
+    se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
+    out = []
+    for k in range(1, NOISE_LAGS + 1):
+        c = _block_sums(base * e[:, k : k + n], br, bc)
+        rho = float(xp.sum(c[quiet])) / e0
+        rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
+        out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
+    return tuple(out)
+
+
+def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
+    """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
+    as one flat tuple (so estimates of several blocks can be combined entry by entry):
+    ``noise_profile``'s four entries, then the noise autocorrelation along x (the
+    fast-scan axis, rows) at lags 1 … ``NOISE_LAGS``, then along y, then the
+    factor by which Immerkær's median-based level understates the noise's rms
+    (``_immerkaer``).
+
+    ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
+    correlations use ~``_CORR_LINES`` lines, at least ``_CORR_STEP`` apart.
+    """
+    # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
+    # factor would see a resampled image's variance pattern aliased.
+    profile, tails = _profile(u, backend, step=step, first_step=2)
+    rx = _axis_correlation(u, backend, axis=1, step=max(_CORR_STEP, u.shape[0] // _CORR_LINES))
+    ry = _axis_correlation(u, backend, axis=0, step=max(_CORR_STEP, u.shape[1] // _CORR_LINES))
+    return (*profile, *rx, *ry, tails)
+
+
+def _lag_spectrum(n: int, rho: tuple[float, ...]) -> np.ndarray[Any, Any]:
+    """Noise power along one axis of ``n`` points from its autocorrelation at lags
+    1 … L (unit variance; negative values clipped: a spectrum is not negative)."""
+    w = _freqs(n, real=False)
+    p = np.ones(n)
+    for k, r in enumerate(rho, start=1):
+        p += 2 * r * np.cos(k * w)
+    out: np.ndarray[Any, Any] = np.clip(p, 0.0, None)
+    return out
+
+
+def _second_difference_power(rho: tuple[float, ...]) -> float:
+    """Variance of ``[1, −2, 1]`` applied to unit-variance noise of autocorrelation ``rho``."""
+    r1 = rho[0] if rho else 0.0
+    r2 = rho[1] if len(rho) > 1 else 0.0
+    return max(6.0 - 8.0 * r1 + 2.0 * r2, _MIN_DIFF_POWER)
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_rows(n: int, sigmas: tuple[float, ...]) -> np.ndarray[Any, Any]:
+    """Every Gaussian of ``sigmas`` on the full FFT grid of one axis (one row each)."""
+    return np.stack([_gauss_1d(n, s, real=False) for s in sigmas])
+
+
+def spectral_level_noise(
+    shape: tuple[int, int], sigmas: tuple[float, ...], model: tuple[float, ...]
+) -> np.ndarray[Any, Any]:
+    """Standard deviation of each DoG level for the noise ``noise_model`` describes.
+
+    The noise spectrum is ``σ²·P_y(ω_y)·P_x(ω_x)`` with ``P`` from the measured
+    autocorrelations; ``σ`` comes from Immerkær's estimate (``model[0]``, which
+    assumes white noise) divided by the power its operator really passes under
+    ``P`` and multiplied by the tail factor (``model[-1]``). A level's variance is
+    its transfer function's power under that spectrum,
+    ``σ_i²·mean |G_i − G_{i+1}|²·S``, from 1-D sums (the Gaussians are separable).
+    White noise (all ρ = 0, tail factor 1) gives ``model[0]·dog_gains``.
+    """
+    H, W = shape
+    L = NOISE_LAGS
+    rx, ry = tuple(model[4 : 4 + L]), tuple(model[4 + L : 4 + 2 * L])
+    tails = model[4 + 2 * L]
+    sigma2 = (model[0] * 6.0 * tails) ** 2 / (
+        _second_difference_power(rx) * _second_difference_power(ry)
+    )
+    gy, gx = _gauss_rows(H, tuple(sigmas)), _gauss_rows(W, tuple(sigmas))
+    # Sums Σ_ω G_a(ω)·G_b(ω)·P(ω) on each axis for b = a and b = a + 1 (elementwise:
+    # a matrix product would start BLAS threads for a few thousand products).
+    py, px = _lag_spectrum(H, ry), _lag_spectrum(W, rx)
+    yy, xx = np.sum(gy * gy * py, axis=1), np.sum(gx * gx * px, axis=1)
+    yn, xn = np.sum(gy[:-1] * gy[1:] * py, axis=1), np.sum(gx[:-1] * gx[1:] * px, axis=1)
+    power = yy[:-1] * xx[:-1] - 2 * yn * xn + yy[1:] * xx[1:]
+    out: np.ndarray[Any, Any] = np.asarray(sigmas[:-1]) * np.sqrt(
+        np.clip(power, 0.0, None) * sigma2 / (H * W)
+    )
     return out
 
 
@@ -595,14 +840,46 @@ def dog_bands(
     their maxima interpolated linearly onto the next finer grid, all well below full
     size; ``count_band_maxima`` counts without interpolating to full resolution.
     """
+    fine, coarse, _ = _dog_bands(
+        F,
+        shape,
+        sigmas=sigmas,
+        scales=scales,
+        backend=backend,
+        dtype=dtype,
+        factors=factors,
+        n_fine=0,
+    )
+    return fine, coarse
+
+
+def _dog_bands(
+    F: Any,
+    shape: tuple[int, int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    backend: Backend,
+    dtype: Any,
+    factors: list[int],
+    n_fine: int,
+) -> tuple[Any, tuple[int, Any] | None, Any]:
+    """``dog_bands`` plus the coarse band's maximum over its levels ``≥ n_fine`` only
+    (on the coarse band's grid; ``None`` when no decimated level is below ``n_fine``,
+    i.e. no coarse sample can come from a fine level). A coarse sample whose band
+    value is above that snapshot comes from a fine level (the scale signature)."""
     n_levels = len(sigmas) - 1
     if len(factors) != n_levels:
         raise ValueError(f"need one factor per level ({n_levels}), got {len(factors)}")
     # Coarsest grid first: its running maximum is interpolated to the next finer
-    # grid and carried on there.
+    # grid and carried on there. Within a grid the coarse-scale levels go first, so
+    # the maximum over them alone can be kept before the fine ones are folded in.
     m = None
+    snap = None
+    snapped = False
     coarse: tuple[int, Any] | None = None
     fine = None
+    xp = backend.xp
     for f in sorted(set(factors), reverse=True):
         levels = [i for i in range(n_levels) if factors[i] == f]
         if f == 1:
@@ -611,24 +888,31 @@ def dog_bands(
             Fs, sh = _crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f)
             if m is not None:
                 m = _upsample(m, sh, backend)
-        d = _levels_max(
-            Fs,
-            sh,
-            levels,
-            sigmas=sigmas,
-            scales=scales,
-            f=f,
-            backend=backend,
-            dtype=dtype,
-            m=None if f == 1 else m,
-            in_place=True,
-        )
+            if snap is not None:
+                snap = _upsample(snap, sh, backend)
+        kw: dict[str, Any] = {
+            "sigmas": sigmas,
+            "scales": scales,
+            "f": f,
+            "backend": backend,
+            "dtype": dtype,
+            "in_place": True,
+        }
         if f == 1:
-            fine = d
-        else:
-            m = d
-            coarse = (f, m)
-    return fine, coarse
+            fine = _levels_max(Fs, sh, levels, m=None, **kw)
+            continue
+        late = [i for i in levels if i >= n_fine]
+        early = [i for i in levels if i < n_fine]
+        if late:
+            m = _levels_max(Fs, sh, late, m=m, **kw)
+        if early:
+            if not snapped:
+                # Every coarse-scale level is in by now (factors grow with σ).
+                snap = m.copy() if m is not None else xp.full(sh, -xp.inf, dtype=dtype)
+                snapped = True
+            m = _levels_max(Fs, sh, early, m=m, **kw)
+        coarse = (f, m)
+    return fine, coarse, snap
 
 
 def dog_max(
@@ -673,6 +957,63 @@ def dog_max(
     if fine is not None:
         backend.xp.maximum(m, fine, out=m)
     return m
+
+
+def fine_levels(sigmas: tuple[float, ...]) -> int:
+    """How many of the first DoG levels of ``sigmas`` are fine (σ_i ≤ ``FINE_SIGMA``)."""
+    return sum(1 for s in sigmas[:-1] if s <= FINE_SIGMA)
+
+
+def _dog_max_split(
+    F: Any,
+    shape: tuple[int, int],
+    *,
+    sigmas: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    backend: Backend,
+    dtype: Any,
+    n_fine: int,
+) -> tuple[Any, Any]:
+    """``dog_max`` (exact) and the maximum over the first ``n_fine`` levels alone
+    (``None`` when ``n_fine`` is 0; ``M`` itself when every level is fine): the
+    fine levels run first and their running maximum is copied once."""
+    n_levels = len(sigmas) - 1
+    kw: dict[str, Any] = {
+        "sigmas": sigmas,
+        "scales": scales,
+        "f": 1,
+        "backend": backend,
+        "dtype": dtype,
+    }
+    if n_fine <= 0 or n_fine >= n_levels:
+        M = _levels_max(F, shape, list(range(n_levels)), **kw)
+        return M, (M if n_fine >= n_levels else None)
+    Mf = _levels_max(F, shape, list(range(n_fine)), **kw)
+    M = _levels_max(F, shape, list(range(n_fine, n_levels)), m=Mf.copy(), **kw)
+    return M, Mf
+
+
+def _count_split(
+    M: Any,
+    Mf: Any,
+    backend: Backend,
+    *,
+    level: float,
+    interior: tuple[int, int, int, int] | None = None,
+) -> tuple[int, int]:
+    """``count_maxima`` and how many of those maxima come from a fine level (where
+    the fine levels' maximum ``Mf`` reaches ``M``)."""
+    xp = backend.xp
+    c = _neighbourhood_max(M, backend)
+    if interior is not None:
+        y0, y1, x0, x1 = interior
+        M, c = M[y0:y1, x0:x1], c[y0:y1, x0:x1]
+        Mf = None if Mf is None else Mf[y0:y1, x0:x1]
+    peaks = (c <= M) & (level <= M)
+    count = int(xp.count_nonzero(peaks))
+    if Mf is None or count == 0:
+        return count, 0
+    return count, int(xp.count_nonzero(peaks & (Mf >= M)))
 
 
 def _neighbourhood_max(M: Any, backend: Backend) -> Any:
@@ -770,10 +1111,29 @@ def count_band_maxima(
 
     ``shape`` is the full-resolution shape, ``interior`` as in ``count_maxima``.
     """
+    return _band_counts(
+        fine, coarse, backend, level=level, shape=shape, interior=interior, snap=None
+    )[0]
+
+
+def _band_counts(
+    fine: Any,
+    coarse: tuple[int, Any] | None,
+    backend: Backend,
+    *,
+    level: float,
+    shape: tuple[int, int],
+    interior: tuple[int, int, int, int] | None,
+    snap: Any,
+) -> tuple[int, int]:
+    """``count_band_maxima`` and how many of those maxima come from a fine level:
+    every full-resolution one, and the coarse samples above ``snap`` (the coarse
+    band's maximum over its coarse-scale levels alone, see ``_dog_bands``)."""
     xp = backend.xp
     if fine is None and coarse is None:
         raise ValueError("count_band_maxima needs at least one band")
     count = 0
+    n_fine = 0
     c_coarse = None
     if coarse is not None:
         f, m = coarse
@@ -791,7 +1151,10 @@ def count_band_maxima(
                 m, f, ys[unsure], xs[unsure], shape=shape, backend=backend
             )
             keep[unsure] &= v[unsure] >= exact
-        count += int(xp.count_nonzero(keep))
+        kept = int(xp.count_nonzero(keep))
+        count += kept
+        # Full-resolution levels have σ < 2·_FAST_MIN_SIGMA ≤ FINE_SIGMA: all fine.
+        n_fine += kept
     if coarse is not None and c_coarse is not None:
         f, m = coarse
         idx = xp.flatnonzero(c_coarse <= m)
@@ -804,7 +1167,10 @@ def count_band_maxima(
         if fine is not None:
             keep &= peak >= _neighbourhood_max_at(fine, qy * f, qx * f, backend)
         count += int(xp.count_nonzero(keep))
-    return count
+        if snap is not None:
+            qy, qx = qy[keep], qx[keep]
+            n_fine += int(xp.count_nonzero(m[qy, qx] > snap[qy, qx]))
+    return count, n_fine
 
 
 _NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
@@ -903,6 +1269,13 @@ class MhfdDetail:
     noise: float
     thresholds: tuple[float, ...]
     shape: tuple[int, int]
+    #: How many of the ``count`` maxima come from a fine level (σ_i ≤ ``FINE_SIGMA``).
+    fine: int = 0
+
+    @property
+    def fine_fraction(self) -> float | None:
+        """The scale signature: fine maxima over all maxima (None without maxima)."""
+        return self.fine / self.count if self.count else None
 
 
 def level_thresholds(
@@ -912,8 +1285,12 @@ def level_thresholds(
     base = params.base_threshold(shape)
     t = np.full(len(params.sigmas) - 1, base)
     if params.noise_k is not None:
-        n = level_noise(params.sigmas, noise)
-        t = np.maximum(t, params.noise_k * n * dog_gains(shape, params.sigmas))
+        n = level_noise(params.sigmas, noise[: len(NOISE_FACTORS)]) * dog_gains(
+            shape, params.sigmas
+        )
+        if len(noise) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1:
+            n = np.maximum(n, spectral_level_noise(shape, params.sigmas, noise))
+        t = np.maximum(t, params.noise_k * n)
     return t
 
 
@@ -936,9 +1313,9 @@ def mhfd_prepared(
     dtype = u.dtype.type
     if noise is None:
         noise = (
-            noise_profile(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
+            noise_model(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
             if params.noise_k is not None
-            else (0.0,) * 4
+            else (0.0,) * len(NOISE_FACTORS)
         )
     if params.periodic:
         F = periodic_spectrum(u, backend)
@@ -948,8 +1325,9 @@ def mhfd_prepared(
     # Levels at the base threshold need no scaling pass; the others are scaled
     # down to it, and the count compares with the base.
     scales = t.min() / t
+    n_fine = fine_levels(params.sigmas)
     if params.decimate:
-        fine, coarse = dog_bands(
+        fine, coarse, snap = _dog_bands(
             F,
             shape,
             sigmas=params.sigmas,
@@ -957,18 +1335,38 @@ def mhfd_prepared(
             backend=backend,
             dtype=dtype,
             factors=fast_factors(params.sigmas, shape),
+            n_fine=n_fine,
         )
-        count = count_band_maxima(
-            fine, coarse, backend, level=float(t.min()), shape=shape, interior=interior
+        count, n_fine_max = _band_counts(
+            fine,
+            coarse,
+            backend,
+            level=float(t.min()),
+            shape=shape,
+            interior=interior,
+            snap=snap,
         )
-        del fine, coarse
+        del fine, coarse, snap
     else:
-        M = dog_max(F, shape, sigmas=params.sigmas, scales=scales, backend=backend, dtype=dtype)
-        count = count_maxima(M, backend, level=float(t.min()), interior=interior)
-        del M
+        M, Mf = _dog_max_split(
+            F,
+            shape,
+            sigmas=params.sigmas,
+            scales=scales,
+            backend=backend,
+            dtype=dtype,
+            n_fine=n_fine,
+        )
+        count, n_fine_max = _count_split(M, Mf, backend, level=float(t.min()), interior=interior)
+        del M, Mf
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
     return MhfdDetail(
-        count=count, content=content, noise=noise[0], thresholds=tuple(t), shape=shape
+        count=count,
+        content=content,
+        noise=noise[0],
+        thresholds=tuple(t),
+        shape=shape,
+        fine=n_fine_max,
     )
 
 

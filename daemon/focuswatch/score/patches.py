@@ -22,7 +22,7 @@ import scipy.fft
 
 from focuswatch.backend import Backend
 from focuswatch.score._dtypes import stretch_limits, stretched, validate_image
-from focuswatch.score.mhfd import MhfdDetail, MhfdParams, mhfd_prepared, noise_profile
+from focuswatch.score.mhfd import NOISE_FACTORS, MhfdDetail, MhfdParams, mhfd_prepared, noise_model
 
 __all__ = [
     "NATIVE_BLOCK",
@@ -111,14 +111,15 @@ def _take(
 def tile_noise(
     image: Any, backend: Backend, *, limits: tuple[float, float], dtype: Any
 ) -> tuple[float, ...]:
-    """Noise profile of a whole tile: median of per-block profiles on ``NOISE_BLOCK`` blocks."""
+    """Noise model of a whole tile (``noise_model``): the median of each entry over
+    ``NOISE_BLOCK`` blocks."""
     ests = []
     for y0, y1 in patch_bounds(image.shape[0], NOISE_BLOCK):
         for x0, x1 in patch_bounds(image.shape[1], NOISE_BLOCK):
             u = stretched(
                 backend.xp.asarray(image[y0:y1, x0:x1]), backend, limits=limits, dtype=dtype
             )
-            ests.append(noise_profile(u, backend))
+            ests.append(noise_model(u, backend))
     return tuple(float(v) for v in np.median(np.asarray(ests), axis=0))
 
 
@@ -143,11 +144,12 @@ def native_mhfd(
     noise = (
         tile_noise(image, backend, limits=limits, dtype=dtype)
         if params.noise_k is not None
-        else (0.0,) * 4
+        else (0.0,) * len(NOISE_FACTORS)
     )
     # Native blocks see real neighbours, so no periodic correction is wanted.
     block_params = MhfdParams(**{**params.__dict__, "periodic": False})
     count = 0
+    fine = 0
     contents = []
     for rows, cols, interior in _blocks(shape, block, h):
         u = stretched(_take(image, rows, cols, backend), backend, limits=limits, dtype=dtype)
@@ -155,6 +157,7 @@ def native_mhfd(
             u, block_params, backend=backend, noise=noise, interior=interior, threshold_shape=shape
         )
         count += d.count
+        fine += d.fine
         contents.append(d.content)
         del u
     return MhfdDetail(
@@ -163,4 +166,5 @@ def native_mhfd(
         noise=noise[0],
         thresholds=d.thresholds,
         shape=shape,
+        fine=fine,
     )

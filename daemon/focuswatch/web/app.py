@@ -313,6 +313,7 @@ def build_app(
             "retakes.html",
             title="Retake list",
             items=items,
+            histories=console.retake_histories(),
             section=section or "",
             status=status or "",
             sections=console.retake_sections(),
@@ -334,7 +335,9 @@ def build_app(
     async def retakes_json(request: Request) -> Response:
         section, status = _filters(request)
         data = retakes.render_json(
-            console.retakes(section=section, status=status), generated=clock()
+            console.retakes(section=section, status=status),
+            generated=clock(),
+            events=console.retake_histories(),
         )
         return Response(
             data,
@@ -371,12 +374,10 @@ def build_app(
         if action not in ("dismiss", "reopen"):
             return not_found(request, f"No action {action!r}.")
         entry_id = int(request.path_params["entry"])
-        who = form.get("who", "").strip()
+        who = form.get("who", "").strip()[:80]
         note = form.get("note", "").strip()
-        if note and who:
-            note = f"{note} ({who}, web)"
         try:
-            entry = console.change_retake(entry_id, action=action, note=note)
+            entry = console.change_retake(entry_id, action=action, note=note, who=who)
         except KeyError:
             return not_found(request, f"No retake entry {entry_id}.")
         except ValueError as exc:

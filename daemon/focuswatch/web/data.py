@@ -5,8 +5,9 @@ columns that the ledger's migrations create (``versions``, ``results``, ``meta``
 ``retakes``, ``alert_outbox``): when the schema changes, this is the one place to adapt.
 The connection is opened ``mode=ro``; the ledger is SQLite WAL, so these reads never
 block the service's writer, and each statement sees the latest committed state.
-The two writes the page can make (dismiss and reopen a retake entry) go through a
-short-lived writable connection in ``Console.change_retake``.
+The two writes the page can make (dismiss and reopen a retake entry) are
+``focuswatch.retakes``' own, through a short-lived writable connection in
+``Console.change_retake``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,15 +110,13 @@ class Console:
         self.clock = clock
         self.started = clock() if started is None else started
         self._ledger = Ledger.open(self.state_dir, readonly=True, clock=clock)
-        self._lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
-            self._ledger.close()
+        self._ledger.close()
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._ledger.connection.execute(sql, tuple(args)).fetchall()
+        with self._ledger.reading() as conn:
+            return conn.execute(sql, tuple(args)).fetchall()
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...]:
         rows = self._rows(sql, args)
@@ -353,8 +351,7 @@ class Console:
     def retakes(
         self, *, section: str | None = None, status: str | None = None
     ) -> list[retake_list.RetakeEntry]:
-        with self._lock:
-            items = retake_list.entries(self._ledger, section=section or None)
+        items = retake_list.entries(self._ledger, section=section or None)
         if status == "to_do":
             return [e for e in items if e.still_to_do]
         if status in retake_list.STATUSES:
@@ -365,7 +362,16 @@ class Console:
         found = [str(r[0]) for r in self._rows("SELECT DISTINCT section FROM retakes")]
         return sorted(found, key=lambda s: (section_index(s) is None, section_index(s) or 0, s))
 
-    def change_retake(self, entry_id: int, *, action: str, note: str) -> retake_list.RetakeEntry:
+    def retake_histories(self) -> dict[int, list[retake_list.RetakeEvent]]:
+        """Every entry's changes (opened, fixed, dismissed by whom...), oldest first."""
+        out: dict[int, list[retake_list.RetakeEvent]] = {}
+        for event in retake_list.history(self._ledger):
+            out.setdefault(event.retake_id, []).append(event)
+        return out
+
+    def change_retake(
+        self, entry_id: int, *, action: str, note: str, who: str = ""
+    ) -> retake_list.RetakeEntry:
         """Dismiss or reopen an entry (its own short-lived writable connection).
 
         KeyError: no such entry; ValueError: a note is missing, or the position has
@@ -373,12 +379,13 @@ class Console:
         """
         if not note.strip():
             raise ValueError("a note is needed: say why")
+        by = f"{who.strip()} (web page)" if who.strip() else "web page"
         ledger = Ledger.open(self.state_dir, clock=self.clock, create=False)
         try:
             if action == "dismiss":
-                entry = retake_list.dismiss(ledger, entry_id, note=note)
+                entry = retake_list.dismiss(ledger, entry_id, note=note, who=by)
             elif action == "reopen":
-                entry = _reopen(ledger, entry_id, note=note)
+                entry = retake_list.reopen(ledger, entry_id, note=note, who=by)
             else:
                 raise ValueError(f"unknown action {action!r}")
             retake_list.RetakeSink(ledger, self.state_dir).write_files()
@@ -441,31 +448,6 @@ class Console:
             return int(executor[0].get("worker_restarts", 0) or 0)
         except (TypeError, ValueError):
             return 0
-
-
-def _reopen(ledger: Ledger, entry_id: int, *, note: str) -> retake_list.RetakeEntry:
-    """A dismissed (or fixed) entry goes back to 'open' with the operator's note."""
-    with ledger.transaction() as conn:
-        row = conn.execute(
-            "SELECT section, position, status FROM retakes WHERE id = ?", (entry_id,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(entry_id)
-        section, position, status = row
-        if status in ("open", "retaken_still_bad"):
-            raise ValueError("this entry is still to do: nothing to reopen")
-        other = conn.execute(
-            "SELECT id FROM retakes WHERE section = ? AND position = ? AND id != ? "
-            "AND status IN ('open', 'retaken_still_bad')",
-            (section, position, entry_id),
-        ).fetchone()
-        if other is not None:
-            raise ValueError(f"entry {other[0]} is already open for this tile position")
-        conn.execute(
-            "UPDATE retakes SET status = 'open', note = ?, updated = ? WHERE id = ?",
-            (note.strip(), ledger.clock(), entry_id),
-        )
-    return next(e for e in retake_list.entries(ledger) if e.id == entry_id)
 
 
 def _duration(seconds: float) -> str:

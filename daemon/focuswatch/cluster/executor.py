@@ -1,67 +1,16 @@
-"""Scoring on a Dask cluster: the ``Executor`` for ``cluster.scheduler = "dask"``.
+"""``DaskExecutor``: the daemon's side of scoring on a Dask cluster (see the package doc).
 
-The service hands ``Job``s to ``DaskExecutor`` exactly as to the local executor.
-Each job becomes one Dask task, ``run_task``: pure (a path, or the tile's bytes, in;
-a ``TaskResult`` out), it never touches the ledger. The daemon records outcomes
-idempotently, so at-least-once execution is safe.
-
-Fault tolerance, in layers:
-
-* a worker that dies mid-tile: the Dask scheduler re-runs its tasks on another
-  worker (``distributed.scheduler.allowed-failures``, default 3); only when a tile
-  has killed that many workers does its future fail with ``KilledWorker``, which
-  becomes a *retryable* ``Outcome`` (the service retries up to ``scoring.max_attempts``);
-* the scheduler goes away: the client cancels every future. Those jobs are kept
-  ("orphans", never lost) and, once the client has given up reconnecting (bounded by
-  ``cluster.connect_timeout_s``), either go to a local fallback executor
-  (``on_unreachable = "fallback"``) or wait while a background thread keeps trying
-  to reconnect (``"wait"``); on reconnection they are resubmitted to the cluster;
-* one outcome per job: every submission gets a fresh key, the executor remembers
-  which key is current for each job, and drops any late or duplicate completion;
-* a tile that hangs: each task reports its start (a Dask event on
-  ``focuswatch-task-started``); one running longer than ``tile_timeout_s`` becomes a
-  *retryable* outcome ("timed out after N s") and its future is cancelled, so a late
-  result is dropped. A task still queued (no start report) is not timed. Python
-  cannot stop the worker's thread, so with ``restart_hung_workers`` (default) the
-  worker is then restarted through its nanny (``Client.restart_workers``, in the
-  background, after the cancel has reached the scheduler; once per hang: a tile that
-  started before its worker's last restart request does not ask again). The nanny
-  gives the worker 4 s to close, kills it and starts a fresh one; the scheduler
-  re-runs the worker's other tasks (running or waiting there) as for a worker that
-  died, which is safe: tasks are pure and outcomes deduplicated per key. It removes
-  the worker with ``expected=False``, so the restart counts against
-  ``allowed-failures`` for each of those tasks, and one caught in more restarts than
-  that comes back as ``KilledWorker`` (retryable). With ``send_bytes``, bytes
-  scattered only to that worker are lost: their futures are cancelled and the
-  executor reads and resubmits those tiles. A worker without a nanny
-  (``--no-nanny``) cannot be restarted: ``cluster_worker_restart_failed`` says so
-  and the worker stays busy until the scoring call returns. ``describe()`` counts
-  the restarts (``worker_restarts``).
-
-``send_bytes``: the daemon reads each tile and scatters its bytes in a background
-thread, never under the executor's lock (an 800 MB read must not stall the main
-loop); a tile it cannot read is a non-retryable outcome with the reason
-``focuswatch.tiles`` gives for the same error.
-
-GPU: a job whose ``settings.backend`` is ``"gpu"`` is submitted with
-``resources={"GPU": 1 / gpu_tiles_per_worker}``, so it only runs on workers started
-with ``--resources GPU=1`` (one worker per GPU), and scores through that process's
-``gpu.GpuLane``. With two tiles per worker (``scoring.gpu_overlap``, on a worker with
-``--nthreads 2``) one tile is read and copied to the GPU while the other is scored;
-each stays its own task, with its own time limit and retries. A GPU worker without a
-usable GPU answers with an error that says so.
-
-Backpressure: ``submit`` blocks while ``queue_size`` jobs are unfinished on the
-cluster (or the fallback); finished outcomes wait in memory until ``outcomes``
-yields them.
+It submits one ``task.run_task`` per job, follows the futures, times each tile from
+its start report, restarts workers a tile hangs on, ships bytes for ``send_bytes``,
+falls back to local scoring when the scheduler is lost, and yields one ``Outcome``
+per job.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import os
 import queue
-import tempfile
 import threading
 import time
 import uuid
@@ -69,31 +18,24 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
 from typing import Any
 
 import structlog
 
 from focuswatch import gpu, scoring
+from focuswatch.cluster.task import (
+    STARTED_TOPIC,
+    ScoreFn,
+    TaskResult,
+    run_reporting_start,
+)
 from focuswatch.config import Config
-from focuswatch.errors import BackendError, TileError
-from focuswatch.executor import Executor, Job, Outcome, classify
-from focuswatch.scoring import ScoreSettings, TileScore
-from focuswatch.tiles import _os_reason
+from focuswatch.errors import BackendError
+from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.tiles import os_reason
 from focuswatch.worker import LocalExecutor, local_executor
 
-__all__ = [
-    "DaskExecutor",
-    "ScoreFn",
-    "TaskResult",
-    "connect",
-    "default_score_fn",
-    "run_task",
-    "score_bytes",
-]
-
-ScoreFn = Callable[[str, ScoreSettings], TileScore]
-"""Scores one tile file; must be a picklable top-level function (it travels to workers)."""
+__all__ = ["DaskExecutor", "connect"]
 
 _log = structlog.get_logger("focuswatch.cluster")
 
@@ -102,10 +44,6 @@ _POLL_S = 0.05
 # Internal resubmissions of one job after its future was cancelled while the client
 # stayed connected (rare: someone else cancelled it); past this, a retryable outcome.
 _MAX_RESUBMITS = 3
-# The Dask event topic on which each task reports its start (for tile_timeout_s).
-_STARTED_TOPIC = "focuswatch-task-started"
-# How ``gpu.require_gpu`` starts its error; ``run_task`` says it once, naming the worker.
-_NO_GPU = "this worker has no usable GPU: "
 # Threads that read and scatter tiles (send_bytes), cancel timed-out tasks and restart
 # the workers they hang on.
 _IO_THREADS = 2
@@ -114,121 +52,6 @@ _IO_THREADS = 2
 _RESTART_TIMEOUT_S = 60.0
 # Workers whose last restart request is remembered (oldest forgotten first).
 _RESTARTS_KEPT = 256
-
-
-# --------------------------------------------------------------------------- the task
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """What one scoring task returns: small and picklable (exceptions are flattened).
-
-    Tile problems come back as values rather than raised, because ``TileError``'s
-    two-argument constructor does not survive pickling and Dask must not count a bad
-    tile as a failed task.
-    """
-
-    score: TileScore | None
-    error: str | None = None
-    retryable: bool = False
-    worker: str = ""
-
-
-def _worker_address() -> str:
-    """The Dask worker running this task, or "" outside Dask (local fallback)."""
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return ""
-
-
-def score_bytes(
-    data: bytes, *, name: str, settings: ScoreSettings, score_fn: ScoreFn | None = None
-) -> TileScore:
-    """Score a tile from its file's bytes (``cluster.send_bytes``), on this worker.
-
-    Used when the tile's path does not resolve on the worker: the daemon reads the file
-    and ships its bytes. They are written to a private temporary file with the tile's
-    own name and scored by ``score_fn`` (``scoring.score_path``), so that decoding,
-    metadata (FibicsXML, CZ_SEM, ATLAS names) and error reasons are exactly those of
-    the path route; the result names the original path.
-    """
-    fn = score_fn or default_score_fn(settings)
-    with tempfile.TemporaryDirectory(prefix="focuswatch-") as tmp:
-        local = Path(tmp) / (PurePath(name).name or "tile.tif")
-        local.write_bytes(data)
-        try:
-            result = fn(str(local), settings)
-        except TileError as exc:
-            raise TileError(name, exc.reason) from None
-    return dataclasses.replace(result, path=name)
-
-
-def default_score_fn(settings: ScoreSettings) -> ScoreFn:
-    """What a task runs unless told otherwise: the GPU lane for ``backend = "gpu"``."""
-    return gpu.score_path_gpu if settings.backend == "gpu" else scoring.score_path
-
-
-def run_task(
-    source: str | bytes,
-    *,
-    name: str,
-    settings: ScoreSettings,
-    score_fn: ScoreFn | None = None,
-) -> TaskResult:
-    """Score one tile (a path, or its TIFF bytes) and say how it went; the Dask task body.
-
-    Pure apart from reading the tile: no ledger, no alerts. A failure is classified by
-    ``executor.classify``, as in local worker processes: ``TileError`` and ``ValueError``
-    are the tile's fault (not retryable); ``BackendError`` is this worker's fault
-    (retryable: another worker may have the GPU). A task whose worker dies still
-    becomes a retryable outcome in the executor.
-    """
-    worker = _worker_address()
-    try:
-        if isinstance(source, bytes):
-            result = score_bytes(source, name=name, settings=settings, score_fn=score_fn)
-        else:
-            result = (score_fn or default_score_fn(settings))(source, settings)
-    except Exception as exc:
-        reason, retryable = classify(exc)
-        if isinstance(exc, BackendError):  # say which worker lacks it
-            where = f"this worker ({worker})" if worker else "this worker"
-            reason = (
-                f"{where} has no usable GPU: {reason.removeprefix(_NO_GPU)}"
-                if settings.backend == "gpu"
-                else f"{where}: {reason}"
-            )
-        return TaskResult(None, reason, retryable=retryable, worker=worker)
-    return TaskResult(result, worker=worker)
-
-
-def _run_reporting_start(
-    source: str | bytes,
-    *,
-    report_as: str,
-    name: str,
-    settings: ScoreSettings,
-    score_fn: ScoreFn | None = None,
-) -> TaskResult:
-    """``run_task``, after telling the daemon that this task (key ``report_as``) started.
-
-    The start report is what ``tile_timeout_s`` is measured from: time spent queued
-    behind other tiles must not count. Best effort: a lost report only means the
-    task is not timed.
-    """
-    try:
-        from distributed import get_worker
-
-        w = get_worker()
-        w.log_event(_STARTED_TOPIC, {"key": report_as, "worker": str(w.address)})
-    except (ImportError, ValueError):
-        pass  # not on a Dask worker (called directly)
-    except Exception as exc:  # a closing worker; scoring goes on untimed
-        _log.debug("cluster_start_report_failed", key=report_as, error=repr(exc))
-    return run_task(source, name=name, settings=settings, score_fn=score_fn)
 
 
 def _outcome(job: Job, res: TaskResult, extra: dict[str, Any]) -> Outcome:
@@ -452,7 +275,7 @@ class DaskExecutor:
         # ``timeout`` bounds the first connection and the client's own reconnection
         # attempts after the scheduler drops (after which it closes itself).
         client = client_cls(self.address, timeout=self._connect_timeout_s, set_as_default=False)
-        client.subscribe_topic(_STARTED_TOPIC, self._on_task_started)
+        client.subscribe_topic(STARTED_TOPIC, self._on_task_started)
         return client
 
     def _on_task_started(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -696,11 +519,14 @@ class DaskExecutor:
                 and entry.where == "reading"
             )
 
+        reason: str | None = None
         try:
             with open(entry.job.path, "rb") as f:
-                data = f.read()
+                reason = _outside(f.fileno(), entry.job.settings.within)
+                data = b"" if reason else f.read()
         except OSError as exc:  # the tile's problem, as the path route would say
-            reason = _os_reason(exc)
+            reason = os_reason(exc)
+        if reason is not None:
             _log.warning("cluster_tile_unreadable", tile=entry.job.path, reason=reason)
             with self._cond:
                 if current():
@@ -743,7 +569,7 @@ class DaskExecutor:
             resources = {"GPU": self._gpu_share}
             self._warn_if_no_gpu_worker_locked(client)
         fut = client.submit(
-            _run_reporting_start,
+            run_reporting_start,
             source,
             report_as=entry.key,
             name=job.path,
@@ -944,6 +770,17 @@ class DaskExecutor:
             fallback.close()
         if self._reconnector is not None:
             self._reconnector.join(timeout=self._connect_timeout_s + 1)
+
+
+def _outside(fd: int, within: str | None) -> str | None:
+    """Why the open file ``fd`` may not be read (its real path is out of ``within``)."""
+    if within is None:
+        return None
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    root = os.path.realpath(within).rstrip("/")
+    if real == root or real.startswith(root + "/"):
+        return None
+    return "its real path is outside the watch folder: not read (watch.follow_symlinks_outside)"
 
 
 def _cancel_quietly(fut: Any) -> None:

@@ -1,38 +1,15 @@
-"""Read one SEM tile: its pixels as a 2-D array and what the microscope wrote about it.
+"""Reading a tile's pixels: whole, or region by region, with every failure a ``TileError``.
 
-Everything that can go wrong with a file on a microscope share (still being written,
-truncated, vanished, not a TIFF at all, a 1-pixel strip, NaN-only floats, no
-permission) comes back as one :class:`~focuswatch.errors.TileError` whose ``reason``
-an operator can act on. Nothing from tifffile, Pillow or the OS escapes this module.
-
-Reading rules:
-
-* the first page of a multi-page file is the tile;
-* grayscale comes back 2-D in its native dtype (8/16/32-bit integers, float32/64;
-  float16 is widened to float32); RGB/RGBA becomes Rec. 601 luminance in float32;
-  MinIsWhite integer data is inverted and palette images are looked up, so that
-  bright means bright for the focus measure;
-* at least :data:`MIN_SIDE` pixels each way.
-
-Large tiles (ATLAS writes up to 32768x24576) can be read patch by patch through
-:meth:`TileReader.read_region`, which reads only the bytes of that region for
-uncompressed data and only the strips/tiles that overlap it for compressed data.
-Plain ``pread`` is used rather than a memory map on purpose: a retake that
-overwrites a tile while it is being scored would turn a mapped read into SIGBUS,
-which kills the worker; a short read is just a :class:`TileError`.
-
-Metadata (:class:`TileMeta`) comes from the ATLAS file name, the FibicsXML tag
-(51023) or SmartSEM's CZ_SEM tag (34118); missing fields are ``None``.
+(See the package docstring for the reading rules.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
+import os
 import stat
 import warnings
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +21,14 @@ import numpy.typing as npt
 import tifffile
 
 from focuswatch.errors import TileError
+from focuswatch.text import printable
+from focuswatch.tiles.meta import CZ_SEM_TAG, TileMeta, build_meta
 
-__all__ = [
-    "MIN_SIDE",
-    "TileMeta",
-    "TileReader",
-    "open_tile",
-    "parse_tile_name",
-    "read_meta",
-    "read_tile",
-]
+__all__ = ["MIN_SIDE", "TileReader", "open_tile", "os_reason", "read_meta", "read_tile"]
 
 MIN_SIDE: Final = 16
 """Smallest width and height (pixels) of an image worth scoring."""
 
-FIBICS_TAG: Final = 51023
-CZ_SEM_TAG: Final = 34118
 
 # A corrupt header can claim any size; refuse absurd ones before allocating.
 _MAX_PIXELS: Final = 1 << 32
@@ -79,274 +48,6 @@ _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _BMP_MAGIC: Final = b"BM"
 _TIFF_SUFFIXES: Final = frozenset({".tif", ".tiff"})
 
-_ATLAS_NAME = re.compile(r"^tile_r(?P<row>\d+)-c(?P<col>\d+)(?:_(?P<rest>.*))?$", re.IGNORECASE)
-_SECTION_IN_NAME = re.compile(r"(?:^|_)S_(?P<section>\d+)(?=_|$)", re.IGNORECASE)
-_SECTION_FOLDER = re.compile(r"^S_(?P<section>\d+)(?:_.*)?$", re.IGNORECASE)
-_MULTISEM_NAME = re.compile(
-    r"^(?P<section>\d{3})_(?P<mfov>\d{6})_(?P<beam>\d{3})_(?P<stamp>[^_]+)$"
-)
-
-_LENGTH_TO_UM: Final = {
-    "pm": 1e-6,
-    "nm": 1e-3,
-    "um": 1.0,
-    "µm": 1.0,
-    "μm": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "mm": 1e3,
-    "cm": 1e4,
-    "m": 1e6,
-}
-_TIME_TO_NS: Final = {"ps": 1e-3, "ns": 1.0, "us": 1e3, "µs": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9}
-
-
-@dataclass(frozen=True)
-class TileMeta:
-    """What is known about a tile besides its pixels; ``None`` where nobody said.
-
-    ``source`` names where the physical fields came from: ``"fibics"`` (ATLAS
-    FibicsXML tag), ``"cz_sem"`` (SmartSEM tag), ``"name"`` (only the file name
-    told us something) or ``"none"``.
-    """
-
-    section: str | None
-    row: int | None
-    col: int | None
-    pixel_size_um: float | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    dwell_ns: float | None
-    working_distance_um: float | None
-    source: str
-    #: Pixels of a float tile that were NaN or infinite and so not scored (set by
-    #: ``scoring``, which fills them with the finite pixels' median).
-    nonfinite_pixels: int = 0
-
-
-# --------------------------------------------------------------------------- names
-
-
-def parse_tile_name(path: str | Path) -> tuple[str | None, int | None, int | None]:
-    """``(section, row, col)`` from an ATLAS or MultiSEM file name; ``None`` where absent.
-
-    ATLAS 5: ``Tile_r{row}-c{col}_S_{section}_{timestamp}[_{n}].tif`` (section from
-    the ``S_`` part, else from an ``S_{section}_*`` parent folder) and other
-    ``Tile_r{row}-c{col}_{anything}.tif`` variants. MultiSEM beam images
-    ``{NNN}_{mfov:06d}_{beam:03d}_{timestamp}.bmp|png`` give section ``NNN`` and
-    no row or column (the mFoV/beam pair is not a grid position). A number with more
-    than ``MAX_DIGITS`` digits raises ``TileError``.
-    """
-    p = Path(path)
-    stem = p.stem if p.suffix else p.name
-    folder = _SECTION_FOLDER.match(p.parent.name)
-    folder_section = folder.group("section") if folder else None
-
-    atlas = _ATLAS_NAME.match(stem)
-    if atlas:
-        rest = atlas.group("rest") or ""
-        in_name = _SECTION_IN_NAME.search(rest)
-        section = in_name.group("section") if in_name else folder_section
-        row = _in_range(atlas.group("row"), "row", p)
-        col = _in_range(atlas.group("col"), "column", p)
-        return _checked_section(section, p), row, col
-    multisem = _MULTISEM_NAME.match(stem)
-    if multisem:
-        return multisem.group("section"), None, None
-    return _checked_section(folder_section, p), None, None
-
-
-#: Row, column and section numbers have at most this many digits. A longer one is no
-#: microscope's (and overflows SQLite's 64-bit integers): the tile is recorded with
-#: that reason instead.
-MAX_DIGITS = 9
-
-
-def _in_range(digits: str, what: str, path: Path) -> int:
-    value = int(digits)
-    if value >= 10**MAX_DIGITS:
-        raise TileError(
-            str(path),
-            f"{what} number {digits} in the name is out of range (at most {MAX_DIGITS} digits)",
-        )
-    return value
-
-
-def _checked_section(section: str | None, path: Path) -> str | None:
-    if section is not None:
-        _in_range(section, "section", path)
-    return section
-
-
-# ------------------------------------------------------------------------ metadata
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _convert(value: float, unit: str | None, table: dict[str, float], default: str) -> float | None:
-    factor = table.get((unit or default).strip().lower().replace("micro", "µ"))
-    if factor is None:
-        factor = table.get((unit or default).strip())
-    return None if factor is None else _finite(value * factor)
-
-
-def _fibics_root(raw: object) -> ET.Element | None:
-    if isinstance(raw, bytes | bytearray):
-        text = bytes(raw).decode("latin-1")
-    elif isinstance(raw, str):
-        text = raw
-    else:
-        return None
-    text = text.replace("\x00", "").strip()
-    # Entity declarations have no business in FibicsXML and are the one way an XML
-    # file can make a parser do unbounded work.
-    if not text or "<!ENTITY" in text or "<!DOCTYPE" in text:
-        return None
-    # The declaration names latin-1, but we already decoded; drop it so that
-    # expat does not second-guess the encoding of a str.
-    text = re.sub(r"^<\?xml[^>]*\?>", "", text).strip()
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError:
-        return None
-    if root.tag != "Fibics":
-        found = root.find(".//Fibics")
-        return found if found is not None else None
-    return root
-
-
-def _xml_number(root: ET.Element, path: str) -> tuple[float, str | None] | None:
-    element = root.find(path)
-    if element is None or element.text is None:
-        return None
-    try:
-        value = float(element.text.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(value):
-        return None
-    return value, element.get("units") or element.get("unit")
-
-
-def _fibics_fields(root: ET.Element) -> dict[str, Any]:
-    """The TileMeta fields FibicsXML provides (µm, ns; rows/cols as ints)."""
-    fields: dict[str, Any] = {}
-    ux = _xml_number(root, "Scan/Ux")
-    uy = _xml_number(root, "Scan/Uy")
-    if ux is not None or uy is not None:
-        # U is the scan step vector along x: its length is the pixel size even
-        # with scan rotation (then Ux alone would be too small).
-        unit = (ux or uy or (0.0, None))[1]
-        step = math.hypot(ux[0] if ux else 0.0, uy[0] if uy else 0.0)
-        if step > 0:
-            fields["pixel_size_um"] = _convert(step, unit, _LENGTH_TO_UM, "um")
-    for key, path in (("stage_x_um", "Stage/X"), ("stage_y_um", "Stage/Y")):
-        found = _xml_number(root, path)
-        if found is not None:
-            fields[key] = _convert(found[0], found[1], _LENGTH_TO_UM, "um")
-    dwell = _xml_number(root, "Scan/Dwell")
-    if dwell is not None:
-        fields["dwell_ns"] = _convert(dwell[0], dwell[1], _TIME_TO_NS, "ns")
-    focus = _xml_number(root, "Scan/Focus")
-    if focus is not None:
-        value, unit = focus
-        if unit is None:
-            # No unit given: SEM working distances are 1-40 mm, so a small
-            # number is millimetres and a large one micrometres.
-            unit = "mm" if abs(value) < 100 else "um"
-        fields["working_distance_um"] = _convert(value, unit, _LENGTH_TO_UM, "um")
-    for key, path in (("row", "MosaicInfo/Row"), ("col", "MosaicInfo/Col")):
-        found = _xml_number(root, path)
-        if found is not None and found[0].is_integer():
-            fields[key] = int(found[0])
-    return fields
-
-
-def _sem_number(entry: object) -> tuple[float, str | None] | None:
-    """``(value, unit)`` from a CZ_SEM entry such as ``('WD', 5.1, 'mm')``."""
-    if isinstance(entry, tuple):
-        if len(entry) < 2:
-            return None
-        value, unit = entry[1], (entry[2] if len(entry) > 2 else None)
-    else:
-        value, unit = entry, None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return (float(value), str(unit) if unit else None) if math.isfinite(value) else None
-    if isinstance(value, str):
-        match = re.match(r"^\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*(\S*)", value)
-        if match:
-            try:
-                number = float(match.group(1))
-            except ValueError:
-                return None
-            return (number, match.group(2) or None) if math.isfinite(number) else None
-    return None
-
-
-def _cz_sem_fields(sem: dict[str, Any]) -> dict[str, Any]:
-    """The TileMeta fields SmartSEM's CZ_SEM tag provides (its lengths are mm by default)."""
-    fields: dict[str, Any] = {}
-    for key in ("ap_image_pixel_size", "ap_pixel_size", "dp_pixel_size"):
-        found = _sem_number(sem.get(key))
-        if found is not None and found[0] > 0:
-            fields["pixel_size_um"] = _convert(found[0], found[1], _LENGTH_TO_UM, "nm")
-            break
-    for target, key in (
-        ("stage_x_um", "ap_stage_at_x"),
-        ("stage_y_um", "ap_stage_at_y"),
-        ("working_distance_um", "ap_wd"),
-    ):
-        found = _sem_number(sem.get(key))
-        if found is not None:
-            fields[target] = _convert(found[0], found[1], _LENGTH_TO_UM, "mm")
-    for key in sorted(sem):
-        if "dwell" in str(key).lower():
-            found = _sem_number(sem[key])
-            if found is not None:
-                fields["dwell_ns"] = _convert(found[0], found[1], _TIME_TO_NS, "ns")
-                break
-    return fields
-
-
-def _tag_value(page: Any, code: int) -> object:
-    try:
-        tag = page.tags.get(code)
-        return None if tag is None else tag.value
-    except Exception:  # a damaged tag must not cost us the pixels
-        return None
-
-
-def _build_meta(path: Path, page: Any | None, sem: object) -> TileMeta:
-    section, row, col = parse_tile_name(path)
-    fields: dict[str, Any] = {}
-    source = "none"
-    if page is not None:
-        root = _fibics_root(_tag_value(page, FIBICS_TAG))
-        if root is not None:
-            fields = _fibics_fields(root)
-            source = "fibics"
-        elif isinstance(sem, dict):
-            fields = _cz_sem_fields(sem)
-            source = "cz_sem"
-    if source == "none" and (section is not None or row is not None):
-        source = "name"
-    return TileMeta(
-        section=section,
-        row=row if row is not None else fields.get("row"),
-        col=col if col is not None else fields.get("col"),
-        pixel_size_um=fields.get("pixel_size_um"),
-        stage_x_um=fields.get("stage_x_um"),
-        stage_y_um=fields.get("stage_y_um"),
-        dwell_ns=fields.get("dwell_ns"),
-        working_distance_um=fields.get("working_distance_um"),
-        source=source,
-    )
-
-
 # ----------------------------------------------------------------- file checks
 
 
@@ -355,7 +56,7 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file not found: it vanished before it could be read (moved or deleted)"
     if isinstance(exc, PermissionError):
@@ -374,9 +75,9 @@ def _check_file(path: Path) -> int:
     except FileNotFoundError:
         if path.is_symlink():
             raise TileError(str(path), "broken symlink: its target does not exist") from None
-        raise TileError(str(path), _os_reason(FileNotFoundError())) from None
+        raise TileError(str(path), os_reason(FileNotFoundError())) from None
     except OSError as exc:
-        raise TileError(str(path), _os_reason(exc)) from None
+        raise TileError(str(path), os_reason(exc)) from None
     if stat.S_ISDIR(st.st_mode):
         raise TileError(str(path), "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -392,7 +93,7 @@ def _sniff(path: Path) -> str:
         with path.open("rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise TileError(str(path), _os_reason(exc)) from None
+        raise TileError(str(path), os_reason(exc)) from None
     if head[:4] in _TIFF_MAGIC:
         return "tiff"
     suffix = path.suffix.lower()
@@ -496,8 +197,12 @@ class TileReader:
     dtype: np.dtype[Any]
     meta: TileMeta
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, within: str | None = None) -> None:
         self.path = Path(path)
+        # Pixels are read only from a file whose real path lies in ``within`` (checked on
+        # the open descriptor itself, so a link swapped in after any earlier check of
+        # the name is caught too).
+        self._within = None if within is None else os.path.realpath(within).rstrip("/")
         self._tif: Any = None
         self._page: Any = None
         self._pixels: npt.NDArray[Any] | None = None  # Pillow path: decoded once
@@ -513,7 +218,7 @@ class TileReader:
             raise TileError(str(self.path), "not enough memory to open this tile") from None
         except OSError as exc:
             self.close()
-            raise TileError(str(self.path), _os_reason(exc)) from None
+            raise TileError(str(self.path), os_reason(exc)) from None
         except Exception as exc:  # tifffile/Pillow raise many types for bad files
             self.close()
             raise TileError(str(self.path), f"corrupt or unreadable image: {_short(exc)}") from None
@@ -536,6 +241,7 @@ class TileReader:
                 self._tif = tifffile.TiffFile(path)
             except tifffile.TiffFileError as exc:
                 raise TileError(str(path), f"corrupt or truncated TIFF: {_short(exc)}") from None
+            self._confine(self._tif.filehandle.fileno())
             if len(self._tif.pages) == 0:
                 raise TileError(str(path), "TIFF has no images in it")
             page = self._tif.pages.first
@@ -550,7 +256,21 @@ class TileReader:
         self._check_extent(page)
         self.shape = (height, width)
         self.dtype = self._layout.out_dtype
-        self.meta = _build_meta(path, page, sem)
+        self.meta = build_meta(path, page, sem)
+
+    def _confine(self, fd: int) -> None:
+        if self._within is None:
+            return
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: the name's real path, checked just now
+            real = os.path.realpath(self.path)
+        if real != self._within and not real.startswith(self._within + "/"):
+            raise TileError(
+                str(self.path),
+                f"its real path {printable(real)} is outside the watch folder: not read "
+                "(watch.follow_symlinks_outside = false)",
+            )
 
     def _tiff_layout(self, page: Any, stored: np.dtype[Any]) -> _Layout:
         photometric = int(page.photometric)
@@ -619,13 +339,15 @@ class TileReader:
         self._pixels = image.astype(dtype, copy=False)
         self.shape = (int(image.shape[0]), int(image.shape[1]))
         self.dtype = dtype
-        self.meta = _build_meta(self.path, None, None)
+        self.meta = build_meta(self.path, None, None)
 
     def _pillow_pixels(self) -> tuple[npt.NDArray[Any], str]:
         """Decoded pixels and Pillow mode (palette images expanded to RGB)."""
         from PIL import Image
 
         with Image.open(self.path) as opened:
+            if opened.fp is not None:
+                self._confine(opened.fp.fileno())
             opened.load()
             if opened.mode == "1":
                 raise TileError(str(self.path), "1-bit (black/white) image: not an SEM tile")
@@ -649,7 +371,7 @@ class TileReader:
                 str(self.path), f"not enough memory to {what} a {self.shape} tile"
             ) from None
         except OSError as exc:
-            raise TileError(str(self.path), _os_reason(exc)) from None
+            raise TileError(str(self.path), os_reason(exc)) from None
         except Exception as exc:
             raise TileError(str(self.path), f"corrupt image data: {_short(exc)}") from None
 
@@ -798,9 +520,12 @@ class TileReader:
         return f"TileReader({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def open_tile(path: str | Path) -> TileReader:
-    """Open a tile for reading; TileError if it cannot be a tile. Use with ``with``."""
-    return TileReader(path)
+def open_tile(path: str | Path, *, within: str | None = None) -> TileReader:
+    """Open a tile for reading; TileError if it cannot be a tile. Use with ``with``.
+
+    ``within``: a folder the file's real path must lie in (links out are refused).
+    """
+    return TileReader(path, within=within)
 
 
 def read_tile(path: str | Path) -> tuple[npt.NDArray[Any], TileMeta]:

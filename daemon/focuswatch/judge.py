@@ -1,0 +1,233 @@
+"""Judge a scored tile: its context from the ledger, the policy's decision, the record.
+
+One step that the service and the verdict bench both call (``judge``)::
+
+    context (ledger: same position in earlier sections, the section's other tiles)
+        ─► policy.decide (pure) ─► ledger result (one per version)
+        ─► revise: tiles whose context this score changed are decided again
+
+A verdict is a function of the scores in its context, never of arrival order: a
+tile whose earlier section arrives late (written before its folder was watched, a
+burst scored out of order, a section's other tiles still on their way) is decided
+again when that score lands, and its result is updated; when that changes whether
+the tile needs a retake, the result is marked undelivered and handed to the sinks
+again (alerts, retake list). Revisions go in section order, so the state after the
+last tile is the one a section-by-section feed reaches.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from focuswatch import policy
+from focuswatch.config import PolicyConfig
+from focuswatch.errors import StateError
+from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.policy import DefocusModel, Evidence
+from focuswatch.verdict import Verdict, VerdictKind
+
+__all__ = ["Judged", "evidence", "judge", "revise"]
+
+Decide = Callable[..., Verdict]
+
+# Beyond this many other tiles, one more tile cannot move a section's median or its
+# share of failed tiles enough to change a peer's verdict: peers are not revised (a
+# 1000-tile MultiSEM section would otherwise cost a million decisions).
+_REVISE_PEERS_MAX = 64
+# A revision that keeps going is a bug; stop it rather than the service.
+_REVISE_BUDGET = 20
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What ``judge`` did: the verdict, whether it was recorded now, what was revised."""
+
+    verdict: Verdict
+    created: bool
+    revised: list[int]
+    error: str | None = None
+    #: The ledger could not be written while revising (e.g. a full disk): the verdict
+    #: is recorded; the caller hands it on, then raises this.
+    revise_error: StateError | None = None
+
+
+def _fine(score: Any) -> float | None:
+    value = getattr(score, "fine_fraction", None)
+    return None if value is None else float(value)
+
+
+def evidence(
+    ledger: Ledger,
+    v: TileVersion,
+    *,
+    score: float,
+    patch_scores: list[list[float]] | None,
+    content: float,
+    fine_fraction: float | None,
+    cfg: PolicyConfig,
+    patch_fine: list[list[float]] | None = None,
+) -> Evidence:
+    """What the policy weighs for one tile version: its numbers and its context."""
+    history = []
+    if v.row is not None and v.col is not None and v.section_index is not None:
+        history = ledger.position_history(
+            v.row,
+            v.col,
+            before_section_index=v.section_index,
+            limit=max(cfg.memory_sections, cfg.history_sections),
+        )
+    peers = [] if v.section is None else ledger.section_peers(v.section, exclude_version=v.id)
+    return Evidence(
+        score=float(score),
+        patch_scores=patch_scores,
+        content=float(content),
+        history=[p.score for p in history],
+        section_scores=[p.score for p in peers],
+        patch_history=[p.patch_scores for p in history],
+        history_kinds=[p.verdict for p in history],
+        fine_fraction=fine_fraction,
+        fine_history=[p.fine_fraction for p in history],
+        section_fine=[p.fine_fraction for p in peers],
+        # Only verdicts against their own position's history: a verdict against the
+        # section would make two tiles of one section each other's context.
+        section_kinds=[p.verdict for p in peers if p.has_history],
+        patch_fine=patch_fine,
+    )
+
+
+def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence, str] | None:
+    """The evidence for a judged version, and the gist of its recorded verdict."""
+    r = ledger.result(v.id)
+    if r is None or r["score"] is None or r["verdict"] is None:
+        return None
+    fine = r.get("fine_fraction")
+    ev = evidence(
+        ledger,
+        v,
+        score=float(r["score"]),
+        patch_scores=r["patch_scores"],
+        content=float(r["content"]),
+        fine_fraction=None if fine is None else float(fine),
+        cfg=cfg,
+        patch_fine=r.get("patch_fine_fraction"),
+    )
+    return ev, _gist(str(r["verdict"]), r["reason"] or "")
+
+
+def _gist(kind: str, reason: str) -> str:
+    """What a revision must change to be written: the kind, and whether it is section-wide.
+
+    A reason that only words the same conclusion against more context (one more peer
+    in a section's median) is not worth a write per tile per peer.
+    """
+    return f"{kind} {reason.startswith(policy.SECTION_WIDE)}"
+
+
+def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
+    """Versions whose context includes ``v``: later sections here, and its section."""
+    out: list[int] = []
+    if v.row is not None and v.col is not None and v.section_index is not None:
+        out += ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
+    if v.section is not None:
+        peers = ledger.section_peers(v.section, exclude_version=v.id)
+        if len(peers) <= _REVISE_PEERS_MAX:
+            out += [p.version_id for p in peers]
+    return out
+
+
+def revise(
+    ledger: Ledger,
+    v: TileVersion,
+    *,
+    cfg: PolicyConfig,
+    calibration: DefocusModel | None = None,
+    decide: Decide = policy.decide,
+) -> list[int]:
+    """Decide again the verdicts whose context ``v``'s score is part of.
+
+    A changed kind (or section-wide naming) is recorded, not a reworded reason;
+    returns the versions whose need for a retake changed
+    (for the sinks: alerts and the retake list), in the order they were revised. A
+    changed verdict is itself context for others: they are decided again in turn,
+    lowest section first.
+    """
+    heap: list[tuple[int, int]] = []
+    queued: set[int] = set()
+
+    def push(ids: list[int]) -> None:
+        for vid in ids:
+            if vid not in queued:  # v itself too: a revised peer is context for it
+                w = ledger.get(vid)
+                heapq.heappush(heap, (w.section_index if w.section_index is not None else -1, vid))
+                queued.add(vid)
+
+    push(_affected(ledger, v))
+    changed: list[int] = []
+    budget = _REVISE_BUDGET * (len(heap) + 10)
+    while heap and budget > 0:
+        budget -= 1
+        _, vid = heapq.heappop(heap)
+        queued.discard(vid)
+        w = ledger.get(vid)
+        if w.superseded:
+            continue
+        stored = _stored(ledger, w, cfg)
+        if stored is None:
+            continue
+        ev, gist = stored
+        verdict = decide(ev, cfg=cfg, calibration=calibration)
+        if _gist(str(verdict.kind), verdict.reason) == gist:
+            continue  # the same conclusion: nothing for others' context either
+        if ledger.revise_verdict(vid, verdict) and vid not in changed:
+            changed.append(vid)
+        push(_affected(ledger, w))
+    return changed
+
+
+def judge(
+    ledger: Ledger,
+    v: TileVersion,
+    score: Any,
+    *,
+    cfg: PolicyConfig,
+    calibration: DefocusModel | None = None,
+    decide: Decide = policy.decide,
+    worker: str = "",
+) -> Judged:
+    """Decide and record the verdict of a scored version, then revise its context.
+
+    ``score`` is a ``focuswatch.scoring.TileScore``. A policy that raises does not
+    lose the score: the version is recorded as unreadable with the error (``error``).
+    """
+    error = None
+    try:
+        ev = evidence(
+            ledger,
+            v,
+            score=float(score.score),
+            patch_scores=score.patch_scores,
+            content=float(score.content),
+            fine_fraction=_fine(score),
+            cfg=cfg,
+            patch_fine=getattr(score, "patch_fine_fraction", None),
+        )
+        verdict = decide(ev, cfg=cfg, calibration=calibration)
+    except StateError:
+        raise  # the ledger, not the policy: the service's to handle
+    except Exception as exc:  # a policy bug must not lose the score or stop the service
+        error = repr(exc)
+        verdict = Verdict(VerdictKind.UNREADABLE, f"no verdict: policy failed: {exc!r}")
+    created = ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
+    revised: list[int] = []
+    revise_error = None
+    if created and error is None:
+        try:
+            revised = revise(ledger, v, cfg=cfg, calibration=calibration, decide=decide)
+        except StateError as exc:  # e.g. LedgerWriteError: after v's own verdict is out
+            revise_error = exc
+        except Exception as exc:
+            error = f"revising the tiles after it failed: {exc!r}"
+    return Judged(verdict, created, revised, error, revise_error)

@@ -1,0 +1,279 @@
+"""Judge: context from a real SQLite ledger, the policy's decision, the record, revisions.
+
+Scores are given as ``TileScore`` values with the numbers the scorer measures on
+ISBI serial sections (bench/verdicts.py): a sharp 512² tile counts ~150-400 maxima
+with a fine-scale fraction ~0.55-0.85; σ 1.5 px blur keeps ~0.65-0.8 of that fraction,
+σ 0.5 px ≥ 0.93; less tissue lowers the count and leaves the fraction.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from focuswatch import judge as judge_mod
+from focuswatch.config import PolicyConfig
+from focuswatch.judge import judge
+from focuswatch.ledger import Ledger
+from focuswatch.policy import SECTION_WIDE
+from focuswatch.scoring import TileScore
+from focuswatch.verdict import VerdictKind
+
+CFG = PolicyConfig()
+
+# How much of its fine-scale fraction a tile keeps at a blur of σ px (measured).
+FINE_KEPT = {0.0: 1.0, 0.2: 0.99, 0.4: 0.97, 0.5: 0.95, 0.6: 0.94, 0.8: 0.91, 1.0: 0.87}
+FINE_KEPT |= {1.2: 0.83, 1.4: 0.79, 1.5: 0.77, 1.6: 0.74, 1.8: 0.68, 2.0: 0.62, 4.0: 0.3}
+# ... and of its score.
+SCORE_KEPT = {0.0: 1.0, 0.5: 0.93, 1.0: 0.75, 1.5: 0.55, 2.0: 0.4, 4.0: 0.1}
+
+
+def kept(table: dict[float, float], sigma: float) -> float:
+    keys = sorted(table)
+    lo = max(k for k in keys if k <= sigma)
+    hi = min((k for k in keys if k >= sigma), default=lo)
+    if hi == lo:
+        return table[lo]
+    return table[lo] + (table[hi] - table[lo]) * (sigma - lo) / (hi - lo)
+
+
+def tile(
+    score: float,
+    *,
+    fine: float | None = 0.7,
+    content: float = 0.15,
+    patches: list[list[float]] | None = None,
+    patch_fine: list[list[float]] | None = None,
+) -> TileScore:
+    return TileScore(
+        path="",
+        score=score,
+        patch_scores=patches,
+        content=content,
+        backend="numpy",
+        shape=(512, 512),
+        dtype="uint8",
+        read_ms=1.0,
+        score_ms=1.0,
+        meta=None,
+        fine_fraction=fine,
+        patch_fine_fraction=patch_fine,
+    )
+
+
+def blurred(sharp_score: float, sharp_fine: float, sigma: float) -> TileScore:
+    return tile(sharp_score * kept(SCORE_KEPT, sigma), fine=sharp_fine * kept(FINE_KEPT, sigma))
+
+
+@pytest.fixture
+def led(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger.open(tmp_path / "state")
+    yield ledger
+    ledger.close()
+
+
+Feed = tuple[int, int, int, TileScore]  # section, row, col, score
+
+
+def feed(
+    ledger: Ledger, tiles: Sequence[Feed], cfg: PolicyConfig = CFG
+) -> dict[tuple[int, int, int], int]:
+    """Judge tiles in this order on the ledger; their version ids by (section, row, col)."""
+    ids = {}
+    for s, r, c, ts in tiles:
+        name = f"Tile_r{r}-c{c}_S_{s:03d}"
+        vid, _ = ledger.add_version(
+            f"/w/S_{s:03d}/{name}.tif",
+            size=1,
+            mtime_ns=1,
+            tile_name=name,
+            section=f"{s:03d}",
+            row=r,
+            col=c,
+        )
+        judge(ledger, ledger.get(vid), ts, cfg=cfg)
+        ids[s, r, c] = vid
+    return ids
+
+
+def kinds(ledger: Ledger, ids: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], str]:
+    return {k: ledger.verdict_record(v).verdict.kind.value for k, v in ids.items()}
+
+
+def test_public_names() -> None:
+    assert sorted(judge_mod.__all__) == ["Judged", "evidence", "judge", "revise"]
+
+
+def test_a_faint_position_judged_empty_is_still_the_baseline_for_a_blurred_tile(
+    led: Ledger,
+) -> None:
+    """Issue 10 item 4: empty-by-content sections are evidence; σ 4 then σ 2 are flagged."""
+    tiles: list[Feed] = []
+    for s in range(7):
+        for c in range(3):  # two ordinary positions next to the faint one (c = 0)
+            faint = c == 0
+            score = 1874.0 + 80 * s if faint else 2500.0
+            tiles.append((s, 0, c, tile(score, fine=0.7, content=0.019 if faint else 0.15)))
+    ids = feed(led, tiles)
+    assert {kinds(led, ids)[s, 0, 0] for s in range(7)} == {"empty"}
+    late = feed(
+        led,
+        [
+            (7, 0, 0, tile(183.0, fine=0.25, content=0.021)),  # σ 4: barely any tissue left
+            (7, 0, 1, tile(2500.0)),
+            (8, 0, 0, tile(900.0, fine=0.45, content=0.03)),  # σ 2
+            (8, 0, 1, tile(2500.0)),
+        ],
+    )
+    for key in ((7, 0, 0), (8, 0, 0)):
+        v = led.verdict_record(late[key]).verdict
+        assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+    # Section 8 was compared with the faint tissue's own sharp past, not with σ 4.
+    assert led.verdict_record(late[8, 0, 0]).verdict.baseline == pytest.approx(2194.0)
+
+
+def test_a_blurred_first_section_is_never_trusted(led: Ledger) -> None:
+    """Blurred first: flagged; the same blur again is not in focus; after a sharp
+    section, the next blur is flagged against the sharp one."""
+    peers = [(s, 0, c, tile(300.0, fine=0.7)) for s in range(4) for c in (1, 2)]
+    first = [(0, 0, 0, blurred(300.0, 0.7, 3.0))]
+    ids = feed(led, first + peers[:2])
+    assert kinds(led, ids)[0, 0, 0] == "out_of_focus"
+    again = feed(led, [(1, 0, 0, blurred(300.0, 0.7, 3.0)), *peers[2:4]])
+    assert kinds(led, again)[1, 0, 0] in ("out_of_focus", "uncertain")
+    sharp = feed(led, [(2, 0, 0, tile(300.0, fine=0.7)), *peers[4:6]])
+    assert kinds(led, sharp)[2, 0, 0] == "in_focus"
+    later = feed(led, [(3, 0, 0, blurred(300.0, 0.7, 2.0)), *peers[6:8]])
+    v = led.verdict_record(later[3, 0, 0]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert v.baseline == pytest.approx(300.0)  # the sharp section, not the blurred ones
+
+
+def test_slow_drift_is_flagged_by_sigma_1_5_and_never_at_sigma_0_5(led: Ledger) -> None:
+    """+0.2 px σ per section from section 10 on, tissue changing under it all along."""
+    rng = random.Random(3)
+    tiles: list[Feed] = []
+    sigma_of = {}
+    for s in range(24):
+        sigma = round(max(0.0, 0.2 * (s - 10)), 2)
+        sigma_of[s] = sigma
+        tissue = rng.uniform(150, 400)  # the count follows the tissue ...
+        fine = rng.uniform(0.68, 0.72)  # ... the fine fraction barely does
+        tiles.append((s, 0, 0, blurred(tissue, fine, sigma)))
+        tiles.append((s, 0, 1, tile(rng.uniform(150, 400), fine=rng.uniform(0.68, 0.72))))
+    ids = feed(led, tiles)
+    got = kinds(led, ids)
+    for s, sigma in sigma_of.items():
+        if sigma <= 0.5:
+            assert got[s, 0, 0] in ("in_focus", "uncertain"), (s, sigma)
+        if sigma >= 1.5:
+            assert got[s, 0, 0] == "out_of_focus", (s, sigma)
+    assert all(got[s, 0, 1] != "out_of_focus" for s in sigma_of)
+
+
+def test_a_sharp_tile_with_less_tissue_is_not_flagged_and_says_why(led: Ledger) -> None:
+    """Issue 10 item 3: 61 % fewer features than the position's median, fine fraction held."""
+    ids = feed(led, [(s, 0, 0, tile(400.0, fine=0.7)) for s in range(5)])
+    ids |= feed(led, [(5, 0, 0, tile(156.0, fine=0.69))])
+    v = led.verdict_record(ids[5, 0, 0]).verdict
+    assert v.kind is VerdictKind.IN_FOCUS
+    assert "less tissue here" in v.reason
+    assert "61 % below" in v.reason
+
+
+def test_an_identical_tile_gets_the_same_verdict_in_every_section(led: Ledger) -> None:
+    """Issue 10 item 5: a position with far fewer features than its peers, same bytes
+    every section, is never flagged (its fine fraction is that of its peers)."""
+    tiles: list[Feed] = []
+    for s in range(10):
+        tiles += [(s, 0, c, tile(1000.0, fine=0.72)) for c in (1, 2, 3)]
+        tiles.append((s, 0, 0, tile(180.0, fine=0.71)))
+    got = kinds(led, feed(led, tiles))
+    assert {got[s, 0, 0] for s in range(1, 10)} == {"in_focus"}
+    assert got[0, 0, 0] == "in_focus"
+
+
+def test_a_section_wide_failure_is_named_on_every_tile_of_it(led: Ledger) -> None:
+    """Every tile of section 6 blurred (autofocus): each out of focus, each says so."""
+    tiles = [
+        (s, r, c, tile(300.0 + 20 * r + c, fine=0.7))
+        for s in range(6)
+        for r in range(3)
+        for c in range(3)
+    ]
+    tiles += [(6, r, c, blurred(300.0 + 20 * r + c, 0.7, 2.0)) for r in range(3) for c in range(3)]
+    tiles += [(7, r, c, tile(300.0 + 20 * r + c, fine=0.7)) for r in range(3) for c in range(3)]
+    ids = feed(led, tiles)
+    for r in range(3):
+        for c in range(3):
+            v = led.verdict_record(ids[6, r, c]).verdict
+            assert v.kind is VerdictKind.OUT_OF_FOCUS
+            assert v.reason.startswith(SECTION_WIDE), v.reason
+            assert led.verdict_record(ids[7, r, c]).verdict.kind is VerdictKind.IN_FOCUS
+
+
+def _wafer(seed: int) -> list[Feed]:
+    rng = random.Random(seed)
+    tiles = []
+    for s in range(6):
+        for r in range(2):
+            for c in range(2):
+                sigma = rng.choice([0.0, 0.0, 0.0, 0.0, 1.5, 3.0])
+                tiles.append(
+                    (s, r, c, blurred(rng.uniform(150, 400), rng.uniform(0.6, 0.8), sigma))
+                )
+    return tiles
+
+
+def test_section_by_section_and_burst_give_the_same_verdicts(tmp_path: Path) -> None:
+    """Issue 10 item 5: late sections first, each shuffled, against acquisition order."""
+    tiles = _wafer(7)
+    rnd = random.Random(1)
+    burst = [t for t in tiles if t[0] >= 2] + [t for t in tiles if t[0] < 2]
+    rnd.shuffle(burst)
+    a, b = Ledger.open(tmp_path / "a"), Ledger.open(tmp_path / "b")
+    try:
+        assert kinds(a, feed(a, tiles)) == kinds(b, feed(b, burst))
+    finally:
+        a.close()
+        b.close()
+
+
+@given(seed=st.integers(0, 10_000), order=st.randoms(use_true_random=False))
+@settings(max_examples=15, deadline=None)
+def test_verdicts_never_depend_on_arrival_order(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, order: random.Random
+) -> None:
+    """Any arrival order of the same scored tiles ends in the same verdicts."""
+    tiles = _wafer(seed)
+    shuffled = list(tiles)
+    order.shuffle(shuffled)
+    base = tmp_path_factory.mktemp("order")
+    a, b = Ledger.open(base / "a"), Ledger.open(base / "b")
+    try:
+        assert kinds(a, feed(a, tiles)) == kinds(b, feed(b, shuffled))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_revision_that_changes_the_retake_need_is_handed_to_the_sinks(led: Ledger) -> None:
+    """A blurred tile judged before its earlier sections arrived is flagged once they do,
+    and its result is marked undelivered for the sinks."""
+    late = feed(led, [(5, 0, 0, blurred(300.0, 0.7, 2.0)), (5, 0, 1, blurred(300.0, 0.7, 2.0))])
+    vid = late[5, 0, 0]
+    assert led.verdict_record(vid).verdict.kind is not VerdictKind.OUT_OF_FOCUS
+    led.mark_delivered(vid)
+    name = "Tile_r0-c0_S_004"
+    v4, _ = led.add_version(
+        f"/w/S_004/{name}.tif", size=1, mtime_ns=1, tile_name=name, section="004", row=0, col=0
+    )
+    judged = judge(led, led.get(v4), tile(300.0, fine=0.7), cfg=CFG)
+    assert vid in judged.revised
+    assert led.verdict_record(vid).verdict.kind is VerdictKind.OUT_OF_FOCUS
+    assert vid in led.undelivered()
