@@ -133,7 +133,7 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
     assert "focuswatch_newest_tile_age_seconds" in text
     assert "focuswatch_alerts_waiting" in text
     assert SECRET not in text
-    assert "json://" not in text
+    assert "focuswatch_alert_deliveries_waiting{endpoint=" in text
 
 
 def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
@@ -143,6 +143,9 @@ def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
     status, _, body = fetch(cs.url + "alerts")
     assert status == 200
     assert b"Waiting (" in body
+    assert b'<table id="endpoints">' in body  # per endpoint, with its last error
+    endpoint = re.search(rb'<table id="endpoints">.*?<code>(json://[^<]*)</code>', body, re.S)
+    assert endpoint is not None  # the endpoint named, redacted (checked below)
     assert b"out of focus" in body.lower()
     for page in ("", "alerts", "metrics", "api/generation", "retakes.json", "retakes.csv"):
         _, _, body = fetch(cs.url + page)

@@ -234,7 +234,14 @@ def build_app(
         return page(request, "error.html", 404, title="Not found", message=what)
 
     async def now_page(request: Request) -> Response:
-        return page(request, "now.html", title="Now", now=console.now_view(), live="always")
+        return page(
+            request,
+            "now.html",
+            title="Now",
+            now=console.now_view(),
+            endpoints=console.endpoints(),
+            live="always",
+        )
 
     async def wafer_page(request: Request) -> Response:
         wafer = console.wafer()
@@ -258,8 +265,8 @@ def build_app(
             else []
         )
         present = _same_file(view.path, view.size, view.mtime_ns)
-        wd = None
-        if present:
+        wd = console.working_distance_um(view.id)
+        if wd is None and present:
             from focuswatch.tiles import read_meta
 
             try:
@@ -394,7 +401,13 @@ def build_app(
         waiting = [a for a in items if a["sent"] is None]
         sent = [a for a in items if a["sent"] is not None]
         return page(
-            request, "alerts.html", title="Alerts", waiting=waiting, sent=sent, live="changes"
+            request,
+            "alerts.html",
+            title="Alerts",
+            waiting=waiting,
+            sent=sent,
+            endpoints=console.endpoints(),
+            live="changes",
         )
 
     async def generation(request: Request) -> Response:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,9 @@ VERDICTS = ("in_focus", "partly_out_of_focus", "out_of_focus", "empty", "unreada
 _RETAKE_VERDICTS = ("out_of_focus", "partly_out_of_focus")
 # Buckets of the scoring-time and close-to-verdict histograms (seconds).
 TIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+_USERINFO = re.compile(r"://([^:/@\s]*):([^@/\s]+)@")
 
 
 def redact_text(text: str | None) -> str:
@@ -325,6 +330,14 @@ class Console:
             values[20] = None
         return TileView(*values)
 
+    def working_distance_um(self, version_id: int) -> float | None:
+        """As recorded with the result (migration 3's column; None before it)."""
+        try:
+            row = self._one("SELECT working_distance_um FROM versions WHERE id = ?", (version_id,))
+        except sqlite3.OperationalError:
+            return None
+        return None if not row or row[0] is None else float(row[0])
+
     def history(self, row: int, col: int) -> list[dict[str, Any]]:
         """Score and baseline of this position in every section (latest version of each)."""
         found = self._rows(
@@ -408,6 +421,35 @@ class Console:
             item = dict(zip(keys, r[:8], strict=True))
             item["title"] = printable(str(item["title"]))
             item["last_error"] = redact_text(r[8])
+            out.append(item)
+        return out
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Per alert endpoint (its redacted name, as the outbox stores it): delivered,
+        waiting, the latest error and last delivery. Empty before migration 3's
+        ``alert_deliveries`` (or with no endpoint configured)."""
+        try:
+            rows = self._rows(
+                "SELECT endpoint_name, sum(sent IS NOT NULL), sum(sent IS NULL), max(sent), "
+                "min(CASE WHEN sent IS NULL THEN next_attempt END) "
+                "FROM alert_deliveries GROUP BY endpoint ORDER BY endpoint_name"
+            )
+            errors = dict(
+                self._rows(
+                    "SELECT endpoint_name, last_error FROM alert_deliveries "
+                    "WHERE sent IS NULL AND last_error IS NOT NULL ORDER BY next_attempt"
+                )
+            )
+        except sqlite3.OperationalError:  # an older schema: no per-endpoint table
+            return []
+        keys = ("endpoint", "sent", "waiting", "last_sent", "next_attempt")
+        out = []
+        for r in rows:
+            item = dict(zip(keys, r, strict=True))
+            # Stored redacted by the outbox (apprise's privacy form); a password that
+            # slipped through is masked here as well.
+            item["endpoint"] = _USERINFO.sub(r"://\1:***@", printable(str(item["endpoint"])))
+            item["last_error"] = redact_text(errors.get(r[0]))
             out.append(item)
         return out
 

@@ -64,6 +64,21 @@ class ConsoleCollector(Collector):
             "Alerts in the outbox not delivered yet",
             value=c.alerts_waiting(),
         )
+        per_endpoint = GaugeMetricFamily(
+            "focuswatch_alert_deliveries_waiting",
+            "Alerts an endpoint has not taken yet (endpoint redacted)",
+            labels=["endpoint"],
+        )
+        sent = GaugeMetricFamily(
+            "focuswatch_alert_deliveries_sent",
+            "Alerts delivered to an endpoint (endpoint redacted)",
+            labels=["endpoint"],
+        )
+        for e in c.endpoints():
+            per_endpoint.add_metric([e["endpoint"]], e["waiting"] or 0)
+            sent.add_metric([e["endpoint"]], e["sent"] or 0)
+        yield per_endpoint
+        yield sent
         yield GaugeMetricFamily(
             "focuswatch_worker_restarts",
             "Hung or dead workers restarted (as the executor reports it)",
