@@ -18,7 +18,7 @@ Security model: read-only without ``web.token``. A change (dismiss, reopen) is a
 POST that must carry the token, come from a page of this server (``Origin`` or, without
 it, ``Referer`` naming this host) and carry the per-session CSRF token the page was
 rendered with (an HMAC of the session cookie under a key made at start). Every name and
-reason is escaped (Jinja2 autoescape); alert destinations never reach a page.
+reason is escaped (Jinja2 autoescape); alert endpoints appear only redacted.
 """
 
 from __future__ import annotations

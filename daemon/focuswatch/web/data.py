@@ -409,7 +409,7 @@ class Console:
     # -- alerts --------------------------------------------------------------------
 
     def alerts(self, *, limit: int = 200) -> list[dict[str, Any]]:
-        """The outbox, newest first; no destination (URLs hold secrets) and errors redacted."""
+        """The outbox, newest first; URLs in errors redacted (they may hold secrets)."""
         rows = self._rows(
             "SELECT id, kind, section, title, created, attempts, next_attempt, sent, last_error "
             "FROM alert_outbox ORDER BY id DESC LIMIT ?",

@@ -3,7 +3,7 @@
 Its own ``CollectorRegistry`` (never the process-wide default one), holding one
 collector that asks ``Console`` for the figures on every scrape: nothing is counted
 in the service's hot path, and the figures survive a restart because they come from
-the ledger. No label carries a secret: alert destinations are not exported.
+the ledger. No label carries a secret: endpoints are labelled by their redacted name.
 """
 
 from __future__ import annotations
