@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import email
 import email.policy
 import http.server
 import io
 import json
+import os
 import queue
 import socket
 import sqlite3
@@ -1356,3 +1358,113 @@ def test_a_section_that_goes_quiet_short_of_its_tiles_is_incomplete_not_complete
         (summary,) = notes.drain()
     assert summary.title == "[fw] focuswatch: section S_002 complete"
     assert summary.body == "Section S_002: 4 tiles, 0 out of focus"
+
+
+def test_a_section_wide_failure_is_one_alert_and_a_summary_not_one_per_tile(
+    tmp_path: Path,
+) -> None:
+    """Every tile of a section blurred by a failed autofocus: the first tile alerts at
+    once, the summary names the failure; no alert per tile, even with digests off."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0, section_idle_minutes=30)
+    wide = Verdict(
+        VerdictKind.OUT_OF_FOCUS,
+        "section-wide: 8 of 9 tiles of this section are out of focus (autofocus failure?); "
+        "score 120 is 70 % below this tile position's median (400)",
+        400.0,
+    )
+    with opened(cfg, clock, notes) as (_, sink):
+        vid = iter(range(1, 100))
+        sink.on_verdict(rec(next(vid), row=1, col=1))  # the first, before it was clear
+        for row, col in [(r, c) for r in (1, 2, 3) for c in (1, 2, 3)][1:]:
+            sink.on_verdict(rec(next(vid), row=row, col=col, verdict=wide))
+            sink.tick(clock.now)
+        sink.on_verdict(rec(next(vid), section="S_002", row=1, col=1, verdict=GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        sent = notes.drain()
+    assert [a.kind for a in sent] == ["tile", "summary"]
+    assert sent[1].title.endswith("section S_001 complete: section-wide focus failure")
+    assert "9 out of focus" in sent[1].body
+
+
+def test_a_tile_whose_name_is_not_utf8_is_mailed_with_its_name_escaped(
+    tmp_path: Path, smtp: tuple[int, queue.Queue[bytes]]
+) -> None:
+    """Its raw name in the body jammed the mail endpoint: every try raised in apprise."""
+    port, inbox = smtp
+    url = f"mailto://127.0.0.1:{port}?from=focuswatch@example.org&to=operator@example.org"
+    cfg = cfg_for(tmp_path, urls=[url], thumbnail_px=0)
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/S_001/Tile_r2-c2_\xe9.tif")
+    with opened(cfg, Clock()) as (_, sink):
+        sink.on_verdict(rec(2, path=odd))
+        raw = inbox.get(timeout=WAIT_S)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    parts = list(msg.walk())  # type: ignore[no-untyped-call]
+    text = next(p for p in parts if p.get_content_type() == "text/plain").get_content()
+    assert "Tile_r2-c2_\\xe9.tif" in text
+
+
+def test_a_changed_setting_is_the_same_endpoint_not_a_new_one(tmp_path: Path) -> None:
+    """An endpoint's id ignores what focuswatch sets on it (its timeout): a new id would
+    have every alert still waiting for another endpoint sent to it again."""
+    url = "json://127.0.0.1:9/hook"
+    ids = {
+        timeout: alerts.build_endpoints(
+            AlertsConfig(urls=[url], send_timeout_s=timeout), thumbnail_dir=tmp_path
+        )[0].id
+        for timeout in (30.0, 45.0)
+    }
+    assert ids[30.0] == ids[45.0]
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("json://s3cr3tT0kenUser@host.example.org/hook", "s3cr3tT0kenUser"),
+        ("json://host.example.org/webhook/abcdefghijklmnopqrstuvw", "abcdefghijklmnopqrstuvw"),
+    ],
+)
+def test_a_token_as_the_user_or_a_long_lower_case_segment_is_masked(url: str, secret: str) -> None:
+    assert secret not in alerts.redact_url(url)
+
+
+def test_tiles_known_by_name_alone_never_make_a_section_incomplete(tmp_path: Path) -> None:
+    """A MultiSEM beam image has no row/col: its name is no position the next section
+    repeats, so a quiet section of them is complete, not 'missing' last section's names."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=10, section_idle_minutes=30)
+    with opened(cfg, clock, notes) as (_, sink):
+        for vid, (section, name) in enumerate(
+            [("001", f"001_000001_00{b}_T1") for b in (1, 2, 3)]
+            + [("002", f"002_000001_00{b}_T2") for b in (1, 2)],
+            start=1,
+        ):
+            r = rec(vid, section=section, verdict=GOOD)
+            sink.on_verdict(dataclasses.replace(r, row=None, col=None, tile_name=name))
+        clock.now += 31 * 60
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        titles = [a.title for a in notes.drain()]
+    assert titles[-1].endswith("section 002 complete")
+    assert not any("incomplete" in t for t in titles)
+
+
+def test_a_revised_verdict_is_followed_by_the_sections_messages(tmp_path: Path) -> None:
+    """The judge re-decides a tile once more of its section is in: newly bad is alerted,
+    no longer bad after an alert is said so, and the summary counts the verdict of now."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=0, section_idle_minutes=30)
+    with opened(cfg, clock, notes) as (_, sink):
+        sink.on_verdict(rec(1, row=1, col=1, verdict=GOOD))
+        sink.on_verdict(rec(2, row=1, col=2))  # bad: alerted at once
+        sink.on_verdict(rec(1, row=1, col=1))  # revised: bad after all
+        sink.on_verdict(rec(2, row=1, col=2, verdict=GOOD))  # revised: fine after all
+        sink.on_verdict(rec(2, row=1, col=2, verdict=GOOD))  # replayed: nothing more
+        sink.on_verdict(rec(3, section="S_002", verdict=GOOD))
+        sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        sent = notes.drain()
+    assert [a.key for a in sent] == ["tile:2", "tile:1", "revised:2:in_focus", "summary:S_001"]
+    assert "in focus after all" in sent[2].title
+    assert sent[3].body.startswith("Section S_001: 2 tiles, 1 out of focus: r1-c1")

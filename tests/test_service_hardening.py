@@ -146,7 +146,10 @@ def _wait_locked_then_kill(proc: subprocess.Popen[str], state: Path) -> None:
         proc.wait(10)
 
 
-def _run(watch: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
+def _run(
+    watch: Path, state: Path, log: Path, *, config: Path | None = None
+) -> subprocess.Popen[bytes]:
+    extra = [] if config is None else ["--config", str(config)]
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -160,6 +163,7 @@ def _run(watch: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
                 str(state),
                 "--log-format",
                 "json",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -542,16 +546,30 @@ def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
         proc.wait(10)
     ballast = _fill(small_disk)
     write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
+    from test_alerts import HookServer, free_port
+
+    hook = HookServer(free_port())
+    hook.start()
+    config = tmp_path / "fw.toml"
+    config.write_text(
+        f'[alerts]\nurls = ["json://127.0.0.1:{hook.port}/hook"]\ninstance = "sem-3"\n'
+    )
     log = tmp_path / "second.log"
-    proc = _run(watch, small_disk, log)
+    proc = _run(watch, small_disk, log, config=config)
     try:
         _wait_for_line(log, '"event": "state_unwritable"')
         assert proc.poll() is None  # up, waiting
         assert "damaged" not in log.read_text()
+        told = hook.posts.get(timeout=30)  # no ledger yet, and still the operator is told
+        assert (
+            told["title"] == "[sem-3] focuswatch cannot start: its state folder cannot be written"
+        )
         ballast.unlink()
         _wait_for_line(log, '"event": "tile_scored"')
+        assert hook.posts.get(timeout=30)["title"].startswith("[sem-3] focuswatch started")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
         proc.kill()
         proc.wait(10)
+        hook.stop()

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from focuswatch import cli, synth
 from focuswatch.errors import TileError
-from focuswatch.tiles import parse_tile_name, read_tile
+from focuswatch.tiles import parse_tile_name, read_meta, read_tile
 
 TmpWafer = Callable[..., tuple[Path, list[synth.SynthTile]]]  # the conftest fixture
 
@@ -572,3 +572,51 @@ def test_focuswatch_synth_bad_parameter_is_one_clear_line(
     )
     assert rc == 2
     assert "blur_fraction" in capsys.readouterr().err
+
+
+def test_working_distance_in_the_metadata_matches_the_blur(tmp_path: Path) -> None:
+    """σ = 2 px at 1.5 px per µm is 1.33 µm from focus, not 1.33 mm (issue 12.22)."""
+    tiles = synth.write_wafer(
+        tmp_path, sections=1, rows=2, cols=2, size=64, blur_fraction=0.5, blur_sigmas=(2.0,)
+    )
+    for t in tiles:
+        wd = read_meta(t.path).working_distance_um
+        assert wd == pytest.approx(synth.IN_FOCUS_WD_UM + t.defocus_sigma / 1.5, abs=1e-3)
+
+
+def test_synth_writes_empty_corrupt_and_a_focus_series_for_calibrate(tmp_path: Path) -> None:
+    """What an operator rehearses with: the command line writes all of it."""
+    wafer = tmp_path / "wafer"
+    assert (
+        cli.main(
+            [
+                "synth",
+                str(wafer),
+                "--sections",
+                "1",
+                "--rows",
+                "2",
+                "--cols",
+                "3",
+                "--size",
+                "64",
+                "--empty",
+                "1",
+                "--corrupt",
+                "1",
+                "--blur-sigmas",
+                "3",
+            ]
+        )
+        == 0
+    )
+    truth = json.loads((wafer / "manifest.json").read_text())["tiles"]
+    assert sum(t["empty"] for t in truth) == 1
+    assert sum(t["corrupt"] for t in truth) == 1
+    series = tmp_path / "series"
+    assert cli.main(["synth", str(series), "--focus-series", "7", "--size", "128"]) == 0
+    assert len(list(series.glob("*.tif"))) == 7
+    out = tmp_path / "cal.json"
+    assert cli.main(["calibrate", str(series), "--out", str(out)]) == 0
+    cal = json.loads(out.read_text())
+    assert cal["best_focus_um"] == pytest.approx(synth.IN_FOCUS_WD_UM, abs=0.6)

@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -46,7 +47,8 @@ import structlog
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
 from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
-from focuswatch.policy import format_score
+from focuswatch.policy import SECTION_WIDE, format_score
+from focuswatch.text import printable
 from focuswatch.verdict import VerdictKind, VerdictRecord
 
 __all__ = [
@@ -115,6 +117,8 @@ def redact_url(url: str) -> str:
         return shown
     netloc, slash, path = rest.partition("/")
     user, at, host = netloc.rpartition("@")
+    if user and _looks_secret(user, short=True):  # a token given as the user
+        user = _mask(user)
     hostname, colon, port = host.partition(":")
     if "." not in hostname and _looks_secret(hostname):
         hostname = _mask(hostname)
@@ -122,11 +126,14 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}{at}{hostname}{colon}{port}{slash}{'/'.join(segments)}"
 
 
-def _looks_secret(segment: str) -> bool:
-    """A token rather than a name: long, and letters mixed with digits or cases."""
+def _looks_secret(segment: str, *, short: bool = False) -> bool:
+    """A token rather than a name: long, and letters mixed with digits or cases; any
+    segment of 16 characters or more (a lower-case token is still a token)."""
     text = urllib.parse.unquote(segment)
-    if len(text) < 8 or "..." in text or "*" in text:  # short, or masked by apprise
+    if len(text) < (6 if short else 8) or "..." in text or "*" in text:  # masked already
         return False
+    if len(text) >= 16:
+        return True
     letters = any(c.isalpha() for c in text)
     digits = any(c.isdigit() for c in text)
     mixed_case = any(c.isupper() for c in text[1:]) and any(c.islower() for c in text)
@@ -134,7 +141,6 @@ def _looks_secret(segment: str) -> bool:
         (letters and digits)
         or (text.isdigit() and len(text) >= 10)  # a webhook or bot id
         or (mixed_case and len(text) >= 12)
-        or len(text) >= 24
     )
 
 
@@ -308,6 +314,13 @@ class AppriseNotifier:
             plugin = apprise.Apprise.instantiate(plugin)
             if plugin is None:
                 raise ValueError("apprise cannot parse this notification URL")
+        # The endpoint's identity in the ledger: taken before anything below changes the
+        # plugin's URL (its timeout, its payload), and from apprise's own id where it has
+        # one (it ignores parameters), so a changed setting never makes a new endpoint
+        # that is sent every alert again.
+        url_id = getattr(plugin, "url_id", None)
+        stable = url_id() if callable(url_id) else None
+        self.endpoint_id = _endpoint_id(str(stable or plugin.url(privacy=False)))
         # An endpoint that answers slowly gets time to answer: a send cut short by
         # apprise's 4 s default is retried, and the endpoint would get it twice. A
         # timeout given in the URL itself (?rto=) is kept.
@@ -342,7 +355,7 @@ class AppriseNotifier:
 
         thumb = None
         if alert.tile_path and self._thumb_px > 0:
-            folder = self._thumb_dir / _endpoint_id(self.url)
+            folder = self._thumb_dir / self.endpoint_id
             name = _safe_name(Path(alert.tile_name or alert.tile_path).stem) + ".png"
             thumb = make_thumbnail(
                 alert.tile_path, folder / name, px=self._thumb_px, within=self._within
@@ -417,7 +430,7 @@ def build_endpoints(
             send_timeout_s=acfg.send_timeout_s,
             within=within,
         )
-        eid = _endpoint_id(notifier.url)
+        eid = notifier.endpoint_id
         if eid in seen:
             continue  # the same URL twice is one endpoint: it gets each alert once
         seen.add(eid)
@@ -477,7 +490,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "reason": v.reason,
         "retake_id": None if retake is None else retake.id,
         "retake_status": None if retake is None else retake.status,
-        "path": record.path,
+        "path": printable(record.path),  # a name that is not UTF-8 cannot be sent as is
         "version_id": record.version_id,
     }
 
@@ -520,7 +533,7 @@ def format_tile_alert(
             f"Retake list entry {retake.id} (no retake needed? "
             f'focuswatch retakes dismiss {retake.id} --note "why")'
         )
-    lines.append(f"File: {record.path}")
+    lines.append(f"File: {printable(record.path)}")
     prefix = f"[{instance}] " if instance else ""
     title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
     if again:
@@ -547,7 +560,7 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
     lines = [
         f"Section {section}, tile {record.tile_name} was retaken and is in focus now.",
         f"Score: {score}; retake list entry {retake.id} is closed.",
-        f"File: {record.path}",
+        f"File: {printable(record.path)}",
     ]
     return Alert(
         key=f"fixed:{record.version_id}",
@@ -587,6 +600,14 @@ def _completed_older(conn: Any) -> list[str]:
     ]
 
 
+# Bad tiles a digest names: not yet alerted, and not part of a section-wide failure
+# (those wait for the section's summary, which names the failure once).
+_DIGESTED = (
+    "t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus') AND t.label NOT LIKE ?"
+)
+_SECTION_WIDE_LIKE = f"%{SECTION_WIDE}%"
+
+
 def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
     """(section, digests sent) of sections with bad tiles waiting, last alert before cutoff."""
     return [
@@ -594,8 +615,8 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
         for section, n in conn.execute(
             "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
             "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
-            "AND t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus'))",
-            (cutoff,),
+            f"AND {_DIGESTED})",
+            (cutoff, _SECTION_WIDE_LIKE),
         ).fetchall()
     ]
 
@@ -612,6 +633,9 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
             (cutoff,),
         ).fetchall()
     ]
+
+
+_GRID_POSITION = re.compile(r"r\d+-c\d+")
 
 
 def _positions(conn: Any, section: str) -> set[str]:
@@ -631,7 +655,11 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
         "(SELECT rowid FROM alert_sections WHERE section = ?) ORDER BY p.rowid DESC LIMIT 1",
         (section,),
     ).fetchone()
-    return set() if row is None else _positions(conn, str(row[0]))
+    if row is None:
+        return set()
+    # Only grid positions (r{row}-c{col}) repeat from section to section; a tile known
+    # by its name alone (no row/col in it) says nothing about the next section's.
+    return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
 def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
@@ -699,7 +727,10 @@ class AlertSink:
                 (record.version_id, section, record.position, label, str(kind), now, details),
             )
             if cur.rowcount == 0:
-                return  # replayed after a restart: everything below happened already
+                # Replayed after a restart (nothing to do), or a verdict revised once more
+                # of its section or position was known (focuswatch.judge).
+                self._revised(conn, record, retake, label=label, details=details, now=now)
+                return
             cur = conn.execute(
                 "UPDATE alert_sections SET last_at = max(last_at, ?) WHERE section = ?",
                 (now, section),
@@ -734,6 +765,55 @@ class AlertSink:
         if self._sender is not None:
             self._sender.kick()
 
+    def _revised(
+        self,
+        conn: Any,
+        record: VerdictRecord,
+        retake: _Retake | None,
+        *,
+        label: str,
+        details: str | None,
+        now: float,
+    ) -> None:
+        """A tile's verdict changed: the section's messages follow the verdict it has now.
+
+        Newly bad: alerted as any bad tile is (at once, or in the digest). No longer
+        bad after it was alerted: said so, so that nobody re-images it for nothing.
+        """
+        row = conn.execute(
+            "SELECT kind, alert FROM alert_tiles WHERE version_id = ?", (record.version_id,)
+        ).fetchone()
+        kind = record.verdict.kind
+        if row is None or row[0] == str(kind):
+            return
+        was = VerdictKind(row[0])
+        conn.execute(
+            "UPDATE alert_tiles SET kind = ?, label = ?, details = ?, "
+            "alert = CASE WHEN ? THEN NULL ELSE alert END WHERE version_id = ?",
+            (str(kind), label, details, kind.needs_retake, record.version_id),
+        )
+        if kind.needs_retake and not was.needs_retake:
+            self._tile_alert(conn, record, retake, now)
+        elif was.needs_retake and not kind.needs_retake and row[1] is not None:
+            prefix = f"[{self._instance}] " if self._instance else ""
+            self._queue(
+                conn,
+                Alert(
+                    key=f"revised:{record.version_id}:{kind}",
+                    kind="revised",
+                    section=record.section,
+                    title=f"{prefix}focuswatch: section {record.section}, {record.tile_name} "
+                    f"is {_KIND_TEXT.get(kind, str(kind))} after all: no retake needed",
+                    body=f"Judged again once more of its section and position was in: "
+                    f"{record.verdict.reason}",
+                    severity="success",
+                    details=_tile_details(record, retake)
+                    | {"kind": "revised", "instance": self._instance or None},
+                    tile_name=record.tile_name,
+                ),
+                now,
+            )
+
     def _format(self, record: VerdictRecord, retake: _Retake | None) -> Alert:
         return format_tile_alert(
             record,
@@ -745,12 +825,18 @@ class AlertSink:
     def _tile_alert(
         self, conn: Any, record: VerdictRecord, retake: _Retake | None, now: float
     ) -> None:
-        """A bad tile: alert at once if it is the section's first (or digests are off)."""
+        """A bad tile: alert at once if it is the section's first (or digests are off).
+
+        A tile of a section-wide failure (an autofocus that failed for the whole
+        section) after the section's first alert waits for the section's summary: one
+        failure is one message, not one per tile.
+        """
         section = record.section or ""
         last = conn.execute(
             "SELECT last_alert_at FROM alert_sections WHERE section = ?", (section,)
         ).fetchone()[0]
-        if last is None or self._cfg.digest_minutes == 0:
+        section_wide = record.verdict.reason.startswith(SECTION_WIDE)
+        if last is None or (self._cfg.digest_minutes == 0 and not section_wide):
             alert = self._format(record, retake)
             conn.execute(
                 "UPDATE alert_tiles SET alert = ? WHERE version_id = ?",
@@ -789,10 +875,9 @@ class AlertSink:
 
     def _digest(self, conn: Any, section: str, n: int, now: float) -> None:
         rows = conn.execute(
-            "SELECT version_id, label, details FROM alert_tiles WHERE section = ? "
-            "AND alert IS NULL AND kind IN ('out_of_focus', 'partly_out_of_focus') "
-            "ORDER BY version_id",
-            (section,),
+            f"SELECT version_id, label, details FROM alert_tiles t WHERE section = ? "
+            f"AND {_DIGESTED} ORDER BY version_id",
+            (section, _SECTION_WIDE_LIKE),
         ).fetchall()
         key = f"digest:{section}:{n}"
         tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
@@ -888,7 +973,13 @@ class AlertSink:
         for position, kind in rows:
             by_kind.setdefault(kind, []).append(position)
         out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
+        wide = conn.execute(
+            "SELECT count(*) FROM alert_tiles WHERE section = ? AND label LIKE ?",
+            (section, _SECTION_WIDE_LIKE),
+        ).fetchone()[0]
         line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
+        if wide:
+            line = f"Section-wide focus failure (autofocus?): {line}"
         parts = [line + (": " + ", ".join(out) if out else "")]
         others = (
             VerdictKind.PARTLY_OUT_OF_FOCUS,
@@ -914,7 +1005,8 @@ class AlertSink:
                 key=f"summary:{section}",
                 kind="summary",
                 section=section,
-                title=f"{prefix}focuswatch: section {section} complete",
+                title=f"{prefix}focuswatch: section {section} complete"
+                + (": section-wide focus failure" if wide else ""),
                 body="; ".join(parts),
                 severity="info",
                 details={

@@ -8,6 +8,7 @@ clear line and give a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -308,9 +309,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--blur-fraction", type=float, default=0.1, help="fraction of tiles written out of focus"
     )
+    p.add_argument(
+        "--blur-sigmas",
+        type=_sigmas,
+        default=(2.0, 4.0),
+        metavar="S,S,...",
+        help="the blurs (Gaussian σ, px) of the out-of-focus tiles, in turn (default 2,4)",
+    )
+    p.add_argument("--empty", type=_int_at_least(0), default=0, metavar="N", help="empty tiles")
+    p.add_argument(
+        "--corrupt", type=_int_at_least(0), default=0, metavar="N", help="truncated tiles"
+    )
+    p.add_argument(
+        "--focus-series",
+        type=_int_at_least(3),
+        default=0,
+        metavar="STEPS",
+        help="instead of a wafer: a through-focus series of one site (0.5 µm steps, the "
+        "working distance in each tile's FibicsXML) to rehearse `focuswatch calibrate`",
+    )
     p.add_argument("--seed", type=int, default=0)
     _add_config_args(p)
     return parser
+
+
+def _sigmas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"blurs must be numbers > 0: {text!r}")
+    return values
 
 
 def _settings(args: argparse.Namespace) -> config.Config:
@@ -426,6 +456,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             dose=args.dose,
             blur_fraction=args.blur_fraction,
             seed=args.seed,
+            empty=args.empty,
+            corrupt=args.corrupt,
+            blur_sigmas=args.blur_sigmas,
+            focus_series=args.focus_series,
         )
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts choices
 

@@ -24,6 +24,7 @@ thread has its own ledger connection and the service only ever inserts rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
@@ -298,6 +299,10 @@ class _EndpointSender:
                     self.wake.wait(owner.poll_s)
                     self.wake.clear()
         finally:
+            # A send whose outcome the ledger refused a moment ago: one last try to record
+            # it, or the next start would send it again (a plain stop is no crash).
+            with contextlib.suppress(sqlite3.Error, StateError):
+                self._record_waiting(ledger)
             ledger.close()
 
     def _send_urgent(self) -> None:

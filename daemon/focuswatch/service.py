@@ -988,7 +988,7 @@ def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
     while True:
         try:
             _state_writable(cfg)
-            return Service(cfg)
+            service = Service(cfg)
         except LedgerWriteError as exc:
             now = time.monotonic()
             if waiting_since is None:
@@ -1000,6 +1000,13 @@ def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
                     f"retrying every {FAULT_RETRY_S:g} s",
                 )
                 notifier.ready("waiting for the state folder to be writable")
+                _tell_directly(
+                    cfg,
+                    "failure",
+                    "focuswatch cannot start: its state folder cannot be written",
+                    f"{exc}\nNo tile is scored until it can; it retries every "
+                    f"{FAULT_RETRY_S:g} s and starts by itself.",
+                )
             elif now >= remind:
                 remind = now + FAULT_REMIND_S
                 log.error(
@@ -1008,6 +1015,54 @@ def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
             notifier.watchdog()
             if stop.wait(FAULT_RETRY_S):
                 return None
+        else:
+            if waiting_since is not None:
+                _tell_directly(
+                    cfg,
+                    "success",
+                    "focuswatch started: its state folder can be written again",
+                    f"After {round(time.monotonic() - waiting_since)} s of waiting.",
+                )
+            return service
+
+
+def _tell_directly(cfg: Config, severity: str, title: str, body: str) -> None:
+    """A health message straight to each alert endpoint, before any ledger exists.
+
+    Best effort: each endpoint in a thread of its own, waited for a few seconds at
+    most; its failure is logged and changes nothing.
+    """
+    if not (cfg.alerts.urls or cfg.alerts.apprise_config is not None):
+        return
+    from focuswatch import alerts
+    from focuswatch.outbox import Alert
+
+    try:
+        endpoints = alerts.build_endpoints(cfg.alerts, thumbnail_dir=Path(cfg.state_dir))
+    except Exception as exc:  # an endpoint that cannot even be built: said, not fatal
+        log.warning("health_alert_failed", error=repr(exc))
+        return
+    name = alerts.instance_name(cfg.alerts)
+    alert = Alert(
+        key=f"health:{time.time():.0f}",
+        kind="health",
+        section=None,
+        title=f"[{name}] {title}",
+        body=body,
+        severity=severity,
+    )
+
+    def send(endpoint: Any) -> None:
+        try:
+            endpoint.notify(alert)
+        except Exception as exc:  # DeliveryError and anything apprise raises
+            log.warning("health_alert_failed", endpoint=endpoint.name, error=str(exc))
+
+    threads = [threading.Thread(target=send, args=(e,), daemon=True) for e in endpoints]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
 
 
 def _stop_on_signal(

@@ -52,6 +52,7 @@ __all__ = [
     "through_focus_series",
     "to_uint",
     "wafer_plan",
+    "write_focus_series",
     "write_manifest",
     "write_section",
     "write_tile",
@@ -464,7 +465,13 @@ def resin(shape: tuple[int, int], *, rng: np.random.Generator) -> FloatImage:
 # ---------------------------------------------------------------- degradations
 
 
-def defocus_sigma(dz_um: float, *, sigma_per_um: float = 1.5) -> float:
+#: Blur per µm of defocus in the synthetic microscope (σ px = |Δz| µm × this).
+SIGMA_PER_UM = 1.5
+#: The working distance at which synthetic tiles are in focus, µm.
+IN_FOCUS_WD_UM = 5000.0
+
+
+def defocus_sigma(dz_um: float, *, sigma_per_um: float = SIGMA_PER_UM) -> float:
     """Gaussian blur σ (pixels) for a focus error of ``dz_um``: linear in |Δz|."""
     if not math.isfinite(dz_um):
         raise ValueError(f"dz_um must be finite, got {dz_um}")
@@ -1022,7 +1029,8 @@ def write_section(
             pixel_size_um=pixel_size_um,
             stage_x_um=tile.stage_x_um,
             stage_y_um=tile.stage_y_um,
-            working_distance_um=5000.0 + 1000.0 * tile.defocus_sigma / 1.5,
+            # The working distance that blurs this much (sigma_per_um, as defocus_sigma).
+            working_distance_um=IN_FOCUS_WD_UM + tile.defocus_sigma / SIGMA_PER_UM,
             compression=compression,
             truncate_to=0.4 if tile.corrupt else None,
         )
@@ -1130,6 +1138,49 @@ def _describe_section(tiles: Sequence[SynthTile]) -> str:
     return f"{folder}: " + "; ".join(parts)
 
 
+def write_focus_series(
+    out: Path,
+    *,
+    steps: int,
+    step_um: float = 0.5,
+    size: int = 512,
+    bits: int = 8,
+    dose: float | None = 30.0,
+    seed: int = 0,
+) -> list[Path]:
+    """A through-focus series of one site, to rehearse ``focuswatch calibrate``.
+
+    ``steps`` tiles at working distances ``IN_FOCUS_WD_UM + (k − steps // 2) × step_um``,
+    each blurred as far as that is from focus (``SIGMA_PER_UM``), with the working
+    distance in its FibicsXML ``Scan/Focus`` (which ``calibrate`` reads).
+    """
+    if steps < 3:
+        raise ValueError(f"a focus series needs at least 3 steps, got {steps}")
+    if not (math.isfinite(step_um) and step_um > 0):
+        raise ValueError(f"step_um must be > 0, got {step_um}")
+    rng = np.random.default_rng([seed, 0xF0C])
+    clean = neuropil((size, size), rng=rng)
+    folder = Path(out)
+    written = []
+    for k in range(steps):
+        dz = (k - steps // 2) * step_um
+        wd = IN_FOCUS_WD_UM + dz
+        image = degrade(clean, rng=rng, defocus_sigma=defocus_sigma(dz), dose=dose)
+        path = folder / f"Tile_r1-c1_WD{wd:.2f}um.tif"
+        write_tile(
+            path,
+            to_uint(image, bits),
+            row=1,
+            col=1,
+            section=0,
+            stage_x_um=0.0,
+            stage_y_um=0.0,
+            working_distance_um=wd,
+        )
+        written.append(path)
+    return written
+
+
 def main(
     out: Path,
     *,
@@ -1141,9 +1192,21 @@ def main(
     dose: float | None,
     blur_fraction: float,
     seed: int,
+    empty: int = 0,
+    corrupt: int = 0,
+    blur_sigmas: tuple[float, ...] = (2.0, 4.0),
+    focus_series: int = 0,
 ) -> int:
-    """``focuswatch synth``: write a wafer and print one line per section."""
+    """``focuswatch synth``: write a wafer (or a focus series) and say what is in it."""
     try:
+        if focus_series:
+            paths = write_focus_series(
+                Path(out), steps=focus_series, size=size, bits=bits, dose=dose, seed=seed
+            )
+            for p in paths:
+                print(p)
+            print(f"wrote a through-focus series of {len(paths)} tiles: focuswatch calibrate {out}")
+            return 0
         tiles = write_wafer(
             Path(out),
             sections=sections,
@@ -1153,6 +1216,9 @@ def main(
             bits=bits,
             dose=dose,
             blur_fraction=blur_fraction,
+            blur_sigmas=blur_sigmas,
+            empty_tiles=empty,
+            corrupt_tiles=corrupt,
             seed=seed,
             on_section=lambda written: print(_describe_section(written), flush=True),
         )

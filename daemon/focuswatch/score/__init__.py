@@ -54,7 +54,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     and must not lie below the fine band around them; a fine maximum must not
     lie below the interpolated coarse band. The stretch percentiles and the
     binning-2 noise estimate are taken on a sparser sample. Ranks like exact mode
-    (Spearman 0.996-0.999 per dose on bench/accuracy.py's ISBI series); counts
+    (Spearman ≥ 0.997 in every cell of bench/accuracy.py's matrix); counts
     run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
     fewer close pairs of maxima), so compare fast scores with fast scores.
 
