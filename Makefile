@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check lint typecheck bench clean
+.PHONY: venv demo test check lint typecheck bench clean browser screenshots
 
 venv: $(STAMP)
 
@@ -22,9 +22,28 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/focuswatch demo
 
-# The whole suite: what CI runs.
-test: venv lint typecheck
+# The whole suite: what CI runs (the web console's browser tests need Chromium).
+test: venv browser lint typecheck
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium and chromium-driver for the web console's browser tests and the
+# README's screenshots: installed with apt-get only when one of them is missing.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" -ne 0 ]; then \
+		echo "the web console's browser tests need /usr/bin/chromium and /usr/bin/chromedriver:"; \
+		echo "  not root, so not installing them; run as root: apt-get install -y chromium chromium-driver"; \
+		echo "  (without them those tests are skipped)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "no apt-get here: install chromium and its chromedriver as /usr/bin/chromium and /usr/bin/chromedriver"; \
+	fi
+
+# Screenshots of the console's pages for the README (docs/screens/*.png).
+screenshots: venv browser
+	$(BIN)/python bench/screenshots.py --out docs/screens
 
 # The edit loop: lint, types and the fast tests (no Dask clusters, no whole-service
 # subprocesses, no demo; those are marked slow).

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import structlog
 
+from browser import chromium  # noqa: F401  (a fixture: headless Chromium)
 from focuswatch import synth
 from servicekit import make_service  # noqa: F401  (a fixture: the service in-process)
+from webkit import console_service  # noqa: F401  (a fixture: the service with its web page)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"executor", "calibrate", "outbox"},
     {"policy", "gpu"},
     {"judge", "worker", "alerts", "retakes"},
-    {"cluster", "status"},
+    {"cluster", "status", "web"},
     {"service"},
     {"demo"},
     {"cli"},

@@ -30,6 +30,7 @@ __all__ = [
     "PolicyConfig",
     "ScoringConfig",
     "WatchConfig",
+    "WebConfig",
     "describe",
     "load",
     "parse",
@@ -168,6 +169,33 @@ class LoggingConfig:
     format: str = _opt("auto", _one_of("auto", "json", "console"))
 
 
+def _host(v: Any) -> str | None:
+    return (
+        None if v.strip() and v == v.strip() else "must be a host name or address, e.g. '127.0.0.1'"
+    )
+
+
+def _token(v: Any) -> str | None:
+    if len(v) < 16:
+        return "must be at least 16 characters (e.g. the output of `openssl rand -hex 16`)"
+    return (
+        None
+        if v.isprintable() and v == v.strip()
+        else "must be printable, without spaces at the ends"
+    )
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The operator console: a web page served by the daemon (``focuswatch.web``)."""
+
+    enabled: bool = _opt(True)
+    host: str = _opt("127.0.0.1", _host)
+    port: int = _opt(8423, _range(1, 65535))
+    # Dismissing or reopening a retake entry from the page needs this token; unset: off.
+    token: str | None = _opt(None, _token)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, as the service uses it."""
@@ -179,6 +207,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -340,7 +369,8 @@ def describe(cfg: Config, *, redact_url: Callable[[str], str] = _masked) -> str:
 
     Notification URLs carry secrets (tokens, passwords): each is shown only through
     ``redact_url`` (by default just its scheme; ``check-config`` passes
-    ``focuswatch.alerts.redact_url``, which keeps what is not secret).
+    ``focuswatch.alerts.redact_url``, which keeps what is not secret). ``web.token``
+    is never shown.
     """
     top: list[str] = []
     tables: list[str] = []
@@ -352,6 +382,9 @@ def describe(cfg: Config, *, redact_url: Callable[[str], str] = _masked) -> str:
                 shown = getattr(value, k.name)
                 if isinstance(value, AlertsConfig) and k.name == "urls" and shown:
                     shown = [redact_url(u) for u in shown]
+                if isinstance(value, WebConfig) and k.name == "token" and shown:
+                    tables.append(f'{k.name} = "(set, not shown)"')
+                    continue
                 tables.append(_toml_line(k.name, shown))
         else:
             top.append(_toml_line(f.name, value))

@@ -105,13 +105,19 @@ def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
 
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
     """The retake and alert sinks, in that order: an alert names the retake entry (its
-    id) its tile opened, so the retake list must have seen the verdict first."""
+    id) its tile opened, so the retake list must have seen the verdict first. Then the
+    web console (its server thread; a port in use is one log line), when enabled."""
     from focuswatch import alerts, retakes
 
-    return [
+    sinks: list[Sink] = [
         retakes.build_sink(cfg, ledger, clock=clock),
         alerts.build_sink(cfg, ledger, clock=clock),
     ]
+    if cfg.web.enabled:
+        from focuswatch.web import WebConsole
+
+        sinks.append(WebConsole(cfg.web, cfg.state_dir, clock=clock))
+    return sinks
 
 
 class Service:

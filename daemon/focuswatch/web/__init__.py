@@ -1,0 +1,16 @@
+"""The operator console: a live web page served by the daemon, ``/metrics`` and ``/healthz``.
+
+- ``data``: every read (and the two writes: dismiss, reopen) against the ledger.
+- ``app``: the Starlette routes and the security checks (token, same origin, CSRF).
+- ``svg``: layout of the wafer map, focus map and score history.
+- ``metrics``: the Prometheus collector, read from the ledger at scrape time.
+- ``server``: ``WebConsole``, uvicorn in a thread, held by the service as a sink.
+"""
+
+from __future__ import annotations
+
+from focuswatch.web.app import build_app
+from focuswatch.web.data import Console
+from focuswatch.web.server import WebConsole
+
+__all__ = ["Console", "WebConsole", "build_app"]

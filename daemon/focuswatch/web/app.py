@@ -1,0 +1,456 @@
+"""The console's routes: server-rendered pages (Jinja2, autoescaped), SVG, JSON, metrics.
+
+::
+
+    GET  /                      Now: health in one line, rates, backlog, backend, uptime
+    GET  /wafer                 every section a grid of positions coloured by verdict
+    GET  /tile/{id}             one tile version: thumbnail, focus map, history, reason
+    GET  /tile/{id}/thumb.png   its thumbnail (only versions the ledger knows, never a path)
+    GET  /tile/{id}/crop.png    its worst patch at full resolution
+    GET  /retakes[.csv|.json]   the retake list, ?section=&status=
+    POST /retakes/{id}/{dismiss|reopen}   needs web.token, same origin and the session's token
+    GET  /alerts                the alert outbox: sent and waiting
+    GET  /api/generation        changes when anything shown changed (the pages poll it)
+    GET  /healthz               200 healthy, 503 and the reason
+    GET  /metrics               Prometheus text
+
+Security model: read-only without ``web.token``. A change (dismiss, reopen) is a form
+POST that must carry the token, come from a page of this server (``Origin`` or, without
+it, ``Referer`` naming this host) and carry the per-session CSRF token the page was
+rendered with (an HMAC of the session cookie under a key made at start). Every name and
+reason is escaped (Jinja2 autoescape); alert endpoints appear only redacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import math
+import os
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import jinja2
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+import focuswatch
+from focuswatch import retakes
+from focuswatch.text import printable
+from focuswatch.web import metrics, svg
+from focuswatch.web.data import VERDICTS, Console
+
+__all__ = ["SESSION_COOKIE", "build_app"]
+
+SESSION_COOKIE = "fw_session"
+_HERE = Path(__file__).parent
+_THUMB_PX = 384
+_THUMB_CACHE = 64
+_MAX_FORM_BYTES = 16 * 1024
+_CROP_PX = 384
+
+VERDICT_LABELS = {
+    "in_focus": "in focus",
+    "partly_out_of_focus": "partly out of focus",
+    "out_of_focus": "out of focus",
+    "empty": "empty",
+    "unreadable": "unreadable",
+    "pending": "not judged yet",
+}
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_HERE / "templates"),
+        autoescape=True,  # every template is HTML: names and reasons are escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["num"] = _num
+    env.filters["printable"] = lambda s: printable(str(s)) if s is not None else ""
+    env.globals["colours"] = svg.VERDICT_COLOURS
+    env.globals["glyphs"] = svg.VERDICT_GLYPHS
+    env.globals["labels"] = VERDICT_LABELS
+    env.globals["verdicts"] = VERDICTS
+    env.globals["version"] = focuswatch.__version__
+    return env
+
+
+class _Thumbnails:
+    """PNG thumbnails made on demand from tiles the ledger knows, a few kept in memory."""
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version_id: int, path: str, size: int, mtime_ns: int) -> bytes | None:
+        key = (version_id, size, mtime_ns)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        from focuswatch.alerts import make_thumbnail
+
+        with tempfile.TemporaryDirectory(prefix="focuswatch-thumb-") as tmp:
+            made = make_thumbnail(path, Path(tmp) / "t.png", px=_THUMB_PX)
+            data = made.read_bytes() if made is not None else None
+        if data is None:
+            return None
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > _THUMB_CACHE:
+                self._cache.popitem(last=False)
+        return data
+
+
+def worst_patch_crop(path: str, patches: Any, *, px: int = _CROP_PX) -> bytes | None:
+    """A PNG of the worst patch at full resolution (at most ``px`` square, from its centre).
+
+    A σ = 2 px blur is invisible in a thumbnail of a whole 8k tile; this is what the
+    policy saw. The patch grid is laid over the tile as the scorer lays it (equal
+    shares, rounded). None when the tile has no focus map or cannot be read.
+    """
+    if not isinstance(patches, list) or not patches or not isinstance(patches[0], list):
+        return None
+    cells = [
+        (float(v), r, c)
+        for r, row in enumerate(patches)
+        for c, v in enumerate(row)
+        if isinstance(v, int | float) and math.isfinite(v)
+    ]
+    if not cells:
+        return None
+    _, r, c = min(cells)
+    rows, cols = len(patches), len(patches[r])
+    from PIL import Image
+
+    from focuswatch.tiles import open_tile
+
+    try:
+        with open_tile(path) as tile:
+            height, width = tile.shape
+            y0, y1 = round(r * height / rows), round((r + 1) * height / rows)
+            x0, x1 = round(c * width / cols), round((c + 1) * width / cols)
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            h, w = min(px, y1 - y0), min(px, x1 - x0)
+            top, left = max(y0, cy - h // 2), max(x0, cx - w // 2)
+            part = np.asarray(tile.read_region(top, top + h, left, left + w), dtype=np.float32)
+        part = np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = np.percentile(part, [0.5, 99.5])
+        scaled = np.clip((part - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+        out = io.BytesIO()
+        Image.fromarray((scaled * 255).astype(np.uint8)).save(out, format="PNG")
+    except Exception:  # unreadable now (TileError, OSError, a decoder's error): no crop
+        return None
+    return out.getvalue()
+
+
+def _done_message(request: Request) -> str:
+    """What the last change did (only these words: no text from the URL reaches the page)."""
+    done = request.query_params.get("done")
+    entry = request.query_params.get("entry", "")
+    if done in ("dismissed", "reopened") and entry.isdigit():
+        return f"{done} entry {int(entry)}"
+    return ""
+
+
+def _same_file(path: str, size: int, mtime_ns: int) -> bool:
+    """The file at ``path`` is still the version the ledger recorded (a regular file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+def build_app(
+    console: Console,
+    *,
+    token: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The console as an ASGI app over ``console`` (run it with uvicorn)."""
+    env = _environment()
+    registry = metrics.registry_for(console)
+    csrf_key = secrets.token_bytes(32)
+    thumbs = _Thumbnails()
+
+    def csrf_for(session: str) -> str:
+        return hmac.new(csrf_key, session.encode(), hashlib.sha256).hexdigest()
+
+    def page(
+        request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        session = request.cookies.get(SESSION_COOKIE, "")
+        fresh = len(session) != 64 or not all(c in "0123456789abcdef" for c in session)
+        if fresh:
+            session = secrets.token_hex(32)
+        context.setdefault("title", "")
+        body = env.get_template(template).render(
+            request_path=request.url.path,
+            csrf=csrf_for(session),
+            writable=token is not None,
+            now_local=_when(clock()),
+            **context,
+        )
+        response = HTMLResponse(body, status_code=status_code)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        if fresh:
+            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
+        return response
+
+    def not_found(request: Request, what: str) -> HTMLResponse:
+        return page(request, "error.html", 404, title="Not found", message=what)
+
+    async def now_page(request: Request) -> Response:
+        return page(
+            request,
+            "now.html",
+            title="Now",
+            now=console.now_view(),
+            endpoints=console.endpoints(),
+            live="always",
+        )
+
+    async def wafer_page(request: Request) -> Response:
+        wafer = console.wafer()
+        return page(
+            request,
+            "wafer.html",
+            title="Wafer map",
+            wafer=wafer,
+            cell=svg.CELL,
+            live="changes",
+        )
+
+    def tile_page(request: Request) -> Response:
+        vid = int(request.path_params["vid"])
+        view = console.tile(vid)
+        if view is None:
+            return not_found(request, f"The ledger knows no tile version {vid}.")
+        history = (
+            console.history(view.row, view.col)
+            if view.row is not None and view.col is not None
+            else []
+        )
+        present = _same_file(view.path, view.size, view.mtime_ns)
+        wd = console.working_distance_um(view.id)
+        if wd is None and present:
+            from focuswatch.tiles import read_meta
+
+            try:
+                wd = read_meta(view.path).working_distance_um
+            except Exception:  # TileError, OSError, or a tag the reader trips on: a nicety
+                wd = None
+        return page(
+            request,
+            "tile.html",
+            title=f"Tile {printable(view.tile_name)}",
+            t=view,
+            path=printable(view.path),
+            present=present,
+            working_distance_um=wd,
+            patch_map=svg.patch_map(view.patch_scores),
+            plot=svg.history_plot(history, current=view.id),
+            history=history,
+            live="changes",
+        )
+
+    def thumbnail(request: Request) -> Response:
+        vid = int(request.path_params["vid"])
+        view = console.tile(vid)
+        if view is None or not _same_file(view.path, view.size, view.mtime_ns):
+            return not_found(request, f"Tile version {vid} is not on disk any more.")
+        data = thumbs.get(view.id, view.path, view.size, view.mtime_ns)
+        if data is None:
+            return not_found(request, f"No thumbnail can be made of tile version {vid}.")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    def crop(request: Request) -> Response:
+        vid = int(request.path_params["vid"])
+        view = console.tile(vid)
+        if view is None or not _same_file(view.path, view.size, view.mtime_ns):
+            return not_found(request, f"Tile version {vid} is not on disk any more.")
+        data = worst_patch_crop(view.path, view.patch_scores)
+        if data is None:
+            return not_found(request, f"Tile version {vid} has no focus map to crop from.")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    def _filters(request: Request) -> tuple[str | None, str | None]:
+        section = request.query_params.get("section") or None
+        status = request.query_params.get("status") or None
+        return section, status
+
+    async def retakes_page(request: Request) -> Response:
+        section, status = _filters(request)
+        items = console.retakes(section=section, status=status)
+        return page(
+            request,
+            "retakes.html",
+            title="Retake list",
+            items=items,
+            histories=console.retake_histories(),
+            section=section or "",
+            status=status or "",
+            sections=console.retake_sections(),
+            statuses=("to_do", *retakes.STATUSES),
+            query=request.url.query,
+            message=_done_message(request),
+            live="changes",
+        )
+
+    async def retakes_csv(request: Request) -> Response:
+        section, status = _filters(request)
+        data = retakes.render_csv(console.retakes(section=section, status=status))
+        return Response(
+            data,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="retakes.csv"'},
+        )
+
+    async def retakes_json(request: Request) -> Response:
+        section, status = _filters(request)
+        data = retakes.render_json(
+            console.retakes(section=section, status=status),
+            generated=clock(),
+            events=console.retake_histories(),
+        )
+        return Response(
+            data,
+            media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="retakes.json"'},
+        )
+
+    def refuse(request: Request, code: int, why: str) -> Response:
+        return page(request, "error.html", code, title="Refused", message=why)
+
+    def same_origin(request: Request) -> bool:
+        host = request.headers.get("host", "")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != "null":
+            return urlsplit(origin).netloc == host
+        referer = request.headers.get("referer")
+        return referer is not None and urlsplit(referer).netloc == host
+
+    async def change_retake(request: Request) -> Response:
+        if token is None:
+            return refuse(request, 403, "Changes are off: set web.token in the configuration.")
+        if not same_origin(request):
+            return refuse(request, 403, "Refused: the request did not come from this page.")
+        body = await request.body()
+        if len(body) > _MAX_FORM_BYTES:
+            return refuse(request, 413, "Refused: the form is too large.")
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        session = request.cookies.get(SESSION_COOKIE, "")
+        if not session or not hmac.compare_digest(form.get("csrf", ""), csrf_for(session)):
+            return refuse(request, 403, "Refused: the page was stale; reload it and try again.")
+        if not hmac.compare_digest(form.get("token", "").encode(), token.encode()):
+            return refuse(request, 403, "Refused: wrong token.")
+        action = str(request.path_params["action"])
+        if action not in ("dismiss", "reopen"):
+            return not_found(request, f"No action {action!r}.")
+        entry_id = int(request.path_params["entry"])
+        who = form.get("who", "").strip()[:80]
+        note = form.get("note", "").strip()
+        try:
+            entry = console.change_retake(entry_id, action=action, note=note, who=who)
+        except KeyError:
+            return not_found(request, f"No retake entry {entry_id}.")
+        except ValueError as exc:
+            return refuse(request, 400, f"Not changed: {exc}.")
+        # Back to the list as it was filtered; only the filters, never a URL from the form.
+        back = parse_qs(form.get("back", ""))
+        keep = {k: back[k][0] for k in ("section", "status") if back.get(k)}
+        keep |= {"done": "dismissed" if action == "dismiss" else "reopened", "entry": str(entry.id)}
+        location = "/retakes?" + urlencode(keep)
+        return Response(status_code=303, headers={"Location": location})
+
+    async def alerts_page(request: Request) -> Response:
+        items = console.alerts()
+        waiting = [a for a in items if a["sent"] is None]
+        sent = [a for a in items if a["sent"] is not None]
+        return page(
+            request,
+            "alerts.html",
+            title="Alerts",
+            waiting=waiting,
+            sent=sent,
+            endpoints=console.endpoints(),
+            live="changes",
+        )
+
+    async def generation(request: Request) -> Response:
+        health = console.health()
+        return JSONResponse(
+            {"generation": console.generation(), "healthy": health.ok, "health": health.line},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def healthz(request: Request) -> Response:
+        health = console.health()
+        text = health.line + "\n"
+        return PlainTextResponse(text, status_code=200 if health.ok else 503)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+
+    async def on_404(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/static/"):
+            return PlainTextResponse("not found\n", status_code=404)
+        return not_found(request, f"There is no page at {printable(request.url.path)}.")
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        return PlainTextResponse(f"error {code}\n", status_code=code)
+
+    routes = [
+        Route("/", now_page),
+        Route("/wafer", wafer_page),
+        Route("/tile/{vid:int}", tile_page),
+        Route("/tile/{vid:int}/thumb.png", thumbnail),
+        Route("/tile/{vid:int}/crop.png", crop),
+        Route("/retakes", retakes_page),
+        Route("/retakes.csv", retakes_csv),
+        Route("/retakes.json", retakes_json),
+        Route("/retakes/{entry:int}/{action:str}", change_retake, methods=["POST"]),
+        Route("/alerts", alerts_page),
+        Route("/api/generation", generation),
+        Route("/healthz", healthz),
+        Route("/metrics", metrics_page),
+        Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={404: on_404, 405: on_error, 500: on_error},
+    )

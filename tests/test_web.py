@@ -1,0 +1,381 @@
+"""The web console over HTTP (urllib): the real service, the real server on 127.0.0.1.
+
+The browser tests (what a person sees) are in ``test_web_browser.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import structlog
+
+from focuswatch import config
+from focuswatch.config import WebConfig
+from focuswatch.errors import ConfigError
+from focuswatch.ledger import Ledger
+from focuswatch.web import WebConsole
+from focuswatch.web.server import bind
+from webkit import SECRET, TOKEN, MakeConsole, fetch, fetch_json
+
+XSS = "Tile_r2-c2_<script>alert(1)<img src=x onerror=alert(2)>.tif"
+
+
+def planted(make: MakeConsole, **kw: object) -> tuple[object, dict[str, str]]:
+    """Section 001 all in focus, then section 002 with r1-c2 blurred and a hostile name."""
+    cs = make(**kw)
+    for r, c in ((1, 1), (1, 2), (2, 1), (2, 2)):
+        cs.write(f"S_001_1/Tile_r{r}-c{c}_S_001_1.tif", value=r * 10 + c)
+    cs.judge(4)
+    cs.write("S_002_2/Tile_r1-c1_S_002_2.tif", value=1)
+    cs.write("S_002_2/Tile_r1-c2_S_002_2_BLUR.tif", value=2)
+    cs.write(f"S_002_2/{XSS}", value=3)
+    return cs, cs.judge(7)
+
+
+def test_planted_tile_is_out_of_focus_and_the_wafer_map_colours_it(
+    console_service: MakeConsole,
+) -> None:
+    cs, verdicts = planted(console_service)
+    assert verdicts["Tile_r1-c2_S_002_2_BLUR.tif"] == "out_of_focus"
+    status, _, body = fetch(cs.url + "wafer")
+    assert status == 200
+    html = body.decode()
+    cell = re.search(r'<rect class="tile"[^>]*data-name="Tile_r1-c2_S_002_2_BLUR.tif"[^>]*>', html)
+    assert cell is not None
+    assert 'fill="#D55E00"' in cell.group()
+    assert 'data-verdict="out_of_focus"' in cell.group()
+    # Sections in order, each with its progress.
+    assert html.index('data-section="001"') < html.index('data-section="002"')
+    assert "1 to retake" in html
+
+
+def test_hostile_tile_name_is_escaped_on_every_page(console_service: MakeConsole) -> None:
+    cs, _ = planted(console_service)
+    vid = cs.version_id(XSS)
+    for page in ("", "wafer", f"tile/{vid}", "retakes", "alerts"):
+        status, _, body = fetch(cs.url + page)
+        assert status == 200, page
+        assert b"<script>alert" not in body, page
+        assert b"<img src=x" not in body, page
+    _, _, tile = fetch(cs.url + f"tile/{vid}")
+    assert b"&lt;script&gt;alert(1)&lt;img src=x onerror=alert(2)&gt;.tif" in tile
+
+
+def test_now_page_and_healthz_say_healthy_with_a_fresh_heartbeat(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    status, _, body = fetch(cs.url + "healthz")
+    assert status == 200, body
+    assert body.startswith(b"healthy"), body
+    status, _, body = fetch(cs.url)
+    html = body.decode()
+    assert status == 200
+    assert re.search(r'<p id="health" class="health ok">healthy', html)
+    assert "Tiles per minute" in html
+    assert "Backlog" in html
+    assert "local time" in html
+    assert "local" in html  # the executor's backend as the service described it
+    assert "time to clear: nothing waiting" in html
+    assert "built-in" not in html
+
+
+def test_now_line_warns_when_no_tile_arrived_for_half_an_hour(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    led = Ledger.open(cs.state)
+    try:
+        led.connection.execute("UPDATE versions SET first_seen = first_seen - 3600")
+    finally:
+        led.close()
+    status, _, body = fetch(cs.url + "healthz")
+    assert status == 200
+    assert b"healthy, but no new tile for 1 h" in body
+    assert b"has the microscope stopped?" in body
+
+
+def test_healthz_is_503_with_the_reason_when_the_heartbeat_is_old(
+    console_service: MakeConsole,
+) -> None:
+    cs = console_service()
+    led = Ledger.open(cs.state)
+    try:
+        led.connection.execute("UPDATE meta SET updated = updated - 600 WHERE key = 'heartbeat'")
+    finally:
+        led.close()
+    status, _, body = fetch(cs.url + "healthz")
+    assert status == 503
+    assert b"no heartbeat for 10 min" in body
+    gen = fetch_json(cs.url + "api/generation")
+    assert gen["healthy"] is False
+    assert "no heartbeat" in gen["health"]
+
+
+def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    status, headers, body = fetch(cs.url + "metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    assert 'focuswatch_tiles{verdict="out_of_focus"} 1.0' in text
+    assert re.search(r'focuswatch_tiles\{verdict="in_focus"\} [5-6]\.0', text)
+    assert "focuswatch_backlog_tiles 0.0" in text
+    assert 'focuswatch_scoring_seconds_bucket{le="0.025"}' not in text
+    assert 'focuswatch_scoring_seconds_bucket{le="0.1"} 7.0' in text
+    assert "focuswatch_scoring_seconds_count 7.0" in text
+    assert "focuswatch_newest_tile_age_seconds" in text
+    assert "focuswatch_alerts_waiting" in text
+    assert SECRET not in text
+    assert "focuswatch_alert_deliveries_waiting{endpoint=" in text
+
+
+def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    status, _, body = fetch(cs.url + "alerts")
+    assert status == 200
+    assert b"Waiting (" in body
+    assert b'<table id="endpoints">' in body  # per endpoint, with its last error
+    endpoint = re.search(rb'<table id="endpoints">.*?<code>(json://[^<]*)</code>', body, re.S)
+    assert endpoint is not None  # the endpoint named, redacted (checked below)
+    assert b"out of focus" in body.lower()
+    for page in ("", "alerts", "metrics", "api/generation", "retakes.json", "retakes.csv"):
+        _, _, body = fetch(cs.url + page)
+        assert SECRET.encode() not in body, page
+
+
+def test_unknown_pages_tiles_and_vanished_files_are_404_pages(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    for page in ("nothing-here", "tile/999999", "tile/999999/thumb.png", "tile/abc"):
+        status, headers, body = fetch(cs.url + page)
+        assert status == 404, page
+        assert headers["content-type"].startswith("text/html"), page
+        assert b"Not found" in body
+    vid = cs.version_id("Tile_r1-c1_S_002_2.tif")
+    for image in ("thumb.png", "crop.png"):  # thumbnail, worst patch at full resolution
+        status, headers, png = fetch(cs.url + f"tile/{vid}/{image}")
+        assert status == 200
+        assert headers["content-type"] == "image/png"
+        assert png.startswith(b"\x89PNG")
+    (cs.root / "S_002_2" / "Tile_r1-c1_S_002_2.tif").unlink()
+    status, _, body = fetch(cs.url + f"tile/{vid}")
+    assert status == 200
+    assert b"no longer on disk" in body
+    for image in ("thumb.png", "crop.png"):
+        status, _, body = fetch(cs.url + f"tile/{vid}/{image}")
+        assert status == 404
+        assert b"not on disk any more" in body
+    # Only versions the ledger knows: no path, no traversal.
+    status, _, _ = fetch(cs.url + "tile/..%2F..%2Fetc%2Fpasswd")
+    assert status == 404
+    status, _, _ = fetch(cs.url + "static/..%2F..%2Fconfig.py")
+    assert status == 404
+
+
+def test_tile_page_shows_focus_map_history_and_reason(console_service: MakeConsole) -> None:
+    cs, _ = planted(console_service)
+    vid = cs.version_id("Tile_r1-c2_S_002_2_BLUR.tif")
+    status, _, body = fetch(cs.url + f"tile/{vid}")
+    html = body.decode()
+    assert status == 200
+    assert html.count("<title>patch r") == 9  # the 3x3 focus map
+    assert 'class="baseline"' in html  # the history plot with its baseline
+    assert "section 001: score 1,000" in html
+    assert "section 002: score 20" in html
+    assert "below" in html  # the verdict's reason
+    assert "S_002_2/Tile_r1-c2_S_002_2_BLUR.tif" in html
+
+
+def _retake_id(cs: object, url: str) -> int:
+    items = fetch_json(url + "retakes.json")["entries"]
+    (entry,) = [e for e in items if "BLUR" in e["tile_name"]]
+    return int(entry["id"])
+
+
+def _session(url: str) -> tuple[str, str]:
+    """(cookie, csrf) as a browser gets them from the retake page."""
+    status, headers, body = fetch(url + "retakes")
+    assert status == 200
+    cookie = headers["set-cookie"].split(";", 1)[0]
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', body.decode())
+    assert found is not None
+    return cookie, found.group(1)
+
+
+def _post(url: str, path: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
+    data = urllib.parse.urlencode(form).encode()
+    status, _, body = fetch(url + path, data=data, headers=headers)
+    return status, body
+
+
+def test_dismiss_and_reopen_need_the_token_same_origin_and_the_session_token(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    url = cs.url
+    entry = _retake_id(cs, url)
+    cookie, csrf = _session(url)
+    origin = url.rstrip("/")
+    good = {"Cookie": cookie, "Origin": origin}
+    form = {"csrf": csrf, "token": TOKEN, "note": "wrinkle, fine", "who": "ana"}
+    path = f"retakes/{entry}/dismiss"
+    refusals = [
+        ({**form, "token": "wrong-token-0123456789"}, good, b"wrong token"),
+        ({**form, "csrf": "0" * 64}, good, b"stale"),
+        (form, {"Cookie": cookie, "Origin": "http://evil.example"}, b"did not come from"),
+        (form, {"Cookie": cookie}, b"did not come from"),  # neither Origin nor Referer
+        (form, {"Origin": origin}, b"stale"),  # no session cookie
+    ]
+    for bad_form, headers, why in refusals:
+        status, body = _post(url, path, bad_form, headers)
+        assert status == 403, (headers, why)
+        assert why in body, (headers, why)
+    assert fetch_json(url + "retakes.json")["entries"][0]["status"] == "open"
+    status, body = _post(url, path, {**form, "note": " "}, good)
+    assert status == 400
+    assert b"note" in body
+    back = {**form, "back": "section=002&status=to_do&message=hello"}
+    status, _, _ = fetch(
+        url + path,
+        data=urllib.parse.urlencode(back).encode(),
+        headers={"Cookie": cookie, "Referer": url + "retakes"},
+    )
+    assert status == 303
+    (item,) = fetch_json(url + "retakes.json")["entries"]
+    assert item["status"] == "dismissed"
+    assert item["note"] == "wrinkle, fine"
+    assert item["history"][-1]["who"] == "ana (web page)"
+    assert item["history"][-1]["action"] == "dismissed"
+    assert (cs.state / "retakes.csv").read_text().count("dismissed") == 1
+    status, _ = _post(url, f"retakes/{entry}/reopen", {**form, "note": "look again"}, good)
+    assert status == 303
+    (item,) = fetch_json(url + "retakes.json")["entries"]
+    assert item["status"] == "open"
+    assert item["note"].startswith("look again")
+    status, _ = _post(url, "retakes/424242/dismiss", form, good)
+    assert status == 404
+
+
+def test_without_a_token_the_page_is_read_only(console_service: MakeConsole) -> None:
+    cs, _ = planted(console_service, token=None)
+    entry = _retake_id(cs, cs.url)
+    status, _, body = fetch(cs.url + "retakes")
+    assert b'<form method="post"' not in body
+    assert b"Read-only" in body
+    status, body = _post(
+        cs.url, f"retakes/{entry}/dismiss", {"note": "x", "token": "x"}, {"Origin": cs.url}
+    )
+    assert status == 403
+    assert b"Changes are off" in body
+
+
+def test_the_list_after_a_change_keeps_its_filters_and_says_only_what_happened(
+    console_service: MakeConsole,
+) -> None:
+    cs, _ = planted(console_service)
+    entry = _retake_id(cs, cs.url)
+    cookie, csrf = _session(cs.url)
+    form = {"csrf": csrf, "token": TOKEN, "note": "ok", "back": "section=2&message=<b>x</b>"}
+    data = urllib.parse.urlencode(form).encode()
+    headers = {"Cookie": cookie, "Origin": cs.url.rstrip("/")}
+    status, answer, _ = fetch(cs.url + f"retakes/{entry}/dismiss", data=data, headers=headers)
+    assert status == 303
+    assert answer["location"] == f"/retakes?section=2&done=dismissed&entry={entry}"
+    _, _, body = fetch(cs.url + answer["location"].lstrip("/"))
+    assert f"dismissed entry {entry}".encode() in body
+    _, _, body = fetch(cs.url + "retakes?message=%3Cb%3Ex%3C%2Fb%3E&done=pwned&entry=1")
+    assert b'id="message"' not in body  # no text from the URL as a message
+
+
+def test_retake_list_filters_and_downloads(console_service: MakeConsole) -> None:
+    cs, _ = planted(console_service)
+    status, headers, body = fetch(cs.url + "retakes.csv?section=2&status=to_do")
+    assert status == 200
+    assert headers["content-type"].startswith("text/csv")
+    assert b"Tile_r1-c2_S_002_2_BLUR.tif" in body
+    status, _, body = fetch(cs.url + "retakes.csv?section=1")
+    assert b"BLUR" not in body
+    status, _, body = fetch(cs.url + "retakes?status=dismissed")
+    assert b"BLUR" not in body
+    assert b"Nothing to retake with these filters" in body
+
+
+def test_generation_changes_when_a_verdict_is_committed(console_service: MakeConsole) -> None:
+    cs = console_service()
+    before = fetch_json(cs.url + "api/generation")["generation"]
+    cs.write("S_001_1/Tile_r1-c1_S_001_1.tif")
+    cs.judge(1)
+    assert fetch_json(cs.url + "api/generation")["generation"] != before
+
+
+def test_a_port_in_use_is_one_log_line_and_the_service_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    Ledger.open(tmp_path / "state").close()
+    taken = bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            console = WebConsole(WebConfig(port=port), tmp_path / "state")
+        assert not console.running
+        assert console.url is None
+        (line,) = [e for e in logs if e["event"] == "web_unavailable"]
+        assert line["reason"] == "the port is already in use"
+        assert line["port"] == port
+        console.close()  # harmless
+    finally:
+        taken.close()
+
+
+def test_web_config_keys_are_checked_and_the_token_is_never_described() -> None:
+    cfg = config.parse({"web": {"port": 9000, "host": "0.0.0.0", "token": TOKEN}})
+    assert cfg.web == WebConfig(enabled=True, host="0.0.0.0", port=9000, token=TOKEN)
+    assert TOKEN not in config.describe(cfg)
+    with pytest.raises(ConfigError) as err:
+        config.parse({"web": {"port": 0, "token": "short", "host": " ", "x": 1}})
+    text = str(err.value)
+    for key in ("web.port", "web.token", "web.host", "web.x"):
+        assert f"at '{key}'" in text
+
+
+def test_service_stop_closes_the_server(console_service: MakeConsole) -> None:
+    cs = console_service()
+    port = cs.web.port
+    cs.svc.stop(grace_s=0.5)
+    assert not cs.web.running
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port or 0)) != 0
+
+
+def test_the_worst_patch_crop_is_that_patch_at_full_resolution(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from focuswatch.web.app import worst_patch_crop
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 96), dtype=np.uint8)
+    image[32:, 48:] = 7  # the bottom-right patch of a 2x2 grid: flat
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, image)
+    png = worst_patch_crop(str(path), [[900.0, 800.0], [700.0, 3.0]], px=384)
+    assert png is not None
+    crop = np.asarray(Image.open(io.BytesIO(png)))
+    assert crop.shape == (32, 48)  # the whole patch: smaller than px
+    assert crop.min() == crop.max()  # nothing from the textured patches around it
+    small = worst_patch_crop(str(path), [[1.0, 800.0], [700.0, 3.5]], px=16)
+    assert small is not None
+    assert np.asarray(Image.open(io.BytesIO(small))).shape == (16, 16)
+    assert worst_patch_crop(str(path), None) is None
+    assert worst_patch_crop(str(tmp_path / "gone.tif"), [[1.0]]) is None
