@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from focuswatch import judge as judge_mod
 from focuswatch.config import PolicyConfig
 from focuswatch.judge import judge
 from focuswatch.ledger import Ledger
@@ -103,10 +102,6 @@ def feed(
 
 def kinds(ledger: Ledger, ids: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], str]:
     return {k: ledger.verdict_record(v).verdict.kind.value for k, v in ids.items()}
-
-
-def test_public_names() -> None:
-    assert sorted(judge_mod.__all__) == ["Judged", "evidence", "judge", "revise"]
 
 
 def test_a_faint_position_judged_empty_is_still_the_baseline_for_a_blurred_tile(
@@ -277,3 +272,18 @@ def test_a_revision_that_changes_the_retake_need_is_handed_to_the_sinks(led: Led
     assert vid in judged.revised
     assert led.verdict_record(vid).verdict.kind is VerdictKind.OUT_OF_FOCUS
     assert vid in led.undelivered()
+
+
+def test_a_tile_whose_peer_gains_a_history_late_is_decided_again(tmp_path: Path) -> None:
+    """A peer's verdict counts for a section only once that peer has a history at its
+    position: an earlier section's tile arriving last gives it one, and the peers of
+    that later tile are decided again (found by the property test: seed 287)."""
+    tiles = _wafer(287)
+    shuffled = list(tiles)
+    random.Random(2).shuffle(shuffled)
+    a, b = Ledger.open(tmp_path / "a"), Ledger.open(tmp_path / "b")
+    try:
+        assert kinds(a, feed(a, tiles)) == kinds(b, feed(b, shuffled))
+    finally:
+        a.close()
+        b.close()

@@ -126,15 +126,24 @@ def _gist(kind: str, reason: str) -> str:
     return f"{kind} {reason.startswith(policy.SECTION_WIDE)}"
 
 
+def _peers(ledger: Ledger, v: TileVersion) -> list[int]:
+    if v.section is None:
+        return []
+    peers = ledger.section_peers(v.section, exclude_version=v.id)
+    return [p.version_id for p in peers] if len(peers) <= _REVISE_PEERS_MAX else []
+
+
 def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
-    """Versions whose context includes ``v``: later sections here, and its section."""
+    """Versions whose context includes ``v``: later sections here, and its section; and
+    the sections of those later tiles, whose peers count a tile's verdict only once it
+    has a history here (``section_kinds``), which ``v`` may have just given it."""
     out: list[int] = []
     if v.row is not None and v.col is not None and v.section_index is not None:
-        out += ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
-    if v.section is not None:
-        peers = ledger.section_peers(v.section, exclude_version=v.id)
-        if len(peers) <= _REVISE_PEERS_MAX:
-            out += [p.version_id for p in peers]
+        later = ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
+        out += later
+        for vid in later:
+            out += _peers(ledger, ledger.get(vid))
+    out += _peers(ledger, v)
     return out
 
 
