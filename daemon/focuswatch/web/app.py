@@ -54,7 +54,7 @@ from focuswatch.text import printable
 from focuswatch.web import metrics, svg
 from focuswatch.web.data import VERDICTS, Console
 
-__all__ = ["SESSION_COOKIE", "build_app"]
+__all__ = ["SESSION_COOKIE", "build_app", "worst_patch_crop"]
 
 SESSION_COOKIE = "fw_session"
 _HERE = Path(__file__).parent
