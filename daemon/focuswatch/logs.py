@@ -79,5 +79,7 @@ def _route_stdlib(level: int) -> None:
     for handler in list(root.handlers):
         if isinstance(handler, _ToStructlog):
             root.removeHandler(handler)
-    root.addHandler(_ToStructlog())
+    # At the handler too: libraries that set their own loggers' level (distributed logs
+    # every client connection at INFO) would otherwise reach it below WARNING.
+    root.addHandler(_ToStructlog(max(level, logging.WARNING)))
     root.setLevel(max(level, logging.WARNING))
