@@ -1434,3 +1434,49 @@ def test_a_revised_verdict_is_followed_by_the_sections_messages(tmp_path: Path) 
     assert [a.key for a in sent] == ["tile:2", "tile:1", "revised:2:in_focus", "summary:S_001"]
     assert "in focus after all" in sent[2].title
     assert sent[3].body.startswith("Section S_001: 2 tiles, 1 out of focus: r1-c1")
+
+
+def test_a_microscope_that_stops_writing_is_told_once_and_so_is_the_first_new_tile(
+    tmp_path: Path,
+) -> None:
+    """No new tile for stall_minutes with a section open: "has the microscope stopped?",
+    once; the next tile ends the episode with a message of its own."""
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, stall_minutes=30, section_idle_minutes=600, instance="fw")
+    with opened(cfg, clock, notes) as (ledger, sink):
+        vid = add_tile(ledger, "S_001", 1, 1)
+        sink.on_verdict(judged(ledger, vid, GOOD))
+        for minutes in (10, 29):
+            sink.tick(clock.now + minutes * 60)
+        clock.now += 31 * 60
+        for _ in range(4):  # looked at every 10 s: still one message
+            sink.tick(clock.now)
+            clock.now += 11
+        assert sink.flush(WAIT_S)
+        (stalled,) = notes.drain()
+        assert (
+            stalled.title == "[fw] focuswatch: no new tile for 30 min: has the microscope stopped?"
+        )
+        assert stalled.severity == "warning"
+        clock.now += 60  # the microscope goes on
+        vid = add_tile(ledger, "S_001", 1, 2)
+        sink.on_verdict(judged(ledger, vid, GOOD))
+        for _ in range(3):
+            clock.now += 11
+            sink.tick(clock.now)
+        assert sink.flush(WAIT_S)
+        (over,) = notes.drain()
+    assert over.title == "[fw] focuswatch: tiles arrive again"
+    assert over.severity == "success"
+
+
+def test_a_nearly_full_state_disk_is_told_once_until_there_is_room(tmp_path: Path) -> None:
+    clock, notes = Clock(), Recorder()
+    huge = 1e12  # MB: more than any disk has
+    cfg = cfg_for(tmp_path, disk_min_free_mb=huge, stall_minutes=0)
+    with opened(cfg, clock, notes) as (_, sink):
+        for seconds in (0, 11, 22):
+            sink.tick(clock.now + seconds)
+        assert sink.flush(WAIT_S)
+        (low,) = notes.drain()
+    assert "the state folder's disk is nearly full" in low.title

@@ -503,7 +503,10 @@ def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_rec
     cfg = dataclasses.replace(
         base,
         alerts=dataclasses.replace(
-            base.alerts, urls=[f"json://127.0.0.1:{hook.port}/hook"], instance="sem-3"
+            base.alerts,
+            urls=[f"json://127.0.0.1:{hook.port}/hook"],
+            instance="sem-3",
+            disk_min_free_mb=0,  # a 4 MiB disk is always "nearly full": not this test's news
         ),
     )
     svc = Service(cfg, score_fn=fake_score, notifier=Notifier(env={}))
@@ -553,6 +556,7 @@ def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
     config = tmp_path / "fw.toml"
     config.write_text(
         f'[alerts]\nurls = ["json://127.0.0.1:{hook.port}/hook"]\ninstance = "sem-3"\n'
+        "disk_min_free_mb = 0\n"  # a 4 MiB disk is always "nearly full": not this news
     )
     log = tmp_path / "second.log"
     proc = _run(watch, small_disk, log, config=config)

@@ -638,6 +638,22 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
 _GRID_POSITION = re.compile(r"r\d+-c\d+")
 
 
+# How often the health alarms (stall, disk) are looked at, in seconds of the clock.
+HEALTH_EVERY_S = 10.0
+
+
+def _local(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def _free_mb(folder: Path) -> float | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize / 2**20
+
+
 def _positions(conn: Any, section: str) -> set[str]:
     rows = conn.execute(
         "SELECT DISTINCT position FROM alert_tiles WHERE section = ?", (section,)
@@ -688,6 +704,9 @@ class AlertSink:
         self._sender = sender
         self._clock = clock
         self._instance = instance_name(acfg)
+        self._next_health = 0.0
+        self._disk_low_since: float | None = None
+        self._stall_told: str | None = None  # the latest stall message's key
 
     def start(self) -> None:
         """Start delivery (one sender thread per endpoint); the constructor starts nothing."""
@@ -764,6 +783,96 @@ class AlertSink:
                 self._summarize(conn, section, now)
         if self._sender is not None:
             self._sender.kick()
+
+    def _health(self, now: float) -> None:
+        """Alarms about the acquisition and the machine, each once per episode, with its
+        end: the microscope stopped writing while a section is open; the state
+        folder's disk nearly full. Through the outbox, like tile alerts."""
+        with self._ledger.reading() as conn:
+            last, open_sections = conn.execute(
+                "SELECT (SELECT max(first_seen) FROM versions), "
+                "(SELECT count(*) FROM alert_sections WHERE summarized = 0)"
+            ).fetchone()
+            # The latest stall message: 'stalled:T' (told, not over) or 'stall-over:T'.
+            latest = conn.execute(
+                "SELECT dedupe_key FROM alert_outbox WHERE kind IN ('stall-all', 'stall-over') "
+                "ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        if self._stall_told is None:  # from the outbox once: a restart tells nothing twice
+            self._stall_told = "" if latest is None else str(latest[0])
+        told = self._stall_told
+        alerts: list[Alert] = []
+        stall_s = self._cfg.stall_minutes * 60.0
+        if stall_s > 0 and last is not None:
+            episode = f"{float(last):.0f}"
+            if not told.startswith("stalled:") and open_sections and now - float(last) >= stall_s:
+                self._stall_told = f"stalled:{episode}"
+                alerts.append(
+                    self._health_alert(
+                        f"stalled:{episode}",
+                        "stall-all",
+                        "warning",
+                        f"no new tile for {self._cfg.stall_minutes:g} min: has the microscope "
+                        "stopped?",
+                        f"The last tile arrived at {_local(float(last))}, and a section is still "
+                        "open. Told once; the first new tile is told too.",
+                    )
+                )
+            elif told.startswith("stalled:") and told != f"stalled:{episode}":
+                was = told.partition(":")[2]
+                self._stall_told = f"stall-over:{was}"
+                alerts.append(
+                    self._health_alert(
+                        f"stall-over:{was}",
+                        "stall-over",
+                        "success",
+                        "tiles arrive again",
+                        f"A new tile arrived at {_local(float(last))}, after the stall.",
+                    )
+                )
+        free_mb = _free_mb(self._ledger.path.parent)
+        floor = self._cfg.disk_min_free_mb
+        if floor > 0 and free_mb is not None:
+            if self._disk_low_since is None and free_mb < floor:
+                self._disk_low_since = now
+                alerts.append(
+                    self._health_alert(
+                        f"disk-low:{now:.0f}",
+                        "disk",
+                        "warning",
+                        f"the state folder's disk is nearly full ({free_mb:.0f} MB free)",
+                        f"{self._ledger.path.parent} has {free_mb:.0f} MB free, under "
+                        f"alerts.disk_min_free_mb = {floor:g}. When it is full, no tile is scored "
+                        "until there is room again.",
+                    )
+                )
+            elif self._disk_low_since is not None and free_mb >= 1.25 * floor:
+                alerts.append(
+                    self._health_alert(
+                        f"disk-ok:{self._disk_low_since:.0f}",
+                        "disk",
+                        "success",
+                        f"the state folder's disk has room again ({free_mb:.0f} MB free)",
+                        f"{self._ledger.path.parent} has {free_mb:.0f} MB free.",
+                    )
+                )
+                self._disk_low_since = None
+        if alerts:
+            with self._ledger.transaction() as conn:
+                for alert in alerts:
+                    self._queue(conn, alert, now)
+
+    def _health_alert(self, key: str, kind: str, severity: str, title: str, body: str) -> Alert:
+        prefix = f"[{self._instance}] " if self._instance else ""
+        return Alert(
+            key=key,
+            kind=kind,
+            section=None,
+            title=f"{prefix}focuswatch: {title}",
+            body=body,
+            severity=severity,
+            details={"kind": kind, "instance": self._instance or None, "message": body},
+        )
 
     def _revised(
         self,
@@ -856,6 +965,9 @@ class AlertSink:
         """
         digest_s = self._cfg.digest_minutes * 60.0
         idle_s = self._cfg.section_idle_minutes * 60.0
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_EVERY_S
+            self._health(now)
         with self._ledger.reading() as conn:
             due = (
                 bool(_due_digests(conn, now - digest_s))

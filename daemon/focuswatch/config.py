@@ -147,6 +147,8 @@ class AlertsConfig:
     retry_max_s: float = _opt(600.0, _range(1.0, 86400))
     thumbnail_px: int = _opt(256, _range(0, 2048))
     send_timeout_s: float = _opt(30.0, _range(1.0, 600))
+    stall_minutes: float = _opt(30.0, _range(0.0, 10080))
+    disk_min_free_mb: float = _opt(1024.0, _range(0.0))
 
 
 @dataclass(frozen=True)
