@@ -134,7 +134,12 @@ def console_service(tmp_path: Path) -> Iterator[MakeConsole]:
         base = make_cfg(tmp_path)
         cfg: Config = dataclasses.replace(
             base,
-            alerts=AlertsConfig(urls=[ALERT_URL], retry_initial_s=30.0, digest_minutes=0.0),
+            alerts=AlertsConfig(
+                urls=[ALERT_URL],
+                retry_initial_s=30.0,
+                digest_minutes=0.0,
+                disk_min_free_mb=0.0,  # the machine's free space is not under test here
+            ),
             web=WebConfig(host="127.0.0.1", port=0, token=token, **web),
         )
         svc = Service(cfg, score_fn=web_score, notifier=Notifier(env={}))
