@@ -534,8 +534,7 @@ def format_tile_alert(
             f'focuswatch retakes dismiss {retake.id} --note "why")'
         )
     lines.append(f"File: {printable(record.path)}")
-    prefix = f"[{instance}] " if instance else ""
-    title = f"{prefix}focuswatch: section {section}, {record.tile_name} {what}"
+    title = _title(instance, f"section {section}, {record.tile_name} {what}")
     if again:
         title += ", still bad after its retake"
     details = _tile_details(record, retake) | {"kind": "tile", "instance": instance or None}
@@ -556,7 +555,6 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
     """A retake that came out fine: the entry is closed (a recovery)."""
     section = record.section or "(no section)"
     score = "?" if record.score is None else format_score(record.score)
-    prefix = f"[{instance}] " if instance else ""
     lines = [
         f"Section {section}, tile {record.tile_name} was retaken and is in focus now.",
         f"Score: {score}; retake list entry {retake.id} is closed.",
@@ -566,7 +564,7 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
         key=f"fixed:{record.version_id}",
         kind="fixed",
         section=record.section,
-        title=f"{prefix}focuswatch: section {section}, {record.tile_name} retaken, in focus",
+        title=_title(instance, f"section {section}, {record.tile_name} retaken, in focus"),
         body="\n".join(lines),
         severity="success",
         details=_tile_details(record, retake) | {"kind": "fixed", "instance": instance or None},
@@ -652,6 +650,11 @@ def _free_mb(folder: Path) -> float | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize / 2**20
+
+
+def _title(instance: str, text: str) -> str:
+    """Every message's title: the instance it comes from, then what happened."""
+    return f"[{instance}] focuswatch: {text}" if instance else f"focuswatch: {text}"
 
 
 def _positions(conn: Any, section: str) -> set[str]:
@@ -863,12 +866,11 @@ class AlertSink:
                     self._queue(conn, alert, now)
 
     def _health_alert(self, key: str, kind: str, severity: str, title: str, body: str) -> Alert:
-        prefix = f"[{self._instance}] " if self._instance else ""
         return Alert(
             key=key,
             kind=kind,
             section=None,
-            title=f"{prefix}focuswatch: {title}",
+            title=_title(self._instance, title),
             body=body,
             severity=severity,
             details={"kind": kind, "instance": self._instance or None, "message": body},
@@ -904,15 +906,17 @@ class AlertSink:
         if kind.needs_retake and not was.needs_retake:
             self._tile_alert(conn, record, retake, now)
         elif was.needs_retake and not kind.needs_retake and row[1] is not None:
-            prefix = f"[{self._instance}] " if self._instance else ""
             self._queue(
                 conn,
                 Alert(
                     key=f"revised:{record.version_id}:{kind}",
                     kind="revised",
                     section=record.section,
-                    title=f"{prefix}focuswatch: section {record.section}, {record.tile_name} "
-                    f"is {_KIND_TEXT.get(kind, str(kind))} after all: no retake needed",
+                    title=_title(
+                        self._instance,
+                        f"section {record.section}, {record.tile_name} is "
+                        f"{_KIND_TEXT.get(kind, str(kind))} after all: no retake needed",
+                    ),
                     body=f"Judged again once more of its section and position was in: "
                     f"{record.verdict.reason}",
                     severity="success",
@@ -1000,12 +1004,11 @@ class AlertSink:
             parts.append(f"{new} more {'tile needs' if new == 1 else 'tiles need'} a retake")
         if again:
             parts.append(f"{again} still bad after {'its' if again == 1 else 'their'} retake")
-        prefix = f"[{self._instance}] " if self._instance else ""
         alert = Alert(
             key=key,
             kind="digest",
             section=section,
-            title=f"{prefix}focuswatch: section {section}: {', '.join(parts)}",
+            title=_title(self._instance, f"section {section}: {', '.join(parts)}"),
             body="\n".join(label for _, label, _ in rows),
             severity="warning",
             details={
@@ -1038,15 +1041,15 @@ class AlertSink:
         )
         expected = len(have) + len(missing)
         idle_min = self._cfg.section_idle_minutes
-        prefix = f"[{self._instance}] " if self._instance else ""
         self._queue(
             conn,
             Alert(
                 key=f"stalled:{section}:{len(have)}",
                 kind="stall",
                 section=section,
-                title=f"{prefix}focuswatch: section {section} incomplete: "
-                f"{len(have)} of {expected} tiles",
+                title=_title(
+                    self._instance, f"section {section} incomplete: {len(have)} of {expected} tiles"
+                ),
                 body=f"No new tile of section {section} for {idle_min:g} min, with "
                 f"{len(missing)} of its {expected} positions still missing: "
                 f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}. "
@@ -1110,15 +1113,17 @@ class AlertSink:
         missing = sorted(_expected_positions(conn, section) - {str(p) for p, _ in rows})
         if missing:
             parts.append(f"{len(missing)} positions never arrived: {', '.join(missing[:20])}")
-        prefix = f"[{self._instance}] " if self._instance else ""
         self._queue(
             conn,
             Alert(
                 key=f"summary:{section}",
                 kind="summary",
                 section=section,
-                title=f"{prefix}focuswatch: section {section} complete"
-                + (": section-wide focus failure" if wide else ""),
+                title=_title(
+                    self._instance,
+                    f"section {section} complete"
+                    + (": section-wide focus failure" if wide else ""),
+                ),
                 body="; ".join(parts),
                 severity="info",
                 details={

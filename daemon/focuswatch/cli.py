@@ -209,32 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--open", action="store_true", help="only entries still to re-image")
     rsub = p.add_subparsers(dest="retakes_action", metavar="ACTION")
-    d = rsub.add_parser("dismiss", help="mark an entry as not needing a retake")
-    d.add_argument("id", type=_int_at_least(1), metavar="ID")
-    d.add_argument(
-        "--note", required=True, type=_nonblank, help="why it is dismissed (kept in the list)"
-    )
-    d.add_argument(
-        "--state",
-        type=Path,
-        metavar="DIR",
-        dest="dismiss_state",
-        help="the service's state folder (default: state_dir from --config, else "
-        "/var/lib/focuswatch)",
-    )
-    r = rsub.add_parser("reopen", help="put a dismissed or fixed entry back on the list")
-    r.add_argument("id", type=_int_at_least(1), metavar="ID")
-    r.add_argument(
-        "--note", required=True, type=_nonblank, help="why it is reopened (kept in its history)"
-    )
-    r.add_argument(
-        "--state",
-        type=Path,
-        metavar="DIR",
-        dest="dismiss_state",
-        help="the service's state folder (default: state_dir from --config, else "
-        "/var/lib/focuswatch)",
-    )
+    for action, what, why in (
+        (
+            "dismiss",
+            "mark an entry as not needing a retake",
+            "why it is dismissed (kept in the list)",
+        ),
+        (
+            "reopen",
+            "put a dismissed or fixed entry back on the list",
+            "why it is reopened (kept in its history)",
+        ),
+    ):
+        e = rsub.add_parser(action, help=what)
+        e.add_argument("id", type=_int_at_least(1), metavar="ID")
+        e.add_argument("--note", required=True, type=_nonblank, help=why)
+        e.add_argument(
+            "--state",
+            type=Path,
+            metavar="DIR",
+            dest="dismiss_state",
+            help="the service's state folder (default: state_dir from --config, else "
+            "/var/lib/focuswatch)",
+        )
     _add_config_args(p)
 
     p = sub.add_parser(

@@ -654,30 +654,33 @@ def list_main(cfg: Config, *, fmt: str, section: str | None, only_open: bool) ->
 
 def dismiss_main(cfg: Config, entry_id: int, *, note: str) -> int:
     """``focuswatch retakes dismiss ID --note TEXT``; also refreshes the live files."""
-    with _editing(cfg) as ledger:
-        try:
-            entry = dismiss(ledger, entry_id, note=note)
-        except KeyError:
-            print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
-            return 1
-        RetakeSink(ledger, cfg.state_dir).write_files()
-    print(f"dismissed {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
-    return 0
+    return _edit_main(cfg, entry_id, note=note, change=dismiss, done="dismissed")
 
 
 def reopen_main(cfg: Config, entry_id: int, *, note: str) -> int:
     """``focuswatch retakes reopen ID --note TEXT``; also refreshes the live files."""
+    return _edit_main(cfg, entry_id, note=note, change=reopen, done="reopened")
+
+
+def _edit_main(
+    cfg: Config,
+    entry_id: int,
+    *,
+    note: str,
+    change: Callable[..., RetakeEntry],
+    done: str,
+) -> int:
     with _editing(cfg) as ledger:
         try:
-            entry = reopen(ledger, entry_id, note=note)
+            entry = change(ledger, entry_id, note=note)
         except KeyError:
             print(f"focuswatch retakes: no retake entry with id {entry_id}", file=sys.stderr)
             return 1
-        except ValueError as exc:
+        except ValueError as exc:  # e.g. reopening an entry that is open
             print(f"focuswatch retakes: {exc}", file=sys.stderr)
             return 1
         RetakeSink(ledger, cfg.state_dir).write_files()
-    print(f"reopened {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
+    print(f"{done} {entry.id}: section {entry.section}, tile {entry.tile_name} ({note})")
     return 0
 
 
