@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +104,29 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
     yield make
     for svc in made:
         svc.stop(grace_s=0.5)
+
+
+def run_service(
+    watch: Path, state: Path, log: Path, *, config: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``focuswatch run`` as its own process, JSON log lines (stdout and stderr) to ``log``."""
+    extra = [] if config is None else ["--config", str(config)]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "focuswatch",
+                "run",
+                "--watch",
+                str(watch),
+                "--state",
+                str(state),
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )

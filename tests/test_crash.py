@@ -13,7 +13,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import tifffile
 
 from focuswatch.ledger import DB_NAME
+from servicekit import run_service
 
 pytestmark = pytest.mark.slow
 
@@ -100,26 +100,7 @@ def poll(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
 
 
 def start(watch: Path, state: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "focuswatch",
-                "run",
-                "--watch",
-                str(watch),
-                "--state",
-                str(state),
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    return run_service(watch, state, log, config=config)
 
 
 def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:

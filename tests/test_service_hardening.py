@@ -30,7 +30,7 @@ from focuswatch.service import Service
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
 from pipeline_jobs import fake_score
-from servicekit import MakeService, make_cfg, turn_until, write_tif
+from servicekit import MakeService, make_cfg, run_service, turn_until, write_tif
 
 
 def _bytes_path(folder: Path, name: bytes) -> str:
@@ -146,31 +146,6 @@ def _wait_locked_then_kill(proc: subprocess.Popen[str], state: Path) -> None:
         proc.wait(10)
 
 
-def _run(
-    watch: Path, state: Path, log: Path, *, config: Path | None = None
-) -> subprocess.Popen[bytes]:
-    extra = [] if config is None else ["--config", str(config)]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "focuswatch",
-                "run",
-                "--watch",
-                str(watch),
-                "--state",
-                str(state),
-                "--log-format",
-                "json",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
 def _wait_for_line(log: Path, text: str, *, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -185,10 +160,10 @@ def test_real_service_second_instance_exits_and_sighup_is_a_logged_stop(tmp_path
     watch, state = tmp_path / "watch", tmp_path / "state"
     watch.mkdir()
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    first = _run(watch, state, first_log)
+    first = run_service(watch, state, first_log)
     try:
         _wait_for_line(first_log, '"event": "started"')
-        second = _run(watch, state, second_log)
+        second = run_service(watch, state, second_log)
         assert second.wait(60) == 1
         assert f"in use by another focuswatch service (pid {first.pid}" in second_log.read_text()
         first.send_signal(signal.SIGHUP)
@@ -445,26 +420,7 @@ def test_an_inotify_queue_overflow_rescans_at_once_and_is_logged_as_an_event(
     config = tmp_path / "fw.toml"
     config.write_text(OVERFLOW_CONFIG)
     log = tmp_path / "service.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "focuswatch",
-                "run",
-                "--watch",
-                str(watch),
-                "--state",
-                str(state),
-                "--config",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = run_service(watch, state, log, config=config)
     try:
         _wait_for_line(log, '"event": "started"')
         proc.send_signal(signal.SIGSTOP)
@@ -539,7 +495,7 @@ def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
     watch = tmp_path / "watch"
     watch.mkdir()
     first = tmp_path / "first.log"
-    proc = _run(watch, small_disk, first)  # a ledger exists, cleanly stopped
+    proc = run_service(watch, small_disk, first)  # a ledger exists, cleanly stopped
     try:
         _wait_for_line(first, '"event": "started"')
         proc.send_signal(signal.SIGTERM)
@@ -559,7 +515,7 @@ def test_a_service_started_on_a_full_state_disk_waits_instead_of_crash_looping(
         "disk_min_free_mb = 0\n"  # a 4 MiB disk is always "nearly full": not this news
     )
     log = tmp_path / "second.log"
-    proc = _run(watch, small_disk, log, config=config)
+    proc = run_service(watch, small_disk, log, config=config)
     try:
         _wait_for_line(log, '"event": "state_unwritable"')
         assert proc.poll() is None  # up, waiting
