@@ -31,6 +31,7 @@ from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
 from pipeline_jobs import fake_score
 from servicekit import MakeService, make_cfg, run_service, turn_until, write_tif
+from test_cli import run_cli
 
 
 def _bytes_path(folder: Path, name: bytes) -> str:
@@ -230,16 +231,6 @@ def test_a_state_folder_inside_the_watch_folder_is_refused(tmp_path: Path, where
     assert not (tmp_path / where / "focuswatch.db").exists()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "focuswatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.slow
 def test_a_damaged_ledger_stops_run_and_status_until_reset_is_asked_for(tmp_path: Path) -> None:
     watch, state = tmp_path / "watch", tmp_path / "state"
@@ -248,20 +239,20 @@ def test_a_damaged_ledger_stops_run_and_status_until_reset_is_asked_for(tmp_path
     (state / "focuswatch.db").write_bytes(b"")
     run = ("run", "--once", "--watch", str(watch), "--state", str(state))
     for args in (run, ("status", "--state", str(state))):
-        done = _cli(*args)
+        done = run_cli(*args)
         assert done.returncode == 1, done.stderr
         assert "is damaged: the file is empty (0 bytes)" in done.stderr
         assert "--reset-ledger" in done.stderr
         assert "Traceback" not in done.stderr
     assert (state / "focuswatch.db").stat().st_size == 0
-    done = _cli(*run, "--reset-ledger")
+    done = run_cli(*run, "--reset-ledger")
     assert done.returncode == 0, done.stderr
     assert "ledger_reset" in done.stderr
     (aside,) = state.glob("focuswatch.db.damaged-*")
     assert aside.stat().st_size == 0
     assert status.summary(make_cfg(tmp_path))["counts"]["scored"] == 1
     # A healthy ledger is never reset.
-    done = _cli(*run, "--reset-ledger")
+    done = run_cli(*run, "--reset-ledger")
     assert done.returncode == 1
     assert "is healthy" in done.stderr
 

@@ -10,14 +10,42 @@ from pathlib import Path
 
 import pytest
 
+from test_cli import run_cli
+
 UNIT = Path(__file__).parent.parent / "systemd" / "focuswatch.service"
 
 
-def _service_section() -> dict[str, str]:
+def _sections(text: str) -> dict[str, dict[str, str]]:
+    """A unit file's sections, keys as written (systemd's keys are case-sensitive)."""
     parser = configparser.RawConfigParser(strict=False)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(UNIT.read_text(encoding="utf-8"))
-    return dict(parser["Service"])
+    parser.read_string(text)
+    return {name: dict(parser[name]) for name in parser.sections()}
+
+
+def _service_section() -> dict[str, str]:
+    return _sections(UNIT.read_text(encoding="utf-8"))["Service"]
+
+
+def _verify(unit_text: str, tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the unit without a word about focuswatch.
+
+    ExecStart points at this checkout's entry point, since verify checks that the
+    binary exists.
+    """
+    entry = Path(sys.executable).parent / "focuswatch"
+    assert entry.exists(), "the package's console script is installed"
+    unit = tmp_path / "focuswatch.service"
+    unit.write_text(unit_text.replace("/opt/focuswatch/bin/focuswatch", str(entry)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "focuswatch" in line] == []
 
 
 def test_unit_is_notify_type_with_watchdog_and_restart() -> None:
@@ -52,45 +80,14 @@ def test_unit_is_hardened() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
-    """`systemd-analyze verify` accepts the unit without a single warning.
-
-    ExecStart points at this checkout's entry point, since verify checks that the
-    binary exists.
-    """
-    entry = Path(sys.executable).parent / "focuswatch"
-    assert entry.exists(), "the package's console script is installed"
-    unit = tmp_path / "focuswatch.service"
-    unit.write_text(
-        UNIT.read_text(encoding="utf-8").replace("/opt/focuswatch/bin/focuswatch", str(entry)),
-        encoding="utf-8",
-    )
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    ours = [line for line in result.stderr.splitlines() if "focuswatch" in line]
-    assert result.returncode == 0, result.stderr
-    assert ours == []
+    """`systemd-analyze verify` accepts the unit without a single warning."""
+    _verify(UNIT.read_text(encoding="utf-8"), tmp_path)
 
 
 def _dropin(tmp_path: Path, *args: str) -> dict[str, dict[str, str]]:
-    out = tmp_path / "out.txt"
-    done = subprocess.run(
-        [sys.executable, "-m", "focuswatch", "unit-dropin", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("unit-dropin", *args)
     assert done.returncode == 0, done.stderr
-    out.write_text(done.stdout)
-    parser = configparser.RawConfigParser(strict=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(done.stdout)
-    return {name: dict(parser[name]) for name in parser.sections()}
+    return _sections(done.stdout)
 
 
 def test_dropin_follows_the_configured_watch_folder_on_a_share(tmp_path: Path) -> None:
@@ -116,13 +113,7 @@ def test_dropin_binds_in_only_the_watch_folder_of_a_home(tmp_path: Path) -> None
 
 def test_dropin_refuses_a_folder_the_service_cannot_see(tmp_path: Path) -> None:
     """PrivateTmp=yes gives the service a /tmp of its own."""
-    done = subprocess.run(
-        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", "/tmp/atlas"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("unit-dropin", "--watch", "/tmp/atlas")
     assert done.returncode == 2
     assert "at 'watch.path'" in done.stderr
     assert "PrivateTmp" in done.stderr
@@ -130,32 +121,10 @@ def test_dropin_refuses_a_folder_the_service_cannot_see(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_systemd_analyze_verify_accepts_the_unit_with_its_dropin(tmp_path: Path) -> None:
-    entry = Path(sys.executable).parent / "focuswatch"
-    unit = tmp_path / "focuswatch.service"
-    text = UNIT.read_text(encoding="utf-8").replace("/opt/focuswatch/bin/focuswatch", str(entry))
+    text = UNIT.read_text(encoding="utf-8")
     # Not under /tmp (refused: PrivateTmp=); verify does not need the folder to exist.
-    watch = "/srv/atlas share"
-    done = subprocess.run(
-        [sys.executable, "-m", "focuswatch", "unit-dropin", "--watch", watch],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
     # verify reads one file: the unit with its drop-in's lines in their sections.
-    dropin = configparser.RawConfigParser(strict=False)
-    dropin.optionxform = str  # type: ignore[assignment,method-assign]
-    dropin.read_string(done.stdout)
-    for section in ("Unit", "Service"):
-        extra = "".join(f"{k}={v}\n" for k, v in dropin[section].items())
+    for section, lines in _dropin(tmp_path, "--watch", "/srv/atlas share").items():
+        extra = "".join(f"{k}={v}\n" for k, v in lines.items())
         text = text.replace(f"[{section}]\n", f"[{section}]\n{extra}", 1)
-    unit.write_text(text, encoding="utf-8")
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert [line for line in result.stderr.splitlines() if "focuswatch" in line] == []
+    _verify(text, tmp_path)
