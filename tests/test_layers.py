@@ -16,14 +16,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "focuswatch"
 
 LAYERS: list[set[str]] = [
-    {"errors", "choices", "text", "verdict", "sdnotify", "logs"},
+    {"errors", "choices", "text", "files", "verdict", "sdnotify", "logs"},
     {"focuswatch", "config", "backend", "statelock", "watch", "synth"},
     {"score", "tiles", "unit"},
     {"scoring", "ledger"},
     {"executor", "calibrate", "outbox"},
     {"policy", "gpu"},
     {"judge", "worker", "alerts", "retakes"},
-    {"cluster", "status", "web"},
+    {"cluster", "status"},
+    {"web"},
     {"service"},
     {"demo"},
     {"cli"},

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch.errors import LedgerWriteError, StateError
+from focuswatch.files import fsync_dir
 from focuswatch.statelock import StateLock
 from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
@@ -986,15 +987,7 @@ def _create(db: Path) -> None:
     finally:
         conn.close()  # checkpoints the WAL into the file and removes it
     os.replace(tmp, db)
-    _fsync_dir(db.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(db.parent)
 
 
 def _connect_readonly(db: Path, **kw: Any) -> sqlite3.Connection:
@@ -1072,7 +1065,7 @@ def set_aside(state_dir: str | Path, *, clock: Callable[[], float] = time.time) 
         src = Path(f"{db}{suffix}")
         if src.exists():
             os.replace(src, Path(f"{aside}{suffix}"))
-    _fsync_dir(db.parent)
+    fsync_dir(db.parent)
     return aside
 
 

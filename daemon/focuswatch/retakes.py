@@ -45,6 +45,7 @@ import structlog
 
 from focuswatch.config import Config
 from focuswatch.errors import StateError
+from focuswatch.files import fsync_dir
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
 from focuswatch.statelock import StateLock
@@ -512,12 +513,7 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)  # the rename itself, durable
 
 
 def _current_umask() -> int:

@@ -22,9 +22,10 @@ from focuswatch.ledger import STATES, Ledger
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 
-__all__ = ["format_text", "main", "summary"]
+__all__ = ["STALE_HEARTBEAT_S", "format_text", "main", "summary"]
 
-# A running service writes its heartbeat every few seconds (service.META_INTERVAL_S).
+#: A running service writes its heartbeat every few seconds (service.META_INTERVAL_S):
+#: one older than this means it is stuck or cannot write (status, the web console).
 STALE_HEARTBEAT_S = 60.0
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import Ledger, section_index
+from focuswatch.status import STALE_HEARTBEAT_S
 from focuswatch.text import printable
 
 __all__ = [
-    "STALE_HEARTBEAT_S",
     "VERDICTS",
     "Console",
     "Health",
@@ -36,8 +36,6 @@ __all__ = [
     "redact_text",
 ]
 
-# A running service writes its heartbeat every few seconds (service.META_INTERVAL_S).
-STALE_HEARTBEAT_S = 60.0
 # No new tile for this long: the Now line says the microscope may have stopped writing
 # (a warning on the page, not a /healthz failure: the service itself is fine).
 QUIET_WARNING_S = 30 * 60.0
