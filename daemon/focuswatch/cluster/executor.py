@@ -9,7 +9,6 @@ per job.
 from __future__ import annotations
 
 import itertools
-import os
 import queue
 import threading
 import time
@@ -32,7 +31,7 @@ from focuswatch.cluster.task import (
 from focuswatch.config import Config
 from focuswatch.errors import BackendError
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.tiles import os_reason
+from focuswatch.tiles import os_reason, outside
 from focuswatch.worker import LocalExecutor, local_executor
 
 __all__ = ["DaskExecutor", "connect"]
@@ -522,7 +521,7 @@ class DaskExecutor:
         reason: str | None = None
         try:
             with open(entry.job.path, "rb") as f:
-                reason = _outside(f.fileno(), entry.job.settings.within)
+                reason = outside(f.fileno(), entry.job.settings.within, entry.job.path)
                 data = b"" if reason else f.read()
         except OSError as exc:  # the tile's problem, as the path route would say
             reason = os_reason(exc)
@@ -770,17 +769,6 @@ class DaskExecutor:
             fallback.close()
         if self._reconnector is not None:
             self._reconnector.join(timeout=self._connect_timeout_s + 1)
-
-
-def _outside(fd: int, within: str | None) -> str | None:
-    """Why the open file ``fd`` may not be read (its real path is out of ``within``)."""
-    if within is None:
-        return None
-    real = os.readlink(f"/proc/self/fd/{fd}")
-    root = os.path.realpath(within).rstrip("/")
-    if real == root or real.startswith(root + "/"):
-        return None
-    return "its real path is outside the watch folder: not read (watch.follow_symlinks_outside)"
 
 
 def _cancel_quietly(fut: Any) -> None:

@@ -30,7 +30,15 @@ Modules: ``names`` (what a file name says), ``meta`` (what the TIFF tags say) an
 
 from focuswatch.tiles.meta import TileMeta
 from focuswatch.tiles.names import parse_tile_name
-from focuswatch.tiles.reader import MIN_SIDE, TileReader, open_tile, os_reason, read_meta, read_tile
+from focuswatch.tiles.reader import (
+    MIN_SIDE,
+    TileReader,
+    open_tile,
+    os_reason,
+    outside,
+    read_meta,
+    read_tile,
+)
 
 __all__ = [
     "MIN_SIDE",
@@ -38,6 +46,7 @@ __all__ = [
     "TileReader",
     "open_tile",
     "os_reason",
+    "outside",
     "parse_tile_name",
     "read_meta",
     "read_tile",

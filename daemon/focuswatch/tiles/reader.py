@@ -24,7 +24,15 @@ from focuswatch.errors import TileError
 from focuswatch.text import printable
 from focuswatch.tiles.meta import CZ_SEM_TAG, TileMeta, build_meta
 
-__all__ = ["MIN_SIDE", "TileReader", "open_tile", "os_reason", "read_meta", "read_tile"]
+__all__ = [
+    "MIN_SIDE",
+    "TileReader",
+    "open_tile",
+    "os_reason",
+    "outside",
+    "read_meta",
+    "read_tile",
+]
 
 MIN_SIDE: Final = 16
 """Smallest width and height (pixels) of an image worth scoring."""
@@ -202,7 +210,7 @@ class TileReader:
         # Pixels are read only from a file whose real path lies in ``within`` (checked on
         # the open descriptor itself, so a link swapped in after any earlier check of
         # the name is caught too).
-        self._within = None if within is None else os.path.realpath(within).rstrip("/")
+        self._within = within
         self._tif: Any = None
         self._page: Any = None
         self._pixels: npt.NDArray[Any] | None = None  # Pillow path: decoded once
@@ -259,18 +267,9 @@ class TileReader:
         self.meta = build_meta(path, page, sem)
 
     def _confine(self, fd: int) -> None:
-        if self._within is None:
-            return
-        try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # no /proc: the name's real path, checked just now
-            real = os.path.realpath(self.path)
-        if real != self._within and not real.startswith(self._within + "/"):
-            raise TileError(
-                str(self.path),
-                f"its real path {printable(real)} is outside the watch folder: not read "
-                "(watch.follow_symlinks_outside = false)",
-            )
+        why = outside(fd, self._within, self.path)
+        if why is not None:
+            raise TileError(str(self.path), why)
 
     def _tiff_layout(self, page: Any, stored: np.dtype[Any]) -> _Layout:
         photometric = int(page.photometric)
@@ -518,6 +517,28 @@ class TileReader:
 
     def __repr__(self) -> str:
         return f"TileReader({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def outside(fd: int, within: str | None, path: str | Path) -> str | None:
+    """Why the open file ``fd`` (opened as ``path``) may not be read: its real path is
+    not in the folder ``within`` (a link out of the watch folder). None: it may.
+
+    The descriptor's own path (``/proc/self/fd``), not the name's: a link swapped in
+    after the name was checked is caught too.
+    """
+    if within is None:
+        return None
+    root = os.path.realpath(within).rstrip("/")
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: the name's real path, checked just now
+        real = os.path.realpath(path)
+    if real == root or real.startswith(root + "/"):
+        return None
+    return (
+        f"its real path {printable(real)} is outside the watch folder: not read "
+        "(watch.follow_symlinks_outside = false)"
+    )
 
 
 def open_tile(path: str | Path, *, within: str | None = None) -> TileReader:
