@@ -28,7 +28,7 @@ from aiosmtpd.controller import Controller
 from PIL import Image
 from structlog.testing import capture_logs
 
-from focuswatch import alerts, cli, config, outbox, service
+from focuswatch import alerts, app, cli, config, outbox
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
@@ -225,6 +225,7 @@ def opened(
 ) -> Iterator[tuple[Ledger, alerts.AlertSink]]:
     ledger = Ledger.open(cfg.state_dir, clock=clock)
     sink = alerts.build_sink(cfg, ledger, clock=clock, notify=notify)
+    sink.start()
     try:
         yield ledger, sink
     finally:
@@ -250,7 +251,7 @@ def test_unparseable_url_is_a_config_error_with_its_key_path(tmp_path: Path) -> 
     good = {"alerts": {"urls": [SLACK_OK, "json://127.0.0.1:8080/hook"]}}
     assert alerts.validate(config.parse(good)) == []
     with pytest.raises(ConfigError, match=r"at 'alerts\.urls\[1\]'"):
-        service.main(config.parse(data))  # the service refuses to start with it
+        app.main(config.parse(data))  # the service refuses to start with it
 
 
 def test_check_config_reports_a_bad_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1065,8 +1066,8 @@ def test_the_service_alerts_a_real_tile_with_its_working_distance_and_retake_id(
     worker process, policy, retake and alert sinks); the flat tile's JSON alert shows
     the working distance from Scan/Focus and the id of the retake entry it opened."""
     from focuswatch import retakes, synth
+    from focuswatch.app import build_service
     from focuswatch.config import ScoringConfig, WatchConfig
-    from focuswatch.service import Service
     from pipeline_jobs import read_score
 
     hook.start()
@@ -1095,7 +1096,7 @@ def test_the_service_alerts_a_real_tile_with_its_working_distance_and_retake_id(
             stage_y_um=200.0,
             working_distance_um=5000.0 + col,
         )
-    svc = Service(cfg, score_fn=read_score)
+    svc = build_service(cfg, score_fn=read_score)
     try:
         svc.start()
         for _ in range(600):  # bounded: ends when the alert arrived

@@ -267,12 +267,16 @@ def test_dismissing_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
     assert not cfg.state_dir.exists()
 
 
-def test_build_sink_writes_the_files_at_start(tmp_path: Path) -> None:
-    """Starting the service regenerates the live files from the ledger."""
+def test_the_sink_writes_the_files_when_started_not_when_built(tmp_path: Path) -> None:
+    """Starting the service regenerates the live files from the ledger; building the
+    sink (the composition root) writes nothing yet."""
     cfg = Config(state_dir=tmp_path / "state")
     led = Ledger.open(cfg.state_dir)
     try:
-        retakes.build_sink(cfg, led, clock=Clock()).close()
+        sink = retakes.build_sink(cfg, led, clock=Clock())
+        assert not (cfg.state_dir / "retakes.csv").exists()
+        sink.start()
+        sink.close()
     finally:
         led.close()
     assert (cfg.state_dir / "retakes.csv").read_text().startswith("id,section,tile_name")

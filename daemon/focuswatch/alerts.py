@@ -1205,6 +1205,4 @@ def build_sink(
         endpoints=[e.name for e in endpoints],
         delivery=sender is not None,
     )
-    sink = AlertSink(ledger, acfg, sender=sender, clock=clock)
-    sink.start()
-    return sink
+    return AlertSink(ledger, acfg, sender=sender, clock=clock)

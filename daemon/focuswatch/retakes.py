@@ -555,6 +555,10 @@ class RetakeSink:
     def paths(self) -> tuple[Path, Path]:
         return self._dir / CSV_NAME, self._dir / JSON_NAME
 
+    def start(self) -> None:
+        """Write the live files now, so an operator finds them before the first verdict."""
+        self.write_files()
+
     def on_verdict(self, record: VerdictRecord) -> None:
         if apply(self._ledger, record):
             _log.info(
@@ -622,10 +626,8 @@ class RetakeSink:
 def build_sink(
     cfg: Config, ledger: Ledger, *, clock: Callable[[], float] = time.time
 ) -> RetakeSink:
-    """The retake sink the service feeds every verdict to; writes the files at once."""
-    sink = RetakeSink(ledger, cfg.state_dir, clock=clock)
-    sink.write_files()
-    return sink
+    """The retake sink the service feeds every verdict to (its files are written by ``start``)."""
+    return RetakeSink(ledger, cfg.state_dir, clock=clock)
 
 
 # -- command line ----------------------------------------------------------------------
