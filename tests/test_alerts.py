@@ -15,7 +15,6 @@ import queue
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -537,9 +536,7 @@ def test_an_idle_tick_and_sender_round_take_no_write_lock(tmp_path: Path) -> Non
         assert sink.flush(WAIT_S)
         assert [a.key for a in notes.drain()] == ["tile:1"]
         with write_locked(ledger):
-            t0 = time.monotonic()
-            sink.tick(clock.now)  # would wait for the lock (then fail) if it wrote
-            assert time.monotonic() - t0 < 5.0
+            sink.tick(clock.now)  # would wait for the lock, then raise, if it wrote
             assert sink.flush(5.0)  # a sender round completed: it did not wait either
         clock.now += 31 * 60  # now the idle section is due: tick writes its summary
         sink.tick(clock.now)
@@ -603,28 +600,28 @@ def test_endpoint_down_then_restart_then_up_delivers_each_alert_once(
 
 
 def test_a_hanging_endpoint_never_blocks_scoring(tmp_path: Path) -> None:
-    """While a send hangs, verdicts and ticks still return at once."""
-    started, release = threading.Event(), threading.Event()
+    """While a send hangs, verdicts and ticks still return: all of them are taken
+    while the first send is still hanging (it only ends when the test releases it)."""
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
 
     def hanging(alert: Alert) -> bool:
         started.set()
         release.wait(WAIT_S)
+        returned.set()
         return True
 
     clock = Clock()
     with opened(cfg_for(tmp_path, digest_minutes=0), clock, hanging) as (ledger, sink):
         sink.on_verdict(rec(1))
         assert started.wait(WAIT_S)
-        t0 = time.monotonic()
         for vid in range(2, 12):
             sink.on_verdict(rec(vid, col=vid))
             sink.tick(clock.now)
-        elapsed = time.monotonic() - t0
+        assert not returned.is_set()  # the send still hangs, and scoring went on
         assert outbox.pending_count(ledger) == 11
         release.set()
         assert sink.flush(WAIT_S)
         assert outbox.pending_count(ledger) == 0
-    assert elapsed < 2.0
 
 
 def test_a_notifier_that_raises_is_retried_not_fatal(tmp_path: Path) -> None:

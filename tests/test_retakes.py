@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from focuswatch import cli, retakes
 from focuswatch.config import Config
 from focuswatch.errors import StateError
+from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import TileScore
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
@@ -200,7 +201,7 @@ def test_full_disk_keeps_the_previous_file_and_retries(ledger: Ledger) -> None:
                 raise OSError(errno.ENOSPC, "No space left on device")
             f.write(chunk)
 
-        retakes.atomic_write(path, data, write=write)
+        atomic_write(path, data, write=write)
 
     sink = sink_for(ledger, writer=writer)
     sink.on_verdict(record(ledger, BAD))

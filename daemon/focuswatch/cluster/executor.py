@@ -24,13 +24,13 @@ import structlog
 from focuswatch import gpu, scoring
 from focuswatch.cluster.task import (
     STARTED_TOPIC,
-    ScoreFn,
     TaskResult,
     run_reporting_start,
 )
 from focuswatch.config import Config
 from focuswatch.errors import BackendError
 from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.scoring import ScoreFn
 from focuswatch.tiles import os_reason, outside
 from focuswatch.worker import LocalExecutor, local_executor
 
