@@ -519,7 +519,7 @@ def format_tile_alert(
     lines = [
         f"Section {section}, tile {record.tile_name}{where} is {what}"
         + (", still bad after its retake." if again else "."),
-        f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm",
+        _stage_line(record),
     ]
     if record.working_distance_um is not None:
         wd = record.working_distance_um
@@ -681,10 +681,13 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
     return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
-def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
-    why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
-    stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
-    line = f"- {label}: {stage}; {why}"
+def _stage_line(record: VerdictRecord) -> str:
+    return f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm"
+
+
+def _digest_line(record: VerdictRecord, retake: _Retake | None = None) -> str:
+    """The tile's line in its section's digest (kept with the tile until the digest goes)."""
+    line = f"- {record.tile_name}: {_stage_line(record)}; {record.verdict.reason}"
     if retake is not None:
         again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
         line += f" ({again}retake {retake.id})"
@@ -741,7 +744,7 @@ class AlertSink:
             label, details = record.tile_name, None
             if kind.needs_retake:
                 alert = self._format(record, retake)
-                label = _digest_line(record.tile_name, alert.body, retake)
+                label = _digest_line(record, retake)
                 details = json.dumps(dict(alert.details), ensure_ascii=False, default=str)
             cur = conn.execute(
                 "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert,"
