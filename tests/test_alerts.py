@@ -271,6 +271,25 @@ def test_apprise_config_file_must_load_urls(tmp_path: Path) -> None:
     assert alerts.validate(config.parse({"alerts": {"apprise_config": str(good)}})) == []
 
 
+def test_an_apprise_config_file_that_loads_only_in_part_names_each_line_it_refused(
+    tmp_path: Path,
+) -> None:
+    """apprise loads the good lines and drops the others with a log line: check-config
+    says which, without the secret a dropped URL holds."""
+    partly = tmp_path / "apprise.txt"
+    partly.write_text(
+        "json://127.0.0.1:9/hook\nslack://not-a-valid-token\nnosuchscheme://user:Hunter2pw@host/x\n"
+    )
+    problems = alerts.validate(config.parse({"alerts": {"apprise_config": str(partly)}}))
+    assert problems
+    assert all(p.startswith(f"at 'alerts.apprise_config': {str(partly)!r}: ") for p in problems)
+    text = "\n".join(problems)
+    assert "line 2" in text
+    assert "nosuchscheme://" in text
+    assert "Hunter2pw" not in text
+    assert "not-a-valid-token" not in text
+
+
 def test_redact_url_hides_passwords_and_tokens() -> None:
     """The one way to show a URL: no password, no token, no query."""
     shown = alerts.redact_url("mailto://user:hunter2@127.0.0.1:25?from=a@b.org&to=c@d.org")

@@ -174,12 +174,41 @@ def validate(cfg: Config) -> list[str]:
         else:
             ac = apprise.AppriseConfig()
             a = apprise.Apprise()
-            if not ac.add(str(path)) or not a.add(ac) or len(a) == 0:
+            with _apprise_errors() as refused:  # apprise loads the rest without a word
+                loaded = ac.add(str(path)) and a.add(ac) and len(a) > 0
+            problems += [
+                f"at 'alerts.apprise_config': {str(path)!r}: "
+                + _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), why)  # not all masked
+                for why in refused
+            ]
+            if not loaded:
                 problems.append(
                     f"at 'alerts.apprise_config': no notification URLs could be loaded "
                     f"from {str(path)!r}"
                 )
     return problems
+
+
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _apprise_errors() -> Iterator[list[str]]:
+    """What apprise logs as errors meanwhile (a config line it could not load), as it
+    says them: redact them before showing them."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    handler = _Collect(level=logging.ERROR)
+    logger = logging.getLogger("apprise")
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 # -- delivery through apprise ------------------------------------------------------------

@@ -93,7 +93,7 @@ class TileScore:
     dtype: str
     read_ms: float
     score_ms: float
-    meta: Any  # focuswatch.tiles.TileMeta
+    meta: tiles.TileMeta | None
     #: What was actually computed (``patches`` when the memory guard stepped in).
     resolution: str = "patches"
     criterion: str = "mhfd"
@@ -134,7 +134,7 @@ def _tile_score(
     dtype: str,
     read_ms: float,
     score_ms: float,
-    meta: Any,
+    meta: tiles.TileMeta | None,
 ) -> TileScore:
     return TileScore(
         path=path,
@@ -177,7 +177,12 @@ def _check_settings(settings: ScoreSettings) -> None:
 
 
 def score_array(
-    image: Any, *, name: str, settings: ScoreSettings, meta: Any = None, read_ms: float = 0.0
+    image: Any,
+    *,
+    name: str,
+    settings: ScoreSettings,
+    meta: tiles.TileMeta | None = None,
+    read_ms: float = 0.0,
 ) -> TileScore:
     """Score an in-memory image (host or, with the GPU backend, device) as if it had
     been read from ``name`` in ``read_ms`` milliseconds."""
@@ -257,7 +262,7 @@ def finite_only(image: Any) -> tuple[Any, int]:
     return np.where(finite, image, fill).astype(image.dtype, copy=False), bad
 
 
-def _with_nonfinite(meta: Any, n: int) -> Any:
+def _with_nonfinite(meta: tiles.TileMeta | None, n: int) -> tiles.TileMeta | None:
     if n == 0 or meta is None:
         return meta
     return dataclasses.replace(meta, nonfinite_pixels=meta.nonfinite_pixels + n)

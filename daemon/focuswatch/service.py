@@ -43,7 +43,7 @@ from focuswatch.errors import (
 )
 from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger, TileVersion
-from focuswatch.scoring import ScoreSettings
+from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
@@ -627,12 +627,20 @@ class Service:
             # for keep theirs until a later tile revises them (the ledger is the fault).
             raise judged.revise_error
 
-    def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
+    def _record(
+        self, v: TileVersion, verdict: Verdict, *, score: TileScore | None, worker: str
+    ) -> None:
         created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
         self._recorded(v, verdict, created=created, score=score, worker=worker)
 
     def _recorded(
-        self, v: TileVersion, verdict: Verdict, *, created: bool, score: Any, worker: str
+        self,
+        v: TileVersion,
+        verdict: Verdict,
+        *,
+        created: bool,
+        score: TileScore | None,
+        worker: str,
     ) -> None:
         if not created:
             self._event("duplicate_outcome", **self._tile_fields(v))
@@ -781,7 +789,7 @@ class Service:
         self._lock.release()
 
 
-def _nonfinite(score: Any) -> dict[str, Any]:
+def _nonfinite(score: TileScore) -> dict[str, Any]:
     """NaN/inf pixels of a float tile were left out of its score: say how many."""
-    n = int(getattr(score.meta, "nonfinite_pixels", 0) or 0)
+    n = 0 if score.meta is None else score.meta.nonfinite_pixels
     return {"nonfinite_pixels_not_scored": n} if n else {}
