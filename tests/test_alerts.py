@@ -420,6 +420,41 @@ def test_first_bad_tile_at_once_then_a_digest_then_a_summary(tmp_path: Path) -> 
     assert summary.body == ("Section S_001: 5 tiles, 3 out of focus: r2-c2, r3-c4, r5-c1; 1 empty")
 
 
+def test_the_summary_names_the_retake_entry_of_each_unreadable_tile(tmp_path: Path) -> None:
+    """An unreadable tile gets no alert of its own, only its line in the summary: the
+    line says which retake list entry to work through (as a tile alert does)."""
+    from focuswatch import retakes
+
+    clock, notes = Clock(), Recorder()
+    cfg = cfg_for(tmp_path, digest_minutes=10)
+    with opened(cfg, clock, notes) as (ledger, sink):
+        retake_sink = retakes.RetakeSink(ledger, cfg.state_dir, clock=clock)
+        broken = Verdict(VerdictKind.UNREADABLE, "TIFF cut short")
+        for row, col, verdict in [(1, 1, GOOD), (1, 2, broken), (2, 1, broken)]:
+            v, _ = ledger.add_version(
+                f"/wafer/S_001/Tile_r{row}-c{col}_S_001.tif",
+                size=1,
+                mtime_ns=1,
+                tile_name=f"Tile_r{row}-c{col}_S_001",
+                section="S_001",
+                row=row,
+                col=col,
+            )
+            ledger.record_result(v, verdict=verdict)  # judged: nothing still on its way
+            record = rec(v, row=row, col=col, verdict=verdict)
+            retake_sink.on_verdict(record)  # first, as in the service
+            sink.on_verdict(record)
+        ids = {(e.row, e.col): e.id for e in retakes.entries(ledger)}
+        sink.on_verdict(rec(99, section="S_002", verdict=GOOD))
+        assert sink.flush(WAIT_S)
+        (summary,) = notes.drain()
+    assert sorted(ids) == [(1, 2), (2, 1)]
+    assert summary.body == (
+        "Section S_001: 3 tiles, 0 out of focus; "
+        f"2 unreadable: r1-c2 (retake {ids[1, 2]}), r2-c1 (retake {ids[2, 1]})"
+    )
+
+
 def test_idle_section_is_summarised_and_a_good_retake_counts(tmp_path: Path) -> None:
     """No newer section comes: idle time completes it; the latest version per tile counts."""
     clock, notes = Clock(), Recorder()

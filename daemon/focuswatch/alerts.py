@@ -501,6 +501,10 @@ def _retake_of(conn: Any, version_id: int) -> _Retake | None:
     return None if row is None else _Retake(int(row[0]), str(row[1]))
 
 
+def _with_retake(position: str, retake: _Retake | None) -> str:
+    return position if retake is None else f"{position} (retake {retake.id})"
+
+
 def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, Any]:
     """The structured form of a tile alert (JSON endpoints get it; see README)."""
     v = record.verdict
@@ -1102,12 +1106,19 @@ class AlertSink:
 
     def _summarize(self, conn: Any, section: str, now: float) -> None:
         # The latest version at each position counts (a good retake replaces a bad tile).
-        rows = conn.execute(
-            "SELECT position, kind FROM alert_tiles t WHERE section = ? AND version_id = "
-            "(SELECT max(version_id) FROM alert_tiles u WHERE u.section = t.section "
-            "AND u.position = t.position) ORDER BY position",
+        latest = conn.execute(
+            "SELECT position, kind, version_id FROM alert_tiles t WHERE section = ? AND "
+            "version_id = (SELECT max(version_id) FROM alert_tiles u WHERE u.section = "
+            "t.section AND u.position = t.position) ORDER BY position",
             (section,),
         ).fetchall()
+        rows = [(position, kind) for position, kind, _ in latest]
+        # An unreadable tile is told here only (no tile alert): name its retake entry.
+        unreadable_retakes = {
+            position: _retake_of(conn, vid)
+            for position, kind, vid in latest
+            if kind == str(VerdictKind.UNREADABLE)
+        }
         conn.execute("UPDATE alert_sections SET summarized = 1 WHERE section = ?", (section,))
         # Bad tiles still waiting for a digest are named in the summary instead.
         conn.execute(
@@ -1138,7 +1149,11 @@ class AlertSink:
             found = by_kind.get(str(kind), [])
             if found:
                 text = f"{len(found)} {_KIND_TEXT[kind]}"
-                if kind is not VerdictKind.EMPTY:
+                if kind is VerdictKind.UNREADABLE:
+                    text += ": " + ", ".join(
+                        _with_retake(p, unreadable_retakes.get(p)) for p in found
+                    )
+                elif kind is not VerdictKind.EMPTY:
                     text += ": " + ", ".join(found)
                 parts.append(text)
         # Closed by the next section's start with positions still missing: say which.
