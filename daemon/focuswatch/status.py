@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from focuswatch import outbox
+from focuswatch import alarms, outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
 from focuswatch.statelock import StateLock
@@ -39,10 +39,12 @@ def summary(
     try:
         out = ledger.status_summary(last=last)
         service = ledger.get_meta("service")
+        told = ledger.get_meta(alarms.META_KEY)
         out["alerts_pending"] = outbox.pending_count(ledger)
         out["alerts_failing"] = outbox.failing_endpoints(ledger)
     finally:
         ledger.close()
+    out["alarms"] = [] if told is None else alarms.to_meta(alarms.from_meta(told[0]))
     out["state_dir"] = str(cfg.state_dir)
     out["running"] = StateLock(cfg.state_dir).holder()
     out["service"] = None if service is None else service[0]
@@ -90,6 +92,8 @@ def format_text(s: dict[str, Any]) -> str:
     lines.append(
         "array backend: " + (f"{array} (latest result)" if array else "- (no tile scored yet)")
     )
+    for a in s.get("alarms", []):
+        lines.append(f"ALARM {a['name']}: {printable(a['line'])} (since {_when(a['since'])})")
     lines.append(f"alerts waiting to be sent: {s.get('alerts_pending', 0)}")
     for f in s.get("alerts_failing", []):
         lines.append(
