@@ -901,8 +901,7 @@ class AlertSink:
                 AlarmName.STALL,
                 "",
                 at,
-                f"no new tile since {_local(at)} with a section open (has the microscope "
-                "stopped?)",
+                f"no new tile since {_local(at)} with a section open (has the microscope stopped?)",
             ),
         )
         self._check_alarms(alerts, now)
