@@ -345,6 +345,63 @@ def test_web_config_keys_are_checked_and_the_token_is_never_described() -> None:
     text = str(err.value)
     for key in ("web.port", "web.token", "web.host", "web.x"):
         assert f"at '{key}'" in text
+    with pytest.raises(ConfigError, match=r"at 'web\.allowed_hosts'"):
+        config.parse({"web": {"allowed_hosts": ["acq-pc.lab", "http://x/"]}})
+
+
+def raw_get(port: int, host: str | None, path: str = "/api/generation") -> tuple[int, bytes]:
+    """One request written by hand, with this Host header (None: an HTTP/1.0 request
+    without one, which HTTP/1.0 allows)."""
+    version = "1.1" if host is not None else "1.0"
+    head = f"GET {path} HTTP/{version}\r\n" + (f"Host: {host}\r\n" if host is not None else "")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((head + "Connection: close\r\n\r\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+def test_a_request_to_another_host_name_is_refused_dns_rebinding(
+    console_service: MakeConsole,
+) -> None:
+    """A page of evil.example whose name was made to resolve to 127.0.0.1 reaches the
+    console with its own name in Host: refused before any route, the API included."""
+    cs = console_service(allowed_hosts=["acq-pc.lab"])
+    port = cs.web.port or 0
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "acq-pc.lab"):
+        assert raw_get(port, host)[0] == 200, host
+    for host in (
+        f"evil.example:{port}",
+        f"127.0.0.1.evil.example:{port}",
+        f"localhost.evil.example:{port}",
+        "10.1.2.3",  # bound to this machine only: not even an address of the network
+        f"127.0.0.1:{port}@evil.example",
+        None,
+    ):
+        for path in ("/api/generation", "/retakes.json", "/metrics", "/"):
+            status, body = raw_get(port, host, path)
+            assert status == 421, (host, path)
+            assert b"does not answer to that host name" in body
+            assert b"generation" not in body
+
+
+def test_opened_to_the_network_the_console_answers_its_names_and_addresses() -> None:
+    from focuswatch.web.hosts import allowed_hosts, host_name
+
+    allowed = allowed_hosts(WebConfig(host="0.0.0.0", allowed_hosts=["Acq-PC.lab.example"]))
+    for ok in ("10.1.2.3:8423", "[fe80::1]:8423", "acq-pc.lab.example:8423", "localhost"):
+        assert allowed(ok), ok
+    for bad in ("evil.example:8423", "acq-pc.lab.example.evil.example", "", None):
+        assert not allowed(bad), bad
+    named = allowed_hosts(WebConfig(host="10.1.2.3"))
+    assert named("10.1.2.3:8423")
+    assert socket.gethostname()
+    assert named(f"{socket.gethostname()}:8423")
+    assert host_name("[::1]:8423") == "::1"
+    assert host_name("LocalHost.:80") == "localhost"
+    assert host_name("a:b:c") is None
 
 
 def test_service_stop_closes_the_server(console_service: MakeConsole) -> None:
