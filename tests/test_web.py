@@ -53,6 +53,48 @@ def test_planted_tile_is_out_of_focus_and_the_wafer_map_colours_it(
     assert "1 to retake" in html
 
 
+def test_the_wafer_map_colours_by_score_against_baseline_and_counts_the_expected_tiles(
+    console_service: MakeConsole,
+) -> None:
+    """The second view: each tile on cividis by score / baseline, with its legend; each
+    section's progress against the positions the section before it had."""
+    from focuswatch.web import svg
+
+    cs, _ = planted(console_service)
+    _, _, body = fetch(cs.url + "wafer?colour=score")
+    html = body.decode()
+    assert 'id="ratio-legend"' in html
+    assert "no baseline yet" in html
+    blurred = re.search(
+        r'<rect class="tile"[^>]*data-name="Tile_r1-c2_S_002_2_BLUR.tif"[^>]*>', html
+    )
+    sharp = re.search(r'<rect class="tile"[^>]*data-name="Tile_r1-c1_S_002_2.tif"[^>]*>', html)
+    assert blurred is not None
+    assert sharp is not None
+    ratio = float(re.search(r'data-ratio="([0-9.]+)"', blurred.group()).group(1))  # type: ignore[union-attr]
+    assert ratio < 0.1  # 20 features against a baseline of about 1000
+    assert f'fill="{svg.ratio_colour(ratio)}"' in blurred.group()
+    assert f'fill="{svg.cividis(0.0)}"' not in sharp.group()  # a sharp tile is not dark blue
+    # The verdict view stays the default, and each view links the other.
+    _, _, default = fetch(cs.url + "wafer")
+    assert 'id="by-score"' in default.decode()
+    assert 'id="by-verdict"' in html
+    # S_001 had 4 positions: S_002's 3 tiles are 3 of 4; S_001 has nothing before it.
+    assert re.search(r'data-section="002".*?3 of 4 tiles seen', html, re.S)
+    assert re.search(r'data-section="001".*?<span class="progress">4 tiles seen', html, re.S)
+
+
+def test_expected_tiles_are_the_positions_of_the_section_before() -> None:
+    from focuswatch.web.data import expected_from_previous
+
+    def section(*cells: tuple[int, int]) -> dict[str, object]:
+        return {"cells": dict.fromkeys(cells, {})}
+
+    full = section((1, 1), (1, 2), (2, 1), (2, 2))
+    part = section((1, 1))
+    assert expected_from_previous([full, part, full, section()]) == [None, 4, 1, 4]
+
+
 def test_hostile_tile_name_is_escaped_on_every_page(console_service: MakeConsole) -> None:
     cs, _ = planted(console_service)
     vid = cs.version_id(XSS)

@@ -98,6 +98,8 @@ def _environment() -> jinja2.Environment:
     env.filters["printable"] = lambda s: printable(str(s)) if s is not None else ""
     env.globals["colours"] = svg.VERDICT_COLOURS
     env.globals["glyphs"] = svg.VERDICT_GLYPHS
+    env.globals["ratio_colour"] = svg.ratio_colour
+    env.globals["ratio_dark"] = svg.ratio_dark
     env.globals["labels"] = VERDICT_LABELS
     env.globals["verdicts"] = VERDICTS
     env.globals["version"] = focuswatch.__version__
@@ -249,12 +251,15 @@ def build_app(
 
     async def wafer_page(request: Request) -> Response:
         wafer = console.wafer()
+        by_score = request.query_params.get("colour") == "score"
         return page(
             request,
             "wafer.html",
             title="Wafer map",
             wafer=wafer,
             cell=svg.CELL,
+            by_score=by_score,
+            ratio_legend=svg.ratio_legend(),
             live="changes",
         )
 

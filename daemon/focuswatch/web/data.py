@@ -34,6 +34,7 @@ __all__ = [
     "Console",
     "Health",
     "TileView",
+    "expected_from_previous",
     "redact_text",
 ]
 
@@ -58,6 +59,19 @@ def redact_text(text: str | None) -> str:
     for word in text.split(" "):
         out.append(word.split("://", 1)[0] + "://(redacted)" if "://" in word else word)
     return printable(" ".join(out))
+
+
+def expected_from_previous(sections: Sequence[dict[str, Any]]) -> list[int | None]:
+    """How many tiles each section should have: the grid positions of the section
+    before it (None for the first: nothing to go by). Sections in wafer order, each
+    with its ``cells`` ({(row, col): tile}); ``Console(expected=...)`` takes another
+    rule (a microscope's own layout)."""
+    out: list[int | None] = []
+    before: int | None = None
+    for s in sections:
+        out.append(before or None)
+        before = len(s["cells"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,8 +123,10 @@ class Console:
         *,
         clock: Callable[[], float] = time.time,
         started: float | None = None,
+        expected: Callable[[Sequence[dict[str, Any]]], list[int | None]] = expected_from_previous,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self._expected = expected
         self.clock = clock
         self.started = clock() if started is None else started
         self._ledger = Ledger.open(self.state_dir, readonly=True, clock=clock)
@@ -312,15 +328,14 @@ class Console:
             sections.values(),
             key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
         )
-        positions = max_row * max_col
-        for s in ordered:
+        for s, expected in zip(ordered, self._expected(ordered), strict=True):
             cells = list(s["cells"].values()) + s["other"]
             s["seen"] = len(cells)
             s["judged"] = sum(1 for c in cells if c["verdict"] != "pending")
             s["bad"] = sum(
                 1 for c in cells if c["verdict"] in ("out_of_focus", "partly_out_of_focus")
             )
-            s["expected"] = positions or None
+            s["expected"] = expected
         return {"sections": ordered, "rows": max_row, "cols": max_col}
 
     # -- one tile ------------------------------------------------------------------
