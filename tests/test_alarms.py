@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from focuswatch import alerts
+from focuswatch import alerts, status
 from focuswatch.alarms import Episode
 from focuswatch.config import Config, WebConfig
 from focuswatch.ledger import Ledger
@@ -71,8 +71,8 @@ def beat(ledger: Ledger) -> None:
 
 
 def healthz(url: str) -> tuple[int, str]:
-    status, _, body = fetch(url + "healthz")
-    return status, body.decode()
+    code, _, body = fetch(url + "healthz")
+    return code, body.decode()
 
 
 def ticks(sink: alerts.AlertSink, clock: Clock, *, minutes: float, every_s: float = 30.0) -> None:
@@ -115,14 +115,16 @@ def test_scoring_that_falls_behind_is_told_once_shown_while_it_lasts_and_when_ca
                 assert sink.flush(WAIT_S)
                 assert titles(hook) == ["[fw] focuswatch: scoring falls behind: 20 tiles waiting"]
                 beat(ledger)
-                status, body = healthz(url)
-                assert status == 503
+                code, body = healthz(url)
+                assert code == 503
                 assert "scoring falls behind: 20 tiles waiting, 0.0 scored/min" in body
                 _, _, page = fetch(url)
                 assert re.search(rb'<li class="alarm bad" data-alarm="behind">scoring falls', page)
                 _, _, metrics = fetch(url + "metrics")
                 assert b'focuswatch_alarm{name="behind"} 1.0' in metrics
                 assert b'focuswatch_alarm{name="scheduler_lost"} 0.0' in metrics
+                shown = status.format_text(status.summary(cfg))
+                assert "ALARM behind: scoring falls behind: 20 tiles waiting" in shown
             # A restart while it lasts tells nothing again.
             sink.close()
             sink = alerts.build_sink(cfg, ledger, clock=clock)
@@ -195,8 +197,8 @@ def test_a_failing_endpoint_is_told_to_the_others_once_and_when_it_takes_alerts_
                 assert sink.flush(WAIT_S)
                 assert titles(up) == []  # once
                 beat(ledger)
-                status, body = healthz(url)
-                assert status == 503
+                code, body = healthz(url)
+                assert code == 503
                 assert f"alert endpoint {down_url} has taken no alert for 15 min" in body
                 _, _, metrics = fetch(url + "metrics")
                 assert b'focuswatch_alarm{name="endpoint_failing"} 1.0' in metrics
@@ -268,8 +270,8 @@ def test_a_lost_dask_scheduler_is_told_once_it_stayed_away_and_when_it_is_back(
                     f"[fw] focuswatch: the Dask scheduler at {address} is unreachable"
                 ]
                 beat(ledger)
-                status, body = healthz(url)
-                assert status == 503
+                code, body = healthz(url)
+                assert code == 503
                 assert "nothing is scored" in body  # on_unreachable = "wait"
                 _, _, metrics = fetch(url + "metrics")
                 assert b'focuswatch_alarm{name="scheduler_lost"} 1.0' in metrics
