@@ -88,7 +88,7 @@ def test_expected_tiles_are_the_positions_of_the_section_before() -> None:
     from focuswatch.web.data import expected_from_previous
 
     def section(*cells: tuple[int, int]) -> dict[str, object]:
-        return {"cells": dict.fromkeys(cells, {})}
+        return {"cells": {cell: {} for cell in cells}}
 
     full = section((1, 1), (1, 2), (2, 1), (2, 2))
     part = section((1, 1))
