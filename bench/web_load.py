@@ -91,12 +91,24 @@ def one_run(staging: Path, work: Path, *, rate: float) -> tuple[float, int]:
             svc.turn(0.05)
         took = time.perf_counter() - t0
     finally:
-        if client is not None:
-            client.send_signal(signal.SIGINT)
-            out, _ = client.communicate(timeout=10)
-            served = int(out.strip() or 0)
-        svc.stop()
+        try:
+            if client is not None:
+                served = _stop_client(client)
+        finally:
+            svc.stop()
     return took, served
+
+
+def _stop_client(client: subprocess.Popen[str]) -> int:
+    """Requests the client made (-1 if it did not say: stopped the hard way)."""
+    client.send_signal(signal.SIGINT)
+    try:
+        out, _ = client.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.communicate()
+        return -1
+    return int(out.strip() or -1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     took, n = one_run(staging, Path(tmp) / f"b{r}", rate=args.rate)
                     busy.append(took)
-                    requests += n
+                    requests += max(0, n)
     q, b = statistics.median(quiet), statistics.median(busy)
     ratios = [100 * (bb / qq - 1) for qq, bb in zip(quiet, busy, strict=True)]
     print(f"{args.count} tiles of {args.size}² px, one worker, {args.rounds} rounds alternated")
