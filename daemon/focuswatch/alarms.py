@@ -143,6 +143,21 @@ class Episode:
             self.holding_since = now
         return True if now - self.holding_since >= hold_s else None
 
+    def begin(
+        self, alarm: Alarm, key: str, title: str, body: str, *, not_to: str | None = None
+    ) -> list[Notice]:
+        """Told: its message, keyed ``key:since`` (queued once, whatever restarts)."""
+        self.told = alarm
+        return [Notice(alarm, True, f"{key}:{alarm.since:.0f}", title, body, not_to)]
+
+    def end(self, key: str, title: str, body: str) -> list[Notice]:
+        """Over: its message, keyed by the episode it ends."""
+        told = self.told
+        if told is None:
+            raise RuntimeError("an episode that was not told cannot end")
+        self.told = None
+        return [Notice(told, False, f"{key}:{told.since:.0f}", title, body)]
+
 
 def _minutes(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -248,33 +263,22 @@ class AlarmWatch:
                 f"scoring falls behind: {backlog} tiles waiting, {per_min:.1f} scored/min, "
                 f"about {_minutes(clear_s)} to clear",
             )
-            self._behind.told = alarm
-            return [
-                Notice(
-                    alarm,
-                    True,
-                    f"behind:{now:.0f}",
-                    f"scoring falls behind: {backlog} tiles waiting",
-                    f"For {minutes:g} min the tiles waiting to be judged {why} "
-                    f"{minutes:g} min (alerts.behind_minutes): now {backlog} waiting, "
-                    f"{per_min:.1f} tiles/min scored over the last 5 min, about "
-                    f"{_minutes(clear_s)} to clear. Verdicts and alerts come that late: "
-                    "more workers, scoring.mode = 'fast', a GPU or a cluster would keep up.",
-                ),
-            ]
-        told = self._behind.told
-        assert told is not None
-        self._behind.told = None
-        return [
-            Notice(
-                told,
-                False,
-                f"caught-up:{told.since:.0f}",
-                "scoring has caught up",
-                f"Scoring has caught up: {backlog} tiles waiting, {per_min:.1f} tiles/min "
-                "scored over the last 5 min.",
+            return self._behind.begin(
+                alarm,
+                "behind",
+                f"scoring falls behind: {backlog} tiles waiting",
+                f"For {minutes:g} min the tiles waiting to be judged {why} "
+                f"{minutes:g} min (alerts.behind_minutes): now {backlog} waiting, "
+                f"{per_min:.1f} tiles/min scored over the last 5 min, about "
+                f"{_minutes(clear_s)} to clear. Verdicts and alerts come that late: "
+                "more workers, scoring.mode = 'fast', a GPU or a cluster would keep up.",
             )
-        ]
+        return self._behind.end(
+            "caught-up",
+            "scoring has caught up",
+            f"Scoring has caught up: {backlog} tiles waiting, {per_min:.1f} tiles/min "
+            "scored over the last 5 min.",
+        )
 
     def _check_scheduler(self, executor: Any, now: float) -> list[Notice]:
         minutes = self._cfg.scheduler_lost_minutes
@@ -303,30 +307,19 @@ class AlarmWatch:
                 now,
                 f"the Dask scheduler at {address} is unreachable ({meanwhile})",
             )
-            self._scheduler.told = alarm
-            return [
-                Notice(
-                    alarm,
-                    True,
-                    f"scheduler-lost:{now:.0f}",
-                    f"the Dask scheduler at {address} is unreachable",
-                    f"No connection to the Dask scheduler at {address} for {minutes:g} min "
-                    f"(alerts.scheduler_lost_minutes); {meanwhile}. Nothing is lost: tiles "
-                    "go to the cluster again once it answers.",
-                )
-            ]
-        told = self._scheduler.told
-        assert told is not None
-        self._scheduler.told = None
-        return [
-            Notice(
-                told,
-                False,
-                f"scheduler-back:{told.since:.0f}",
-                f"the Dask scheduler at {address} is back",
-                f"Connected to the Dask scheduler at {address} again.",
+            return self._scheduler.begin(
+                alarm,
+                "scheduler-lost",
+                f"the Dask scheduler at {address} is unreachable",
+                f"No connection to the Dask scheduler at {address} for {minutes:g} min "
+                f"(alerts.scheduler_lost_minutes); {meanwhile}. Nothing is lost: tiles "
+                "go to the cluster again once it answers.",
             )
-        ]
+        return self._scheduler.end(
+            "scheduler-back",
+            f"the Dask scheduler at {address} is back",
+            f"Connected to the Dask scheduler at {address} again.",
+        )
 
     def _check_endpoint(self, conn: sqlite3.Connection, e: _Endpoint, now: float) -> list[Notice]:
         minutes = self._cfg.endpoint_failing_minutes
@@ -365,30 +358,19 @@ class AlarmWatch:
                 now,
                 f"alert endpoint {e.name} has taken no alert for {minutes:g} min",
             )
-            episode.told = alarm
-            return [
-                Notice(
-                    alarm,
-                    True,
-                    f"endpoint-down:{e.id}:{now:.0f}",
-                    f"alert endpoint {e.name} fails",
-                    f"The alert endpoint {e.name} has taken no alert for {minutes:g} min "
-                    f"(alerts.endpoint_failing_minutes); the latest error: {error or '?'}. "
-                    "Its alerts wait in the outbox and go to it once it answers; this "
-                    "message goes to the other endpoints only.",
-                    not_to=e.id,
-                )
-            ]
-        told = episode.told
-        assert told is not None
-        episode.told = None
-        return [
-            Notice(
-                told,
-                False,
-                f"endpoint-up:{e.id}:{told.since:.0f}",
-                f"alert endpoint {e.name} takes alerts again",
-                f"The alert endpoint {e.name} takes alerts again; what waited for it is "
-                "being delivered.",
+            return episode.begin(
+                alarm,
+                f"endpoint-down:{e.id}",
+                f"alert endpoint {e.name} fails",
+                f"The alert endpoint {e.name} has taken no alert for {minutes:g} min "
+                f"(alerts.endpoint_failing_minutes); the latest error: {error or '?'}. "
+                "Its alerts wait in the outbox and go to it once it answers; this "
+                "message goes to the other endpoints only.",
+                not_to=e.id,
             )
-        ]
+        return episode.end(
+            f"endpoint-up:{e.id}",
+            f"alert endpoint {e.name} takes alerts again",
+            f"The alert endpoint {e.name} takes alerts again; what waited for it is "
+            "being delivered.",
+        )
