@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"focuswatch", "config", "backend", "statelock", "watch", "synth"},
     {"score", "tiles", "unit"},
     {"scoring", "ledger"},
-    {"executor", "calibrate", "outbox"},
+    {"executor", "calibrate", "outbox", "alarms"},
     {"policy", "gpu"},
     {"judge", "worker", "alerts", "retakes"},
     {"cluster", "status"},

@@ -53,6 +53,48 @@ def test_planted_tile_is_out_of_focus_and_the_wafer_map_colours_it(
     assert "1 to retake" in html
 
 
+def test_the_wafer_map_colours_by_score_against_baseline_and_counts_the_expected_tiles(
+    console_service: MakeConsole,
+) -> None:
+    """The second view: each tile on cividis by score / baseline, with its legend; each
+    section's progress against the positions the section before it had."""
+    from focuswatch.web import svg
+
+    cs, _ = planted(console_service)
+    _, _, body = fetch(cs.url + "wafer?colour=score")
+    html = body.decode()
+    assert 'id="ratio-legend"' in html
+    assert "no baseline yet" in html
+    blurred = re.search(
+        r'<rect class="tile"[^>]*data-name="Tile_r1-c2_S_002_2_BLUR.tif"[^>]*>', html
+    )
+    sharp = re.search(r'<rect class="tile"[^>]*data-name="Tile_r1-c1_S_002_2.tif"[^>]*>', html)
+    assert blurred is not None
+    assert sharp is not None
+    ratio = float(re.search(r'data-ratio="([0-9.]+)"', blurred.group()).group(1))  # type: ignore[union-attr]
+    assert ratio < 0.1  # 20 features against a baseline of about 1000
+    assert f'fill="{svg.ratio_colour(ratio)}"' in blurred.group()
+    assert f'fill="{svg.cividis(0.0)}"' not in sharp.group()  # a sharp tile is not dark blue
+    # The verdict view stays the default, and each view links the other.
+    _, _, default = fetch(cs.url + "wafer")
+    assert 'id="by-score"' in default.decode()
+    assert 'id="by-verdict"' in html
+    # S_001 had 4 positions: S_002's 3 tiles are 3 of 4; S_001 has nothing before it.
+    assert re.search(r'data-section="002".*?3 of 4 tiles seen', html, re.S)
+    assert re.search(r'data-section="001".*?<span class="progress">4 tiles seen', html, re.S)
+
+
+def test_expected_tiles_are_the_positions_of_the_section_before() -> None:
+    from focuswatch.web.data import expected_from_previous
+
+    def section(*cells: tuple[int, int]) -> dict[str, object]:
+        return {"cells": {cell: {} for cell in cells}}
+
+    full = section((1, 1), (1, 2), (2, 1), (2, 2))
+    part = section((1, 1))
+    assert expected_from_previous([full, part, full, section()]) == [None, 4, 1, 4]
+
+
 def test_hostile_tile_name_is_escaped_on_every_page(console_service: MakeConsole) -> None:
     cs, _ = planted(console_service)
     vid = cs.version_id(XSS)
@@ -347,6 +389,63 @@ def test_web_config_keys_are_checked_and_the_token_is_never_described() -> None:
     text = str(err.value)
     for key in ("web.port", "web.token", "web.host", "web.x"):
         assert f"at '{key}'" in text
+    with pytest.raises(ConfigError, match=r"at 'web\.allowed_hosts'"):
+        config.parse({"web": {"allowed_hosts": ["acq-pc.lab", "http://x/"]}})
+
+
+def raw_get(port: int, host: str | None, path: str = "/api/generation") -> tuple[int, bytes]:
+    """One request written by hand, with this Host header (None: an HTTP/1.0 request
+    without one, which HTTP/1.0 allows)."""
+    version = "1.1" if host is not None else "1.0"
+    head = f"GET {path} HTTP/{version}\r\n" + (f"Host: {host}\r\n" if host is not None else "")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((head + "Connection: close\r\n\r\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+def test_a_request_to_another_host_name_is_refused_dns_rebinding(
+    console_service: MakeConsole,
+) -> None:
+    """A page of evil.example whose name was made to resolve to 127.0.0.1 reaches the
+    console with its own name in Host: refused before any route, the API included."""
+    cs = console_service(allowed_hosts=["acq-pc.lab"])
+    port = cs.web.port or 0
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "acq-pc.lab"):
+        assert raw_get(port, host)[0] == 200, host
+    for host in (
+        f"evil.example:{port}",
+        f"127.0.0.1.evil.example:{port}",
+        f"localhost.evil.example:{port}",
+        "10.1.2.3",  # bound to this machine only: not even an address of the network
+        f"127.0.0.1:{port}@evil.example",
+        None,
+    ):
+        for path in ("/api/generation", "/retakes.json", "/metrics", "/"):
+            status, body = raw_get(port, host, path)
+            assert status == 421, (host, path)
+            assert b"does not answer to that host name" in body
+            assert b"generation" not in body
+
+
+def test_opened_to_the_network_the_console_answers_its_names_and_addresses() -> None:
+    from focuswatch.web.hosts import allowed_hosts, host_name
+
+    allowed = allowed_hosts(WebConfig(host="0.0.0.0", allowed_hosts=["Acq-PC.lab.example"]))
+    for ok in ("10.1.2.3:8423", "[fe80::1]:8423", "acq-pc.lab.example:8423", "localhost"):
+        assert allowed(ok), ok
+    for bad in ("evil.example:8423", "acq-pc.lab.example.evil.example", "", None):
+        assert not allowed(bad), bad
+    named = allowed_hosts(WebConfig(host="10.1.2.3"))
+    assert named("10.1.2.3:8423")
+    assert socket.gethostname()
+    assert named(f"{socket.gethostname()}:8423")
+    assert host_name("[::1]:8423") == "::1"
+    assert host_name("LocalHost.:80") == "localhost"
+    assert host_name("a:b:c") is None
 
 
 def test_service_stop_closes_the_server(console_service: MakeConsole) -> None:

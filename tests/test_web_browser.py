@@ -142,3 +142,36 @@ def test_now_page_says_healthy_at_the_top(console_service: MakeConsole, chromium
     assert (
         wait_for("the backlog", lambda: chromium.find_element(By.ID, "backlog").text) == "0 tiles"
     )
+
+
+def test_the_score_view_of_the_wafer_map_stays_while_tiles_arrive(
+    console_service: MakeConsole, chromium: Any
+) -> None:
+    """Clicked to 'score against baseline': the blurred tile dark on cividis, the legend
+    shown, and the page's own updates keep that view."""
+    from focuswatch.web import svg
+
+    cs, _ = planted(console_service)
+    chromium.get(cs.url + "wafer")
+    wait_for("the view link", lambda: chromium.find_element(By.ID, "by-score")).click()
+    wait_for("the legend", lambda: chromium.find_element(By.ID, "ratio-legend"))
+    wait_for(
+        "the page polling",
+        lambda: chromium.find_element(By.ID, "live").get_attribute("data-generation"),
+    )
+
+    def rgb(hex_colour: str) -> str:
+        r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        return f"rgb({r}, {g}, {b})"
+
+    blurred = fill_of(chromium, "Tile_r1-c2_S_002_2_BLUR.tif")
+    assert blurred not in (VERMILLION, GREEN)
+    assert blurred == rgb(svg.ratio_colour(20 / 1000))
+    cs.write("S_003_3/Tile_r1-c1_S_003_3_BLUR.tif", value=9)
+    cs.judge(8)
+    wait_for(
+        "section 003 on the map without a reload",
+        lambda: chromium.find_elements(By.CSS_SELECTOR, 'figure.section[data-section="003"]'),
+    )
+    assert chromium.find_elements(By.ID, "ratio-legend")
+    assert fill_of(chromium, "Tile_r1-c1_S_003_3_BLUR.tif") != VERMILLION

@@ -44,9 +44,19 @@ from typing import Any
 import numpy as np
 import structlog
 
+from focuswatch import alarms
+from focuswatch.alarms import Alarm, AlarmName, AlarmWatch
 from focuswatch.config import AlertsConfig, Config
 from focuswatch.ledger import Ledger
-from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
+from focuswatch.outbox import (
+    Alert,
+    DeliveryError,
+    Endpoint,
+    Notifier,
+    Sender,
+    enqueue,
+    withhold,
+)
 from focuswatch.policy import SECTION_WIDE, format_score
 from focuswatch.text import printable
 from focuswatch.verdict import VerdictKind, VerdictRecord
@@ -685,6 +695,13 @@ def _free_mb(folder: Path) -> float | None:
     return st.f_bavail * st.f_frsize / 2**20
 
 
+def _json_or_none(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _title(instance: str, text: str) -> str:
     """Every message's title: the instance it comes from, then what happened."""
     return f"[{instance}] focuswatch: {text}" if instance else f"focuswatch: {text}"
@@ -746,6 +763,10 @@ class AlertSink:
         self._next_health = 0.0
         self._disk_low_since: float | None = None
         self._stall_told: str | None = None  # the latest stall message's key
+        self._alarms = AlarmWatch(
+            acfg, endpoints=[] if sender is None else [(e.id, e.name) for e in sender.endpoints]
+        )
+        self._alarms_shown: list[dict[str, Any]] | None = None  # as last written to meta
 
     def start(self) -> None:
         """Start delivery (one sender thread per endpoint); the constructor starts nothing."""
@@ -874,6 +895,15 @@ class AlertSink:
         if floor > 0 and free_mb is not None:
             if self._disk_low_since is None and free_mb < floor:
                 self._disk_low_since = now
+                self._alarms.note(
+                    AlarmName.DISK_LOW,
+                    Alarm(
+                        AlarmName.DISK_LOW,
+                        "",
+                        now,
+                        f"the state folder's disk is nearly full ({free_mb:.0f} MB free)",
+                    ),
+                )
                 alerts.append(
                     self._health_alert(
                         f"disk-low:{now:.0f}",
@@ -896,10 +926,58 @@ class AlertSink:
                     )
                 )
                 self._disk_low_since = None
-        if alerts:
-            with self._ledger.transaction() as conn:
-                for alert in alerts:
-                    self._queue(conn, alert, now)
+                self._alarms.note(AlarmName.DISK_LOW, None)
+        stalled = self._stall_told or ""
+        at = float(stalled.partition(":")[2]) if stalled.startswith("stalled:") else None
+        self._alarms.note(
+            AlarmName.STALL,
+            None
+            if at is None
+            else Alarm(
+                AlarmName.STALL,
+                "",
+                at,
+                f"no new tile since {_local(at)} with a section open (has the microscope stopped?)",
+            ),
+        )
+        self._check_alarms(alerts, now)
+
+    def _check_alarms(self, alerts: list[Alert], now: float) -> None:
+        """The alarms of ``focuswatch.alarms``: their messages queued with the stall and
+        disk ones, and what lasts written to meta for the console and ``status``."""
+        with self._ledger.reading() as conn:
+            stored = conn.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, 'executor')", (alarms.META_KEY,)
+            ).fetchall()
+            meta = {str(k): _json_or_none(v) for k, v in stored}
+            if self._alarms_shown is None:  # once: what a run before this one told
+                before = alarms.from_meta(meta.get(alarms.META_KEY))
+                self._alarms.restore(before)
+                self._alarms_shown = alarms.to_meta(before)
+            notices = self._alarms.check(conn, now, meta.get("executor"))
+        shown = alarms.to_meta(self._alarms.active())
+        if not alerts and not notices and shown == self._alarms_shown:
+            return
+        with self._ledger.transaction() as conn:
+            for alert in alerts:
+                self._queue(conn, alert, now)
+            for n in notices:
+                alert = self._health_alert(
+                    n.key, f"alarm-{n.alarm.name}", n.severity, n.title, n.body
+                )
+                self._queue(conn, alert, now)
+                if n.not_to is not None and self._sender is not None:
+                    ids = self._sender.endpoint_ids
+                    for e in self._sender.endpoints:
+                        if e.id == n.not_to:
+                            withhold(conn, n.key, e, endpoint_ids=ids, now=now)
+            if shown != self._alarms_shown:
+                conn.execute(
+                    "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                    (alarms.META_KEY, json.dumps(shown), now),
+                )
+        self._alarms_shown = shown
 
     def _health_alert(self, key: str, kind: str, severity: str, title: str, body: str) -> Alert:
         return Alert(

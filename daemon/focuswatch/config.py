@@ -149,6 +149,10 @@ class AlertsConfig:
     send_timeout_s: float = _opt(30.0, _range(1.0, 600))
     stall_minutes: float = _opt(30.0, _range(0.0, 10080))
     disk_min_free_mb: float = _opt(1024.0, _range(0.0))
+    # Scoring falls behind (focuswatch.alarms): 0 turns each alarm off.
+    behind_minutes: float = _opt(15.0, _range(0.0, 10080))
+    endpoint_failing_minutes: float = _opt(15.0, _range(0.0, 10080))
+    scheduler_lost_minutes: float = _opt(5.0, _range(0.0, 10080))
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,11 @@ class LoggingConfig:
 
     level: str = _opt("info", _one_of("debug", "info", "warning", "error"))
     format: str = _opt("auto", _one_of("auto", "json", "console"))
+
+
+def _host_names(v: Any) -> str | None:
+    bad = [h for h in v if not h or h != h.strip() or any(c in h for c in "/@ ")]
+    return None if not bad else f"must be host names, e.g. ['acq-pc.lab'] (got {bad[0]!r})"
 
 
 def _host(v: Any) -> str | None:
@@ -196,6 +205,9 @@ class WebConfig:
     port: int = _opt(8423, _range(1, 65535))
     # Dismissing or reopening a retake entry from the page needs this token; unset: off.
     token: str | None = _opt(None, _token)
+    # Host names the page may be asked by (the Host header) besides the configured
+    # host: a name of this machine on the lab network (DNS rebinding is refused).
+    allowed_hosts: list[str] = _opt([], _host_names, factory=True)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ __all__ = [
     "enqueue",
     "failing_endpoints",
     "pending_count",
+    "withhold",
 ]
 
 _log = structlog.get_logger("focuswatch.alerts")
@@ -151,6 +152,29 @@ def enqueue(conn: sqlite3.Connection, alert: Alert, *, now: float) -> bool:
         ),
     )
     return cur.rowcount == 1
+
+
+def withhold(
+    conn: sqlite3.Connection,
+    key: str,
+    endpoint: Endpoint,
+    *,
+    endpoint_ids: Sequence[str],
+    now: float,
+) -> None:
+    """Never send the alert ``key`` to ``endpoint`` (it is about that endpoint, which is
+    down): recorded as its delivery with no attempt, so the alert is done once every
+    other endpoint has it. Inside the caller's transaction, after ``enqueue``."""
+    row = conn.execute("SELECT id FROM alert_outbox WHERE dedupe_key = ?", (key,)).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "INSERT INTO alert_deliveries (outbox_id, endpoint, endpoint_name, attempts,"
+        " next_attempt, sent, last_error) VALUES (?,?,?,0,?,?,?)"
+        " ON CONFLICT (outbox_id, endpoint) DO NOTHING",
+        (row[0], endpoint.id, endpoint.name, now, now, "withheld: it is about this endpoint"),
+    )
+    _mark_done(conn, [int(row[0])], endpoint_ids, now)
 
 
 def pending_count(ledger: Ledger) -> int:

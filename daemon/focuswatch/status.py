@@ -3,8 +3,9 @@
 Opens the ledger read-only (``mode=ro``), so it is safe while the service runs.
 Shows tiles per state, the backlog, tiles per minute over the last ten minutes, the
 last N verdicts, recent failures with their reasons, the executor the service
-reported, the array backend (numpy/cupy) of the latest results and the alerts still
-waiting in the outbox. Alert destinations are never shown: apprise URLs carry secrets.
+reported, the array backend (numpy/cupy) of the latest results, the alarms that last
+(``focuswatch.alarms``) and the alerts still waiting in the outbox. Alert
+destinations are never shown: apprise URLs carry secrets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from focuswatch import outbox
+from focuswatch import alarms, outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
 from focuswatch.statelock import StateLock
@@ -39,10 +40,12 @@ def summary(
     try:
         out = ledger.status_summary(last=last)
         service = ledger.get_meta("service")
+        told = ledger.get_meta(alarms.META_KEY)
         out["alerts_pending"] = outbox.pending_count(ledger)
         out["alerts_failing"] = outbox.failing_endpoints(ledger)
     finally:
         ledger.close()
+    out["alarms"] = [] if told is None else alarms.to_meta(alarms.from_meta(told[0]))
     out["state_dir"] = str(cfg.state_dir)
     out["running"] = StateLock(cfg.state_dir).holder()
     out["service"] = None if service is None else service[0]
@@ -90,6 +93,8 @@ def format_text(s: dict[str, Any]) -> str:
     lines.append(
         "array backend: " + (f"{array} (latest result)" if array else "- (no tile scored yet)")
     )
+    for a in s.get("alarms", []):
+        lines.append(f"ALARM {a['name']}: {printable(a['line'])} (since {_when(a['since'])})")
     lines.append(f"alerts waiting to be sent: {s.get('alerts_pending', 0)}")
     for f in s.get("alerts_failing", []):
         lines.append(

@@ -43,6 +43,7 @@ import jinja2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -53,6 +54,7 @@ from focuswatch import retakes
 from focuswatch.text import printable
 from focuswatch.web import metrics, svg
 from focuswatch.web.data import VERDICTS, Console
+from focuswatch.web.hosts import HostCheck
 
 __all__ = ["SESSION_COOKIE", "build_app", "worst_patch_crop"]
 
@@ -96,6 +98,8 @@ def _environment() -> jinja2.Environment:
     env.filters["printable"] = lambda s: printable(str(s)) if s is not None else ""
     env.globals["colours"] = svg.VERDICT_COLOURS
     env.globals["glyphs"] = svg.VERDICT_GLYPHS
+    env.globals["ratio_colour"] = svg.ratio_colour
+    env.globals["ratio_dark"] = svg.ratio_dark
     env.globals["labels"] = VERDICT_LABELS
     env.globals["verdicts"] = VERDICTS
     env.globals["version"] = focuswatch.__version__
@@ -194,8 +198,10 @@ def build_app(
     *,
     token: str | None = None,
     clock: Callable[[], float] = time.time,
+    hosts: Callable[[str | None], bool] | None = None,
 ) -> Starlette:
-    """The console as an ASGI app over ``console`` (run it with uvicorn)."""
+    """The console as an ASGI app over ``console`` (run it with uvicorn); ``hosts``
+    says which ``Host`` headers it answers (``web.hosts``; None: every one)."""
     env = _environment()
     registry = metrics.registry_for(console)
     csrf_key = secrets.token_bytes(32)
@@ -245,12 +251,15 @@ def build_app(
 
     async def wafer_page(request: Request) -> Response:
         wafer = console.wafer()
+        by_score = request.query_params.get("colour") == "score"
         return page(
             request,
             "wafer.html",
             title="Wafer map",
             wafer=wafer,
             cell=svg.CELL,
+            by_score=by_score,
+            ratio_legend=svg.ratio_legend(),
             live="changes",
         )
 
@@ -453,4 +462,5 @@ def build_app(
     return Starlette(
         routes=routes,
         exception_handlers={404: on_404, 405: on_error, 500: on_error},
+        middleware=[] if hosts is None else [Middleware(HostCheck, allowed=hosts)],
     )

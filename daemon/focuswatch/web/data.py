@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.status import STALE_HEARTBEAT_S
@@ -33,6 +34,7 @@ __all__ = [
     "Console",
     "Health",
     "TileView",
+    "expected_from_previous",
     "redact_text",
 ]
 
@@ -57,6 +59,19 @@ def redact_text(text: str | None) -> str:
     for word in text.split(" "):
         out.append(word.split("://", 1)[0] + "://(redacted)" if "://" in word else word)
     return printable(" ".join(out))
+
+
+def expected_from_previous(sections: Sequence[dict[str, Any]]) -> list[int | None]:
+    """How many tiles each section should have: the grid positions of the section
+    before it (None for the first: nothing to go by). Sections in wafer order, each
+    with its ``cells`` ({(row, col): tile}); ``Console(expected=...)`` takes another
+    rule (a microscope's own layout)."""
+    out: list[int | None] = []
+    before: int | None = None
+    for s in sections:
+        out.append(before or None)
+        before = len(s["cells"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,8 +123,10 @@ class Console:
         *,
         clock: Callable[[], float] = time.time,
         started: float | None = None,
+        expected: Callable[[Sequence[dict[str, Any]]], list[int | None]] = expected_from_previous,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self._expected = expected
         self.clock = clock
         self.started = clock() if started is None else started
         self._ledger = Ledger.open(self.state_dir, readonly=True, clock=clock)
@@ -176,6 +193,11 @@ class Console:
         )
         return (printable(str(row[0])), float(row[1])) if row else None
 
+    def alarms(self) -> list[alarm_state.Alarm]:
+        """The alarms that last, as the service last wrote them (``focuswatch.alarms``)."""
+        stored = self.meta(alarm_state.META_KEY)
+        return [] if stored is None else alarm_state.from_meta(stored[0])
+
     def alerts_waiting(self) -> int:
         return int(self._one("SELECT count(*) FROM alert_outbox WHERE sent IS NULL")[0])
 
@@ -194,15 +216,22 @@ class Console:
             )
         if not os.access(self.state_dir, os.W_OK):
             problems.append(f"the state folder {self.state_dir} is not writable")
+        alarms = self.alarms()
+        names = {a.name for a in alarms}
+        for a in alarms:
+            told = f"{a.line} (since {_duration(now - a.since)})"
+            (problems if a.name.unhealthy else warnings).append(told)
         counts = self.counts()
         backlog = counts["seen"] + counts["ready"] + counts["scoring"]
         arrive5, score5 = self.rates(now, 300.0)
-        if backlog > 0 and arrive5 > score5 * 1.1 and arrive5 > 0:
+        behind = alarm_state.AlarmName.BEHIND in names
+        if not behind and backlog > 0 and arrive5 > score5 * 1.1 and arrive5 > 0:
             warnings.append(
                 f"scoring falls behind: {arrive5:.1f} tiles/min arrive, {score5:.1f} scored"
             )
         last = self.last_tile()
-        if last is not None and now - last[1] > QUIET_WARNING_S:
+        stalled = alarm_state.AlarmName.STALL in names
+        if not stalled and last is not None and now - last[1] > QUIET_WARNING_S:
             warnings.append(
                 f"no new tile for {_duration(now - last[1])} (has the microscope stopped?)"
             )
@@ -232,6 +261,10 @@ class Console:
         local = time.localtime(now)
         return {
             "health": self.health(now),
+            "alarms": [
+                {"name": str(a.name), "line": a.line, "since": a.since, "bad": a.name.unhealthy}
+                for a in self.alarms()
+            ],
             "last_tile": None if last is None else last[0],
             "last_tile_ago": None if last is None else _duration(now - last[1]),
             "rates": {
@@ -295,15 +328,14 @@ class Console:
             sections.values(),
             key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
         )
-        positions = max_row * max_col
-        for s in ordered:
+        for s, expected in zip(ordered, self._expected(ordered), strict=True):
             cells = list(s["cells"].values()) + s["other"]
             s["seen"] = len(cells)
             s["judged"] = sum(1 for c in cells if c["verdict"] != "pending")
             s["bad"] = sum(
                 1 for c in cells if c["verdict"] in ("out_of_focus", "partly_out_of_focus")
             )
-            s["expected"] = positions or None
+            s["expected"] = expected
         return {"sections": ordered, "rows": max_row, "cols": max_col}
 
     # -- one tile ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from focuswatch.alarms import AlarmName
 from focuswatch.web.data import Console
 
 __all__ = ["CONTENT_TYPE", "ConsoleCollector", "registry_for", "render"]
@@ -84,6 +85,15 @@ class ConsoleCollector(Collector):
             "Hung or dead workers restarted (as the executor reports it)",
             value=c.worker_restarts(),
         )
+        alarm = GaugeMetricFamily(
+            "focuswatch_alarm",
+            "1 while the alarm lasts (stall, disk_low, behind, endpoint_failing, scheduler_lost)",
+            labels=["name"],
+        )
+        active = {a.name for a in c.alarms()}
+        for kind in AlarmName:
+            alarm.add_metric([str(kind)], 1 if kind in active else 0)
+        yield alarm
         health = c.health()
         yield GaugeMetricFamily(
             "focuswatch_healthy", "1 when /healthz answers 200", value=1 if health.ok else 0

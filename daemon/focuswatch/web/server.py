@@ -26,6 +26,7 @@ from focuswatch.errors import StateError
 from focuswatch.verdict import VerdictRecord
 from focuswatch.web.app import build_app
 from focuswatch.web.data import Console
+from focuswatch.web.hosts import allowed_hosts
 
 __all__ = ["WebConsole", "bind"]
 
@@ -91,7 +92,9 @@ class WebConsole:
             sock.close()
             log.warning("web_unavailable", reason=str(exc))
             return
-        app = build_app(self._console, token=wcfg.token, clock=self._clock)
+        app = build_app(
+            self._console, token=wcfg.token, clock=self._clock, hosts=allowed_hosts(wcfg)
+        )
         config = uvicorn.Config(
             app,
             log_config=None,  # the service configured logging; uvicorn must not redo it

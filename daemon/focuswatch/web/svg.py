@@ -1,7 +1,9 @@
 """Geometry for the server-rendered SVG: the templates draw what these functions lay out.
 
 Colours: the Okabe-Ito palette for verdicts (tells apart for the common forms of colour
-blindness), each verdict also with a glyph, and viridis for the focus map's scores.
+blindness), each verdict also with a glyph; viridis for the focus map's scores and
+cividis (made to read alike with and without colour vision deficiency) for a tile's
+score against its baseline on the wafer map.
 """
 
 from __future__ import annotations
@@ -9,7 +11,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["CELL", "VERDICT_COLOURS", "VERDICT_GLYPHS", "history_plot", "patch_map", "viridis"]
+__all__ = [
+    "CELL",
+    "RATIO_MAX",
+    "VERDICT_COLOURS",
+    "VERDICT_GLYPHS",
+    "cividis",
+    "history_plot",
+    "patch_map",
+    "ratio_colour",
+    "ratio_dark",
+    "ratio_legend",
+    "viridis",
+]
 
 CELL = 22  # px per tile position on the wafer map
 
@@ -39,15 +53,56 @@ _VIRIDIS = (
 )
 
 
-def viridis(x: float) -> str:
-    """A colour for ``x`` in [0, 1] (dark purple → yellow)."""
+_CIVIDIS = (
+    (0, 34, 78),
+    (59, 73, 108),
+    (125, 124, 120),
+    (188, 175, 111),
+    (254, 232, 56),
+)
+# Score against baseline is drawn from 0 up to this (above it: the top colour).
+RATIO_MAX = 1.25
+NO_BASELINE = "#FFFFFF"  # no baseline yet: nothing to compare with
+
+
+def _ramp(stops: tuple[tuple[int, int, int], ...], x: float) -> str:
     x = min(1.0, max(0.0, x if math.isfinite(x) else 0.0))
-    pos = x * (len(_VIRIDIS) - 1)
-    i = min(int(pos), len(_VIRIDIS) - 2)
+    pos = x * (len(stops) - 1)
+    i = min(int(pos), len(stops) - 2)
     f = pos - i
-    a, b = _VIRIDIS[i], _VIRIDIS[i + 1]
+    a, b = stops[i], stops[i + 1]
     r, g, bl = (round(a[k] + (b[k] - a[k]) * f) for k in range(3))
     return f"#{r:02x}{g:02x}{bl:02x}"
+
+
+def viridis(x: float) -> str:
+    """A colour for ``x`` in [0, 1] (dark purple → yellow)."""
+    return _ramp(_VIRIDIS, x)
+
+
+def cividis(x: float) -> str:
+    """A colour for ``x`` in [0, 1] (dark blue → yellow, one lightness ramp)."""
+    return _ramp(_CIVIDIS, x)
+
+
+def ratio_colour(ratio: float | None) -> str:
+    """The wafer map's colour for score / baseline (white: no baseline)."""
+    return NO_BASELINE if ratio is None else cividis(ratio / RATIO_MAX)
+
+
+def ratio_legend(steps: int = 5) -> list[dict[str, Any]]:
+    """The legend of ``ratio_colour``: a few stops, labelled in % of baseline."""
+    out = []
+    for k in range(steps + 1):
+        ratio = RATIO_MAX * k / steps
+        label = f"{ratio * 100:.0f} %" + ("+" if k == steps else "")
+        out.append({"colour": ratio_colour(ratio), "label": label, "dark": ratio_dark(ratio)})
+    return out
+
+
+def ratio_dark(ratio: float | None) -> bool:
+    """Whether ``ratio_colour`` is dark enough to need a light glyph on it."""
+    return ratio is not None and ratio / RATIO_MAX < 0.45
 
 
 def patch_map(patches: Any, *, size: int = 320) -> dict[str, Any] | None:
