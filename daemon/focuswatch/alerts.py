@@ -184,11 +184,10 @@ def validate(cfg: Config) -> list[str]:
         else:
             ac = apprise.AppriseConfig()
             a = apprise.Apprise()
-            with _apprise_errors() as refused:  # apprise loads the rest without a word
+            with _apprise_refusals() as refused:  # apprise loads the rest without a word
                 loaded = ac.add(str(path)) and a.add(ac) and len(a) > 0
             problems += [
-                f"at 'alerts.apprise_config': {str(path)!r}: "
-                + _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), why)  # not all masked
+                f"at 'alerts.apprise_config': {str(path)!r}: {_shown_refusal(why)}"
                 for why in refused
             ]
             if not loaded:
@@ -200,19 +199,44 @@ def validate(cfg: Config) -> list[str]:
 
 
 _URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_ON_LINE = re.compile(r"\bon line \d+\b")
+
+
+def _shown_refusal(message: str) -> str:
+    """apprise's words for a refused line, fit to show: it repeats the raw line (and may
+    name a token), so URLs are redacted unless apprise masked them already, and every
+    other word that looks like a secret is masked."""
+
+    def url(m: re.Match[str]) -> str:
+        return m.group(0) if "..." in m.group(0) else redact_url(m.group(0))
+
+    words = _URL_IN_TEXT.sub(url, message).split(" ")
+    return " ".join(
+        "***" if "://" not in w and _looks_secret(w.strip("().,;:'\""), short=True) else w
+        for w in words
+    )
 
 
 @contextlib.contextmanager
-def _apprise_errors() -> Iterator[list[str]]:
-    """What apprise logs as errors meanwhile (a config line it could not load), as it
-    says them: redact them before showing them."""
+def _apprise_refusals() -> Iterator[list[str]]:
+    """What apprise says meanwhile about lines it did not load: its errors, and its
+    warnings that name a line (a retry count in a tag drops the line with a warning);
+    other warnings only repeat an error's token, or the file's name."""
     found: list[str] = []
+    me = threading.get_ident()
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found.append(record.getMessage())
+            try:
+                if record.thread != me:
+                    return
+                text = record.getMessage()
+                if record.levelno >= logging.ERROR or _ON_LINE.search(text):
+                    found.append(text)
+            except Exception:  # a log handler must never raise into apprise
+                self.handleError(record)
 
-    handler = _Collect(level=logging.ERROR)
+    handler = _Collect(level=logging.WARNING)
     logger = logging.getLogger("apprise")
     logger.addHandler(handler)
     try:

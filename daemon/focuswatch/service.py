@@ -175,8 +175,8 @@ class Service:
         except LedgerWriteError as exc:  # e.g. the disk is full at start: wait, don't exit
             self._enter_fault(str(exc))
         for sink in self.sinks:  # in order: the retake list before the alerts that name it
+            self._sinks_started.append(sink)  # closed by stop() even if start fails halfway
             sink.start()
-            self._sinks_started.append(sink)
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
             watcher = Watcher(
