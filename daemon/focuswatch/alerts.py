@@ -481,6 +481,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "tile": record.tile_name,
         "row": record.row,
         "col": record.col,
+        "position": record.where,
         "stage_x_um": record.stage_x_um,
         "stage_y_um": record.stage_y_um,
         "working_distance_um": record.working_distance_um,
@@ -513,7 +514,7 @@ def format_tile_alert(
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
     again = retake is not None and retake.status == "retaken_still_bad"
-    where = "" if record.row is None else f" (row {record.row}, col {record.col})"
+    where = "" if record.where is None else f" ({record.where})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
@@ -633,7 +634,9 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
     ]
 
 
-_GRID_POSITION = re.compile(r"r\d+-c\d+")
+# The layouts' position keys (focuswatch.tiles.layouts): ATLAS row/col, MultiSEM
+# mFoV/beam, SBEMimage grid/tile.
+_GRID_POSITION = re.compile(r"r\d+-c\d+|(?:region \d+, )?mFoV \d+, beam \d+|grid \d+, tile \d+")
 
 
 # How often the health alarms (stall, disk) are looked at, in seconds of the clock.
@@ -676,8 +679,8 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
     ).fetchone()
     if row is None:
         return set()
-    # Only grid positions (r{row}-c{col}) repeat from section to section; a tile known
-    # by its name alone (no row/col in it) says nothing about the next section's.
+    # Only layout positions (r{row}-c{col}, mFoV/beam, grid/tile) repeat from section to
+    # section; a tile known by its name alone says nothing about the next section's.
     return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 

@@ -52,7 +52,8 @@ from focuswatch.ledger import Ledger, TileVersion, set_aside
 from focuswatch.scoring import ScoreSettings
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.tiles import layouts
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import (
     Change,
     Matcher,
@@ -156,6 +157,7 @@ class Service:
             raise
         try:
             self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+            self.layout = layouts.make_layout(cfg.watch, self.root)
             self.readiness = Readiness(
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
             )
@@ -211,7 +213,14 @@ class Service:
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
-        return {"tile": v.path, "section": v.section, "row": v.row, "col": v.col, "version": v.id}
+        return {
+            "tile": v.path,
+            "section": v.section,
+            "row": v.row,
+            "col": v.col,
+            "position": v.position,
+            "version": v.id,
+        }
 
     @property
     def executor(self) -> Executor:
@@ -245,6 +254,7 @@ class Service:
             else:
                 self._event("watching", path=self.root, observer=kind, why=why)
         _ = self.executor  # start workers now, not on the first tile
+        self._choose_layout()
         found = self._scan_now(self.root)
         if self._fault is None:
             try:
@@ -256,6 +266,16 @@ class Service:
         self.started = True
         self._event("started", files_found=found, pending=len(self.readiness))
         self.notifier.ready(f"watching {self.root}")
+
+    def _choose_layout(self) -> None:
+        """Say which layout reads this folder (``auto``: what it holds) and watch its files."""
+        chosen, why = layouts.chosen(self.cfg.watch, self.root)
+        include = layouts.include_patterns(self.cfg.watch, chosen)
+        if include != self.matcher.include:  # MultiSEM's BMP/PNG beside the TIFF default
+            self.matcher = Matcher(include=include, exclude=self.cfg.watch.exclude)
+        self._event(
+            "layout", layout=chosen, configured=self.cfg.watch.layout, why=why, include=include
+        )
 
     def _recover(self) -> None:
         """Versions a crash left in 'scoring' go back to 'ready' (once, before any work)."""
@@ -563,13 +583,11 @@ class Service:
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-        from focuswatch.tiles import parse_tile_name
-
         bad_name: str | None = None
         try:
-            section, row, col = parse_tile_name(s.path)
+            place = self.layout.place(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
-            section, row, col, bad_name = None, None, None, exc.reason
+            place, bad_name = Placement(), exc.reason
         ready = s.kind is SettledKind.READY and bad_name is None
         unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
@@ -577,9 +595,7 @@ class Service:
             size=size,
             mtime_ns=mtime,
             tile_name=os.path.basename(s.path),
-            section=section,
-            row=row,
-            col=col,
+            place=place,
             unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
@@ -652,6 +668,10 @@ class Service:
             self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker=o.worker)
             return
         ts = o.result
+        if getattr(ts, "meta", None) is not None:
+            # What the tags say (FibicsXML MosaicInfo row/col, stage, focus) is known
+            # before the tile is judged, so its history is looked up by it.
+            v = self.ledger.complete_place(v.id, layouts.with_meta(Placement(), ts.meta))
         judged = judge.judge(
             self.ledger,
             v,
