@@ -156,7 +156,9 @@ class Service:
             self._lock.release()
             raise
         try:
-            self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+            self.matcher = Matcher(
+                include=layouts.include_patterns(cfg.watch), exclude=cfg.watch.exclude
+            )
             self.layout = layouts.make_layout(cfg.watch, self.root)
             self.readiness = Readiness(
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
@@ -268,13 +270,14 @@ class Service:
         self.notifier.ready(f"watching {self.root}")
 
     def _choose_layout(self) -> None:
-        """Say which layout reads this folder (``auto``: what it holds) and watch its files."""
+        """Say which layout reads this folder (``auto``: what it holds now)."""
         chosen, why = layouts.chosen(self.cfg.watch, self.root)
-        include = layouts.include_patterns(self.cfg.watch, chosen)
-        if include != self.matcher.include:  # MultiSEM's BMP/PNG beside the TIFF default
-            self.matcher = Matcher(include=include, exclude=self.cfg.watch.exclude)
         self._event(
-            "layout", layout=chosen, configured=self.cfg.watch.layout, why=why, include=include
+            "layout",
+            layout=chosen,
+            configured=self.cfg.watch.layout,
+            why=why,
+            include=self.matcher.include,
         )
 
     def _recover(self) -> None:

@@ -67,9 +67,6 @@ class Layout(Protocol):
         ...
 
 
-
-
-
 def _section_text(digits: str, path: str) -> str:
     number_in_name(digits, "section", path)
     return digits
@@ -380,16 +377,18 @@ def make_layout(cfg: WatchConfig, root: str) -> Layout:
 
 
 _DEFAULT_INCLUDE = WatchConfig().include
-_MULTISEM_INCLUDE = ["*.bmp", "*.png"]
+# MultiSEM's beam images by their name ({NNN}_{mfov}_{beam}_{timestamp}), so that no
+# other BMP or PNG (an overview, a screenshot) is taken for a tile.
+_MULTISEM_INCLUDE = ["[0-9]*_[0-9]*_[0-9]*_*.bmp", "[0-9]*_[0-9]*_[0-9]*_*.png"]
 
 
-def include_patterns(cfg: WatchConfig, layout: str) -> list[str]:
-    """``watch.include``, plus MultiSEM's image types when it was left at its default.
+def include_patterns(cfg: WatchConfig) -> list[str]:
+    """``watch.include``, plus MultiSEM's beam images when it was left at its default.
 
-    ``layout`` is what the folder holds (``detect`` for ``auto``): MultiSEM writes
-    BMP/PNG, which the TIFF default would miss; an explicit include is taken as is.
+    MultiSEM writes BMP/PNG, which the TIFF default would miss (``auto`` included: the
+    folder may be empty at start); an include set in the config is taken as it is.
     """
-    if cfg.include == _DEFAULT_INCLUDE and layout == "multisem":
+    if cfg.include == _DEFAULT_INCLUDE and cfg.layout in ("auto", "multisem"):
         return [*cfg.include, *_MULTISEM_INCLUDE]
     return list(cfg.include)
 
@@ -421,7 +420,7 @@ def detect(root: str, *, limit: int = 5000) -> tuple[str, str]:
     ``"atlas"`` with a reason saying so when nothing is recognisable yet (an empty
     folder): ``auto`` still recognises each file by its name as it arrives.
     """
-    multisem = sbem = atlas = None
+    multisem = sbem = atlas = coordinates = None
     for path in _walk(root, limit=limit):
         name = os.path.basename(path)
         if sbem is None and _SBEM_NAME.match(name):
@@ -430,8 +429,9 @@ def detect(root: str, *, limit: int = 5000) -> tuple[str, str]:
             multisem = path
         elif atlas is None and name.lower().startswith("tile_r"):
             atlas = path
-        elif name == MULTISEM_COORDINATES and multisem is None:
-            multisem = path
+        elif name == MULTISEM_COORDINATES and coordinates is None:
+            coordinates = path
+    multisem = multisem or coordinates
     if sbem is not None:
         return "sbemimage", f"SBEMimage tile names (e.g. {os.path.relpath(sbem, root)})"
     if multisem is not None:
