@@ -408,3 +408,48 @@ def test_an_atlas_tile_named_without_row_col_gets_its_history_from_fibics(
     assert kind == "out_of_focus"
     assert "this tile position over the last 2 sections" in why
     assert svc.ledger.position_history("r1-c2", before_section_index=3, limit=5) != []
+
+
+# ------------------------------------------------------------------- the ledger
+
+
+def test_migration_gives_existing_grid_tiles_their_position_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger from before layouts keeps its position histories after the upgrade."""
+    from focuswatch import ledger as ledger_mod
+    from focuswatch.ledger import MIGRATIONS, Ledger
+
+    mine = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN position" in m)
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", MIGRATIONS[:mine])
+    old = Ledger.open(tmp_path)
+    old.connection.execute(
+        "INSERT INTO versions (path, size, mtime_ns, tile_name, section, section_index, row, "
+        "col, state, first_seen, updated) VALUES ('/w/a.tif', 1, 1, 'a.tif', 'S_001', 1, 2, 3, "
+        "'ready', 0, 0), ('/w/b.tif', 1, 1, 'b.tif', 'S_001', 1, NULL, NULL, 'ready', 0, 0)"
+    )
+    old.close()
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", MIGRATIONS)
+    led = Ledger.open(tmp_path)
+    assert [v.position for v in (led.versions("/w/a.tif") + led.versions("/w/b.tif"))] == [
+        "r2-c3",
+        None,
+    ]
+
+
+@pytest.mark.parametrize("order", ["retake last", "retake first"])
+def test_the_latest_timestamp_of_a_beam_is_current_whatever_the_arrival_order(
+    tmp_path: Path, order: str
+) -> None:
+    from focuswatch.ledger import Ledger
+
+    led = Ledger.open(tmp_path)
+    layout = layouts.MultiSemLayout()
+    first = "/w/001_S4R1/000002/001_000002_007_2025-01-01T1000000000000.png"
+    retake = "/w/001_S4R1/000002/001_000002_007_2025-01-01T1100000000000.png"
+    other = "/w/001_S4R1/000002/001_000002_008_2025-01-01T1000000000000.png"
+    paths = [first, retake, other] if order == "retake last" else [retake, other, first]
+    for p in paths:
+        led.add_version(p, size=1, mtime_ns=1, tile_name=p.rsplit("/", 1)[1], place=layout.place(p))
+    current = {p: not led.versions(p)[0].superseded for p in paths}
+    assert current == {first: False, retake: True, other: True}

@@ -1356,5 +1356,5 @@ def main(
     except OSError as exc:
         print(f"focuswatch synth: cannot write under {out}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {len(tiles)} {layout} tiles and {Path(out) / 'manifest.json'}")
+    print(f"wrote {len(tiles)} tiles ({layout}) and {Path(out) / 'manifest.json'}")
     return 0
