@@ -23,7 +23,7 @@ from focuswatch.errors import ConfigError, TileError
 from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.tiles import layouts, read_meta
-from focuswatch.verdict import Placement
+from focuswatch.verdict import Placement, name_positions
 from servicekit import RecordingSink, make_cfg, turn_until
 
 # ------------------------------------------------------------------------- parsing
@@ -453,3 +453,50 @@ def test_the_latest_timestamp_of_a_beam_is_current_whatever_the_arrival_order(
         led.add_version(p, size=1, mtime_ns=1, tile_name=p.rsplit("/", 1)[1], place=layout.place(p))
     current = {p: not led.versions(p)[0].superseded for p in paths}
     assert current == {first: False, retake: True, other: True}
+
+
+# ------------------------------------------------------------ a bad beam, once
+
+
+def test_name_positions_makes_a_beam_bad_in_every_mfov_one_finding() -> None:
+    every = [f"mFoV {m}, beam {b}" for m in (1, 2, 3) for b in (1, 2, 3)]
+    items, whole = name_positions(
+        ["mFoV 1, beam 2", "mFoV 2, beam 2", "mFoV 3, beam 2", "mFoV 2, beam 3"], every
+    )
+    assert items == ["beam 2 (all 3 mFoVs)", "beam 3 (mFoV 2)"]
+    assert whole == ["beam 2"]
+    assert name_positions(["r2-c2", "r1-c1"], ["r1-c1", "r2-c2"]) == (["r2-c2", "r1-c1"], [])
+
+
+def test_a_beam_out_of_focus_across_a_section_is_one_line_of_its_summary(
+    tmp_path: Path, start_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """Issue 13: the MultiSEM workflow manager's per-beam view, in the section summary."""
+    root = tmp_path / "watch"
+    svc, _ = start_service("multisem")
+    plan = synth.wafer_plan(
+        sections=4,
+        rows=3,
+        cols=2,
+        blur_fraction=0.0,
+        seed=5,
+        out=root,
+        size=256,
+        layout="multisem",
+    )
+    plan = [
+        dataclasses.replace(t, defocus_sigma=3.0) if (t.section, t.col) == ("2", 2) else t
+        for t in plan
+    ]
+    with structlog.testing.capture_logs() as logs:
+        _feed(svc, plan)
+    got = _current(svc)
+    assert sorted(p for (s, p), (k, _) in got.items() if k == "out_of_focus") == [
+        "mFoV 1, beam 2",
+        "mFoV 2, beam 2",
+        "mFoV 3, beam 2",
+    ]
+    summary = next(e for e in logs if e["event"] == "alert" and e["key"] == "summary:2")
+    assert summary["body"].startswith("Section 2: 6 tiles, 3 out of focus: beam 2 (all 3 mFoVs)"), (
+        summary["body"]
+    )

@@ -49,7 +49,7 @@ from focuswatch.ledger import Ledger
 from focuswatch.outbox import Alert, DeliveryError, Endpoint, Notifier, Sender, enqueue
 from focuswatch.policy import SECTION_WIDE, format_score
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind, VerdictRecord, name_positions
 
 __all__ = [
     "JSON_FIELD",
@@ -1090,12 +1090,15 @@ class AlertSink:
         by_kind: dict[str, list[str]] = {}
         for position, kind in rows:
             by_kind.setdefault(kind, []).append(position)
-        out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
+        out, whole_beams = name_positions(
+            by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []), [str(p) for p, _ in rows]
+        )
+        n_out = len(by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []))
         wide = conn.execute(
             "SELECT count(*) FROM alert_tiles WHERE section = ? AND label LIKE ?",
             (section, _SECTION_WIDE_LIKE),
         ).fetchone()[0]
-        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
+        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {n_out} out of focus"
         if wide:
             line = f"Section-wide focus failure (autofocus?): {line}"
         parts = [line + (": " + ", ".join(out) if out else "")]
@@ -1135,6 +1138,8 @@ class AlertSink:
                     "section": section,
                     "tiles": len(rows),
                     "by_verdict": {k: sorted(v) for k, v in by_kind.items()},
+                    # MultiSEM beams out of focus in every mFoV: one finding each.
+                    "whole_beams": whole_beams,
                 },
             ),
             now,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "VerdictKind",
     "VerdictRecord",
     "grid_position",
+    "name_positions",
     "position_words",
 ]
 
@@ -96,6 +98,44 @@ def position_words(position: str) -> str:
     (the MultiSEM and SBEMimage keys are already words: ``mFoV 12, beam 7``)."""
     m = _GRID_KEY.match(position)
     return f"row {m.group(1)}, col {m.group(2)}" if m else position
+
+
+_BEAM_KEY = re.compile(r"^(?P<region>region \d+, )?mFoV (?P<mfov>\d+), beam (?P<beam>\d+)$")
+
+
+def name_positions(bad: Sequence[str], every: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``bad`` positions of a section for a summary line, and the beams bad throughout.
+
+    MultiSEM positions are grouped by beam: a beam out of focus in every mFoV of the
+    section (``every`` has them all) is one finding, ``beam 7 (all 12 mFoVs)``, not one
+    per mFoV; a beam bad in some is ``beam 7 (mFoV 1, 4)``. Other keys are kept as they
+    are, in order. Returns ``(items, whole beams)``.
+    """
+    mfovs: dict[str, set[int]] = {}
+    for key in every:
+        m = _BEAM_KEY.match(key)
+        if m:
+            mfovs.setdefault(f"{m['region'] or ''}beam {int(m['beam'])}", set()).add(int(m["mfov"]))
+    grouped: dict[str, set[int]] = {}
+    items: list[str] = []
+    for key in bad:
+        m = _BEAM_KEY.match(key)
+        if m is None:
+            items.append(key)
+            continue
+        beam = f"{m['region'] or ''}beam {int(m['beam'])}"
+        if beam not in grouped:
+            grouped[beam] = set()
+            items.append(beam)  # a placeholder, worded below
+        grouped[beam].add(int(m["mfov"]))
+    whole = [b for b, got in grouped.items() if len(got) >= 2 and got >= mfovs.get(b, got)]
+    words = {
+        b: f"{b} (all {len(got)} mFoVs)"
+        if b in whole
+        else f"{b} (mFoV {', '.join(str(n) for n in sorted(got))})"
+        for b, got in grouped.items()
+    }
+    return [words.get(i, i) for i in items], whole
 
 
 @dataclass(frozen=True)
