@@ -500,3 +500,34 @@ def test_a_beam_out_of_focus_across_a_section_is_one_line_of_its_summary(
     assert summary["body"].startswith("Section 2: 6 tiles, 3 out of focus: beam 2 (all 3 mFoVs)"), (
         summary["body"]
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiles/g0000/t0001/st_g0000_t0001_s99999999999999999999.tif",
+        "001_S1R1/000001/001_000001_99999999999999999999_20250101.png",
+        "001_S99999999999999999999R1/000001/001_000001_001_20250101.png",
+    ],
+)
+def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]], name: str
+) -> None:
+    watch = tmp_path / "watch"
+    bad = watch / name
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not read: the name is already wrong")
+    odd = watch / "tiles" / "g0001" / "t0002"
+    odd.mkdir(parents=True)
+    good = Path(os.fsdecode(os.fsencode(odd) + b"/st\xe9_g0001_t0002_s00003.tif"))
+    synth.write_tile(
+        good, np.zeros((32, 32), np.uint8), row=1, col=1, section=3, stage_x_um=0, stage_y_um=0
+    )
+    svc, sink = make_service(make_cfg(tmp_path))  # watch.layout: auto
+    turn_until(svc, lambda: len(sink.records) == 2)
+    by_path = {r.path: r for r in sink.records}
+    assert "out of range" in by_path[str(bad)].verdict.reason
+    assert by_path[str(good)].verdict.kind.value != "unreadable"
+    assert (by_path[str(good)].section, by_path[str(good)].position) == ("00003", "grid 1, tile 2")
+    # Its stray FibicsXML MosaicInfo row/col does not make it an ATLAS grid tile.
+    assert (by_path[str(good)].row, by_path[str(good)].col) == (None, None)

@@ -629,8 +629,12 @@ class Ledger:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE versions SET section = coalesce(section, ?), "
-                "section_index = coalesce(section_index, ?), row = coalesce(row, ?), "
-                "col = coalesce(col, ?), position = coalesce(position, ?), "
+                "section_index = coalesce(section_index, ?), "
+                # The tags' row/col only where the path gave no position (an SBEMimage
+                # tile is grid/tile whatever a stray MosaicInfo says).
+                "row = CASE WHEN position IS NULL THEN coalesce(row, ?) ELSE row END, "
+                "col = CASE WHEN position IS NULL THEN coalesce(col, ?) ELSE col END, "
+                "position = coalesce(position, ?), "
                 "stage_x_um = coalesce(stage_x_um, ?), stage_y_um = coalesce(stage_y_um, ?), "
                 "stage_z_um = coalesce(stage_z_um, ?), "
                 "pixel_size_um = coalesce(?, pixel_size_um), "
