@@ -274,16 +274,25 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Recor
         svc.stop(grace_s=0.5)
 
 
-def _plan(root: Path, layout: str, blurred: tuple[int, int, int]) -> list[synth.SynthTile]:
+def _plan(
+    root: Path, layout: str, blurred: Callable[[synth.SynthTile], bool], *, rows: int = 1
+) -> list[synth.SynthTile]:
+    """4 sections of ``rows`` × 3 positions (256², shot noise); ``blurred`` ones σ 3."""
     plan = synth.wafer_plan(
-        sections=4, rows=1, cols=3, blur_fraction=0.0, seed=5, out=root, size=256, layout=layout
+        sections=4,
+        rows=rows,
+        cols=3,
+        blur_fraction=0.0,
+        seed=5,
+        out=root,
+        size=256,
+        layout=layout,
     )
-    return [
-        dataclasses.replace(t, defocus_sigma=3.0)
-        if (int(t.section), t.row, t.col) == blurred
-        else t
-        for t in plan
-    ]
+    return [dataclasses.replace(t, defocus_sigma=3.0) if blurred(t) else t for t in plan]
+
+
+def _at(section: int, row: int, col: int) -> Callable[[synth.SynthTile], bool]:
+    return lambda t: (int(t.section), t.row, t.col) == (section, row, col)
 
 
 def _current(svc: Service) -> dict[tuple[str, str], tuple[str, str]]:
@@ -321,7 +330,7 @@ def test_a_blurred_beam_or_tile_is_judged_against_its_own_position(
     chosen = next(e for e in logs if e["event"] == "layout")
     assert chosen["layout"] == "atlas"
     assert "as it arrives" in chosen["why"]
-    _feed(svc, _plan(root, layout, (2, 1, 2)))
+    _feed(svc, _plan(root, layout, _at(2, 1, 2)))
     got = _current(svc)
     kind, why = got[blurred_key]
     assert kind == "out_of_focus", why
@@ -336,7 +345,7 @@ def test_sbemimage_stage_xyz_and_focus_reach_the_ledger(
     tmp_path: Path, start_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:
     svc, sink = start_service("sbemimage")
-    plan = _plan(tmp_path / "watch", "sbemimage", (9, 9, 9))[:3]
+    plan = _plan(tmp_path / "watch", "sbemimage", _at(9, 9, 9))[:3]
     _feed(svc, plan)
     row = svc.ledger.connection.execute(
         "SELECT stage_x_um, stage_y_um, stage_z_um, working_distance_um FROM versions "
@@ -355,7 +364,7 @@ def test_a_multisem_retake_with_a_later_timestamp_closes_the_first(
     tmp_path: Path, start_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:
     root = tmp_path / "watch"
-    plan = _plan(root, "multisem", (2, 1, 2))
+    plan = _plan(root, "multisem", _at(2, 1, 2))
     synth.write_section([t for t in plan if t.section == "0"], size=256, seed=5)
     with structlog.testing.capture_logs() as logs:
         svc, _ = start_service("auto")
@@ -391,16 +400,9 @@ def test_an_atlas_tile_named_without_row_col_gets_its_history_from_fibics(
     """Issue 13: FibicsXML MosaicInfo's row/col is the position when the name has none."""
     root = tmp_path / "watch"
     svc, _ = start_service("atlas")
-    plan = synth.wafer_plan(
-        sections=4, rows=1, cols=3, blur_fraction=0.0, seed=5, out=root, size=256
-    )
     plan = [
-        dataclasses.replace(
-            t,
-            path=t.path.with_name(f"site_{t.col:04d}.tif"),
-            defocus_sigma=3.0 if (int(t.section), t.col) == (2, 2) else 0.0,
-        )
-        for t in plan
+        dataclasses.replace(t, path=t.path.with_name(f"site_{t.col:04d}.tif"))
+        for t in _plan(root, "atlas", _at(2, 1, 2))
     ]
     _feed(svc, plan)
     got = _current(svc)
@@ -474,20 +476,7 @@ def test_a_beam_out_of_focus_across_a_section_is_one_line_of_its_summary(
     """Issue 13: the MultiSEM workflow manager's per-beam view, in the section summary."""
     root = tmp_path / "watch"
     svc, _ = start_service("multisem")
-    plan = synth.wafer_plan(
-        sections=4,
-        rows=3,
-        cols=2,
-        blur_fraction=0.0,
-        seed=5,
-        out=root,
-        size=256,
-        layout="multisem",
-    )
-    plan = [
-        dataclasses.replace(t, defocus_sigma=3.0) if (t.section, t.col) == ("2", 2) else t
-        for t in plan
-    ]
+    plan = _plan(root, "multisem", lambda t: (t.section, t.col) == ("2", 2), rows=3)
     with structlog.testing.capture_logs() as logs:
         _feed(svc, plan)
     got = _current(svc)
@@ -497,7 +486,7 @@ def test_a_beam_out_of_focus_across_a_section_is_one_line_of_its_summary(
         "mFoV 3, beam 2",
     ]
     summary = next(e for e in logs if e["event"] == "alert" and e["key"] == "summary:2")
-    assert summary["body"].startswith("Section 2: 6 tiles, 3 out of focus: beam 2 (all 3 mFoVs)"), (
+    assert summary["body"].startswith("Section 2: 9 tiles, 3 out of focus: beam 2 (all 3 mFoVs)"), (
         summary["body"]
     )
 

@@ -229,6 +229,23 @@ MIGRATIONS: list[str] = [
 _DIGITS = re.compile(r"\d+")
 
 
+def _place_values(place: Placement) -> tuple[Any, ...]:
+    """A placement's columns, in the order ``add_version`` and ``complete_place`` use."""
+    return (
+        place.section,
+        section_index(place.section),
+        place.row,
+        place.col,
+        place.position,
+        place.stage_x_um,
+        place.stage_y_um,
+        place.stage_z_um,
+        place.pixel_size_um,
+        place.working_distance_um,
+        place.dwell_ns,
+    )
+
+
 def _supersede_earlier(conn: sqlite3.Connection, place: Placement, now: float) -> None:
     """Of the files of one (section, position) with a ``taken`` stamp, the latest is current.
 
@@ -567,8 +584,8 @@ class Ledger:
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO versions (path, size, mtime_ns, tile_name, section, section_index,"
-                " row, col, position, taken, stage_x_um, stage_y_um, stage_z_um, pixel_size_um,"
-                " working_distance_um, dwell_ns, state, first_seen, updated)"
+                " row, col, position, stage_x_um, stage_y_um, stage_z_um, pixel_size_um,"
+                " working_distance_um, dwell_ns, taken, state, first_seen, updated)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (path, size, mtime_ns) DO NOTHING",
                 (
@@ -576,18 +593,8 @@ class Ledger:
                     size,
                     mtime_ns,
                     printable(tile_name),
-                    place.section,
-                    section_index(place.section),
-                    place.row,
-                    place.col,
-                    place.position,
+                    *_place_values(place),
                     place.taken,
-                    place.stage_x_um,
-                    place.stage_y_um,
-                    place.stage_z_um,
-                    place.pixel_size_um,
-                    place.working_distance_um,
-                    place.dwell_ns,
                     state,
                     now,
                     now,
@@ -640,20 +647,7 @@ class Ledger:
                 "pixel_size_um = coalesce(?, pixel_size_um), "
                 "working_distance_um = coalesce(?, working_distance_um), "
                 "dwell_ns = coalesce(?, dwell_ns) WHERE id = ?",
-                (
-                    place.section,
-                    section_index(place.section),
-                    place.row,
-                    place.col,
-                    place.position,
-                    place.stage_x_um,
-                    place.stage_y_um,
-                    place.stage_z_um,
-                    place.pixel_size_um,
-                    place.working_distance_um,
-                    place.dwell_ns,
-                    version_id,
-                ),
+                (*_place_values(place), version_id),
             )
         return self.get(version_id)
 
