@@ -520,3 +520,21 @@ def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
     assert (by_path[str(good)].section, by_path[str(good)].position) == ("00003", "grid 1, tile 2")
     # Its stray FibicsXML MosaicInfo row/col does not make it an ATLAS grid tile.
     assert (by_path[str(good)].row, by_path[str(good)].col) == (None, None)
+
+
+def test_what_each_layout_watches_beside_the_defaults() -> None:
+    """MultiSEM beam images (only by their names) and no SBEMimage overview; a list set
+    in the config is taken as it is."""
+    from focuswatch.watch import Matcher
+
+    include, exclude = layouts.watched_patterns(WatchConfig())
+    auto = Matcher(include=include, exclude=exclude)
+    assert auto.matches("/w/001_S1R1/000001/001_000001_007_2025-01-01T100000.png")
+    assert not auto.matches("/w/001_S1R1/overview.png")
+    assert not auto.matches("/w/overviews/ov000/stack_ov000_s00012.tif")
+    assert auto.matches("/w/tiles/g0000/t0001/stack_g0000_t0001_s00012.tif")
+    include, exclude = layouts.watched_patterns(WatchConfig(layout="atlas"))
+    atlas = Matcher(include=include, exclude=exclude)
+    assert not atlas.matches("/w/001_S1R1/000001/001_000001_007_2025-01-01T100000.png")
+    own = WatchConfig(layout="multisem", include=["*.bmp"], exclude=["x*"])
+    assert layouts.watched_patterns(own) == (["*.bmp"], ["x*"])

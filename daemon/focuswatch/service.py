@@ -156,9 +156,8 @@ class Service:
             self._lock.release()
             raise
         try:
-            self.matcher = Matcher(
-                include=layouts.include_patterns(cfg.watch), exclude=cfg.watch.exclude
-            )
+            include, exclude = layouts.watched_patterns(cfg.watch)
+            self.matcher = Matcher(include=include, exclude=exclude)
             self.layout = layouts.make_layout(cfg.watch, self.root)
             self.readiness = Readiness(
                 quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
@@ -278,6 +277,7 @@ class Service:
             configured=self.cfg.watch.layout,
             why=why,
             include=self.matcher.include,
+            exclude=self.matcher.exclude,
         )
 
     def _recover(self) -> None:

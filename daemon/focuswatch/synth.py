@@ -1141,7 +1141,10 @@ def _write_other(
         entry = {
             "tileid": f"{tile.row - 1}.{tile.col - 1}.{int(tile.section)}",
             "filename": path.relative_to(base).as_posix(),
-            "wd_stig_xy": [wd_um * 1e-6, 0.0, 0.0],  # SBEMimage keeps metres
+            "working_distance": wd_um * 1e-6,  # SBEMimage keeps metres
+            "glob_x": round(tile.stage_x_um * 1000),
+            "glob_y": round(tile.stage_y_um * 1000),
+            "glob_z": round(z_nm),
             "slice_counter": int(tile.section),
         }
         _append_line(base / "meta" / "logs" / f"metadata_{stamp}.txt", f"TILE: {entry!r}")

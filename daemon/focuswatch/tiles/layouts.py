@@ -23,8 +23,9 @@ fits; :func:`detect` says at start which one the folder holds.
 
 Side files are read here, incrementally and only when they changed: MultiSEM's
 ``full_image_coordinates.txt`` per section (pixels, times ``watch.multisem_pixel_nm``)
-and SBEMimage's ``meta/logs/imagelist_*.txt`` (``path;Xnm;Ynm;Znm;slice``) and
-``metadata_*.txt`` (``TILE: {...}``: the working distance). A side file that is
+and SBEMimage's ``meta/logs/imagelist_*.txt`` (``path;Xnm;Ynm;Znm;slice``: its
+registration coordinates, the tile's upper-left corner, in nm) and ``metadata_*.txt``
+(``TILE: {...}``: the working distance). A side file that is
 missing, unreadable or malformed leaves those fields ``None``; it never fails a tile.
 """
 
@@ -53,8 +54,8 @@ __all__ = [
     "SbemLayout",
     "chosen",
     "detect",
-    "include_patterns",
     "make_layout",
+    "watched_patterns",
     "with_meta",
 ]
 
@@ -240,10 +241,13 @@ def _metadata_line(line: str) -> tuple[str, Any] | None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
         return None
-    wd = entry.get("wd_stig_xy")
-    if isinstance(wd, list | tuple) and wd and isinstance(wd[0], int | float):
-        # SBEMimage keeps the working distance in metres.
-        return _basename(entry["filename"]), float(wd[0]) * 1e6
+    # SBEMimage keeps the working distance in metres: 'working_distance' now,
+    # 'wd_stig_xy' [wd, stig x, stig y] in older versions.
+    wd = entry.get("working_distance")
+    if wd is None and isinstance(entry.get("wd_stig_xy"), list | tuple) and entry["wd_stig_xy"]:
+        wd = entry["wd_stig_xy"][0]
+    if isinstance(wd, int | float) and not isinstance(wd, bool) and math.isfinite(wd):
+        return _basename(entry["filename"]), float(wd) * 1e6
     return None
 
 
@@ -376,21 +380,27 @@ def make_layout(cfg: WatchConfig, root: str) -> Layout:
     return AutoLayout(pixel_nm=cfg.multisem_pixel_nm)
 
 
-_DEFAULT_INCLUDE = WatchConfig().include
+_DEFAULTS = WatchConfig()
 # MultiSEM's beam images by their name ({NNN}_{mfov}_{beam}_{timestamp}), so that no
 # other BMP or PNG (an overview, a screenshot) is taken for a tile.
 _MULTISEM_INCLUDE = ["[0-9]*_[0-9]*_[0-9]*_*.bmp", "[0-9]*_[0-9]*_[0-9]*_*.png"]
+# SBEMimage's overviews ({stack}_ov{NNN}_s{slice}.tif) are not tiles of the stack.
+_SBEM_EXCLUDE = ["*_ov[0-9][0-9][0-9]_s[0-9][0-9][0-9][0-9][0-9].tif"]
 
 
-def include_patterns(cfg: WatchConfig) -> list[str]:
-    """``watch.include``, plus MultiSEM's beam images when it was left at its default.
+def watched_patterns(cfg: WatchConfig) -> tuple[list[str], list[str]]:
+    """``(include, exclude)``: ``watch.include``/``exclude`` with the layout's additions.
 
-    MultiSEM writes BMP/PNG, which the TIFF default would miss (``auto`` included: the
-    folder may be empty at start); an include set in the config is taken as it is.
+    Only where they were left at their defaults (a list set in the config is taken as
+    it is): MultiSEM writes BMP/PNG, which the TIFF default would miss (``auto``
+    included: the folder may be empty at start), and SBEMimage's overviews are TIFFs.
     """
-    if cfg.include == _DEFAULT_INCLUDE and cfg.layout in ("auto", "multisem"):
-        return [*cfg.include, *_MULTISEM_INCLUDE]
-    return list(cfg.include)
+    include, exclude = list(cfg.include), list(cfg.exclude)
+    if cfg.include == _DEFAULTS.include and cfg.layout in ("auto", "multisem"):
+        include += _MULTISEM_INCLUDE
+    if cfg.exclude == _DEFAULTS.exclude and cfg.layout in ("auto", "sbemimage"):
+        exclude += _SBEM_EXCLUDE
+    return include, exclude
 
 
 def _walk(root: str, *, limit: int) -> Iterator[str]:
