@@ -357,6 +357,13 @@ def test_sbemimage_stage_xyz_and_focus_reach_the_ledger(
     assert row[3] == pytest.approx(synth.IN_FOCUS_WD_UM)
     record = next(r for r in sink.records if r.position == "grid 0, tile 1")
     assert record.where == "grid 0, tile 1"
+    # `focuswatch status` names recent tiles by their position too.
+    from focuswatch.status import format_text
+
+    recent = svc.ledger.status_summary()["recent"]
+    assert {r["position"] for r in recent} == {"grid 0, tile 0", "grid 0, tile 1", "grid 0, tile 2"}
+    text = format_text(svc.ledger.status_summary() | {"state_dir": "s"})
+    assert "grid 0, tile 1" in text
     assert record.stage_z_um == 0.0
 
 

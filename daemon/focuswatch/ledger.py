@@ -1030,7 +1030,8 @@ class Ledger:
             ).fetchall()
         )
         recent = self._conn.execute(
-            "SELECT v.path, v.section, v.row, v.col, r.score, r.verdict, r.reason, r.scored_at "
+            "SELECT v.path, v.section, v.row, v.col, r.score, r.verdict, r.reason, r.scored_at, "
+            "v.position "
             "FROM results r JOIN versions v ON v.id = r.version_id "
             "ORDER BY r.id DESC LIMIT ?",
             (max(0, last),),
@@ -1046,7 +1047,7 @@ class Ledger:
         ).fetchone()
         executor = self.get_meta("executor")
         heartbeat = self.get_meta("heartbeat")
-        keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at")
+        keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at", "position")
         return {
             "schema_version": self.schema_version,
             "counts": counts,
