@@ -397,6 +397,9 @@ def test_a_multisem_retake_with_a_later_timestamp_closes_the_first(
         "AND position = 'mFoV 1, beam 2' ORDER BY id"
     ).fetchall()
     assert versions == [(bad.path.name, 1), (later.name, 0)]
+    # The retaken original stays known: a rescan does not take it for a new file.
+    assert str(bad.path) in svc.ledger.known_paths()
+    assert str(bad.path) in svc.ledger.known_paths(under=str(bad.path.parent))
     # The section now counts the retake only; its peers' context is the good tile.
     assert _current(svc)["2", "mFoV 1, beam 2"][0] == "in_focus"
 

@@ -229,6 +229,14 @@ MIGRATIONS: list[str] = [
 _DIGITS = re.compile(r"\d+")
 
 
+# A path's version that rescans compare with: the current one, or the latest version of
+# a file that a later file of its position superseded.
+_KNOWN = (
+    "(superseded = 0 OR (taken IS NOT NULL AND id = "
+    "(SELECT max(w.id) FROM versions w WHERE w.path = versions.path)))"
+)
+
+
 def _place_values(place: Placement) -> tuple[Any, ...]:
     """A placement's columns, in the order ``add_version`` and ``complete_place`` use."""
     return (
@@ -726,12 +734,14 @@ class Ledger:
     def known_paths(self, *, under: str | None = None) -> dict[str, tuple[int, int]]:
         """Current (non-superseded) versions: path → (size, mtime_ns), for rescans.
 
+        A file superseded by a later one of its position (a MultiSEM retake: ``taken``)
+        is still known as it is, so that no rescan takes it for a new file.
         ``under`` limits it to the files below one folder (a folder moved in), read
         through the path index rather than the whole table.
         """
         if under is None:
             rows = self._conn.execute(
-                "SELECT path, size, mtime_ns FROM versions WHERE superseded = 0"
+                f"SELECT path, size, mtime_ns FROM versions WHERE {_KNOWN}"
             ).fetchall()
         else:
             prefix = under.rstrip("/") + "/"
@@ -743,7 +753,7 @@ class Ledger:
             for lo, hi in ((prefix, prefix[:-1] + "0"), (raw, raw[:-1] + b"0")):
                 rows += self._conn.execute(
                     "SELECT path, size, mtime_ns FROM versions "
-                    "WHERE path >= ? AND path < ? AND superseded = 0",
+                    f"WHERE path >= ? AND path < ? AND {_KNOWN}",
                     (lo, hi),
                 ).fetchall()
         return {p: (s, m) for p, s, m in rows}
