@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from focuswatch import retakes, synth
+from focuswatch.app import build_service
 from focuswatch.config import Config, WatchConfig, parse
 from focuswatch.errors import ConfigError, TileError
 from focuswatch.sdnotify import Notifier
@@ -264,7 +265,7 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Recor
             base, watch=dataclasses.replace(base.watch, layout=layout, **watch)
         )
         sink = RecordingSink()
-        svc = Service(cfg, sinks=[sink], score_fn=None, notifier=Notifier(env={}))
+        svc = build_service(cfg, sinks=[sink], score_fn=None, notifier=Notifier(env={}))
         made.append(svc)
         svc.start(watch=False)
         return svc, sink
