@@ -1089,6 +1089,7 @@ def test_json_endpoint_gets_a_structured_payload_and_a_severity(
         "tile": "Tile_r1-c2_S_001",
         "row": 1,
         "col": 2,
+        "position": "row 1, col 2",
         "stage_x_um": 1234.5,
         "stage_y_um": -567.8,
         "working_distance_um": WD_UM,

@@ -59,7 +59,7 @@ from focuswatch.outbox import (
 )
 from focuswatch.policy import SECTION_WIDE, format_score
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind, VerdictRecord, name_positions
 
 __all__ = [
     "JSON_FIELD",
@@ -548,6 +548,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "tile": record.tile_name,
         "row": record.row,
         "col": record.col,
+        "position": record.where,
         "stage_x_um": record.stage_x_um,
         "stage_y_um": record.stage_y_um,
         "working_distance_um": record.working_distance_um,
@@ -580,7 +581,7 @@ def format_tile_alert(
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
     again = retake is not None and retake.status == "retaken_still_bad"
-    where = "" if record.row is None else f" (row {record.row}, col {record.col})"
+    where = "" if record.where is None else f" ({record.where})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
@@ -700,7 +701,9 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
     ]
 
 
-_GRID_POSITION = re.compile(r"r\d+-c\d+")
+# The layouts' position keys (focuswatch.tiles.layouts): ATLAS row/col, MultiSEM
+# mFoV/beam, SBEMimage grid/tile.
+_GRID_POSITION = re.compile(r"r\d+-c\d+|(?:region \d+, )?mFoV \d+, beam \d+|grid \d+, tile \d+")
 
 
 # How often the health alarms (stall, disk) are looked at, in seconds of the clock.
@@ -750,8 +753,8 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
     ).fetchone()
     if row is None:
         return set()
-    # Only grid positions (r{row}-c{col}) repeat from section to section; a tile known
-    # by its name alone (no row/col in it) says nothing about the next section's.
+    # Only layout positions (r{row}-c{col}, mFoV/beam, grid/tile) repeat from section to
+    # section; a tile known by its name alone says nothing about the next section's.
     return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
@@ -1232,12 +1235,15 @@ class AlertSink:
         by_kind: dict[str, list[str]] = {}
         for position, kind in rows:
             by_kind.setdefault(kind, []).append(position)
-        out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
+        out, whole_beams = name_positions(
+            by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []), [str(p) for p, _ in rows]
+        )
+        n_out = len(by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []))
         wide = conn.execute(
             "SELECT count(*) FROM alert_tiles WHERE section = ? AND label LIKE ?",
             (section, _SECTION_WIDE_LIKE),
         ).fetchone()[0]
-        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
+        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {n_out} out of focus"
         if wide:
             line = f"Section-wide focus failure (autofocus?): {line}"
         parts = [line + (": " + ", ".join(out) if out else "")]
@@ -1281,6 +1287,8 @@ class AlertSink:
                     "section": section,
                     "tiles": len(rows),
                     "by_verdict": {k: sorted(v) for k, v in by_kind.items()},
+                    # MultiSEM beams out of focus in every mFoV: one finding each.
+                    "whole_beams": whole_beams,
                 },
             ),
             now,

@@ -59,6 +59,8 @@ def _when(ts: float | None) -> str:
 
 
 def _position(r: dict[str, Any]) -> str:
+    if r.get("position"):  # the layout's key: r3-c4, mFoV 12, beam 7, grid 0, tile 42
+        return str(r["position"])
     if r.get("row") is None:
         return ""
     return f"r{r['row']}-c{r['col']}"
