@@ -17,6 +17,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "VerdictRecord",
+    "grid_cell",
     "grid_position",
     "name_positions",
     "position_words",
@@ -101,6 +102,21 @@ def position_words(position: str) -> str:
 
 
 _BEAM_KEY = re.compile(r"^(?P<region>region \d+, )?mFoV (?P<mfov>\d+), beam (?P<beam>\d+)$")
+_SBEM_KEY = re.compile(r"^grid (\d+), tile (\d+)$")
+
+
+def grid_cell(position: str) -> tuple[int, int] | None:
+    """Where a position sits on a map of its section: (row, col) of a grid tile, (mFoV,
+    beam) of a MultiSEM beam image of region 1, (grid, tile) of an SBEMimage tile; None
+    for any other key (a pattern's own ``position``)."""
+    for pattern in (_GRID_KEY, _SBEM_KEY):
+        m = pattern.match(position)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    m = _BEAM_KEY.match(position)
+    if m and m["region"] is None:
+        return int(m["mfov"]), int(m["beam"])
+    return None
 
 
 def name_positions(bad: Sequence[str], every: Sequence[str]) -> tuple[list[str], list[str]]:
