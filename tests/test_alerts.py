@@ -506,8 +506,8 @@ def add_tile(ledger: Ledger, section: str, row: int, col: int) -> int:
 
 
 def judged(ledger: Ledger, vid: int, v: Verdict) -> VerdictRecord:
-    """Mark a version scored (as the service does before delivering its verdict)."""
-    ledger.set_state(vid, "scored")
+    """Record the version's result (as the service does before delivering its verdict)."""
+    ledger.record_result(vid, verdict=v)
     t = ledger.get(vid)
     assert t.section is not None
     assert t.row is not None
@@ -557,7 +557,7 @@ def test_older_section_whose_last_tile_ends_without_a_verdict_completes_on_tick(
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
         assert notes.drain() == []
-        ledger.set_state(b, "failed")
+        ledger.record_result(b, verdict=Verdict(VerdictKind.UNREADABLE, "truncated"))
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
         (summary,) = notes.drain()

@@ -279,10 +279,7 @@ def test_status_summary_counts_backlog_and_recent(led: Ledger) -> None:
     assert led.undelivered() == [bad]
 
 
-def test_set_state_rejects_unknown_state(led: Ledger) -> None:
-    vid = add(led, "/w/a.tif")
-    with pytest.raises(ValueError, match="state must be one of"):
-        led.set_state(vid, "done")
+def test_a_version_starts_as_seen_or_ready_only(led: Ledger) -> None:
     with pytest.raises(ValueError, match="starts as"):
         led.add_version("/w/x.tif", size=1, mtime_ns=1, tile_name="x", state="scored")
 

@@ -23,6 +23,7 @@ own entries (keep this list flat and at module level).
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import re
@@ -47,13 +48,27 @@ __all__ = [
     "Ledger",
     "PastTile",
     "TileVersion",
+    "VersionState",
     "damage",
     "section_index",
     "set_aside",
 ]
 
 DB_NAME = "focuswatch.db"
-STATES = ("seen", "ready", "scoring", "scored", "failed")
+
+
+class VersionState(enum.StrEnum):
+    """Where a tile version is in its life (see the module docstring's diagram)."""
+
+    SEEN = "seen"
+    READY = "ready"
+    SCORING = "scoring"
+    SCORED = "scored"
+    FAILED = "failed"
+
+
+#: The states by name, in order (for counts and status lines).
+STATES: tuple[str, ...] = tuple(s.value for s in VersionState)
 
 MIGRATIONS: list[str] = [
     # 1: tile versions, results, meta
@@ -346,7 +361,7 @@ class TileVersion:
     stage_x_um: float | None
     stage_y_um: float | None
     pixel_size_um: float | None
-    state: str
+    state: VersionState
     attempts: int
     last_error: str | None
     first_seen: float
@@ -379,6 +394,7 @@ _VERSION_COLUMNS = (
 
 def _version(row: Sequence[Any]) -> TileVersion:
     values = list(row)
+    values[12] = VersionState(values[12])
     values[17] = bool(values[17])
     return TileVersion(*values)
 
@@ -673,16 +689,6 @@ class Ledger:
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path = ? ORDER BY id", (path,)
         ).fetchall()
         return [_version(r) for r in rows]
-
-    def set_state(self, version_id: int, state: str, *, error: str | None = None) -> None:
-        if state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
-        with self.transaction() as conn:
-            conn.execute(
-                "UPDATE versions SET state = ?, last_error = coalesce(?, last_error), "
-                "updated = ? WHERE id = ?",
-                (state, error, self.clock(), version_id),
-            )
 
     def claim_ready(self, limit: int) -> list[TileVersion]:
         """Move up to ``limit`` current 'ready' versions to 'scoring' (oldest first)."""

@@ -42,7 +42,7 @@ from focuswatch.errors import (
     TileError,
 )
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.ledger import Ledger, TileVersion, VersionState
 from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
@@ -597,7 +597,7 @@ class Service:
     def _handle(self, o: Outcome) -> None:
         self._submitted.discard(o.version_id)
         v = self.ledger.get(o.version_id)
-        if v.state != "scoring":
+        if v.state is not VersionState.SCORING:
             # A job that ran twice (e.g. re-run by Dask after a worker died): one result only.
             self._event("duplicate_outcome", **self._tile_fields(v), state=v.state)
             return

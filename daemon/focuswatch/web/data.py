@@ -25,7 +25,7 @@ from typing import Any
 
 from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
-from focuswatch.ledger import Ledger, section_index
+from focuswatch.ledger import STATES, Ledger, section_index
 from focuswatch.status import STALE_HEARTBEAT_S
 from focuswatch.text import printable
 from focuswatch.verdict import grid_cell
@@ -167,7 +167,7 @@ class Console:
     # -- the Now page --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("seen", "ready", "scoring", "scored", "failed"), 0)
+        out = dict.fromkeys(STATES, 0)
         for state, n in self._rows(
             "SELECT state, count(*) FROM versions WHERE superseded = 0 GROUP BY state"
         ):
