@@ -48,6 +48,7 @@ def hooks(n: int) -> Iterator[list[HookServer]]:
 def console(cfg: Config, clock: Clock) -> Iterator[str]:
     """The real web console over the state folder, on a free port of 127.0.0.1."""
     web = WebConsole(WebConfig(port=0), cfg.state_dir, clock=clock)
+    web.start()
     try:
         assert web.running
         yield web.url or ""
@@ -103,6 +104,7 @@ def test_scoring_that_falls_behind_is_told_once_shown_while_it_lasts_and_when_ca
         ledger = Ledger.open(cfg.state_dir, clock=clock)
         waiting = [add_tile(ledger, "S_001", r, c) for r in range(1, 5) for c in range(1, 6)]
         sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
         try:
             with console(cfg, clock) as url:
                 ticks(sink, clock, minutes=14)  # nothing scored: 20 waiting, not 15 min yet
@@ -128,6 +130,7 @@ def test_scoring_that_falls_behind_is_told_once_shown_while_it_lasts_and_when_ca
             # A restart while it lasts tells nothing again.
             sink.close()
             sink = alerts.build_sink(cfg, ledger, clock=clock)
+            sink.start()
             ticks(sink, clock, minutes=1)
             for vid in waiting:  # the workers catch up
                 ledger.record_result(vid, verdict=GOOD)
@@ -151,6 +154,7 @@ def test_a_service_that_keeps_up_with_a_steady_stream_is_not_told(tmp_path: Path
             behind_minutes=5))  # fmt: skip
         with contextlib.closing(Ledger.open(cfg.state_dir, clock=clock)) as ledger:
             sink = alerts.build_sink(cfg, ledger, clock=clock)
+            sink.start()
             try:
                 queue: list[int] = []
                 for minute in range(40):
@@ -182,6 +186,7 @@ def test_a_failing_endpoint_is_told_to_the_others_once_and_when_it_takes_alerts_
         )
         ledger = Ledger.open(cfg.state_dir, clock=clock)
         sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
         try:
             vid = add_tile(ledger, "S_001", 1, 1)
             sink.on_verdict(judged(ledger, vid, BAD))
@@ -244,6 +249,7 @@ def test_a_lost_dask_scheduler_is_told_once_it_stayed_away_and_when_it_is_back(
             scheduler_lost_minutes=5))  # fmt: skip
         ledger = Ledger.open(cfg.state_dir, clock=clock)
         sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
 
         def described(state: str) -> bool:
             assert ex is not None
