@@ -211,6 +211,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
     """,
+    # 7: the finest scale's share of the counted features (TileScore.finest_fraction)
+    # and the spectrum's orientation (TileScore.orientation: x, y), for the policy to
+    # tell a slight defocus from tissue and astigmatism from defocus
+    """
+    ALTER TABLE results ADD COLUMN finest_fraction REAL;
+    ALTER TABLE results ADD COLUMN orientation_x REAL;
+    ALTER TABLE results ADD COLUMN orientation_y REAL;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -305,6 +313,8 @@ class PastTile:
     verdict: str
     fine_fraction: float | None = None
     has_history: bool = True
+    finest_fraction: float | None = None
+    orientation: tuple[float, float] | None = None
 
 
 _VERSION_COLUMNS = (
@@ -684,6 +694,9 @@ class Ledger:
             "score_ms": None,
             "fine_fraction": None,
             "patch_fine_fraction": None,
+            "finest_fraction": None,
+            "orientation_x": None,
+            "orientation_y": None,
         }
         meta = None
         if score is not None:
@@ -699,14 +712,17 @@ class Ledger:
                 "score_ms": float(score.score_ms),
                 "fine_fraction": getattr(score, "fine_fraction", None),
                 "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
+                "finest_fraction": getattr(score, "finest_fraction", None),
+                **_orientation_columns(getattr(score, "orientation", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, fine_fraction, patch_fine_fraction, verdict, reason,"
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction, finest_fraction,"
+                " orientation_x, orientation_y, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -810,7 +826,8 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
+            "r.finest_fraction, r.orientation_x, r.orientation_y "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -819,12 +836,23 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine in cur:
+        for vid, sec, score, maps, verdict, fine, finest, ox, oy in cur:
             if sec == last:
                 continue
             last = sec
             patches = None if maps is None else json.loads(maps)
-            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict), fine))
+            out.append(
+                PastTile(
+                    int(vid),
+                    int(sec),
+                    float(score),
+                    patches,
+                    str(verdict),
+                    fine,
+                    finest_fraction=finest,
+                    orientation=_orientation(ox, oy),
+                )
+            )
             if len(out) >= limit:
                 break
         return out
@@ -836,7 +864,7 @@ class Ledger:
         """
         rows = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
-            "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
+            "r.finest_fraction, EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
             "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
@@ -854,8 +882,9 @@ class Ledger:
                 str(verdict),
                 fine,
                 bool(history),
+                finest_fraction=finest,
             )
-            for vid, sec, score, verdict, fine, history in rows
+            for vid, sec, score, verdict, fine, finest, history in rows
         ]
 
     def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
@@ -966,6 +995,16 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _orientation_columns(value: Any) -> dict[str, float | None]:
+    """``TileScore.orientation`` (x, y) as its two columns."""
+    x, y = (None, None) if value is None else (float(value[0]), float(value[1]))
+    return {"orientation_x": x, "orientation_y": y}
+
+
+def _orientation(x: float | None, y: float | None) -> tuple[float, float] | None:
+    return None if x is None or y is None else (float(x), float(y))
 
 
 def _json_or_none(value: Any) -> str | None:
