@@ -54,8 +54,8 @@ class Judged:
     revise_error: StateError | None = None
 
 
-def _fine(score: Any) -> float | None:
-    value = getattr(score, "fine_fraction", None)
+def _fine(score: Any, name: str = "fine_fraction") -> float | None:
+    value = getattr(score, name, None)
     return None if value is None else float(value)
 
 
@@ -69,9 +69,12 @@ def evidence(
     fine_fraction: float | None,
     cfg: PolicyConfig,
     patch_fine: list[list[float]] | None = None,
+    finest_fraction: float | None = None,
+    orientation: tuple[float, float] | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
+    later = []
     if v.row is not None and v.col is not None and v.section_index is not None:
         history = ledger.position_history(
             v.row,
@@ -79,6 +82,10 @@ def evidence(
             before_section_index=v.section_index,
             limit=max(cfg.memory_sections, cfg.history_sections),
         )
+        if not history:  # the position's first section: its next ones are the reference
+            later = ledger.position_future(
+                v.row, v.col, after_section_index=v.section_index, limit=cfg.history_sections
+            )
     peers = [] if v.section is None else ledger.section_peers(v.section, exclude_version=v.id)
     return Evidence(
         score=float(score),
@@ -95,6 +102,14 @@ def evidence(
         # section would make two tiles of one section each other's context.
         section_kinds=[p.verdict for p in peers if p.has_history],
         patch_fine=patch_fine,
+        finest_fraction=finest_fraction,
+        finest_history=[p.finest_fraction for p in history],
+        section_finest=[p.finest_fraction for p in peers],
+        orientation=orientation,
+        orientation_history=[p.orientation for p in history],
+        later=[p.score for p in later],
+        later_fine=[p.fine_fraction for p in later],
+        later_finest=[p.finest_fraction for p in later],
     )
 
 
@@ -104,6 +119,8 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
     if r is None or r["score"] is None or r["verdict"] is None:
         return None
     fine = r.get("fine_fraction")
+    finest = r.get("finest_fraction")
+    ox, oy = r.get("orientation_x"), r.get("orientation_y")
     ev = evidence(
         ledger,
         v,
@@ -113,6 +130,8 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
         fine_fraction=None if fine is None else float(fine),
         cfg=cfg,
         patch_fine=r.get("patch_fine_fraction"),
+        finest_fraction=None if finest is None else float(finest),
+        orientation=None if ox is None or oy is None else (float(ox), float(oy)),
     )
     return ev, _gist(str(r["verdict"]), r["reason"] or "")
 
@@ -133,16 +152,24 @@ def _peers(ledger: Ledger, v: TileVersion) -> list[int]:
     return [p.version_id for p in peers] if len(peers) <= _REVISE_PEERS_MAX else []
 
 
-def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
+def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
     """Versions whose context includes ``v``: later sections here, and its section; and
     the sections of those later tiles, whose peers count a tile's verdict only once it
-    has a history here (``section_kinds``), which ``v`` may have just given it."""
+    has a history here (``section_kinds``), which ``v`` may have just given it; and
+    the position's first section when ``v`` is one of the next sections it is judged
+    against (with its section, whose peers then count it)."""
     out: list[int] = []
     if v.row is not None and v.col is not None and v.section_index is not None:
         later = ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
         out += later
         for vid in later:
             out += _peers(ledger, ledger.get(vid))
+        earlier = ledger.position_history(
+            v.row, v.col, before_section_index=v.section_index, limit=cfg.history_sections + 1
+        )
+        if 0 < len(earlier) <= cfg.history_sections:
+            first = ledger.get(earlier[-1].version_id)
+            out += [first.id, *_peers(ledger, first)]
     out += _peers(ledger, v)
     return out
 
@@ -173,7 +200,7 @@ def revise(
                 heapq.heappush(heap, (w.section_index if w.section_index is not None else -1, vid))
                 queued.add(vid)
 
-    push(_affected(ledger, v))
+    push(_affected(ledger, v, cfg))
     changed: list[int] = []
     budget = _REVISE_BUDGET * (len(heap) + 10)
     while heap and budget > 0:
@@ -192,7 +219,7 @@ def revise(
             continue  # the same conclusion: nothing for others' context either
         if ledger.revise_verdict(vid, verdict) and vid not in changed:
             changed.append(vid)
-        push(_affected(ledger, w))
+        push(_affected(ledger, w, cfg))
     return changed
 
 
@@ -222,6 +249,8 @@ def judge(
             fine_fraction=_fine(score),
             cfg=cfg,
             patch_fine=getattr(score, "patch_fine_fraction", None),
+            finest_fraction=_fine(score, "finest_fraction"),
+            orientation=getattr(score, "orientation", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
     except StateError:

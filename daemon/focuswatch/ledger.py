@@ -722,7 +722,8 @@ class Ledger:
                 " read_ms, score_ms, fine_fraction, patch_fine_fraction, finest_fraction,"
                 " orientation_x, orientation_y, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -860,12 +861,15 @@ class Ledger:
     def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
         """The other current, scored, non-empty tiles of this section, oldest first.
 
-        ``has_history``: the tile's position has a scored tile in an earlier section.
+        ``has_history``: the tile's position has a scored tile in another section
+        (earlier, or later for the first section there: judged against its own
+        position either way).
         """
         rows = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
-            "r.finest_fraction, EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
-            "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
+            "r.finest_fraction, EXISTS (SELECT 1 FROM versions w "
+            "JOIN results q ON q.version_id = w.id "
+            "WHERE w.row = v.row AND w.col = v.col AND w.section_index != v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
@@ -886,6 +890,40 @@ class Ledger:
             )
             for vid, sec, score, verdict, fine, finest, history in rows
         ]
+
+    def position_future(
+        self, row: int, col: int, *, after_section_index: int, limit: int
+    ) -> list[PastTile]:
+        """The next scored sections at this position, oldest first (one per section, its
+        latest version): the reference of a position's first section."""
+        if limit <= 0:
+            return []
+        cur = self._conn.execute(
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
+            "r.finest_fraction FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "AND v.section_index > ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
+            "ORDER BY v.section_index, v.id DESC",
+            (row, col, after_section_index),
+        )
+        out: list[PastTile] = []
+        for vid, sec, score, verdict, fine, finest in cur:
+            if out and out[-1].section_index == sec:
+                continue
+            out.append(
+                PastTile(
+                    int(vid),
+                    int(sec),
+                    float(score),
+                    None,
+                    str(verdict),
+                    fine,
+                    finest_fraction=finest,
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
 
     def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
         """Current judged versions at this position in later sections, oldest section first."""

@@ -59,10 +59,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import ConfigError
+from focuswatch.score.orientation import streak_deg
 from focuswatch.verdict import Verdict, VerdictKind
 
 __all__ = [
@@ -92,6 +93,22 @@ _PATCH_FINE_MARGIN = 2.0
 # ... and it must be this many standard errors (binomial, from its feature count)
 # below the tile's typical patch (4: every patch of every tile is tested).
 _PATCH_FINE_Z = 4.0
+# The finest level's share means something only above this (at 8 e/px the noise
+# floor leaves that level few features) ...
+_MIN_FINEST = 0.15
+# ... and its loss must be this many standard errors (binomial, from the feature
+# count) beyond the reference.
+_FINEST_Z = 3.0
+# Astigmatism: the orientation (|z| from 0 to 1) moved at least this far from the
+# reference's, and this many times the reference's own spread; without history, a
+# tile oriented at least this strongly by itself (ISBI tissue: |z| ≤ 0.12 sharp,
+# 0.2-0.6 at astigmatism 0.3-0.5).
+_ASTIG_SHIFT = 0.12
+_ASTIG_SPREAD = 2.0
+_ASTIG_ALONE = 0.25
+# Sharp tissue keeps at least this share of its features at fine scales (absolute,
+# for a tile with nothing to compare with).
+_SHARP_FINE = 0.5
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 #: How a section-wide failure's reason starts (alerts may group on it).
@@ -139,7 +156,13 @@ class Evidence:
     those judged against their own position's earlier sections. ``patch_scores``:
     the tile's focus map, or None when the tile was scored whole.
     ``fine_fraction``: the share of the tile's features at
-    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
+    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch;
+    ``finest_fraction`` the share at the finest scale alone, with ``finest_history``
+    and ``section_finest`` aligned as the fine ones. ``orientation``: the spectrum's
+    orientation (``focuswatch.score.orientation``, x and y), ``orientation_history``
+    aligned with ``history``. ``later``, ``later_fine``, ``later_finest``: the
+    position's next sections (oldest first), given only for a tile with no earlier
+    section here (the first section of a wafer has no past to compare with).
     """
 
     score: float
@@ -154,6 +177,14 @@ class Evidence:
     section_fine: Sequence[float | None] = ()
     section_kinds: Sequence[str] = ()
     patch_fine: list[list[float]] | None = None
+    finest_fraction: float | None = None
+    finest_history: Sequence[float | None] = ()
+    section_finest: Sequence[float | None] = ()
+    orientation: tuple[float, float] | None = None
+    orientation_history: Sequence[tuple[float, float] | None] = ()
+    later: Sequence[float] = ()
+    later_fine: Sequence[float | None] = ()
+    later_finest: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +193,8 @@ class _Past:
     kind: str | None
     fine: float | None
     patches: list[list[float]] | None
+    finest: float | None = None
+    turn: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +208,8 @@ class _Reference:
     fine: float | None  # the reference fine-scale fraction
     peers: bool
     drop: float
+    finest: float | None = None  # the reference finest-scale fraction
+    turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
 
 
 def severity(kind: VerdictKind) -> int:
@@ -219,6 +254,10 @@ def _best_patch(ev: Evidence) -> float | None:
     return max(cells) if len(cells) > 1 else None
 
 
+def _at(values: Sequence[Any], i: int) -> Any:
+    return values[i] if i < len(values) else None
+
+
 def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
     n = min(len(ev.history), cfg.memory_sections)
     kinds = list(ev.history_kinds)
@@ -233,8 +272,23 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
         if kind == str(VerdictKind.UNREADABLE):
             continue
         fine = _fine(fines[i]) if i < len(fines) else None
-        out.append(_Past(score, kind, fine, maps[i] if i < len(maps) else None))
+        out.append(
+            _Past(
+                score,
+                kind,
+                fine,
+                maps[i] if i < len(maps) else None,
+                _fine(_at(ev.finest_history, i)),
+                _turn(_at(ev.orientation_history, i)),
+            )
+        )
     return out
+
+
+def _turn(value: Any) -> tuple[float, float] | None:
+    if value is None or len(value) != 2 or not all(math.isfinite(float(v)) for v in value):
+        return None
+    return float(value[0]), float(value[1])
 
 
 def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
@@ -245,9 +299,13 @@ def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
     top = _upper([p.score for p in confirmed])
     fines = _finite([p.fine for p in confirmed])
     fine_top = _upper(fines) if fines else None
+    finests = _finite([p.finest for p in confirmed])
+    finest_top = _upper(finests) if finests else None
 
     def ok(p: _Past) -> bool:
         if p.score < (1.0 - cfg.drop_ratio) * top:
+            return False
+        if _finest_lost(p.finest, finest_top, p.score, cfg):
             return False
         return fine_top is None or p.fine is None or p.fine >= (1.0 - cfg.fine_drop) * fine_top
 
@@ -268,10 +326,48 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
     # The fine fraction barely follows tissue, so the memory's upper quartile guards
     # against a drift that the recent median follows: even a drift that began a few
     # sections into the wafer leaves enough sharp sections at the top of the memory.
-    fines = _finite([p.fine for p in trusted])
-    fine = max(statistics.median(fines[: cfg.history_sections]), _upper(fines)) if fines else None
+    fine = _guarded([p.fine for p in trusted], cfg)
+    finest = _guarded([p.finest for p in trusted], cfg)
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
-    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio)
+    turns = tuple(p.turn for p in recent if p.turn is not None)
+    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio, finest, turns)
+
+
+def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
+    """A reference fraction: the higher of the recent median and the memory's upper
+    quartile (the fraction barely follows tissue, so the upper quartile guards against
+    a drift the recent median follows)."""
+    fines = _finite(values)
+    if not fines:
+        return None
+    return max(statistics.median(fines[: cfg.history_sections]), _upper(fines))
+
+
+def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
+    """The position's next sections as the reference of its first section (a first
+    section blurred as a whole has no past and no sharp peers). Their upper quartile:
+    one of them blurred does not make this tile look sharp."""
+    later = _finite(list(ev.later)[: cfg.history_sections])
+    if not later or statistics.median(later) < cfg.min_baseline:
+        return None
+    n = len(later)
+    fines = _finite([_fine(f) for f in list(ev.later_fine)[:n]])
+    finests = _finite([_fine(f) for f in list(ev.later_finest)[:n]])
+    where = (
+        "this tile position in the next section"
+        if n == 1
+        else f"this tile position over the next {n} sections"
+    )
+    return _Reference(
+        statistics.median(later),
+        None,
+        where,
+        0,
+        _upper(fines) if fines else None,
+        False,
+        cfg.drop_ratio,
+        _upper(finests) if finests else None,
+    )
 
 
 def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
@@ -286,9 +382,17 @@ def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
         noun = "tile" if n == 1 else "tiles"
         fines = _finite([_fine(f) for f in ev.section_fine])
         fine = statistics.median(fines) if fines else None
+        finests = _finite([_fine(f) for f in ev.section_finest])
         where = f"{n} other {noun} of this section"
         return _Reference(
-            statistics.median(peers), None, where, 0, fine, True, cfg.section_drop_ratio
+            statistics.median(peers),
+            None,
+            where,
+            0,
+            fine,
+            True,
+            cfg.section_drop_ratio,
+            statistics.median(finests) if finests else None,
         )
     if peers or ev.history:
         return "too few features here to compare with"
@@ -395,8 +499,73 @@ def _fine_loss(ev: Evidence, ref: _Reference) -> float | None:
     return 1.0 - fine / ref.fine
 
 
+def _counted(score: float, patches: list[list[float]] | None) -> float:
+    """How many features a fraction rests on: every patch's count, or the tile's."""
+    cells = _finite([v for line in patches or [] for v in line])
+    return sum(cells) if cells else score
+
+
+def _finest_lost(finest: float | None, ref: float | None, count: float, cfg: PolicyConfig) -> bool:
+    """The finest scale's share ``finest_drop`` or more below the reference, and
+    significantly so for the number of features it rests on (a proportion of a few
+    hundred features moves by chance); meaningless where the noise floor leaves the
+    finest level almost nothing (``_MIN_FINEST``: low doses)."""
+    if finest is None or ref is None or ref < _MIN_FINEST or count <= 0:
+        return False
+    if finest >= (1.0 - cfg.finest_drop) * ref:
+        return False
+    se = math.sqrt(ref * (1.0 - ref) / count)
+    return ref - finest > _FINEST_Z * se
+
+
+def _finest_text(ev: Evidence, ref: _Reference) -> str:
+    loss = 1.0 - (ev.finest_fraction or 0.0) / (ref.finest or 1.0)
+    return (
+        f"finest-scale fraction {ev.finest_fraction:.2f} against {ref.finest:.2f} of "
+        f"{ref.where}, {100 * loss:.0f} % lower"
+    )
+
+
 def _fine_text(ev: Evidence, ref: _Reference) -> str:
     return f"fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f} of {ref.where}"
+
+
+def _astigmatism(ev: Evidence, ref: _Reference) -> str | None:
+    """ "astigmatic (streaks along ~30°)" when the tile's spectrum turned clearly one
+    way against the reference's (the position's history: tissue and scan noise have
+    their own orientation), or, without one, is strongly oriented by itself."""
+    now = _turn(ev.orientation)
+    if now is None:
+        return None
+    if ref.turns:
+        mx = statistics.median(t[0] for t in ref.turns)
+        my = statistics.median(t[1] for t in ref.turns)
+        spread = max(math.hypot(t[0] - mx, t[1] - my) for t in ref.turns)
+        dx, dy = now[0] - mx, now[1] - my
+        if math.hypot(dx, dy) < max(_ASTIG_SHIFT, _ASTIG_SPREAD * spread):
+            return None
+        what = "against this position's history"
+    else:
+        dx, dy = now
+        if math.hypot(dx, dy) < _ASTIG_ALONE:
+            return None
+        what = "no history here to compare its orientation with"
+    angle = streak_deg(dx, dy)
+    # Round to 5°: the estimate is good to a few degrees, not to one.
+    return f"astigmatic (streaks along ~{5 * round(angle / 5) % 180:.0f}°, {what})"
+
+
+def _looks_blurred(ev: Evidence) -> str | None:
+    """Why the tile's own scale signature looks like a blurred image's, without any
+    reference: sharp EM tissue keeps most of its features at fine scales at every
+    dose (ISBI: a fine fraction ≥ ``_SHARP_FINE``), a blur of σ ≥ 2-3 px does not."""
+    fine = _fine(ev.fine_fraction)
+    if fine is None or fine >= _SHARP_FINE:
+        return None
+    return (
+        f"its own scale signature looks blurred (fine-scale fraction {fine:.2f}, sharp "
+        f"tissue keeps ≥ {_SHARP_FINE:.2f}): check it"
+    )
 
 
 def _out_of_focus(
@@ -407,12 +576,25 @@ def _out_of_focus(
     defocus = _defocus(calibration, ev.score, ref.recent)
     loss = _fine_loss(ev, ref)
     if loss is not None:
-        if loss < cfg.fine_drop:
+        finest = _finest_lost(
+            _fine(ev.finest_fraction), ref.finest, _counted(ev.score, ev.patch_scores), cfg
+        )
+        if loss < cfg.fine_drop and not finest:
             return None
+        evidence = (
+            f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
+            if loss >= cfg.fine_drop
+            else _finest_text(ev, ref)
+        )
+        astig = _astigmatism(ev, ref)
+        what = (
+            "fine-scale features lost, defocus"
+            if astig is None
+            else (f"{astig}: check stigmation; fine-scale features lost")
+        )
         return Verdict(
             VerdictKind.OUT_OF_FOCUS,
-            f"{score_text}: fine-scale features lost, defocus ({_fine_text(ev, ref)}, "
-            f"{100 * loss:.0f} % lower){_defocus_text(defocus)}",
+            f"{score_text}: {what} ({evidence}){_defocus_text(defocus)}",
             baseline=ref.recent,
             defocus_um=defocus,
         )
@@ -467,16 +649,38 @@ def _judge(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
 
+    # The position's first section: its next sections, then its peers, may flag it.
+    future = _future_reference(ev, cfg) if not past else None
+    if future is not None:
+        out = _out_of_focus(ev, future, cfg, calibration)
+        if out is not None:
+            return out, []
     peers = _peer_reference(ev, cfg)
+    blurred = _looks_blurred(ev)
+    if isinstance(peers, str) and future is not None and blurred is None:
+        context = f"median of {future.where} {format_score(future.recent)}"
+        return Verdict(
+            VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=future.recent
+        ), []
     if isinstance(peers, str):
         if past and not trusted:
             peers = (
                 "no earlier section here was judged in focus; nothing trustworthy to compare with"
             )
+        if blurred is not None:
+            peers = f"{peers}; {blurred}"
         return Verdict(VerdictKind.UNCERTAIN, f"{score_text}: not judged, {peers}"), trusted
     out = _out_of_focus(ev, peers, cfg, calibration)
     if out is None:
         context = f"median of {peers.where} {format_score(peers.recent)}"
+        if blurred is not None:
+            # Its peers may all be blurred with it (the first section of a wafer out
+            # of focus): passing it as in focus would make it a baseline.
+            return Verdict(
+                VerdictKind.UNCERTAIN,
+                f"{score_text}: not judged; like the {context}, but {blurred}",
+                baseline=peers.recent,
+            ), []
         return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=peers.recent), []
     recent = past[: cfg.history_sections]
     fines = _finite([p.fine for p in recent])

@@ -23,6 +23,7 @@ Angles are in degrees from the scan line (+x) towards +y (down the rows), in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def orientation(image: Any, *, to_host: Callable[[Any], Any] = np.asarray) -> Or
     one block, constant, or nothing above the noise floor)."""
     if len(image.shape) != 2 or min(image.shape) < BLOCK:
         return None
-    side = int(math.ceil(math.sqrt(MAX_BLOCKS)))
+    side = math.ceil(math.sqrt(MAX_BLOCKS))
     ys = _starts(int(image.shape[0]), BLOCK, side)
     xs = _starts(int(image.shape[1]), BLOCK, side)
     window = np.outer(np.hanning(BLOCK), np.hanning(BLOCK)).astype(np.float32)
@@ -123,7 +124,7 @@ def orientation(image: Any, *, to_host: Callable[[Any], Any] = np.asarray) -> Or
     edges = np.linspace(BAND[0], BAND[1], _RINGS + 1)
     total = 0j
     weight = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         ring = (radius >= lo) & (radius < hi)
         signal = np.clip(power[ring] - floor[ring], 0.0, None)
         s = float(signal.sum())
