@@ -129,7 +129,6 @@ class PolicyConfig:
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
     fine_drop: float = _opt(0.15, _fraction)
-    finest_drop: float = _opt(0.3, _fraction)
     section_wide_fraction: float = _opt(0.5, _fraction)
     calibration: Path | None = _opt(None)
 

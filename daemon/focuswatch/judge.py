@@ -54,8 +54,8 @@ class Judged:
     revise_error: StateError | None = None
 
 
-def _fine(score: Any, name: str = "fine_fraction") -> float | None:
-    value = getattr(score, name, None)
+def _fine(score: Any) -> float | None:
+    value = getattr(score, "fine_fraction", None)
     return None if value is None else float(value)
 
 
@@ -69,7 +69,6 @@ def evidence(
     fine_fraction: float | None,
     cfg: PolicyConfig,
     patch_fine: list[list[float]] | None = None,
-    finest_fraction: float | None = None,
     orientation: tuple[float, float] | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
@@ -82,10 +81,10 @@ def evidence(
             before_section_index=v.section_index,
             limit=max(cfg.memory_sections, cfg.history_sections),
         )
-        if not history:  # the position's first section: its next ones are the reference
-            later = ledger.position_future(
-                v.row, v.col, after_section_index=v.section_index, limit=cfg.history_sections
-            )
+        # The reference of a tile with no trusted past here (the first section).
+        later = ledger.position_future(
+            v.row, v.col, after_section_index=v.section_index, limit=cfg.history_sections
+        )
     peers = [] if v.section is None else ledger.section_peers(v.section, exclude_version=v.id)
     return Evidence(
         score=float(score),
@@ -102,14 +101,10 @@ def evidence(
         # section would make two tiles of one section each other's context.
         section_kinds=[p.verdict for p in peers if p.has_history],
         patch_fine=patch_fine,
-        finest_fraction=finest_fraction,
-        finest_history=[p.finest_fraction for p in history],
-        section_finest=[p.finest_fraction for p in peers],
         orientation=orientation,
         orientation_history=[p.orientation for p in history],
         later=[p.score for p in later],
         later_fine=[p.fine_fraction for p in later],
-        later_finest=[p.finest_fraction for p in later],
     )
 
 
@@ -119,7 +114,6 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
     if r is None or r["score"] is None or r["verdict"] is None:
         return None
     fine = r.get("fine_fraction")
-    finest = r.get("finest_fraction")
     ox, oy = r.get("orientation_x"), r.get("orientation_y")
     ev = evidence(
         ledger,
@@ -130,7 +124,6 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
         fine_fraction=None if fine is None else float(fine),
         cfg=cfg,
         patch_fine=r.get("patch_fine_fraction"),
-        finest_fraction=None if finest is None else float(finest),
         orientation=None if ox is None or oy is None else (float(ox), float(oy)),
     )
     return ev, _gist(str(r["verdict"]), r["reason"] or "")
@@ -156,8 +149,8 @@ def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
     """Versions whose context includes ``v``: later sections here, and its section; and
     the sections of those later tiles, whose peers count a tile's verdict only once it
     has a history here (``section_kinds``), which ``v`` may have just given it; and
-    the position's first section when ``v`` is one of the next sections it is judged
-    against (with its section, whose peers then count it)."""
+    the earlier sections here that ``v`` is one of the next sections of (a tile with
+    no trusted past is judged against them; a changed one brings its peers along)."""
     out: list[int] = []
     if v.row is not None and v.col is not None and v.section_index is not None:
         later = ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
@@ -165,11 +158,9 @@ def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
         for vid in later:
             out += _peers(ledger, ledger.get(vid))
         earlier = ledger.position_history(
-            v.row, v.col, before_section_index=v.section_index, limit=cfg.history_sections + 1
+            v.row, v.col, before_section_index=v.section_index, limit=cfg.history_sections
         )
-        if 0 < len(earlier) <= cfg.history_sections:
-            first = ledger.get(earlier[-1].version_id)
-            out += [first.id, *_peers(ledger, first)]
+        out += [p.version_id for p in earlier]
     out += _peers(ledger, v)
     return out
 
@@ -249,7 +240,6 @@ def judge(
             fine_fraction=_fine(score),
             cfg=cfg,
             patch_fine=getattr(score, "patch_fine_fraction", None),
-            finest_fraction=_fine(score, "finest_fraction"),
             orientation=getattr(score, "orientation", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)

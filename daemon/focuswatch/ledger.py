@@ -211,11 +211,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
     """,
-    # 7: the finest scale's share of the counted features (TileScore.finest_fraction)
-    # and the spectrum's orientation (TileScore.orientation: x, y), for the policy to
-    # tell a slight defocus from tissue and astigmatism from defocus
+    # 7: the spectrum's orientation (TileScore.orientation: x, y), for the policy to
+    # tell astigmatism from defocus against the position's history
     """
-    ALTER TABLE results ADD COLUMN finest_fraction REAL;
     ALTER TABLE results ADD COLUMN orientation_x REAL;
     ALTER TABLE results ADD COLUMN orientation_y REAL;
     """,
@@ -313,7 +311,6 @@ class PastTile:
     verdict: str
     fine_fraction: float | None = None
     has_history: bool = True
-    finest_fraction: float | None = None
     orientation: tuple[float, float] | None = None
 
 
@@ -694,7 +691,6 @@ class Ledger:
             "score_ms": None,
             "fine_fraction": None,
             "patch_fine_fraction": None,
-            "finest_fraction": None,
             "orientation_x": None,
             "orientation_y": None,
         }
@@ -712,17 +708,16 @@ class Ledger:
                 "score_ms": float(score.score_ms),
                 "fine_fraction": getattr(score, "fine_fraction", None),
                 "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
-                "finest_fraction": getattr(score, "finest_fraction", None),
                 **_orientation_columns(getattr(score, "orientation", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, fine_fraction, patch_fine_fraction, finest_fraction,"
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction,"
                 " orientation_x, orientation_y, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
@@ -828,7 +823,7 @@ class Ledger:
             return []
         cur = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
-            "r.finest_fraction, r.orientation_x, r.orientation_y "
+            "r.orientation_x, r.orientation_y "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -837,7 +832,7 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine, finest, ox, oy in cur:
+        for vid, sec, score, maps, verdict, fine, ox, oy in cur:
             if sec == last:
                 continue
             last = sec
@@ -850,7 +845,6 @@ class Ledger:
                     patches,
                     str(verdict),
                     fine,
-                    finest_fraction=finest,
                     orientation=_orientation(ox, oy),
                 )
             )
@@ -867,7 +861,7 @@ class Ledger:
         """
         rows = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
-            "r.finest_fraction, EXISTS (SELECT 1 FROM versions w "
+            "EXISTS (SELECT 1 FROM versions w "
             "JOIN results q ON q.version_id = w.id "
             "WHERE w.row = v.row AND w.col = v.col AND w.section_index != v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
@@ -886,9 +880,8 @@ class Ledger:
                 str(verdict),
                 fine,
                 bool(history),
-                finest_fraction=finest,
             )
-            for vid, sec, score, verdict, fine, finest, history in rows
+            for vid, sec, score, verdict, fine, history in rows
         ]
 
     def position_future(
@@ -899,15 +892,15 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
-            "r.finest_fraction FROM versions v JOIN results r ON r.version_id = v.id "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
             "AND v.section_index > ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
             "ORDER BY v.section_index, v.id DESC",
             (row, col, after_section_index),
         )
         out: list[PastTile] = []
-        for vid, sec, score, verdict, fine, finest in cur:
+        for vid, sec, score, verdict, fine in cur:
             if out and out[-1].section_index == sec:
                 continue
             out.append(
@@ -918,7 +911,6 @@ class Ledger:
                     None,
                     str(verdict),
                     fine,
-                    finest_fraction=finest,
                 )
             )
             if len(out) >= limit:

@@ -90,15 +90,14 @@ _UPPER = 0.75
 # A patch's fine fraction rests on fewer features than the tile's: its margin is
 # this many times ``fine_drop``.
 _PATCH_FINE_MARGIN = 2.0
-# ... and it must be this many standard errors (binomial, from its feature count)
-# below the tile's typical patch (4: every patch of every tile is tested).
+# ... and it must be this many standard errors (binomial, from its feature count,
+# and the tissue's spread) below the tile's typical patch (4: every patch of every
+# tile is tested).
 _PATCH_FINE_Z = 4.0
-# The finest level's share means something only above this (at 8 e/px the noise
-# floor leaves that level few features) ...
-_MIN_FINEST = 0.15
-# ... and its loss must be this many standard errors (binomial, from the feature
-# count) beyond the reference.
-_FINEST_Z = 3.0
+# The spread of a sharp tile's patch fractions around its typical one that is tissue,
+# not sampling (relative; ISBI serial sections: worst sharp patch within 3.6 standard
+# errors at 6 %, a σ 3 px wrinkle 6 or more; 0 made sharp patches reach 5.9).
+_PATCH_FINE_TISSUE = 0.06
 # Astigmatism: the orientation (|z| from 0 to 1) moved at least this far from the
 # reference's, and this many times the reference's own spread; without history, a
 # tile oriented at least this strongly by itself (ISBI tissue: |z| ≤ 0.12 sharp,
@@ -156,13 +155,12 @@ class Evidence:
     those judged against their own position's earlier sections. ``patch_scores``:
     the tile's focus map, or None when the tile was scored whole.
     ``fine_fraction``: the share of the tile's features at
-    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch;
-    ``finest_fraction`` the share at the finest scale alone, with ``finest_history``
-    and ``section_finest`` aligned as the fine ones. ``orientation``: the spectrum's
+    fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
+    ``orientation``: the spectrum's
     orientation (``focuswatch.score.orientation``, x and y), ``orientation_history``
-    aligned with ``history``. ``later``, ``later_fine``, ``later_finest``: the
-    position's next sections (oldest first), given only for a tile with no earlier
-    section here (the first section of a wafer has no past to compare with).
+    aligned with ``history``. ``later``, ``later_fine``: the
+    position's next sections (oldest first), the reference of a tile with no trusted
+    earlier section here (the first section of a wafer has no past to compare with).
     """
 
     score: float
@@ -177,14 +175,10 @@ class Evidence:
     section_fine: Sequence[float | None] = ()
     section_kinds: Sequence[str] = ()
     patch_fine: list[list[float]] | None = None
-    finest_fraction: float | None = None
-    finest_history: Sequence[float | None] = ()
-    section_finest: Sequence[float | None] = ()
     orientation: tuple[float, float] | None = None
     orientation_history: Sequence[tuple[float, float] | None] = ()
     later: Sequence[float] = ()
     later_fine: Sequence[float | None] = ()
-    later_finest: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,6 @@ class _Past:
     kind: str | None
     fine: float | None
     patches: list[list[float]] | None
-    finest: float | None = None
     turn: tuple[float, float] | None = None
 
 
@@ -208,7 +201,6 @@ class _Reference:
     fine: float | None  # the reference fine-scale fraction
     peers: bool
     drop: float
-    finest: float | None = None  # the reference finest-scale fraction
     turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
 
 
@@ -278,7 +270,6 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
                 kind,
                 fine,
                 maps[i] if i < len(maps) else None,
-                _fine(_at(ev.finest_history, i)),
                 _turn(_at(ev.orientation_history, i)),
             )
         )
@@ -299,13 +290,9 @@ def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
     top = _upper([p.score for p in confirmed])
     fines = _finite([p.fine for p in confirmed])
     fine_top = _upper(fines) if fines else None
-    finests = _finite([p.finest for p in confirmed])
-    finest_top = _upper(finests) if finests else None
 
     def ok(p: _Past) -> bool:
         if p.score < (1.0 - cfg.drop_ratio) * top:
-            return False
-        if _finest_lost(p.finest, finest_top, p.score, cfg):
             return False
         return fine_top is None or p.fine is None or p.fine >= (1.0 - cfg.fine_drop) * fine_top
 
@@ -327,10 +314,9 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
     # against a drift that the recent median follows: even a drift that began a few
     # sections into the wafer leaves enough sharp sections at the top of the memory.
     fine = _guarded([p.fine for p in trusted], cfg)
-    finest = _guarded([p.finest for p in trusted], cfg)
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
     turns = tuple(p.turn for p in recent if p.turn is not None)
-    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio, finest, turns)
+    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio, turns)
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
@@ -352,7 +338,6 @@ def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
         return None
     n = len(later)
     fines = _finite([_fine(f) for f in list(ev.later_fine)[:n]])
-    finests = _finite([_fine(f) for f in list(ev.later_finest)[:n]])
     where = (
         "this tile position in the next section"
         if n == 1
@@ -366,7 +351,6 @@ def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
         _upper(fines) if fines else None,
         False,
         cfg.drop_ratio,
-        _upper(finests) if finests else None,
     )
 
 
@@ -382,7 +366,6 @@ def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
         noun = "tile" if n == 1 else "tiles"
         fines = _finite([_fine(f) for f in ev.section_fine])
         fine = statistics.median(fines) if fines else None
-        finests = _finite([_fine(f) for f in ev.section_finest])
         where = f"{n} other {noun} of this section"
         return _Reference(
             statistics.median(peers),
@@ -392,7 +375,6 @@ def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
             fine,
             True,
             cfg.section_drop_ratio,
-            statistics.median(finests) if finests else None,
         )
     if peers or ev.history:
         return "too few features here to compare with"
@@ -455,7 +437,12 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     for r, c, f, q in cells:
         if q < cfg.min_baseline or f >= limit:
             continue
-        se = math.sqrt(max(typical * (1.0 - typical), 1e-6) / q)
+        # Binomial sampling of the patch's q features, and the tissue's own spread
+        # between patches of a sharp tile (_PATCH_FINE_TISSUE of the fraction: a
+        # patch of big, smooth structures has fewer fine features by itself).
+        se = math.sqrt(
+            max(typical * (1.0 - typical), 1e-6) / q + (_PATCH_FINE_TISSUE * typical) ** 2
+        )
         if typical - f > _PATCH_FINE_Z * se:
             weak.append((r, c))
     return weak
@@ -497,33 +484,6 @@ def _fine_loss(ev: Evidence, ref: _Reference) -> float | None:
     if fine is None or ref.fine is None or ref.fine <= 0:
         return None
     return 1.0 - fine / ref.fine
-
-
-def _counted(score: float, patches: list[list[float]] | None) -> float:
-    """How many features a fraction rests on: every patch's count, or the tile's."""
-    cells = _finite([v for line in patches or [] for v in line])
-    return sum(cells) if cells else score
-
-
-def _finest_lost(finest: float | None, ref: float | None, count: float, cfg: PolicyConfig) -> bool:
-    """The finest scale's share ``finest_drop`` or more below the reference, and
-    significantly so for the number of features it rests on (a proportion of a few
-    hundred features moves by chance); meaningless where the noise floor leaves the
-    finest level almost nothing (``_MIN_FINEST``: low doses)."""
-    if finest is None or ref is None or ref < _MIN_FINEST or count <= 0:
-        return False
-    if finest >= (1.0 - cfg.finest_drop) * ref:
-        return False
-    se = math.sqrt(ref * (1.0 - ref) / count)
-    return ref - finest > _FINEST_Z * se
-
-
-def _finest_text(ev: Evidence, ref: _Reference) -> str:
-    loss = 1.0 - (ev.finest_fraction or 0.0) / (ref.finest or 1.0)
-    return (
-        f"finest-scale fraction {ev.finest_fraction:.2f} against {ref.finest:.2f} of "
-        f"{ref.where}, {100 * loss:.0f} % lower"
-    )
 
 
 def _fine_text(ev: Evidence, ref: _Reference) -> str:
@@ -576,16 +536,9 @@ def _out_of_focus(
     defocus = _defocus(calibration, ev.score, ref.recent)
     loss = _fine_loss(ev, ref)
     if loss is not None:
-        finest = _finest_lost(
-            _fine(ev.finest_fraction), ref.finest, _counted(ev.score, ev.patch_scores), cfg
-        )
-        if loss < cfg.fine_drop and not finest:
+        if loss < cfg.fine_drop:
             return None
-        evidence = (
-            f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
-            if loss >= cfg.fine_drop
-            else _finest_text(ev, ref)
-        )
+        evidence = f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
         astig = _astigmatism(ev, ref)
         what = (
             "fine-scale features lost, defocus"
@@ -649,8 +602,9 @@ def _judge(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
 
-    # The position's first section: its next sections, then its peers, may flag it.
-    future = _future_reference(ev, cfg) if not past else None
+    # No trusted past (the position's first section, or only flagged ones): its next
+    # sections, then its peers, may flag it.
+    future = _future_reference(ev, cfg)
     if future is not None:
         out = _out_of_focus(ev, future, cfg, calibration)
         if out is not None:

@@ -102,9 +102,6 @@ class TileScore:
     fine_fraction: float | None = None
     #: The same per patch (grid of ``patch_scores``; NaN for a patch without maxima).
     patch_fine_fraction: list[list[float]] | None = None
-    #: The finer cut: fraction of the counted maxima from the finest level (σ <
-    #: ``focuswatch.score.mhfd.FINEST_SIGMA`` px); a slight defocus shows here first.
-    finest_fraction: float | None = None
     #: The spectrum's orientation (``focuswatch.score.orientation``: x, y), for
     #: telling astigmatism from defocus against the position's history.
     orientation: tuple[float, float] | None = None
@@ -148,7 +145,6 @@ def _tile_score(
         noise=result.noise,
         fine_fraction=result.fine_fraction,
         patch_fine_fraction=_grid(result.patch_fine_fraction),
-        finest_fraction=result.finest_fraction,
         orientation=result.orientation,
     )
 

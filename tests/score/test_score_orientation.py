@@ -88,13 +88,3 @@ def test_scan_line_noise_is_not_read_as_structure(isbi_dir: Path) -> None:
         o = orientation(img)
         assert o is not None
         assert o.strength < 0.22
-
-
-def test_finest_fraction_is_part_of_the_fine_one(isbi_dir: Path) -> None:
-    """The finer cut counts a subset of the fine maxima, in exact and fast mode."""
-    clean = synth.load_isbi(isbi_dir)[5]
-    img = synth.degrade(clean, rng=np.random.default_rng(0), dose=30.0)
-    for mode in ("default", "fast"):
-        r = score_image(img, backend=CPU, mode=mode)
-        assert r.fine_fraction is not None and r.finest_fraction is not None
-        assert 0.0 < r.finest_fraction <= r.fine_fraction <= 1.0

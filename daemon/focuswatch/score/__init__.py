@@ -149,9 +149,6 @@ class ScoreResult:
     fine_fraction: float | None = None
     #: Per patch (``resolution="patches"``, ``mhfd`` only); NaN for a patch without maxima.
     patch_fine_fraction: np.ndarray[Any, Any] | None = field(default=None, compare=False)
-    #: The finer cut (``mhfd`` only): the fraction of counted maxima from the finest
-    #: level (σ < ``FINEST_SIGMA`` px), pooled like ``fine_fraction``.
-    finest_fraction: float | None = None
     #: The spectrum's orientation (``score.orientation``: x, y), mean over the patches;
     #: None when no patch has a signal band (``mhfd`` only).
     orientation: tuple[float, float] | None = None
@@ -171,16 +168,15 @@ def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int
 
 def _score_unit(
     image: Any, *, backend: Backend, criterion: str, mode: str, dtype: Any, resize: int | None
-) -> tuple[float, float, float, float, float]:
-    """(score, content, noise, fine maxima, finest maxima) of one image scored as a
-    whole (a patch or a resized tile); the last two are NaN for criteria other than
-    ``mhfd``."""
+) -> tuple[float, float, float, float]:
+    """(score, content, noise, fine maxima) of one image scored as a whole (a patch or
+    a resized tile); the last is NaN for criteria other than ``mhfd``."""
     xp = backend.xp
     if criterion == "mhfd":
         d: MhfdDetail = mhfd_detail(
             image, backend=backend, mode=mode, resize=resize, dtype=np.dtype(dtype).name
         )
-        return float(d.count), d.content, d.noise, float(d.fine), float(d.finest)
+        return float(d.count), d.content, d.noise, float(d.fine)
     image = xp.asarray(image)
     minmax = validate_image(image, backend)
     if resize is not None and image.shape != (resize, resize):
@@ -197,8 +193,7 @@ def _score_unit(
     limits = stretch_limits(image, backend, saturation=params_for(mode).saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=dtype)
     F = backend.fft.rfft2(u, **backend.fft_kwargs())
-    nan = float("nan")
-    return float(value), content_of(F, u.shape, backend, dtype), nan, nan, nan
+    return float(value), content_of(F, u.shape, backend, dtype), float("nan"), float("nan")
 
 
 def score_patches(
@@ -219,7 +214,6 @@ def score_patches(
     content = np.zeros_like(scores)
     noise = np.full_like(scores, np.nan)
     fine = np.zeros_like(scores)
-    finest = np.zeros_like(scores)
     turns = []
     resize = PAPER_SIZE if mode == "faithful" else None
     for i, (y0, y1) in enumerate(ys):
@@ -228,7 +222,7 @@ def score_patches(
             if criterion == "mhfd":
                 turns.append(_orientation(patch, backend))
             try:
-                scores[i, j], content[i, j], noise[i, j], fine[i, j], finest[i, j] = _score_unit(
+                scores[i, j], content[i, j], noise[i, j], fine[i, j] = _score_unit(
                     patch,
                     backend=backend,
                     criterion=criterion,
@@ -255,7 +249,6 @@ def score_patches(
         noise=float(np.nanmedian(noise)) if np.isfinite(noise).any() else float("nan"),
         fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
         patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
-        finest_fraction=_fine_fraction(finest.sum(), scores.sum()) if mhfd_counts else None,
         orientation=_mean_orientation(turns),
     )
 
@@ -312,15 +305,14 @@ def score_image(
             image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
         )
     if resolution == "resized":
-        score, content, noise, fine, finest = _score_unit(
+        score, content, noise, fine = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=PAPER_SIZE
         )
     elif criterion == "mhfd":
         d = native_mhfd(image, params_for(mode), backend=backend, dtype=ft)
-        score, content, noise = float(d.count), d.content, d.noise
-        fine, finest = float(d.fine), float(d.finest)
+        score, content, noise, fine = float(d.count), d.content, d.noise, float(d.fine)
     else:
-        score, content, noise, fine, finest = _score_unit(
+        score, content, noise, fine = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
     turn = _mean_orientation([_orientation(image, backend)]) if criterion == "mhfd" else None
@@ -334,6 +326,5 @@ def score_image(
         shape=shape,
         noise=noise,
         fine_fraction=_fine_fraction(fine, score) if criterion == "mhfd" else None,
-        finest_fraction=_fine_fraction(finest, score) if criterion == "mhfd" else None,
         orientation=turn,
     )

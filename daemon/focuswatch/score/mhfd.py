@@ -53,7 +53,6 @@ from focuswatch.score._dtypes import (
 )
 
 __all__ = [
-    "FINEST_SIGMA",
     "FINE_SIGMA",
     "MODES",
     "NOISE_LAGS",
@@ -71,7 +70,6 @@ __all__ = [
     "dog_max",
     "fast_factors",
     "fine_levels",
-    "finest_levels",
     "level_noise",
     "mhfd",
     "mhfd_detail",
@@ -107,11 +105,6 @@ DEFAULT_CONTRAST = PAPER_THRESHOLD * PAPER_SIZE
 #: schedule: σ 1, 2.07 and 3.14, the three finest of 29 levels). Defocus of σ ≥ 1.5 px
 #: removes those first; less tissue removes maxima at every scale alike.
 FINE_SIGMA = 3.5
-#: A second, finer cut of the signature (``MhfdDetail.finest``): maxima from the finest
-#: level alone (σ_i below this; the paper's schedule: σ = 1 px). A blur σ_b moves a
-#: feature of scale s to sqrt(s² + σ_b²) (1 → 1.8 px at σ_b = 1.5), so this level loses
-#: its features first, while the 3.5 px cut barely sees σ_b = 1.5 px.
-FINEST_SIGMA = 2.0
 
 #: Binnings at which the noise level is estimated (see ``noise_profile``).
 NOISE_FACTORS = (1, 2, 4, 8)
@@ -972,11 +965,6 @@ def fine_levels(sigmas: tuple[float, ...]) -> int:
     return sum(1 for s in sigmas[:-1] if s <= FINE_SIGMA)
 
 
-def finest_levels(sigmas: tuple[float, ...]) -> int:
-    """How many of the first DoG levels are finest (σ_i < ``FINEST_SIGMA``)."""
-    return sum(1 for s in sigmas[:-1] if s < FINEST_SIGMA)
-
-
 def _dog_max_split(
     F: Any,
     shape: tuple[int, int],
@@ -986,12 +974,10 @@ def _dog_max_split(
     backend: Backend,
     dtype: Any,
     n_fine: int,
-    n_finest: int = 0,
-) -> tuple[Any, Any, Any]:
-    """``dog_max`` (exact), the maximum over the first ``n_fine`` levels alone
-    (``None`` when ``n_fine`` is 0; ``M`` itself when every level is fine) and over
-    the first ``n_finest`` ≤ ``n_fine`` levels (``None`` when 0 or not below
-    ``n_fine``): the finest levels run first and each running maximum is copied once."""
+) -> tuple[Any, Any]:
+    """``dog_max`` (exact) and the maximum over the first ``n_fine`` levels alone
+    (``None`` when ``n_fine`` is 0; ``M`` itself when every level is fine): the
+    fine levels run first and their running maximum is copied once."""
     n_levels = len(sigmas) - 1
     kw: dict[str, Any] = {
         "sigmas": sigmas,
@@ -1000,22 +986,12 @@ def _dog_max_split(
         "backend": backend,
         "dtype": dtype,
     }
-    M1 = None
-    start = 0
-    if 0 < n_finest < min(n_fine, n_levels):
-        M1 = _levels_max(F, shape, list(range(n_finest)), **kw)
-        start = n_finest
     if n_fine <= 0 or n_fine >= n_levels:
-        M = _levels_max(
-            F, shape, list(range(start, n_levels)), m=None if M1 is None else M1.copy(), **kw
-        )
-        Mf = M if n_fine >= n_levels else None
-        return M, Mf, (Mf if M1 is None and n_finest >= n_fine else M1)
-    Mf = _levels_max(
-        F, shape, list(range(start, n_fine)), m=None if M1 is None else M1.copy(), **kw
-    )
+        M = _levels_max(F, shape, list(range(n_levels)), **kw)
+        return M, (M if n_fine >= n_levels else None)
+    Mf = _levels_max(F, shape, list(range(n_fine)), **kw)
     M = _levels_max(F, shape, list(range(n_fine, n_levels)), m=Mf.copy(), **kw)
-    return M, Mf, (Mf if M1 is None and n_finest >= n_fine else M1)
+    return M, Mf
 
 
 def _count_split(
@@ -1025,24 +1001,20 @@ def _count_split(
     *,
     level: float,
     interior: tuple[int, int, int, int] | None = None,
-    M1: Any = None,
-) -> tuple[int, int, int]:
-    """``count_maxima``, how many of those maxima come from a fine level (where
-    the fine levels' maximum ``Mf`` reaches ``M``) and how many from the finest
-    levels (where ``M1`` reaches ``M``; 0 without ``M1``)."""
+) -> tuple[int, int]:
+    """``count_maxima`` and how many of those maxima come from a fine level (where
+    the fine levels' maximum ``Mf`` reaches ``M``)."""
     xp = backend.xp
     c = _neighbourhood_max(M, backend)
     if interior is not None:
         y0, y1, x0, x1 = interior
         M, c = M[y0:y1, x0:x1], c[y0:y1, x0:x1]
         Mf = None if Mf is None else Mf[y0:y1, x0:x1]
-        M1 = None if M1 is None else M1[y0:y1, x0:x1]
     peaks = (c <= M) & (level <= M)
     count = int(xp.count_nonzero(peaks))
     if Mf is None or count == 0:
-        return count, 0, 0
-    finest = 0 if M1 is None else int(xp.count_nonzero(peaks & (M1 >= M)))
-    return count, int(xp.count_nonzero(peaks & (Mf >= M))), finest
+        return count, 0
+    return count, int(xp.count_nonzero(peaks & (Mf >= M)))
 
 
 def _neighbourhood_max(M: Any, backend: Backend) -> Any:
@@ -1154,18 +1126,15 @@ def _band_counts(
     shape: tuple[int, int],
     interior: tuple[int, int, int, int] | None,
     snap: Any,
-) -> tuple[int, int, int]:
-    """``count_band_maxima``, how many of those maxima come from a fine level:
+) -> tuple[int, int]:
+    """``count_band_maxima`` and how many of those maxima come from a fine level:
     every full-resolution one, and the coarse samples above ``snap`` (the coarse
-    band's maximum over its coarse-scale levels alone, see ``_dog_bands``), and how
-    many from the full-resolution band alone (σ_i < 2·``_FAST_MIN_SIGMA``: the
-    finest levels, ``FINEST_SIGMA``)."""
+    band's maximum over its coarse-scale levels alone, see ``_dog_bands``)."""
     xp = backend.xp
     if fine is None and coarse is None:
         raise ValueError("count_band_maxima needs at least one band")
     count = 0
     n_fine = 0
-    n_finest = 0
     c_coarse = None
     if coarse is not None:
         f, m = coarse
@@ -1187,7 +1156,6 @@ def _band_counts(
         count += kept
         # Full-resolution levels have σ < 2·_FAST_MIN_SIGMA ≤ FINE_SIGMA: all fine.
         n_fine += kept
-        n_finest += kept
     if coarse is not None and c_coarse is not None:
         f, m = coarse
         idx = xp.flatnonzero(c_coarse <= m)
@@ -1203,7 +1171,7 @@ def _band_counts(
         if snap is not None:
             qy, qx = qy[keep], qx[keep]
             n_fine += int(xp.count_nonzero(m[qy, qx] > snap[qy, qx]))
-    return count, n_fine, n_finest
+    return count, n_fine
 
 
 _NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
@@ -1304,18 +1272,11 @@ class MhfdDetail:
     shape: tuple[int, int]
     #: How many of the ``count`` maxima come from a fine level (σ_i ≤ ``FINE_SIGMA``).
     fine: int = 0
-    #: How many come from the finest levels (σ_i < ``FINEST_SIGMA``).
-    finest: int = 0
 
     @property
     def fine_fraction(self) -> float | None:
         """The scale signature: fine maxima over all maxima (None without maxima)."""
         return self.fine / self.count if self.count else None
-
-    @property
-    def finest_fraction(self) -> float | None:
-        """The finer cut: finest-level maxima over all maxima (None without maxima)."""
-        return self.finest / self.count if self.count else None
 
 
 def _level_thresholds(
@@ -1377,7 +1338,7 @@ def mhfd_prepared(
             factors=fast_factors(params.sigmas, shape),
             n_fine=n_fine,
         )
-        count, n_fine_max, n_finest_max = _band_counts(
+        count, n_fine_max = _band_counts(
             fine,
             coarse,
             backend,
@@ -1388,7 +1349,7 @@ def mhfd_prepared(
         )
         del fine, coarse, snap
     else:
-        M, Mf, M1 = _dog_max_split(
+        M, Mf = _dog_max_split(
             F,
             shape,
             sigmas=params.sigmas,
@@ -1396,12 +1357,9 @@ def mhfd_prepared(
             backend=backend,
             dtype=dtype,
             n_fine=n_fine,
-            n_finest=finest_levels(params.sigmas),
         )
-        count, n_fine_max, n_finest_max = _count_split(
-            M, Mf, backend, level=float(t.min()), interior=interior, M1=M1
-        )
-        del M, Mf, M1
+        count, n_fine_max = _count_split(M, Mf, backend, level=float(t.min()), interior=interior)
+        del M, Mf
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
     return MhfdDetail(
         count=count,
@@ -1410,7 +1368,6 @@ def mhfd_prepared(
         thresholds=tuple(t),
         shape=shape,
         fine=n_fine_max,
-        finest=n_finest_max,
     )
 
 

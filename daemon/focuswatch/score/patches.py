@@ -150,7 +150,6 @@ def native_mhfd(
     block_params = MhfdParams(**{**params.__dict__, "periodic": False})
     count = 0
     fine = 0
-    finest = 0
     contents = []
     for rows, cols, interior in _blocks(shape, block, h):
         u = stretched(_take(image, rows, cols, backend), backend, limits=limits, dtype=dtype)
@@ -159,7 +158,6 @@ def native_mhfd(
         )
         count += d.count
         fine += d.fine
-        finest += d.finest
         contents.append(d.content)
         del u
     return MhfdDetail(
@@ -169,5 +167,4 @@ def native_mhfd(
         thresholds=d.thresholds,
         shape=shape,
         fine=fine,
-        finest=finest,
     )
