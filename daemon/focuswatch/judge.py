@@ -81,10 +81,10 @@ def evidence(
             before_section_index=v.section_index,
             limit=max(cfg.memory_sections, cfg.history_sections),
         )
-        # The reference of a tile with no trusted past here (the first section).
-        later = ledger.position_future(
-            v.row, v.col, after_section_index=v.section_index, limit=cfg.history_sections
-        )
+        if not history:  # the position's first section: its next ones are the reference
+            later = ledger.position_future(
+                v.row, v.col, after_section_index=v.section_index, limit=cfg.history_sections
+            )
     peers = [] if v.section is None else ledger.section_peers(v.section, exclude_version=v.id)
     return Evidence(
         score=float(score),
@@ -149,8 +149,8 @@ def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
     """Versions whose context includes ``v``: later sections here, and its section; and
     the sections of those later tiles, whose peers count a tile's verdict only once it
     has a history here (``section_kinds``), which ``v`` may have just given it; and
-    the earlier sections here that ``v`` is one of the next sections of (a tile with
-    no trusted past is judged against them; a changed one brings its peers along)."""
+    the position's first section when ``v`` is one of the next sections it is judged
+    against (a changed one brings its peers along)."""
     out: list[int] = []
     if v.row is not None and v.col is not None and v.section_index is not None:
         later = ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
@@ -158,9 +158,10 @@ def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
         for vid in later:
             out += _peers(ledger, ledger.get(vid))
         earlier = ledger.position_history(
-            v.row, v.col, before_section_index=v.section_index, limit=cfg.history_sections
+            v.row, v.col, before_section_index=v.section_index, limit=cfg.history_sections + 1
         )
-        out += [p.version_id for p in earlier]
+        if 0 < len(earlier) <= cfg.history_sections:
+            out.append(earlier[-1].version_id)
     out += _peers(ledger, v)
     return out
 

@@ -159,8 +159,8 @@ class Evidence:
     ``orientation``: the spectrum's
     orientation (``focuswatch.score.orientation``, x and y), ``orientation_history``
     aligned with ``history``. ``later``, ``later_fine``: the
-    position's next sections (oldest first), the reference of a tile with no trusted
-    earlier section here (the first section of a wafer has no past to compare with).
+    position's next sections (oldest first), given only for a tile with no earlier
+    section here (the first section of a wafer has no past to compare with).
     """
 
     score: float
@@ -331,8 +331,9 @@ def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
 
 def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
     """The position's next sections as the reference of its first section (a first
-    section blurred as a whole has no past and no sharp peers). Their upper quartile:
-    one of them blurred does not make this tile look sharp."""
+    section blurred as a whole has no past and no sharp peers). Their median: one of
+    them blurred does not make this tile look sharp, one unusually rich does not make
+    it look blurred."""
     later = _finite(list(ev.later)[: cfg.history_sections])
     if not later or statistics.median(later) < cfg.min_baseline:
         return None
@@ -348,7 +349,7 @@ def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
         None,
         where,
         0,
-        _upper(fines) if fines else None,
+        statistics.median(fines) if fines else None,
         False,
         cfg.drop_ratio,
     )
@@ -602,9 +603,10 @@ def _judge(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
 
-    # No trusted past (the position's first section, or only flagged ones): its next
-    # sections, then its peers, may flag it.
-    future = _future_reference(ev, cfg)
+    # The position's first section: its next sections, then its peers, may flag it.
+    # (Only the first: a tile whose past was all flagged looking ahead would make the
+    # next one's past flagged too, a cascade along a position whose tissue changes.)
+    future = _future_reference(ev, cfg) if not past else None
     if future is not None:
         out = _out_of_focus(ev, future, cfg, calibration)
         if out is not None:
