@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -399,52 +400,38 @@ def test_a_tile_whose_every_feature_is_coarse_is_out_of_focus() -> None:
 # --- first sections, blurred signatures, astigmatism (issue 10 items 2 and g) -------
 
 
+def _tissue(fine: float, score: float = 300, **context: Any) -> Evidence:
+    """A tile with tissue, its fine-scale fraction, and what it is compared with."""
+    return Evidence(score=score, patch_scores=None, content=0.3, fine_fraction=fine, **context)
+
+
+#: Three sharp sections after a position's first one.
+NEXT: dict[str, Any] = {"later": [400, 380, 420], "later_fine": [0.80, 0.79, 0.81]}
+
+
+def _peers_like(fine: float) -> dict[str, Any]:
+    return {"section_scores": [310, 290, 305], "section_fine": [fine, fine + 0.01, fine - 0.01]}
+
+
 def test_a_first_section_is_judged_against_its_next_sections() -> None:
     """No past here: the next sections are the reference. Their fine fraction 0.80 and
     this tile's 0.55 (31 % lower) is defocus, whatever the section's other tiles show
     (blurred with it, they look alike)."""
-    ev = Evidence(
-        score=200,
-        patch_scores=None,
-        content=0.3,
-        fine_fraction=0.55,
-        section_scores=[210, 190, 205],
-        section_fine=[0.56, 0.54, 0.55],
-        later=[400, 380, 420],
-        later_fine=[0.80, 0.79, 0.81],
-    )
-    v = decide(ev, cfg=CFG)
+    v = decide(_tissue(0.55, 200, **_peers_like(0.55), **NEXT), cfg=CFG)
     assert v.kind is VerdictKind.OUT_OF_FOCUS
     assert "this tile position over the next 3 sections" in v.reason
     assert "fine-scale features lost" in v.reason
 
 
 def test_a_first_section_like_its_next_sections_is_in_focus() -> None:
-    ev = Evidence(
-        score=390,
-        patch_scores=None,
-        content=0.3,
-        fine_fraction=0.79,
-        later=[400, 380, 420],
-        later_fine=[0.80, 0.79, 0.81],
-    )
-    v = decide(ev, cfg=CFG)
+    v = decide(_tissue(0.79, 390, **NEXT), cfg=CFG)
     assert v.kind is VerdictKind.IN_FOCUS
     assert "next 3 sections" in v.reason
 
 
 def test_next_sections_do_not_count_once_there_is_a_past() -> None:
     """Only a position's first section looks ahead: with history, the past decides."""
-    ev = Evidence(
-        score=390,
-        patch_scores=None,
-        content=0.3,
-        fine_fraction=0.60,
-        history=[400, 410],
-        fine_history=[0.61, 0.60],
-        later=[400, 380, 420],
-        later_fine=[0.90, 0.91, 0.92],
-    )
+    ev = _tissue(0.60, 390, history=[400, 410], fine_history=[0.61, 0.60], **NEXT)
     assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
@@ -456,42 +443,20 @@ def test_a_blurred_signature_with_nothing_to_compare_is_uncertain_not_in_focus(
     tissue keeps half its features at fine scales or more, so a lower fraction is
     never passed as in focus (it would become the baseline); it is uncertain, and the
     reason says why."""
-    alone = decide(Evidence(score=300, patch_scores=None, content=0.3, fine_fraction=fine), cfg=CFG)
-    assert alone.kind is VerdictKind.UNCERTAIN
-    assert "looks blurred" in alone.reason
-    alike = decide(
-        Evidence(
-            score=300,
-            patch_scores=None,
-            content=0.3,
-            fine_fraction=fine,
-            section_scores=[310, 290, 305],
-            section_fine=[fine, fine + 0.01, fine - 0.01],
-        ),
-        cfg=CFG,
-    )
-    assert alike.kind is VerdictKind.UNCERTAIN
-    assert "looks blurred" in alike.reason
+    for ev in (_tissue(fine), _tissue(fine, **_peers_like(fine))):
+        v = decide(ev, cfg=CFG)
+        assert v.kind is VerdictKind.UNCERTAIN
+        assert "looks blurred" in v.reason
 
 
 def test_a_sharp_signature_against_sharp_peers_is_in_focus() -> None:
-    ev = Evidence(
-        score=300,
-        patch_scores=None,
-        content=0.3,
-        fine_fraction=0.8,
-        section_scores=[310, 290, 305],
-        section_fine=[0.8, 0.81, 0.79],
-    )
-    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
+    assert decide(_tissue(0.8, **_peers_like(0.8)), cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
 def _blurred_against_history(orientation: tuple[float, float] | None) -> Evidence:
-    return Evidence(
-        score=250,
-        patch_scores=None,
-        content=0.3,
-        fine_fraction=0.55,
+    return _tissue(
+        0.55,
+        250,
         history=[400, 410, 395],
         fine_history=[0.80, 0.81, 0.79],
         orientation=orientation,
