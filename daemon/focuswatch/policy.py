@@ -18,7 +18,9 @@ scores of its context and never on the order in which tiles arrived:
 3. **Baselines** from the trusted history: the median of the last
    ``policy.history_sections`` (follows tissue as it changes) and the upper
    quartile over the whole memory (does not follow a slow focus drift down).
-   Without trusted history, the median of this section's other tiles (a looser
+   A position's first section (no past at all) is first judged against the median
+   of its next sections (``Evidence.later``: a first section blurred as a whole has
+   no sharp peers). Without trusted history, the median of this section's other tiles (a looser
    ``policy.section_drop_ratio``, since different positions show different tissue),
    only for a tile with enough tissue to be compared with other positions
    (content ≥ ``policy.sparse_contrast``), and represented by its best patch (a
@@ -30,9 +32,14 @@ scores of its context and never on the order in which tiles arrived:
    quartile of the trusted fractions; with no history, the section's median); a
    lower score with the fine fraction held is less tissue, said so in the reason
    and not alerted. Without one, a score
-   ``drop_ratio`` below either baseline is out of focus.
+   ``drop_ratio`` below either baseline is out of focus. **Astigmatism** rather than
+   defocus when the spectrum's orientation (``Evidence.orientation``) moved clearly
+   away from the reference's (tissue and scan noise have their own), or, with no
+   history, is strong by itself: the reason names the streak direction.
 5. **Uncertain** when there is nothing trustworthy to compare with (first section,
-   too little tissue, or far below the section's other tiles exactly as this
+   too little tissue, a signature that looks blurred by itself (fine fraction below
+   ``_SHARP_FINE``) with nothing but its peers to compare with, or far below the
+   section's other tiles exactly as this
    position's flagged earlier sections were): never passed as in focus, never
    alerted; its score is evidence for later sections like any unflagged one.
    ``score < policy.min_score`` is out of focus regardless.
@@ -43,7 +50,7 @@ scores of its context and never on the order in which tiles arrived:
    ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
    region): with a per-patch scale signature, a patch whose fine fraction is
    ``2 × fine_drop`` below the tile's typical patch and significantly so for its
-   feature count (no history needed: within a tile the fraction does not follow the
+   feature count and the tissue's own spread between patches (no history needed: within a tile the fraction does not follow the
    tissue); without one, a patch that lost ``partial_patch_drop`` or more of its own
    score at this position in trusted sections, relative to the tile's median change.
 8. Otherwise **in focus**.
@@ -369,13 +376,7 @@ def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
         fine = statistics.median(fines) if fines else None
         where = f"{n} other {noun} of this section"
         return _Reference(
-            statistics.median(peers),
-            None,
-            where,
-            0,
-            fine,
-            True,
-            cfg.section_drop_ratio,
+            statistics.median(peers), None, where, 0, fine, True, cfg.section_drop_ratio
         )
     if peers or ev.history:
         return "too few features here to compare with"
