@@ -50,9 +50,10 @@ scores of its context and never on the order in which tiles arrived:
    ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
    region): with a per-patch scale signature, a patch whose fine fraction is
    ``2 × fine_drop`` below the tile's typical patch and significantly so for its
-   feature count and the tissue's own spread between patches (no history needed: within a tile the fraction does not follow the
-   tissue); without one, a patch that lost ``partial_patch_drop`` or more of its own
-   score at this position in trusted sections, relative to the tile's median change.
+   feature count and the tissue's own spread between patches (no history needed:
+   within a tile the fraction does not follow the tissue); without one, a patch
+   that lost ``partial_patch_drop`` or more of its own score at this position in
+   trusted sections, relative to the tile's median change.
 8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
