@@ -73,6 +73,10 @@ is averaged out of it and slow shading lies below it, so empty resin scores belo
 and tissue, even badly blurred, clearly more. Per patch in ``patch_content``; the
 tile's value is the largest patch value (a tile is empty only if every patch is).
 
+``orientation`` (``mhfd`` only) is the spectrum's orientation (``score.orientation``),
+the mean over the patches: astigmatism streaks a tile along one axis, defocus does
+not; the policy reads it against the position's history.
+
 Bad input (not 2-D, empty, smaller than 16 px, NaN/inf, constant) raises
 ``ValueError``; the file-level layer (``focuswatch.scoring``) turns it into a
 ``TileError`` (a constant tile's reason is "constant image (no signal)"). A
