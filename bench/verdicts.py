@@ -37,6 +37,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -60,6 +61,8 @@ from focuswatch.verdict import Verdict, VerdictKind
 KINDS = list(VerdictKind)
 TRUTHS = ("sharp", "sharp (drift σ ≤ 0.5)", "blurred", "wrinkle", "empty", "between", "corrupt")
 DRIFT_PER_SECTION = 0.2
+#: Astigmatic tiles: σ(1 + a) along the angle, σ(1 − a) across (as bench/accuracy.py).
+ASTIGMATISM = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Planted:
     sigma: float
     how: str  # sharp | sudden | drift | section-wide | first-section | wrinkle | empty | corrupt
     dose: float
+    #: Astigmatic blur: the direction of the streaks (degrees, synth's convention).
+    astig_deg: float | None = None
 
     @property
     def truth(self) -> str:
@@ -122,7 +127,7 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
         drifting = order[: args.drifting]
         first_blurred = order[args.drifting] if len(order) > args.drifting else None
         drift_start = {p: int(rng.integers(2, max(3, n_sec - 12))) for p in drifting}
-        wide = int(rng.integers(n_sec // 2, n_sec))
+        wide = 0 if args.wide_first else int(rng.integers(n_sec // 2, n_sec))
         plan: dict[tuple[int, int, int], tuple[float, str]] = {}
         for s in range(n_sec):
             for r, c in grid:
@@ -137,6 +142,9 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
         sigmas = [float(x) for x in args.blur_sigmas.split(",")]
         for i, k in enumerate(picks[:n_blur]):
             plan[k] = (sigmas[i % len(sigmas)], "sudden")
+        # Astigmatism on a share of the sudden blurs, at a random angle each.
+        n_astig = round(args.astigmatic * n_blur)
+        astig = {k: float(rng.integers(0, 36)) * 5.0 for k in picks[:n_astig]}
         rest = picks[n_blur:]
         for k in rest[: args.wrinkles]:
             plan[k] = (3.0, "wrinkle")
@@ -156,6 +164,15 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 img = synth.degrade(clean, rng=tile_rng, dose=dose)
                 blur = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose)
                 img[: h // 2, : w // 2] = blur[: h // 2, : w // 2]
+            elif (s, r, c) in astig:
+                img = synth.degrade(
+                    clean,
+                    rng=tile_rng,
+                    defocus_sigma=sigma,
+                    dose=dose,
+                    astigmatism=ASTIGMATISM,
+                    astig_angle_deg=astig[s, r, c],
+                )
             else:
                 img = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose)
             # One wafer per dose: its own sections and rows (no shared context).
@@ -170,7 +187,7 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 stage_x_um=100.0 * c,
                 stage_y_um=100.0 * row,
             )
-            planted.append(Planted(path, section, row, c, sigma, how, dose))
+            planted.append(Planted(path, section, row, c, sigma, how, dose, astig.get((s, r, c))))
     return planted
 
 
@@ -296,6 +313,16 @@ def report(
         if wide:
             said = sum(verdicts[t.path].reason.startswith(policy.SECTION_WIDE) for t in wide)
             print(f"    section-wide failure named as such on {said}/{len(wide)} tiles")
+        astig = [t for t in bad if t.astig_deg is not None]
+        round_bad = [t for t in bad if t.astig_deg is None and t.how != "wrinkle"]
+        if astig:
+            named = [t for t in astig if _astig_named(verdicts[t.path].reason, t.astig_deg)]
+            wrong = sum("astigmatic" in verdicts[t.path].reason for t in round_bad)
+            print(
+                f"    astigmatic tiles named astigmatic (angle within 15°): "
+                f"{_rate(len(named), len(astig))}; round blur named astigmatic: "
+                f"{_rate(wrong, len(round_bad))}"
+            )
         checks.append(
             (
                 f"dose {dose:g}: false alerts {len(fa)}/{len(sharp)}",
@@ -318,6 +345,15 @@ def report(
     return checks, mistakes
 
 
+def _astig_named(reason: str, angle: float | None) -> bool:
+    """The reason says astigmatic, with streaks within 15° of ``angle``."""
+    m = re.search(r"streaks along ~(\d+)°", reason)
+    if m is None or angle is None:
+        return False
+    d = abs(float(m.group(1)) - angle) % 180.0
+    return min(d, 180.0 - d) <= 15.0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     here = Path(__file__).resolve()
@@ -337,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drifting", type=int, default=2, help="positions drifting out of focus")
     p.add_argument("--wrinkles", type=int, default=4)
     p.add_argument("--empty-tiles", type=int, default=4)
+    p.add_argument(
+        "--astigmatic", type=float, default=0.3, help="share of sudden blurs made astigmatic"
+    )
+    p.add_argument(
+        "--wide-first", action="store_true", help="the section-wide failure in the first section"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=256)
     p.add_argument("--mode", default="default", choices=["default", "faithful", "fast"])
@@ -391,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(tiles)} tiles ({args.wafer}): {args.sections} sections × {args.rows}×{args.cols}"
         f" positions, {args.size}² px, doses {', '.join(f'{d:g}' for d in args.doses)} e/px, "
-        f"sudden blur σ {args.blur_sigmas}, {args.drifting} drifting positions "
-        f"(+{DRIFT_PER_SECTION} px/section), patches {args.patch_size} px, mode {args.mode}"
+        f"sudden blur σ {args.blur_sigmas} ({100 * args.astigmatic:.0f} % astigmatic), "
+        f"{args.drifting} drifting positions (+{DRIFT_PER_SECTION} px/section), section-wide "
+        f"failure in {'the first section' if args.wide_first else 'a later section'}, "
+        f"patches {args.patch_size} px, mode {args.mode}"
     )
     print(
         f"written in {t_write:.0f} s, scored in {t_score:.0f} s, judged in two arrival orders "

@@ -8,6 +8,7 @@ with a fine-scale fraction ~0.55-0.85; σ 1.5 px blur keeps ~0.65-0.8 of that fr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -287,3 +288,66 @@ def test_a_tile_whose_peer_gains_a_history_late_is_decided_again(tmp_path: Path)
     finally:
         a.close()
         b.close()
+
+
+def _with_turn(ts: TileScore, turn: tuple[float, float]) -> TileScore:
+    return dataclasses.replace(ts, orientation=turn)
+
+
+def test_a_blurred_first_section_is_flagged_section_wide_by_the_sections_after_it(
+    led: Ledger,
+) -> None:
+    """Issue 10 item 2: the wafer's very first section out of focus as a whole (σ 2 px:
+    fine fraction 0.7 → 0.43). Its tiles look like each other and there is no past, so
+    at first they are not passed as in focus (their own signature looks blurred:
+    uncertain); once the next sections arrive they are out of focus against them,
+    named section-wide, and never a baseline: the sharp sections after them are in
+    focus. The same verdicts in any arrival order."""
+    first = [(0, 0, c, blurred(300.0, 0.7, 2.0)) for c in range(4)]
+    ids = feed(led, first)
+    assert set(kinds(led, ids).values()) == {"uncertain"}
+    assert "looks blurred" in led.verdict_record(ids[0, 0, 0]).verdict.reason
+    later = [(s, 0, c, tile(300.0 + 10 * c, fine=0.7)) for s in (1, 2, 3) for c in range(4)]
+    ids |= feed(led, later)
+    got = kinds(led, ids)
+    for c in range(4):
+        assert got[0, 0, c] == "out_of_focus"
+        reason = led.verdict_record(ids[0, 0, c]).verdict.reason
+        assert reason.startswith(SECTION_WIDE)
+        assert "next 3 sections" in reason or "next section" in reason
+        assert all(got[s, 0, c] == "in_focus" for s in (1, 2, 3))
+
+
+def test_first_section_verdicts_do_not_depend_on_arrival_order(tmp_path: Path) -> None:
+    tiles = [(0, 0, c, blurred(300.0, 0.7, 2.0)) for c in range(3)]
+    tiles += [(s, 0, c, tile(290.0 + 10 * c + s, fine=0.7)) for s in (1, 2, 3) for c in range(3)]
+    results = []
+    for i, order in enumerate((tiles, list(reversed(tiles)))):
+        ledger = Ledger.open(tmp_path / f"state-{i}")
+        try:
+            results.append(kinds(ledger, feed(ledger, order)))
+        finally:
+            ledger.close()
+    assert results[0] == results[1]
+    assert results[0][0, 0, 0] == "out_of_focus"
+
+
+def test_astigmatism_is_named_from_the_orientation_stored_in_the_ledger(led: Ledger) -> None:
+    """Issue 10 item g: five sharp sections with their own slight orientation, then one
+    blurred whose spectrum turned to streaks along ~30° (x + iy moved by 0.35 along
+    −e^{2i·30°}): the reason says astigmatic and check stigmation. A round blur at the
+    same position (orientation as before) is plain defocus."""
+    history = [(s, 0, 0, _with_turn(tile(300.0, fine=0.7), (0.04, 0.01))) for s in range(5)]
+    feed(led, history)
+    turn = (0.04 - 0.35 * 0.5, 0.01 - 0.35 * 0.866)
+    ids = feed(led, [(5, 0, 0, _with_turn(blurred(300.0, 0.7, 2.0), turn))])
+    v = led.verdict_record(ids[5, 0, 0]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "astigmatic (streaks along ~30°" in v.reason
+    assert "check stigmation" in v.reason
+    assert led.result(ids[5, 0, 0])["orientation_x"] == pytest.approx(turn[0])
+    ids = feed(led, [(6, 0, 0, _with_turn(blurred(300.0, 0.7, 2.0), (0.05, 0.0)))])
+    v = led.verdict_record(ids[6, 0, 0]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "astigmatic" not in v.reason
+    assert "defocus" in v.reason

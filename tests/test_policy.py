@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -393,3 +395,134 @@ def test_a_tile_whose_every_feature_is_coarse_is_out_of_focus() -> None:
     )
     assert v.kind is VerdictKind.OUT_OF_FOCUS
     assert "fine-scale features lost" in v.reason
+
+
+# --- first sections, blurred signatures, astigmatism (issue 10 items 2 and g) -------
+
+
+def _tissue(fine: float, score: float = 300, **context: Any) -> Evidence:
+    """A tile with tissue, its fine-scale fraction, and what it is compared with."""
+    return Evidence(score=score, patch_scores=None, content=0.3, fine_fraction=fine, **context)
+
+
+#: Three sharp sections after a position's first one.
+NEXT: dict[str, Any] = {"later": [400, 380, 420], "later_fine": [0.80, 0.79, 0.81]}
+
+
+def _peers_like(fine: float) -> dict[str, Any]:
+    return {"section_scores": [310, 290, 305], "section_fine": [fine, fine + 0.01, fine - 0.01]}
+
+
+def test_a_first_section_is_judged_against_its_next_sections() -> None:
+    """No past here: the next sections are the reference. Their fine fraction 0.80 and
+    this tile's 0.55 (31 % lower) is defocus, whatever the section's other tiles show
+    (blurred with it, they look alike)."""
+    v = decide(_tissue(0.55, 200, **_peers_like(0.55), **NEXT), cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "this tile position over the next 3 sections" in v.reason
+    assert "fine-scale features lost" in v.reason
+
+
+def test_a_first_section_like_its_next_sections_is_in_focus() -> None:
+    v = decide(_tissue(0.79, 390, **NEXT), cfg=CFG)
+    assert v.kind is VerdictKind.IN_FOCUS
+    assert "next 3 sections" in v.reason
+
+
+def test_next_sections_do_not_count_once_there_is_a_past() -> None:
+    """Only a position's first section looks ahead: with history, the past decides."""
+    ev = _tissue(0.60, 390, history=[400, 410], fine_history=[0.61, 0.60], **NEXT)
+    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
+@pytest.mark.parametrize("fine", [0.30, 0.45])
+def test_a_blurred_signature_with_nothing_to_compare_is_uncertain_not_in_focus(
+    fine: float,
+) -> None:
+    """The first tile of a wafer, or one whose peers are all blurred with it: sharp
+    tissue keeps half its features at fine scales or more, so a lower fraction is
+    never passed as in focus (it would become the baseline); it is uncertain, and the
+    reason says why."""
+    for ev in (_tissue(fine), _tissue(fine, **_peers_like(fine))):
+        v = decide(ev, cfg=CFG)
+        assert v.kind is VerdictKind.UNCERTAIN
+        assert "looks blurred" in v.reason
+
+
+def test_a_sharp_signature_against_sharp_peers_is_in_focus() -> None:
+    assert decide(_tissue(0.8, **_peers_like(0.8)), cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
+def _blurred_against_history(orientation: tuple[float, float] | None) -> Evidence:
+    return _tissue(
+        0.55,
+        250,
+        history=[400, 410, 395],
+        fine_history=[0.80, 0.81, 0.79],
+        orientation=orientation,
+        orientation_history=[(0.05, 0.02), (0.06, 0.0), (0.04, 0.01)],
+    )
+
+
+def test_astigmatism_is_named_with_its_streak_direction() -> None:
+    """The orientation turned by 0.37 against the position's history (which varies by
+    0.02): streaks along 30° (x + iy ∝ −e^{2i·30°}), so "check stigmation"."""
+    turn = 0.37
+    ox = 0.05 - turn * math.cos(math.radians(60))
+    oy = 0.01 - turn * math.sin(math.radians(60))
+    v = decide(_blurred_against_history((ox, oy)), cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "astigmatic (streaks along ~30°" in v.reason
+    assert "check stigmation" in v.reason
+
+
+def test_an_anisotropic_position_blurred_round_is_defocus_not_astigmatism() -> None:
+    """Tissue with its own orientation (|z| 0.3 every section) blurred round keeps it:
+    against its history nothing turned, so the reason stays defocus."""
+    ev = dataclasses.replace(
+        _blurred_against_history((0.31, 0.02)),
+        orientation_history=[(0.30, 0.0), (0.32, 0.03), (0.29, 0.01)],
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "astigmatic" not in v.reason
+    assert "fine-scale features lost, defocus" in v.reason
+
+
+def test_without_orientation_the_reason_is_defocus() -> None:
+    v = decide(_blurred_against_history(None), cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS
+    assert "defocus" in v.reason
+    assert "astigmatic" not in v.reason
+
+
+def test_an_orientation_change_alone_is_not_an_alert() -> None:
+    """Tissue can turn from one section to the next: with the fine fraction held, a
+    changed orientation is no verdict."""
+    ev = dataclasses.replace(_blurred_against_history((-0.3, -0.3)), fine_fraction=0.79)
+    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
+def _four_patches(fine: float, count: float) -> Evidence:
+    """A sharp tile (history agrees) whose patch r0-c0 has ``fine`` and ``count``."""
+    return Evidence(
+        score=60,
+        patch_scores=[[count, 60.0], [62.0, 58.0]],
+        content=0.3,
+        fine_fraction=0.78,
+        history=[60, 61, 59],
+        fine_history=[0.80, 0.79, 0.80],
+        patch_fine=[[fine, 0.80], [0.81, 0.79]],
+    )
+
+
+def test_a_sharp_patch_within_the_tissues_own_spread_is_not_a_wrinkle() -> None:
+    """Measured on small tiles (384² px, 192 px patches of ~60 features): a sharp
+    patch of smooth tissue read 32 % below its tile's typical fraction, 5 binomial
+    standard errors, and was taken for a wrinkle. With the tissue's own spread
+    between patches (6 %) it is 3.6: in focus. A σ 3 px wrinkle (0.25, fewer
+    features) stays far beyond it."""
+    assert decide(_four_patches(0.544, 60.0), cfg=CFG).kind is VerdictKind.IN_FOCUS
+    wrinkle = decide(_four_patches(0.25, 40.0), cfg=CFG)
+    assert wrinkle.kind is VerdictKind.PARTLY_OUT_OF_FOCUS
+    assert "r0-c0" in wrinkle.reason

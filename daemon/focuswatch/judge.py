@@ -69,15 +69,21 @@ def evidence(
     fine_fraction: float | None,
     cfg: PolicyConfig,
     patch_fine: list[list[float]] | None = None,
+    orientation: tuple[float, float] | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
+    later = []
     if v.position is not None and v.section_index is not None:
         history = ledger.position_history(
             v.position,
             before_section_index=v.section_index,
             limit=max(cfg.memory_sections, cfg.history_sections),
         )
+        if not history:  # the position's first section: its next ones are the reference
+            later = ledger.position_future(
+                v.position, after_section_index=v.section_index, limit=cfg.history_sections
+            )
     peers = [] if v.section is None else ledger.section_peers(v.section, exclude_version=v.id)
     return Evidence(
         score=float(score),
@@ -94,6 +100,10 @@ def evidence(
         # section would make two tiles of one section each other's context.
         section_kinds=[p.verdict for p in peers if p.has_history],
         patch_fine=patch_fine,
+        orientation=orientation,
+        orientation_history=[p.orientation for p in history],
+        later=[p.score for p in later],
+        later_fine=[p.fine_fraction for p in later],
     )
 
 
@@ -103,6 +113,7 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
     if r is None or r["score"] is None or r["verdict"] is None:
         return None
     fine = r.get("fine_fraction")
+    ox, oy = r.get("orientation_x"), r.get("orientation_y")
     ev = evidence(
         ledger,
         v,
@@ -112,6 +123,7 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
         fine_fraction=None if fine is None else float(fine),
         cfg=cfg,
         patch_fine=r.get("patch_fine_fraction"),
+        orientation=None if ox is None or oy is None else (float(ox), float(oy)),
     )
     return ev, _gist(str(r["verdict"]), r["reason"] or "")
 
@@ -132,16 +144,23 @@ def _peers(ledger: Ledger, v: TileVersion) -> list[int]:
     return [p.version_id for p in peers] if len(peers) <= _REVISE_PEERS_MAX else []
 
 
-def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
+def _affected(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> list[int]:
     """Versions whose context includes ``v``: later sections here, and its section; and
     the sections of those later tiles, whose peers count a tile's verdict only once it
-    has a history here (``section_kinds``), which ``v`` may have just given it."""
+    has a history here (``section_kinds``), which ``v`` may have just given it; and
+    the position's first section when ``v`` is one of the next sections it is judged
+    against (a changed one brings its peers along)."""
     out: list[int] = []
     if v.position is not None and v.section_index is not None:
         later = ledger.later_at_position(v.position, after_section_index=v.section_index)
         out += later
         for vid in later:
             out += _peers(ledger, ledger.get(vid))
+        earlier = ledger.position_history(
+            v.position, before_section_index=v.section_index, limit=cfg.history_sections + 1
+        )
+        if 0 < len(earlier) <= cfg.history_sections:
+            out.append(earlier[-1].version_id)
     out += _peers(ledger, v)
     return out
 
@@ -172,7 +191,7 @@ def revise(
                 heapq.heappush(heap, (w.section_index if w.section_index is not None else -1, vid))
                 queued.add(vid)
 
-    push(_affected(ledger, v))
+    push(_affected(ledger, v, cfg))
     changed: list[int] = []
     budget = _REVISE_BUDGET * (len(heap) + 10)
     while heap and budget > 0:
@@ -191,7 +210,7 @@ def revise(
             continue  # the same conclusion: nothing for others' context either
         if ledger.revise_verdict(vid, verdict) and vid not in changed:
             changed.append(vid)
-        push(_affected(ledger, w))
+        push(_affected(ledger, w, cfg))
     return changed
 
 
@@ -221,6 +240,7 @@ def judge(
             fine_fraction=_fine(score),
             cfg=cfg,
             patch_fine=getattr(score, "patch_fine_fraction", None),
+            orientation=getattr(score, "orientation", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
     except StateError:

@@ -239,6 +239,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX versions_by_place ON versions (position, section_index);
     CREATE INDEX versions_by_section_place ON versions (section, position);
     """,
+    # 8: the spectrum's orientation (TileScore.orientation: x, y), for the policy to
+    # tell astigmatism from defocus against the position's history
+    """
+    ALTER TABLE results ADD COLUMN orientation_x REAL;
+    ALTER TABLE results ADD COLUMN orientation_y REAL;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -383,6 +389,7 @@ class PastTile:
     verdict: str
     fine_fraction: float | None = None
     has_history: bool = True
+    orientation: tuple[float, float] | None = None
 
 
 _VERSION_COLUMNS = (
@@ -790,6 +797,8 @@ class Ledger:
             "score_ms": None,
             "fine_fraction": None,
             "patch_fine_fraction": None,
+            "orientation_x": None,
+            "orientation_y": None,
         }
         meta = None
         if score is not None:
@@ -805,14 +814,17 @@ class Ledger:
                 "score_ms": float(score.score_ms),
                 "fine_fraction": getattr(score, "fine_fraction", None),
                 "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
+                **_orientation_columns(getattr(score, "orientation", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
-                " read_ms, score_ms, fine_fraction, patch_fine_fraction, verdict, reason,"
+                " read_ms, score_ms, fine_fraction, patch_fine_fraction,"
+                " orientation_x, orientation_y, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (version_id) DO NOTHING",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
                     *values.values(),
@@ -921,7 +933,8 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
+            "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
+            "r.orientation_x, r.orientation_y "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -930,12 +943,22 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine in cur:
+        for vid, sec, score, maps, verdict, fine, ox, oy in cur:
             if sec == last:
                 continue
             last = sec
             patches = None if maps is None else json.loads(maps)
-            out.append(PastTile(int(vid), int(sec), float(score), patches, str(verdict), fine))
+            out.append(
+                PastTile(
+                    int(vid),
+                    int(sec),
+                    float(score),
+                    patches,
+                    str(verdict),
+                    fine,
+                    orientation=_orientation(ox, oy),
+                )
+            )
             if len(out) >= limit:
                 break
         return out
@@ -943,12 +966,14 @@ class Ledger:
     def section_peers(self, section: str, *, exclude_version: int | None = None) -> list[PastTile]:
         """The other current, scored, non-empty tiles of this section, oldest first.
 
-        ``has_history``: the tile's position has a scored tile in an earlier section.
+        ``has_history``: the tile's position has a scored tile in another section
+        (earlier, or later for the first section there: judged against its own
+        position either way).
         """
         rows = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
             "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
-            "WHERE w.position = v.position AND w.section_index < v.section_index "
+            "WHERE w.position = v.position AND w.section_index != v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
@@ -968,6 +993,39 @@ class Ledger:
             )
             for vid, sec, score, verdict, fine, history in rows
         ]
+
+    def position_future(
+        self, position: str, *, after_section_index: int, limit: int
+    ) -> list[PastTile]:
+        """The next scored sections at this position, oldest first (one per section, its
+        latest version): the reference of a position's first section."""
+        if limit <= 0:
+            return []
+        cur = self._conn.execute(
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction "
+            "FROM versions v JOIN results r ON r.version_id = v.id "
+            "WHERE v.position = ? AND v.superseded = 0 "
+            "AND v.section_index > ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
+            "ORDER BY v.section_index, v.id DESC",
+            (position, after_section_index),
+        )
+        out: list[PastTile] = []
+        for vid, sec, score, verdict, fine in cur:
+            if out and out[-1].section_index == sec:
+                continue
+            out.append(
+                PastTile(
+                    int(vid),
+                    int(sec),
+                    float(score),
+                    None,
+                    str(verdict),
+                    fine,
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
 
     def later_at_position(self, position: str, *, after_section_index: int) -> list[int]:
         """Current judged versions at this position in later sections, oldest section first."""
@@ -1083,6 +1141,16 @@ class Ledger:
             "array_backend": None if array_backend is None else array_backend[0],
             "heartbeat_age_s": None if heartbeat is None else now - heartbeat[1],
         }
+
+
+def _orientation_columns(value: Any) -> dict[str, float | None]:
+    """``TileScore.orientation`` (x, y) as its two columns."""
+    x, y = (None, None) if value is None else (float(value[0]), float(value[1]))
+    return {"orientation_x": x, "orientation_y": y}
+
+
+def _orientation(x: float | None, y: float | None) -> tuple[float, float] | None:
+    return None if x is None or y is None else (float(x), float(y))
 
 
 def _json_or_none(value: Any) -> str | None:

@@ -18,7 +18,9 @@ scores of its context and never on the order in which tiles arrived:
 3. **Baselines** from the trusted history: the median of the last
    ``policy.history_sections`` (follows tissue as it changes) and the upper
    quartile over the whole memory (does not follow a slow focus drift down).
-   Without trusted history, the median of this section's other tiles (a looser
+   A position's first section (no past at all) is first judged against the median
+   of its next sections (``Evidence.later``: a first section blurred as a whole has
+   no sharp peers). Without trusted history, the median of this section's other tiles (a looser
    ``policy.section_drop_ratio``, since different positions show different tissue),
    only for a tile with enough tissue to be compared with other positions
    (content ≥ ``policy.sparse_contrast``), and represented by its best patch (a
@@ -30,9 +32,14 @@ scores of its context and never on the order in which tiles arrived:
    quartile of the trusted fractions; with no history, the section's median); a
    lower score with the fine fraction held is less tissue, said so in the reason
    and not alerted. Without one, a score
-   ``drop_ratio`` below either baseline is out of focus.
+   ``drop_ratio`` below either baseline is out of focus. **Astigmatism** rather than
+   defocus when the spectrum's orientation (``Evidence.orientation``) moved clearly
+   away from the reference's (tissue and scan noise have their own), or, with no
+   history, is strong by itself: the reason names the streak direction.
 5. **Uncertain** when there is nothing trustworthy to compare with (first section,
-   too little tissue, or far below the section's other tiles exactly as this
+   too little tissue, a signature that looks blurred by itself (fine fraction below
+   ``_SHARP_FINE``) with nothing but its peers to compare with, or far below the
+   section's other tiles exactly as this
    position's flagged earlier sections were): never passed as in focus, never
    alerted; its score is evidence for later sections like any unflagged one.
    ``score < policy.min_score`` is out of focus regardless.
@@ -43,9 +50,10 @@ scores of its context and never on the order in which tiles arrived:
    ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
    region): with a per-patch scale signature, a patch whose fine fraction is
    ``2 × fine_drop`` below the tile's typical patch and significantly so for its
-   feature count (no history needed: within a tile the fraction does not follow the
-   tissue); without one, a patch that lost ``partial_patch_drop`` or more of its own
-   score at this position in trusted sections, relative to the tile's median change.
+   feature count and the tissue's own spread between patches (no history needed:
+   within a tile the fraction does not follow the tissue); without one, a patch
+   that lost ``partial_patch_drop`` or more of its own score at this position in
+   trusted sections, relative to the tile's median change.
 8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
@@ -59,10 +67,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import ConfigError
+from focuswatch.score.orientation import streak_deg
 from focuswatch.verdict import Verdict, VerdictKind
 
 __all__ = [
@@ -89,9 +98,24 @@ _UPPER = 0.75
 # A patch's fine fraction rests on fewer features than the tile's: its margin is
 # this many times ``fine_drop``.
 _PATCH_FINE_MARGIN = 2.0
-# ... and it must be this many standard errors (binomial, from its feature count)
-# below the tile's typical patch (4: every patch of every tile is tested).
+# ... and it must be this many standard errors (binomial, from its feature count,
+# and the tissue's spread) below the tile's typical patch (4: every patch of every
+# tile is tested).
 _PATCH_FINE_Z = 4.0
+# The spread of a sharp tile's patch fractions around its typical one that is tissue,
+# not sampling (relative; ISBI serial sections: worst sharp patch within 3.6 standard
+# errors at 6 %, a σ 3 px wrinkle 6 or more; 0 made sharp patches reach 5.9).
+_PATCH_FINE_TISSUE = 0.06
+# Astigmatism: the orientation (|z| from 0 to 1) moved at least this far from the
+# reference's, and this many times the reference's own spread; without history, a
+# tile oriented at least this strongly by itself (ISBI tissue: |z| ≤ 0.12 sharp,
+# 0.2-0.6 at astigmatism 0.3-0.5).
+_ASTIG_SHIFT = 0.12
+_ASTIG_SPREAD = 2.0
+_ASTIG_ALONE = 0.25
+# Sharp tissue keeps at least this share of its features at fine scales (absolute,
+# for a tile with nothing to compare with).
+_SHARP_FINE = 0.5
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 #: How a section-wide failure's reason starts (alerts may group on it).
@@ -140,6 +164,11 @@ class Evidence:
     the tile's focus map, or None when the tile was scored whole.
     ``fine_fraction``: the share of the tile's features at
     fine scales (None when the scorer gives none); ``patch_fine`` the same per patch.
+    ``orientation``: the spectrum's
+    orientation (``focuswatch.score.orientation``, x and y), ``orientation_history``
+    aligned with ``history``. ``later``, ``later_fine``: the
+    position's next sections (oldest first), given only for a tile with no earlier
+    section here (the first section of a wafer has no past to compare with).
     """
 
     score: float
@@ -154,6 +183,10 @@ class Evidence:
     section_fine: Sequence[float | None] = ()
     section_kinds: Sequence[str] = ()
     patch_fine: list[list[float]] | None = None
+    orientation: tuple[float, float] | None = None
+    orientation_history: Sequence[tuple[float, float] | None] = ()
+    later: Sequence[float] = ()
+    later_fine: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +195,7 @@ class _Past:
     kind: str | None
     fine: float | None
     patches: list[list[float]] | None
+    turn: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +209,7 @@ class _Reference:
     fine: float | None  # the reference fine-scale fraction
     peers: bool
     drop: float
+    turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
 
 
 def severity(kind: VerdictKind) -> int:
@@ -219,6 +254,10 @@ def _best_patch(ev: Evidence) -> float | None:
     return max(cells) if len(cells) > 1 else None
 
 
+def _at(values: Sequence[Any], i: int) -> Any:
+    return values[i] if i < len(values) else None
+
+
 def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
     n = min(len(ev.history), cfg.memory_sections)
     kinds = list(ev.history_kinds)
@@ -233,8 +272,22 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
         if kind == str(VerdictKind.UNREADABLE):
             continue
         fine = _fine(fines[i]) if i < len(fines) else None
-        out.append(_Past(score, kind, fine, maps[i] if i < len(maps) else None))
+        out.append(
+            _Past(
+                score,
+                kind,
+                fine,
+                maps[i] if i < len(maps) else None,
+                _turn(_at(ev.orientation_history, i)),
+            )
+        )
     return out
+
+
+def _turn(value: Any) -> tuple[float, float] | None:
+    if value is None or len(value) != 2 or not all(math.isfinite(float(v)) for v in value):
+        return None
+    return float(value[0]), float(value[1])
 
 
 def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
@@ -268,10 +321,46 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
     # The fine fraction barely follows tissue, so the memory's upper quartile guards
     # against a drift that the recent median follows: even a drift that began a few
     # sections into the wafer leaves enough sharp sections at the top of the memory.
-    fines = _finite([p.fine for p in trusted])
-    fine = max(statistics.median(fines[: cfg.history_sections]), _upper(fines)) if fines else None
+    fine = _guarded([p.fine for p in trusted], cfg)
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
-    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio)
+    turns = tuple(p.turn for p in recent if p.turn is not None)
+    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio, turns)
+
+
+def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
+    """A reference fraction: the higher of the recent median and the memory's upper
+    quartile (the fraction barely follows tissue, so the upper quartile guards against
+    a drift the recent median follows)."""
+    fines = _finite(values)
+    if not fines:
+        return None
+    return max(statistics.median(fines[: cfg.history_sections]), _upper(fines))
+
+
+def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
+    """The position's next sections as the reference of its first section (a first
+    section blurred as a whole has no past and no sharp peers). Their median: one of
+    them blurred does not make this tile look sharp, one unusually rich does not make
+    it look blurred."""
+    later = _finite(list(ev.later)[: cfg.history_sections])
+    if not later or statistics.median(later) < cfg.min_baseline:
+        return None
+    n = len(later)
+    fines = _finite([_fine(f) for f in list(ev.later_fine)[:n]])
+    where = (
+        "this tile position in the next section"
+        if n == 1
+        else f"this tile position over the next {n} sections"
+    )
+    return _Reference(
+        statistics.median(later),
+        None,
+        where,
+        0,
+        statistics.median(fines) if fines else None,
+        False,
+        cfg.drop_ratio,
+    )
 
 
 def _peer_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | str:
@@ -351,7 +440,12 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     for r, c, f, q in cells:
         if q < cfg.min_baseline or f >= limit:
             continue
-        se = math.sqrt(max(typical * (1.0 - typical), 1e-6) / q)
+        # Binomial sampling of the patch's q features, and the tissue's own spread
+        # between patches of a sharp tile (_PATCH_FINE_TISSUE of the fraction: a
+        # patch of big, smooth structures has fewer fine features by itself).
+        se = math.sqrt(
+            max(typical * (1.0 - typical), 1e-6) / q + (_PATCH_FINE_TISSUE * typical) ** 2
+        )
         if typical - f > _PATCH_FINE_Z * se:
             weak.append((r, c))
     return weak
@@ -399,6 +493,44 @@ def _fine_text(ev: Evidence, ref: _Reference) -> str:
     return f"fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f} of {ref.where}"
 
 
+def _astigmatism(ev: Evidence, ref: _Reference) -> str | None:
+    """ "astigmatic (streaks along ~30°)" when the tile's spectrum turned clearly one
+    way against the reference's (the position's history: tissue and scan noise have
+    their own orientation), or, without one, is strongly oriented by itself."""
+    now = _turn(ev.orientation)
+    if now is None:
+        return None
+    if ref.turns:
+        mx = statistics.median(t[0] for t in ref.turns)
+        my = statistics.median(t[1] for t in ref.turns)
+        spread = max(math.hypot(t[0] - mx, t[1] - my) for t in ref.turns)
+        dx, dy = now[0] - mx, now[1] - my
+        if math.hypot(dx, dy) < max(_ASTIG_SHIFT, _ASTIG_SPREAD * spread):
+            return None
+        what = "against this position's history"
+    else:
+        dx, dy = now
+        if math.hypot(dx, dy) < _ASTIG_ALONE:
+            return None
+        what = "no history here to compare its orientation with"
+    angle = streak_deg(dx, dy)
+    # Round to 5°: the estimate is good to a few degrees, not to one.
+    return f"astigmatic (streaks along ~{5 * round(angle / 5) % 180:.0f}°, {what})"
+
+
+def _looks_blurred(ev: Evidence) -> str | None:
+    """Why the tile's own scale signature looks like a blurred image's, without any
+    reference: sharp EM tissue keeps most of its features at fine scales at every
+    dose (ISBI: a fine fraction ≥ ``_SHARP_FINE``), a blur of σ ≥ 2-3 px does not."""
+    fine = _fine(ev.fine_fraction)
+    if fine is None or fine >= _SHARP_FINE:
+        return None
+    return (
+        f"its own scale signature looks blurred (fine-scale fraction {fine:.2f}, sharp "
+        f"tissue keeps ≥ {_SHARP_FINE:.2f}): check it"
+    )
+
+
 def _out_of_focus(
     ev: Evidence, ref: _Reference, cfg: PolicyConfig, calibration: DefocusModel | None
 ) -> Verdict | None:
@@ -409,10 +541,16 @@ def _out_of_focus(
     if loss is not None:
         if loss < cfg.fine_drop:
             return None
+        evidence = f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
+        astig = _astigmatism(ev, ref)
+        what = (
+            "fine-scale features lost, defocus"
+            if astig is None
+            else (f"{astig}: check stigmation; fine-scale features lost")
+        )
         return Verdict(
             VerdictKind.OUT_OF_FOCUS,
-            f"{score_text}: fine-scale features lost, defocus ({_fine_text(ev, ref)}, "
-            f"{100 * loss:.0f} % lower){_defocus_text(defocus)}",
+            f"{score_text}: {what} ({evidence}){_defocus_text(defocus)}",
             baseline=ref.recent,
             defocus_um=defocus,
         )
@@ -467,16 +605,40 @@ def _judge(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
 
+    # The position's first section: its next sections, then its peers, may flag it.
+    # (Only the first: a tile whose past was all flagged looking ahead would make the
+    # next one's past flagged too, a cascade along a position whose tissue changes.)
+    future = _future_reference(ev, cfg) if not past else None
+    if future is not None:
+        out = _out_of_focus(ev, future, cfg, calibration)
+        if out is not None:
+            return out, []
     peers = _peer_reference(ev, cfg)
+    blurred = _looks_blurred(ev)
+    if isinstance(peers, str) and future is not None and blurred is None:
+        context = f"median of {future.where} {format_score(future.recent)}"
+        return Verdict(
+            VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=future.recent
+        ), []
     if isinstance(peers, str):
         if past and not trusted:
             peers = (
                 "no earlier section here was judged in focus; nothing trustworthy to compare with"
             )
+        if blurred is not None:
+            peers = f"{peers}; {blurred}"
         return Verdict(VerdictKind.UNCERTAIN, f"{score_text}: not judged, {peers}"), trusted
     out = _out_of_focus(ev, peers, cfg, calibration)
     if out is None:
         context = f"median of {peers.where} {format_score(peers.recent)}"
+        if blurred is not None:
+            # Its peers may all be blurred with it (the first section of a wafer out
+            # of focus): passing it as in focus would make it a baseline.
+            return Verdict(
+                VerdictKind.UNCERTAIN,
+                f"{score_text}: not judged; like the {context}, but {blurred}",
+                baseline=peers.recent,
+            ), []
         return Verdict(VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=peers.recent), []
     recent = past[: cfg.history_sections]
     fines = _finite([p.fine for p in recent])

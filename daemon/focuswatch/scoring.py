@@ -109,6 +109,9 @@ class TileScore:
     fine_fraction: float | None = None
     #: The same per patch (grid of ``patch_scores``; NaN for a patch without maxima).
     patch_fine_fraction: list[list[float]] | None = None
+    #: The spectrum's orientation (``focuswatch.score.orientation``: x, y), for
+    #: telling astigmatism from defocus against the position's history.
+    orientation: tuple[float, float] | None = None
 
 
 #: What a worker runs for each tile: the path and settings in, its score out (a picklable
@@ -154,6 +157,7 @@ def _tile_score(
         noise=result.noise,
         fine_fraction=result.fine_fraction,
         patch_fine_fraction=_grid(result.patch_fine_fraction),
+        orientation=result.orientation,
     )
 
 

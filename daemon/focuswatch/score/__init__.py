@@ -73,6 +73,10 @@ is averaged out of it and slow shading lies below it, so empty resin scores belo
 and tissue, even badly blurred, clearly more. Per patch in ``patch_content``; the
 tile's value is the largest patch value (a tile is empty only if every patch is).
 
+``orientation`` (``mhfd`` only) is the spectrum's orientation (``score.orientation``),
+the mean over the patches: astigmatism streaks a tile along one axis, defocus does
+not; the policy reads it against the position's history.
+
 Bad input (not 2-D, empty, smaller than 16 px, NaN/inf, constant) raises
 ``ValueError``; the file-level layer (``focuswatch.scoring``) turns it into a
 ``TileError`` (a constant tile's reason is "constant image (no signal)"). A
@@ -108,6 +112,7 @@ from focuswatch.score.mhfd import (
     params_for,
     sigma_schedule,
 )
+from focuswatch.score.orientation import Orientation, orientation
 from focuswatch.score.patches import native_mhfd, patch_grid
 
 __all__ = [
@@ -150,6 +155,9 @@ class ScoreResult:
     fine_fraction: float | None = None
     #: Per patch (``resolution="patches"``, ``mhfd`` only); NaN for a patch without maxima.
     patch_fine_fraction: np.ndarray[Any, Any] | None = field(default=None, compare=False)
+    #: The spectrum's orientation (``score.orientation``: x, y), mean over the patches;
+    #: None when no patch has a signal band (``mhfd`` only).
+    orientation: tuple[float, float] | None = None
 
 
 def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int) -> None:
@@ -212,10 +220,13 @@ def score_patches(
     content = np.zeros_like(scores)
     noise = np.full_like(scores, np.nan)
     fine = np.zeros_like(scores)
+    turns = []
     resize = PAPER_SIZE if mode == "faithful" else None
     for i, (y0, y1) in enumerate(ys):
         for j, (x0, x1) in enumerate(xs):
             patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
+            if criterion == "mhfd":
+                turns.append(_orientation(patch, backend))
             try:
                 scores[i, j], content[i, j], noise[i, j], fine[i, j] = _score_unit(
                     patch,
@@ -242,7 +253,20 @@ def score_patches(
         noise=float(np.nanmedian(noise)) if np.isfinite(noise).any() else float("nan"),
         fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
         patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
+        orientation=_mean_orientation(turns),
     )
+
+
+def _orientation(image: Any, backend: Backend) -> Orientation | None:
+    """The orientation of one patch or tile (on the host: a few small FFTs)."""
+    return orientation(image, to_host=backend.asnumpy)
+
+
+def _mean_orientation(turns: list[Orientation | None]) -> tuple[float, float] | None:
+    kept = [t for t in turns if t is not None]
+    if not kept:
+        return None
+    return (float(np.mean([t.x for t in kept])), float(np.mean([t.y for t in kept])))
 
 
 def _fine_fraction(fine: float, count: float) -> float | None:
@@ -295,6 +319,7 @@ def score_image(
         score, content, noise, fine = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
+    turn = _mean_orientation([_orientation(image, backend)]) if criterion == "mhfd" else None
     return ScoreResult(
         score=score,
         patch_scores=None,
@@ -305,4 +330,5 @@ def score_image(
         shape=shape,
         noise=noise,
         fine_fraction=_fine_fraction(fine, score) if criterion == "mhfd" else None,
+        orientation=turn,
     )
