@@ -29,6 +29,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
+from focuswatch.choices import DEFAULT_MODE
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
@@ -53,7 +54,7 @@ __all__ = [
 @dataclass(frozen=True)
 class ScoreSettings:
     criterion: str = "mhfd"
-    mode: str = "default"
+    mode: str = DEFAULT_MODE
     resolution: str = "patches"
     patch_size: int = 1024
     backend: str = "auto"
@@ -90,7 +91,7 @@ class TileScore:
     #: What was actually computed (``patches`` when the memory guard stepped in).
     resolution: str = "patches"
     criterion: str = "mhfd"
-    mode: str = "default"
+    mode: str = DEFAULT_MODE
     #: Per-patch ``content`` (same grid as ``patch_scores``), for telling resin from tissue.
     patch_content: list[list[float]] | None = None
     #: Estimated noise standard deviation, as a fraction of the stretched range.
@@ -355,7 +356,7 @@ def main(
     *,
     as_json: bool = False,
     criterion: str = "mhfd",
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     resolution: str = "patches",
     patch_size: int = 1024,
     backend: str = "auto",

@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import CRITERIA, RESOLUTIONS
+from focuswatch.choices import CRITERIA, DEFAULT_MODE, RESOLUTIONS
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     float_dtype,
@@ -107,7 +107,7 @@ from focuswatch.score.mhfd import (
     params_for,
     sigma_schedule,
 )
-from focuswatch.score.patches import native_mhfd, patch_grid
+from focuswatch.score.patches import default_threads, each_patch, native_mhfd, patch_grid
 
 __all__ = [
     "CRITERIA",
@@ -201,34 +201,45 @@ def score_patches(
     patch_size: int,
     dtype: Any,
     read: Any = None,
+    threads: int | None = None,
 ) -> ScoreResult:
     """Score every patch of the grid; ``read(y0, y1, x0, x1)`` supplies patches when
-    the whole image is not in memory (``image`` is then only used for its shape)."""
+    the whole image is not in memory (``image`` is then only used for its shape).
+    ``threads``: patches scored at once (``patches.default_threads``: a core each on
+    the CPU); each patch's numbers are the same whatever the number."""
     shape = (int(image.shape[0]), int(image.shape[1]))
     ys, xs = patch_grid(shape, patch_size)
-    scores = np.zeros((len(ys), len(xs)))
-    content = np.zeros_like(scores)
-    noise = np.full_like(scores, np.nan)
-    fine = np.zeros_like(scores)
     resize = PAPER_SIZE if mode == "faithful" else None
-    for i, (y0, y1) in enumerate(ys):
-        for j, (x0, x1) in enumerate(xs):
-            patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
-            try:
-                scores[i, j], content[i, j], noise[i, j], fine[i, j] = _score_unit(
-                    patch,
-                    backend=backend,
-                    criterion=criterion,
-                    mode=mode,
-                    dtype=dtype,
-                    resize=resize,
-                )
-            except ValueError as exc:
-                # A blank patch (a saturated margin, say) in a tile that has signal
-                # elsewhere: nothing in focus there, nothing to see.
-                if not str(exc).startswith("constant image"):
-                    raise
-                scores[i, j] = _blank_score(criterion)
+
+    def work(patch: Any, unit_backend: Backend) -> tuple[float, float, float, float]:
+        try:
+            return _score_unit(
+                patch,
+                backend=unit_backend,
+                criterion=criterion,
+                mode=mode,
+                dtype=dtype,
+                resize=resize,
+            )
+        except ValueError as exc:
+            # A blank patch (a saturated margin, say) in a tile that has signal
+            # elsewhere: nothing in focus there, nothing to see.
+            if not str(exc).startswith("constant image"):
+                raise
+            return _blank_score(criterion), 0.0, float("nan"), 0.0
+
+    def cut(y0: int, y1: int, x0: int, x1: int) -> Any:
+        return read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
+
+    units = each_patch(
+        [(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs],
+        cut,
+        work,
+        backend=backend,
+        threads=default_threads(backend) if threads is None else threads,
+    )
+    grid = np.asarray(units, dtype=float).reshape(len(ys), len(xs), 4)
+    scores, content, noise, fine = (np.ascontiguousarray(grid[..., k]) for k in range(4))
     mhfd_counts = criterion == "mhfd"
     return ScoreResult(
         score=float(np.median(scores)),
@@ -265,7 +276,7 @@ def score_image(
     *,
     backend: Backend,
     criterion: str = "mhfd",
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     resolution: str = "patches",
     patch_size: int = 1024,
     dtype: str | None = None,

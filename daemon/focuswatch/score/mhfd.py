@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import MODES
+from focuswatch.choices import DEFAULT_MODE, MODES
 from focuswatch.score._dtypes import (
     float_dtype,
     stretch_limits,
@@ -198,7 +198,7 @@ class MhfdParams:
 
 
 def params_for(
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     *,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
@@ -774,6 +774,7 @@ def _levels_max(
     coarse = tuple(s / f for s in sigmas)
     buf = None
     work = None  # for pruned inverses: zero beyond the columns in use
+    hbuf = None  # fast mode: the scaled transfer
     used = 0
     n_cols = Fs.shape[1]
     for i in levels:
@@ -781,6 +782,13 @@ def _levels_max(
         # The coarse irfft divides by f² fewer points, and the transfer carries the
         # coarse σ_i/f as its scale normalisation: together a factor f too many.
         s = float(scales[i]) / f
+        if in_place and s != 1.0:
+            # Fast mode scales the real transfer (half the bytes of the complex
+            # product) and multiplies once; exact modes keep their rounding.
+            if hbuf is None:
+                hbuf = xp.empty_like(H_i)
+            H_i = xp.multiply(H_i, dtype(s), out=hbuf)
+            s = 1.0
         k = _pruned_columns(coarse[i], sh[1]) if not backend.is_gpu else n_cols
         if k > _PRUNE_FRACTION * n_cols:
             if buf is None:
@@ -1389,7 +1397,7 @@ def mhfd_detail(
     image: Any,
     *,
     backend: Backend,
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
     contrast: float | None = None,
@@ -1433,7 +1441,7 @@ def mhfd(
     image: Any,
     *,
     backend: Backend,
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
     contrast: float | None = None,
