@@ -8,7 +8,7 @@ probed, never at module import: the CPU-only install must not need it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,8 @@ class Backend:
     device: str = "cpu"
     #: Threads each SciPy FFT call may use (-1: every core). Scoring patches on several
     #: threads at once gives each thread a backend with 1, so the cores are not
-    #: oversubscribed.
-    fft_workers: int = -1
+    #: oversubscribed. Not part of equality: caches keyed on the backend are shared.
+    fft_workers: int = field(default=-1, compare=False)
 
     @property
     def is_gpu(self) -> bool:
