@@ -62,6 +62,9 @@ class ScoreSettings:
     #: A folder whose files alone are read (the watch folder: links out are refused);
     #: None reads any path.
     within: str | None = None
+    #: Patches scored at once in this process; None: one per core it may run on
+    #: (``focuswatch.score.patches.default_threads``). Benchmarks set it.
+    threads: int | None = None
 
     @classmethod
     def from_config(cls, sc: ScoringConfig) -> ScoreSettings:
@@ -164,6 +167,8 @@ def _check_settings(settings: ScoreSettings) -> None:
     )
     if settings.memory_limit_mb < 1:
         raise ValueError(f"memory_limit_mb must be >= 1, got {settings.memory_limit_mb}")
+    if settings.threads is not None and settings.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {settings.threads}")
 
 
 def score_array(
@@ -203,6 +208,7 @@ def _score_whole(
             mode=settings.mode,
             resolution=settings.resolution,
             patch_size=settings.patch_size,
+            threads=settings.threads,
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
@@ -291,6 +297,7 @@ def _score_by_patches(
             patch_size=settings.patch_size,
             dtype=float_dtype(None),
             read=read,
+            threads=settings.threads,
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None

@@ -280,8 +280,12 @@ def score_image(
     resolution: str = "patches",
     patch_size: int = 1024,
     dtype: str | None = None,
+    threads: int | None = None,
 ) -> ScoreResult:
     """Score one 2-D image (any integer or float dtype; host or backend array).
+
+    ``threads``: patches scored at once (``resolution="patches"``; None: a core each
+    on the CPU, see ``score_patches``).
 
     ``ValueError`` for bad options and for images that cannot be scored (see the
     module docstring); a constant image is one of those ("constant image (no
@@ -293,7 +297,13 @@ def score_image(
     shape = (int(image.shape[0]), int(image.shape[1]))
     if resolution == "patches":
         return score_patches(
-            image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
+            image,
+            backend=backend,
+            criterion=criterion,
+            mode=mode,
+            patch_size=patch_size,
+            dtype=ft,
+            threads=threads,
         )
     if resolution == "resized":
         score, content, noise, fine = _score_unit(
