@@ -11,7 +11,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     The authors' algorithm and defaults: 0.175 % stretch per side, σ =
     linspace(1, 30 + 29/28, 30), DoG_i = σ_i·(L_i − L_{i+1}), threshold
     1e-4·sqrt(H·W), unit resized to 1024² (bilinear), circular FFT.
-``default``
+``exact`` (``default`` is its old name: the same numbers)
     The same scale space, DoG, maximum over scale and counting rule. What we
     changed, and why:
 
@@ -44,8 +44,8 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     * **No seam.** The circular FFT joins opposite borders; Moisan's periodic +
       smooth decomposition removes that jump (one extra 1-D transform pair), so
       no maxima are counted along the image border. Native tiles use a real halo.
-``fast``
-    ``default``'s scale space, thresholds and counting rule, ~3.5-4× cheaper
+``fast`` (the default since 2026-12; before, ``exact`` under the name ``default``)
+    ``exact``'s scale space, thresholds and counting rule, ~3.5-4× cheaper
     (bench/speed.py). Every level is computed on the coarsest power-of-two grid
     on which its σ is still ≥ 1 pixel (the sampling of exact mode's finest
     level; spectrum cropped), so only σ = 1 runs at full resolution. Maxima are
@@ -56,7 +56,8 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     binning-2 noise estimate are taken on a sparser sample. Ranks like exact mode
     (Spearman ≥ 0.997 in every cell of bench/accuracy.py's matrix); counts
     run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
-    fewer close pairs of maxima), so compare fast scores with fast scores.
+    fewer close pairs of maxima) and the fine fraction a few per cent high, so
+    compare fast scores with fast scores, exact with exact.
 
 Resolutions: ``patches`` (the default), ``resized`` (whole tile at 1024², the
 paper) and ``native`` (whole tile at full size, in blocks with a halo, memory
@@ -66,6 +67,9 @@ the median patch score (a dust speck or one blank corner does not move it), and
 the grid of patch scores is a focus map in which a wrinkle or a tilted section
 shows as a group of low patches, which a whole-tile count (dominated by the
 in-focus area) would hide. Memory per patch is bounded, so any tile size works.
+On the CPU the patches are scored on a thread per core (``patches.each_patch``), each
+with single-threaded FFTs: NumPy's elementwise passes use one core, so one patch at a
+time leaves the other cores idle between transforms. The numbers do not depend on it.
 
 ``content`` is the robust standard deviation of a band-pass (σ 8 to 32 px) of the
 stretched image, as a fraction of its range: blur barely touches that band, noise

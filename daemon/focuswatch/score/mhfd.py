@@ -15,7 +15,8 @@ Modes (see the package docstring for why the default differs from the paper):
 
 ``faithful``  the authors' algorithm and defaults, plain circular FFT, one
               threshold ``1e-4·sqrt(H·W)``.
-``default``   same scale space and counting, plus a per-level noise floor
+``exact``     (``default`` is its old name, the same numbers) same scale space and
+              counting, plus a per-level noise floor
               ``T_i = max(contrast, k·n_i)``, ``n_i`` the level's noise standard
               deviation under a noise spectrum measured on the image
               (``noise_model``: level, autocorrelation along x and y, tail factor;
@@ -24,11 +25,12 @@ Modes (see the package docstring for why the default differs from the paper):
               decomposition so the circular FFT sees no seam at the image border.
               The scale signature (``MhfdDetail.fine``): how many counted maxima
               come from a level with σ_i ≤ ``FINE_SIGMA`` (every mode).
-``fast``      ``default`` with every level computed on the coarsest grid on which
-              its σ is still ≥ 1 pixel (spectrum cropped), in two bands: full
-              resolution (σ = 1) and the decimated levels, merged onto the finest
-              decimated grid. Maxima are counted per band on the band's own grid
-              (``count_band_maxima``), so nothing is interpolated to full size.
+``fast``      (the default mode) ``exact`` with every level computed on the
+              coarsest grid on which its σ is still ≥ 1 pixel (spectrum cropped),
+              in two bands: full resolution (σ = 1) and the decimated levels,
+              merged onto the finest decimated grid. Maxima are counted per band
+              on the band's own grid (``count_band_maxima``), so nothing is
+              interpolated to full size.
 """
 
 from __future__ import annotations
