@@ -1,7 +1,7 @@
 """Peak memory of scoring one huge tile at native resolution (target: 16384² uint16 < 1.5 GB).
 
-    .venv/bin/python bench/memory.py                       # CPU, 16384², default mode
-    .venv/bin/python bench/memory.py --size 8192 --mode fast
+    .venv/bin/python bench/memory.py                       # CPU, 16384², the default mode
+    .venv/bin/python bench/memory.py --size 8192 --mode exact --resolution patches
     .venv/bin/python bench/memory.py --backend gpu         # also the GPU memory-pool peak
     .venv/bin/python bench/memory.py --baseline --size 2048  # the materialise-all baseline
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from focuswatch.choices import DEFAULT_MODE, MODES
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +87,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=16384)
-    ap.add_argument("--mode", choices=["default", "faithful", "fast"], default="default")
+    ap.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     ap.add_argument("--resolution", choices=["native", "patches"], default="native")
     ap.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--baseline", action="store_true", help="materialise-all baseline instead")

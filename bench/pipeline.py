@@ -13,13 +13,15 @@ For each tile size (16-bit, default 2048² and 8192²) it measures, in one run:
    reported for those tiles (separates the pipeline's cost from scoring running
    slower in a worker process, e.g. when other jobs share the CPU).
 
-Usage: ``python bench/pipeline.py [--sizes 2048 8192] [--count 8] [--latency 3]``.
+Usage: ``python bench/pipeline.py [--sizes 2048 8192] [--count 8] [--latency 3]
+[--mode fast|exact] [--workers 1]`` (mode: ``scoring.mode``'s default unless given).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import tempfile
 import threading
@@ -31,6 +33,7 @@ import tifffile
 
 from focuswatch import logs, scoring, synth
 from focuswatch.app import build_service
+from focuswatch.choices import MODES
 from focuswatch.config import Config, ScoringConfig, WatchConfig
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import ScoreSettings
@@ -86,14 +89,14 @@ def write(path: Path, data: bytes) -> float:
     return time.perf_counter()  # the moment the writer closed the file
 
 
-def run_size(size: int, *, count: int, latency_n: int, workers: int) -> dict[str, float]:
+def run_size(size: int, *, count: int, latency_n: int, workers: int, mode: str) -> dict[str, float]:
     data = tile_bytes(size, seed=size)
     with tempfile.TemporaryDirectory(prefix="fw-bench-") as tmp:
         root = Path(tmp)
         cfg = Config(
             state_dir=root / "state",
             watch=WatchConfig(path=root / "watch", observer="inotify", rescan_interval_s=3600.0),
-            scoring=ScoringConfig(workers=workers, tile_timeout_s=3600.0),
+            scoring=ScoringConfig(workers=workers, tile_timeout_s=3600.0, mode=mode),
         )
         (root / "watch").mkdir()
         # 1. scoring alone, in this process
@@ -165,17 +168,23 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=8, help="tiles per size for throughput")
     ap.add_argument("--latency", type=int, default=3, help="tiles written one by one")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--mode", choices=MODES, default=ScoringConfig().mode)
     args = ap.parse_args()
     logs.configure("error")  # the service's per-tile events and alerts would drown the table
+    print(f"mode {args.mode}, {args.workers} worker(s), {len(os.sched_getaffinity(0))} cores")
     print(
         f"{'size':>6} {'score alone':>12} {'latency med':>12} {'latency max':>12} "
-        f"{'tiles/s':>8} {'svc/tile':>9} {'wkr/tile':>10} {'vs alone':>10} {'vs worker':>10}"
+        f"{'tiles/s':>8} {'Mpx/s':>7} {'svc/tile':>9} {'wkr/tile':>10} {'vs alone':>10} "
+        f"{'vs worker':>10}"
     )
     for size in args.sizes:
-        r = run_size(size, count=args.count, latency_n=args.latency, workers=args.workers)
+        r = run_size(
+            size, count=args.count, latency_n=args.latency, workers=args.workers, mode=args.mode
+        )
         print(
             f"{size:>6} {r['score_alone_s']:>11.3f}s {r['latency_median_s']:>11.3f}s "
             f"{r['latency_max_s']:>11.3f}s {r['sustained_tiles_per_s']:>8.3f} "
+            f"{r['sustained_tiles_per_s'] * size * size / 1e6:>7.1f} "
             f"{r['service_per_tile_s']:>8.3f}s {r['worker_per_tile_s']:>9.3f}s "
             f"{r['overhead_pct']:>9.1f}% {r['overhead_vs_worker_pct']:>9.1f}%",
             flush=True,

@@ -3,6 +3,8 @@
     .venv/bin/python bench/speed.py                 # CPU
     .venv/bin/python bench/speed.py --backend gpu   # CuPy: 1024² (30 scales) and native 8192²
     .venv/bin/python bench/speed.py --against ../main/daemon   # this tree vs another, A/B
+    .venv/bin/python bench/speed.py --against ../main/daemon --size 8192 --patches \
+        --pairs fast:default                       # this default vs the old one, 8192² tiles
 
 Prints the machine, the median of ``--repeat`` runs per variant (after a warm-up
 run that fills the FFT plan and transfer-function caches) and each variant's
@@ -13,6 +15,10 @@ call by call, so that load from elsewhere hits both alike: median of the per-pai
 ratios. ``--against DIR`` times this tree's modes against another checkout's
 (``DIR`` is its ``daemon`` folder), each in its own worker process on the same tile,
 alternated call by call: the median of the per-pair ratios (this / other).
+``--pairs THIS:OTHER ...`` names the mode each tree runs (default ``default:default
+fast:fast``); ``--patches`` scores the tile as the service does (``score_image``, 1024²
+patches, all cores) instead of one ``mhfd`` call. Each worker also reports its CPU
+seconds, which other jobs on the machine do not inflate as much as wall time.
 """
 
 from __future__ import annotations
@@ -98,40 +104,60 @@ import sys, time
 import numpy as np
 from focuswatch import synth
 from focuswatch.backend import get_backend
+from focuswatch.score import score_image
 from focuswatch.score.mhfd import mhfd
 backend = get_backend(sys.argv[1])
-size, mode = int(sys.argv[2]), sys.argv[3]
+size, mode, patches = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "patches"
 rng = np.random.default_rng(0)
-tile = synth.to_uint(
-    synth.degrade(synth.neuropil((size, size), rng=rng), rng=rng, dose=30.0), 16
+side = min(size, 1024)
+base = synth.to_uint(
+    synth.degrade(synth.neuropil((side, side), rng=rng), rng=rng, dose=30.0), 16
 )
+tile = np.tile(base, (size // side, size // side))
 dev = backend.xp.asarray(tile)
 sync = backend.xp.cuda.Device().synchronize if backend.is_gpu else (lambda: None)
-mhfd(dev, backend=backend, mode=mode)
+def run():
+    if patches:
+        score_image(dev, backend=backend, mode=mode)
+    else:
+        mhfd(dev, backend=backend, mode=mode)
+run()
 sync()
 print("ready", flush=True)
 for _ in sys.stdin:
-    t0 = time.perf_counter()
-    mhfd(dev, backend=backend, mode=mode)
+    t0, c0 = time.perf_counter(), time.process_time()
+    run()
     sync()
-    print((time.perf_counter() - t0) * 1e3, flush=True)
+    print((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3, flush=True)
 """
 
 
-def against(other: str, *, backend: str, size: int, mode: str, repeat: int) -> None:
-    """This tree's ``mode`` against another checkout's, alternated call by call."""
+def against(
+    other: str,
+    *,
+    backend: str,
+    size: int,
+    modes: tuple[str, str],
+    patches: bool,
+    repeat: int,
+) -> None:
+    """This tree's ``modes[0]`` against another checkout's ``modes[1]``, alternated."""
     here = str(Path(__file__).resolve().parents[1] / "daemon")
     procs = {}
-    for name, root in (("this", here), ("other", str(Path(other).resolve()))):
+    how = "patches" if patches else "unit"
+    for (name, root), mode in zip(
+        (("this", here), ("other", str(Path(other).resolve()))), modes, strict=True
+    ):
         env = {**os.environ, "PYTHONPATH": root}
         procs[name] = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, backend, str(size), mode],
+            [sys.executable, "-c", _WORKER, backend, str(size), mode, how],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
     times: dict[str, list[float]] = {name: [] for name in procs}
+    cpu: dict[str, list[float]] = {name: [] for name in procs}
     try:
         for p in procs.values():
             assert p.stdout is not None
@@ -143,19 +169,26 @@ def against(other: str, *, backend: str, size: int, mode: str, repeat: int) -> N
                 assert p.stdout is not None
                 p.stdin.write("go\n")
                 p.stdin.flush()
-                times[name].append(float(p.stdout.readline()))
+                wall, cpu_ms = p.stdout.readline().split()
+                times[name].append(float(wall))
+                cpu[name].append(float(cpu_ms))
     finally:
         for p in procs.values():
             if p.stdin is not None:
                 p.stdin.close()
             p.wait()
     ratios = [a / b for a, b in zip(times["this"], times["other"], strict=True)]
+    cpu_ratios = [a / b for a, b in zip(cpu["this"], cpu["other"], strict=True)]
+    mpx = size * size / 1e3
+    t_this, t_other = statistics.median(times["this"]), statistics.median(times["other"])
     print(
-        f"\n{mode} this tree vs {other}, alternated x{repeat}: this "
-        f"{statistics.median(times['this']):.1f} ms, other "
-        f"{statistics.median(times['other']):.1f} ms (medians); this/other "
-        f"{statistics.median(ratios):.3f} (median of pairs; range "
-        f"{min(ratios):.2f}-{max(ratios):.2f})"
+        f"\n{size}x{size} {how}: this tree {modes[0]} vs {other} {modes[1]}, alternated "
+        f"x{repeat}: this {t_this:.1f} ms ({mpx / t_this:.1f} Mpx/s), other {t_other:.1f} ms "
+        f"({mpx / t_other:.1f} Mpx/s) (medians); this/other {statistics.median(ratios):.3f} "
+        f"(median of pairs; range {min(ratios):.2f}-{max(ratios):.2f}); CPU s per tile: "
+        f"this {statistics.median(cpu['this']) / 1e3:.2f}, other "
+        f"{statistics.median(cpu['other']) / 1e3:.2f}, this/other "
+        f"{statistics.median(cpu_ratios):.3f}"
     )
 
 
@@ -173,19 +206,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--against",
         metavar="DIR",
-        help="only compare with another checkout's daemon folder (default and fast, A/B)",
+        help="only compare with another checkout's daemon folder (A/B, see --pairs)",
+    )
+    ap.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["default:default", "fast:fast"],
+        metavar="THIS:OTHER",
+        help="with --against: the mode this tree runs and the mode the other runs",
+    )
+    ap.add_argument(
+        "--patches", action="store_true", help="with --against: score_image (patches, as served)"
     )
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     print(machine(backend))
     if args.against:
-        for mode in ("default", "fast"):
+        for pair in args.pairs:
+            this_mode, _, other_mode = pair.partition(":")
             against(
                 args.against,
                 backend=args.backend,
                 size=args.size,
-                mode=mode,
-                repeat=max(args.repeat, 15),
+                modes=(this_mode, other_mode or this_mode),
+                patches=args.patches,
+                repeat=args.repeat,
             )
         return 0
     rng = np.random.default_rng(0)
@@ -200,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: mhfd(dev, backend=backend, mode="faithful", resize=0),
         ),
         (
-            "default (noise floor, 30 scales, exact)",
-            lambda: mhfd(dev, backend=backend, mode="default"),
+            "exact (noise floor, 30 scales; was 'default')",
+            lambda: mhfd(dev, backend=backend, mode="exact"),
         ),
         (
             "fast (decimated bands, per-band maxima)",
@@ -215,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         base = base or ms
         print(f"  {name:44s} {ms:9.1f} ms   {base / ms:5.2f}x vs baseline")
     exact_ms, fast_ms, ratios = interleaved(
-        lambda: mhfd(dev, backend=backend, mode="default"),
+        lambda: mhfd(dev, backend=backend, mode="exact"),
         lambda: mhfd(dev, backend=backend, mode="fast"),
         backend,
         max(args.repeat, 9),
     )
     print(
-        f"\nfast vs exact default, alternated x{len(ratios)}: exact {exact_ms:.1f} ms, "
+        f"\nfast vs exact, alternated x{len(ratios)}: exact {exact_ms:.1f} ms, "
         f"fast {fast_ms:.1f} ms (medians); speed-up {statistics.median(ratios):.2f}x "
         f"(median of pairs; range {min(ratios):.2f}-{max(ratios):.2f})"
     )
@@ -230,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         reps = max(1, args.repeat // 2)
         big = np.tile(tile, (native // args.size + 1, native // args.size + 1))[:native, :native]
         print(f"\nnative {native}x{native} uint16, whole tile (halo-tiled), median of {reps}:")
-        for mode in ("default", "fast"):
+        for mode in ("exact", "fast"):
             ms = timed(
                 lambda m=mode: score_image(big, backend=backend, mode=m, resolution="native"),
                 backend,
@@ -238,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  {mode:44s} {ms:9.1f} ms   {native * native / ms / 1e3:7.1f} Mpx/s")
         ms = timed(lambda: score_image(big, backend=backend, resolution="patches"), backend, reps)
-        label = "default, 1024² patches (focus map)"
+        label = "fast (the default), 1024² patches (focus map)"
         print(f"  {label:44s} {ms:9.1f} ms   {native * native / ms / 1e3:7.1f} Mpx/s")
     return 0
 

@@ -12,6 +12,11 @@ and without (one), alternating the two settings.
     python bench/throughput.py --workers 1 2 4 8    # on a bigger machine
     python bench/throughput.py --large              # 8192² tiles as well
     python bench/throughput.py --gpu                # GPU tiles/s, overlap on and off
+    python bench/throughput.py --large --cores 1 2 --threads 1 2   # the scaling table
+
+``--cores N``: the cluster's processes may run on the first N cores only (CPU
+affinity, inherited by the workers); ``--threads T``: patches each worker scores at
+once (``ScoreSettings.threads``; default: one per core it may use).
 
 Numbers measure this machine at this moment: other load on it lowers them.
 """
@@ -30,6 +35,7 @@ import numpy as np
 import scipy.ndimage
 import tifffile
 
+from focuswatch.choices import DEFAULT_MODE
 from focuswatch.cluster import DaskExecutor
 from focuswatch.errors import BackendError
 from focuswatch.executor import Executor, Job
@@ -139,16 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="GPU tiles/s for 8192², overlap on/off")
     ap.add_argument("--gpu-tiles", type=int, default=16, help="tiles per GPU measurement")
     ap.add_argument("--criterion", default="mhfd")
-    ap.add_argument("--mode", default="default")
+    ap.add_argument("--mode", default=DEFAULT_MODE)
+    ap.add_argument("--cores", type=int, nargs="+", default=[0], help="0: every core")
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="patches at once; 0: a core each"
+    )
     ap.add_argument("--patch-size", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=1800.0, help="per measurement, seconds")
     args = ap.parse_args(argv)
     if any(w < 1 for w in args.workers) or args.tiles < 1 or args.gpu_tiles < 1:
         ap.error("--workers, --tiles and --gpu-tiles must be >= 1")
 
-    cpu = ScoreSettings(
-        criterion=args.criterion, mode=args.mode, patch_size=args.patch_size, backend="cpu"
-    )
+    all_cores = sorted(os.sched_getaffinity(0))
     rows: list[tuple[str, str, str, float]] = []
     sides = [2048, 8192] if args.large else [2048]
     with tempfile.TemporaryDirectory(prefix="focuswatch-bench-") as tmp:
@@ -157,10 +165,31 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir()
             count = args.tiles if side == 2048 else max(2, args.tiles // 4)
             paths = write_tiles(folder, side=side, count=count)
-            for w in args.workers:
-                rate = dask_tiles_per_s(paths, workers=w, settings=cpu, timeout_s=args.timeout)
-                rows.append((f"{side}²", "dask cpu", f"{w} worker(s)", rate))
-                print(f"  measured {side}² with {w} worker(s): {rate:.3f} tiles/s", file=sys.stderr)
+            for cores in args.cores:
+                use = all_cores[: cores or len(all_cores)]
+                os.sched_setaffinity(0, use)  # the cluster's processes inherit it
+                try:
+                    for threads in args.threads:
+                        cpu = ScoreSettings(
+                            criterion=args.criterion,
+                            mode=args.mode,
+                            patch_size=args.patch_size,
+                            backend="cpu",
+                            threads=threads or None,
+                        )
+                        for w in args.workers:
+                            rate = dask_tiles_per_s(
+                                paths, workers=w, settings=cpu, timeout_s=args.timeout
+                            )
+                            setting = (
+                                f"{len(use)} core(s), {w} worker(s) x "
+                                f"{threads or len(use)} thread(s)"
+                            )
+                            rows.append((f"{side}²", "dask cpu", setting, rate))
+                            msg = f"  measured {side}² {setting}: {rate:.3f} tiles/s"
+                            print(msg, file=sys.stderr)
+                finally:
+                    os.sched_setaffinity(0, all_cores)
         gpu_note = ""
         if args.gpu:
             try:
@@ -186,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         f"scoring: criterion={args.criterion} mode={args.mode} patch_size={args.patch_size}, "
         "16-bit tiles"
     )
-    print(f"{'tile':>7}  {'backend':<28}  {'setting':<14}  {'tiles/s':>8}  {'Mpx/s':>8}")
+    print(f"{'tile':>7}  {'backend':<28}  {'setting':<34}  {'tiles/s':>8}  {'Mpx/s':>8}")
     for tile, backend, setting, rate in rows:
         side = int(tile.rstrip("²"))
         mpx = rate * side * side / 1e6
-        print(f"{tile:>7}  {backend:<28}  {setting:<14}  {rate:8.3f}  {mpx:8.1f}")
+        print(f"{tile:>7}  {backend:<28}  {setting:<34}  {rate:8.3f}  {mpx:8.1f}")
     if gpu_note:
         print(gpu_note)
     return 0

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch import policy, synth
+from focuswatch.choices import DEFAULT_MODE, MODES
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import TileError
 from focuswatch.judge import judge
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--mode", default="default", choices=["default", "faithful", "fast"])
+    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     p.add_argument("--backend", default="cpu", choices=["auto", "cpu", "gpu"])
     p.add_argument("--max-false-alerts", type=float, default=0.005)
     p.add_argument("--max-missed", type=float, default=0.0)

@@ -161,3 +161,12 @@ def test_a_refusal_at_start_exits_2_and_is_told_to_the_alert_endpoints(tmp_path:
     assert told["type"] == "failure"
     assert "refused to start" in told["title"]
     assert "at 'scoring.mode'" in told["message"]
+
+
+def test_exact_and_its_old_name_default_are_one_mode(tmp_path: Path) -> None:
+    """'default' was the exact mode's name until fast became the default: a wafer begun
+    with it goes on with 'exact' (same numbers), and not with 'fast'."""
+    _scored_once(make_cfg(tmp_path, mode="default"))
+    build_service(make_cfg(tmp_path, mode="exact"), builtin_sinks=False).stop()
+    with pytest.raises(ConfigError, match=r"at 'scoring\.mode': .*'exact', not 'fast'"):
+        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)

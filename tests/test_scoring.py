@@ -151,6 +151,8 @@ def test_bad_settings_are_value_errors_not_tile_errors(tmp_path: Path) -> None:
         score_path(path, ScoreSettings(backend="cpu", criterion="nope"))
     with pytest.raises(ValueError, match="patch_size"):
         score_path(path, ScoreSettings(backend="cpu", patch_size=3))
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        score_path(path, ScoreSettings(backend="cpu", threads=0))
 
 
 def test_cli_score_prints_each_file_and_fails_at_the_end(

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from focuswatch import sdnotify
+from focuswatch.choices import same_scores
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
 from focuswatch.executor import Executor
@@ -125,8 +126,12 @@ def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
         f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
         "comparable with them. Set it back, or use a new state folder for a new wafer"
         for k in _SCORING_KEYS
-        if k in recorded and recorded[k] != getattr(cfg.scoring, k)
+        if k in recorded and _comparable(k, recorded[k]) != _comparable(k, getattr(cfg.scoring, k))
     ]
+
+
+def _comparable(key: str, value: Any) -> Any:
+    return same_scores(str(value)) if key == "mode" else value
 
 
 def _same_scoring(cfg: Config, ledger: Ledger) -> None:

@@ -8,7 +8,7 @@ probed, never at module import: the CPU-only install must not need it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,10 @@ class Backend:
     fft: Any
     ndimage: Any
     device: str = "cpu"
+    #: Threads each SciPy FFT call may use (-1: every core). Scoring patches on several
+    #: threads at once gives each thread a backend with 1, so the cores are not
+    #: oversubscribed. Not part of equality: caches keyed on the backend are shared.
+    fft_workers: int = field(default=-1, compare=False)
 
     @property
     def is_gpu(self) -> bool:
@@ -47,8 +51,9 @@ class Backend:
         return np.asarray(a)
 
     def fft_kwargs(self) -> dict[str, Any]:
-        """Extra keyword arguments for ``fft`` calls: all cores for SciPy's pocketfft."""
-        return {"workers": -1} if self.name == "numpy" else {}
+        """Extra keyword arguments for ``fft`` calls: ``fft_workers`` threads for SciPy's
+        pocketfft (default: all cores)."""
+        return {"workers": self.fft_workers} if self.name == "numpy" else {}
 
 
 def _numpy_backend() -> Backend:

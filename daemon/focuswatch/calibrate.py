@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from focuswatch.choices import DEFAULT_MODE
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
 from focuswatch.files import atomic_write
@@ -48,7 +49,7 @@ class Calibration:
     r: float
     n: int
     criterion: str = "mhfd"
-    mode: str = "default"
+    mode: str = DEFAULT_MODE
     resolution: str = "patches"
     patch_size: int = 1024
     wd_um: tuple[float, ...] = ()
@@ -120,7 +121,7 @@ def fit_calibration(
     scores: Sequence[float],
     *,
     criterion: str = "mhfd",
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     resolution: str = "patches",
     patch_size: int = 1024,
     steps: int = 2001,

@@ -7,7 +7,15 @@ validates them without importing the scorer. The modules that implement them
 
 from __future__ import annotations
 
-__all__ = ["BACKEND_NAMES", "CRITERIA", "LAYOUTS", "MODES", "RESOLUTIONS"]
+__all__ = [
+    "BACKEND_NAMES",
+    "CRITERIA",
+    "DEFAULT_MODE",
+    "LAYOUTS",
+    "MODES",
+    "RESOLUTIONS",
+    "same_scores",
+]
 
 #: Focus measures: MHFD and the classic baselines it is compared with.
 CRITERIA = (
@@ -18,11 +26,23 @@ CRITERIA = (
     "normalized_variance",
     "power_spectrum_slope",
 )
-#: MHFD variants (``focuswatch.score.mhfd``).
-MODES = ("default", "faithful", "fast")
+#: MHFD variants (``focuswatch.score.mhfd``): ``fast`` (the default: large scales on
+#: decimated grids), ``exact`` (every level at full resolution), ``faithful`` (the
+#: paper). ``default`` is the old name of ``exact`` (the default until 2026-12), kept so
+#: configs and calibrations written then still mean what they meant: the same numbers
+#: as ``exact``, never ``fast``'s. Fast and exact counts differ by a few per cent, so
+#: scores of different modes are never compared.
+MODES = ("fast", "exact", "faithful", "default")
+#: What ``scoring.mode`` and every entry point use unless told otherwise.
+DEFAULT_MODE = "fast"
 #: What a tile is scored at: native patches, resized to the paper's 1024², or whole.
 RESOLUTIONS = ("patches", "resized", "native")
 #: Array backends: the GPU when there is one, the CPU, or the GPU only.
 BACKEND_NAMES = ("auto", "cpu", "gpu")
 #: How file names and folders map to (section, position): ``focuswatch.tiles.layouts``.
 LAYOUTS = ("auto", "atlas", "multisem", "sbemimage", "pattern")
+
+
+def same_scores(mode: str) -> str:
+    """The mode whose numbers ``mode`` gives: ``default`` is ``exact`` by another name."""
+    return "exact" if mode == "default" else mode

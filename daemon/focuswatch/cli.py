@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=MODES,
-        help="MHFD variant: default (noise-robust), faithful (the paper), fast "
-        "(default: scoring.mode, default)",
+        help="MHFD variant: fast (noise-robust, large scales decimated), exact (every "
+        "level at full resolution; 'default' is its old name), faithful (the paper) "
+        "(default: scoring.mode, fast)",
     )
     p.add_argument(
         "--resolution",

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focuswatch.choices import BACKEND_NAMES, CRITERIA, LAYOUTS, MODES, RESOLUTIONS
+from focuswatch.choices import (
+    BACKEND_NAMES,
+    CRITERIA,
+    DEFAULT_MODE,
+    LAYOUTS,
+    MODES,
+    RESOLUTIONS,
+)
 from focuswatch.errors import ConfigError
 
 __all__ = [
@@ -125,7 +132,7 @@ class ScoringConfig:
 
     backend: str = _opt("auto", _one_of(*BACKEND_NAMES))
     criterion: str = _opt("mhfd", _one_of(*CRITERIA))
-    mode: str = _opt("default", _one_of(*MODES))
+    mode: str = _opt(DEFAULT_MODE, _one_of(*MODES))
     resolution: str = _opt("patches", _one_of(*RESOLUTIONS))
     patch_size: int = _opt(1024, _range(64, 16384))
     workers: int = _opt(1, _range(1, 256))

@@ -30,6 +30,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
+from focuswatch.choices import DEFAULT_MODE
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
@@ -60,7 +61,7 @@ CONSTANT_REASON = "constant image (no signal)"
 @dataclass(frozen=True)
 class ScoreSettings:
     criterion: str = "mhfd"
-    mode: str = "default"
+    mode: str = DEFAULT_MODE
     resolution: str = "patches"
     patch_size: int = 1024
     backend: str = "auto"
@@ -68,6 +69,9 @@ class ScoreSettings:
     #: A folder whose files alone are read (the watch folder: links out are refused);
     #: None reads any path.
     within: str | None = None
+    #: Patches scored at once in this process; None: one per core it may run on
+    #: (``focuswatch.score.patches.default_threads``). Benchmarks set it.
+    threads: int | None = None
 
     @classmethod
     def from_config(cls, sc: ScoringConfig) -> ScoreSettings:
@@ -97,7 +101,7 @@ class TileScore:
     #: What was actually computed (``patches`` when the memory guard stepped in).
     resolution: str = "patches"
     criterion: str = "mhfd"
-    mode: str = "default"
+    mode: str = DEFAULT_MODE
     #: Per-patch ``content`` (same grid as ``patch_scores``), for telling resin from tissue.
     patch_content: list[list[float]] | None = None
     #: Estimated noise standard deviation, as a fraction of the stretched range.
@@ -178,6 +182,8 @@ def _check_settings(settings: ScoreSettings) -> None:
     )
     if settings.memory_limit_mb < 1:
         raise ValueError(f"memory_limit_mb must be >= 1, got {settings.memory_limit_mb}")
+    if settings.threads is not None and settings.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {settings.threads}")
 
 
 def score_array(
@@ -222,6 +228,7 @@ def _score_whole(
             mode=settings.mode,
             resolution=settings.resolution,
             patch_size=settings.patch_size,
+            threads=settings.threads,
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
@@ -310,6 +317,7 @@ def _score_by_patches(
             patch_size=settings.patch_size,
             dtype=float_dtype(None),
             read=read,
+            threads=settings.threads,
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
@@ -375,7 +383,7 @@ def main(
     *,
     as_json: bool = False,
     criterion: str = "mhfd",
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     resolution: str = "patches",
     patch_size: int = 1024,
     backend: str = "auto",

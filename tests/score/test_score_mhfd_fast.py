@@ -10,12 +10,15 @@ from scipy.stats import spearmanr
 
 from focuswatch import synth
 from focuswatch.backend import get_backend
-from focuswatch.score import mhfd
+from focuswatch.choices import DEFAULT_MODE
+from focuswatch.config import ScoringConfig
+from focuswatch.score import mhfd, score_image
 from focuswatch.score.mhfd import (
     PAPER_SIGMAS,
     count_band_maxima,
     count_maxima,
     fast_factors,
+    mhfd_detail,
     noise_sigma,
 )
 from focuswatch.score.patches import native_mhfd
@@ -177,3 +180,24 @@ def test_fast_mode_native_tiles_count_what_one_block_counts() -> None:
     # mode's 0.5 %.
     assert tiled.count == pytest.approx(untiled.count, rel=0.05)
     assert untiled.count == pytest.approx(exact.count, rel=0.15)
+
+
+def test_fast_is_the_default_and_default_is_the_old_name_of_exact() -> None:
+    """Scores of the two modes must never be mixed: the default (fast) has its own
+    name, and a config or calibration that says "default" still gets exact's numbers."""
+    rng = np.random.default_rng(5)
+    image = synth.to_uint(
+        synth.degrade(synth.neuropil((256, 256), rng=rng), rng=rng, dose=30.0, defocus_sigma=1.0),
+        16,
+    )
+    assert DEFAULT_MODE == "fast"
+    assert ScoringConfig().mode == "fast"
+    served = score_image(image, backend=CPU)
+    assert served.mode == "fast"
+    assert served.score == score_image(image, backend=CPU, mode="fast").score
+    old = mhfd_detail(image, backend=CPU, mode="default")
+    exact = mhfd_detail(image, backend=CPU, mode="exact")
+    assert (old.count, old.fine, old.thresholds) == (exact.count, exact.fine, exact.thresholds)
+    fast = mhfd_detail(image, backend=CPU, mode="fast")
+    assert mhfd_detail(image, backend=CPU).count == fast.count
+    assert fast.count != exact.count

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from focuswatch import synth
-from focuswatch.backend import get_backend
-from focuswatch.score import score_image
+from focuswatch.backend import Backend, get_backend
+from focuswatch.score import score_image, score_patches
 from focuswatch.score.mhfd import params_for
-from focuswatch.score.patches import halo_for, native_mhfd, patch_bounds, reflect_index
+from focuswatch.score.patches import (
+    default_threads,
+    each_patch,
+    halo_for,
+    native_mhfd,
+    patch_bounds,
+    reflect_index,
+)
 
 CPU = get_backend("cpu")
 
@@ -123,3 +133,67 @@ def test_resized_resolution_scores_at_1024() -> None:
     assert r.patch_scores is None
     assert r.resolution == "resized"
     assert r.score > 0
+
+
+def _tissue(shape: tuple[int, int], seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return synth.to_uint(synth.degrade(synth.neuropil(shape, rng=rng), rng=rng, dose=30.0), 16)
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_patches_on_threads_score_exactly_as_one_at_a_time(mode: str) -> None:
+    image = _tissue((384, 512))
+    image[:128, :128] = 7  # a blank patch among scored ones
+    one = score_patches(
+        image, backend=CPU, criterion="mhfd", mode=mode, patch_size=128, dtype=np.float32, threads=1
+    )
+    two = score_patches(
+        image, backend=CPU, criterion="mhfd", mode=mode, patch_size=128, dtype=np.float32, threads=3
+    )
+    assert one.patch_scores is not None
+    assert one.patch_scores.shape == (3, 4)
+    assert one.patch_scores[0, 0] == 0.0
+    assert two.patch_scores is not None
+    np.testing.assert_array_equal(two.patch_scores, one.patch_scores)
+    np.testing.assert_array_equal(two.patch_content, one.patch_content)
+    np.testing.assert_array_equal(two.patch_fine_fraction, one.patch_fine_fraction)
+    assert (two.score, two.noise, two.fine_fraction) == (one.score, one.noise, one.fine_fraction)
+
+
+def test_each_patch_reads_in_order_on_the_calling_thread_and_keeps_order() -> None:
+    bounds = [(i, i + 1, 0, 1) for i in range(12)]
+    reads: list[tuple[int, str]] = []
+    seen: list[tuple[int, int]] = []
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> int:
+        reads.append((y0, threading.current_thread().name))
+        return y0
+
+    def work(value: int, backend: Backend) -> int:
+        seen.append((value, backend.fft_workers))
+        time.sleep(0.002 * (12 - value))  # later patches finish first
+        return value * 10
+
+    out = each_patch(bounds, read, work, backend=CPU, threads=3)
+    assert out == [10 * i for i in range(12)]
+    assert reads == [(i, threading.current_thread().name) for i in range(12)]
+    # Each thread's FFTs are single-threaded (the cores are shared out by patches).
+    assert sorted(seen) == [(i, 1) for i in range(12)]
+    assert each_patch(bounds, read, work, backend=CPU, threads=1) == out
+
+
+def test_each_patch_raises_the_first_failure_and_rejects_no_threads() -> None:
+    def work(value: int, backend: Backend) -> int:
+        if value == 5:
+            raise ValueError("patch 5 is bad")
+        return value
+
+    bounds = [(i, i + 1, 0, 1) for i in range(9)]
+    with pytest.raises(ValueError, match="patch 5 is bad"):
+        each_patch(bounds, lambda y0, *_: y0, work, backend=CPU, threads=2)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        each_patch(bounds, lambda y0, *_: y0, work, backend=CPU, threads=0)
+
+
+def test_default_threads_is_a_patch_per_core_on_the_cpu() -> None:
+    assert default_threads(CPU) == len(os.sched_getaffinity(0))

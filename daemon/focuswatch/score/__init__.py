@@ -11,7 +11,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     The authors' algorithm and defaults: 0.175 % stretch per side, σ =
     linspace(1, 30 + 29/28, 30), DoG_i = σ_i·(L_i − L_{i+1}), threshold
     1e-4·sqrt(H·W), unit resized to 1024² (bilinear), circular FFT.
-``default``
+``exact`` (``default`` is its old name: the same numbers)
     The same scale space, DoG, maximum over scale and counting rule. What we
     changed, and why:
 
@@ -44,8 +44,8 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     * **No seam.** The circular FFT joins opposite borders; Moisan's periodic +
       smooth decomposition removes that jump (one extra 1-D transform pair), so
       no maxima are counted along the image border. Native tiles use a real halo.
-``fast``
-    ``default``'s scale space, thresholds and counting rule, ~3.5-4× cheaper
+``fast`` (the default since 2026-12; before, ``exact`` under the name ``default``)
+    ``exact``'s scale space, thresholds and counting rule, ~3.5-4× cheaper
     (bench/speed.py). Every level is computed on the coarsest power-of-two grid
     on which its σ is still ≥ 1 pixel (the sampling of exact mode's finest
     level; spectrum cropped), so only σ = 1 runs at full resolution. Maxima are
@@ -56,7 +56,8 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
     binning-2 noise estimate are taken on a sparser sample. Ranks like exact mode
     (Spearman ≥ 0.997 in every cell of bench/accuracy.py's matrix); counts
     run a few per cent low (up to ~12 % at moderate blur: a coarse grid resolves
-    fewer close pairs of maxima), so compare fast scores with fast scores.
+    fewer close pairs of maxima) and the fine fraction a few per cent high, so
+    compare fast scores with fast scores, exact with exact.
 
 Resolutions: ``patches`` (the default), ``resized`` (whole tile at 1024², the
 paper) and ``native`` (whole tile at full size, in blocks with a halo, memory
@@ -66,6 +67,9 @@ the median patch score (a dust speck or one blank corner does not move it), and
 the grid of patch scores is a focus map in which a wrinkle or a tilted section
 shows as a group of low patches, which a whole-tile count (dominated by the
 in-focus area) would hide. Memory per patch is bounded, so any tile size works.
+On the CPU the patches are scored on a thread per core (``patches.each_patch``), each
+with single-threaded FFTs: NumPy's elementwise passes use one core, so one patch at a
+time leaves the other cores idle between transforms. The numbers do not depend on it.
 
 ``content`` is the robust standard deviation of a band-pass (σ 8 to 32 px) of the
 stretched image, as a fraction of its range: blur barely touches that band, noise
@@ -91,7 +95,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import CRITERIA, RESOLUTIONS
+from focuswatch.choices import CRITERIA, DEFAULT_MODE, RESOLUTIONS
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     ConstantImageError,
@@ -113,7 +117,7 @@ from focuswatch.score.mhfd import (
     sigma_schedule,
 )
 from focuswatch.score.orientation import Orientation, orientation
-from focuswatch.score.patches import native_mhfd, patch_grid
+from focuswatch.score.patches import default_threads, each_patch, native_mhfd, patch_grid
 
 __all__ = [
     "CRITERIA",
@@ -211,35 +215,47 @@ def score_patches(
     patch_size: int,
     dtype: Any,
     read: Any = None,
+    threads: int | None = None,
 ) -> ScoreResult:
     """Score every patch of the grid; ``read(y0, y1, x0, x1)`` supplies patches when
-    the whole image is not in memory (``image`` is then only used for its shape)."""
+    the whole image is not in memory (``image`` is then only used for its shape).
+    ``threads``: patches scored at once (``patches.default_threads``: a core each on
+    the CPU); each patch's numbers are the same whatever the number."""
     shape = (int(image.shape[0]), int(image.shape[1]))
     ys, xs = patch_grid(shape, patch_size)
-    scores = np.zeros((len(ys), len(xs)))
-    content = np.zeros_like(scores)
-    noise = np.full_like(scores, np.nan)
-    fine = np.zeros_like(scores)
-    turns = []
     resize = PAPER_SIZE if mode == "faithful" else None
-    for i, (y0, y1) in enumerate(ys):
-        for j, (x0, x1) in enumerate(xs):
-            patch = read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
-            if criterion == "mhfd":
-                turns.append(_orientation(patch, backend))
-            try:
-                scores[i, j], content[i, j], noise[i, j], fine[i, j] = _score_unit(
-                    patch,
-                    backend=backend,
-                    criterion=criterion,
-                    mode=mode,
-                    dtype=dtype,
-                    resize=resize,
-                )
-            except ConstantImageError:
-                # A blank patch (a saturated margin, say) in a tile that has signal
-                # elsewhere: nothing in focus there, nothing to see.
-                scores[i, j] = _blank_score(criterion)
+
+    def work(patch: Any, unit_backend: Backend) -> tuple[tuple[float, ...], Orientation | None]:
+        turn = _orientation(patch, unit_backend) if criterion == "mhfd" else None
+        try:
+            numbers = _score_unit(
+                patch,
+                backend=unit_backend,
+                criterion=criterion,
+                mode=mode,
+                dtype=dtype,
+                resize=resize,
+            )
+        except ConstantImageError:
+            # A blank patch (a saturated margin, say) in a tile that has signal
+            # elsewhere: nothing in focus there, nothing to see.
+            numbers = (_blank_score(criterion), 0.0, float("nan"), 0.0)
+        return numbers, turn
+
+    def cut(y0: int, y1: int, x0: int, x1: int) -> Any:
+        return read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
+
+    units = each_patch(
+        [(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs],
+        cut,
+        work,
+        backend=backend,
+        threads=default_threads(backend) if threads is None else threads,
+    )
+    turns = [turn for _, turn in units]
+    grid = np.asarray([numbers for numbers, _ in units], dtype=float)
+    grid = grid.reshape(len(ys), len(xs), 4)
+    scores, content, noise, fine = (np.ascontiguousarray(grid[..., k]) for k in range(4))
     mhfd_counts = criterion == "mhfd"
     return ScoreResult(
         score=float(np.median(scores)),
@@ -289,12 +305,16 @@ def score_image(
     *,
     backend: Backend,
     criterion: str = "mhfd",
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     resolution: str = "patches",
     patch_size: int = 1024,
     dtype: str | None = None,
+    threads: int | None = None,
 ) -> ScoreResult:
     """Score one 2-D image (any integer or float dtype; host or backend array).
+
+    ``threads``: patches scored at once (``resolution="patches"``; None: a core each
+    on the CPU, see ``score_patches``).
 
     ``ValueError`` for bad options and for images that cannot be scored (see the
     module docstring); a constant image is one of those ("constant image (no
@@ -306,7 +326,13 @@ def score_image(
     shape = (int(image.shape[0]), int(image.shape[1]))
     if resolution == "patches":
         return score_patches(
-            image, backend=backend, criterion=criterion, mode=mode, patch_size=patch_size, dtype=ft
+            image,
+            backend=backend,
+            criterion=criterion,
+            mode=mode,
+            patch_size=patch_size,
+            dtype=ft,
+            threads=threads,
         )
     if resolution == "resized":
         score, content, noise, fine = _score_unit(

@@ -15,7 +15,8 @@ Modes (see the package docstring for why the default differs from the paper):
 
 ``faithful``  the authors' algorithm and defaults, plain circular FFT, one
               threshold ``1e-4·sqrt(H·W)``.
-``default``   same scale space and counting, plus a per-level noise floor
+``exact``     (``default`` is its old name, the same numbers) same scale space and
+              counting, plus a per-level noise floor
               ``T_i = max(contrast, k·n_i)``, ``n_i`` the level's noise standard
               deviation under a noise spectrum measured on the image
               (``noise_model``: level, autocorrelation along x and y, tail factor;
@@ -24,11 +25,12 @@ Modes (see the package docstring for why the default differs from the paper):
               decomposition so the circular FFT sees no seam at the image border.
               The scale signature (``MhfdDetail.fine``): how many counted maxima
               come from a level with σ_i ≤ ``FINE_SIGMA`` (every mode).
-``fast``      ``default`` with every level computed on the coarsest grid on which
-              its σ is still ≥ 1 pixel (spectrum cropped), in two bands: full
-              resolution (σ = 1) and the decimated levels, merged onto the finest
-              decimated grid. Maxima are counted per band on the band's own grid
-              (``count_band_maxima``), so nothing is interpolated to full size.
+``fast``      (the default mode) ``exact`` with every level computed on the
+              coarsest grid on which its σ is still ≥ 1 pixel (spectrum cropped),
+              in two bands: full resolution (σ = 1) and the decimated levels,
+              merged onto the finest decimated grid. Maxima are counted per band
+              on the band's own grid (``count_band_maxima``), so nothing is
+              interpolated to full size.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import MODES
+from focuswatch.choices import DEFAULT_MODE, MODES
 from focuswatch.score._dtypes import (
     float_dtype,
     stretch_limits,
@@ -198,7 +200,7 @@ class MhfdParams:
 
 
 def params_for(
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     *,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
@@ -406,11 +408,15 @@ def _immerkaer(
     # counting their zero responses would halve the estimate where half the tile is flat.
     centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
     inside = (centre > 0) & (centre < 1)
-    a = xp.abs(e[inside])
-    if a.size < 16:
+    n_inside = int(xp.count_nonzero(inside))
+    if n_inside < 16:
         return 0.0, 1.0
-    k = a.size // 2
-    mad = float(xp.partition(a, k)[k])
+    # The median over the pixels inside: the others are set above every response
+    # (no gather of the inside ones; the same order statistic).
+    a = xp.abs(e)
+    a[~inside] = xp.inf
+    k = n_inside // 2
+    mad = float(xp.partition(a.ravel(), k)[k])
     sigma = mad / (0.6744897501960817 * 6.0)
     if not tails or mad <= 0:
         return sigma, 1.0
@@ -641,19 +647,22 @@ def spectral_level_noise(
 
 
 @functools.lru_cache(maxsize=8)
-def _periodic_factors(backend: Backend, shape: tuple[int, int], dtype: str) -> tuple[Any, Any, Any]:
-    """``1 − e^{2πiq/H}``, ``1 − e^{2πir/W}`` and the inverse discrete Laplacian symbol."""
+def _periodic_factors(backend: Backend, shape: tuple[int, int], dtype: str) -> tuple[Any, Any]:
+    """``(1 − e^{2πiq/H})/λ(q, r)`` and ``(1 − e^{2πir/W})/λ(q, r)`` on the rfft grid,
+    ``λ`` the discrete Laplacian's symbol (the mean, ``λ = 0``, gets 0: it belongs
+    to the periodic part). Cached per shape: the smooth component's spectrum is then
+    two outer products, each multiplied in once."""
     H, W = shape
     xp = backend.xp
     wy, wx = _freqs(H, real=False), _freqs(W, real=True)
     cdt = np.result_type(np.dtype(dtype), np.complex64)
-    ey = (1 - np.exp(1j * wy)).astype(cdt)
-    ex = (1 - np.exp(1j * wx)).astype(cdt)
     den = 2 * np.cos(wy)[:, None] + 2 * np.cos(wx)[None, :] - 4
     den[0, 0] = 1.0
     inv = 1.0 / den
-    inv[0, 0] = 0.0  # the mean belongs to the periodic part
-    return xp.asarray(ey), xp.asarray(ex), xp.asarray(inv.astype(dtype))
+    inv[0, 0] = 0.0
+    ey = (1 - np.exp(1j * wy))[:, None] * inv
+    ex = (1 - np.exp(1j * wx))[None, :] * inv
+    return xp.asarray(ey.astype(cdt)), xp.asarray(ex.astype(cdt))
 
 
 def periodic_spectrum(u: Any, backend: Backend) -> Any:
@@ -663,19 +672,20 @@ def periodic_spectrum(u: Any, backend: Backend) -> Any:
     would create DoG responses along every edge of the image. The smooth component
     that carries the jump solves a Poisson equation whose right-hand side lives on
     the border only, so its spectrum comes from two 1-D transforms:
-    ``V(q, r) = A(r)·(1 − e^{2πiq/H}) + B(q)·(1 − e^{2πir/W})`` with ``A``, ``B`` the
-    transforms of the bottom−top and right−left differences.
+    ``V(q, r) = A(r)·(1 − e^{2πiq/H}) + B(q)·(1 − e^{2πir/W})`` (over the Laplacian's
+    symbol) with ``A``, ``B`` the transforms of the bottom−top and right−left
+    differences.
     """
-    fft = backend.fft
+    xp, fft = backend.xp, backend.fft
     kw = backend.fft_kwargs()
-    ey, ex, inv = _periodic_factors(backend, (int(u.shape[0]), int(u.shape[1])), u.dtype.name)
+    ey, ex = _periodic_factors(backend, (int(u.shape[0]), int(u.shape[1])), u.dtype.name)
     F = fft.rfft2(u, **kw)
     A = fft.rfft(u[-1, :] - u[0, :])
     B = fft.fft(u[:, -1] - u[:, 0])
-    V = ey[:, None] * A[None, :]
-    V += B[:, None] * ex[None, :]
-    V *= inv
-    F -= V
+    buf = xp.multiply(ey, A[None, :])
+    F -= buf
+    xp.multiply(ex, B[:, None], out=buf)
+    F -= buf
     return F
 
 
@@ -774,6 +784,7 @@ def _levels_max(
     coarse = tuple(s / f for s in sigmas)
     buf = None
     work = None  # for pruned inverses: zero beyond the columns in use
+    hbuf = None  # fast mode: the scaled transfer
     used = 0
     n_cols = Fs.shape[1]
     for i in levels:
@@ -781,6 +792,13 @@ def _levels_max(
         # The coarse irfft divides by f² fewer points, and the transfer carries the
         # coarse σ_i/f as its scale normalisation: together a factor f too many.
         s = float(scales[i]) / f
+        if in_place and s != 1.0:
+            # Fast mode scales the real transfer (half the bytes of the complex
+            # product) and multiplies once; exact modes keep their rounding.
+            if hbuf is None:
+                hbuf = xp.empty_like(H_i)
+            H_i = xp.multiply(H_i, dtype(s), out=hbuf)
+            s = 1.0
         k = _pruned_columns(coarse[i], sh[1]) if not backend.is_gpu else n_cols
         if k > _PRUNE_FRACTION * n_cols:
             if buf is None:
@@ -1389,7 +1407,7 @@ def mhfd_detail(
     image: Any,
     *,
     backend: Backend,
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
     contrast: float | None = None,
@@ -1433,7 +1451,7 @@ def mhfd(
     image: Any,
     *,
     backend: Backend,
-    mode: str = "default",
+    mode: str = DEFAULT_MODE,
     sigmas: tuple[float, ...] | None = None,
     threshold: float | None = None,
     contrast: float | None = None,

@@ -13,9 +13,13 @@ Gaussian tails cut by the halo (halo ≥ 4·σ_max: relative weight < 1e-4).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.fft
@@ -27,12 +31,16 @@ from focuswatch.score.mhfd import NOISE_FACTORS, MhfdDetail, MhfdParams, mhfd_pr
 __all__ = [
     "NATIVE_BLOCK",
     "NOISE_BLOCK",
+    "default_threads",
+    "each_patch",
     "halo_for",
     "native_mhfd",
     "patch_bounds",
     "patch_grid",
     "reflect_index",
 ]
+
+_T = TypeVar("_T")
 
 #: Interior side of the blocks a native tile is scored in (padded to a fast FFT size).
 NATIVE_BLOCK = 1536
@@ -56,6 +64,52 @@ def patch_grid(
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Row and column bounds of the patch grid over an image of ``shape``."""
     return patch_bounds(shape[0], patch), patch_bounds(shape[1], patch)
+
+
+def default_threads(backend: Backend) -> int:
+    """Patches scored at once: one per core on the CPU (NumPy's elementwise passes use
+    one core each, so a single patch at a time leaves the others idle between FFTs),
+    one on the GPU (its stream is the parallelism)."""
+    if backend.is_gpu:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def each_patch(
+    bounds: list[tuple[int, int, int, int]],
+    read: Callable[[int, int, int, int], Any],
+    work: Callable[[Any, Backend], _T],
+    *,
+    backend: Backend,
+    threads: int,
+) -> list[_T]:
+    """``work(read(*b), backend)`` for every window ``b`` of ``bounds``, in order.
+
+    With ``threads`` > 1 the work runs on that many threads, each with single-threaded
+    FFTs (``Backend.fft_workers``); ``read`` always runs on the calling thread, in
+    order (a file reader need not be thread-safe), at most ``2·threads`` patches ahead
+    of the work, so memory stays bounded. The first failure is raised once the
+    patches already started have finished.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads == 1 or len(bounds) < 2:
+        return [work(read(*b), backend) for b in bounds]
+    single = dataclasses.replace(backend, fft_workers=1)
+    out: list[_T] = []
+    pending: deque[Future[_T]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="patch") as pool:
+        try:
+            for b in bounds:
+                if len(pending) >= 2 * threads:
+                    out.append(pending.popleft().result())
+                pending.append(pool.submit(work, read(*b), single))
+            while pending:
+                out.append(pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+    return out
 
 
 def halo_for(sigmas: tuple[float, ...]) -> int:
