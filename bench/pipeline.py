@@ -30,10 +30,10 @@ import numpy as np
 import tifffile
 
 from focuswatch import logs, scoring, synth
+from focuswatch.app import build_service
 from focuswatch.config import Config, ScoringConfig, WatchConfig
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import ScoreSettings
-from focuswatch.service import Service
 from focuswatch.verdict import VerdictRecord
 
 
@@ -43,6 +43,9 @@ class TimingSink:
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
         self.cond = threading.Condition()
+
+    def start(self) -> None:
+        return None
 
     def on_verdict(self, record: VerdictRecord) -> None:
         with self.cond:
@@ -105,7 +108,7 @@ def run_size(size: int, *, count: int, latency_n: int, workers: int) -> dict[str
         alone_per_tile = (time.perf_counter() - t0) / count
 
         sink = TimingSink()
-        svc = Service(cfg, sinks=[sink], clock=time.time)
+        svc = build_service(cfg, sinks=[sink], clock=time.time)
         stop = threading.Event()
         thread = threading.Thread(target=svc.run_until, args=(stop,), name="service")
         thread.start()

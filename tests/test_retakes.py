@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from focuswatch import cli, retakes
 from focuswatch.config import Config
 from focuswatch.errors import StateError
+from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import TileScore
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
@@ -200,7 +201,7 @@ def test_full_disk_keeps_the_previous_file_and_retries(ledger: Ledger) -> None:
                 raise OSError(errno.ENOSPC, "No space left on device")
             f.write(chunk)
 
-        retakes.atomic_write(path, data, write=write)
+        atomic_write(path, data, write=write)
 
     sink = sink_for(ledger, writer=writer)
     sink.on_verdict(record(ledger, BAD))
@@ -267,12 +268,16 @@ def test_dismissing_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
     assert not cfg.state_dir.exists()
 
 
-def test_build_sink_writes_the_files_at_start(tmp_path: Path) -> None:
-    """Starting the service regenerates the live files from the ledger."""
+def test_the_sink_writes_the_files_when_started_not_when_built(tmp_path: Path) -> None:
+    """Starting the service regenerates the live files from the ledger; building the
+    sink (the composition root) writes nothing yet."""
     cfg = Config(state_dir=tmp_path / "state")
     led = Ledger.open(cfg.state_dir)
     try:
-        retakes.build_sink(cfg, led, clock=Clock()).close()
+        sink = retakes.build_sink(cfg, led, clock=Clock())
+        assert not (cfg.state_dir / "retakes.csv").exists()
+        sink.start()
+        sink.close()
     finally:
         led.close()
     assert (cfg.state_dir / "retakes.csv").read_text().startswith("id,section,tile_name")

@@ -23,7 +23,8 @@ import pytest
 import structlog
 import tifffile
 
-from focuswatch import service as service_mod
+from focuswatch import app
+from focuswatch.app import build_service
 from focuswatch.config import ClusterConfig, Config, ScoringConfig, WatchConfig
 from focuswatch.errors import BackendError, ConfigError, StateError
 from focuswatch.executor import Executor, Job, Outcome
@@ -319,12 +320,12 @@ def test_run_until_stops_on_event_and_once_mode_drains(tmp_path: Path) -> None:
     for i in range(3):
         write_tif(Path(cfg.watch.path or "") / f"t{i}.tif", value=i)
     sink = RecordingSink()
-    svc = Service(cfg, sinks=[sink], builtin_sinks=False, score_fn=fake_score)
+    svc = build_service(cfg, sinks=[sink], builtin_sinks=False, score_fn=fake_score)
     svc.run_until(threading.Event(), once=True)
     assert len(sink.records) == 3
     assert svc.stopped
     stop = threading.Event()
-    svc2 = Service(cfg, sinks=[], builtin_sinks=False, score_fn=fake_score)
+    svc2 = build_service(cfg, sinks=[], builtin_sinks=False, score_fn=fake_score)
     t = threading.Thread(target=svc2.run_until, args=(stop,))
     t.start()
     stop.set()
@@ -336,7 +337,7 @@ def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: 
     """Logging inside a signal handler can deadlock on the logger's lock: it must not."""
     stop = threading.Event()
     received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, service_mod._stop_on_signal(stop, received))
+    previous = signal.signal(signal.SIGTERM, app._stop_on_signal(stop, received))
     try:
         with structlog.testing.capture_logs() as in_handler:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -345,7 +346,7 @@ def test_sigterm_handler_only_sets_stop_and_the_loop_logs_the_request(tmp_path: 
         signal.signal(signal.SIGTERM, previous)
     assert in_handler == []
     assert received == [signal.SIGTERM]
-    svc = Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    svc = build_service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
     with structlog.testing.capture_logs() as logs:
         svc.run_until(stop, why=lambda: {"signal": signal.Signals(received[0]).name})
     (said,) = [e for e in logs if e["event"] == "stop_requested"]
@@ -385,7 +386,7 @@ def test_a_start_that_fails_half_way_stops_the_observer_and_closes_the_ledger(
             connect_timeout_s=0.2,
         ),
     )
-    svc = Service(cfg, builtin_sinks=False, score_fn=fake_score)
+    svc = build_service(cfg, builtin_sinks=False, score_fn=fake_score)
     assert open_ledger_fds(cfg.state_dir) == 1
     with pytest.raises(BackendError, match="cannot reach the Dask scheduler"):
         svc.run_until(threading.Event())
@@ -403,7 +404,7 @@ def test_a_service_that_cannot_be_built_does_not_leak_its_ledger(tmp_path: Path)
         policy=dataclasses.replace(base.policy, calibration=tmp_path / "missing.json"),
     )
     with pytest.raises(ConfigError, match=r"policy\.calibration"):
-        Service(cfg, builtin_sinks=False, score_fn=fake_score)
+        build_service(cfg, builtin_sinks=False, score_fn=fake_score)
     assert (cfg.state_dir / "focuswatch.db").exists()  # it was opened ...
     assert open_ledger_fds(cfg.state_dir) == 0  # ... and closed again
 
@@ -411,14 +412,14 @@ def test_a_service_that_cannot_be_built_does_not_leak_its_ledger(tmp_path: Path)
 def test_main_reports_missing_or_unusable_folders_clearly(tmp_path: Path) -> None:
     cfg = Config(state_dir=tmp_path / "state", watch=WatchConfig(path=tmp_path / "nope"))
     with pytest.raises(ConfigError, match="does not exist"):
-        service_mod.main(cfg)
+        app.main(cfg)
     with pytest.raises(ConfigError, match="required"):
-        service_mod.main(Config(state_dir=tmp_path / "s"))
+        app.main(Config(state_dir=tmp_path / "s"))
     (tmp_path / "w").mkdir()
     (tmp_path / "blocker").write_text("x")
     cfg = Config(state_dir=tmp_path / "blocker" / "state", watch=WatchConfig(path=tmp_path / "w"))
     with pytest.raises(StateError, match="cannot create state folder"):
-        service_mod.main(cfg)
+        app.main(cfg)
 
 
 def test_state_changes_are_logged_with_tile_context(

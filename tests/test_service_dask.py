@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from focuswatch import status, synth
+from focuswatch.app import build_service
 from focuswatch.config import Config, parse
 from focuswatch.ledger import Ledger
 from focuswatch.sdnotify import Notifier
-from focuswatch.service import Service
 from loopback import local_cluster
 
 # The service on a real Dask cluster: seconds per test (make check skips them).
@@ -84,7 +84,7 @@ def test_every_tile_is_scored_once_on_the_cluster_and_status_shows_its_workers(
     folder = tmp_path / "wafer"
     before = synth.write_wafer(folder, sections=1, rows=2, cols=2, size=128, seed=1)
     cfg = dask_cfg(tmp_path, folder, cluster.scheduler_address, send_bytes=send_bytes)
-    svc = Service(cfg, builtin_sinks=False, notifier=Notifier(env={}))
+    svc = build_service(cfg, builtin_sinks=False, notifier=Notifier(env={}))
     try:
         svc.start()
         after = synth.write_wafer(

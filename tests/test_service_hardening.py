@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from focuswatch import service as service_mod
-from focuswatch import status
+from focuswatch import app, service, status
+from focuswatch.app import build_service
 from focuswatch.errors import ConfigError, StateError, TileError
 from focuswatch.scoring import score_path
 from focuswatch.sdnotify import Notifier
-from focuswatch.service import Service
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import VerdictKind
 from pipeline_jobs import fake_score
@@ -108,7 +107,7 @@ def test_a_second_service_on_one_state_folder_refuses_and_names_the_holder(
     with pytest.raises(
         StateError, match=rf"in use by another focuswatch service \(pid {os.getpid()}"
     ):
-        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+        build_service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
     # Read-only commands work beside it.
     assert status.summary(make_cfg(tmp_path))["counts"]["scored"] == 1
     # The first one is untouched and goes on.
@@ -116,7 +115,7 @@ def test_a_second_service_on_one_state_folder_refuses_and_names_the_holder(
     turn_until(svc, lambda: len(sink.records) == 2)
     # Once it stops, the folder is free again.
     svc.stop(grace_s=0.5)
-    again = Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+    again = build_service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
     again.stop(grace_s=0.5)
 
 
@@ -225,9 +224,9 @@ def test_a_state_folder_inside_the_watch_folder_is_refused(tmp_path: Path, where
     """The service would score its own thumbnails (with ``*.png`` included)."""
     cfg = dataclasses.replace(make_cfg(tmp_path), state_dir=tmp_path / where)
     with pytest.raises(ConfigError, match=r"at 'state_dir': the state folder .* is inside"):
-        Service(cfg, builtin_sinks=False, score_fn=fake_score)
+        build_service(cfg, builtin_sinks=False, score_fn=fake_score)
     with pytest.raises(ConfigError, match="is inside the watch folder"):
-        service_mod.main(cfg)
+        app.main(cfg)
     assert not (tmp_path / where / "focuswatch.db").exists()
 
 
@@ -295,7 +294,7 @@ def test_a_full_state_disk_holds_the_work_says_so_and_resumes_losing_nothing(
     make_service: MakeService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service_mod, "FAULT_RETRY_S", 0.1)
+    monkeypatch.setattr(service, "FAULT_RETRY_S", 0.1)
     watch = tmp_path / "watch"
     svc, sink = make_service()
     write_tif(watch / "S_001" / "Tile_r1-c1_S_001.tif")
@@ -380,7 +379,7 @@ def test_a_deleted_state_folder_is_detected_and_nothing_more_is_written(
     # emptied folder does not score the wafer again beside this one.
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["focuswatch.lock"]
     with pytest.raises(StateError, match="in use by another focuswatch service"):
-        Service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
+        build_service(make_cfg(tmp_path), builtin_sinks=False, score_fn=fake_score)
 
 
 OVERFLOW_CONFIG = """\
@@ -442,7 +441,7 @@ def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_rec
     """The outbox lives in the ledger that cannot be written: the news goes from memory."""
     from test_alerts import HookServer, free_port
 
-    monkeypatch.setattr(service_mod, "FAULT_RETRY_S", 0.1)
+    monkeypatch.setattr(service, "FAULT_RETRY_S", 0.1)
     hook = HookServer(free_port())
     hook.start()
     watch = tmp_path / "watch"
@@ -456,7 +455,7 @@ def test_a_full_state_disk_is_told_through_the_alert_endpoints_and_so_is_the_rec
             disk_min_free_mb=0,  # a 4 MiB disk is always "nearly full": not this test's news
         ),
     )
-    svc = Service(cfg, score_fn=fake_score, notifier=Notifier(env={}))
+    svc = build_service(cfg, score_fn=fake_score, notifier=Notifier(env={}))
     try:
         svc.start()
         ballast = _fill(small_disk)

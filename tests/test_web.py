@@ -368,6 +368,8 @@ def test_a_port_in_use_is_one_log_line_and_the_service_goes_on(tmp_path: Path) -
     try:
         with structlog.testing.capture_logs() as logs:
             console = WebConsole(WebConfig(port=port), tmp_path / "state")
+            assert not logs  # built, not started: nothing bound yet
+            console.start()
         assert not console.running
         assert console.url is None
         (line,) = [e for e in logs if e["event"] == "web_unavailable"]

@@ -136,7 +136,7 @@ def test_dask_task_classifies_a_failure_like_a_local_worker(
 
 def test_service_and_dask_fallback_build_the_same_local_executor(tmp_path: Path) -> None:
     """Both pin worker i to GPU i and make workers log like the service."""
-    from focuswatch import cluster, service
+    from focuswatch import app, cluster
     from focuswatch.config import Config, LoggingConfig, ScoringConfig
 
     cfg = Config(
@@ -144,7 +144,7 @@ def test_service_and_dask_fallback_build_the_same_local_executor(tmp_path: Path)
         scoring=ScoringConfig(backend="gpu", workers=2),
         logging=LoggingConfig(level="debug", format="json"),
     )
-    built = [service.build_executor(cfg), cluster.executor._local_fallback(cfg, None)()]
+    built = [app.build_executor(cfg), cluster.executor._local_fallback(cfg, None)()]
     try:
         for ex in built:
             assert isinstance(ex, LocalExecutor)

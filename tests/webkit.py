@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from focuswatch.app import build_service
 from focuswatch.config import AlertsConfig, Config, WebConfig
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import ScoreSettings, TileScore
@@ -142,7 +143,7 @@ def console_service(tmp_path: Path) -> Iterator[MakeConsole]:
             ),
             web=WebConfig(host="127.0.0.1", port=0, token=token, **web),
         )
-        svc = Service(cfg, score_fn=web_score, notifier=Notifier(env={}))
+        svc = build_service(cfg, score_fn=web_score, notifier=Notifier(env={}))
         made.append(svc)
         svc.start()
         console = next(s for s in svc.sinks if isinstance(s, WebConsole))

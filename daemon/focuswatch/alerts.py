@@ -184,12 +184,41 @@ def validate(cfg: Config) -> list[str]:
         else:
             ac = apprise.AppriseConfig()
             a = apprise.Apprise()
-            if not ac.add(str(path)) or not a.add(ac) or len(a) == 0:
+            with _apprise_errors() as refused:  # apprise loads the rest without a word
+                loaded = ac.add(str(path)) and a.add(ac) and len(a) > 0
+            problems += [
+                f"at 'alerts.apprise_config': {str(path)!r}: "
+                + _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), why)  # not all masked
+                for why in refused
+            ]
+            if not loaded:
                 problems.append(
                     f"at 'alerts.apprise_config': no notification URLs could be loaded "
                     f"from {str(path)!r}"
                 )
     return problems
+
+
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _apprise_errors() -> Iterator[list[str]]:
+    """What apprise logs as errors meanwhile (a config line it could not load), as it
+    says them: redact them before showing them."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    handler = _Collect(level=logging.ERROR)
+    logger = logging.getLogger("apprise")
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 # -- delivery through apprise ------------------------------------------------------------
@@ -482,6 +511,10 @@ def _retake_of(conn: Any, version_id: int) -> _Retake | None:
     return None if row is None else _Retake(int(row[0]), str(row[1]))
 
 
+def _with_retake(position: str, retake: _Retake | None) -> str:
+    return position if retake is None else f"{position} (retake {retake.id})"
+
+
 def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, Any]:
     """The structured form of a tile alert (JSON endpoints get it; see README)."""
     v = record.verdict
@@ -529,7 +562,7 @@ def format_tile_alert(
     lines = [
         f"Section {section}, tile {record.tile_name}{where} is {what}"
         + (", still bad after its retake." if again else "."),
-        f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm",
+        _stage_line(record),
     ]
     if record.working_distance_um is not None:
         wd = record.working_distance_um
@@ -698,10 +731,13 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
     return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
-def _digest_line(label: str, body: str, retake: _Retake | None = None) -> str:
-    why = next((ln[5:] for ln in body.splitlines() if ln.startswith("Why: ")), "")
-    stage = next((ln for ln in body.splitlines() if ln.startswith("Stage")), "")
-    line = f"- {label}: {stage}; {why}"
+def _stage_line(record: VerdictRecord) -> str:
+    return f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm"
+
+
+def _digest_line(record: VerdictRecord, retake: _Retake | None = None) -> str:
+    """The tile's line in its section's digest (kept with the tile until the digest goes)."""
+    line = f"- {record.tile_name}: {_stage_line(record)}; {record.verdict.reason}"
     if retake is not None:
         again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
         line += f" ({again}retake {retake.id})"
@@ -762,7 +798,7 @@ class AlertSink:
             label, details = record.tile_name, None
             if kind.needs_retake:
                 alert = self._format(record, retake)
-                label = _digest_line(record.tile_name, alert.body, retake)
+                label = _digest_line(record, retake)
                 details = json.dumps(dict(alert.details), ensure_ascii=False, default=str)
             cur = conn.execute(
                 "INSERT INTO alert_tiles (version_id, section, position, label, kind, at, alert,"
@@ -1148,12 +1184,19 @@ class AlertSink:
 
     def _summarize(self, conn: Any, section: str, now: float) -> None:
         # The latest version at each position counts (a good retake replaces a bad tile).
-        rows = conn.execute(
-            "SELECT position, kind FROM alert_tiles t WHERE section = ? AND version_id = "
-            "(SELECT max(version_id) FROM alert_tiles u WHERE u.section = t.section "
-            "AND u.position = t.position) ORDER BY position",
+        latest = conn.execute(
+            "SELECT position, kind, version_id FROM alert_tiles t WHERE section = ? AND "
+            "version_id = (SELECT max(version_id) FROM alert_tiles u WHERE u.section = "
+            "t.section AND u.position = t.position) ORDER BY position",
             (section,),
         ).fetchall()
+        rows = [(position, kind) for position, kind, _ in latest]
+        # An unreadable tile is told here only (no tile alert): name its retake entry.
+        unreadable_retakes = {
+            position: _retake_of(conn, vid)
+            for position, kind, vid in latest
+            if kind == str(VerdictKind.UNREADABLE)
+        }
         conn.execute("UPDATE alert_sections SET summarized = 1 WHERE section = ?", (section,))
         # Bad tiles still waiting for a digest are named in the summary instead.
         conn.execute(
@@ -1184,7 +1227,11 @@ class AlertSink:
             found = by_kind.get(str(kind), [])
             if found:
                 text = f"{len(found)} {_KIND_TEXT[kind]}"
-                if kind is not VerdictKind.EMPTY:
+                if kind is VerdictKind.UNREADABLE:
+                    text += ": " + ", ".join(
+                        _with_retake(p, unreadable_retakes.get(p)) for p in found
+                    )
+                elif kind is not VerdictKind.EMPTY:
                     text += ": " + ", ".join(found)
                 parts.append(text)
         # Closed by the next section's start with positions still missing: say which.
@@ -1283,6 +1330,4 @@ def build_sink(
         endpoints=[e.name for e in endpoints],
         delivery=sender is not None,
     )
-    sink = AlertSink(ledger, acfg, sender=sender, clock=clock)
-    sink.start()
-    return sink
+    return AlertSink(ledger, acfg, sender=sender, clock=clock)

@@ -29,6 +29,7 @@ import numpy as np
 
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
+from focuswatch.files import atomic_write
 
 __all__ = ["Calibration", "fit_calibration", "main", "write_plot"]
 
@@ -68,14 +69,12 @@ class Calibration:
         return math.log(score / baseline) / self.slope_per_um
 
     def save(self, path: str | Path) -> None:
-        """Write as JSON (atomically: a temporary file renamed into place)."""
+        """Write as JSON, atomically and durably (a crash leaves the old file or the new)."""
         target = Path(path)
         data = {"version": _VERSION, **asdict(self)}
         data["wd_um"] = list(self.wd_um)
         data["scores"] = list(self.scores)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        atomic_write(target, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:

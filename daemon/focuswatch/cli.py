@@ -368,19 +368,19 @@ def _settings(args: argparse.Namespace) -> config.Config:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from focuswatch import alerts, service
+    from focuswatch import alerts, app
 
     cfg = config.load(args.file)
     if args.syntax_only:
         problems = alerts.validate(cfg)  # a URL apprise cannot parse is a bad value
     else:
         cfg = config.with_overrides(cfg, {"watch.path": args.watch, "state_dir": args.state})
-        problems = service.preflight(cfg)
+        problems = app.preflight(cfg)
     if problems:
         raise ConfigError([f"{args.file}: {p}" for p in problems])
     print(f"{args.file}: OK" + (" (syntax and values only)" if args.syntax_only else ""))
     if not args.syntax_only:
-        print("# not checked here: " + "; ".join(service.NOT_CHECKED))
+        print("# not checked here: " + "; ".join(app.NOT_CHECKED))
     print(config.describe(cfg, redact_url=alerts.redact_url))
     return EXIT_OK
 
@@ -390,9 +390,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check_config(args)
     cfg = _settings(args)
     if args.command == "run":
-        from focuswatch import service
+        from focuswatch import app
 
-        return service.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
+        return app.main(cfg, once=args.once, reset_ledger=args.reset_ledger)
     if args.command == "unit-dropin":
         from focuswatch import unit
 

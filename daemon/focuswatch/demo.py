@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from focuswatch import alerts, retakes, synth
+from focuswatch.app import build_service
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError
 from focuswatch.outbox import Alert, Endpoint
@@ -50,6 +51,9 @@ class _ConsoleVerdicts:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.seen: dict[str, VerdictRecord] = {}
+
+    def start(self) -> None:
+        pass
 
     def on_verdict(self, record: VerdictRecord) -> None:
         self.seen[record.path] = record
@@ -134,7 +138,7 @@ def _run(cfg: Config, root: Path, seed: int, out: TextIO) -> int:
         file=out,
     )
     console = _ConsoleVerdicts(out)
-    svc = Service(cfg, builtin_sinks=False)
+    svc = build_service(cfg, builtin_sinks=False)
     endpoints = [Endpoint(id="console", name="console", notify=_console_notifier(out))]
     if cfg.alerts.urls or cfg.alerts.apprise_config:
         endpoints += alerts.build_endpoints(cfg.alerts, thumbnail_dir=root / "state" / "thumbnails")

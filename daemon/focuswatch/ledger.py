@@ -912,6 +912,11 @@ class Ledger:
         row = self._conn.execute("SELECT value, updated FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else (json.loads(row[0]), float(row[1]))
 
+    def has_scores(self) -> bool:
+        """Whether any tile has a score here (a wafer's history has begun)."""
+        row = self._conn.execute("SELECT 1 FROM results WHERE score IS NOT NULL LIMIT 1")
+        return row.fetchone() is not None
+
     def counts(self) -> dict[str, int]:
         """Current (non-superseded) versions per state; every state present."""
         out = dict.fromkeys(STATES, 0)

@@ -34,18 +34,17 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
 from focuswatch.config import Config
 from focuswatch.errors import StateError
-from focuswatch.files import fsync_dir
+from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
 from focuswatch.statelock import StateLock
@@ -57,7 +56,6 @@ __all__ = [
     "RetakeEvent",
     "RetakeSink",
     "apply",
-    "atomic_write",
     "build_sink",
     "dismiss",
     "dismiss_main",
@@ -488,45 +486,6 @@ def render_text(
 # -- atomic files ------------------------------------------------------------------------
 
 
-def _write_all(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
-
-
-def atomic_write(
-    path: Path, data: bytes, *, write: Callable[[BinaryIO, bytes], None] = _write_all
-) -> None:
-    """Replace ``path`` with ``data`` all at once, or leave it as it was.
-
-    ``write`` puts the bytes into the temporary file; tests pass one that fails the way
-    a full disk does.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600 whatever the umask; the retake list is for the
-        # operators' group too (the unit's UMask=0027 gives 0640).
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)  # the rename itself, durable
-
-
-def _current_umask() -> int:
-    """The process's umask, read without changing it (``os.umask`` would, for a moment)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def _default_writer(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
@@ -554,6 +513,10 @@ class RetakeSink:
     @property
     def paths(self) -> tuple[Path, Path]:
         return self._dir / CSV_NAME, self._dir / JSON_NAME
+
+    def start(self) -> None:
+        """Write the live files now, so an operator finds them before the first verdict."""
+        self.write_files()
 
     def on_verdict(self, record: VerdictRecord) -> None:
         if apply(self._ledger, record):
@@ -622,10 +585,8 @@ class RetakeSink:
 def build_sink(
     cfg: Config, ledger: Ledger, *, clock: Callable[[], float] = time.time
 ) -> RetakeSink:
-    """The retake sink the service feeds every verdict to; writes the files at once."""
-    sink = RetakeSink(ledger, cfg.state_dir, clock=clock)
-    sink.write_files()
-    return sink
+    """The retake sink the service feeds every verdict to (its files are written by ``start``)."""
+    return RetakeSink(ledger, cfg.state_dir, clock=clock)
 
 
 # -- command line ----------------------------------------------------------------------

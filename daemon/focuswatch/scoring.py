@@ -21,6 +21,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from focuswatch.backend import Backend, get_backend
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
+    ConstantImageError,
     ScoreResult,
     check_options,
     float_dtype,
@@ -40,6 +42,8 @@ from focuswatch.score import (
 )
 
 __all__ = [
+    "CONSTANT_REASON",
+    "ScoreFn",
     "ScoreSettings",
     "TileScore",
     "finite_only",
@@ -48,6 +52,9 @@ __all__ = [
     "score_path",
     "too_big",
 ]
+
+#: The reason recorded for a tile with no signal at all (every pixel one value).
+CONSTANT_REASON = "constant image (no signal)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class TileScore:
     dtype: str
     read_ms: float
     score_ms: float
-    meta: Any  # focuswatch.tiles.TileMeta
+    meta: tiles.TileMeta | None
     #: What was actually computed (``patches`` when the memory guard stepped in).
     resolution: str = "patches"
     criterion: str = "mhfd"
@@ -102,6 +109,11 @@ class TileScore:
     fine_fraction: float | None = None
     #: The same per patch (grid of ``patch_scores``; NaN for a patch without maxima).
     patch_fine_fraction: list[list[float]] | None = None
+
+
+#: What a worker runs for each tile: the path and settings in, its score out (a picklable
+#: top-level function; tests and benches pass their own).
+ScoreFn = Callable[[str, ScoreSettings], TileScore]
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,7 +134,7 @@ def _tile_score(
     dtype: str,
     read_ms: float,
     score_ms: float,
-    meta: Any,
+    meta: tiles.TileMeta | None,
 ) -> TileScore:
     return TileScore(
         path=path,
@@ -147,10 +159,9 @@ def _tile_score(
 
 def _reason(exc: ValueError) -> str:
     """The operator's reason for a core ``ValueError``."""
-    msg = str(exc)
-    if msg.startswith("constant image"):
-        return "constant image (no signal)"
-    return msg
+    if isinstance(exc, ConstantImageError):
+        return CONSTANT_REASON
+    return str(exc)
 
 
 def _check_settings(settings: ScoreSettings) -> None:
@@ -166,7 +177,12 @@ def _check_settings(settings: ScoreSettings) -> None:
 
 
 def score_array(
-    image: Any, *, name: str, settings: ScoreSettings, meta: Any = None, read_ms: float = 0.0
+    image: Any,
+    *,
+    name: str,
+    settings: ScoreSettings,
+    meta: tiles.TileMeta | None = None,
+    read_ms: float = 0.0,
 ) -> TileScore:
     """Score an in-memory image (host or, with the GPU backend, device) as if it had
     been read from ``name`` in ``read_ms`` milliseconds."""
@@ -246,7 +262,7 @@ def finite_only(image: Any) -> tuple[Any, int]:
     return np.where(finite, image, fill).astype(image.dtype, copy=False), bad
 
 
-def _with_nonfinite(meta: Any, n: int) -> Any:
+def _with_nonfinite(meta: tiles.TileMeta | None, n: int) -> tiles.TileMeta | None:
     if n == 0 or meta is None:
         return meta
     return dataclasses.replace(meta, nonfinite_pixels=meta.nonfinite_pixels + n)
@@ -295,7 +311,7 @@ def _score_by_patches(
         raise TileError(name, _reason(exc)) from None
     if result.patch_scores is not None and not np.any(result.patch_content):
         # Every patch was blank: the whole tile is constant, as the in-memory path says.
-        raise TileError(name, "constant image (no signal)")
+        raise TileError(name, CONSTANT_REASON)
     total_ms = (time.perf_counter() - t0) * 1e3
     return _tile_score(
         result,

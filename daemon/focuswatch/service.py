@@ -24,16 +24,13 @@ back to 'ready', then exits 0.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 import structlog
@@ -41,15 +38,12 @@ import structlog
 from focuswatch import judge, sdnotify
 from focuswatch.config import Config
 from focuswatch.errors import (
-    BackendError,
-    ConfigError,
     LedgerWriteError,
-    StateError,
     TileError,
 )
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.ledger import Ledger, TileVersion, set_aside
-from focuswatch.scoring import ScoreSettings
+from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
@@ -64,7 +58,7 @@ from focuswatch.watch import (
     scan,
 )
 
-__all__ = ["NOT_CHECKED", "Service", "Sink", "build_executor", "main", "preflight"]
+__all__ = ["FAULT_REMIND_S", "FAULT_RETRY_S", "Service", "Sink"]
 
 log = structlog.get_logger("focuswatch.service")
 
@@ -76,48 +70,23 @@ META_INTERVAL_S = 5.0
 # the log is reminded (with what is waiting).
 FAULT_RETRY_S = 5.0
 FAULT_REMIND_S = 60.0
-# Signals that stop the service in order (hand tiles in flight back, exit 0).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Changes handled per loop turn, so a burst cannot starve outcomes and the watchdog.
 MAX_CHANGES_PER_TURN = 2000
 
 
 class Sink(Protocol):
-    """Receives every committed verdict; ``tick`` runs once per main-loop turn."""
+    """Receives every committed verdict; ``tick`` runs once per main-loop turn.
+
+    ``start`` (threads, files, sockets) runs in ``Service.start``, ``close`` in
+    ``Service.stop``, so a sink's constructor starts nothing."""
+
+    def start(self) -> None: ...
 
     def on_verdict(self, record: VerdictRecord) -> None: ...
 
     def tick(self, now: float) -> None: ...
 
     def close(self) -> None: ...
-
-
-def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
-    """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
-    if cfg.cluster.scheduler == "dask":
-        from focuswatch import cluster
-
-        return cluster.connect(cfg, score_fn=score_fn)
-    from focuswatch.worker import local_executor
-
-    return local_executor(cfg, score_fn=score_fn)
-
-
-def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
-    """The retake and alert sinks, in that order: an alert names the retake entry (its
-    id) its tile opened, so the retake list must have seen the verdict first. Then the
-    web console (its server thread; a port in use is one log line), when enabled."""
-    from focuswatch import alerts, retakes
-
-    sinks: list[Sink] = [
-        retakes.build_sink(cfg, ledger, clock=clock),
-        alerts.build_sink(cfg, ledger, clock=clock),
-    ]
-    if cfg.web.enabled:
-        from focuswatch.web import WebConsole
-
-        sinks.append(WebConsole(cfg.web, cfg.state_dir, clock=clock))
-    return sinks
 
 
 class Service:
@@ -127,82 +96,59 @@ class Service:
         self,
         cfg: Config,
         *,
-        sinks: Sequence[Sink] | None = None,
-        clock: Callable[[], float] = time.time,
-        executor: Executor | None = None,
-        builtin_sinks: bool = True,
-        score_fn: Any = None,
-        notifier: sdnotify.Notifier | None = None,
-        decide: Callable[..., Verdict] | None = None,
+        lock: StateLock,
+        ledger: Ledger,
+        make_executor: Callable[[], Executor],
+        sinks: Sequence[Sink],
+        decide: Callable[..., Verdict],
+        calibration: Any,
+        clock: Callable[[], float],
+        notifier: sdnotify.Notifier,
     ) -> None:
-        watch_path = _watch_folder(cfg)
+        """Parts built by ``focuswatch.app.build_service`` (the lock already held, the
+        ledger open); the service owns them from here and releases them in ``stop``.
+        Nothing is started: ``start`` starts the sinks, the executor and the watcher."""
         self.cfg = cfg
-        # Before anything is opened or started: without the GPU asked for, every tile
-        # would fail one by one; refuse to start instead (BackendError).
-        self._check_backend()
-        self.root = str(watch_path.absolute())
+        self.root = str(Path(cfg.watch.path or ".").absolute())
         self._real_root = os.path.realpath(self.root).rstrip("/")
         self._outside_links: set[str] = set()
         self.clock = clock
-        self.sinks: list[Sink] = []
-        # Before the ledger is touched: a second service's start-up recovery would hand
-        # the first one's tiles in flight back to 'ready'.
-        self._lock = StateLock(_state_folder(cfg))
-        self._lock.acquire()
-        try:
-            self.ledger = Ledger.open(cfg.state_dir, clock=clock)
-        except BaseException:
-            self._lock.release()
-            raise
-        try:
-            self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
-            self.readiness = Readiness(
-                quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
-            )
-            self.changes: queue.Queue[Change] = queue.Queue()
-            self.settings = dataclasses.replace(
-                ScoreSettings.from_config(cfg.scoring),
-                within=None if cfg.watch.follow_symlinks_outside else self._real_root,
-            )
-            self.notifier = notifier or sdnotify.Notifier()
-            if decide is None:
-                from focuswatch import policy
-
-                self._calibration = policy.load_calibration(cfg.policy)
-                decide = policy.decide
-            else:
-                self._calibration = None
-            self._decide = decide
-            self._executor = executor
-            self._score_fn = score_fn
-            if builtin_sinks:
-                self.sinks += _builtin_sinks(cfg, self.ledger, clock)
-            self.sinks += list(sinks or [])
-            self._submitted: set[int] = set()
-            self._watcher: Watcher | None = None
-            self.observer_kind: str | None = None
-            self._rescan_thread: threading.Thread | None = None
-            self._next_rescan = 0.0
-            self._rescan_soon = False
-            self._next_poll = 0.0
-            self._closed_pending = False
-            self._next_meta = 0.0
-            self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
-            self.started = False
-            self.stopped = False
-            self._fault: str | None = None
-            self._fault_since = 0.0
-            self._next_fault_probe = 0.0
-            self._next_fault_reminder = 0.0
-            self._held: list[Outcome] = []
-            self._recovered = False
-        except BaseException:  # e.g. a bad calibration file: do not leak the open ledger
-            for sink in self.sinks:
-                with contextlib.suppress(Exception):
-                    sink.close()
-            self.ledger.close()
-            self._lock.release()
-            raise
+        self._lock = lock
+        self.ledger = ledger
+        self._make_executor = make_executor
+        self._executor: Executor | None = None
+        self.sinks: list[Sink] = list(sinks)
+        self._decide = decide
+        self._calibration = calibration
+        self.notifier = notifier
+        self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+        self.readiness = Readiness(
+            quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
+        )
+        self.changes: queue.Queue[Change] = queue.Queue()
+        self.settings = dataclasses.replace(
+            ScoreSettings.from_config(cfg.scoring),
+            within=None if cfg.watch.follow_symlinks_outside else self._real_root,
+        )
+        self._submitted: set[int] = set()
+        self._watcher: Watcher | None = None
+        self.observer_kind: str | None = None
+        self._rescan_thread: threading.Thread | None = None
+        self._next_rescan = 0.0
+        self._rescan_soon = False
+        self._next_poll = 0.0
+        self._closed_pending = False
+        self._next_meta = 0.0
+        self._poll_every = min(0.5, max(0.02, cfg.watch.quiet_s / 4))
+        self.started = False
+        self.stopped = False
+        self._fault: str | None = None
+        self._fault_since = 0.0
+        self._next_fault_probe = 0.0
+        self._next_fault_reminder = 0.0
+        self._held: list[Outcome] = []
+        self._recovered = False
+        self._sinks_started: list[Sink] = []
 
     # -- events ------------------------------------------------------------------------
 
@@ -216,17 +162,21 @@ class Service:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = build_executor(self.cfg, score_fn=self._score_fn)
+            self._executor = self._make_executor()
         return self._executor
 
     # -- start -------------------------------------------------------------------------
 
     def start(self, *, watch: bool = True) -> None:
-        """Recover from a crash, start the observer, scan the folder, send READY=1."""
+        """Recover from a crash, start the sinks, the observer and the workers, scan the
+        folder, send READY=1. ``stop`` undoes it in the reverse order."""
         try:
             self._recover()
         except LedgerWriteError as exc:  # e.g. the disk is full at start: wait, don't exit
             self._enter_fault(str(exc))
+        for sink in self.sinks:  # in order: the retake list before the alerts that name it
+            sink.start()
+            self._sinks_started.append(sink)
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
             watcher = Watcher(
@@ -263,9 +213,6 @@ class Service:
         self._recovered = True
         if recovered:
             self._event("recovered_in_flight", versions=recovered)
-
-    def _check_backend(self) -> None:
-        _backend_usable(self.cfg)
 
     def _scan_now(self, root: str) -> int:
         known = self.ledger.known_paths(under=None if root == self.root else root)
@@ -680,12 +627,20 @@ class Service:
             # for keep theirs until a later tile revises them (the ledger is the fault).
             raise judged.revise_error
 
-    def _record(self, v: TileVersion, verdict: Verdict, *, score: Any, worker: str) -> None:
+    def _record(
+        self, v: TileVersion, verdict: Verdict, *, score: TileScore | None, worker: str
+    ) -> None:
         created = self.ledger.record_result(v.id, verdict=verdict, score=score, worker=worker)
         self._recorded(v, verdict, created=created, score=score, worker=worker)
 
     def _recorded(
-        self, v: TileVersion, verdict: Verdict, *, created: bool, score: Any, worker: str
+        self,
+        v: TileVersion,
+        verdict: Verdict,
+        *,
+        created: bool,
+        score: TileScore | None,
+        worker: str,
     ) -> None:
         if not created:
             self._event("duplicate_outcome", **self._tile_fields(v))
@@ -824,7 +779,7 @@ class Service:
         self._submitted.clear()
         if self._fault is not None:
             self._event("stopped_unwritable", "error", reason=self._fault, **self._waiting())
-        for sink in self.sinks:
+        for sink in reversed(self._sinks_started):
             try:
                 sink.close()
             except Exception as exc:
@@ -834,292 +789,7 @@ class Service:
         self._lock.release()
 
 
-def _state_folder(cfg: Config) -> Path:
-    """The state folder, created if need be (StateError if it cannot be)."""
-    state = Path(cfg.state_dir)
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
-    return state
-
-
-def _nonfinite(score: Any) -> dict[str, Any]:
+def _nonfinite(score: TileScore) -> dict[str, Any]:
     """NaN/inf pixels of a float tile were left out of its score: say how many."""
-    n = int(getattr(score.meta, "nonfinite_pixels", 0) or 0)
+    n = 0 if score.meta is None else score.meta.nonfinite_pixels
     return {"nonfinite_pixels_not_scored": n} if n else {}
-
-
-def _backend_usable(cfg: Config) -> None:
-    """Probe the GPU once, at start, when local workers are to use one.
-
-    With Dask the GPUs are the workers', not this machine's: each task says so itself.
-    """
-    if cfg.scoring.backend != "gpu" or cfg.cluster.scheduler == "dask":
-        return
-    from focuswatch.backend import get_backend
-
-    try:
-        backend = get_backend("gpu")
-    except BackendError as exc:
-        raise BackendError(
-            f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
-            "(use --backend cpu or auto)"
-        ) from None
-    log.info("backend_checked", backend=backend.name, device=backend.device)
-
-
-def _watch_folder(cfg: Config) -> Path:
-    """``watch.path``; the state folder may not lie in it (the service would score itself)."""
-    if cfg.watch.path is None:
-        raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
-    watch = os.path.realpath(cfg.watch.path)
-    state = os.path.realpath(cfg.state_dir)
-    if state == watch or state.startswith(watch.rstrip("/") + "/"):
-        raise ConfigError(
-            f"at 'state_dir': the state folder {str(cfg.state_dir)!r} is inside the watch "
-            f"folder {str(cfg.watch.path)!r}; the service would watch (and score) its own "
-            "files: put it outside"
-        )
-    return Path(cfg.watch.path)
-
-
-def _state_writable(cfg: Config) -> None:
-    """StateError if the state folder can never be used as configured; LedgerWriteError
-    if it cannot be written now (a read-only mount, which may come back read-write)."""
-    state = _state_folder(cfg)
-    if os.access(state, os.W_OK | os.X_OK):
-        return
-    try:
-        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
-    except OSError:
-        readonly_mount = False
-    if readonly_mount:
-        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
-    raise StateError(f"state folder {state} is not writable")
-
-
-def _watch_usable(cfg: Config) -> None:
-    watch = _watch_folder(cfg)
-    if watch.exists() and not watch.is_dir():
-        raise ConfigError(f"at 'watch.path': {str(watch)!r} is a file, not a folder")
-    if not watch.is_dir():
-        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
-    if not os.access(watch, os.R_OK | os.X_OK):
-        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
-
-
-def _state_usable_without_creating(cfg: Config) -> None:
-    state = Path(cfg.state_dir)
-    if state.exists():
-        if not state.is_dir():
-            raise StateError(f"at 'state_dir': {str(state)!r} is a file, not a folder")
-        if not os.access(state, os.W_OK | os.X_OK):
-            raise StateError(f"at 'state_dir': folder {str(state)!r} is not writable")
-        return
-    parent = state.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise StateError(
-            f"at 'state_dir': folder {str(state)!r} does not exist and cannot be created "
-            f"({str(parent)!r} is not a writable folder)"
-        )
-
-
-def _alerts_usable(cfg: Config) -> None:
-    """Every notification URL one that apprise can use (ConfigError with key paths)."""
-    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
-        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
-
-        problems = alerts.validate(cfg)
-        if problems:
-            raise ConfigError(problems)
-
-
-def _calibration_usable(cfg: Config) -> None:
-    from focuswatch import policy
-
-    policy.load_calibration(cfg.policy)
-
-
-# What ``check-config`` cannot check from here: it needs the running service's network.
-NOT_CHECKED = (
-    "alert endpoints answering (delivery is tried when the service runs)",
-    "the Dask scheduler being reachable (cluster.address)",
-)
-
-
-def preflight(cfg: Config) -> list[str]:
-    """Every problem ``run`` would refuse to start with, without starting or creating anything.
-
-    For ``check-config``: the notification URLs, the watch folder, the state folder,
-    the calibration file and the GPU (when asked for with local workers).
-    """
-    problems: list[str] = []
-    checks: tuple[Callable[[Config], object], ...] = (
-        _alerts_usable,
-        _watch_usable,
-        _state_usable_without_creating,
-        _calibration_usable,
-        _backend_usable,
-    )
-    for check in checks:
-        try:
-            check(cfg)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        except (StateError, BackendError) as exc:
-            problems.append(str(exc))
-    return problems
-
-
-def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
-    """The service, once its state folder can be written; None if stopped meanwhile.
-
-    A full disk or a read-only mount at start is waited out (retried every
-    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
-    running: exiting would only have systemd restart it into the same fault, over and
-    over. systemd is told the service is up (and fed its watchdog) while it waits.
-    """
-    notifier = sdnotify.Notifier()
-    waiting_since: float | None = None
-    remind = 0.0
-    while True:
-        try:
-            _state_writable(cfg)
-            service = Service(cfg)
-        except LedgerWriteError as exc:
-            now = time.monotonic()
-            if waiting_since is None:
-                waiting_since, remind = now, now + FAULT_REMIND_S
-                log.error(
-                    "state_unwritable",
-                    reason=str(exc),
-                    action="not started: waiting for the state folder to be writable; "
-                    f"retrying every {FAULT_RETRY_S:g} s",
-                )
-                notifier.ready("waiting for the state folder to be writable")
-                _tell_directly(
-                    cfg,
-                    "failure",
-                    "focuswatch cannot start: its state folder cannot be written",
-                    f"{exc}\nNo tile is scored until it can; it retries every "
-                    f"{FAULT_RETRY_S:g} s and starts by itself.",
-                )
-            elif now >= remind:
-                remind = now + FAULT_REMIND_S
-                log.error(
-                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
-                )
-            notifier.watchdog()
-            if stop.wait(FAULT_RETRY_S):
-                return None
-        else:
-            if waiting_since is not None:
-                _tell_directly(
-                    cfg,
-                    "success",
-                    "focuswatch started: its state folder can be written again",
-                    f"After {round(time.monotonic() - waiting_since)} s of waiting.",
-                )
-            return service
-
-
-def _tell_directly(cfg: Config, severity: str, title: str, body: str) -> None:
-    """A health message straight to each alert endpoint, before any ledger exists.
-
-    Best effort: each endpoint in a thread of its own, waited for a few seconds at
-    most; its failure is logged and changes nothing.
-    """
-    if not (cfg.alerts.urls or cfg.alerts.apprise_config is not None):
-        return
-    from focuswatch import alerts
-    from focuswatch.outbox import Alert
-
-    try:
-        endpoints = alerts.build_endpoints(cfg.alerts, thumbnail_dir=Path(cfg.state_dir))
-    except Exception as exc:  # an endpoint that cannot even be built: said, not fatal
-        log.warning("health_alert_failed", error=repr(exc))
-        return
-    name = alerts.instance_name(cfg.alerts)
-    alert = Alert(
-        key=f"health:{time.time():.0f}",
-        kind="health",
-        section=None,
-        title=f"[{name}] {title}",
-        body=body,
-        severity=severity,
-    )
-
-    def send(endpoint: Any) -> None:
-        try:
-            endpoint.notify(alert)
-        except Exception as exc:  # DeliveryError and anything apprise raises
-            log.warning("health_alert_failed", endpoint=endpoint.name, error=str(exc))
-
-    threads = [threading.Thread(target=send, args=(e,), daemon=True) for e in endpoints]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5.0)
-
-
-def _stop_on_signal(
-    stop: threading.Event, received: list[int]
-) -> Callable[[int, FrameType | None], None]:
-    """A signal handler that only notes the signal and sets ``stop``.
-
-    Nothing else may run in a handler: it interrupts the main thread anywhere, even
-    inside a log call holding the logger's (non-reentrant) lock, so logging here could
-    deadlock. The main loop logs ``stop_requested`` once it sees ``stop``.
-    """
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
-
-    return on_signal
-
-
-def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
-    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done).
-
-    ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
-    a healthy one).
-    """
-    _alerts_usable(cfg)
-    _watch_usable(cfg)
-    if reset_ledger:
-        lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
-        lock.acquire()
-        try:
-            aside = set_aside(cfg.state_dir)
-        finally:
-            lock.release()
-        log.warning(
-            "ledger_reset",
-            damaged_kept_at=None if aside is None else str(aside),
-            consequence="every tile in the watch folder is scored again, and alerts for "
-            "bad ones are sent again",
-        )
-    stop = threading.Event()
-    received: list[int] = []
-    on_signal = _stop_on_signal(stop, received)
-
-    def why() -> dict[str, Any]:
-        return {"signal": signal.Signals(received[0]).name} if received else {}
-
-    # SIGHUP (the terminal went away, or ``kill -HUP``) is a logged, orderly stop like
-    # SIGTERM: configuration is read once at start, so there is nothing to reload.
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-    try:
-        service = _when_writable(cfg, stop)
-        if service is None:
-            log.info("stop_requested", **why(), while_waiting="for the state folder")
-            return 0
-        service.run_until(stop, once=once, why=why)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 0

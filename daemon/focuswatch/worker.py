@@ -45,14 +45,13 @@ import structlog
 
 from focuswatch.executor import Job, Outcome, classify
 from focuswatch.gpu import score_path_gpu, tiles_in_flight
-from focuswatch.scoring import ScoreSettings, TileScore, score_path
+from focuswatch.scoring import ScoreFn, score_path
 
-__all__ = ["LocalExecutor", "ScoreFn", "describe_exit", "local_executor"]
+__all__ = ["LocalExecutor", "describe_exit", "local_executor"]
 
 if TYPE_CHECKING:
     from focuswatch.config import Config
 
-ScoreFn = Callable[[str, ScoreSettings], TileScore]
 
 _log = structlog.get_logger("focuswatch.worker")
 

@@ -60,7 +60,8 @@ daemon's side: submission, timeouts, hung-worker restarts, the local fallback).
 """
 
 from focuswatch.cluster.executor import DaskExecutor, connect
-from focuswatch.cluster.task import ScoreFn, TaskResult, default_score_fn, run_task, score_bytes
+from focuswatch.cluster.task import TaskResult, default_score_fn, run_task, score_bytes
+from focuswatch.scoring import ScoreFn
 
 __all__ = [
     "DaskExecutor",

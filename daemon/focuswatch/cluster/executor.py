@@ -8,6 +8,7 @@ per job.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import queue
 import threading
@@ -24,17 +25,17 @@ import structlog
 from focuswatch import gpu, scoring
 from focuswatch.cluster.task import (
     STARTED_TOPIC,
-    ScoreFn,
     TaskResult,
     run_reporting_start,
 )
 from focuswatch.config import Config
 from focuswatch.errors import BackendError
 from focuswatch.executor import Executor, Job, Outcome
+from focuswatch.scoring import ScoreFn
 from focuswatch.tiles import os_reason, outside
 from focuswatch.worker import LocalExecutor, local_executor
 
-__all__ = ["DaskExecutor", "connect"]
+__all__ = ["Connection", "DaskExecutor", "connect"]
 
 _log = structlog.get_logger("focuswatch.cluster")
 
@@ -147,13 +148,31 @@ class _Restarts:
 # ----------------------------------------------------------------------- executor
 
 
+class _Where(enum.Enum):
+    """Where a submitted job is."""
+
+    NEW = "new"
+    READING = "reading"  # its bytes being read for the cluster (send_bytes)
+    DASK = "dask"
+    FALLBACK = "fallback"  # scored locally while the scheduler is away
+    ORPHAN = "orphan"  # waiting to be (re)placed
+
+
+class Connection(enum.StrEnum):
+    """The executor's link to the scheduler, as ``describe()["state"]`` reports it."""
+
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"
+
+
 @dataclass
 class _Entry:
     """One submitted job until its outcome is produced; ``key`` is the current attempt."""
 
     job: Job
     key: str = ""
-    where: str = "new"  # "dask" | "fallback" | "orphan" (waiting to be (re)placed)
+    where: _Where = _Where.NEW
     attempt: int = 0
     resubmits: int = 0
     future: Any = None
@@ -244,10 +263,10 @@ class DaskExecutor:
         self._reconnector: threading.Thread | None = None
         self._warned_no_gpu = False
         self._client: Any = None
-        self._state = "disconnected"  # "connected" | "reconnecting" | "disconnected"
+        self._state = Connection.DISCONNECTED
         try:
             self._client = self._new_client()
-            self._state = "connected"
+            self._state = Connection.CONNECTED
             _log.info("cluster_connected", address=address)
         except Exception as exc:  # OSError / TimeoutError from distributed's connect
             if on_unreachable == "wait":
@@ -310,7 +329,7 @@ class DaskExecutor:
                 if self._closed:
                     break
                 self._client = client
-                self._state = "connected"
+                self._state = Connection.CONNECTED
                 _log.info("cluster_reconnected", address=self.address)
                 self._check_health_locked()
                 self._cond.notify_all()
@@ -326,14 +345,14 @@ class DaskExecutor:
         if client is not None:
             status = client.status
             if status == "running":
-                if self._state != "connected":
+                if self._state is not Connection.CONNECTED:
                     _log.info("cluster_reconnected", address=self.address)
-                self._state = "connected"
+                self._state = Connection.CONNECTED
             elif status in ("connecting", "newly-created"):
                 # The client is retrying by itself, for at most connect_timeout_s.
-                if self._state == "connected":
+                if self._state is Connection.CONNECTED:
                     _log.warning("cluster_connection_lost", address=self.address)
-                self._state = "reconnecting"
+                self._state = Connection.RECONNECTING
             else:
                 _log.error(
                     "cluster_scheduler_gone",
@@ -344,15 +363,15 @@ class DaskExecutor:
                     else "waiting for the scheduler",
                 )
                 self._client = None
-                self._state = "disconnected"
+                self._state = Connection.DISCONNECTED
                 self._start_reconnector()
-        orphans = [e for e in self._entries.values() if e.where == "orphan"]
+        orphans = [e for e in self._entries.values() if e.where is _Where.ORPHAN]
         if not orphans:
             return
-        if self._state == "connected":
+        if self._state is Connection.CONNECTED:
             for e in orphans:
                 self._place_locked(e)
-        elif self._state == "disconnected" and self._on_unreachable == "fallback":
+        elif self._state is Connection.DISCONNECTED and self._on_unreachable == "fallback":
             _log.warning("cluster_jobs_to_fallback", jobs=len(orphans), address=self.address)
             for e in orphans:
                 self._place_locked(e)
@@ -370,7 +389,7 @@ class DaskExecutor:
         for entry in list(self._entries.values()):
             if entry.key in starts:
                 entry.started_on, entry.started_at = starts[entry.key]
-            if entry.where != "dask" or entry.started_at is None:
+            if entry.where is not _Where.DASK or entry.started_at is None:
                 continue
             if now - entry.started_at < self._timeout:
                 continue
@@ -484,10 +503,10 @@ class DaskExecutor:
         entry.attempt += 1
         entry.key = f"focuswatch-score-{entry.job.version_id}-{self._session}-{next(self._seq)}"
         entry.extra = {"attempt": entry.attempt, "key": entry.key}
-        if self._state == "connected":
+        if self._state is Connection.CONNECTED:
             if self._send_bytes:
                 # Read and scatter in the background; it submits when the bytes are there.
-                entry.where = "reading"
+                entry.where = _Where.READING
                 entry.future = entry.data = None
                 self._io.submit(self._ship_bytes, entry, entry.key, self._client)
                 return
@@ -496,16 +515,16 @@ class DaskExecutor:
                 return
             except Exception as exc:  # the client broke between the check and the submit
                 _log.warning("cluster_submit_failed", error=f"{type(exc).__name__}: {exc}")
-                entry.where = "orphan"
+                entry.where = _Where.ORPHAN
                 return
-        if self._state == "disconnected" and self._on_unreachable == "fallback":
+        if self._state is Connection.DISCONNECTED and self._on_unreachable == "fallback":
             if self._fallback is None:
                 self._fallback = self._make_fallback()
-            entry.where = "fallback"
+            entry.where = _Where.FALLBACK
             entry.future = None
             self._fallback.submit(entry.job)
             return
-        entry.where = "orphan"
+        entry.where = _Where.ORPHAN
 
     def _ship_bytes(self, entry: _Entry, key: str, client: Any) -> None:
         """Read a tile and scatter its bytes, outside the lock, then submit it (send_bytes)."""
@@ -515,7 +534,7 @@ class DaskExecutor:
                 not self._closed
                 and self._entries.get(entry.job.version_id) is entry
                 and entry.key == key
-                and entry.where == "reading"
+                and entry.where is _Where.READING
             )
 
         reason: str | None = None
@@ -545,10 +564,11 @@ class DaskExecutor:
         with self._cond:
             if not current():
                 return  # closed, or finished meanwhile: ``scattered`` is released here
-            if scattered is None or self._client is not client or self._state != "connected":
+            lost = self._client is not client or self._state is not Connection.CONNECTED
+            if scattered is None or lost:
                 if error:
                     _log.warning("cluster_submit_failed", error=error)
-                entry.where = "orphan"
+                entry.where = _Where.ORPHAN
                 self._check_health_locked()
             else:
                 entry.data = scattered
@@ -556,7 +576,7 @@ class DaskExecutor:
                     self._submit_dask_locked(entry)
                 except Exception as exc:  # the client broke between the check and the submit
                     _log.warning("cluster_submit_failed", error=f"{type(exc).__name__}: {exc}")
-                    entry.where = "orphan"
+                    entry.where = _Where.ORPHAN
             self._cond.notify_all()
 
     def _submit_dask_locked(self, entry: _Entry) -> None:
@@ -579,7 +599,7 @@ class DaskExecutor:
             resources=resources,
         )
         entry.future = fut
-        entry.where = "dask"
+        entry.where = _Where.DASK
         entry.started_at, entry.started_on = None, ""
         vid, key = job.version_id, entry.key
         fut.add_done_callback(lambda f: self._on_dask_done(f, vid, key))
@@ -609,8 +629,8 @@ class DaskExecutor:
             job, extra = entry.job, dict(entry.extra)
             if fut.status == "cancelled" and not self._closed:
                 entry.resubmits += 1
-                if entry.resubmits <= _MAX_RESUBMITS or self._state != "connected":
-                    entry.where = "orphan"
+                if entry.resubmits <= _MAX_RESUBMITS or self._state is not Connection.CONNECTED:
+                    entry.where = _Where.ORPHAN
                     entry.future = None
                     self._check_health_locked()
                     self._cond.notify_all()
@@ -629,7 +649,7 @@ class DaskExecutor:
                 entry = self._entries.get(version_id)
                 if entry is not None and entry.key == key and not self._closed:
                     _log.warning("cluster_result_lost", key=key, error=repr(exc))
-                    entry.where = "orphan"
+                    entry.where = _Where.ORPHAN
                     entry.future = None
                     self._check_health_locked()
                     self._cond.notify_all()
@@ -653,7 +673,7 @@ class DaskExecutor:
             return
         for o in self._fallback.outcomes(0):
             entry = self._entries.get(o.version_id)
-            if entry is None or entry.where != "fallback":
+            if entry is None or entry.where is not _Where.FALLBACK:
                 continue  # dedupe: the job already has an outcome
             extra = {**entry.extra, "backend": "local-fallback"}
             outcome = Outcome(o.version_id, o.result, o.error, o.retryable, o.worker, extra)
@@ -711,7 +731,7 @@ class DaskExecutor:
             client, state = self._client, self._state
             fallback = self._fallback
         info: dict[str, Any] = {}
-        if client is not None and state == "connected":
+        if client is not None and state is Connection.CONNECTED:
             try:
                 # Bounded: a status report must not hang on a stalled scheduler.
                 ident = client.sync(
@@ -740,7 +760,7 @@ class DaskExecutor:
         out: dict[str, Any] = {
             "backend": "dask",
             "address": self.address,
-            "state": state,
+            "state": str(state),
             "on_unreachable": self._on_unreachable,
             "workers": workers,
             "in_flight": unfinished,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -21,12 +20,11 @@ import structlog
 from focuswatch import gpu, scoring
 from focuswatch.errors import BackendError, TileError
 from focuswatch.executor import classify
-from focuswatch.scoring import ScoreSettings, TileScore
+from focuswatch.scoring import ScoreFn, ScoreSettings, TileScore
 
 __all__ = [
     "NO_GPU",
     "STARTED_TOPIC",
-    "ScoreFn",
     "TaskResult",
     "default_score_fn",
     "run_reporting_start",
@@ -34,7 +32,6 @@ __all__ = [
     "score_bytes",
 ]
 
-ScoreFn = Callable[[str, ScoreSettings], TileScore]
 """Scores one tile file; must be a picklable top-level function (it travels to workers)."""
 
 _log = structlog.get_logger("focuswatch.cluster")

@@ -90,6 +90,7 @@ from focuswatch.backend import Backend
 from focuswatch.choices import CRITERIA, RESOLUTIONS
 from focuswatch.score._dtypes import (
     MIN_SIZE,
+    ConstantImageError,
     float_dtype,
     stretch_limits,
     stretched,
@@ -115,6 +116,7 @@ __all__ = [
     "MODES",
     "PAPER_SIGMAS",
     "RESOLUTIONS",
+    "ConstantImageError",
     "ScoreResult",
     "check_options",
     "float_dtype",
@@ -223,11 +225,9 @@ def score_patches(
                     dtype=dtype,
                     resize=resize,
                 )
-            except ValueError as exc:
+            except ConstantImageError:
                 # A blank patch (a saturated margin, say) in a tile that has signal
                 # elsewhere: nothing in focus there, nothing to see.
-                if not str(exc).startswith("constant image"):
-                    raise
                 scores[i, j] = _blank_score(criterion)
     mhfd_counts = criterion == "mhfd"
     return ScoreResult(

@@ -15,13 +15,24 @@ import numpy as np
 
 from focuswatch.backend import Backend
 
-__all__ = ["MIN_SIZE", "float_dtype", "stretch_limits", "stretched", "validate_image"]
+__all__ = [
+    "MIN_SIZE",
+    "ConstantImageError",
+    "float_dtype",
+    "stretch_limits",
+    "stretched",
+    "validate_image",
+]
 
 #: The smallest side the core accepts: below this the 3×3 maxima and the
 #: coarsest scales of the schedule mean nothing.
 MIN_SIZE = 16
 
 _HIST_CHUNK = 1 << 22  # pixels per bincount call
+
+
+class ConstantImageError(ValueError):
+    """Every pixel has one value: no signal to score (a blank patch, a dead detector)."""
 
 
 def float_dtype(dtype: str | None) -> Any:
@@ -63,7 +74,7 @@ def validate_image(
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("image contains NaN or infinite values")
     if lo == hi:
-        raise ValueError(f"constant image (no signal): every pixel is {lo:g}")
+        raise ConstantImageError(f"constant image (no signal): every pixel is {lo:g}")
     return lo, hi
 
 

@@ -52,7 +52,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class WebConsole:
-    """The web page, ``/metrics`` and ``/healthz``: started at construction, stopped by close."""
+    """The web page, ``/metrics`` and ``/healthz``: served from ``start`` until ``close``."""
 
     def __init__(
         self,
@@ -61,11 +61,19 @@ class WebConsole:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._wcfg = wcfg
+        self._state_dir = state_dir
+        self._clock = clock
         self.url: str | None = None
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._console: Console | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        """Bind the port and serve in a thread; a port in use is one log line, no more."""
+        wcfg = self._wcfg
         try:
             sock = bind(wcfg.host, wcfg.port)
         except OSError as exc:
@@ -79,12 +87,14 @@ class WebConsole:
             )
             return
         try:
-            self._console = Console(state_dir, clock=clock)
+            self._console = Console(self._state_dir, clock=self._clock)
         except StateError as exc:
             sock.close()
             log.warning("web_unavailable", reason=str(exc))
             return
-        app = build_app(self._console, token=wcfg.token, clock=clock, hosts=allowed_hosts(wcfg))
+        app = build_app(
+            self._console, token=wcfg.token, clock=self._clock, hosts=allowed_hosts(wcfg)
+        )
         config = uvicorn.Config(
             app,
             log_config=None,  # the service configured logging; uvicorn must not redo it
@@ -108,11 +118,11 @@ class WebConsole:
         log.info("web_started", url=self.url, changes="on" if wcfg.token else "off (no web.token)")
 
     def _run(self) -> None:
-        server = self._server
-        if server is None:
+        server, sock = self._server, self._sock
+        if server is None or sock is None:
             return
         try:
-            asyncio.run(server.serve(sockets=[self._sock]))
+            asyncio.run(server.serve(sockets=[sock]))
         except Exception as exc:  # the page is a nicety: never take the service down
             log.error("web_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -135,8 +145,9 @@ class WebConsole:
             self._thread.join(_STOP_TIMEOUT_S)
             if self._thread.is_alive():
                 log.warning("web_stop_slow", waited_s=_STOP_TIMEOUT_S)
-        with contextlib.suppress(OSError, AttributeError):
-            self._sock.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
         if self._console is not None:
             self._console.close()
             self._console = None

@@ -1,0 +1,467 @@
+"""The composition root: every part of the service built from the configuration, once.
+
+``build_service`` checks what must hold before anything is opened (the GPU asked for,
+the watch and state folders), takes the state folder's lock, opens the ledger, checks
+that its scores were made the way this configuration scores, loads the calibration and
+builds the executor (lazily: worker processes start in ``Service.start``) and the sinks
+(retake list, alerts, web console; none starts anything until ``Service.start``). The
+``Service`` only runs them. ``preflight`` is the same checks for ``check-config``;
+``main`` is ``focuswatch run``: signals, waiting for a writable state folder, the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from focuswatch import sdnotify
+from focuswatch.config import Config
+from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
+from focuswatch.executor import Executor
+from focuswatch.ledger import DB_NAME, Ledger, set_aside
+from focuswatch.service import FAULT_REMIND_S, FAULT_RETRY_S, Service, Sink
+from focuswatch.statelock import StateLock
+from focuswatch.verdict import Verdict
+
+__all__ = ["NOT_CHECKED", "STOP_SIGNALS", "build_executor", "build_service", "main", "preflight"]
+
+log = structlog.get_logger("focuswatch.app")
+
+# Signals that stop the service in order (hand tiles in flight back, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def build_service(
+    cfg: Config,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    clock: Callable[[], float] = time.time,
+    executor: Executor | None = None,
+    builtin_sinks: bool = True,
+    score_fn: Any = None,
+    notifier: sdnotify.Notifier | None = None,
+    decide: Callable[..., Verdict] | None = None,
+) -> Service:
+    """The service for ``cfg``, built and not started (``Service.start`` starts it).
+
+    ``sinks`` are added after the built-in ones (``builtin_sinks=False``: only them);
+    ``executor``, ``score_fn``, ``decide`` and ``notifier`` replace the configured
+    parts (tests, benches). Raises ``ConfigError``, ``StateError`` (a second service,
+    a damaged ledger), ``BackendError``, and ``LedgerWriteError`` when the state folder
+    cannot be written now; whatever was opened is closed again.
+    """
+    _watch_folder(cfg)
+    # Before anything is opened or started: without the GPU asked for, every tile would
+    # fail one by one; refuse to start instead.
+    _backend_usable(cfg)
+    # Before the ledger is touched: a second service's start-up recovery would hand the
+    # first one's tiles in flight back to 'ready'.
+    lock = StateLock(_state_folder(cfg))
+    lock.acquire()
+    opened: list[Any] = []
+    try:
+        ledger = Ledger.open(cfg.state_dir, clock=clock)
+        opened.append(ledger)
+        _same_scoring(cfg, ledger)
+        calibration = None
+        if decide is None:
+            from focuswatch import policy
+
+            calibration = policy.load_calibration(cfg.policy)
+            decide = policy.decide
+        built = _builtin_sinks(cfg, ledger, clock) if builtin_sinks else []
+        make_executor: Callable[[], Executor] = (
+            (lambda: executor)
+            if executor is not None
+            else functools.partial(build_executor, cfg, score_fn=score_fn)
+        )
+        return Service(
+            cfg,
+            lock=lock,
+            ledger=ledger,
+            make_executor=make_executor,
+            sinks=[*built, *(sinks or [])],
+            decide=decide,
+            calibration=calibration,
+            clock=clock,
+            notifier=notifier or sdnotify.Notifier(),
+        )
+    except BaseException:  # e.g. a bad calibration file: do not leak the open ledger
+        for part in opened:
+            with contextlib.suppress(Exception):
+                part.close()
+        lock.release()
+        raise
+
+
+#: What a score depends on besides the tile: scores made otherwise are not comparable,
+#: so one ledger (one wafer's history) holds scores of one kind only.
+_SCORING_KEYS = ("criterion", "mode", "resolution", "patch_size")
+
+
+def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
+    """How ``cfg`` scores differently from the ledger's earlier results (key paths).
+
+    The policy compares each tile with its position's earlier scores; scores of another
+    mode or patch size would be mixed into that history without a word.
+    """
+    meta = ledger.get_meta("scoring")
+    recorded = None if meta is None else meta[0]
+    if not isinstance(recorded, dict) or not ledger.has_scores():
+        return []
+    return [
+        f"at 'scoring.{k}': this state folder's tiles were scored with {k} = "
+        f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
+        "comparable with them. Set it back, or use a new state folder for a new wafer"
+        for k in _SCORING_KEYS
+        if k in recorded and recorded[k] != getattr(cfg.scoring, k)
+    ]
+
+
+def _same_scoring(cfg: Config, ledger: Ledger) -> None:
+    """Refuse to score otherwise than the ledger's results; record how this run scores."""
+    problems = _scoring_problems(cfg, ledger)
+    if problems:
+        raise ConfigError(problems)
+    wanted = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
+    meta = ledger.get_meta("scoring")
+    if meta is None or meta[0] != wanted:
+        ledger.set_meta("scoring", wanted)
+
+
+def _scoring_unchanged(cfg: Config) -> None:
+    """For ``check-config``: the same check on an existing ledger, read-only."""
+    if not (Path(cfg.state_dir) / DB_NAME).is_file():
+        return
+    ledger = Ledger.open(cfg.state_dir, readonly=True)
+    try:
+        problems = _scoring_problems(cfg, ledger)
+    finally:
+        ledger.close()
+    if problems:
+        raise ConfigError(problems)
+
+
+def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
+    """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
+    if cfg.cluster.scheduler == "dask":
+        from focuswatch import cluster
+
+        return cluster.connect(cfg, score_fn=score_fn)
+    from focuswatch.worker import local_executor
+
+    return local_executor(cfg, score_fn=score_fn)
+
+
+def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
+    """The retake and alert sinks, in that order: an alert names the retake entry (its
+    id) its tile opened, so the retake list must have seen the verdict first. Then the
+    web console (its server thread; a port in use is one log line), when enabled."""
+    from focuswatch import alerts, retakes
+
+    sinks: list[Sink] = [
+        retakes.build_sink(cfg, ledger, clock=clock),
+        alerts.build_sink(cfg, ledger, clock=clock),
+    ]
+    if cfg.web.enabled:
+        from focuswatch.web import WebConsole
+
+        sinks.append(WebConsole(cfg.web, cfg.state_dir, clock=clock))
+    return sinks
+
+
+def _state_folder(cfg: Config) -> Path:
+    """The state folder, created if need be (StateError if it cannot be)."""
+    state = Path(cfg.state_dir)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create state folder {state}: {exc.strerror or exc}") from None
+    return state
+
+
+def _backend_usable(cfg: Config) -> None:
+    """Probe the GPU once, at start, when local workers are to use one.
+
+    With Dask the GPUs are the workers', not this machine's: each task says so itself.
+    """
+    if cfg.scoring.backend != "gpu" or cfg.cluster.scheduler == "dask":
+        return
+    from focuswatch.backend import get_backend
+
+    try:
+        backend = get_backend("gpu")
+    except BackendError as exc:
+        raise BackendError(
+            f"scoring.backend = 'gpu' but this machine cannot score on a GPU: {exc} "
+            "(use --backend cpu or auto)"
+        ) from None
+    log.info("backend_checked", backend=backend.name, device=backend.device)
+
+
+def _watch_folder(cfg: Config) -> Path:
+    """``watch.path``; the state folder may not lie in it (the service would score itself)."""
+    if cfg.watch.path is None:
+        raise ConfigError("at 'watch.path': required (give --watch DIR or set watch.path)")
+    watch = os.path.realpath(cfg.watch.path)
+    state = os.path.realpath(cfg.state_dir)
+    if state == watch or state.startswith(watch.rstrip("/") + "/"):
+        raise ConfigError(
+            f"at 'state_dir': the state folder {str(cfg.state_dir)!r} is inside the watch "
+            f"folder {str(cfg.watch.path)!r}; the service would watch (and score) its own "
+            "files: put it outside"
+        )
+    return Path(cfg.watch.path)
+
+
+def _state_writable(cfg: Config) -> None:
+    """StateError if the state folder can never be used as configured; LedgerWriteError
+    if it cannot be written now (a read-only mount, which may come back read-write)."""
+    state = _state_folder(cfg)
+    if os.access(state, os.W_OK | os.X_OK):
+        return
+    try:
+        readonly_mount = bool(os.statvfs(state).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly_mount = False
+    if readonly_mount:
+        raise LedgerWriteError(f"the state folder {state} is on a read-only file system")
+    raise StateError(f"state folder {state} is not writable")
+
+
+def _watch_usable(cfg: Config) -> None:
+    watch = _watch_folder(cfg)
+    if watch.exists() and not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': {str(watch)!r} is a file, not a folder")
+    if not watch.is_dir():
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} does not exist")
+    if not os.access(watch, os.R_OK | os.X_OK):
+        raise ConfigError(f"at 'watch.path': folder {str(watch)!r} is not readable")
+
+
+def _state_usable_without_creating(cfg: Config) -> None:
+    state = Path(cfg.state_dir)
+    if state.exists():
+        if not state.is_dir():
+            raise StateError(f"at 'state_dir': {str(state)!r} is a file, not a folder")
+        if not os.access(state, os.W_OK | os.X_OK):
+            raise StateError(f"at 'state_dir': folder {str(state)!r} is not writable")
+        return
+    parent = state.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StateError(
+            f"at 'state_dir': folder {str(state)!r} does not exist and cannot be created "
+            f"({str(parent)!r} is not a writable folder)"
+        )
+
+
+def _alerts_usable(cfg: Config) -> None:
+    """Every notification URL one that apprise can use (ConfigError with key paths)."""
+    if cfg.alerts.urls or cfg.alerts.apprise_config is not None:
+        from focuswatch import alerts  # apprise is slow to import: only when alerts are set
+
+        problems = alerts.validate(cfg)
+        if problems:
+            raise ConfigError(problems)
+
+
+def _calibration_usable(cfg: Config) -> None:
+    from focuswatch import policy
+
+    policy.load_calibration(cfg.policy)
+
+
+# What ``check-config`` cannot check from here: it needs the running service's network.
+NOT_CHECKED = (
+    "alert endpoints answering (delivery is tried when the service runs)",
+    "the Dask scheduler being reachable (cluster.address)",
+)
+
+
+def preflight(cfg: Config) -> list[str]:
+    """Every problem ``run`` would refuse to start with, without starting or creating anything.
+
+    For ``check-config``: the notification URLs, the watch folder, the state folder,
+    the calibration file, the GPU (when asked for with local workers) and, for a state
+    folder with a ledger, that tiles are scored as its earlier tiles were.
+    """
+    problems: list[str] = []
+    checks: tuple[Callable[[Config], object], ...] = (
+        _alerts_usable,
+        _watch_usable,
+        _state_usable_without_creating,
+        _calibration_usable,
+        _backend_usable,
+        _scoring_unchanged,
+    )
+    for check in checks:
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (StateError, BackendError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
+    """The service, once its state folder can be written; None if stopped meanwhile.
+
+    A full disk or a read-only mount at start is waited out (retried every
+    ``FAULT_RETRY_S``, said once and reminded every ``FAULT_REMIND_S``), as it is while
+    running: exiting would only have systemd restart it into the same fault, over and
+    over. systemd is told the service is up (and fed its watchdog) while it waits.
+    """
+    notifier = sdnotify.Notifier()
+    waiting_since: float | None = None
+    remind = 0.0
+    while True:
+        try:
+            _state_writable(cfg)
+            service = build_service(cfg)
+        except LedgerWriteError as exc:
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since, remind = now, now + FAULT_REMIND_S
+                log.error(
+                    "state_unwritable",
+                    reason=str(exc),
+                    action="not started: waiting for the state folder to be writable; "
+                    f"retrying every {FAULT_RETRY_S:g} s",
+                )
+                notifier.ready("waiting for the state folder to be writable")
+                _tell_directly(
+                    cfg,
+                    "failure",
+                    "focuswatch cannot start: its state folder cannot be written",
+                    f"{exc}\nNo tile is scored until it can; it retries every "
+                    f"{FAULT_RETRY_S:g} s and starts by itself.",
+                )
+            elif now >= remind:
+                remind = now + FAULT_REMIND_S
+                log.error(
+                    "state_still_unwritable", reason=str(exc), for_s=round(now - waiting_since)
+                )
+            notifier.watchdog()
+            if stop.wait(FAULT_RETRY_S):
+                return None
+        else:
+            if waiting_since is not None:
+                _tell_directly(
+                    cfg,
+                    "success",
+                    "focuswatch started: its state folder can be written again",
+                    f"After {round(time.monotonic() - waiting_since)} s of waiting.",
+                )
+            return service
+
+
+def _tell_directly(cfg: Config, severity: str, title: str, body: str) -> None:
+    """A health message straight to each alert endpoint, before any ledger exists.
+
+    Best effort: each endpoint in a thread of its own, waited for a few seconds at
+    most; its failure is logged and changes nothing.
+    """
+    if not (cfg.alerts.urls or cfg.alerts.apprise_config is not None):
+        return
+    from focuswatch import alerts
+    from focuswatch.outbox import Alert
+
+    try:
+        endpoints = alerts.build_endpoints(cfg.alerts, thumbnail_dir=Path(cfg.state_dir))
+    except Exception as exc:  # an endpoint that cannot even be built: said, not fatal
+        log.warning("health_alert_failed", error=repr(exc))
+        return
+    name = alerts.instance_name(cfg.alerts)
+    alert = Alert(
+        key=f"health:{time.time():.0f}",
+        kind="health",
+        section=None,
+        title=f"[{name}] {title}",
+        body=body,
+        severity=severity,
+    )
+
+    def send(endpoint: Any) -> None:
+        try:
+            endpoint.notify(alert)
+        except Exception as exc:  # DeliveryError and anything apprise raises
+            log.warning("health_alert_failed", endpoint=endpoint.name, error=str(exc))
+
+    threads = [threading.Thread(target=send, args=(e,), daemon=True) for e in endpoints]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+
+
+def _stop_on_signal(
+    stop: threading.Event, received: list[int]
+) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that only notes the signal and sets ``stop``.
+
+    Nothing else may run in a handler: it interrupts the main thread anywhere, even
+    inside a log call holding the logger's (non-reentrant) lock, so logging here could
+    deadlock. The main loop logs ``stop_requested`` once it sees ``stop``.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    return on_signal
+
+
+def main(cfg: Config, *, once: bool = False, reset_ledger: bool = False) -> int:
+    """``focuswatch run``: run the service until SIGTERM/SIGINT (or, with ``once``, done).
+
+    ``reset_ledger``: a damaged ledger is moved aside and a new one started (refused for
+    a healthy one).
+    """
+    _alerts_usable(cfg)
+    _watch_usable(cfg)
+    if reset_ledger:
+        lock = StateLock(cfg.state_dir)  # never move a ledger a running service has open
+        lock.acquire()
+        try:
+            aside = set_aside(cfg.state_dir)
+        finally:
+            lock.release()
+        log.warning(
+            "ledger_reset",
+            damaged_kept_at=None if aside is None else str(aside),
+            consequence="every tile in the watch folder is scored again, and alerts for "
+            "bad ones are sent again",
+        )
+    stop = threading.Event()
+    received: list[int] = []
+    on_signal = _stop_on_signal(stop, received)
+
+    def why() -> dict[str, Any]:
+        return {"signal": signal.Signals(received[0]).name} if received else {}
+
+    # SIGHUP (the terminal went away, or ``kill -HUP``) is a logged, orderly stop like
+    # SIGTERM: configuration is read once at start, so there is nothing to reload.
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        service = _when_writable(cfg, stop)
+        if service is None:
+            log.info("stop_requested", **why(), while_waiting="for the state folder")
+            return 0
+        service.run_until(stop, once=once, why=why)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

@@ -1,0 +1,102 @@
+"""The composition root: builds every part from the configuration, starts none of them,
+and refuses to mix scores of another kind into a wafer's history."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from focuswatch.app import build_service, preflight
+from focuswatch.config import AlertsConfig, Config, WebConfig
+from focuswatch.errors import ConfigError
+from focuswatch.ledger import Ledger
+from pipeline_jobs import fake_score
+from servicekit import RecordingSink, make_cfg, write_tif
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scored_once(cfg: Config) -> None:
+    """One tile scored and recorded in ``cfg``'s state folder, the service stopped again."""
+    write_tif(Path(cfg.watch.path or "") / "S_001" / "Tile_r1-c1_S_001.tif")
+    sink = RecordingSink()
+    svc = build_service(cfg, sinks=[sink], builtin_sinks=False, score_fn=fake_score)
+    svc.run_until(threading.Event(), once=True)
+    assert len(sink.records) == 1
+
+
+def test_building_the_service_starts_nothing_and_start_starts_each_part(tmp_path: Path) -> None:
+    """No thread, no socket, no file before ``start``; ``stop`` closes what started."""
+    port = _free_port()
+    cfg = dataclasses.replace(
+        make_cfg(tmp_path),
+        web=WebConfig(enabled=True, port=port),
+        alerts=AlertsConfig(urls=["json://127.0.0.1:9/hook"], disk_min_free_mb=0),
+    )
+    sink = RecordingSink()
+    threads = set(threading.enumerate())
+    svc = build_service(cfg, sinks=[sink], score_fn=fake_score)
+    try:
+        assert set(threading.enumerate()) == threads
+        assert not (cfg.state_dir / "retakes.csv").exists()
+        with socket.socket() as probe:  # the port is still free: nothing bound it
+            probe.bind(("127.0.0.1", port))
+        assert not sink.started
+        svc.start(watch=False)
+        assert sink.started
+        assert (cfg.state_dir / "retakes.csv").exists()
+        with socket.socket() as probe, pytest.raises(OSError, match="in use"):
+            probe.bind(("127.0.0.1", port))
+    finally:
+        svc.stop(grace_s=0.5)
+    assert sink.closed
+
+
+def test_a_scoring_mode_change_on_a_wafer_already_scored_is_refused_with_its_key(
+    tmp_path: Path,
+) -> None:
+    """Scores of another mode are not comparable: they may not join a position's history."""
+    cfg = make_cfg(tmp_path, mode="default")
+    _scored_once(cfg)
+    fast = make_cfg(tmp_path, mode="fast")
+    with pytest.raises(ConfigError) as err:
+        build_service(fast, builtin_sinks=False, score_fn=fake_score)
+    (problem,) = err.value.problems
+    assert problem.startswith("at 'scoring.mode': ")
+    assert "'default', not 'fast'" in problem
+    # Refused, not half-started: the lock is free again and the ledger unchanged.
+    build_service(cfg, builtin_sinks=False, score_fn=fake_score).stop()
+    ledger = Ledger.open(cfg.state_dir)
+    try:
+        meta = ledger.get_meta("scoring")
+    finally:
+        ledger.close()
+    assert meta is not None
+    assert meta[0]["mode"] == "default"
+
+
+def test_another_mode_is_fine_before_any_tile_is_scored(tmp_path: Path) -> None:
+    """Nothing to compare with yet: the new settings become the ledger's."""
+    build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False).stop()
+    fast = make_cfg(tmp_path, mode="fast", patch_size=512)
+    _scored_once(fast)
+    with pytest.raises(ConfigError, match=r"at 'scoring\.patch_size': .*512, not 1024"):
+        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
+
+
+def test_check_config_names_a_scoring_change_against_the_existing_ledger(tmp_path: Path) -> None:
+    """``check-config`` (preflight) finds it too, reading the ledger without changing it."""
+    cfg = make_cfg(tmp_path, mode="default")
+    _scored_once(cfg)
+    assert preflight(cfg) == []
+    problems = preflight(make_cfg(tmp_path, mode="fast"))
+    assert [p for p in problems if p.startswith("at 'scoring.mode'")] == problems
+    assert len(problems) == 1
