@@ -95,6 +95,22 @@ def test_expected_tiles_are_the_positions_of_the_section_before() -> None:
     assert expected_from_previous([full, part, full, section()]) == [None, 4, 1, 4]
 
 
+def test_the_console_reads_tiles_by_arrival_through_an_index(tmp_path: Path) -> None:
+    """The Now page and /metrics ask for arrivals at every poll: not a scan of every
+    tile version a long acquisition recorded."""
+    led = Ledger.open(tmp_path)
+    try:
+        for sql in (
+            "SELECT count(*) FROM versions WHERE first_seen >= 0",
+            "SELECT max(first_seen) FROM versions",
+            "SELECT tile_name, first_seen FROM versions ORDER BY first_seen DESC LIMIT 1",
+        ):
+            plan = " ".join(str(r[-1]) for r in led.connection.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "versions_by_first_seen" in plan, (sql, plan)
+    finally:
+        led.close()
+
+
 def test_hostile_tile_name_is_escaped_on_every_page(console_service: MakeConsole) -> None:
     cs, _ = planted(console_service)
     vid = cs.version_id(XSS)
