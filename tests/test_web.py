@@ -192,6 +192,8 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
     assert "focuswatch_alerts_waiting" in text
     assert SECRET not in text
     assert "focuswatch_alert_deliveries_waiting{endpoint=" in text
+    for name in ("stall", "disk_low", "behind", "endpoint_failing", "scheduler_lost"):
+        assert f'focuswatch_alarm{{name="{name}"}} 0.0' in text
 
 
 def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
