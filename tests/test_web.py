@@ -188,6 +188,8 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
     assert 'focuswatch_scoring_seconds_bucket{le="0.025"}' not in text
     assert 'focuswatch_scoring_seconds_bucket{le="0.1"} 7.0' in text
     assert "focuswatch_scoring_seconds_count 7.0" in text
+    (total,) = re.findall(r"focuswatch_scoring_seconds_sum (\S+)", text)
+    assert float(total) == pytest.approx(7 * 0.012)  # web_score's 12 ms each
     assert "focuswatch_newest_tile_age_seconds" in text
     assert "focuswatch_alerts_waiting" in text
     assert SECRET not in text
