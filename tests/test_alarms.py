@@ -56,13 +56,6 @@ def console(cfg: Config, clock: Clock) -> Iterator[str]:
         web.close()
 
 
-def started(cfg: Config, ledger: Ledger, clock: Clock) -> alerts.AlertSink:
-    """The alert sink as the service has it: built, then started (its senders)."""
-    sink = alerts.build_sink(cfg, ledger, clock=clock)
-    sink.start()
-    return sink
-
-
 def alarm_opts(**on: float) -> dict[str, Any]:
     """Every alarm off but those named (this test's clock jumps are not news to the rest)."""
     off = {"behind_minutes": 0.0, "endpoint_failing_minutes": 0.0, "scheduler_lost_minutes": 0.0}
@@ -110,7 +103,8 @@ def test_scoring_that_falls_behind_is_told_once_shown_while_it_lasts_and_when_ca
             behind_minutes=15))  # fmt: skip
         ledger = Ledger.open(cfg.state_dir, clock=clock)
         waiting = [add_tile(ledger, "S_001", r, c) for r in range(1, 5) for c in range(1, 6)]
-        sink = started(cfg, ledger, clock)
+        sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
         try:
             with console(cfg, clock) as url:
                 ticks(sink, clock, minutes=14)  # nothing scored: 20 waiting, not 15 min yet
@@ -135,7 +129,8 @@ def test_scoring_that_falls_behind_is_told_once_shown_while_it_lasts_and_when_ca
                 assert "ALARM behind: scoring falls behind: 20 tiles waiting" in shown
             # A restart while it lasts tells nothing again.
             sink.close()
-            sink = started(cfg, ledger, clock)
+            sink = alerts.build_sink(cfg, ledger, clock=clock)
+            sink.start()
             ticks(sink, clock, minutes=1)
             for vid in waiting:  # the workers catch up
                 ledger.record_result(vid, verdict=GOOD)
@@ -158,7 +153,8 @@ def test_a_service_that_keeps_up_with_a_steady_stream_is_not_told(tmp_path: Path
         cfg = cfg_for(tmp_path, urls=[f"json://127.0.0.1:{hook.port}/h"], **alarm_opts(
             behind_minutes=5))  # fmt: skip
         with contextlib.closing(Ledger.open(cfg.state_dir, clock=clock)) as ledger:
-            sink = started(cfg, ledger, clock)
+            sink = alerts.build_sink(cfg, ledger, clock=clock)
+            sink.start()
             try:
                 queue: list[int] = []
                 for minute in range(40):
@@ -189,7 +185,8 @@ def test_a_failing_endpoint_is_told_to_the_others_once_and_when_it_takes_alerts_
             **alarm_opts(endpoint_failing_minutes=15),
         )
         ledger = Ledger.open(cfg.state_dir, clock=clock)
-        sink = started(cfg, ledger, clock)
+        sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
         try:
             vid = add_tile(ledger, "S_001", 1, 1)
             sink.on_verdict(judged(ledger, vid, BAD))
@@ -251,7 +248,8 @@ def test_a_lost_dask_scheduler_is_told_once_it_stayed_away_and_when_it_is_back(
         cfg = cfg_for(tmp_path, urls=[f"json://127.0.0.1:{hook.port}/h"], **alarm_opts(
             scheduler_lost_minutes=5))  # fmt: skip
         ledger = Ledger.open(cfg.state_dir, clock=clock)
-        sink = started(cfg, ledger, clock)
+        sink = alerts.build_sink(cfg, ledger, clock=clock)
+        sink.start()
 
         def described(state: str) -> bool:
             assert ex is not None

@@ -290,6 +290,23 @@ def test_an_apprise_config_file_that_loads_only_in_part_names_each_line_it_refus
     assert "not-a-valid-token" not in text
 
 
+def test_a_line_apprise_drops_with_only_a_warning_is_named_too_and_no_raw_line_is_echoed(
+    tmp_path: Path,
+) -> None:
+    """A retry count in a tag drops the line with a warning, not an error; a line that
+    is no URL at all is repeated by apprise as it is: its secret must not be shown."""
+    tagged = tmp_path / "tagged.txt"
+    tagged.write_text("json://127.0.0.1:9/hook\nalerts:3=json://127.0.0.1:9/hook2\n")
+    (problem,) = alerts.validate(config.parse({"alerts": {"apprise_config": str(tagged)}}))
+    assert "line 2" in problem
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("json://127.0.0.1:9/hook\n = = bad line with secret Hunter2Secret99 ===\n")
+    problems = alerts.validate(config.parse({"alerts": {"apprise_config": str(garbage)}}))
+    text = "\n".join(problems)
+    assert "line 2" in text
+    assert "Hunter2Secret99" not in text
+
+
 def test_redact_url_hides_passwords_and_tokens() -> None:
     """The one way to show a URL: no password, no token, no query."""
     shown = alerts.redact_url("mailto://user:hunter2@127.0.0.1:25?from=a@b.org&to=c@d.org")
@@ -489,8 +506,8 @@ def add_tile(ledger: Ledger, section: str, row: int, col: int) -> int:
 
 
 def judged(ledger: Ledger, vid: int, v: Verdict) -> VerdictRecord:
-    """Mark a version scored (as the service does before delivering its verdict)."""
-    ledger.set_state(vid, "scored")
+    """Record the version's result (as the service does before delivering its verdict)."""
+    ledger.record_result(vid, verdict=v)
     t = ledger.get(vid)
     assert t.section is not None
     assert t.row is not None
@@ -540,7 +557,7 @@ def test_older_section_whose_last_tile_ends_without_a_verdict_completes_on_tick(
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
         assert notes.drain() == []
-        ledger.set_state(b, "failed")
+        ledger.record_result(b, verdict=Verdict(VerdictKind.UNREADABLE, "truncated"))
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)
         (summary,) = notes.drain()
@@ -1072,6 +1089,7 @@ def test_json_endpoint_gets_a_structured_payload_and_a_severity(
         "tile": "Tile_r1-c2_S_001",
         "row": 1,
         "col": 2,
+        "position": "row 1, col 2",
         "stage_x_um": 1234.5,
         "stage_y_um": -567.8,
         "working_distance_um": WD_UM,

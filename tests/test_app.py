@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -100,3 +103,61 @@ def test_check_config_names_a_scoring_change_against_the_existing_ledger(tmp_pat
     problems = preflight(make_cfg(tmp_path, mode="fast"))
     assert [p for p in problems if p.startswith("at 'scoring.mode'")] == problems
     assert len(problems) == 1
+
+
+def test_check_config_leaves_a_ledger_it_cannot_read_or_that_needs_migrating_to_run(
+    tmp_path: Path,
+) -> None:
+    """An older schema is migrated by ``run``: not a configuration problem."""
+    cfg = make_cfg(tmp_path, mode="default")
+    _scored_once(cfg)
+    conn = sqlite3.connect(cfg.state_dir / "focuswatch.db")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.execute(f"PRAGMA user_version = {version - 1}")
+    conn.commit()
+    conn.close()
+    assert preflight(make_cfg(tmp_path, mode="fast")) == []
+
+
+@pytest.mark.slow
+def test_a_refusal_at_start_exits_2_and_is_told_to_the_alert_endpoints(tmp_path: Path) -> None:
+    """``focuswatch run`` with another mode: exit 2 with the key path on stderr, and the
+    endpoints hear why the service is not running."""
+    from test_alerts import HookServer, free_port
+
+    cfg = make_cfg(tmp_path, mode="default")
+    _scored_once(cfg)
+    hook = HookServer(free_port())
+    hook.start()
+    try:
+        config = tmp_path / "fw.toml"
+        config.write_text(
+            f'[scoring]\nmode = "fast"\n[alerts]\nurls = ["json://127.0.0.1:{hook.port}/h"]\n'
+            "[web]\nenabled = false\n"
+        )
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "focuswatch",
+                "run",
+                "--config",
+                str(config),
+                "--watch",
+                str(cfg.watch.path),
+                "--state",
+                str(cfg.state_dir),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        told = hook.posts.get(timeout=10)
+    finally:
+        hook.stop()
+    assert run.returncode == 2
+    assert "at 'scoring.mode'" in run.stderr
+    assert told["type"] == "failure"
+    assert "refused to start" in told["title"]
+    assert "at 'scoring.mode'" in told["message"]

@@ -212,7 +212,7 @@ def _scored(led: Ledger, section: str, score: float, verdict: Verdict = IN, **kw
 
 
 def _history(led: Ledger, row: int, col: int, **kw: Any) -> list[float]:
-    return [p.score for p in led.position_history(row, col, **kw)]
+    return [p.score for p in led.position_history(f"r{row}-c{col}", **kw)]
 
 
 def test_history_scores_most_recent_section_first_with_their_verdicts(led: Ledger) -> None:
@@ -221,7 +221,7 @@ def test_history_scores_most_recent_section_first_with_their_verdicts(led: Ledge
         _scored(led, f"S_{i:03d}", s, row=1, col=1)
     _scored(led, "S_002", 999.0, verdict=OUT, row=1, col=1)  # the latest of its section
     _scored(led, "S_001", 777.0, row=2, col=1)  # another position
-    got = led.position_history(1, 1, before_section_index=3, limit=5)
+    got = led.position_history("r1-c1", before_section_index=3, limit=5)
     assert [(p.score, p.verdict) for p in got] == [
         (999.0, "out_of_focus"),
         (20.0, "in_focus"),
@@ -279,10 +279,7 @@ def test_status_summary_counts_backlog_and_recent(led: Ledger) -> None:
     assert led.undelivered() == [bad]
 
 
-def test_set_state_rejects_unknown_state(led: Ledger) -> None:
-    vid = add(led, "/w/a.tif")
-    with pytest.raises(ValueError, match="state must be one of"):
-        led.set_state(vid, "done")
+def test_a_version_starts_as_seen_or_ready_only(led: Ledger) -> None:
     with pytest.raises(ValueError, match="starts as"):
         led.add_version("/w/x.tif", size=1, mtime_ns=1, tile_name="x", state="scored")
 
@@ -293,7 +290,7 @@ def test_position_history_returns_each_sections_focus_map(led: Ledger) -> None:
     led.record_result(vid, verdict=IN, score=Score(10.0, patch_scores=[[1.0, 2.0], [3.0, 4.0]]))
     vid = add(led, "/w/S_002/t.tif", section="S_002", row=0, col=0)
     led.record_result(vid, verdict=IN, score=Score(11.0))
-    got = led.position_history(0, 0, before_section_index=3, limit=5)
+    got = led.position_history("r0-c0", before_section_index=3, limit=5)
     assert [(p.score, p.patch_scores) for p in got] == [
         (11.0, None),
         (10.0, [[1.0, 2.0], [3.0, 4.0]]),

@@ -556,6 +556,44 @@ def test_focuswatch_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "S_000_" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("layout", "pattern", "side_files"),
+    [
+        ("multisem", "*/0000*/*.png", ["001_S0R1/full_image_coordinates.txt"]),
+        (
+            "sbemimage",
+            "tiles/g*/t*/*.tif",
+            ["meta/logs/imagelist_1752450056.txt", "meta/logs/metadata_1752450056.txt"],
+        ),
+    ],
+)
+def test_focuswatch_synth_writes_other_microscopes_layouts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    layout: str,
+    pattern: str,
+    side_files: list[str],
+) -> None:
+    """``--layout``: a rehearsal acquisition as MultiSEM or SBEMimage writes it, with a
+    corrupt tile (truncated) among them and one line per tile in each side file."""
+    out = tmp_path / layout
+    argv = [str(out), "--layout", layout, "--sections", "1", "--rows", "2", "--cols", "2"]
+    assert cli.main(["synth", *argv, "--size", "48", "--corrupt", "1", "--empty", "1"]) == 0
+    tiles = sorted(out.glob(pattern))
+    assert len(tiles) == 4
+    for side in side_files:
+        assert len((out / side).read_text(encoding="utf-8").splitlines()) == 4
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    corrupt = [t for t in manifest["tiles"] if t["corrupt"]]
+    assert len(corrupt) == 1
+    with pytest.raises(TileError):
+        read_tile(out / corrupt[0]["path"])
+    for t in manifest["tiles"]:
+        if not t["corrupt"]:
+            assert read_tile(out / t["path"])[0].shape == (48, 48)
+    assert "empty: " in capsys.readouterr().out
+
+
 def test_focuswatch_synth_bad_parameter_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -58,6 +58,13 @@ def test_unit_is_notify_type_with_watchdog_and_restart() -> None:
     assert " run " in svc["ExecStart"]
 
 
+def test_a_refused_configuration_is_not_restarted_into_the_same_refusal() -> None:
+    """``run`` exits 2 (EXIT_USAGE) on a configuration error: restarting cannot fix it."""
+    from focuswatch.cli import EXIT_USAGE
+
+    assert _service_section()["RestartPreventExitStatus"].split() == [str(EXIT_USAGE)]
+
+
 def test_unit_is_hardened() -> None:
     svc = _service_section()
     for key, value in {

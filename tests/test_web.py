@@ -258,6 +258,29 @@ def test_tile_page_shows_focus_map_history_and_reason(console_service: MakeConso
     assert "S_002_2/Tile_r1-c2_S_002_2_BLUR.tif" in html
 
 
+def test_a_multisem_beam_has_its_history_and_its_cell_on_the_map(
+    console_service: MakeConsole,
+) -> None:
+    """No row or column in a MultiSEM name: the beam's position (mFoV, beam) is the key
+    of its history on the tile page, and its cell on the wafer map (mFoV × beam)."""
+    cs = console_service()
+    for scan, section in ((1, 1), (2, 2)):
+        for beam in (1, 2):
+            blur = "BLUR" if (section, beam) == (2, 2) else ""
+            cs.write(f"{scan:03d}_S{section}R1/000003/{scan:03d}_000003_{beam:03d}_2026{blur}.tif")
+    cs.judge(4)
+    vid = cs.version_id("002_000003_002_2026BLUR.tif")
+    status, _, body = fetch(cs.url + f"tile/{vid}")
+    html = body.decode()
+    assert status == 200
+    assert "mFoV 3, beam 2" in html
+    assert html.count('class="baseline"') == 1  # the plot of this beam's history
+    assert "score 1,000" in html  # its first section, where it was sharp
+    status, _, body = fetch(cs.url + "wafer")
+    assert status == 200
+    assert body.decode().count(f'href="/tile/{vid}"') == 1
+
+
 def _retake_id(cs: object, url: str) -> int:
     items = fetch_json(url + "retakes.json")["entries"]
     (entry,) = [e for e in items if "BLUR" in e["tile_name"]]

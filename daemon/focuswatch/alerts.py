@@ -59,7 +59,7 @@ from focuswatch.outbox import (
 )
 from focuswatch.policy import SECTION_WIDE, format_score
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind, VerdictRecord, name_positions
 
 __all__ = [
     "JSON_FIELD",
@@ -184,11 +184,10 @@ def validate(cfg: Config) -> list[str]:
         else:
             ac = apprise.AppriseConfig()
             a = apprise.Apprise()
-            with _apprise_errors() as refused:  # apprise loads the rest without a word
+            with _apprise_refusals() as refused:  # apprise loads the rest without a word
                 loaded = ac.add(str(path)) and a.add(ac) and len(a) > 0
             problems += [
-                f"at 'alerts.apprise_config': {str(path)!r}: "
-                + _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), why)  # not all masked
+                f"at 'alerts.apprise_config': {str(path)!r}: {_shown_refusal(why)}"
                 for why in refused
             ]
             if not loaded:
@@ -200,19 +199,44 @@ def validate(cfg: Config) -> list[str]:
 
 
 _URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_ON_LINE = re.compile(r"\bon line \d+\b")
+
+
+def _shown_refusal(message: str) -> str:
+    """apprise's words for a refused line, fit to show: it repeats the raw line (and may
+    name a token), so URLs are redacted unless apprise masked them already, and every
+    other word that looks like a secret is masked."""
+
+    def url(m: re.Match[str]) -> str:
+        return m.group(0) if "..." in m.group(0) else redact_url(m.group(0))
+
+    words = _URL_IN_TEXT.sub(url, message).split(" ")
+    return " ".join(
+        "***" if "://" not in w and _looks_secret(w.strip("().,;:'\""), short=True) else w
+        for w in words
+    )
 
 
 @contextlib.contextmanager
-def _apprise_errors() -> Iterator[list[str]]:
-    """What apprise logs as errors meanwhile (a config line it could not load), as it
-    says them: redact them before showing them."""
+def _apprise_refusals() -> Iterator[list[str]]:
+    """What apprise says meanwhile about lines it did not load: its errors, and its
+    warnings that name a line (a retry count in a tag drops the line with a warning);
+    other warnings only repeat an error's token, or the file's name."""
     found: list[str] = []
+    me = threading.get_ident()
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found.append(record.getMessage())
+            try:
+                if record.thread != me:
+                    return
+                text = record.getMessage()
+                if record.levelno >= logging.ERROR or _ON_LINE.search(text):
+                    found.append(text)
+            except Exception:  # a log handler must never raise into apprise
+                self.handleError(record)
 
-    handler = _Collect(level=logging.ERROR)
+    handler = _Collect(level=logging.WARNING)
     logger = logging.getLogger("apprise")
     logger.addHandler(handler)
     try:
@@ -524,6 +548,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "tile": record.tile_name,
         "row": record.row,
         "col": record.col,
+        "position": record.where,
         "stage_x_um": record.stage_x_um,
         "stage_y_um": record.stage_y_um,
         "working_distance_um": record.working_distance_um,
@@ -556,7 +581,7 @@ def format_tile_alert(
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
     again = retake is not None and retake.status == "retaken_still_bad"
-    where = "" if record.row is None else f" (row {record.row}, col {record.col})"
+    where = "" if record.where is None else f" ({record.where})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
     lines = [
@@ -676,7 +701,9 @@ def _idle_sections(conn: Any, cutoff: float) -> list[str]:
     ]
 
 
-_GRID_POSITION = re.compile(r"r\d+-c\d+")
+# The layouts' position keys (focuswatch.tiles.layouts): ATLAS row/col, MultiSEM
+# mFoV/beam, SBEMimage grid/tile.
+_GRID_POSITION = re.compile(r"r\d+-c\d+|(?:region \d+, )?mFoV \d+, beam \d+|grid \d+, tile \d+")
 
 
 # How often the health alarms (stall, disk) are looked at, in seconds of the clock.
@@ -726,8 +753,8 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
     ).fetchone()
     if row is None:
         return set()
-    # Only grid positions (r{row}-c{col}) repeat from section to section; a tile known
-    # by its name alone (no row/col in it) says nothing about the next section's.
+    # Only layout positions (r{row}-c{col}, mFoV/beam, grid/tile) repeat from section to
+    # section; a tile known by its name alone says nothing about the next section's.
     return {p for p in _positions(conn, str(row[0])) if _GRID_POSITION.fullmatch(p)}
 
 
@@ -1208,12 +1235,15 @@ class AlertSink:
         by_kind: dict[str, list[str]] = {}
         for position, kind in rows:
             by_kind.setdefault(kind, []).append(position)
-        out = by_kind.get(str(VerdictKind.OUT_OF_FOCUS), [])
+        out, whole_beams = name_positions(
+            by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []), [str(p) for p, _ in rows]
+        )
+        n_out = len(by_kind.get(str(VerdictKind.OUT_OF_FOCUS), []))
         wide = conn.execute(
             "SELECT count(*) FROM alert_tiles WHERE section = ? AND label LIKE ?",
             (section, _SECTION_WIDE_LIKE),
         ).fetchone()[0]
-        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {len(out)} out of focus"
+        line = f"Section {section or '(no section)'}: {len(rows)} tiles, {n_out} out of focus"
         if wide:
             line = f"Section-wide focus failure (autofocus?): {line}"
         parts = [line + (": " + ", ".join(out) if out else "")]
@@ -1257,6 +1287,8 @@ class AlertSink:
                     "section": section,
                     "tiles": len(rows),
                     "by_verdict": {k: sorted(v) for k, v in by_kind.items()},
+                    # MultiSEM beams out of focus in every mFoV: one finding each.
+                    "whole_beams": whole_beams,
                 },
             ),
             now,

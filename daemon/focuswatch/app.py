@@ -29,6 +29,7 @@ from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
 from focuswatch.executor import Executor
 from focuswatch.ledger import DB_NAME, Ledger, set_aside
+from focuswatch.scoring import ScoreFn
 from focuswatch.service import FAULT_REMIND_S, FAULT_RETRY_S, Service, Sink
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import Verdict
@@ -48,7 +49,7 @@ def build_service(
     clock: Callable[[], float] = time.time,
     executor: Executor | None = None,
     builtin_sinks: bool = True,
-    score_fn: Any = None,
+    score_fn: ScoreFn | None = None,
     notifier: sdnotify.Notifier | None = None,
     decide: Callable[..., Verdict] | None = None,
 ) -> Service:
@@ -118,7 +119,7 @@ def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
     meta = ledger.get_meta("scoring")
     recorded = None if meta is None else meta[0]
     if not isinstance(recorded, dict) or not ledger.has_scores():
-        return []
+        return []  # nothing scored yet, or scored before the settings were recorded
     return [
         f"at 'scoring.{k}': this state folder's tiles were scored with {k} = "
         f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
@@ -135,15 +136,29 @@ def _same_scoring(cfg: Config, ledger: Ledger) -> None:
         raise ConfigError(problems)
     wanted = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
     meta = ledger.get_meta("scoring")
+    if meta is None and ledger.has_scores():
+        log.warning(
+            "scoring_settings_unknown",
+            reason="this ledger's tiles were scored before focuswatch recorded how",
+            assumed=wanted,
+            consequence="from now on a change of these settings is refused",
+        )
     if meta is None or meta[0] != wanted:
         ledger.set_meta("scoring", wanted)
 
 
 def _scoring_unchanged(cfg: Config) -> None:
-    """For ``check-config``: the same check on an existing ledger, read-only."""
-    if not (Path(cfg.state_dir) / DB_NAME).is_file():
+    """For ``check-config``: the same check on an existing ledger, read-only.
+
+    A ledger that cannot be read from here (no access, an older schema that ``run``
+    migrates, damage that ``run`` reports) is left to ``run``: this check is about the
+    scores in it, not about opening it."""
+    try:
+        if not (Path(cfg.state_dir) / DB_NAME).is_file():
+            return
+        ledger = Ledger.open(cfg.state_dir, readonly=True)
+    except (OSError, StateError):
         return
-    ledger = Ledger.open(cfg.state_dir, readonly=True)
     try:
         problems = _scoring_problems(cfg, ledger)
     finally:
@@ -152,7 +167,7 @@ def _scoring_unchanged(cfg: Config) -> None:
         raise ConfigError(problems)
 
 
-def build_executor(cfg: Config, *, score_fn: Any = None) -> Executor:
+def build_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
     """Dask when ``cluster.scheduler = "dask"``, else local worker processes."""
     if cfg.cluster.scheduler == "dask":
         from focuswatch import cluster
@@ -331,6 +346,14 @@ def _when_writable(cfg: Config, stop: threading.Event) -> Service | None:
         try:
             _state_writable(cfg)
             service = build_service(cfg)
+        except ConfigError as exc:  # found only now it has the ledger: tell, not just log
+            _tell_directly(
+                cfg,
+                "failure",
+                "focuswatch refused to start: its configuration does not fit this state folder",
+                "\n".join(exc.problems),
+            )
+            raise
         except LedgerWriteError as exc:
             now = time.monotonic()
             if waiting_since is None:

@@ -1,4 +1,4 @@
-"""The names the configuration offers: criteria, modes, resolutions, array backends.
+"""The names the configuration offers: criteria, modes, resolutions, array backends, layouts.
 
 Plain tuples with no NumPy or SciPy behind them, so ``config`` (and ``check-config``)
 validates them without importing the scorer. The modules that implement them
@@ -7,7 +7,7 @@ validates them without importing the scorer. The modules that implement them
 
 from __future__ import annotations
 
-__all__ = ["BACKEND_NAMES", "CRITERIA", "MODES", "RESOLUTIONS"]
+__all__ = ["BACKEND_NAMES", "CRITERIA", "LAYOUTS", "MODES", "RESOLUTIONS"]
 
 #: Focus measures: MHFD and the classic baselines it is compared with.
 CRITERIA = (
@@ -24,3 +24,5 @@ MODES = ("default", "faithful", "fast")
 RESOLUTIONS = ("patches", "resized", "native")
 #: Array backends: the GPU when there is one, the CPU, or the GPU only.
 BACKEND_NAMES = ("auto", "cpu", "gpu")
+#: How file names and folders map to (section, position): ``focuswatch.tiles.layouts``.
+LAYOUTS = ("auto", "atlas", "multisem", "sbemimage", "pattern")

@@ -292,11 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "synth",
-        help="write a synthetic ATLAS-style wafer of tiles (for rehearsals and tests)",
-        description="Write ATLAS 5-style section folders of synthetic SEM tiles with "
-        "FibicsXML metadata, some of them out of focus.",
+        help="write a synthetic acquisition (ATLAS, MultiSEM or SBEMimage) for rehearsals",
+        description="Write a rehearsal acquisition of synthetic SEM tiles, some of them out "
+        "of focus, empty or corrupt, as ATLAS 5 (section folders, FibicsXML), MultiSEM "
+        "(mFoV folders of beam images, full_image_coordinates.txt) or SBEMimage (tiles/g/t "
+        "folders, image list) writes it.",
     )
     p.add_argument("out", type=Path, metavar="DIR")
+    p.add_argument(
+        "--layout",
+        choices=["atlas", "multisem", "sbemimage"],
+        default="atlas",
+        help="which microscope's files to write (rows/cols are mFoV/beam, grid/tile)",
+    )
     p.add_argument("--sections", type=_int_at_least(1), default=3)
     p.add_argument("--rows", type=_int_at_least(1), default=3)
     p.add_argument("--cols", type=_int_at_least(1), default=3)
@@ -457,6 +465,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             corrupt=args.corrupt,
             blur_sigmas=args.blur_sigmas,
             focus_series=args.focus_series,
+            layout=args.layout,
         )
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts choices
 

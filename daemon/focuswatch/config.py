@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focuswatch.choices import BACKEND_NAMES, CRITERIA, MODES, RESOLUTIONS
+from focuswatch.choices import BACKEND_NAMES, CRITERIA, LAYOUTS, MODES, RESOLUTIONS
 from focuswatch.errors import ConfigError
 
 __all__ = [
@@ -80,6 +81,21 @@ def _patterns(v: Any) -> str | None:
     return _nonempty_strings(v) if v else "must name at least one pattern, e.g. ['*.tif']"
 
 
+def _name_pattern(v: Any) -> str | None:
+    """A ``watch.pattern``: a regex with a ``section`` group and ``row``+``col`` or ``position``."""
+    if v == "":
+        return None  # unset; required only with layout = 'pattern' (cross-checked)
+    try:
+        groups = set(re.compile(v).groupindex)
+    except re.error as exc:
+        return f"is not a valid regular expression: {exc}"
+    if "section" not in groups:
+        return "must have a named group (?P<section>...)"
+    if not ({"row", "col"} <= groups or "position" in groups):
+        return "must have named groups (?P<row>...) and (?P<col>...), or (?P<position>...)"
+    return None
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     """Where tiles arrive and how the folder is watched."""
@@ -95,6 +111,12 @@ class WatchConfig:
     incomplete_timeout_s: float = _opt(600.0, _range(1.0))
     rescan_interval_s: float = _opt(300.0, _range(1.0))
     follow_symlinks_outside: bool = _opt(False)
+    #: How a file maps to (section, position): ``focuswatch.tiles.layouts``.
+    layout: str = _opt("auto", _one_of(*LAYOUTS))
+    #: ``layout = "pattern"``: a regex searched in the path relative to the watch folder.
+    pattern: str = _opt("", _name_pattern)
+    #: MultiSEM's ``full_image_coordinates.txt`` gives pixels; this turns them into µm.
+    multisem_pixel_nm: float = _opt(4.0, _range(0.01, 1000))
 
 
 @dataclass(frozen=True)
@@ -301,6 +323,11 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append(
             "at 'cluster.address': required when cluster.scheduler = 'dask' "
             "(e.g. 'tcp://scheduler:8786')"
+        )
+    if cfg.watch.layout == "pattern" and not cfg.watch.pattern:
+        problems.append(
+            "at 'watch.pattern': required when watch.layout = 'pattern' (a regex with "
+            "named groups section, and row and col or position)"
         )
     if cfg.policy.sparse_contrast < cfg.policy.empty_contrast:
         problems.append("at 'policy.sparse_contrast': must be >= policy.empty_contrast")

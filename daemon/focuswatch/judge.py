@@ -72,10 +72,9 @@ def evidence(
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
-    if v.row is not None and v.col is not None and v.section_index is not None:
+    if v.position is not None and v.section_index is not None:
         history = ledger.position_history(
-            v.row,
-            v.col,
+            v.position,
             before_section_index=v.section_index,
             limit=max(cfg.memory_sections, cfg.history_sections),
         )
@@ -138,8 +137,8 @@ def _affected(ledger: Ledger, v: TileVersion) -> list[int]:
     the sections of those later tiles, whose peers count a tile's verdict only once it
     has a history here (``section_kinds``), which ``v`` may have just given it."""
     out: list[int] = []
-    if v.row is not None and v.col is not None and v.section_index is not None:
-        later = ledger.later_at_position(v.row, v.col, after_section_index=v.section_index)
+    if v.position is not None and v.section_index is not None:
+        later = ledger.later_at_position(v.position, after_section_index=v.section_index)
         out += later
         for vid in later:
             out += _peers(ledger, ledger.get(vid))

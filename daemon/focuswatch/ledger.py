@@ -23,6 +23,7 @@ own entries (keep this list flat and at module level).
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from focuswatch.errors import LedgerWriteError, StateError
 from focuswatch.files import fsync_dir
 from focuswatch.statelock import StateLock
 from focuswatch.text import from_db, printable, to_db
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord, grid_position
 
 __all__ = [
     "DB_NAME",
@@ -47,13 +48,27 @@ __all__ = [
     "Ledger",
     "PastTile",
     "TileVersion",
+    "VersionState",
     "damage",
     "section_index",
     "set_aside",
 ]
 
 DB_NAME = "focuswatch.db"
-STATES = ("seen", "ready", "scoring", "scored", "failed")
+
+
+class VersionState(enum.StrEnum):
+    """Where a tile version is in its life (see the module docstring's diagram)."""
+
+    SEEN = "seen"
+    READY = "ready"
+    SCORING = "scoring"
+    SCORED = "scored"
+    FAILED = "failed"
+
+
+#: The states by name, in order (for counts and status lines).
+STATES: tuple[str, ...] = tuple(s.value for s in VersionState)
 
 MIGRATIONS: list[str] = [
     # 1: tile versions, results, meta
@@ -211,7 +226,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE alert_sections ADD COLUMN stalled_tiles INTEGER;
     """,
-    # 7: tiles by arrival time: the web console's rates, last tile and /metrics read
+    # 7: layouts (focuswatch.tiles.layouts): a position key for every layout (row/col,
+    # mFoV + beam, grid + tile), the stamp that orders retakes under new names, and the
+    # metadata fields that had no column (stage Z, dwell)
+    """
+    ALTER TABLE versions ADD COLUMN position TEXT;
+    ALTER TABLE versions ADD COLUMN taken TEXT;
+    ALTER TABLE versions ADD COLUMN stage_z_um REAL;
+    ALTER TABLE versions ADD COLUMN dwell_ns REAL;
+    UPDATE versions SET position = 'r' || row || '-c' || col
+        WHERE row IS NOT NULL AND col IS NOT NULL;
+    CREATE INDEX versions_by_place ON versions (position, section_index);
+    CREATE INDEX versions_by_section_place ON versions (section, position);
+    """,
+    # 8: tiles by arrival time: the web console's rates, last tile and /metrics read
     # them at every poll, which scanned every version without it
     """
     CREATE INDEX versions_by_first_seen ON versions (first_seen);
@@ -219,6 +247,53 @@ MIGRATIONS: list[str] = [
 ]
 
 _DIGITS = re.compile(r"\d+")
+
+
+# A path's version that rescans compare with: the current one, or the latest version of
+# a file that a later file of its position superseded.
+_KNOWN = (
+    "(superseded = 0 OR (taken IS NOT NULL AND id = "
+    "(SELECT max(w.id) FROM versions w WHERE w.path = versions.path)))"
+)
+
+
+def _place_values(place: Placement) -> tuple[Any, ...]:
+    """A placement's columns, in the order ``add_version`` and ``complete_place`` use."""
+    return (
+        place.section,
+        section_index(place.section),
+        place.row,
+        place.col,
+        place.position,
+        place.stage_x_um,
+        place.stage_y_um,
+        place.stage_z_um,
+        place.pixel_size_um,
+        place.working_distance_um,
+        place.dwell_ns,
+    )
+
+
+def _supersede_earlier(conn: sqlite3.Connection, place: Placement, now: float) -> None:
+    """Of the files of one (section, position) with a ``taken`` stamp, the latest is current.
+
+    Either way round: a retake arriving after its original supersedes it, and an
+    original found late (a rescan) is superseded by the retake already recorded.
+    """
+    section_test = "section IS NULL" if place.section is None else "section = ?"
+    args = () if place.section is None else (place.section,)
+    latest = conn.execute(
+        f"SELECT id FROM versions WHERE {section_test} AND position = ? AND taken IS NOT NULL "
+        "AND superseded = 0 ORDER BY taken DESC, id DESC LIMIT 1",
+        (*args, place.position),
+    ).fetchone()
+    if latest is None:
+        return
+    conn.execute(
+        f"UPDATE versions SET superseded = 1, updated = ? WHERE {section_test} AND position = ? "
+        "AND taken IS NOT NULL AND superseded = 0 AND id != ?",
+        (now, *args, place.position, latest[0]),
+    )
 
 
 class _Connection(sqlite3.Connection):
@@ -291,12 +366,15 @@ class TileVersion:
     stage_x_um: float | None
     stage_y_um: float | None
     pixel_size_um: float | None
-    state: str
+    state: VersionState
     attempts: int
     last_error: str | None
     first_seen: float
     updated: float
     superseded: bool
+    #: The layout's position key (``focuswatch.tiles.layouts``): the same in every
+    #: section for the same place; what a tile's history is looked up by.
+    position: str | None = None
 
 
 @dataclass(frozen=True)
@@ -314,13 +392,15 @@ class PastTile:
 
 _VERSION_COLUMNS = (
     "id, path, size, mtime_ns, tile_name, section, section_index, row, col, stage_x_um, "
-    "stage_y_um, pixel_size_um, state, attempts, last_error, first_seen, updated, superseded"
+    "stage_y_um, pixel_size_um, state, attempts, last_error, first_seen, updated, superseded, "
+    "position"
 )
 
 
 def _version(row: Sequence[Any]) -> TileVersion:
     values = list(row)
-    values[-1] = bool(values[-1])
+    values[12] = VersionState(values[12])
+    values[17] = bool(values[17])
     return TileVersion(*values)
 
 
@@ -513,30 +593,37 @@ class Ledger:
         col: int | None = None,
         state: str = "ready",
         unreadable: Verdict | None = None,
+        place: Placement | None = None,
     ) -> tuple[int, bool]:
         """Record a version (idempotent); returns ``(version_id, created)``.
 
         A new version supersedes every other version of the same path. ``unreadable``
         records it as failed with that verdict in the same transaction (a version known
         to be unreadable never waits as 'ready', where a crash would leave it scored).
+        ``place`` (the layout's reading of the path) replaces ``section``/``row``/``col``;
+        with a ``taken`` stamp, only the latest file of a (section, position) stays
+        current (MultiSEM writes a retake under a new name with a later timestamp).
         """
         if state not in ("seen", "ready"):
             raise ValueError(f"a new version starts as 'seen' or 'ready', not {state!r}")
+        if place is None:
+            position = None if row is None or col is None else grid_position(row, col)
+            place = Placement(section=section, position=position, row=row, col=col)
         now = self.clock()
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO versions (path, size, mtime_ns, tile_name, section, section_index,"
-                " row, col, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " row, col, position, stage_x_um, stage_y_um, stage_z_um, pixel_size_um,"
+                " working_distance_um, dwell_ns, taken, state, first_seen, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (path, size, mtime_ns) DO NOTHING",
                 (
                     path,
                     size,
                     mtime_ns,
                     printable(tile_name),
-                    section,
-                    section_index(section),
-                    row,
-                    col,
+                    *_place_values(place),
+                    place.taken,
                     state,
                     now,
                     now,
@@ -554,6 +641,8 @@ class Ledger:
                 "WHERE path = ? AND id != ? AND superseded = 0",
                 (now, path, vid),
             )
+            if place.taken is not None and place.position is not None:
+                _supersede_earlier(conn, place, now)
             if unreadable is not None:
                 conn.execute(
                     "INSERT INTO results (version_id, verdict, reason, worker, scored_at)"
@@ -565,6 +654,31 @@ class Ledger:
                     (unreadable.reason, vid),
                 )
             return vid, True
+
+    def complete_place(self, version_id: int, place: Placement) -> TileVersion:
+        """Fill what the path did not say from what the file's tags did (before judging).
+
+        Fields already known are kept; a position found only now (ATLAS FibicsXML
+        ``MosaicInfo`` of a tile whose name has no row/col) is what its history is
+        looked up by from now on.
+        """
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET section = coalesce(section, ?), "
+                "section_index = coalesce(section_index, ?), "
+                # The tags' row/col only where the path gave no position (an SBEMimage
+                # tile is grid/tile whatever a stray MosaicInfo says).
+                "row = CASE WHEN position IS NULL THEN coalesce(row, ?) ELSE row END, "
+                "col = CASE WHEN position IS NULL THEN coalesce(col, ?) ELSE col END, "
+                "position = coalesce(position, ?), "
+                "stage_x_um = coalesce(stage_x_um, ?), stage_y_um = coalesce(stage_y_um, ?), "
+                "stage_z_um = coalesce(stage_z_um, ?), "
+                "pixel_size_um = coalesce(?, pixel_size_um), "
+                "working_distance_um = coalesce(?, working_distance_um), "
+                "dwell_ns = coalesce(?, dwell_ns) WHERE id = ?",
+                (*_place_values(place), version_id),
+            )
+        return self.get(version_id)
 
     def get(self, version_id: int) -> TileVersion:
         row = self._conn.execute(
@@ -580,16 +694,6 @@ class Ledger:
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path = ? ORDER BY id", (path,)
         ).fetchall()
         return [_version(r) for r in rows]
-
-    def set_state(self, version_id: int, state: str, *, error: str | None = None) -> None:
-        if state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
-        with self.transaction() as conn:
-            conn.execute(
-                "UPDATE versions SET state = ?, last_error = coalesce(?, last_error), "
-                "updated = ? WHERE id = ?",
-                (state, error, self.clock(), version_id),
-            )
 
     def claim_ready(self, limit: int) -> list[TileVersion]:
         """Move up to ``limit`` current 'ready' versions to 'scoring' (oldest first)."""
@@ -609,7 +713,7 @@ class Ledger:
                 "WHERE id = ?",
                 [(now, r[0]) for r in rows],
             )
-        return [_version([*r[:12], "scoring", r[13] + 1, r[14], r[15], now, r[17]]) for r in rows]
+        return [_version([*r[:12], "scoring", r[13] + 1, r[14], r[15], now, *r[17:]]) for r in rows]
 
     def release(self, version_id: int, *, error: str | None = None, undo_attempt: bool) -> None:
         """Hand a 'scoring' version back to 'ready' (retry, or the service is stopping)."""
@@ -641,12 +745,14 @@ class Ledger:
     def known_paths(self, *, under: str | None = None) -> dict[str, tuple[int, int]]:
         """Current (non-superseded) versions: path → (size, mtime_ns), for rescans.
 
+        A file superseded by a later one of its position (a MultiSEM retake: ``taken``)
+        is still known as it is, so that no rescan takes it for a new file.
         ``under`` limits it to the files below one folder (a folder moved in), read
         through the path index rather than the whole table.
         """
         if under is None:
             rows = self._conn.execute(
-                "SELECT path, size, mtime_ns FROM versions WHERE superseded = 0"
+                f"SELECT path, size, mtime_ns FROM versions WHERE {_KNOWN}"
             ).fetchall()
         else:
             prefix = under.rstrip("/") + "/"
@@ -658,7 +764,7 @@ class Ledger:
             for lo, hi in ((prefix, prefix[:-1] + "0"), (raw, raw[:-1] + b"0")):
                 rows += self._conn.execute(
                     "SELECT path, size, mtime_ns FROM versions "
-                    "WHERE path >= ? AND path < ? AND superseded = 0",
+                    f"WHERE path >= ? AND path < ? AND {_KNOWN}",
                     (lo, hi),
                 ).fetchall()
         return {p: (s, m) for p, s, m in rows}
@@ -737,12 +843,14 @@ class Ledger:
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
                     "pixel_size_um = coalesce(?, pixel_size_um), "
-                    "working_distance_um = coalesce(?, working_distance_um) WHERE id = ?",
+                    "working_distance_um = coalesce(?, working_distance_um), "
+                    "dwell_ns = coalesce(?, dwell_ns) WHERE id = ?",
                     (
                         getattr(meta, "stage_x_um", None),
                         getattr(meta, "stage_y_um", None),
                         getattr(meta, "pixel_size_um", None),
                         getattr(meta, "working_distance_um", None),
+                        getattr(meta, "dwell_ns", None),
                         version_id,
                     ),
                 )
@@ -772,6 +880,9 @@ class Ledger:
             baseline=r["baseline"],
             defocus_um=r["defocus_um"],
         )
+        wd, z = self._conn.execute(
+            "SELECT working_distance_um, stage_z_um FROM versions WHERE id = ?", (version_id,)
+        ).fetchone()
         return VerdictRecord(
             version_id=v.id,
             path=v.path,
@@ -785,9 +896,9 @@ class Ledger:
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
-            working_distance_um=self._conn.execute(
-                "SELECT working_distance_um FROM versions WHERE id = ?", (version_id,)
-            ).fetchone()[0],
+            working_distance_um=wd,
+            place=v.position,
+            stage_z_um=z,
         )
 
     def mark_delivered(self, version_id: int) -> None:
@@ -804,7 +915,7 @@ class Ledger:
     # -- context for the policy --------------------------------------------------------
 
     def position_history(
-        self, row: int, col: int, *, before_section_index: int, limit: int
+        self, position: str, *, before_section_index: int, limit: int
     ) -> list[PastTile]:
         """Every scored earlier section at this position, most recent first.
 
@@ -817,10 +928,10 @@ class Ledger:
         cur = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction "
             "FROM versions v JOIN results r ON r.version_id = v.id "
-            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
             "ORDER BY v.section_index DESC, v.id DESC",
-            (row, col, before_section_index),
+            (position, before_section_index),
         )
         out: list[PastTile] = []
         last: int | None = None
@@ -842,7 +953,7 @@ class Ledger:
         rows = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
             "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
-            "WHERE w.row = v.row AND w.col = v.col AND w.section_index < v.section_index "
+            "WHERE w.position = v.position AND w.section_index < v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.section = ? AND v.superseded = 0 AND v.id != ? "
@@ -863,13 +974,13 @@ class Ledger:
             for vid, sec, score, verdict, fine, history in rows
         ]
 
-    def later_at_position(self, row: int, col: int, *, after_section_index: int) -> list[int]:
+    def later_at_position(self, position: str, *, after_section_index: int) -> list[int]:
         """Current judged versions at this position in later sections, oldest section first."""
         rows = self._conn.execute(
             "SELECT v.id FROM versions v JOIN results r ON r.version_id = v.id "
-            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 AND v.section_index > ? "
+            "WHERE v.position = ? AND v.superseded = 0 AND v.section_index > ? "
             "AND r.score IS NOT NULL ORDER BY v.section_index, v.id",
-            (row, col, after_section_index),
+            (position, after_section_index),
         ).fetchall()
         return [int(r[0]) for r in rows]
 
@@ -945,7 +1056,8 @@ class Ledger:
             ).fetchall()
         )
         recent = self._conn.execute(
-            "SELECT v.path, v.section, v.row, v.col, r.score, r.verdict, r.reason, r.scored_at "
+            "SELECT v.path, v.section, v.row, v.col, r.score, r.verdict, r.reason, r.scored_at, "
+            "v.position "
             "FROM results r JOIN versions v ON v.id = r.version_id "
             "ORDER BY r.id DESC LIMIT ?",
             (max(0, last),),
@@ -961,7 +1073,7 @@ class Ledger:
         ).fetchone()
         executor = self.get_meta("executor")
         heartbeat = self.get_meta("heartbeat")
-        keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at")
+        keys = ("path", "section", "row", "col", "score", "verdict", "reason", "at", "position")
         return {
             "schema_version": self.schema_version,
             "counts": counts,

@@ -48,7 +48,7 @@ from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.policy import format_score
 from focuswatch.statelock import StateLock
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind, VerdictRecord, position_words
 
 __all__ = [
     "STATUSES",
@@ -100,6 +100,9 @@ class RetakeEntry:
     note: str
     version_id: int
     updated: float
+    #: The layout's position key (``r3-c4``, ``mFoV 12, beam 7``, ``grid 0, tile 42``), or
+    #: the tile name where the layout gives none.
+    position: str = ""
 
     @property
     def still_to_do(self) -> bool:
@@ -292,7 +295,9 @@ def _score(v: float | None) -> str:
 def _judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
     """Whether a later version at this tile's position already has a verdict."""
     args: tuple[object, ...]
-    if record.row is not None and record.col is not None:
+    if record.place is not None:
+        where, args = "v.position = ?", (record.place,)
+    elif record.row is not None and record.col is not None:
         where, args = "v.row = ? AND v.col = ?", (record.row, record.col)
     else:
         where, args = "v.tile_name = ?", (record.tile_name,)
@@ -456,10 +461,11 @@ def render_text(
     """
     if not items:
         return "No tiles on the retake list."
-    head = ["ID", "SECTION", "TILE", "ROW/COL", "STAGE X/Y µm", "SCORE / BASELINE", "STATUS"]
+    head = ["ID", "SECTION", "TILE", "POSITION", "STAGE X/Y µm", "SCORE / BASELINE", "STATUS"]
     rows = []
     for e in items:
-        rc = "-" if e.row is None or e.col is None else f"r{e.row} c{e.col}"
+        # The layout's own words: row/col, mFoV/beam, grid/tile.
+        rc = "-" if e.position in ("", e.tile_name) else position_words(e.position)
         stage = f"{_num(e.stage_x_um)} / {_num(e.stage_y_um)}"
         score = "-" if e.score is None else format_score(e.score)
         base = "-" if e.baseline is None else format_score(e.baseline)

@@ -42,11 +42,12 @@ from focuswatch.errors import (
     TileError,
 )
 from focuswatch.executor import Executor, Job, Outcome
-from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.ledger import Ledger, TileVersion, VersionState
 from focuswatch.scoring import ScoreSettings, TileScore
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.tiles import layouts
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord
 from focuswatch.watch import (
     Change,
     Matcher,
@@ -121,7 +122,9 @@ class Service:
         self._decide = decide
         self._calibration = calibration
         self.notifier = notifier
-        self.matcher = Matcher(include=cfg.watch.include, exclude=cfg.watch.exclude)
+        include, exclude = layouts.watched_patterns(cfg.watch)
+        self.matcher = Matcher(include=include, exclude=exclude)
+        self.layout = layouts.make_layout(cfg.watch, self.root)
         self.readiness = Readiness(
             quiet_s=cfg.watch.quiet_s, incomplete_timeout_s=cfg.watch.incomplete_timeout_s
         )
@@ -157,7 +160,14 @@ class Service:
 
     @staticmethod
     def _tile_fields(v: TileVersion) -> dict[str, Any]:
-        return {"tile": v.path, "section": v.section, "row": v.row, "col": v.col, "version": v.id}
+        return {
+            "tile": v.path,
+            "section": v.section,
+            "row": v.row,
+            "col": v.col,
+            "position": v.position,
+            "version": v.id,
+        }
 
     @property
     def executor(self) -> Executor:
@@ -175,8 +185,8 @@ class Service:
         except LedgerWriteError as exc:  # e.g. the disk is full at start: wait, don't exit
             self._enter_fault(str(exc))
         for sink in self.sinks:  # in order: the retake list before the alerts that name it
+            self._sinks_started.append(sink)  # closed by stop() even if start fails halfway
             sink.start()
-            self._sinks_started.append(sink)
         if watch:
             kind, why = choose_observer(self.root, self.cfg.watch.observer)
             watcher = Watcher(
@@ -195,6 +205,7 @@ class Service:
             else:
                 self._event("watching", path=self.root, observer=kind, why=why)
         _ = self.executor  # start workers now, not on the first tile
+        self._choose_layout()
         found = self._scan_now(self.root)
         if self._fault is None:
             try:
@@ -206,6 +217,18 @@ class Service:
         self.started = True
         self._event("started", files_found=found, pending=len(self.readiness))
         self.notifier.ready(f"watching {self.root}")
+
+    def _choose_layout(self) -> None:
+        """Say which layout reads this folder (``auto``: what it holds now)."""
+        chosen, why = layouts.chosen(self.cfg.watch, self.root)
+        self._event(
+            "layout",
+            layout=chosen,
+            configured=self.cfg.watch.layout,
+            why=why,
+            include=self.matcher.include,
+            exclude=self.matcher.exclude,
+        )
 
     def _recover(self) -> None:
         """Versions a crash left in 'scoring' go back to 'ready' (once, before any work)."""
@@ -510,13 +533,11 @@ class Service:
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-        from focuswatch.tiles import parse_tile_name
-
         bad_name: str | None = None
         try:
-            section, row, col = parse_tile_name(s.path)
+            place = self.layout.place(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
-            section, row, col, bad_name = None, None, None, exc.reason
+            place, bad_name = Placement(), exc.reason
         ready = s.kind is SettledKind.READY and bad_name is None
         unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
@@ -524,9 +545,7 @@ class Service:
             size=size,
             mtime_ns=mtime,
             tile_name=os.path.basename(s.path),
-            section=section,
-            row=row,
-            col=col,
+            place=place,
             unreadable=unreadable,  # with its result, in the same transaction
         )
         if not created:
@@ -578,7 +597,7 @@ class Service:
     def _handle(self, o: Outcome) -> None:
         self._submitted.discard(o.version_id)
         v = self.ledger.get(o.version_id)
-        if v.state != "scoring":
+        if v.state is not VersionState.SCORING:
             # A job that ran twice (e.g. re-run by Dask after a worker died): one result only.
             self._event("duplicate_outcome", **self._tile_fields(v), state=v.state)
             return
@@ -599,6 +618,10 @@ class Service:
             self._record(v, Verdict(VerdictKind.UNREADABLE, reason), score=None, worker=o.worker)
             return
         ts = o.result
+        if ts.meta is not None:
+            # What the tags say (FibicsXML MosaicInfo row/col, stage, focus) is known
+            # before the tile is judged, so its history is looked up by it.
+            v = self.ledger.complete_place(v.id, layouts.with_meta(Placement(), ts.meta))
         judged = judge.judge(
             self.ledger,
             v,

@@ -4,8 +4,8 @@ Opens the ledger read-only (``mode=ro``), so it is safe while the service runs.
 Shows tiles per state, the backlog, tiles per minute over the last ten minutes, the
 last N verdicts, recent failures with their reasons, the executor the service
 reported, the array backend (numpy/cupy) of the latest results, the alarms that last
-(``focuswatch.alarms``) and the alerts still waiting in the outbox. Alert destinations
-are never shown: apprise URLs carry secrets.
+(``focuswatch.alarms``) and the alerts still waiting in the outbox. Alert
+destinations are never shown: apprise URLs carry secrets.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def _when(ts: float | None) -> str:
 
 
 def _position(r: dict[str, Any]) -> str:
+    if r.get("position"):  # the layout's key: r3-c4, mFoV 12, beam 7, grid 0, tile 42
+        return str(r["position"])
     if r.get("row") is None:
         return ""
     return f"r{r['row']}-c{r['col']}"

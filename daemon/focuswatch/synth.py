@@ -9,8 +9,15 @@ Two layers:
   gain/offset drift), :func:`filter_lines` and :func:`resample` (other correlated-
   noise models: a FIR detector response along x; a resampled image) and :func:`to_uint`;
 * writers: :func:`write_tile` (TIFF with ATLAS FibicsXML, written atomically) and
-  :func:`write_wafer` (ATLAS 5 section folders plus a ``manifest.json`` with the
-  truth for every tile), used by ``focuswatch synth`` and the demo.
+  :func:`write_wafer` (an acquisition in one of three layouts, plus a
+  ``manifest.json`` with the truth for every tile), used by ``focuswatch synth`` and
+  the demo. ``LAYOUTS``: ``atlas`` (ATLAS 5 section folders, FibicsXML),
+  ``multisem`` (section folders of mFoV folders of 8-bit PNG beam images, and each
+  section's ``full_image_coordinates.txt``), ``sbemimage`` (``tiles/g…/t…`` TIFFs
+  and the ``meta/logs`` image list and metadata lines, each tile's lines written
+  before the tile itself so that a watcher finds them). The grid's rows and columns
+  are the layout's two position numbers: mFoV and beam (from 1), grid and tile (from
+  0).
 
 Serial sections: every tile position has its own random texture, and the texture
 changes continuously with the section number (``drift``), so the same position in
@@ -39,6 +46,7 @@ import numpy.typing as npt
 from scipy import ndimage, special
 
 __all__ = [
+    "LAYOUTS",
     "SynthTile",
     "defocus_sigma",
     "degrade",
@@ -46,6 +54,7 @@ __all__ = [
     "filter_lines",
     "load_isbi",
     "main",
+    "multisem_folder",
     "neuropil",
     "resample",
     "resin",
@@ -64,6 +73,9 @@ FloatImage = npt.NDArray[np.float32]
 Latent = Callable[[str, tuple[int, ...]], npt.NDArray[np.float32]]
 
 DEFAULT_TIMESTAMP: Final = 1752450056
+#: The acquisitions ``write_wafer`` writes (``focuswatch synth --layout``).
+LAYOUTS: Final = ("atlas", "multisem", "sbemimage")
+_SBEM_SLICE_NM: Final = 25.0  # SBEMimage cuts this thin
 _OVERLAP: Final = 0.08  # ATLAS mosaics overlap neighbouring tiles by a few percent
 _SECTION_PITCH_UM: Final = 2500.0  # sections lie side by side on the wafer
 _STAGE_ORIGIN_UM: Final = 10000.0  # where the first section sits on the stage
@@ -861,9 +873,48 @@ class SynthTile:
     stage_x_um: float
     stage_y_um: float
     density: float = 1.0
+    layout: str = "atlas"
+
+    @property
+    def position(self) -> str:
+        """The position as the layout names it (``focuswatch.tiles.layouts``)."""
+        if self.layout == "multisem":
+            return f"mFoV {self.row}, beam {self.col}"
+        if self.layout == "sbemimage":
+            return f"grid {self.row - 1}, tile {self.col - 1}"
+        return f"r{self.row}-c{self.col}"
 
 
-def _tile_path(out: Path, section: int, row: int, col: int, timestamp: int) -> Path:
+def _section_name(layout: str, section: int) -> str:
+    """The section as the layout's files say it (what focuswatch reads back)."""
+    if layout == "multisem":
+        return str(section)
+    if layout == "sbemimage":
+        return f"{section:05d}"
+    return f"{section:03d}"
+
+
+def _multisem_stamp(t: int) -> str:
+    """A MultiSEM-like timestamp (``2025-07-14T0000561234567``): digits, no colons."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(t)) + f"{(t * 7919) % 10**7:07d}"
+
+
+def multisem_folder(out: Path, section: int) -> Path:
+    """A MultiSEM section folder: ``{scan:03d}_S{section}R1`` (scans counted from 1)."""
+    return Path(out) / f"{section + 1:03d}_S{section}R1"
+
+
+def _tile_path(
+    out: Path, section: int, row: int, col: int, timestamp: int, *, layout: str = "atlas"
+) -> Path:
+    if layout == "multisem":
+        name = f"{section + 1:03d}_{row:06d}_{col:03d}_{_multisem_stamp(timestamp + section)}.png"
+        return multisem_folder(out, section) / f"{row:06d}" / name
+    if layout == "sbemimage":
+        g, t = f"g{row - 1:04d}", f"t{col - 1:04d}"
+        return out / "tiles" / g / t / f"stack_{g}_{t}_s{section:05d}.tif"
     folder = f"S_{section:03d}_{timestamp}"
     return out / folder / f"Tile_r{row}-c{col}_S_{section:03d}_{timestamp}.tif"
 
@@ -909,9 +960,11 @@ def wafer_plan(
     pixel_size_um: float = 0.004,
     section_start: int = 0,
     timestamp: int = DEFAULT_TIMESTAMP,
+    layout: str = "atlas",
 ) -> list[SynthTile]:
     """Which tiles of a wafer are out of focus, empty or corrupt; deterministic by seed.
 
+    ``layout`` is one of ``LAYOUTS`` (where the tiles are written, not what they show).
     ``empty``/``corrupt`` are counts (placed at random) or explicit
     ``(section, row, col)`` triples. Out-of-focus tiles are
     ``round(blur_fraction × usable tiles)`` of the rest, each with a σ from
@@ -928,6 +981,8 @@ def wafer_plan(
         raise ValueError(f"section_start must be ≥ 0, got {section_start}")
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     rng = np.random.default_rng([seed, 0x91A4])
     keys = [
         (s, r, c)
@@ -951,8 +1006,8 @@ def wafer_plan(
         s, r, c = key
         plan.append(
             SynthTile(
-                path=_tile_path(out, s, r, c, timestamp),
-                section=f"{s:03d}",
+                path=_tile_path(out, s, r, c, timestamp, layout=layout),
+                section=_section_name(layout, s),
                 row=r,
                 col=c,
                 defocus_sigma=sigma_of.get(key, 0.0),
@@ -963,6 +1018,7 @@ def wafer_plan(
                 ),
                 stage_y_um=round(_STAGE_ORIGIN_UM - (r - 1) * fov * (1 - _OVERLAP), 4),
                 density=_position_density(seed, r, c),
+                layout=layout,
             )
         )
     return plan
@@ -1020,6 +1076,9 @@ def write_section(
         raise ValueError(f"drift must be ≥ 0, got {drift}")
     for tile in tiles:
         image = to_uint(_tile_image(tile, size=size, dose=dose, drift=drift, seed=seed), bits)
+        if tile.layout != "atlas":
+            _write_other(tile, image, pixel_size_um=pixel_size_um, compression=compression)
+            continue
         write_tile(
             tile.path,
             image,
@@ -1037,6 +1096,65 @@ def write_section(
     return list(tiles)
 
 
+def _append_line(path: Path, line: str) -> None:
+    """One line appended and flushed, as a microscope's log grows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8", newline="\n") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_other(
+    tile: SynthTile, image: npt.NDArray[Any], *, pixel_size_um: float, compression: str | None
+) -> None:
+    """A MultiSEM beam image or an SBEMimage tile, with its side-file lines first."""
+    import io
+
+    wd_um = IN_FOCUS_WD_UM + tile.defocus_sigma / SIGMA_PER_UM
+    buffer = io.BytesIO()
+    path = Path(tile.path)
+    if tile.layout == "multisem":
+        from PIL import Image
+
+        # The section folder is two up (section/mFoV/image); coordinates in pixels.
+        x_px, y_px = tile.stage_x_um / pixel_size_um, tile.stage_y_um / pixel_size_um
+        rel = f"{path.parent.name}\\{path.name}"  # MultiSEM runs on Windows
+        _append_line(
+            path.parent.parent / "full_image_coordinates.txt", f"{rel}\t{x_px:.3f}\t{y_px:.3f}\t0"
+        )
+        # MultiSEM beam images are 8-bit.
+        eight = image if image.dtype == np.uint8 else (image >> 8).astype(np.uint8)
+        Image.fromarray(eight).save(buffer, format="PNG")
+    else:
+        import tifffile
+
+        base = path.parents[3]
+        rel = "\\".join(path.relative_to(base).parts)
+        z_nm = int(tile.section) * _SBEM_SLICE_NM
+        stamp = DEFAULT_TIMESTAMP
+        _append_line(
+            base / "meta" / "logs" / f"imagelist_{stamp}.txt",
+            f"{rel};{tile.stage_x_um * 1000:.1f};{tile.stage_y_um * 1000:.1f};{z_nm:.1f};"
+            f"{int(tile.section)}",
+        )
+        entry = {
+            "tileid": f"{tile.row - 1}.{tile.col - 1}.{int(tile.section)}",
+            "filename": path.relative_to(base).as_posix(),
+            "working_distance": wd_um * 1e-6,  # SBEMimage keeps metres
+            "glob_x": round(tile.stage_x_um * 1000),
+            "glob_y": round(tile.stage_y_um * 1000),
+            "glob_z": round(z_nm),
+            "slice_counter": int(tile.section),
+        }
+        _append_line(base / "meta" / "logs" / f"metadata_{stamp}.txt", f"TILE: {entry!r}")
+        tifffile.imwrite(buffer, image, photometric="minisblack", compression=compression)
+    data = buffer.getvalue()
+    if tile.corrupt:
+        data = data[: max(8, int(len(data) * 0.4))]
+    _write_atomic(path, data, atomic=True)
+
+
 def write_manifest(out: Path, tiles: Sequence[SynthTile], **params: Any) -> Path:
     """``out/manifest.json``: the generator's settings and the truth for every tile."""
     out = Path(out)
@@ -1044,6 +1162,7 @@ def write_manifest(out: Path, tiles: Sequence[SynthTile], **params: Any) -> Path
     for tile in tiles:
         record = asdict(tile)
         record["path"] = Path(tile.path).relative_to(out).as_posix()
+        record["position"] = tile.position
         records.append(record)
     target = out / "manifest.json"
     text = json.dumps({"generator": "focuswatch.synth", **params, "tiles": records}, indent=1)
@@ -1070,11 +1189,13 @@ def write_wafer(
     timestamp: int = DEFAULT_TIMESTAMP,
     compression: str | None = None,
     on_section: Callable[[list[SynthTile]], None] | None = None,
+    layout: str = "atlas",
 ) -> list[SynthTile]:
-    """Write an ATLAS 5-style wafer under ``out`` and its ``manifest.json``; return the tiles.
+    """Write an acquisition under ``out`` and its ``manifest.json``; return the tiles.
 
-    Layout: ``out/S_{sec:03d}_{timestamp}/Tile_r{r}-c{c}_S_{sec:03d}_{timestamp}.tif``
-    (rows and columns from 1). ``on_section`` is called after each section is written.
+    ``atlas``: ``out/S_{sec:03d}_{timestamp}/Tile_r{r}-c{c}_S_{sec:03d}_{timestamp}.tif``
+    (rows and columns from 1); ``multisem`` and ``sbemimage`` as in the module's
+    docstring. ``on_section`` is called after each section is written.
 
     ``drift`` is how fast content changes per section: 0 repeats it exactly (only
     noise and brightness differ), 0.02 keeps consecutive sections very alike,
@@ -1095,6 +1216,7 @@ def write_wafer(
         size=size,
         section_start=section_start,
         timestamp=timestamp,
+        layout=layout,
     )
     written: list[SynthTile] = []
     for first in range(0, len(plan), rows * cols):
@@ -1121,15 +1243,22 @@ def write_wafer(
         drift=drift,
         blur_sigmas=list(blur_sigmas),
         timestamp=timestamp,
+        layout=layout,
     )
     return written
 
 
 def _describe_section(tiles: Sequence[SynthTile]) -> str:
-    blurred = [f"r{t.row}-c{t.col} σ={t.defocus_sigma:g}px" for t in tiles if t.defocus_sigma > 0]
-    empty = [f"r{t.row}-c{t.col}" for t in tiles if t.empty]
-    corrupt = [f"r{t.row}-c{t.col}" for t in tiles if t.corrupt]
-    folder = tiles[0].path.parent.name
+    blurred = [f"{t.position} σ={t.defocus_sigma:g}px" for t in tiles if t.defocus_sigma > 0]
+    empty = [t.position for t in tiles if t.empty]
+    corrupt = [t.position for t in tiles if t.corrupt]
+    folder = (
+        tiles[0].path.parent.name
+        if tiles[0].layout == "atlas"
+        else tiles[0].path.parent.parent.name
+        if tiles[0].layout == "multisem"
+        else f"slice {tiles[0].section}"
+    )
     parts = [f"{len(tiles)} tiles", f"out of focus: {', '.join(blurred) or 'none'}"]
     if empty:
         parts.append(f"empty: {', '.join(empty)}")
@@ -1196,6 +1325,7 @@ def main(
     corrupt: int = 0,
     blur_sigmas: tuple[float, ...] = (2.0, 4.0),
     focus_series: int = 0,
+    layout: str = "atlas",
 ) -> int:
     """``focuswatch synth``: write a wafer (or a focus series) and say what is in it."""
     try:
@@ -1221,6 +1351,7 @@ def main(
             corrupt_tiles=corrupt,
             seed=seed,
             on_section=lambda written: print(_describe_section(written), flush=True),
+            layout=layout,
         )
     except ValueError as exc:
         print(f"focuswatch synth: {exc}", file=sys.stderr)
@@ -1228,5 +1359,5 @@ def main(
     except OSError as exc:
         print(f"focuswatch synth: cannot write under {out}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {len(tiles)} tiles and {Path(out) / 'manifest.json'}")
+    print(f"wrote {len(tiles)} tiles ({layout}) and {Path(out) / 'manifest.json'}")
     return 0

@@ -32,8 +32,6 @@ __all__ = [
     "score_bytes",
 ]
 
-"""Scores one tile file; must be a picklable top-level function (it travels to workers)."""
-
 _log = structlog.get_logger("focuswatch.cluster")
 
 # The Dask event topic on which each task reports its start (for tile_timeout_s).

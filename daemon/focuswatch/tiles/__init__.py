@@ -24,10 +24,12 @@ which kills the worker; a short read is just a :class:`TileError`.
 Metadata (:class:`TileMeta`) comes from the ATLAS file name, the FibicsXML tag
 (51023) or SmartSEM's CZ_SEM tag (34118); missing fields are ``None``.
 
-Modules: ``names`` (what a file name says), ``meta`` (what the TIFF tags say) and
-``reader`` (the pixels).
+Modules: ``names`` (what an ATLAS file name says), ``layouts`` (where a file sits in
+an ATLAS, MultiSEM, SBEMimage or user-described acquisition: section and position),
+``meta`` (what the TIFF tags say) and ``reader`` (the pixels).
 """
 
+from focuswatch.tiles.layouts import Layout, detect, make_layout, with_meta
 from focuswatch.tiles.meta import TileMeta
 from focuswatch.tiles.names import parse_tile_name
 from focuswatch.tiles.reader import (
@@ -42,12 +44,16 @@ from focuswatch.tiles.reader import (
 
 __all__ = [
     "MIN_SIDE",
+    "Layout",
     "TileMeta",
     "TileReader",
+    "detect",
+    "make_layout",
     "open_tile",
     "os_reason",
     "outside",
     "parse_tile_name",
     "read_meta",
     "read_tile",
+    "with_meta",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from focuswatch.errors import TileError
 
-__all__ = ["MAX_DIGITS", "parse_tile_name"]
+__all__ = ["MAX_DIGITS", "number_in_name", "parse_tile_name"]
 
 _ATLAS_NAME = re.compile(r"^tile_r(?P<row>\d+)-c(?P<col>\d+)(?:_(?P<rest>.*))?$", re.IGNORECASE)
 _SECTION_IN_NAME = re.compile(r"(?:^|_)S_(?P<section>\d+)(?=_|$)", re.IGNORECASE)
@@ -41,8 +41,8 @@ def parse_tile_name(path: str | Path) -> tuple[str | None, int | None, int | Non
         rest = atlas.group("rest") or ""
         in_name = _SECTION_IN_NAME.search(rest)
         section = in_name.group("section") if in_name else folder_section
-        row = _in_range(atlas.group("row"), "row", p)
-        col = _in_range(atlas.group("col"), "column", p)
+        row = number_in_name(atlas.group("row"), "row", p)
+        col = number_in_name(atlas.group("col"), "column", p)
         return _checked_section(section, p), row, col
     multisem = _MULTISEM_NAME.match(stem)
     if multisem:
@@ -56,7 +56,8 @@ def parse_tile_name(path: str | Path) -> tuple[str | None, int | None, int | Non
 MAX_DIGITS = 9
 
 
-def _in_range(digits: str, what: str, path: Path) -> int:
+def number_in_name(digits: str, what: str, path: str | Path) -> int:
+    """``digits`` as a number; ``TileError`` when longer than any microscope writes."""
     value = int(digits)
     if value >= 10**MAX_DIGITS:
         raise TileError(
@@ -68,5 +69,5 @@ def _in_range(digits: str, what: str, path: Path) -> int:
 
 def _checked_section(section: str | None, path: Path) -> str | None:
     if section is not None:
-        _in_range(section, "section", path)
+        number_in_name(section, "section", path)
     return section

@@ -52,6 +52,7 @@ from starlette.staticfiles import StaticFiles
 import focuswatch
 from focuswatch import retakes
 from focuswatch.text import printable
+from focuswatch.verdict import position_words
 from focuswatch.web import metrics, svg
 from focuswatch.web.data import VERDICTS, Console
 from focuswatch.web.hosts import HostCheck
@@ -95,6 +96,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["num"] = _num
+    env.filters["position"] = lambda p: position_words(str(p)) if p is not None else "–"
     env.filters["printable"] = lambda s: printable(str(s)) if s is not None else ""
     env.globals["colours"] = svg.VERDICT_COLOURS
     env.globals["glyphs"] = svg.VERDICT_GLYPHS
@@ -268,11 +270,7 @@ def build_app(
         view = console.tile(vid)
         if view is None:
             return not_found(request, f"The ledger knows no tile version {vid}.")
-        history = (
-            console.history(view.row, view.col)
-            if view.row is not None and view.col is not None
-            else []
-        )
+        history = console.history(view.position) if view.position is not None else []
         present = _same_file(view.path, view.size, view.mtime_ns)
         wd = console.working_distance_um(view.id)
         if wd is None and present:

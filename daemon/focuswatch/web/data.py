@@ -24,9 +24,10 @@ from typing import Any
 
 from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
-from focuswatch.ledger import Ledger, section_index
+from focuswatch.ledger import STATES, Ledger, section_index
 from focuswatch.status import STALE_HEARTBEAT_S
 from focuswatch.text import printable
+from focuswatch.verdict import grid_cell
 
 __all__ = [
     "VERDICTS",
@@ -93,6 +94,8 @@ class TileView:
     section: str | None
     row: int | None
     col: int | None
+    #: The key of this position's history in its layout (``r3-c4``, ``mFoV 2, beam 7``).
+    position: str | None
     stage_x_um: float | None
     stage_y_um: float | None
     pixel_size_um: float | None
@@ -163,7 +166,7 @@ class Console:
     # -- the Now page --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("seen", "ready", "scoring", "scored", "failed"), 0)
+        out = dict.fromkeys(STATES, 0)
         for state, n in self._rows(
             "SELECT state, count(*) FROM versions WHERE superseded = 0 GROUP BY state"
         ):
@@ -293,13 +296,13 @@ class Console:
     def wafer(self) -> dict[str, Any]:
         """Sections in order, each a grid of positions with the current verdict there."""
         rows = self._rows(
-            "SELECT v.id, v.section, v.section_index, v.row, v.col, v.tile_name, v.state, "
-            "r.verdict, r.score, r.baseline FROM versions v "
+            "SELECT v.id, v.section, v.section_index, v.row, v.col, v.position, v.tile_name, "
+            "v.state, r.verdict, r.score, r.baseline FROM versions v "
             "LEFT JOIN results r ON r.version_id = v.id WHERE v.superseded = 0 ORDER BY v.id"
         )
         sections: dict[str, dict[str, Any]] = {}
         max_row = max_col = 0
-        for vid, sec, sec_i, row, col, name, state, verdict, score, baseline in rows:
+        for vid, sec, sec_i, row, col, position, name, state, verdict, score, baseline in rows:
             key = sec if sec is not None else ""
             s = sections.setdefault(
                 key,
@@ -317,12 +320,15 @@ class Console:
                 "score": score,
                 "ratio": ratio,
             }
-            if row is None or col is None:
+            at = (int(row), int(col)) if row is not None and col is not None else None
+            if at is None and position is not None:
+                at = grid_cell(str(position))  # mFoV × beam, grid × tile
+            if at is None:
                 s["other"].append(cell)
                 continue
             # A retake under a new name at the same position: the newest version wins.
-            s["cells"][(int(row), int(col))] = cell
-            max_row, max_col = max(max_row, int(row)), max(max_col, int(col))
+            s["cells"][at] = cell
+            max_row, max_col = max(max_row, at[0]), max(max_col, at[1])
         ordered = sorted(
             sections.values(),
             key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
@@ -341,7 +347,7 @@ class Console:
 
     def tile(self, version_id: int) -> TileView | None:
         row = self._one(
-            "SELECT v.id, v.path, v.tile_name, v.section, v.row, v.col, v.stage_x_um, "
+            "SELECT v.id, v.path, v.tile_name, v.section, v.row, v.col, v.position, v.stage_x_um, "
             "v.stage_y_um, v.pixel_size_um, v.state, v.size, v.mtime_ns, v.superseded, "
             "v.last_error, v.first_seen, r.score, r.verdict, r.reason, r.baseline, "
             "r.defocus_um, r.patch_scores, r.scored_at, r.backend, r.score_ms "
@@ -351,12 +357,12 @@ class Console:
         if not row:
             return None
         values = list(row)
-        values[12] = bool(values[12])
-        patches = values[20]
+        values[13] = bool(values[13])
+        patches = values[21]
         try:
-            values[20] = json.loads(patches) if patches else None
+            values[21] = json.loads(patches) if patches else None
         except ValueError:
-            values[20] = None
+            values[21] = None
         return TileView(*values)
 
     def working_distance_um(self, version_id: int) -> float | None:
@@ -367,14 +373,14 @@ class Console:
             return None
         return None if not row or row[0] is None else float(row[0])
 
-    def history(self, row: int, col: int) -> list[dict[str, Any]]:
+    def history(self, position: str) -> list[dict[str, Any]]:
         """Score and baseline of this position in every section (latest version of each)."""
         found = self._rows(
             "SELECT v.id, v.section, v.section_index, r.score, r.baseline, r.verdict "
             "FROM versions v JOIN results r ON r.version_id = v.id "
-            "WHERE v.row = ? AND v.col = ? AND v.superseded = 0 "
+            "WHERE v.position = ? AND v.superseded = 0 "
             "ORDER BY v.section_index, v.id",
-            (row, col),
+            (position,),
         )
         by_section: dict[Any, dict[str, Any]] = {}
         for vid, sec, sec_i, score, baseline, verdict in found:

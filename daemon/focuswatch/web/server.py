@@ -86,10 +86,10 @@ class WebConsole:
                 consequence="the service runs on without its web page (set web.port)",
             )
             return
+        self._sock = sock  # from here on, close() releases it whatever fails next
         try:
             self._console = Console(self._state_dir, clock=self._clock)
         except StateError as exc:
-            sock.close()
             log.warning("web_unavailable", reason=str(exc))
             return
         app = build_app(
@@ -104,7 +104,6 @@ class WebConsole:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._sock = sock
         self.port = int(sock.getsockname()[1])
         shown = f"[{wcfg.host}]" if ":" in wcfg.host else wcfg.host
         self.url = f"http://{shown}:{self.port}/"
