@@ -29,7 +29,7 @@ from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.web import WebConsole
 
-PAGES = ("now", "wafer", "tile", "retakes", "alerts")
+PAGES = ("now", "wafer", "wafer-score", "tile", "retakes", "alerts")
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 urls = {
                     "now": web.url,
                     "wafer": web.url + "wafer",
+                    "wafer-score": web.url + "wafer?colour=score",
                     "tile": web.url + f"tile/{_worst_tile(state)}",
                     "retakes": web.url + "retakes",
                     "alerts": web.url + "alerts",

@@ -95,6 +95,22 @@ def test_expected_tiles_are_the_positions_of_the_section_before() -> None:
     assert expected_from_previous([full, part, full, section()]) == [None, 4, 1, 4]
 
 
+def test_the_console_reads_tiles_by_arrival_through_an_index(tmp_path: Path) -> None:
+    """The Now page and /metrics ask for arrivals at every poll: not a scan of every
+    tile version a long acquisition recorded."""
+    led = Ledger.open(tmp_path)
+    try:
+        for sql in (
+            "SELECT count(*) FROM versions WHERE first_seen >= 0",
+            "SELECT max(first_seen) FROM versions",
+            "SELECT tile_name, first_seen FROM versions ORDER BY first_seen DESC LIMIT 1",
+        ):
+            plan = " ".join(str(r[-1]) for r in led.connection.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "versions_by_first_seen" in plan, (sql, plan)
+    finally:
+        led.close()
+
+
 def test_hostile_tile_name_is_escaped_on_every_page(console_service: MakeConsole) -> None:
     cs, _ = planted(console_service)
     vid = cs.version_id(XSS)
@@ -172,10 +188,14 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
     assert 'focuswatch_scoring_seconds_bucket{le="0.025"}' not in text
     assert 'focuswatch_scoring_seconds_bucket{le="0.1"} 7.0' in text
     assert "focuswatch_scoring_seconds_count 7.0" in text
+    (total,) = re.findall(r"focuswatch_scoring_seconds_sum (\S+)", text)
+    assert float(total) == pytest.approx(7 * 0.012)  # web_score's 12 ms each
     assert "focuswatch_newest_tile_age_seconds" in text
     assert "focuswatch_alerts_waiting" in text
     assert SECRET not in text
     assert "focuswatch_alert_deliveries_waiting{endpoint=" in text
+    for name in ("stall", "disk_low", "behind", "endpoint_failing", "scheduler_lost"):
+        assert f'focuswatch_alarm{{name="{name}"}} 0.0' in text
 
 
 def test_alerts_page_shows_waiting_alerts_and_never_the_destination(

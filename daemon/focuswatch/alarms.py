@@ -206,15 +206,21 @@ class AlarmWatch:
         if self._loaded:
             return
         self._loaded = True
-        by_id = {e.name: e.id for e in self._endpoints}
+        id_of = {e.name: e.id for e in self._endpoints}
+        cfg = self._cfg
+        # An alarm turned off since, or about an endpoint no longer configured, ends
+        # with the restart, untold.
         for a in stored:
-            if a.name is AlarmName.BEHIND:
+            if a.name is AlarmName.BEHIND and cfg.behind_minutes > 0:
                 self._behind.told = a
-            elif a.name is AlarmName.SCHEDULER_LOST:
+            elif a.name is AlarmName.SCHEDULER_LOST and cfg.scheduler_lost_minutes > 0:
                 self._scheduler.told = a
-            elif a.name is AlarmName.ENDPOINT_FAILING and a.subject in by_id:
-                self._failing[by_id[a.subject]].told = a
-            # An endpoint no longer configured: its alarm ends with it, untold.
+            elif (
+                a.name is AlarmName.ENDPOINT_FAILING
+                and a.subject in id_of
+                and cfg.endpoint_failing_minutes > 0
+            ):
+                self._failing[id_of[a.subject]].told = a
 
     # -- deciding -------------------------------------------------------------------
 

@@ -245,6 +245,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE results ADD COLUMN orientation_x REAL;
     ALTER TABLE results ADD COLUMN orientation_y REAL;
     """,
+    # 9: tiles by arrival time: the web console's rates, last tile and /metrics read
+    # them at every poll, which scanned every version without it
+    """
+    CREATE INDEX versions_by_first_seen ON versions (first_seen);
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")

@@ -13,7 +13,6 @@ The two writes the page can make (dismiss and reopen a retake entry) are
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sqlite3
@@ -501,18 +500,27 @@ class Console:
         return out
 
     def histogram(self, which: str) -> tuple[list[tuple[str, float]], float, int]:
-        """Cumulative buckets, sum and count of scoring time or close→verdict time (s)."""
+        """Cumulative buckets, sum and count of scoring time or close→verdict time (s).
+
+        Counted by SQLite in one pass: a scrape must not carry every result of a long
+        acquisition into Python.
+        """
         if which == "scoring":
-            sql = "SELECT score_ms / 1000.0 FROM results WHERE score_ms IS NOT NULL"
+            value, source = "score_ms / 1000.0", "results"
         else:
-            sql = (
-                "SELECT r.scored_at - v.first_seen FROM results r "
-                "JOIN versions v ON v.id = r.version_id"
+            value, source = (
+                "r.scored_at - v.first_seen",
+                ("results r JOIN versions v ON v.id = r.version_id"),
             )
-        values = [float(r[0]) for r in self._rows(sql) if r[0] is not None and math.isfinite(r[0])]
-        buckets = [(str(b), float(sum(1 for v in values if v <= b))) for b in TIME_BUCKETS]
-        buckets.append(("+Inf", float(len(values))))
-        return buckets, float(sum(values)), len(values)
+        counts = ", ".join(f"total(x <= {b!r})" for b in TIME_BUCKETS)
+        row = self._one(
+            f"SELECT count(x), total(x), {counts} FROM (SELECT {value} AS x FROM {source}) "
+            "WHERE x BETWEEN -1e308 AND 1e308"  # finite: neither NULL (NaN) nor infinite
+        )
+        n, total = int(row[0]), float(row[1])
+        buckets = [(str(b), float(c)) for b, c in zip(TIME_BUCKETS, row[2:], strict=True)]
+        buckets.append(("+Inf", float(n)))
+        return buckets, total, n
 
     def newest_tile_age(self) -> float | None:
         row = self._one("SELECT max(first_seen) FROM versions")
