@@ -63,8 +63,10 @@ def test_memory_guard_scores_patch_by_patch_with_the_same_result(tmp_path: Path)
     in-memory path, with a peak allocation well below the decoded tile's size."""
     path = write(tmp_path / "big.tif", tissue((768, 1024)))
     image_bytes = 768 * 1024 * 2
-    big = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1024)
-    small = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1)
+    # One patch at a time: patches scored at once would add their working memory to
+    # both peaks by chance, and this is about reading region by region.
+    big = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1024, threads=1)
+    small = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1, threads=1)
     score_path(path, big)  # warm the per-shape caches so both runs allocate alike
 
     def peak(settings: ScoreSettings) -> tuple[TileScore, int]:
