@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from focuswatch import policy
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import ConfigError
-from focuswatch.policy import Evidence, decide, format_score, severity
-from focuswatch.verdict import VerdictKind
+from focuswatch.policy import Evidence, decide, severity
+from focuswatch.verdict import VerdictKind, format_score
 
 CFG = PolicyConfig()
 

@@ -57,9 +57,9 @@ from focuswatch.outbox import (
     enqueue,
     withhold,
 )
-from focuswatch.policy import SECTION_WIDE, format_score
+from focuswatch.policy import SECTION_WIDE
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord, name_positions
+from focuswatch.verdict import VerdictKind, VerdictRecord, format_score, name_positions
 
 __all__ = [
     "JSON_FIELD",

@@ -23,9 +23,8 @@ from focuswatch.app import build_service
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError
 from focuswatch.outbox import Alert, Endpoint
-from focuswatch.policy import format_score
 from focuswatch.service import Service
-from focuswatch.verdict import VerdictKind, VerdictRecord
+from focuswatch.verdict import VerdictKind, VerdictRecord, format_score
 
 __all__ = ["main"]
 

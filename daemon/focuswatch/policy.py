@@ -72,14 +72,13 @@ from typing import Any, Protocol
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import ConfigError
 from focuswatch.score.orientation import streak_deg
-from focuswatch.verdict import Verdict, VerdictKind
+from focuswatch.verdict import Verdict, VerdictKind, format_score
 
 __all__ = [
     "SECTION_WIDE",
     "DefocusModel",
     "Evidence",
     "decide",
-    "format_score",
     "load_calibration",
     "severity",
     "unreadable",
@@ -215,15 +214,6 @@ class _Reference:
 def severity(kind: VerdictKind) -> int:
     """Order verdicts by how much the operator must do: 0 nothing, 2 retake the tile."""
     return _SEVERITY[kind]
-
-
-def format_score(score: float) -> str:
-    """A score as a person reads it: counts as integers, small values to 3 digits."""
-    if not math.isfinite(score):
-        return str(score)
-    if abs(score) >= 100:
-        return f"{score:,.0f}".replace(",", " ")
-    return f"{score:.3g}"
 
 
 def unreadable(reason: str) -> Verdict:

@@ -46,9 +46,8 @@ from focuswatch.config import Config
 from focuswatch.errors import StateError
 from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger, section_index
-from focuswatch.policy import format_score
 from focuswatch.statelock import StateLock
-from focuswatch.verdict import VerdictKind, VerdictRecord, position_words
+from focuswatch.verdict import VerdictKind, VerdictRecord, format_score, position_words
 
 __all__ = [
     "STATUSES",

@@ -8,6 +8,7 @@ Produced by ``focuswatch.policy``, stored by ``focuswatch.ledger``, consumed by
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "VerdictRecord",
+    "format_score",
     "grid_cell",
     "grid_position",
     "name_positions",
@@ -177,3 +179,12 @@ class Placement:
 def grid_position(row: int, col: int) -> str:
     """The position key of a grid tile (ATLAS, a pattern with row and col)."""
     return f"r{row}-c{col}"
+
+
+def format_score(score: float) -> str:
+    """A score as a person reads it: counts as integers, small values to 3 digits."""
+    if not math.isfinite(score):
+        return str(score)
+    if abs(score) >= 100:
+        return f"{score:,.0f}".replace(",", " ")
+    return f"{score:.3g}"
