@@ -448,15 +448,7 @@ def test_the_summary_names_the_retake_entry_of_each_unreadable_tile(tmp_path: Pa
         retake_sink = retakes.RetakeSink(ledger, cfg.state_dir, clock=clock)
         broken = Verdict(VerdictKind.UNREADABLE, "TIFF cut short")
         for row, col, verdict in [(1, 1, GOOD), (1, 2, broken), (2, 1, broken)]:
-            v, _ = ledger.add_version(
-                f"/wafer/S_001/Tile_r{row}-c{col}_S_001.tif",
-                size=1,
-                mtime_ns=1,
-                tile_name=f"Tile_r{row}-c{col}_S_001",
-                section="S_001",
-                row=row,
-                col=col,
-            )
+            v = add_tile(ledger, "S_001", row, col)
             ledger.record_result(v, verdict=verdict)  # judged: nothing still on its way
             record = rec(v, row=row, col=col, verdict=verdict)
             retake_sink.on_verdict(record)  # first, as in the service

@@ -184,11 +184,12 @@ def validate(cfg: Config) -> list[str]:
         else:
             ac = apprise.AppriseConfig()
             a = apprise.Apprise()
-            with _apprise_refusals() as refused:  # apprise loads the rest without a word
+            # apprise loads the good lines and drops the others with a log line only
+            with _ReasonCapture(keep=_refused_line, most=100).attached() as refused:
                 loaded = ac.add(str(path)) and a.add(ac) and len(a) > 0
             problems += [
                 f"at 'alerts.apprise_config': {str(path)!r}: {_shown_refusal(why)}"
-                for why in refused
+                for why in refused.seen
             ]
             if not loaded:
                 problems.append(
@@ -217,32 +218,11 @@ def _shown_refusal(message: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def _apprise_refusals() -> Iterator[list[str]]:
-    """What apprise says meanwhile about lines it did not load: its errors, and its
+def _refused_line(record: logging.LogRecord) -> bool:
+    """An apprise log line about a config line it did not load: its errors, and its
     warnings that name a line (a retry count in a tag drops the line with a warning);
     other warnings only repeat an error's token, or the file's name."""
-    found: list[str] = []
-    me = threading.get_ident()
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                if record.thread != me:
-                    return
-                text = record.getMessage()
-                if record.levelno >= logging.ERROR or _ON_LINE.search(text):
-                    found.append(text)
-            except Exception:  # a log handler must never raise into apprise
-                self.handleError(record)
-
-    handler = _Collect(level=logging.WARNING)
-    logger = logging.getLogger("apprise")
-    logger.addHandler(handler)
-    try:
-        yield found
-    finally:
-        logger.removeHandler(handler)
+    return record.levelno >= logging.ERROR or bool(_ON_LINE.search(record.getMessage()))
 
 
 # -- delivery through apprise ------------------------------------------------------------
@@ -314,15 +294,24 @@ class _ReasonCapture(logging.Handler):
     handler that keeps only the sending thread's records finds the same lines.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, keep: Callable[[logging.LogRecord], bool] | None = None, most: int = 5
+    ) -> None:
         super().__init__(level=logging.WARNING)
         self._thread = threading.get_ident()
+        self._keep = keep
+        self._most = most
         self._seen: list[str] = []
 
+    @property
+    def seen(self) -> list[str]:
+        return self._seen
+
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread and len(self._seen) < 5:
+        if record.thread == self._thread and len(self._seen) < self._most:
             with contextlib.suppress(Exception):
-                self._seen.append(record.getMessage().strip())
+                if self._keep is None or self._keep(record):
+                    self._seen.append(record.getMessage().strip())
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[_ReasonCapture]:
