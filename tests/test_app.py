@@ -170,3 +170,26 @@ def test_exact_and_its_old_name_default_are_one_mode(tmp_path: Path) -> None:
     build_service(make_cfg(tmp_path, mode="exact"), builtin_sinks=False).stop()
     with pytest.raises(ConfigError, match=r"at 'scoring\.mode': .*'exact', not 'fast'"):
         build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
+
+
+def test_a_configured_hook_is_one_of_the_services_sinks_after_the_alerts(tmp_path: Path) -> None:
+    from focuswatch.alerts import AlertSink
+    from focuswatch.config import HooksConfig
+    from focuswatch.hooks import HookSink
+
+    cfg = dataclasses.replace(
+        make_cfg(tmp_path),
+        hooks=HooksConfig(tile_out_of_focus=["true", "{tile}"]),
+        web=WebConfig(enabled=False),
+    )
+    svc = build_service(cfg, score_fn=fake_score)
+    try:
+        kinds = [type(s) for s in svc.sinks]
+        assert kinds.index(HookSink) == kinds.index(AlertSink) + 1
+    finally:
+        svc.stop()
+    bare = build_service(dataclasses.replace(cfg, hooks=HooksConfig()), score_fn=fake_score)
+    try:
+        assert not [s for s in bare.sinks if isinstance(s, HookSink)]
+    finally:
+        bare.stop()

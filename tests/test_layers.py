@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"scoring", "ledger"},
     {"executor", "calibrate", "outbox", "alarms"},
     {"policy", "gpu"},
-    {"judge", "worker", "alerts", "retakes"},
+    {"judge", "worker", "alerts", "retakes", "hooks"},
     {"cluster", "status"},
     {"web"},
     {"service"},

@@ -186,13 +186,17 @@ def build_executor(cfg: Config, *, score_fn: ScoreFn | None = None) -> Executor:
 def _builtin_sinks(cfg: Config, ledger: Ledger, clock: Callable[[], float]) -> list[Sink]:
     """The retake and alert sinks, in that order: an alert names the retake entry (its
     id) its tile opened, so the retake list must have seen the verdict first. Then the
-    web console (its server thread; a port in use is one log line), when enabled."""
-    from focuswatch import alerts, retakes
+    event hooks, when any is configured, and the web console (its server thread; a port
+    in use is one log line), when enabled."""
+    from focuswatch import alerts, hooks, retakes
 
     sinks: list[Sink] = [
         retakes.build_sink(cfg, ledger, clock=clock),
         alerts.build_sink(cfg, ledger, clock=clock),
     ]
+    hook_sink = hooks.build_sink(cfg.hooks, ledger, clock=clock)
+    if hook_sink is not None:
+        sinks.append(hook_sink)
     if cfg.web.enabled:
         from focuswatch.web import WebConsole
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import string
 import tomllib
 import types
 import typing
@@ -31,9 +32,11 @@ from focuswatch.choices import (
 from focuswatch.errors import ConfigError
 
 __all__ = [
+    "HOOK_FIELDS",
     "AlertsConfig",
     "ClusterConfig",
     "Config",
+    "HooksConfig",
     "LoggingConfig",
     "PolicyConfig",
     "ScoringConfig",
@@ -239,6 +242,44 @@ class WebConfig:
     allowed_hosts: list[str] = _opt([], _host_names, factory=True)
 
 
+#: What a hook's arguments may name, as ``{field}``: each argument is formatted on its
+#: own and passed as one argument (never through a shell).
+HOOK_FIELDS = ("event", "section", "tile", "path", "position", "verdict", "score", "reason")
+
+
+def _hook_command(v: Any) -> str | None:
+    """A hook: a program and its arguments, ``{field}`` naming a ``HOOK_FIELDS`` entry."""
+    if not v:
+        return None  # no hook for this event
+    if not all(isinstance(a, str) and a for a in v):
+        return "must be a list of non-empty strings: the program, then its arguments"
+    for arg in v:
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+        except ValueError as exc:
+            return f"{arg!r} is not a valid template ({exc}); write {{{{ and }}}} for braces"
+        unknown = [n for n in names if n not in HOOK_FIELDS]
+        if unknown:
+            return f"{arg!r} names {{{unknown[0]}}}; known: " + ", ".join(
+                "{" + f + "}" for f in HOOK_FIELDS
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run on events, for the acquisition side to react (``focuswatch.hooks``).
+
+    Each is ``[program, arg, ...]``, run without a shell with the event as JSON on
+    stdin; empty: nothing runs for that event.
+    """
+
+    tile_out_of_focus: list[str] = _opt([], _hook_command, factory=True)
+    section_failing: list[str] = _opt([], _hook_command, factory=True)
+    microscope_stalled: list[str] = _opt([], _hook_command, factory=True)
+    timeout_s: float = _opt(30.0, _range(0.1, 3600.0))
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, as the service uses it."""
@@ -251,6 +292,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
 
 def _type_name(tp: Any) -> str:
