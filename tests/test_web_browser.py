@@ -144,6 +144,37 @@ def test_now_page_says_healthy_at_the_top(console_service: MakeConsole, chromium
     )
 
 
+def test_the_stall_alarm_appears_on_the_now_page_and_clears_with_the_next_tile(
+    console_service: MakeConsole, chromium: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The microscope stops writing with a section open: the Now page says so at the
+    top, by itself; the next tile that arrives clears it, again without a reload."""
+    from focuswatch import alerts
+
+    monkeypatch.setattr(alerts, "HEALTH_EVERY_S", 0.2)  # look every turn, not every 10 s
+    cs = console_service(alerts={"stall_minutes": 0.05})  # 3 s without a tile
+    cs.write("S_001_1/Tile_r1-c1_S_001_1.tif")
+    cs.judge(1)
+    chromium.get(cs.url)
+
+    def stall_shown() -> Any:
+        cs.svc.turn(0.05)  # the service's own loop: it notices the stall
+        found = chromium.find_elements(By.CSS_SELECTOR, '#alarms li[data-alarm="stall"]')
+        return found[0].text if found else None
+
+    shown = wait_for("the stall alarm on the Now page", stall_shown)
+    assert shown.startswith("no new tile since ")
+    assert shown.endswith("(has the microscope stopped?)")
+    cs.write("S_001_1/Tile_r1-c2_S_001_1.tif", value=1)
+    cs.judge(2)
+
+    def stall_gone() -> bool:
+        cs.svc.turn(0.05)
+        return not chromium.find_elements(By.CSS_SELECTOR, '#alarms li[data-alarm="stall"]')
+
+    assert wait_for("the stall alarm cleared", stall_gone)
+
+
 def test_the_score_view_of_the_wafer_map_stays_while_tiles_arrive(
     console_service: MakeConsole, chromium: Any
 ) -> None:

@@ -131,16 +131,19 @@ MakeConsole = Callable[..., ConsoleService]
 def console_service(tmp_path: Path) -> Iterator[MakeConsole]:
     made: list[Service] = []
 
-    def make(*, token: str | None = TOKEN, **web: Any) -> ConsoleService:
+    def make(
+        *, token: str | None = TOKEN, alerts: dict[str, Any] | None = None, **web: Any
+    ) -> ConsoleService:
         base = make_cfg(tmp_path)
+        alert_opts = {
+            "urls": [ALERT_URL],
+            "retry_initial_s": 30.0,
+            "digest_minutes": 0.0,
+            "disk_min_free_mb": 0.0,  # the machine's free space is not under test here
+        } | (alerts or {})
         cfg: Config = dataclasses.replace(
             base,
-            alerts=AlertsConfig(
-                urls=[ALERT_URL],
-                retry_initial_s=30.0,
-                digest_minutes=0.0,
-                disk_min_free_mb=0.0,  # the machine's free space is not under test here
-            ),
+            alerts=AlertsConfig(**alert_opts),
             web=WebConfig(host="127.0.0.1", port=0, token=token, **web),
         )
         svc = build_service(cfg, score_fn=web_score, notifier=Notifier(env={}))
