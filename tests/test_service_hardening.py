@@ -7,6 +7,7 @@ is under test here, not MHFD).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -276,15 +277,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _fill(folder: Path) -> Path:
-    """Write a ballast file until the file system is full."""
+    """Write a ballast file until the file system is full (to the last byte: smaller and
+    smaller writes). Unbuffered, so closing it has nothing left to write, and fail."""
     ballast = folder / "ballast"
-    with ballast.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    with ballast.open("wb", buffering=0) as f:
+        for chunk in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * chunk)
     return ballast
 
 
