@@ -139,7 +139,7 @@ def test_pattern_layout_row_col_or_position(tmp_path: Path) -> None:
     )
     place = named.place(str(tmp_path / "12" / "left_0002.tif"))
     assert (place.section, place.position, place.taken) == ("12", "left", "0002")
-    assert named.place(str(tmp_path / "elsewhere.tif")) == Placement()
+    assert named.place(str(tmp_path / "elsewhere.tif")) is None  # no tile: skipped
     with pytest.raises(TileError, match="row number"):
         grid.place(str(tmp_path / "sec1" / "img_x1_y12345678901.tif"))
 
@@ -549,3 +549,28 @@ def test_what_each_layout_watches_beside_the_defaults() -> None:
     assert not atlas.matches("/w/001_S1R1/000001/001_000001_007_2025-01-01T100000.png")
     own = WatchConfig(layout="multisem", include=["*.bmp"], exclude=["x*"])
     assert layouts.watched_patterns(own) == (["*.bmp"], ["x*"])
+
+
+def test_files_a_pattern_does_not_match_are_skipped_with_one_line_per_folder(
+    tmp_path: Path, start_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """The lab's pattern says what its tiles look like: anything else in the folder (an
+    overview, a stitched preview) is no tile, is not recorded, and is said once."""
+    from servicekit import write_tif
+
+    watch = tmp_path / "watch"
+    for name in ("sec01/overview.tif", "sec01/preview_small.tif", "sec01/left_1.tif"):
+        write_tif(watch / name)
+    with structlog.testing.capture_logs() as logs:
+        svc, sink = start_service(
+            "pattern", pattern=r"^sec(?P<section>\d+)/(?P<position>[a-z]+)_(?P<taken>\d+)\.tif$"
+        )
+        turn_until(svc, lambda: len(sink.records) == 1)
+        svc.rescan_now()  # found again by a rescan: still not recorded, not said again
+        for _ in range(20):
+            svc.turn(0.05)
+    assert [r.tile_name for r in sink.records] == ["left_1.tif"]
+    assert sorted(svc.ledger.known_paths()) == [str(watch / "sec01" / "left_1.tif")]
+    (skipped,) = [e for e in logs if e["event"] == "not_a_tile_skipped"]
+    assert skipped["folder"] == str(watch / "sec01")
+    assert skipped["layout"] == "pattern"

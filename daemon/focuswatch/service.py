@@ -113,6 +113,7 @@ class Service:
         self.root = str(Path(cfg.watch.path or ".").absolute())
         self._real_root = os.path.realpath(self.root).rstrip("/")
         self._outside_links: set[str] = set()
+        self._unplaced_folders: set[str] = set()
         self.clock = clock
         self._lock = lock
         self.ledger = ledger
@@ -535,9 +536,13 @@ class Service:
                 size, mtime = -1, -1
         bad_name: str | None = None
         try:
-            place = self.layout.place(s.path)
+            placed = self.layout.place(s.path)
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
-            place, bad_name = Placement(), exc.reason
+            placed, bad_name = Placement(), exc.reason
+        if placed is None:
+            self._not_a_tile(s.path)
+            return
+        place = placed
         ready = s.kind is SettledKind.READY and bad_name is None
         unreadable = None if ready else Verdict(VerdictKind.UNREADABLE, bad_name or s.reason)
         vid, created = self.ledger.add_version(
@@ -562,6 +567,19 @@ class Service:
             reason=unreadable.reason,
         )
         self._deliver(vid)
+
+    def _not_a_tile(self, path: str) -> None:
+        """A file the layout says is no tile: not recorded, said once per folder."""
+        folder = os.path.dirname(path)
+        if folder not in self._unplaced_folders:
+            self._unplaced_folders.add(folder)
+            self._event(
+                "not_a_tile_skipped",
+                folder=printable(folder),
+                example=printable(os.path.basename(path)),
+                layout=self.layout.name,
+                why="its name does not match watch.pattern",
+            )
 
     def _outside(self, path: str) -> bool:
         """A link out of the watch folder is not followed (unless the config says so).

@@ -63,8 +63,9 @@ __all__ = [
 class Layout(Protocol):
     name: str
 
-    def place(self, path: str) -> Placement:
-        """The file's placement; ``TileError`` for a name no microscope writes."""
+    def place(self, path: str) -> Placement | None:
+        """The file's placement; ``TileError`` for a name no microscope writes; None for
+        a file that is no tile of this layout (skipped: a pattern it does not match)."""
         ...
 
 
@@ -322,11 +323,11 @@ class PatternLayout:
         self.regex = re.compile(pattern)
         self.root = root
 
-    def place(self, path: str) -> Placement:
+    def place(self, path: str) -> Placement | None:
         rel = os.path.relpath(path, self.root) if self.root else path
         m = self.regex.search(rel.replace(os.sep, "/"))
         if m is None:
-            return Placement()
+            return None  # the lab said what its tiles look like: this is none of them
         groups = m.groupdict()
         section = groups.get("section")
         if section is not None and section.isdigit():
