@@ -193,3 +193,20 @@ def test_a_configured_hook_is_one_of_the_services_sinks_after_the_alerts(tmp_pat
         assert not [s for s in bare.sinks if isinstance(s, HookSink)]
     finally:
         bare.stop()
+
+
+def test_a_wafer_scored_by_a_release_that_recorded_no_settings_is_not_continued_in_fast_mode(
+    tmp_path: Path,
+) -> None:
+    """Such a release's default was exact: the new default, fast, is refused until the
+    operator sets the mode those tiles were scored with."""
+    _scored_once(make_cfg(tmp_path, mode="exact"))
+    conn = sqlite3.connect(tmp_path / "state" / "focuswatch.db")
+    conn.execute("DELETE FROM meta WHERE key = 'scoring'")  # as an earlier release left it
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match=r"at 'scoring\.mode': .*earlier release"):
+        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
+    build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False).stop()
+    with pytest.raises(ConfigError, match=r"scored with mode = 'default', not 'fast'"):
+        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)

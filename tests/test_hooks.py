@@ -101,6 +101,7 @@ def test_an_out_of_focus_tile_runs_its_hook_with_the_event_as_arguments_and_json
     assert ran["stdin"]["event"] == "tile_out_of_focus"
     assert ran["stdin"]["reason"] == BAD.reason
     assert ran["stdin"]["position"] == "r1-c2"
+    assert ran["stdin"]["at"].endswith("+00:00")  # when it happened: a replay can tell
 
 
 def test_a_tile_name_is_one_argument_never_a_command(
@@ -241,3 +242,40 @@ def test_hook_config_names_its_key_for_an_unknown_field_or_a_bad_command() -> No
     assert "at 'hooks.timeout_s'" in text
     ok = config.parse({"hooks": {"tile_out_of_focus": ["pause", "{section}", "{{literal}}"]}})
     assert dataclasses.asdict(ok.hooks)["tile_out_of_focus"][2] == "{{literal}}"
+
+
+def test_a_hook_that_leaves_a_child_in_the_background_is_done_when_it_exits() -> None:
+    """The child keeps no pipe of ours: the hook ran (status 0), it did not time out."""
+    with structlog.testing.capture_logs() as logs:
+        status = hooks.run_hook(
+            ["/bin/sh", "-c", "sleep 30 & echo started"], {"event": "x"}, timeout_s=10
+        )
+    assert status == 0
+    (ran,) = [e for e in logs if e["event"] == "hook_ran"]
+    assert ran["output"] == "started"
+
+
+def test_a_stall_told_before_a_restart_is_not_told_again(
+    tmp_path: Path, sink_for: Callable[..., hooks.HookSink]
+) -> None:
+    command, out = recorder(tmp_path, "{event}")
+    ledger = Ledger.open(tmp_path / "state")
+    try:
+        held = alarms.Alarm(alarms.AlarmName.STALL, "", 1000.0, "no new tile for 30 min")
+        ledger.set_meta(alarms.META_KEY, alarms.to_meta([held]))
+        sink = sink_for(microscope_stalled=command)  # started while the stall lasts
+        sink.tick(10.0)
+        later = alarms.Alarm(alarms.AlarmName.STALL, "", 9000.0, "no new tile for 30 min")
+        ledger.set_meta(alarms.META_KEY, alarms.to_meta([later]))  # a new episode
+        sink.tick(20.0)
+    finally:
+        ledger.close()
+    (ran,) = lines(out, 1)
+    assert ran["argv"] == ["microscope_stalled"]
+
+
+def test_a_field_with_a_format_spec_or_conversion_is_refused() -> None:
+    """Only plain {name}: a spec is evaluated at run time ({tile:{tile.__class__}})."""
+    for arg in ("{tile:{tile.__class__}}", "{tile:>99999999}", "{score!r}"):
+        with pytest.raises(ConfigError, match=r"at 'hooks\.tile_out_of_focus': .*just its name"):
+            config.parse({"hooks": {"tile_out_of_focus": ["pause", arg]}})

@@ -138,7 +138,13 @@ def test_pattern_layout_row_col_or_position(tmp_path: Path) -> None:
         r"^(?P<section>\d+)/(?P<position>[a-z]+)_(?P<taken>\d+)\.tif$", str(tmp_path)
     )
     place = named.place(str(tmp_path / "12" / "left_0002.tif"))
-    assert (place.section, place.position, place.taken) == ("12", "left", "0002")
+    assert (place.section, place.position) == ("12", "left")
+    # The stamp sorts as its number: the retake numbered 10 comes after the one numbered 9.
+    assert place.taken == "2".rjust(24, "0")
+    nine, ten = (named.place(str(tmp_path / "12" / f"left_{n}.tif")) for n in (9, 10))
+    assert nine is not None
+    assert ten is not None
+    assert (nine.taken or "") < (ten.taken or "")
     assert named.place(str(tmp_path / "elsewhere.tif")) is None  # no tile: skipped
     with pytest.raises(TileError, match="row number"):
         grid.place(str(tmp_path / "sec1" / "img_x1_y12345678901.tif"))

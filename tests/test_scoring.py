@@ -275,3 +275,28 @@ def test_a_few_nan_pixels_cost_a_few_features_not_the_tile(tmp_path: Path) -> No
     assert abs(got.score - ref.score) <= 0.02 * ref.score
     streamed = score_path(path, dataclasses.replace(settings, memory_limit_mb=1))
     assert streamed.meta.nonfinite_pixels == 11
+
+
+def test_patches_at_once_are_one_per_core_but_no_more_than_the_memory_limit_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a 64-core machine a tile is not scored 64 patches at a time when
+    memory_limit_mb holds only a few patches' working memory (~6 MB per 256² patch,
+    ~96 MB per 1024²)."""
+    from focuswatch import scoring
+
+    asked: list[object] = []
+    real = scoring.score_image
+
+    def recording(*args: object, **kw: object) -> object:
+        asked.append(kw.get("threads"))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scoring, "score_image", recording)
+    monkeypatch.setattr(scoring.os, "sched_getaffinity", lambda pid: set(range(64)))
+    path = write(tmp_path / "t.tif", tissue((256, 256)))
+    for limit_mb, expected in ((1, 1), (13, 2), (100_000, 64)):
+        score_path(path, ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=limit_mb))
+        assert asked.pop() == expected
+    score_path(path, ScoreSettings(backend="cpu", patch_size=256, threads=3))
+    assert asked.pop() == 3  # as set

@@ -111,16 +111,34 @@ def build_service(
 _SCORING_KEYS = ("criterion", "mode", "resolution", "patch_size")
 
 
+#: The mode of every release before the settings were recorded: its default.
+_MODE_BEFORE_RECORDING = "exact"
+
+
 def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
     """How ``cfg`` scores differently from the ledger's earlier results (key paths).
 
     The policy compares each tile with its position's earlier scores; scores of another
-    mode or patch size would be mixed into that history without a word.
+    mode or patch size would be mixed into that history without a word. A ledger whose
+    tiles were scored before the settings were recorded (an earlier release) is taken
+    as scored in that release's default mode, exact: the default is fast now, and a
+    wafer begun then must not go on in fast mode unnoticed.
     """
+    if not ledger.has_scores():
+        return []
     meta = ledger.get_meta("scoring")
     recorded = None if meta is None else meta[0]
-    if not isinstance(recorded, dict) or not ledger.has_scores():
-        return []  # nothing scored yet, or scored before the settings were recorded
+    if not isinstance(recorded, dict):
+        if _comparable("mode", cfg.scoring.mode) == _MODE_BEFORE_RECORDING:
+            return []
+        return [
+            f"at 'scoring.mode': this state folder's tiles were scored by an earlier "
+            f"release, which did not record how; its default mode was "
+            f"{_MODE_BEFORE_RECORDING!r}, and {cfg.scoring.mode!r} scores are not "
+            f"comparable with those. Set scoring.mode = {_MODE_BEFORE_RECORDING!r} to go on "
+            "with this wafer (or, if your configuration said mode = 'fast' then too, "
+            "start this wafer's remaining sections in a new state folder)"
+        ]
     return [
         f"at 'scoring.{k}': this state folder's tiles were scored with {k} = "
         f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
@@ -144,8 +162,10 @@ def _same_scoring(cfg: Config, ledger: Ledger) -> None:
     if meta is None and ledger.has_scores():
         log.warning(
             "scoring_settings_unknown",
-            reason="this ledger's tiles were scored before focuswatch recorded how",
-            assumed=wanted,
+            reason="this ledger's tiles were scored before focuswatch recorded how: taken "
+            f"as mode {_MODE_BEFORE_RECORDING!r} (that release's default) and the other "
+            "settings as configured now",
+            recorded=wanted,
             consequence="from now on a change of these settings is refused",
         )
     if meta is None or meta[0] != wanted:

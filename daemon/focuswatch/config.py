@@ -244,7 +244,17 @@ class WebConfig:
 
 #: What a hook's arguments may name, as ``{field}``: each argument is formatted on its
 #: own and passed as one argument (never through a shell).
-HOOK_FIELDS = ("event", "section", "tile", "path", "position", "verdict", "score", "reason")
+HOOK_FIELDS = (
+    "event",
+    "at",
+    "section",
+    "tile",
+    "path",
+    "position",
+    "verdict",
+    "score",
+    "reason",
+)
 
 
 def _hook_command(v: Any) -> str | None:
@@ -255,10 +265,13 @@ def _hook_command(v: Any) -> str | None:
         return "must be a list of non-empty strings: the program, then its arguments"
     for arg in v:
         try:
-            names = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(arg)]
         except ValueError as exc:
             return f"{arg!r} is not a valid template ({exc}); write {{{{ and }}}} for braces"
-        unknown = [n for n in names if n not in HOOK_FIELDS]
+        fields = [(f, spec, conv) for f, spec, conv in parts if f is not None]
+        if any(spec or conv for _, spec, conv in fields):
+            return f"{arg!r}: a field is just its name, e.g. {{tile}} (no format spec, no !r)"
+        unknown = [f for f, _, _ in fields if f not in HOOK_FIELDS]
         if unknown:
             return f"{arg!r} names {{{unknown[0]}}}; known: " + ", ".join(
                 "{" + f + "}" for f in HOOK_FIELDS

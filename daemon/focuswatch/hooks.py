@@ -22,9 +22,13 @@ in the ledger (``focuswatch.alarms``): one event per episode.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
+import os
 import queue
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -77,12 +81,21 @@ class HookSink:
         self._told_sections: set[str] = set()
         self._stall_since: float | None = None
         self._next_alarm_check = 0.0
+        self._closed = threading.Event()
 
     # -- the sink protocol -------------------------------------------------------------
 
     def start(self) -> None:
+        # A stall that began before a restart was told then: not again for that episode.
+        stall = self._stall()
+        self._stall_since = None if stall is None else stall.since
         self._thread = threading.Thread(target=self._run, name="focuswatch-hooks", daemon=True)
         self._thread.start()
+
+    def _stall(self) -> alarms.Alarm | None:
+        meta = self._ledger.get_meta(alarms.META_KEY)
+        found = alarms.from_meta(None if meta is None else meta[0])
+        return next((a for a in found if a.name is alarms.AlarmName.STALL), None)
 
     def on_verdict(self, record: VerdictRecord) -> None:
         kind = record.verdict.kind
@@ -102,15 +115,10 @@ class HookSink:
         if not self._commands["microscope_stalled"] or now < self._next_alarm_check:
             return
         self._next_alarm_check = now + _ALARM_EVERY_S
-        meta = self._ledger.get_meta(alarms.META_KEY)
-        stalls = [
-            a for a in alarms.from_meta(None if meta is None else meta[0])
-            if a.name is alarms.AlarmName.STALL
-        ]  # fmt: skip
-        if not stalls:
+        stall = self._stall()
+        if stall is None:
             self._stall_since = None
             return
-        stall = stalls[0]
         if stall.since != self._stall_since:
             self._stall_since = stall.since
             self._offer(
@@ -120,27 +128,30 @@ class HookSink:
             )
 
     def close(self) -> None:
+        """No hook starts after this; the one running now gets ``_STOP_WAIT_S``."""
+        self._closed.set()
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        with contextlib.suppress(queue.Full):  # full: the thread is a daemon, it ends with us
+        with contextlib.suppress(queue.Full):  # wakes a waiting thread at once
             self._queue.put_nowait(None)
         thread.join(_STOP_WAIT_S)
 
     # -- running -----------------------------------------------------------------------
 
     def _offer(self, event: str, fields: dict[str, str]) -> None:
-        if not self._commands[event]:
+        if not self._commands[event] or self._closed.is_set():
             return
+        at = dt.datetime.fromtimestamp(self._clock(), dt.UTC).isoformat()
         try:
-            self._queue.put_nowait((event, fields | {"event": event}))
+            self._queue.put_nowait((event, fields | {"event": event, "at": at}))
         except queue.Full:
             log.warning("hook_dropped", hook_event=event, reason=f"{QUEUE_SIZE} events waiting")
 
     def _run(self) -> None:
-        while True:
+        while not self._closed.is_set():
             item = self._queue.get()
-            if item is None:
+            if item is None or self._closed.is_set():
                 return
             event, fields = item
             try:
@@ -150,30 +161,55 @@ class HookSink:
 
 
 def run_hook(command: list[str], fields: Mapping[str, str], *, timeout_s: float) -> int | None:
-    """Run one hook; its exit status (None: it did not run, or ran out of time)."""
+    """Run one hook; its exit status (None: it did not run, or ran out of time).
+
+    In a session of its own, its output to a file: a program that leaves a child
+    running in the background is done when it exits (the child keeps no pipe of ours
+    open), and one that runs out of time is killed with all it started.
+    """
     argv = [arg.format_map(fields) for arg in command]
     event = fields.get("event", "")
     stdin = json.dumps(dict(fields), ensure_ascii=True).encode("ascii")
-    try:
-        done = subprocess.run(
-            argv, input=stdin, capture_output=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired:
-        log.error("hook_timed_out", hook_event=event, program=printable(argv[0]), after_s=timeout_s)
-        return None
-    except OSError as exc:  # no such program, not executable
-        log.error("hook_failed", hook_event=event, program=printable(argv[0]), error=exc.strerror)
-        return None
-    output = (done.stdout + done.stderr).decode("utf-8", "replace")[-_OUTPUT_CHARS:]
-    level = "info" if done.returncode == 0 else "warning"
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:  # no such program, not executable
+            log.error(
+                "hook_failed", hook_event=event, program=printable(argv[0]), error=exc.strerror
+            )
+            return None
+        with contextlib.suppress(OSError):  # a hook that does not read its stdin
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        try:
+            status = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log.error(
+                "hook_timed_out", hook_event=event, program=printable(argv[0]), after_s=timeout_s
+            )
+            return None
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - 4 * _OUTPUT_CHARS))
+        output = out.read().decode("utf-8", "replace")[-_OUTPUT_CHARS:]
+    level = "info" if status == 0 else "warning"
     getattr(log, level)(
         "hook_ran",
         hook_event=event,
         program=printable(argv[0]),
-        exit_status=done.returncode,
+        exit_status=status,
         output=printable(output.strip()),
     )
-    return done.returncode
+    return status
 
 
 def _fields(record: VerdictRecord) -> dict[str, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -165,6 +166,23 @@ def _tile_score(
     )
 
 
+#: Working memory of one patch being scored, in float32 planes of its size (the
+#: spectrum, the levels in flight, the noise model's copies), measured with
+#: bench/memory.py: ~80 MB for a 1024² patch.
+_PLANES_PER_PATCH = 24
+
+
+def _threads(settings: ScoreSettings, backend: Backend) -> int | None:
+    """Patches scored at once: as set, else one per core on the CPU, but no more than
+    ``memory_limit_mb`` holds (a 64-core machine would otherwise hold 64 patches'
+    working memory at once); None on the GPU (one at a time, its own choice)."""
+    if settings.threads is not None or backend.is_gpu:
+        return settings.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    patch_mb = settings.patch_size**2 * 4 * _PLANES_PER_PATCH / 2**20
+    return max(1, min(cores, int(settings.memory_limit_mb // patch_mb)))
+
+
 def _reason(exc: ValueError) -> str:
     """The operator's reason for a core ``ValueError``."""
     if isinstance(exc, ConstantImageError):
@@ -228,7 +246,7 @@ def _score_whole(
             mode=settings.mode,
             resolution=settings.resolution,
             patch_size=settings.patch_size,
-            threads=settings.threads,
+            threads=_threads(settings, backend),
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
@@ -317,7 +335,7 @@ def _score_by_patches(
             patch_size=settings.patch_size,
             dtype=float_dtype(None),
             read=read,
-            threads=settings.threads,
+            threads=_threads(settings, backend),
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None

@@ -74,6 +74,12 @@ def _section_text(digits: str, path: str) -> str:
     return digits
 
 
+def _ordered(stamp: str) -> str:
+    """A timestamp or counter as text that sorts like the number it is (the ledger
+    orders a position's files by it): its digits, zero-padded; ``9`` before ``10``."""
+    return "".join(re.findall(r"\d", stamp)).rjust(24, "0")[-24:]
+
+
 # ---------------------------------------------------------------------------- ATLAS
 
 
@@ -202,7 +208,7 @@ class MultiSemLayout:
             stage_x_um=None if stage is None else stage[0] * self.pixel_um,
             stage_y_um=None if stage is None else stage[1] * self.pixel_um,
             # Digits only, zero-padded: the timestamps of one beam compare as strings.
-            taken="".join(re.findall(r"\d", m.group("stamp"))).rjust(24, "0")[-24:],
+            taken=_ordered(m.group("stamp")),
         )
 
     def _stage(self, folder: str, name: str) -> tuple[float, float] | None:
@@ -343,7 +349,11 @@ class PatternLayout:
                 else f"{groups['row']}-{groups['col']}"
             )
         return Placement(
-            section=section, position=position, row=row, col=col, taken=groups.get("taken")
+            section=section,
+            position=position,
+            row=row,
+            col=col,
+            taken=None if groups.get("taken") is None else _ordered(groups["taken"]),
         )
 
 
