@@ -91,13 +91,14 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
         score_fn: Any = fake_score,
         watch: bool = True,
         notifier_env: dict[str, str] | None = None,
+        builtin_sinks: bool = False,
         **kw: Any,
     ) -> tuple[Service, RecordingSink]:
         sink = RecordingSink()
         svc = build_service(
             cfg or make_cfg(tmp_path),
             sinks=[sink],
-            builtin_sinks=False,
+            builtin_sinks=builtin_sinks,
             score_fn=score_fn,
             notifier=Notifier(env=notifier_env or {}),
             **kw,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,12 @@ import pytest
 import structlog
 
 from focuswatch import retakes, synth
-from focuswatch.app import build_service
 from focuswatch.config import Config, WatchConfig, parse
 from focuswatch.errors import ConfigError, TileError
-from focuswatch.sdnotify import Notifier
 from focuswatch.service import Service
 from focuswatch.tiles import layouts, read_meta
 from focuswatch.verdict import Placement, name_positions
-from servicekit import RecordingSink, make_cfg, turn_until
+from servicekit import MakeService, RecordingSink, make_cfg, turn_until
 
 # ------------------------------------------------------------------------- parsing
 
@@ -261,24 +259,19 @@ def test_fibics_mosaic_info_gives_a_nameless_atlas_tile_its_position(tmp_path: P
 
 
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, RecordingSink]]]:
+def start_service(
+    tmp_path: Path, make_service: MakeService
+) -> Callable[..., tuple[Service, RecordingSink]]:
     """The service with its real scorer (MHFD, CPU) and its retake list, on a layout."""
-    made: list[Service] = []
 
     def start(layout: str, **watch: Any) -> tuple[Service, RecordingSink]:
         base = make_cfg(tmp_path, workers=1, patch_size=128, backend="cpu")
         cfg: Config = dataclasses.replace(
             base, watch=dataclasses.replace(base.watch, layout=layout, **watch)
         )
-        sink = RecordingSink()
-        svc = build_service(cfg, sinks=[sink], score_fn=None, notifier=Notifier(env={}))
-        made.append(svc)
-        svc.start(watch=False)
-        return svc, sink
+        return make_service(cfg, score_fn=None, watch=False, builtin_sinks=True)
 
-    yield start
-    for svc in made:
-        svc.stop(grace_s=0.5)
+    return start
 
 
 def _plan(
