@@ -16,8 +16,8 @@ from focuswatch.score.mhfd import (
     PAPER_SIGMAS,
     dog_gains,
     dog_max,
-    noise_sigma,
 )
+from focuswatch.score.noise import noise_sigma
 
 CPU = get_backend("cpu")
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 6.0)

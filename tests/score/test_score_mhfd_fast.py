@@ -19,8 +19,8 @@ from focuswatch.score.mhfd import (
     count_maxima,
     fast_factors,
     mhfd_detail,
-    noise_sigma,
 )
+from focuswatch.score.noise import noise_sigma
 from focuswatch.score.patches import native_mhfd
 
 CPU = get_backend("cpu")

@@ -14,11 +14,10 @@ from scipy.stats import spearmanr
 from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import mhfd, mhfd_detail
-from focuswatch.score.mhfd import (
+from focuswatch.score.mhfd import PAPER_SIGMAS, dog_gains
+from focuswatch.score.noise import (
     NOISE_FACTORS,
     NOISE_LAGS,
-    PAPER_SIGMAS,
-    dog_gains,
     level_noise,
     noise_model,
     spectral_level_noise,

@@ -22,7 +22,7 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
       count *rises* with defocus at 10-30 e/px (bench/accuracy.py). Level i's
       threshold is raised to ``k·n_i`` (k = 4: a one-sided tail of ~3e-5 per
       pixel and level), ``n_i`` that level's noise standard deviation, predicted
-      from a noise model measured on the image (``mhfd.noise_model``): Immerkær's
+      from a noise model measured on the image (``noise.noise_model``): Immerkær's
       robust noise level, the noise's autocorrelation at lags 1-3 along x (the
       fast-scan axis) and along y, each measured after differencing across the
       other axis (which removes structure but keeps the noise's correlation along

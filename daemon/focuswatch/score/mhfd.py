@@ -53,11 +53,19 @@ from focuswatch.score._dtypes import (
     stretched,
     validate_image,
 )
+from focuswatch.score.noise import (
+    NOISE_FACTORS,
+    NOISE_LAGS,
+    freqs,
+    gauss_1d,
+    level_noise,
+    noise_model,
+    spectral_level_noise,
+)
 
 __all__ = [
     "FINE_SIGMA",
     "MODES",
-    "NOISE_LAGS",
     "PAPER_SATURATION",
     "PAPER_SIGMAS",
     "PAPER_SIZE",
@@ -72,17 +80,12 @@ __all__ = [
     "dog_max",
     "fast_factors",
     "fine_levels",
-    "level_noise",
     "mhfd",
     "mhfd_detail",
     "mhfd_prepared",
-    "noise_model",
-    "noise_profile",
-    "noise_sigma",
     "params_for",
     "periodic_spectrum",
     "sigma_schedule",
-    "spectral_level_noise",
 ]
 
 
@@ -108,30 +111,6 @@ DEFAULT_CONTRAST = PAPER_THRESHOLD * PAPER_SIZE
 #: removes those first; less tissue removes maxima at every scale alike.
 FINE_SIGMA = 3.5
 
-#: Binnings at which the noise level is estimated (see ``noise_profile``).
-NOISE_FACTORS = (1, 2, 4, 8)
-#: Lags (pixels) at which the noise's autocorrelation is measured along each axis
-#: (``noise_model``); longer-range correlation is what the binned estimates catch.
-NOISE_LAGS = 3
-#: Measured correlations are held to this range: detector bandwidth and resampling
-#: give lag-1 correlations up to ~0.6-0.7; beyond that what is measured is smooth
-#: structure, and believing it would divide the noise estimate by almost nothing.
-_RHO_RANGE = (-0.5, 0.75)
-#: The tail factor (``_immerkaer``) is held below this.
-_MAX_TAILS = 1.6
-#: Blocks (differenced lines × pixels along them) in which the correlation is measured.
-_CORR_BLOCK = (8, 64)
-#: The correlations are measured on every this many lines at least, and on about
-#: ``_CORR_LINES`` lines in all (1024²: every 16th, ~16 000 pairs per lag in the
-#: quiet quarter, a standard error of ~0.01).
-_CORR_STEP = 8
-_CORR_LINES = 64
-#: ...and the share of a block's pixels that may be clipped by the stretch.
-_CLIPPED_SHARE = 0.1
-#: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
-#: white noise; strongly low-passed noise hides from it, and the estimate of σ
-#: would be a division by almost nothing).
-_MIN_DIFF_POWER = 0.25
 
 #: A level is computed on a grid decimated by f when its Gaussian's transfer at the
 #: coarse Nyquist frequency is below exp(-_CUT) (fast mode only).
@@ -249,24 +228,13 @@ def params_for(
 # --- transfer functions -------------------------------------------------------------
 
 
-def _freqs(n: int, *, real: bool) -> np.ndarray[Any, Any]:
-    """Angular frequencies (radians per pixel) of an FFT axis of ``n`` points."""
-    f = np.fft.rfftfreq(n) if real else np.fft.fftfreq(n)
-    return 2.0 * np.pi * f
-
-
-def _gauss_1d(n: int, sigma: float, *, real: bool) -> np.ndarray[Any, Any]:
-    w = _freqs(n, real=real)
-    return np.exp(-0.5 * (sigma * w) ** 2)
-
-
 def _gauss_2d(
     backend: Backend, shape: tuple[int, int], sigma: float, dtype: Any, out: Any = None
 ) -> Any:
     """The Gaussian's transfer function on the rfft grid (separable: one outer product)."""
     xp = backend.xp
-    gy = xp.asarray(_gauss_1d(shape[0], sigma, real=False).astype(dtype))
-    gx = xp.asarray(_gauss_1d(shape[1], sigma, real=True).astype(dtype))
+    gy = xp.asarray(gauss_1d(shape[0], sigma, real=False).astype(dtype))
+    gx = xp.asarray(gauss_1d(shape[1], sigma, real=True).astype(dtype))
     return xp.multiply(gy[:, None], gx[None, :], out=out)
 
 
@@ -345,8 +313,8 @@ def dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> np.ndarray[A
 @functools.lru_cache(maxsize=64)
 def _dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> tuple[float, ...]:
     H, W = shape
-    gy = [_gauss_1d(H, s, real=False) for s in sigmas]
-    gx = [_gauss_1d(W, s, real=False) for s in sigmas]
+    gy = [gauss_1d(H, s, real=False) for s in sigmas]
+    gx = [gauss_1d(W, s, real=False) for s in sigmas]
     out = np.empty(len(sigmas) - 1)
     for i in range(len(sigmas) - 1):
         j = i + 1
@@ -362,290 +330,6 @@ def _dog_gains(shape: tuple[int, int], sigmas: tuple[float, ...]) -> tuple[float
 # --- image statistics ---------------------------------------------------------------
 
 
-def _block_sums(a: Any, rows: int, cols: int) -> Any:
-    """Sums of ``a`` over blocks of ``rows × cols`` (a ragged last row/column of blocks
-    is dropped)."""
-    nb, mb = a.shape[0] // rows, a.shape[1] // cols
-    return a[: nb * rows, : mb * cols].reshape(nb, rows, mb, cols).sum(axis=(1, 3))
-
-
-def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> float:
-    """Robust standard deviation of white noise in ``u`` (stretched to [0, 1]; Immerkær's
-    operator, MAD over pixels strictly inside (0, 1)).
-
-    The separable kernel ``[1,-2,1]ᵀ[1,-2,1]`` cancels planes and most smooth
-    structure; its norm is 6, and the median absolute response over 0.6745 is the
-    noise standard deviation for Gaussian noise, insensitive to the edges that
-    remain. ``subsample``: evaluated at every other pixel each way only (plenty of
-    samples, a quarter of the work); an integer is the step itself (fast mode: 4).
-    """
-    return _immerkaer(u, backend, subsample=subsample, tails=False)[0]
-
-
-def _immerkaer(
-    u: Any, backend: Backend, *, subsample: bool | int = True, tails: bool = True
-) -> tuple[float, float]:
-    """``noise_sigma`` and the tail factor: the 25th percentile over blocks of ~32×64
-    pixels of the response's rms, over the MAD estimate (at least 1, at most
-    ``_MAX_TAILS``; 1 without ``tails``).
-
-    For Gaussian noise of one variance the two agree (the factor is ~0.95-1 and
-    held at 1). Where the noise's variance changes from pixel to pixel, as in a
-    resampled image (a pixel on the input grid keeps its noise, one between two
-    averages it away; bilinear ×1.3: a factor ~1.35), the median sees the quiet
-    pixels while a DoG level, a weighted sum of many pixels, sees the mean
-    variance. A low percentile of block rms values leaves out the blocks with
-    edges in them, as the median leaves out single edge pixels.
-    """
-    xp = backend.xp
-    want = int(subsample) if not isinstance(subsample, bool) else (2 if subsample else 1)
-    if want < 1:
-        raise ValueError(f"subsample step must be >= 1, got {want}")
-    step = want if min(u.shape) >= 16 * want else 1
-    d = u[:, 0:-2:step] - 2 * u[:, 1:-1:step] + u[:, 2::step]
-    e = d[0:-2:step] - 2 * d[1:-1:step] + d[2::step]
-    # Pixels clipped by the stretch (a black margin, saturated areas) carry no noise;
-    # counting their zero responses would halve the estimate where half the tile is flat.
-    centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
-    inside = (centre > 0) & (centre < 1)
-    n_inside = int(xp.count_nonzero(inside))
-    if n_inside < 16:
-        return 0.0, 1.0
-    # The median over the pixels inside: the others are set above every response
-    # (no gather of the inside ones; the same order statistic).
-    a = xp.abs(e)
-    a[~inside] = xp.inf
-    k = n_inside // 2
-    mad = float(xp.partition(a.ravel(), k)[k])
-    sigma = mad / (0.6744897501960817 * 6.0)
-    if not tails or mad <= 0:
-        return sigma, 1.0
-    br, bc = max(1, 32 // step), max(1, 64 // step)
-    w = inside.astype(e.dtype)
-    n = _block_sums(w, br, bc)
-    if n.size == 0:
-        return sigma, 1.0
-    energy = _block_sums(e * e * w, br, bc)
-    full = n >= (1 - _CLIPPED_SHARE) * (br * bc)
-    if int(xp.count_nonzero(full)) < 8:
-        return sigma, 1.0
-    ms = xp.sort(energy[full] / n[full])
-    q = float(ms[(ms.size - 1) // 4])
-    ratio = math.sqrt(max(q, 0.0)) / (mad / 0.6744897501960817)
-    return sigma, min(max(ratio, 1.0), _MAX_TAILS)
-
-
-def _bin2(u: Any) -> Any:
-    """Mean of 2×2 blocks (odd last row/column dropped); four strided adds, no reshape."""
-    H, W = u.shape
-    u = u[: H // 2 * 2, : W // 2 * 2]
-    out = u[0::2, 0::2] + u[1::2, 0::2]
-    out += u[0::2, 1::2]
-    out += u[1::2, 1::2]
-    out *= 0.25
-    return out
-
-
-def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
-    """White-equivalent noise level seen at binnings 1, 2, 4, 8 (``NOISE_FACTORS``).
-
-    For white noise every entry is the same σ_n (binning by f divides it by f; we
-    multiply back). Noise correlated between neighbouring pixels (detector
-    bandwidth along the scan line, demosaicing) hides from the finest operator
-    but not from the binned ones, and coarse DoG levels see exactly that
-    low-frequency noise. Structure inflates the coarse entries a little; where it
-    does, the contrast floor is higher anyway (see ``_level_thresholds``). ``step``:
-    the sampling step at binnings 1 and 2 (``noise_sigma``'s ``subsample``).
-    """
-    return _profile(u, backend, step=step, first_step=step, tails=False)[0]
-
-
-def _profile(
-    u: Any, backend: Backend, *, step: int, first_step: int, tails: bool = True
-) -> tuple[tuple[float, ...], float]:
-    """``noise_profile`` (``first_step`` at binning 1, ``step`` at 2) and the tail
-    factor at binning 1 (``_immerkaer``)."""
-    out: list[float] = []
-    factor = 1.0
-    v = u
-    for f in NOISE_FACTORS:
-        if f > 1:
-            v = _bin2(v)
-        if min(v.shape) < 8:
-            out.append(out[-1] if out else 0.0)
-            continue
-        sub = first_step if f == 1 else step if f == 2 else 1
-        sigma, t = _immerkaer(v, backend, subsample=sub, tails=tails and f == 1)
-        out.append(f * sigma)
-        factor = t if f == 1 else factor
-    return tuple(out), factor
-
-
-def level_noise(sigmas: tuple[float, ...], profile: tuple[float, ...]) -> np.ndarray[Any, Any]:
-    """Noise level for each DoG level: the largest estimate at binnings f ≤ σ_i."""
-    out = np.empty(len(sigmas) - 1)
-    for i in range(len(sigmas) - 1):
-        usable = [
-            n for f, n in zip(NOISE_FACTORS, profile, strict=True) if f <= max(1.0, sigmas[i])
-        ]
-        out[i] = max(usable)
-    return out
-
-
-def _robust_scale(a: Any, backend: Backend) -> float:
-    """Median of ``|a|`` (∝ the standard deviation of zero-mean Gaussian ``a``)."""
-    a = backend.xp.abs(a)
-    k = a.size // 2
-    return float(backend.xp.partition(a.ravel(), k)[k])
-
-
-def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tuple[float, ...]:
-    """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``.
-
-    The image is first differenced four times across ``axis`` (lines ``step`` apart
-    are used): that cancels the structure that is smooth across and leaves the noise's
-    correlation along ``axis`` as it was, for a separable noise spectrum (a raster
-    scan's: lines independent, correlated along them; a resampled image's). What
-    structure survives the differencing (edges, fine texture) is correlated too, so
-    the correlation is pooled over the quietest quarter of blocks of ~32×64 pixels
-    only (least differenced energy: where the noise dominates; on a noisy tile
-    the energy of a noise-only block hardly varies, while structure's does), and
-    blocks with more than a few pixels clipped by the stretch are left out (a
-    saturated margin carries no noise; at a few electrons per pixel the darkest
-    count level is clipped all over the tile).
-    """
-    xp = backend.xp
-    br, bc = _CORR_BLOCK
-    none = (0.0,) * NOISE_LAGS
-    across = 0 if axis == 1 else 1
-    half = step // 2
-    if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
-        return none
-    m = u.shape[across] - 4 - half
-
-    def diff4(i: int) -> Any:
-        """The fourth difference [1, -4, 6, -4, 1] across, on the lines from ``i`` on
-        (every ``step``-th): cancels structure up to cubic across the lines, where a
-        second difference lets through twice as much of a sharp image's texture."""
-
-        def line(j: int) -> Any:
-            return u[j : j + m : step] if across == 0 else u[:, j : j + m : step]
-
-        d = line(i) + line(i + 4) - 4 * (line(i + 1) + line(i + 3)) + 6 * line(i + 2)
-        # One transposed copy (an eighth of the image) for the y axis: the lag
-        # products below then run along contiguous rows.
-        return d if across == 0 else xp.ascontiguousarray(d.T)
-
-    e = diff4(0)
-    # The blocks are ranked on the lines half a step further on: the same structure,
-    # independent noise (ranked on the measured lines themselves, the quiet blocks
-    # would be those whose noise happens to be least correlated: ρ 0.47 for 0.5).
-    probe = diff4(half)
-    centre = u[2 : 2 + m : step] if across == 0 else xp.ascontiguousarray(u[:, 2 : 2 + m : step].T)
-    n = e.shape[1] - NOISE_LAGS
-    base = e[:, :n]
-    clipped = _block_sums(((centre[:, :n] <= 0) | (centre[:, :n] >= 1)).astype(e.dtype), br, bc)
-    rank = _block_sums(probe[:, :n] * probe[:, :n], br, bc)
-    energy = _block_sums(base * base, br, bc)
-    ok = clipped <= _CLIPPED_SHARE * (br * bc)
-    n_ok = int(xp.count_nonzero(ok))
-    if n_ok < 4:
-        return none
-    # The quietest quarter of the unclipped blocks.
-    ranked = xp.sort(rank[ok])
-    quiet = ok & (rank <= ranked[max(n_ok // 4 - 1, 0)])
-    e0 = float(xp.sum(energy[quiet]))
-    if e0 <= 0:
-        return none
-    # A sample correlation of N independent pairs has a standard error of ~1/sqrt(N):
-    # estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se), so that a
-    # small patch's chance correlation of white noise does not move its floor.
-    se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
-    out = []
-    for k in range(1, NOISE_LAGS + 1):
-        c = _block_sums(base * e[:, k : k + n], br, bc)
-        rho = float(xp.sum(c[quiet])) / e0
-        rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
-        out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
-    return tuple(out)
-
-
-def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
-    """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
-    as one flat tuple (so estimates of several blocks can be combined entry by entry):
-    ``noise_profile``'s four entries, then the noise autocorrelation along x (the
-    fast-scan axis, rows) at lags 1 … ``NOISE_LAGS``, then along y, then the
-    factor by which Immerkær's median-based level understates the noise's rms
-    (``_immerkaer``).
-
-    ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
-    correlations use ~``_CORR_LINES`` lines, at least ``_CORR_STEP`` apart.
-    """
-    # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
-    # factor would see a resampled image's variance pattern aliased.
-    profile, tails = _profile(u, backend, step=step, first_step=2)
-    rx = _axis_correlation(u, backend, axis=1, step=max(_CORR_STEP, u.shape[0] // _CORR_LINES))
-    ry = _axis_correlation(u, backend, axis=0, step=max(_CORR_STEP, u.shape[1] // _CORR_LINES))
-    return (*profile, *rx, *ry, tails)
-
-
-def _lag_spectrum(n: int, rho: tuple[float, ...]) -> np.ndarray[Any, Any]:
-    """Noise power along one axis of ``n`` points from its autocorrelation at lags
-    1 … L (unit variance; negative values clipped: a spectrum is not negative)."""
-    w = _freqs(n, real=False)
-    p = np.ones(n)
-    for k, r in enumerate(rho, start=1):
-        p += 2 * r * np.cos(k * w)
-    out: np.ndarray[Any, Any] = np.clip(p, 0.0, None)
-    return out
-
-
-def _second_difference_power(rho: tuple[float, ...]) -> float:
-    """Variance of ``[1, −2, 1]`` applied to unit-variance noise of autocorrelation ``rho``."""
-    r1 = rho[0] if rho else 0.0
-    r2 = rho[1] if len(rho) > 1 else 0.0
-    return max(6.0 - 8.0 * r1 + 2.0 * r2, _MIN_DIFF_POWER)
-
-
-@functools.lru_cache(maxsize=16)
-def _gauss_rows(n: int, sigmas: tuple[float, ...]) -> np.ndarray[Any, Any]:
-    """Every Gaussian of ``sigmas`` on the full FFT grid of one axis (one row each)."""
-    return np.stack([_gauss_1d(n, s, real=False) for s in sigmas])
-
-
-def spectral_level_noise(
-    shape: tuple[int, int], sigmas: tuple[float, ...], model: tuple[float, ...]
-) -> np.ndarray[Any, Any]:
-    """Standard deviation of each DoG level for the noise ``noise_model`` describes.
-
-    The noise spectrum is ``σ²·P_y(ω_y)·P_x(ω_x)`` with ``P`` from the measured
-    autocorrelations; ``σ`` comes from Immerkær's estimate (``model[0]``, which
-    assumes white noise) divided by the power its operator really passes under
-    ``P`` and multiplied by the tail factor (``model[-1]``). A level's variance is
-    its transfer function's power under that spectrum,
-    ``σ_i²·mean |G_i − G_{i+1}|²·S``, from 1-D sums (the Gaussians are separable).
-    White noise (all ρ = 0, tail factor 1) gives ``model[0]·dog_gains``.
-    """
-    H, W = shape
-    L = NOISE_LAGS
-    rx, ry = tuple(model[4 : 4 + L]), tuple(model[4 + L : 4 + 2 * L])
-    tails = model[4 + 2 * L]
-    sigma2 = (model[0] * 6.0 * tails) ** 2 / (
-        _second_difference_power(rx) * _second_difference_power(ry)
-    )
-    gy, gx = _gauss_rows(H, tuple(sigmas)), _gauss_rows(W, tuple(sigmas))
-    # Sums Σ_ω G_a(ω)·G_b(ω)·P(ω) on each axis for b = a and b = a + 1 (elementwise:
-    # a matrix product would start BLAS threads for a few thousand products).
-    py, px = _lag_spectrum(H, ry), _lag_spectrum(W, rx)
-    yy, xx = np.sum(gy * gy * py, axis=1), np.sum(gx * gx * px, axis=1)
-    yn, xn = np.sum(gy[:-1] * gy[1:] * py, axis=1), np.sum(gx[:-1] * gx[1:] * px, axis=1)
-    power = yy[:-1] * xx[:-1] - 2 * yn * xn + yy[1:] * xx[1:]
-    out: np.ndarray[Any, Any] = np.asarray(sigmas[:-1]) * np.sqrt(
-        np.clip(power, 0.0, None) * sigma2 / (H * W)
-    )
-    return out
-
-
 @functools.lru_cache(maxsize=8)
 def _periodic_factors(backend: Backend, shape: tuple[int, int], dtype: str) -> tuple[Any, Any]:
     """``(1 − e^{2πiq/H})/λ(q, r)`` and ``(1 − e^{2πir/W})/λ(q, r)`` on the rfft grid,
@@ -654,7 +338,7 @@ def _periodic_factors(backend: Backend, shape: tuple[int, int], dtype: str) -> t
     two outer products, each multiplied in once."""
     H, W = shape
     xp = backend.xp
-    wy, wx = _freqs(H, real=False), _freqs(W, real=True)
+    wy, wx = freqs(H, real=False), freqs(W, real=True)
     cdt = np.result_type(np.dtype(dtype), np.complex64)
     den = 2 * np.cos(wy)[:, None] + 2 * np.cos(wx)[None, :] - 4
     den[0, 0] = 1.0
@@ -1270,8 +954,8 @@ def content_of(F: Any, shape: tuple[int, int], backend: Backend, dtype: Any) -> 
         if f == 1
         else (_crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f))
     )
-    gy = np.outer(_gauss_1d(sh[0], a / f, real=False), _gauss_1d(sh[1], a / f, real=True))
-    gy -= np.outer(_gauss_1d(sh[0], b / f, real=False), _gauss_1d(sh[1], b / f, real=True))
+    gy = np.outer(gauss_1d(sh[0], a / f, real=False), gauss_1d(sh[1], a / f, real=True))
+    gy -= np.outer(gauss_1d(sh[0], b / f, real=False), gauss_1d(sh[1], b / f, real=True))
     band = fft.irfft2(Fs * xp.asarray((gy / (f * f)).astype(dtype)), s=sh, **backend.fft_kwargs())
     return _robust_std(band, backend)
 

@@ -26,7 +26,8 @@ import scipy.fft
 
 from focuswatch.backend import Backend
 from focuswatch.score._dtypes import stretch_limits, stretched, validate_image
-from focuswatch.score.mhfd import NOISE_FACTORS, MhfdDetail, MhfdParams, mhfd_prepared, noise_model
+from focuswatch.score.mhfd import MhfdDetail, MhfdParams, mhfd_prepared
+from focuswatch.score.noise import NOISE_FACTORS, noise_model
 
 __all__ = [
     "NATIVE_BLOCK",
