@@ -12,14 +12,9 @@ from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.choices import DEFAULT_MODE
 from focuswatch.config import ScoringConfig
-from focuswatch.score import mhfd, score_image
-from focuswatch.score.mhfd import (
-    PAPER_SIGMAS,
-    count_band_maxima,
-    count_maxima,
-    fast_factors,
-    mhfd_detail,
-)
+from focuswatch.score import maxima, mhfd, score_image
+from focuswatch.score.maxima import count_band_maxima, count_maxima
+from focuswatch.score.mhfd import PAPER_SIGMAS, fast_factors, mhfd_detail
 from focuswatch.score.noise import noise_sigma
 from focuswatch.score.patches import native_mhfd
 
@@ -155,13 +150,13 @@ def test_sparse_and_dense_maxima_search_find_what_count_maxima_counts(
     """Fast mode finds fine maxima by gathering the neighbours of the pixels above the
     threshold (dense 3×3 passes when too many are): both give count_maxima's pixels,
     border pixels included."""
-    monkeypatch.setattr(MHFD, "_SPARSE_FRACTION", sparse_fraction)
+    monkeypatch.setattr(maxima, "_SPARSE_FRACTION", sparse_fraction)
     field = smooth_field((96, 80), 1.0, seed=9)
     field[0, 0] = field[-1, -1] = field[0, -1] = 10.0  # maxima on the border and corners
     for level in (-10.0, 0.5, 2.0):
-        ys, xs = MHFD._maxima_above(field, level, CPU)
+        ys, xs = maxima._maxima_above(field, level, CPU)
         assert len(ys) == count_maxima(field, CPU, level=level)
-        c = MHFD._neighbourhood_max(field, CPU)
+        c = maxima.neighbourhood_max(field, CPU)
         assert np.all(field[ys, xs] >= c[ys, xs])
         assert np.all(field[ys, xs] >= level)
 
