@@ -113,6 +113,9 @@ class Service:
         self.root = str(Path(cfg.watch.path or ".").absolute())
         self._real_root = os.path.realpath(self.root).rstrip("/")
         self._outside_links: set[str] = set()
+        # Files the layout says are no tile, as they were seen (size, mtime): rescans
+        # pass them by as they pass recorded ones, and each folder is said once.
+        self._not_tiles: dict[str, tuple[int, int]] = {}
         self._unplaced_folders: set[str] = set()
         self.clock = clock
         self._lock = lock
@@ -239,7 +242,7 @@ class Service:
             self._event("recovered_in_flight", versions=recovered)
 
     def _scan_now(self, root: str) -> int:
-        known = self.ledger.known_paths(under=None if root == self.root else root)
+        known = self._not_tiles | self.ledger.known_paths(under=None if root == self.root else root)
         n = 0
         for path in scan(root, self.matcher):
             n += 1
@@ -540,7 +543,7 @@ class Service:
         except TileError as exc:  # e.g. a 20-digit row: the file's reason, not a crash
             placed, bad_name = Placement(), exc.reason
         if placed is None:
-            self._not_a_tile(s.path)
+            self._not_a_tile(s.path, (size, mtime))
             return
         place = placed
         ready = s.kind is SettledKind.READY and bad_name is None
@@ -568,8 +571,9 @@ class Service:
         )
         self._deliver(vid)
 
-    def _not_a_tile(self, path: str) -> None:
+    def _not_a_tile(self, path: str, seen_as: tuple[int, int]) -> None:
         """A file the layout says is no tile: not recorded, said once per folder."""
+        self._not_tiles[path] = seen_as
         folder = os.path.dirname(path)
         if folder not in self._unplaced_folders:
             self._unplaced_folders.add(folder)
@@ -726,7 +730,8 @@ class Service:
         self._next_rescan = time.monotonic() + self.cfg.watch.rescan_interval_s
         if self._rescan_thread is not None and self._rescan_thread.is_alive():
             return
-        known = self.ledger.known_paths()  # once per rescan, read here (the ledger's thread)
+        # Once per rescan, read here (the ledger's thread); files known to be no tile too.
+        known = self._not_tiles | self.ledger.known_paths()
         self._rescan_thread = threading.Thread(
             target=self._rescan, args=(known,), name="focuswatch-rescan", daemon=True
         )
