@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _judged import judged
 from focuswatch import synth
 from focuswatch.app import build_service
 from focuswatch.config import AlertsConfig, Config, ScoringConfig, WatchConfig, WebConfig
@@ -56,14 +57,6 @@ def _service(watch: Path, state: Path) -> Service:
     return build_service(cfg, notifier=Notifier(env={}))
 
 
-def _judged(state: Path) -> int:
-    led = Ledger.open(state, readonly=True)
-    try:
-        return int(led.connection.execute("SELECT count(*) FROM results").fetchone()[0])
-    finally:
-        led.close()
-
-
 def _worst_tile(state: Path) -> int:
     led = Ledger.open(state, readonly=True)
     try:
@@ -76,11 +69,11 @@ def _worst_tile(state: Path) -> int:
     return int(row[0]) if row else 1
 
 
-def _drive(svc: Service, state: Path, want: int, *, deadline_s: float = 300.0) -> None:
+def _drive(svc: Service, want: int, *, deadline_s: float = 300.0) -> None:
     end = time.monotonic() + deadline_s
-    while _judged(state) < want:
+    while judged(svc) < want:
         if time.monotonic() > end:
-            raise SystemExit(f"only {_judged(state)} of {want} tiles judged in {deadline_s} s")
+            raise SystemExit(f"only {judged(svc)} of {want} tiles judged in {deadline_s} s")
         svc.turn(0.1)
 
 
@@ -138,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(folder, watch / folder.name)
                 done += sum(1 for t in tiles if Path(t.path).parent.name == folder.name)
                 if i < len(sections) - 1:
-                    _drive(svc, state, done)
+                    _drive(svc, done)
             # The last section half judged: the Now page shows a backlog being cleared.
-            _drive(svc, state, done - 8)
+            _drive(svc, done - 8)
             driver = _browser(root / "profile", args.width)
             try:
                 urls = {
@@ -153,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for name in PAGES:
                     if name == "wafer":
-                        _drive(svc, state, done)
+                        _drive(svc, done)
                     _shoot(driver, urls[name], args.out / f"{name}.png", args.width)
                     print(f"wrote {args.out / f'{name}.png'}")
             finally:

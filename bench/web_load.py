@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _judged import judged
 from focuswatch import synth
 from focuswatch.app import build_service
 from focuswatch.config import Config, ScoringConfig, WatchConfig, WebConfig
@@ -35,14 +36,6 @@ from focuswatch.sdnotify import Notifier
 from focuswatch.web import WebConsole
 
 PAGES = ("", "wafer", "api/generation", "metrics")
-
-
-def _judged(state: Path) -> int:
-    led = Ledger.open(state, readonly=True)
-    try:
-        return int(led.connection.execute("SELECT count(*) FROM results").fetchone()[0])
-    finally:
-        led.close()
 
 
 # The client runs in its own process, as a browser would: only the server's own work
@@ -114,7 +107,7 @@ def one_run(staging: Path, work: Path, *, rate: float) -> Run:
         t0 = time.perf_counter()
         for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
             shutil.copytree(folder, watch / folder.name)
-        while _judged(state) < want:
+        while judged(svc) < want:
             svc.turn(0.05)
         took = time.perf_counter() - t0
         cpu = time.process_time() - cpu0

@@ -226,18 +226,23 @@ def _wafer(seed: int) -> list[Feed]:
     return tiles
 
 
+def assert_same_verdicts(folder: Path, first: Sequence[Feed], second: Sequence[Feed]) -> None:
+    """The same tiles fed to two fresh ledgers in two orders end in the same verdicts."""
+    a, b = Ledger.open(folder / "a"), Ledger.open(folder / "b")
+    try:
+        assert kinds(a, feed(a, first)) == kinds(b, feed(b, second))
+    finally:
+        a.close()
+        b.close()
+
+
 def test_section_by_section_and_burst_give_the_same_verdicts(tmp_path: Path) -> None:
     """Issue 10 item 5: late sections first, each shuffled, against acquisition order."""
     tiles = _wafer(7)
     rnd = random.Random(1)
     burst = [t for t in tiles if t[0] >= 2] + [t for t in tiles if t[0] < 2]
     rnd.shuffle(burst)
-    a, b = Ledger.open(tmp_path / "a"), Ledger.open(tmp_path / "b")
-    try:
-        assert kinds(a, feed(a, tiles)) == kinds(b, feed(b, burst))
-    finally:
-        a.close()
-        b.close()
+    assert_same_verdicts(tmp_path, tiles, burst)
 
 
 @given(seed=st.integers(0, 10_000), order=st.randoms(use_true_random=False))
@@ -249,13 +254,7 @@ def test_verdicts_never_depend_on_arrival_order(
     tiles = _wafer(seed)
     shuffled = list(tiles)
     order.shuffle(shuffled)
-    base = tmp_path_factory.mktemp("order")
-    a, b = Ledger.open(base / "a"), Ledger.open(base / "b")
-    try:
-        assert kinds(a, feed(a, tiles)) == kinds(b, feed(b, shuffled))
-    finally:
-        a.close()
-        b.close()
+    assert_same_verdicts(tmp_path_factory.mktemp("order"), tiles, shuffled)
 
 
 def test_a_revision_that_changes_the_retake_need_is_handed_to_the_sinks(led: Ledger) -> None:

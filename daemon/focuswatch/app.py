@@ -115,7 +115,14 @@ _SCORING_KEYS = ("criterion", "mode", "resolution", "patch_size")
 _MODE_BEFORE_RECORDING = "exact"
 
 
-def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
+def _recorded_scoring(ledger: Ledger) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the ledger holds scores, and the scoring settings it recorded (None: none)."""
+    meta = ledger.get_meta("scoring")
+    recorded = None if meta is None else meta[0]
+    return ledger.has_scores(), recorded if isinstance(recorded, dict) else None
+
+
+def _scoring_problems(cfg: Config, scored: bool, recorded: dict[str, Any] | None) -> list[str]:
     """How ``cfg`` scores differently from the ledger's earlier results (key paths).
 
     The policy compares each tile with its position's earlier scores; scores of another
@@ -124,11 +131,9 @@ def _scoring_problems(cfg: Config, ledger: Ledger) -> list[str]:
     as scored in that release's default mode, exact: the default is fast now, and a
     wafer begun then must not go on in fast mode unnoticed.
     """
-    if not ledger.has_scores():
+    if not scored:
         return []
-    meta = ledger.get_meta("scoring")
-    recorded = None if meta is None else meta[0]
-    if not isinstance(recorded, dict):
+    if recorded is None:
         if _comparable("mode", cfg.scoring.mode) == _MODE_BEFORE_RECORDING:
             return []
         return [
@@ -154,12 +159,12 @@ def _comparable(key: str, value: Any) -> Any:
 
 def _same_scoring(cfg: Config, ledger: Ledger) -> None:
     """Refuse to score otherwise than the ledger's results; record how this run scores."""
-    problems = _scoring_problems(cfg, ledger)
+    scored, recorded = _recorded_scoring(ledger)
+    problems = _scoring_problems(cfg, scored, recorded)
     if problems:
         raise ConfigError(problems)
     wanted = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
-    meta = ledger.get_meta("scoring")
-    if meta is None and ledger.has_scores():
+    if recorded is None and scored:
         log.warning(
             "scoring_settings_unknown",
             reason="this ledger's tiles were scored before focuswatch recorded how: taken "
@@ -168,7 +173,7 @@ def _same_scoring(cfg: Config, ledger: Ledger) -> None:
             recorded=wanted,
             consequence="from now on a change of these settings is refused",
         )
-    if meta is None or meta[0] != wanted:
+    if recorded != wanted:
         ledger.set_meta("scoring", wanted)
 
 
@@ -185,7 +190,7 @@ def _scoring_unchanged(cfg: Config) -> None:
     except (OSError, StateError):
         return
     try:
-        problems = _scoring_problems(cfg, ledger)
+        problems = _scoring_problems(cfg, *_recorded_scoring(ledger))
     finally:
         ledger.close()
     if problems:
