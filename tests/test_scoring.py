@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import tracemalloc
 from pathlib import Path
@@ -293,7 +294,7 @@ def test_patches_at_once_are_one_per_core_but_no_more_than_the_memory_limit_hold
         return real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(scoring, "score_image", recording)
-    monkeypatch.setattr(scoring.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     path = write(tmp_path / "t.tif", tissue((256, 256)))
     for limit_mb, expected in ((1, 1), (13, 2), (100_000, 64)):
         score_path(path, ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=limit_mb))

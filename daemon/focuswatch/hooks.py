@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from focuswatch import alarms
-from focuswatch.config import HooksConfig
+from focuswatch.config import HOOK_FIELDS, HooksConfig
 from focuswatch.ledger import Ledger
 from focuswatch.policy import SECTION_WIDE
 from focuswatch.text import printable
@@ -55,6 +55,7 @@ _OUTPUT_CHARS = 2000
 _STOP_WAIT_S = 5.0
 
 _Event = tuple[str, dict[str, str]]
+_BLANK = dict.fromkeys(HOOK_FIELDS, "")
 
 
 class HookSink:
@@ -121,11 +122,7 @@ class HookSink:
             return
         if stall.since != self._stall_since:
             self._stall_since = stall.since
-            self._offer(
-                "microscope_stalled",
-                dict.fromkeys(("section", "tile", "path", "position", "verdict", "score"), "")
-                | {"reason": stall.line},
-            )
+            self._offer("microscope_stalled", {"reason": stall.line})
 
     def close(self) -> None:
         """No hook starts after this; the one running now gets ``_STOP_WAIT_S``."""
@@ -143,8 +140,8 @@ class HookSink:
         if not self._commands[event] or self._closed.is_set():
             return
         at = dt.datetime.fromtimestamp(self._clock(), dt.UTC).isoformat()
-        try:
-            self._queue.put_nowait((event, fields | {"event": event, "at": at}))
+        try:  # every field a template may name is there, empty where the event has none
+            self._queue.put_nowait((event, _BLANK | fields | {"event": event, "at": at}))
         except queue.Full:
             log.warning("hook_dropped", hook_event=event, reason=f"{QUEUE_SIZE} events waiting")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from focuswatch.score import (
     score_image,
     score_patches,
 )
+from focuswatch.score.patches import default_threads
 
 __all__ = [
     "CONSTANT_REASON",
@@ -172,15 +172,14 @@ def _tile_score(
 _PLANES_PER_PATCH = 24
 
 
-def _threads(settings: ScoreSettings, backend: Backend) -> int | None:
-    """Patches scored at once: as set, else one per core on the CPU, but no more than
-    ``memory_limit_mb`` holds (a 64-core machine would otherwise hold 64 patches'
-    working memory at once); None on the GPU (one at a time, its own choice)."""
-    if settings.threads is not None or backend.is_gpu:
+def _threads(settings: ScoreSettings, backend: Backend) -> int:
+    """Patches scored at once: as set, else the backend's default (one per core on the
+    CPU, one on the GPU), but no more than ``memory_limit_mb`` holds (a 64-core machine
+    would otherwise hold 64 patches' working memory at once)."""
+    if settings.threads is not None:
         return settings.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     patch_mb = settings.patch_size**2 * 4 * _PLANES_PER_PATCH / 2**20
-    return max(1, min(cores, int(settings.memory_limit_mb // patch_mb)))
+    return max(1, min(default_threads(backend), int(settings.memory_limit_mb // patch_mb)))
 
 
 def _reason(exc: ValueError) -> str:
