@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from focuswatch import cli, synth
+from focuswatch.synth import texture
 from focuswatch.errors import TileError
 from focuswatch.tiles import parse_tile_name, read_meta, read_tile
 
@@ -311,23 +312,6 @@ def test_through_focus_series_loses_detail_with_sigma(tissue: np.ndarray) -> Non
     assert energies[0] > energies[1] > energies[2]
 
 
-def test_load_isbi_gives_float_slices_in_index_order(isbi_dir: Path) -> None:
-    from PIL import Image
-
-    slices = synth.load_isbi(isbi_dir)
-    assert len(slices) == len(list(isbi_dir.glob("[0-9]*.png")))
-    assert all(s.dtype == np.float32 and s.ndim == 2 for s in slices)
-    assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in slices)
-    with Image.open(isbi_dir / "10.png") as im:
-        tenth = np.asarray(im, dtype=np.float32) / 255
-    np.testing.assert_allclose(slices[10], tenth)
-
-
-def test_load_isbi_of_an_empty_folder_says_so(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no ISBI slices"):
-        synth.load_isbi(tmp_path)
-
-
 # ------------------------------------------------------------------ tile writer
 
 
@@ -516,11 +500,9 @@ def test_same_position_looks_alike_across_sections_and_other_positions_do_not(
 
 
 def test_content_drifts_further_the_more_sections_apart() -> None:
-    latent = synth._drifting_latent
-    base = synth._render((128, 128), latent((0, 1, 1), 0.0), scale=1.0, density=1.0)
+    base = texture.serial_section((128, 128), (0, 1, 1), 0.0)
     correlations = [
-        _corr(base, synth._render((128, 128), latent((0, 1, 1), t), scale=1.0, density=1.0))
-        for t in (0.05, 0.2, 1.0)
+        _corr(base, texture.serial_section((128, 128), (0, 1, 1), t)) for t in (0.05, 0.2, 1.0)
     ]
     assert correlations[0] > correlations[1] > correlations[2]
     assert abs(correlations[2]) < 0.2  # one drift unit: new content
