@@ -364,7 +364,7 @@ def test_sbemimage_stage_xyz_and_focus_reach_the_ledger(
     assert {r["position"] for r in recent} == {"grid 0, tile 0", "grid 0, tile 1", "grid 0, tile 2"}
     text = format_text(svc.ledger.status_summary() | {"state_dir": "s"})
     assert "grid 0, tile 1" in text
-    assert record.stage_z_um == 0.0
+    assert record.placement.stage_z_um == 0.0
 
 
 def test_a_multisem_retake_with_a_later_timestamp_closes_the_first(
@@ -529,7 +529,7 @@ def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
     assert by_path[str(good)].verdict.kind.value != "unreadable"
     assert (by_path[str(good)].section, by_path[str(good)].position) == ("00003", "grid 1, tile 2")
     # Its stray FibicsXML MosaicInfo row/col does not make it an ATLAS grid tile.
-    assert (by_path[str(good)].row, by_path[str(good)].col) == (None, None)
+    assert (by_path[str(good)].placement.row, by_path[str(good)].placement.col) == (None, None)
 
 
 def test_what_each_layout_watches_beside_the_defaults() -> None:

@@ -147,7 +147,7 @@ def test_exactly_one_result_per_version(led: Ledger) -> None:
     assert r is not None
     assert (r["score"], r["verdict"], r["worker"]) == (10.0, "in_focus", "w1")
     v = led.get(vid)
-    assert (v.state, v.stage_x_um, v.pixel_size_um) == ("scored", 10.0, 0.004)
+    assert (v.state, v.placement.stage_x_um, v.placement.pixel_size_um) == ("scored", 10.0, 0.004)
     count = led.connection.execute("SELECT count(*) FROM results").fetchone()[0]
     assert count == 1
 
@@ -185,7 +185,7 @@ def test_verdict_record_needs_a_result_and_names_the_tile(led: Ledger) -> None:
     led.record_result(vid, verdict=OUT, score=Score(5.0))
     rec = led.verdict_record(vid)
     assert rec.verdict == OUT
-    assert (rec.section, rec.row, rec.col, rec.score) == ("S_001", 1, 2, 5.0)
+    assert (rec.section, rec.placement.row, rec.placement.col, rec.score) == ("S_001", 1, 2, 5.0)
 
 
 def test_recover_returns_scoring_versions_to_ready(led: Ledger) -> None:

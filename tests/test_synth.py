@@ -12,8 +12,8 @@ import pytest
 from scipy import ndimage
 
 from focuswatch import cli, synth
-from focuswatch.synth import texture
 from focuswatch.errors import TileError
+from focuswatch.synth import texture
 from focuswatch.tiles import parse_tile_name, read_meta, read_tile
 
 TmpWafer = Callable[..., tuple[Path, list[synth.SynthTile]]]  # the conftest fixture
@@ -451,10 +451,14 @@ def test_write_wafer_tiles_read_back_as_the_manifest_says(tmp_wafer: TmpWafer) -
         pixels, meta = read_tile(tile.path)
         assert pixels.shape == (128, 128)
         assert pixels.dtype == np.uint8
-        assert (meta.section, meta.row, meta.col) == (tile.section, tile.row, tile.col)
-        assert meta.stage_x_um == pytest.approx(tile.stage_x_um)
-        assert meta.stage_y_um == pytest.approx(tile.stage_y_um)
-        assert meta.pixel_size_um == pytest.approx(0.004)
+        assert (meta.placement.section, meta.placement.row, meta.placement.col) == (
+            tile.section,
+            tile.row,
+            tile.col,
+        )
+        assert meta.placement.stage_x_um == pytest.approx(tile.stage_x_um)
+        assert meta.placement.stage_y_um == pytest.approx(tile.stage_y_um)
+        assert meta.placement.pixel_size_um == pytest.approx(0.004)
         smooth_std = float(_smooth(pixels / 255).std())
         if tile.empty:
             assert smooth_std < 0.02
@@ -600,7 +604,7 @@ def test_working_distance_in_the_metadata_matches_the_blur(tmp_path: Path) -> No
         tmp_path, sections=1, rows=2, cols=2, size=64, blur_fraction=0.5, blur_sigmas=(2.0,)
     )
     for t in tiles:
-        wd = read_meta(t.path).working_distance_um
+        wd = read_meta(t.path).placement.working_distance_um
         assert wd == pytest.approx(synth.IN_FOCUS_WD_UM + t.defocus_sigma / 1.5, abs=1e-3)
 
 

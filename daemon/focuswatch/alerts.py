@@ -59,7 +59,13 @@ from focuswatch.outbox import (
 )
 from focuswatch.policy import SECTION_WIDE
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord, format_score, name_positions
+from focuswatch.verdict import (
+    RetakeStatus,
+    VerdictKind,
+    VerdictRecord,
+    format_score,
+    name_positions,
+)
 
 __all__ = [
     "JSON_FIELD",
@@ -513,7 +519,7 @@ class _Retake:
     """The retake entry a verdict opened, kept open or closed."""
 
     id: int
-    status: str
+    status: RetakeStatus
 
 
 def _retake_of(conn: Any, version_id: int) -> _Retake | None:
@@ -521,7 +527,7 @@ def _retake_of(conn: Any, version_id: int) -> _Retake | None:
         "SELECT id, status FROM retakes WHERE version_id = ? ORDER BY id DESC LIMIT 1",
         (version_id,),
     ).fetchone()
-    return None if row is None else _Retake(int(row[0]), str(row[1]))
+    return None if row is None else _Retake(int(row[0]), RetakeStatus(row[1]))
 
 
 def _with_retake(position: str, retake: _Retake | None) -> str:
@@ -535,12 +541,12 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "verdict": str(v.kind),
         "section": record.section,
         "tile": record.tile_name,
-        "row": record.row,
-        "col": record.col,
+        "row": record.placement.row,
+        "col": record.placement.col,
         "position": record.where,
-        "stage_x_um": record.stage_x_um,
-        "stage_y_um": record.stage_y_um,
-        "working_distance_um": record.working_distance_um,
+        "stage_x_um": record.placement.stage_x_um,
+        "stage_y_um": record.placement.stage_y_um,
+        "working_distance_um": record.placement.working_distance_um,
         "score": record.score,
         "baseline": v.baseline,
         "defocus_um": v.defocus_um,
@@ -558,7 +564,7 @@ def format_tile_alert(
     key: str | None = None,
     instance: str = "",
     retake_id: int | None = None,
-    retake_status: str | None = None,
+    retake_status: RetakeStatus | None = None,
 ) -> Alert:
     """The alert for one tile that needs a retake: everything the operator needs.
 
@@ -566,10 +572,10 @@ def format_tile_alert(
     ``retake_status`` ``retaken_still_bad`` says the tile was retaken and is still bad.
     """
     v = record.verdict
-    retake = None if retake_id is None else _Retake(retake_id, retake_status or "open")
+    retake = None if retake_id is None else _Retake(retake_id, retake_status or RetakeStatus.OPEN)
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
-    again = retake is not None and retake.status == "retaken_still_bad"
+    again = retake is not None and retake.status is RetakeStatus.RETAKEN_STILL_BAD
     where = "" if record.where is None else f" ({record.where})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
@@ -578,8 +584,8 @@ def format_tile_alert(
         + (", still bad after its retake." if again else "."),
         _stage_line(record),
     ]
-    if record.working_distance_um is not None:
-        wd = record.working_distance_um
+    if record.placement.working_distance_um is not None:
+        wd = record.placement.working_distance_um
         lines.append(f"Working distance: {wd / 1000:.4f} mm ({wd:.1f} µm)")
     lines.append(f"Score: {score} (baseline {base})")
     if v.defocus_um is not None:
@@ -748,14 +754,15 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
 
 
 def _stage_line(record: VerdictRecord) -> str:
-    return f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm"
+    return f"Stage X/Y: {_um(record.placement.stage_x_um)} / {_um(record.placement.stage_y_um)} µm"
 
 
 def _digest_line(record: VerdictRecord, retake: _Retake | None = None) -> str:
     """The tile's line in its section's digest (kept with the tile until the digest goes)."""
     line = f"- {record.tile_name}: {_stage_line(record)}; {record.verdict.reason}"
     if retake is not None:
-        again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
+        bad = retake.status is RetakeStatus.RETAKEN_STILL_BAD
+        again = "still bad after its retake, " if bad else ""
         line += f" ({again}retake {retake.id})"
     return line
 
@@ -853,7 +860,8 @@ class AlertSink:
                     "AND alert IS NULL AND version_id < ?",
                     (f"retaken:{record.version_id}", section, record.position, record.version_id),
                 )
-            if retake is not None and retake.status == "retaken_fixed" and not kind.needs_retake:
+            fixed = retake is not None and retake.status is RetakeStatus.RETAKEN_FIXED
+            if retake is not None and fixed and not kind.needs_retake:
                 self._queue(conn, _fixed_alert(record, retake, self._instance), now)
             if section in done:
                 self._summarize(conn, section, now)
@@ -1127,7 +1135,7 @@ class AlertSink:
         ).fetchall()
         key = f"digest:{section}:{n}"
         tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
-        again = sum(t.get("retake_status") == "retaken_still_bad" for t in tiles)
+        again = sum(t.get("retake_status") == RetakeStatus.RETAKEN_STILL_BAD for t in tiles)
         new = len(rows) - again
         parts = []
         if new:

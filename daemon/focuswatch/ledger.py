@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -365,22 +365,25 @@ class TileVersion:
     size: int
     mtime_ns: int
     tile_name: str
-    section: str | None
+    #: Where it sits: what its path, its layout's side files and its tags said.
+    placement: Placement
     section_index: int | None
-    row: int | None
-    col: int | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    pixel_size_um: float | None
     state: VersionState
     attempts: int
     last_error: str | None
     first_seen: float
     updated: float
     superseded: bool
-    #: The layout's position key (``focuswatch.tiles.layouts``): the same in every
-    #: section for the same place; what a tile's history is looked up by.
-    position: str | None = None
+
+    @property
+    def section(self) -> str | None:
+        return self.placement.section
+
+    @property
+    def position(self) -> str | None:
+        """The layout's position key (``focuswatch.tiles.layouts``): the same in every
+        section for the same place; what a tile's history is looked up by."""
+        return self.placement.position
 
 
 @dataclass(frozen=True)
@@ -397,18 +400,33 @@ class PastTile:
     orientation: tuple[float, float] | None = None
 
 
+_PLACEMENT_COLUMNS = (
+    "section, position, row, col, stage_x_um, stage_y_um, stage_z_um, pixel_size_um, "
+    "working_distance_um, dwell_ns, taken"
+)
 _VERSION_COLUMNS = (
-    "id, path, size, mtime_ns, tile_name, section, section_index, row, col, stage_x_um, "
-    "stage_y_um, pixel_size_um, state, attempts, last_error, first_seen, updated, superseded, "
-    "position"
+    "id, path, size, mtime_ns, tile_name, section_index, state, attempts, last_error, "
+    f"first_seen, updated, superseded, {_PLACEMENT_COLUMNS}"
 )
 
 
 def _version(row: Sequence[Any]) -> TileVersion:
-    values = list(row)
-    values[12] = VersionState(values[12])
-    values[17] = bool(values[17])
-    return TileVersion(*values)
+    (vid, path, size, mtime_ns, name, index, state, attempts, error, first, updated, sup) = row[:12]
+    return TileVersion(
+        id=vid,
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        tile_name=name,
+        placement=Placement(*row[12:]),
+        section_index=index,
+        state=VersionState(state),
+        attempts=attempts,
+        last_error=error,
+        first_seen=first,
+        updated=updated,
+        superseded=bool(sup),
+    )
 
 
 class Ledger:
@@ -720,7 +738,11 @@ class Ledger:
                 "WHERE id = ?",
                 [(now, r[0]) for r in rows],
             )
-        return [_version([*r[:12], "scoring", r[13] + 1, r[14], r[15], now, *r[17:]]) for r in rows]
+        claimed = [_version(r) for r in rows]
+        return [
+            replace(v, state=VersionState.SCORING, attempts=v.attempts + 1, updated=now)
+            for v in claimed
+        ]
 
     def release(self, version_id: int, *, error: str | None = None, undo_attempt: bool) -> None:
         """Hand a 'scoring' version back to 'ready' (retry, or the service is stopping)."""
@@ -892,25 +914,14 @@ class Ledger:
             baseline=r["baseline"],
             defocus_um=r["defocus_um"],
         )
-        wd, z = self._conn.execute(
-            "SELECT working_distance_um, stage_z_um FROM versions WHERE id = ?", (version_id,)
-        ).fetchone()
         return VerdictRecord(
             version_id=v.id,
             path=v.path,
             tile_name=v.tile_name,
-            section=v.section,
-            row=v.row,
-            col=v.col,
-            stage_x_um=v.stage_x_um,
-            stage_y_um=v.stage_y_um,
-            pixel_size_um=v.pixel_size_um,
+            placement=v.placement,
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
-            working_distance_um=wd,
-            place=v.position,
-            stage_z_um=z,
         )
 
     def mark_delivered(self, version_id: int) -> None:
