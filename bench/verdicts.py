@@ -184,7 +184,6 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 synth.to_uint(img, 8),
                 row=row,
                 col=c,
-                section=section,
                 stage_x_um=100.0 * c,
                 stage_y_um=100.0 * row,
             )

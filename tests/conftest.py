@@ -116,7 +116,6 @@ def synth_tile(tmp_path: Path) -> SynthTileFactory:
             synth.to_uint(image, bits),
             row=1,
             col=1,
-            section="000",
             stage_x_um=100.0,
             stage_y_um=200.0,
         )

@@ -1165,7 +1165,6 @@ def test_the_service_alerts_a_real_tile_with_its_working_distance_and_retake_id(
             image,
             row=1,
             col=col,
-            section="000",
             stage_x_um=100.0 * col,
             stage_y_um=200.0,
             working_distance_um=5000.0 + col,

@@ -241,7 +241,6 @@ def test_fibics_mosaic_info_gives_a_nameless_atlas_tile_its_position(tmp_path: P
         np.zeros((32, 32), np.uint8),
         row=5,
         col=6,
-        section=3,
         stage_x_um=100.0,
         stage_y_um=200.0,
         working_distance_um=5000.0,
@@ -519,9 +518,7 @@ def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
     odd = watch / "tiles" / "g0001" / "t0002"
     odd.mkdir(parents=True)
     good = Path(os.fsdecode(os.fsencode(odd) + b"/st\xe9_g0001_t0002_s00003.tif"))
-    synth.write_tile(
-        good, np.zeros((32, 32), np.uint8), row=1, col=1, section=3, stage_x_um=0, stage_y_um=0
-    )
+    synth.write_tile(good, np.zeros((32, 32), np.uint8), row=1, col=1, stage_x_um=0, stage_y_um=0)
     svc, sink = make_service(make_cfg(tmp_path))  # watch.layout: auto
     turn_until(svc, lambda: len(sink.records) == 2)
     by_path = {r.path: r for r in sink.records}

@@ -318,7 +318,7 @@ def test_through_focus_series_loses_detail_with_sigma(tissue: np.ndarray) -> Non
 def test_write_tile_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "S_000_1" / "Tile_r1-c1_S_000_1.tif"
     image = synth.to_uint(synth.neuropil((64, 64), rng=np.random.default_rng(0)), 8)
-    synth.write_tile(path, image, row=1, col=1, section="000", stage_x_um=1.0, stage_y_um=2.0)
+    synth.write_tile(path, image, row=1, col=1, stage_x_um=1.0, stage_y_um=2.0)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     pixels, meta = read_tile(path)
     np.testing.assert_array_equal(pixels, image)
@@ -328,9 +328,7 @@ def test_write_tile_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> No
 def test_write_tile_truncated_is_a_corrupt_tile(tmp_path: Path) -> None:
     path = tmp_path / "t.tif"
     image = np.zeros((64, 64), np.uint16)
-    synth.write_tile(
-        path, image, row=1, col=1, section="0", stage_x_um=0, stage_y_um=0, truncate_to=0.5
-    )
+    synth.write_tile(path, image, row=1, col=1, stage_x_um=0, stage_y_um=0, truncate_to=0.5)
     with pytest.raises(TileError, match="truncated"):
         read_tile(path)
 
@@ -342,7 +340,6 @@ def test_write_tile_rejects_float_images(tmp_path: Path) -> None:
             np.zeros((32, 32), np.float32),
             row=1,
             col=1,
-            section="0",
             stage_x_um=0,
             stage_y_um=0,
         )

@@ -47,7 +47,7 @@ import structlog
 from focuswatch import alarms
 from focuswatch.alarms import Alarm, AlarmName, AlarmWatch
 from focuswatch.config import AlertsConfig, Config
-from focuswatch.ledger import Ledger
+from focuswatch.ledger import Ledger, sections_pending
 from focuswatch.outbox import (
     Alert,
     DeliveryError,
@@ -635,10 +635,6 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
     )
 
 
-# Tile versions not judged yet: a section with one of these is not complete.
-_PENDING_STATES = ("seen", "ready", "scoring")
-
-
 def _completed_older(conn: Any) -> list[str]:
     """Unsummarised sections older than the newest, none of whose current tiles is pending.
 
@@ -647,26 +643,25 @@ def _completed_older(conn: Any) -> list[str]:
     it now would undercount, and that tile's alert would come after "complete". If it
     never finishes, the idle timer in ``tick`` completes the section.
     """
+    pending = {"" if s is None else s for s in sections_pending(conn)}
     return [
         section
         for (section,) in conn.execute(
             "SELECT s.section FROM alert_sections s WHERE s.summarized = 0 "
-            "AND s.rowid < (SELECT max(rowid) FROM alert_sections) "
-            "AND NOT EXISTS (SELECT 1 FROM versions v WHERE "
-            "(v.section = s.section OR (s.section = '' AND v.section IS NULL)) "
-            f"AND v.superseded = 0 AND v.state IN ({', '.join('?' * len(_PENDING_STATES))})) "
-            "ORDER BY s.rowid",
-            _PENDING_STATES,
+            "AND s.rowid < (SELECT max(rowid) FROM alert_sections) ORDER BY s.rowid"
         ).fetchall()
+        if section not in pending
     ]
 
 
 # Bad tiles a digest names: not yet alerted, and not part of a section-wide failure
 # (those wait for the section's summary, which names the failure once).
+_RETAKE_KINDS = tuple(k for k in VerdictKind if k.needs_retake)
 _DIGESTED = (
-    "t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus') AND t.label NOT LIKE ?"
+    f"t.alert IS NULL AND t.kind IN ({', '.join('?' * len(_RETAKE_KINDS))}) AND t.label NOT LIKE ?"
 )
 _SECTION_WIDE_LIKE = f"%{SECTION_WIDE}%"
+_DIGESTED_ARGS = (*_RETAKE_KINDS, _SECTION_WIDE_LIKE)
 
 
 def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
@@ -677,7 +672,7 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
             "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
             "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
             f"AND {_DIGESTED})",
-            (cutoff, _SECTION_WIDE_LIKE),
+            (cutoff, *_DIGESTED_ARGS),
         ).fetchall()
     ]
 
@@ -1131,7 +1126,7 @@ class AlertSink:
         rows = conn.execute(
             f"SELECT version_id, label, details FROM alert_tiles t WHERE section = ? "
             f"AND {_DIGESTED} ORDER BY version_id",
-            (section, _SECTION_WIDE_LIKE),
+            (section, *_DIGESTED_ARGS),
         ).fetchall()
         key = f"digest:{section}:{n}"
         tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]

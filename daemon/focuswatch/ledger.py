@@ -50,7 +50,10 @@ __all__ = [
     "TileVersion",
     "VersionState",
     "damage",
+    "pending_count",
+    "scored_since",
     "section_index",
+    "sections_pending",
     "set_aside",
 ]
 
@@ -69,6 +72,9 @@ class VersionState(enum.StrEnum):
 
 #: The states by name, in order (for counts and status lines).
 STATES: tuple[str, ...] = tuple(s.value for s in VersionState)
+#: Not judged yet: the backlog, and what keeps a section from being complete.
+_PENDING = (VersionState.SEEN, VersionState.READY, VersionState.SCORING)
+_PENDING_IN = f"state IN ({', '.join('?' * len(_PENDING))})"
 
 MIGRATIONS: list[str] = [
     # 1: tile versions, results, meta
@@ -346,6 +352,33 @@ def _is_fault(exc: BaseException) -> bool:
     faults to wait out: they raise as they are.
     """
     return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
+
+
+# -- reads for the stores that share the ledger's transaction (alerts, alarms) -----------
+
+
+def pending_count(conn: sqlite3.Connection) -> int:
+    """Current tile versions not judged yet: the backlog."""
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM versions WHERE superseded = 0 AND {_PENDING_IN}", _PENDING
+        ).fetchone()[0]
+    )
+
+
+def scored_since(conn: sqlite3.Connection, t: float) -> int:
+    """Tiles scored at or after ``t`` (seconds since the epoch)."""
+    return int(
+        conn.execute("SELECT count(*) FROM results WHERE scored_at >= ?", (t,)).fetchone()[0]
+    )
+
+
+def sections_pending(conn: sqlite3.Connection) -> set[str | None]:
+    """The sections (``None``: tiles without one) with a current tile not judged yet."""
+    rows = conn.execute(
+        f"SELECT DISTINCT section FROM versions WHERE superseded = 0 AND {_PENDING_IN}", _PENDING
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def section_index(section: str | None) -> int | None:

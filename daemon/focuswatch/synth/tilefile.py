@@ -96,7 +96,6 @@ def write_tile(
     *,
     row: int,
     col: int,
-    section: str | int,
     pixel_size_um: float = 0.004,
     stage_x_um: float,
     stage_y_um: float,
@@ -110,8 +109,8 @@ def write_tile(
 
     Written to ``<name>.tmp`` and renamed unless ``atomic=False``. ``truncate_to``
     (a fraction in (0, 1)) writes only that leading part of the file: a corrupt
-    tile, as left by an interrupted copy. ``section`` is accepted for symmetry
-    with the name; FibicsXML does not record it.
+    tile, as left by an interrupted copy. The section is only in the
+    file name, as with ATLAS: FibicsXML does not record it.
     """
     image = np.asarray(image_uint)
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
@@ -120,7 +119,6 @@ def write_tile(
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     if truncate_to is not None and not 0 < truncate_to < 1:
         raise ValueError(f"truncate_to must be in (0, 1), got {truncate_to}")
-    del section  # only in the file name, as with ATLAS
     xml = fibics_xml(
         width=image.shape[1],
         height=image.shape[0],
