@@ -36,7 +36,6 @@ def _write_atlas(path: Path, image: np.ndarray, **kwargs: Any) -> None:
     options: dict[str, Any] = {
         "row": 2,
         "col": 3,
-        "section": "007",
         "pixel_size_um": 0.004,
         "stage_x_um": 12345.5,
         "stage_y_um": -678.25,

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from focuswatch import ledger
 from focuswatch.config import AlertsConfig
-from focuswatch.ledger import pending_count, scored_since
 from focuswatch.outbox import endpoint_trouble
 
 __all__ = [
@@ -239,8 +239,8 @@ class AlarmWatch:
         minutes = self._cfg.behind_minutes
         if minutes <= 0:
             return []
-        backlog = pending_count(conn)
-        scored = scored_since(conn, now - RATE_WINDOW_S)
+        backlog = ledger.backlog(conn)
+        scored = ledger.scored_since(conn, now - RATE_WINDOW_S)
         per_min = scored / (RATE_WINDOW_S / 60.0)
         self._samples.append((now, backlog))
         while len(self._samples) > 1 and self._samples[1][0] <= now - RATE_WINDOW_S:

@@ -552,7 +552,7 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "defocus_um": v.defocus_um,
         "reason": v.reason,
         "retake_id": None if retake is None else retake.id,
-        "retake_status": None if retake is None else retake.status,
+        "retake_status": None if retake is None else str(retake.status),
         "path": printable(record.path),  # a name that is not UTF-8 cannot be sent as is
         "version_id": record.version_id,
     }

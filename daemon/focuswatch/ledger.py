@@ -31,15 +31,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from focuswatch.errors import LedgerWriteError, StateError
 from focuswatch.files import fsync_dir
 from focuswatch.statelock import StateLock
 from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord, grid_position
+
+if TYPE_CHECKING:
+    from focuswatch.tiles import TileMeta  # not at run time: tiles pulls in tifffile
 
 __all__ = [
     "DB_NAME",
@@ -49,8 +52,8 @@ __all__ = [
     "PastTile",
     "TileVersion",
     "VersionState",
+    "backlog",
     "damage",
-    "pending_count",
     "scored_since",
     "section_index",
     "sections_pending",
@@ -357,7 +360,7 @@ def _is_fault(exc: BaseException) -> bool:
 # -- reads for the stores that share the ledger's transaction (alerts, alarms) -----------
 
 
-def pending_count(conn: sqlite3.Connection) -> int:
+def backlog(conn: sqlite3.Connection) -> int:
     """Current tile versions not judged yet: the backlog."""
     return int(
         conn.execute(
@@ -433,10 +436,8 @@ class PastTile:
     orientation: tuple[float, float] | None = None
 
 
-_PLACEMENT_COLUMNS = (
-    "section, position, row, col, stage_x_um, stage_y_um, stage_z_um, pixel_size_um, "
-    "working_distance_um, dwell_ns, taken"
-)
+# A Placement's fields are the versions columns of the same names, in its order.
+_PLACEMENT_COLUMNS = ", ".join(f.name for f in fields(Placement))
 _VERSION_COLUMNS = (
     "id, path, size, mtime_ns, tile_name, section_index, state, attempts, last_error, "
     f"first_seen, updated, superseded, {_PLACEMENT_COLUMNS}"
@@ -860,7 +861,7 @@ class Ledger:
             "orientation_x": None,
             "orientation_y": None,
         }
-        meta = None
+        meta: TileMeta | None = None
         if score is not None:
             values = {
                 "score": float(score.score),
@@ -906,6 +907,8 @@ class Ledger:
                 (state, error, now, version_id),
             )
             if meta is not None:
+                # What the file's tags say of where and how it was taken wins.
+                tags = meta.placement
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
@@ -913,11 +916,11 @@ class Ledger:
                     "working_distance_um = coalesce(?, working_distance_um), "
                     "dwell_ns = coalesce(?, dwell_ns) WHERE id = ?",
                     (
-                        getattr(meta, "stage_x_um", None),
-                        getattr(meta, "stage_y_um", None),
-                        getattr(meta, "pixel_size_um", None),
-                        getattr(meta, "working_distance_um", None),
-                        getattr(meta, "dwell_ns", None),
+                        tags.stage_x_um,
+                        tags.stage_y_um,
+                        tags.pixel_size_um,
+                        tags.working_distance_um,
+                        tags.dwell_ns,
                         version_id,
                     ),
                 )

@@ -211,6 +211,7 @@ class EndpointTrouble:
 
 
 def endpoint_trouble(conn: sqlite3.Connection, endpoint: str) -> EndpointTrouble:
+    """How ``endpoint`` (its id) is doing, read in the caller's transaction."""
     oldest, error = conn.execute(
         "SELECT min(o.created), (SELECT d2.last_error FROM alert_deliveries d2 "
         "WHERE d2.endpoint = ? AND d2.sent IS NULL AND d2.last_error IS NOT NULL "

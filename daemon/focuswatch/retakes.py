@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import enum
 import getpass
 import io
 import json
@@ -49,6 +48,7 @@ from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger, section_index
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import (
+    RetakeAction,
     RetakeStatus,
     VerdictKind,
     VerdictRecord,
@@ -58,7 +58,6 @@ from focuswatch.verdict import (
 
 __all__ = [
     "STATUSES",
-    "RetakeAction",
     "RetakeEntry",
     "RetakeEvent",
     "RetakeSink",
@@ -117,16 +116,6 @@ class RetakeEntry:
 
 
 _COLUMNS = list(RetakeEntry.__dataclass_fields__)
-
-
-class RetakeAction(enum.StrEnum):
-    """One change in a retake entry's history (the ``retake_events.action`` column)."""
-
-    OPENED = "opened"
-    RETAKEN_STILL_BAD = "retaken_still_bad"
-    RETAKEN_FIXED = "retaken_fixed"
-    DISMISSED = "dismissed"
-    REOPENED = "reopened"
 
 
 @dataclass(frozen=True)
@@ -514,7 +503,7 @@ def render_text(
             for h in changes:
                 by = f" by {h.who}" if h.who else ""
                 text = f": {h.note}" if h.note else ""
-                lines.append(f"    {_iso(h.at)} {h.action.value.replace('_', ' ')}{by}{text}")
+                lines.append(f"    {_iso(h.at)} {h.action.words}{by}{text}")
         elif e.note:
             lines.append(f"    note: {e.note}")
     todo = sum(e.still_to_do for e in items)

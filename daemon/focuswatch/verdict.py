@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "Placement",
+    "RetakeAction",
     "RetakeStatus",
     "Verdict",
     "VerdictKind",
@@ -60,6 +61,20 @@ class RetakeStatus(enum.StrEnum):
         return self.value.replace("_", " ")
 
 
+class RetakeAction(enum.StrEnum):
+    """One change in a retake entry's history (the ``retake_events.action`` column)."""
+
+    OPENED = "opened"
+    RETAKEN_STILL_BAD = "retaken_still_bad"
+    RETAKEN_FIXED = "retaken_fixed"
+    DISMISSED = "dismissed"
+    REOPENED = "reopened"
+
+    @property
+    def words(self) -> str:
+        return self.value.replace("_", " ")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The policy's decision for one tile version."""
@@ -93,7 +108,8 @@ class VerdictRecord:
         The key that makes two versions "the same tile" (a retake under a new name
         lands at the same position) for the retake list and the section summaries.
         """
-        return self.placement.key() or self.tile_name
+        key = self.placement.key()
+        return self.tile_name if key is None else key
 
     @property
     def where(self) -> str | None:

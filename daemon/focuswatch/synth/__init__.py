@@ -1,6 +1,6 @@
 """Synthetic SEM tiles and wafers: realistic enough to rehearse and test focus scoring.
 
-Three layers, one module each:
+Three layers, in four modules:
 
 * :mod:`.texture`: pure, deterministic by seed: :func:`neuropil` (EM-like tissue:
   cell membranes, vesicles, mitochondria with cristae, granular cytoplasm) and

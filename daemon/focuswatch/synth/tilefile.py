@@ -134,6 +134,3 @@ def write_tile(
     if truncate_to is not None:
         data = data[: max(8, int(len(data) * truncate_to))]
     write_file(Path(path), data, atomic=atomic)
-
-
-# ------------------------------------------------------------------------ wafers
