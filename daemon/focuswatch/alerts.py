@@ -47,7 +47,7 @@ import structlog
 from focuswatch import alarms
 from focuswatch.alarms import Alarm, AlarmName, AlarmWatch
 from focuswatch.config import AlertsConfig, Config
-from focuswatch.ledger import Ledger, sections_pending
+from focuswatch.ledger import Ledger, newest_seen, sections_pending
 from focuswatch.outbox import (
     Alert,
     DeliveryError,
@@ -868,9 +868,9 @@ class AlertSink:
         end: the microscope stopped writing while a section is open; the state
         folder's disk nearly full. Through the outbox, like tile alerts."""
         with self._ledger.reading() as conn:
-            last, open_sections = conn.execute(
-                "SELECT (SELECT max(first_seen) FROM versions), "
-                "(SELECT count(*) FROM alert_sections WHERE summarized = 0)"
+            last = newest_seen(conn)
+            (open_sections,) = conn.execute(
+                "SELECT count(*) FROM alert_sections WHERE summarized = 0"
             ).fetchone()
             # The latest stall message: 'stalled:T' (told, not over) or 'stall-over:T'.
             latest = conn.execute(

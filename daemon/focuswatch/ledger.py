@@ -54,6 +54,8 @@ __all__ = [
     "VersionState",
     "backlog",
     "damage",
+    "judged_later",
+    "newest_seen",
     "scored_since",
     "section_index",
     "sections_pending",
@@ -374,6 +376,35 @@ def scored_since(conn: sqlite3.Connection, t: float) -> int:
     return int(
         conn.execute("SELECT count(*) FROM results WHERE scored_at >= ?", (t,)).fetchone()[0]
     )
+
+
+def newest_seen(conn: sqlite3.Connection) -> float | None:
+    """When the newest tile version was first seen (None before the first)."""
+    (t,) = conn.execute("SELECT max(first_seen) FROM versions").fetchone()
+    return None if t is None else float(t)
+
+
+def judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
+    """Whether a later version at this record's position (its layout position, else its
+    grid cell, else its name) in its section already has a verdict on its focus."""
+    args: tuple[object, ...]
+    place = record.placement
+    if place.position is not None:
+        where, args = "v.position = ?", (place.position,)
+    elif place.row is not None and place.col is not None:
+        where, args = "v.row = ? AND v.col = ?", (place.row, place.col)
+    else:
+        where, args = "v.tile_name = ?", (record.tile_name,)
+    section_test = "v.section IS NULL" if record.section is None else "v.section = ?"
+    extra = () if record.section is None else (record.section,)
+    judged = (VerdictKind.IN_FOCUS, *(k for k in VerdictKind if k.needs_retake))
+    found = conn.execute(
+        "SELECT 1 FROM versions v JOIN results r ON r.version_id = v.id "
+        f"WHERE {where} AND {section_test} AND v.id > ? "
+        f"AND r.verdict IN ({', '.join('?' * len(judged))}) LIMIT 1",
+        (*args, *extra, record.version_id, *judged),
+    ).fetchone()
+    return found is not None
 
 
 def sections_pending(conn: sqlite3.Connection) -> set[str | None]:

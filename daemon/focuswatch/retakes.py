@@ -45,7 +45,7 @@ import structlog
 from focuswatch.config import Config
 from focuswatch.errors import StateError
 from focuswatch.files import atomic_write
-from focuswatch.ledger import Ledger, section_index
+from focuswatch.ledger import Ledger, judged_later, section_index
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import (
     RetakeAction,
@@ -222,7 +222,7 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
             return True
         if newest is not None and newest >= record.version_id:
             return False  # already applied, or a stale verdict of an older version
-        if _judged_later(conn, record):
+        if judged_later(conn, record):
             return False  # a newer version here already has its verdict
         active = conn.execute(
             "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
@@ -302,25 +302,6 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
 
 def _score(v: float | None) -> str:
     return "?" if v is None else format_score(v)
-
-
-def _judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
-    """Whether a later version at this tile's position already has a verdict."""
-    args: tuple[object, ...]
-    if record.placement.position is not None:
-        where, args = "v.position = ?", (record.placement.position,)
-    elif record.placement.row is not None and record.placement.col is not None:
-        where, args = "v.row = ? AND v.col = ?", (record.placement.row, record.placement.col)
-    else:
-        where, args = "v.tile_name = ?", (record.tile_name,)
-    section_test = "v.section IS NULL" if record.section is None else "v.section = ?"
-    extra = () if record.section is None else (record.section,)
-    found = conn.execute(
-        "SELECT 1 FROM versions v JOIN results r ON r.version_id = v.id "
-        f"WHERE {where} AND {section_test} AND v.id > ? AND r.verdict IN (?, ?, ?) LIMIT 1",
-        (*args, *extra, record.version_id, "in_focus", "out_of_focus", "partly_out_of_focus"),
-    ).fetchone()
-    return found is not None
 
 
 def _entry(row: Sequence[Any]) -> RetakeEntry:
