@@ -23,6 +23,7 @@ Angles are in degrees from the scan line (+x) towards +y (down the rows), in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -86,6 +87,25 @@ def _polar(block: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     return radius, phase
 
 
+@functools.lru_cache(maxsize=4)
+def _geometry(
+    block: int,
+) -> tuple[np.ndarray[Any, Any], tuple[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], ...]]:
+    """The Hann window and, per ring of ``BAND``, the flat indices of its frequencies
+    (in the order a boolean mask takes them) with their ``e^{2iθ}``: the same for
+    every call, built once (a fifth of the function's time otherwise)."""
+    window = np.outer(np.hanning(block), np.hanning(block)).astype(np.float32)
+    radius, phase = _polar(block)
+    edges = np.linspace(BAND[0], BAND[1], _RINGS + 1)
+    rings = []
+    for lo, hi in itertools.pairwise(edges):
+        idx = np.flatnonzero((radius >= lo) & (radius < hi))
+        rings.append((idx, phase.ravel()[idx]))
+    for a in (window, *(a for ring in rings for a in ring)):
+        a.setflags(write=False)
+    return window, tuple(rings)
+
+
 def _noise_floor(power: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """The noise's power at every frequency, as a separable spectrum ``N(fy)·N(fx)``
     read where no tissue reaches (beyond ``NOISE_BAND`` on the other axis): white
@@ -112,32 +132,27 @@ def orientation(image: Any, *, to_host: Callable[[Any], Any] = np.asarray) -> Or
     side = math.ceil(math.sqrt(MAX_BLOCKS))
     ys = _starts(int(image.shape[0]), BLOCK, side)
     xs = _starts(int(image.shape[1]), BLOCK, side)
-    window = np.outer(np.hanning(BLOCK), np.hanning(BLOCK)).astype(np.float32)
-    blocks = np.stack(
-        [
-            np.asarray(to_host(image[y : y + BLOCK, x : x + BLOCK]), dtype=np.float32)
-            for y in ys
-            for x in xs
-        ]
-    )
+    window, rings = _geometry(BLOCK)
+    blocks = np.empty((len(ys) * len(xs), BLOCK, BLOCK), dtype=np.float32)
+    for k, (y, x) in enumerate(itertools.product(ys, xs)):
+        blocks[k] = to_host(image[y : y + BLOCK, x : x + BLOCK])
     blocks -= blocks.mean(axis=(1, 2), keepdims=True)
     blocks *= window
     power = (np.abs(scipy.fft.rfft2(blocks)) ** 2).sum(axis=0, dtype=np.float64)
-    radius, phase = _polar(BLOCK)
     # rfft holds half the plane: the other half mirrors it, e^{2iθ} is the same there.
-    floor = _noise_floor(power)
-    edges = np.linspace(BAND[0], BAND[1], _RINGS + 1)
+    floor = _noise_floor(power).ravel()
+    flat = power.ravel()
     total = 0j
     weight = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        ring = (radius >= lo) & (radius < hi)
-        signal = np.clip(power[ring] - floor[ring], 0.0, None)
+    for idx, phase in rings:
+        f_ring = floor[idx]
+        signal = np.clip(flat[idx] - f_ring, 0.0, None)
         s = float(signal.sum())
         if s <= 0:
             continue
         # The ring's share of signal: a ring at the noise floor says nothing.
-        w = s / (s + float(floor[ring].sum()))
-        total += w * complex(np.sum(signal * phase[ring]) / s)
+        w = s / (s + float(f_ring.sum()))
+        total += w * complex(np.sum(signal * phase) / s)
         weight += w
     if weight <= 0 or not math.isfinite(abs(total)):
         return None
