@@ -79,15 +79,13 @@ def _interpolated_neighbourhood_max(
     m: Any, f: int, ys: Any, xs: Any, *, shape: tuple[int, int], backend: Backend
 ) -> Any:
     """Maximum of ``_upsample(m, shape)`` over the 3×3 neighbourhood (within the image)
-    of each full-resolution pixel (ys, xs), evaluated only there."""
+    of each full-resolution pixel (ys, xs), evaluated only there (the nine offsets at
+    once: one set of gathers instead of nine)."""
     xp = backend.xp
-    best = None
-    for dy in (-1, 0, 1):
-        yy = xp.clip(ys + dy, 0, shape[0] - 1)
-        for dx in (-1, 0, 1):
-            v = _interpolate_at(m, f, yy, xp.clip(xs + dx, 0, shape[1] - 1), backend)
-            best = v if best is None else xp.maximum(best, v, out=best)
-    return best
+    dy, dx = _offsets(backend, centre=True)
+    yy = xp.clip(ys[None, :] + dy, 0, shape[0] - 1)
+    xx = xp.clip(xs[None, :] + dx, 0, shape[1] - 1)
+    return _interpolate_at(m, f, yy, xx, backend).max(axis=0)
 
 
 def count_band_maxima(
@@ -169,7 +167,9 @@ def band_counts(
         peak = _parabolic_peak(m, qy, qx, backend)
         keep = (level <= peak) & _inside(qy * f, qx * f, interior, backend)
         if fine is not None:
-            keep &= peak >= _neighbourhood_max_at(fine, qy * f, qx * f, backend)
+            # Only the samples still kept need the gathers from the fine band.
+            at = xp.flatnonzero(keep)
+            keep[at] = peak[at] >= _neighbourhood_max_at(fine, qy[at] * f, qx[at] * f, backend)
         count += int(xp.count_nonzero(keep))
         if snap is not None:
             qy, qx = qy[keep], qx[keep]
@@ -177,14 +177,29 @@ def band_counts(
     return count, n_fine
 
 
-def _neighbourhood_max_at(M: Any, ys: Any, xs: Any, backend: Backend) -> Any:
-    """``neighbourhood_max(M)`` at the pixels (ys, xs) only (gathers)."""
+def _offsets(backend: Backend, *, centre: bool) -> tuple[Any, Any]:
+    """Row and column offsets of the 8 neighbours (and the pixel itself, first, with
+    ``centre``) as columns, to broadcast against a row of positions."""
+    xp = backend.xp
+    pairs = ((0, 0), *_NEIGHBOURS) if centre else _NEIGHBOURS
+    return (
+        xp.asarray([[dy] for dy, _ in pairs]),
+        xp.asarray([[dx] for _, dx in pairs]),
+    )
+
+
+def _neighbours_at(M: Any, ys: Any, xs: Any, backend: Backend, *, centre: bool) -> Any:
+    """``M`` at the 8 neighbours (border pixels: clipped into the image) of each pixel
+    (ys, xs), one row per offset (the pixel itself first with ``centre``)."""
     xp = backend.xp
     h, w = M.shape
-    best = M[ys, xs]
-    for dy, dx in _NEIGHBOURS:
-        xp.maximum(best, M[xp.clip(ys + dy, 0, h - 1), xp.clip(xs + dx, 0, w - 1)], out=best)
-    return best
+    dy, dx = _offsets(backend, centre=centre)
+    return M[xp.clip(ys[None, :] + dy, 0, h - 1), xp.clip(xs[None, :] + dx, 0, w - 1)]
+
+
+def _neighbourhood_max_at(M: Any, ys: Any, xs: Any, backend: Backend) -> Any:
+    """``neighbourhood_max(M)`` at the pixels (ys, xs) only (gathers)."""
+    return _neighbours_at(M, ys, xs, backend, centre=True).max(axis=0)
 
 
 def _maxima_above(M: Any, level: float, backend: Backend) -> tuple[Any, Any]:
@@ -203,10 +218,7 @@ def _maxima_above(M: Any, level: float, backend: Backend) -> tuple[Any, Any]:
         idx = xp.flatnonzero((c <= M) & (level <= M))
         return idx // w, idx % w
     ys, xs = idx // w, idx % w
-    v = M[ys, xs]
-    keep = xp.ones(idx.shape, dtype=bool)
-    for dy, dx in _NEIGHBOURS:
-        keep &= M[xp.clip(ys + dy, 0, h - 1), xp.clip(xs + dx, 0, w - 1)] <= v
+    keep = (_neighbours_at(M, ys, xs, backend, centre=False) <= M[ys, xs]).all(axis=0)
     return ys[keep], xs[keep]
 
 
