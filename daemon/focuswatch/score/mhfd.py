@@ -131,6 +131,8 @@ _FAST_NOISE_STEP = 4
 _FAST_STRETCH_STEP = 2
 #: A Gaussian's transfer is below 1e-9 beyond ω = this / σ (sqrt(2·ln 1e9)).
 _PRUNE_SIGMA_W = math.sqrt(2 * math.log(1e9))
+#: Fast mode inverts levels in batches of products up to this many bytes.
+_BATCH_BYTES = 8 * 2**20
 #: Prune the inverse transform only when it keeps at most this fraction of columns.
 _PRUNE_FRACTION = 0.75
 #: Scale of the band-pass used for ``content`` (pixels): structure bigger than
@@ -470,6 +472,29 @@ def _levels_max(
     hbuf = None  # fast mode: the scaled transfer
     used = 0
     n_cols = Fs.shape[1]
+    if in_place:
+        # Fast mode: the levels whose inverse is not pruned run a few at a time as
+        # one batched transform (the same arithmetic per level; on the small grids
+        # the per-call overhead was most of the time).
+        whole = [
+            i
+            for i in levels
+            if backend.is_gpu or _pruned_columns(coarse[i], sh[1]) > _PRUNE_FRACTION * n_cols
+        ]
+        levels = [i for i in levels if i not in whole]
+        per = max(1, _BATCH_BYTES // (int(Fs.size) * np.dtype(Fs.dtype).itemsize))
+        for j in range(0, len(whole), per):
+            m = _batch_max(
+                Fs,
+                sh,
+                whole[j : j + per],
+                coarse=coarse,
+                scales=scales,
+                f=f,
+                backend=backend,
+                dtype=dtype,
+                m=m,
+            )
     for i in levels:
         H_i = _transfer(backend, sh, coarse, i, dtype)
         # The coarse irfft divides by f² fewer points, and the transfer carries the
@@ -521,6 +546,40 @@ def _levels_max(
         else:
             xp.maximum(m, d, out=m)
     return m
+
+
+def _batch_max(
+    Fs: Any,
+    sh: tuple[int, int],
+    batch: list[int],
+    *,
+    coarse: tuple[float, ...],
+    scales: np.ndarray[Any, Any],
+    f: int,
+    backend: Backend,
+    dtype: Any,
+    m: Any,
+) -> Any:
+    """Fold the levels of ``batch`` into ``m`` (or a new maximum) with one batched
+    inverse transform: each level's transfer scaled by ``scales[i]/f``, times ``Fs``,
+    as ``_levels_max``'s in-place path does for one level."""
+    xp, fft = backend.xp, backend.fft
+    kw = backend.fft_kwargs()
+    hs = xp.empty((len(batch), *Fs.shape), dtype=dtype)
+    for j, i in enumerate(batch):
+        xp.multiply(
+            _transfer(backend, sh, coarse, i, dtype), dtype(float(scales[i]) / f), out=hs[j]
+        )
+    prod = xp.multiply(hs, Fs[None])
+    del hs
+    if backend.is_gpu:
+        d = fft.irfft2(prod, s=sh, axes=(1, 2), overwrite_x=True, **kw)
+    else:
+        d = fft.irfft(fft.ifft(prod, axis=1, overwrite_x=True, **kw), n=sh[1], axis=2, **kw)
+    top = d[0] if len(batch) == 1 else d.max(axis=0)
+    if m is None:
+        return top
+    return xp.maximum(m, top, out=m)
 
 
 def dog_bands(
