@@ -791,18 +791,27 @@ def content_of(F: Any, shape: tuple[int, int], backend: Backend, dtype: Any) -> 
     scorer must grade and below slow shading; noise is averaged away at σ = 8, so
     empty resin gives ~0.00x and tissue, even badly blurred, clearly more.
     """
-    xp, fft = backend.xp, backend.fft
-    a, b = _CONTENT_SIGMAS
-    f = _decimation(a, shape)
+    fft = backend.fft
+    f = _decimation(_CONTENT_SIGMAS[0], shape)
     Fs, sh = (
         (F, shape)
         if f == 1
         else (_crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f))
     )
+    band = fft.irfft2(
+        Fs * _content_transfer(backend, sh, f, np.dtype(dtype).name), s=sh, **backend.fft_kwargs()
+    )
+    return _robust_std(band, backend)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_transfer(backend: Backend, sh: tuple[int, int], f: int, dtype: str) -> Any:
+    """``content_of``'s band-pass on the rfft grid of ``sh`` (``f`` times coarser than
+    the image), built once per grid: the same for every patch of a tile."""
+    a, b = _CONTENT_SIGMAS
     gy = np.outer(gauss_1d(sh[0], a / f, real=False), gauss_1d(sh[1], a / f, real=True))
     gy -= np.outer(gauss_1d(sh[0], b / f, real=False), gauss_1d(sh[1], b / f, real=True))
-    band = fft.irfft2(Fs * xp.asarray((gy / (f * f)).astype(dtype)), s=sh, **backend.fft_kwargs())
-    return _robust_std(band, backend)
+    return backend.xp.asarray((gy / (f * f)).astype(dtype))
 
 
 # --- whole images ---------------------------------------------------------------------
