@@ -4,7 +4,6 @@ and refuses to mix scores of another kind into a wafer's history."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 import sqlite3
 import subprocess
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from focuswatch.app import build_service, preflight
-from focuswatch.choices import score_revision
 from focuswatch.config import AlertsConfig, Config, WebConfig
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
@@ -212,49 +210,3 @@ def test_a_wafer_scored_by_a_release_that_recorded_no_settings_is_not_continued_
     build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False).stop()
     with pytest.raises(ConfigError, match=r"scored with mode = 'default', not 'fast'"):
         build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
-
-
-def _recorded_as_an_earlier_release(state: Path, mode: str) -> None:
-    """The scoring settings as a release before score revisions left them: no revision."""
-    conn = sqlite3.connect(state / "focuswatch.db")
-    settings = {"criterion": "mhfd", "mode": mode, "resolution": "patches", "patch_size": 1024}
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(settings),))
-    conn.commit()
-    conn.close()
-
-
-def test_a_fast_wafer_scored_with_the_earlier_fast_numbers_is_refused_with_its_key(
-    tmp_path: Path,
-) -> None:
-    """Fast mode's numbers changed (its noise level from half the rows, revision 2): a
-    wafer whose tiles were scored with revision 1 is not continued, at 'scoring.mode',
-    and check-config says so too; exact, whose numbers did not change, goes on."""
-    _scored_once(make_cfg(tmp_path, mode="fast"))
-    ledger = Ledger.open(tmp_path / "state")
-    try:
-        meta = ledger.get_meta("scoring")
-    finally:
-        ledger.close()
-    assert meta is not None
-    assert meta[0]["revision"] == score_revision("fast") == 2
-    _recorded_as_an_earlier_release(tmp_path / "state", "fast")
-    with pytest.raises(ConfigError) as err:
-        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
-    (problem,) = err.value.problems
-    assert problem.startswith("at 'scoring.mode': ")
-    assert "revision 1" in problem
-    assert "revision 2" in problem
-    assert preflight(make_cfg(tmp_path, mode="fast")) == [problem]
-
-    exact = tmp_path / "exact"
-    exact.mkdir()
-    _scored_once(make_cfg(exact, mode="exact"))
-    _recorded_as_an_earlier_release(exact / "state", "exact")
-    build_service(make_cfg(exact, mode="exact"), builtin_sinks=False).stop()
-    ledger = Ledger.open(exact / "state")
-    try:
-        meta = ledger.get_meta("scoring")
-    finally:
-        ledger.close()
-    assert meta is not None
-    assert meta[0]["revision"] == 1

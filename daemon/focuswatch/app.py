@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from focuswatch import sdnotify
-from focuswatch.choices import same_scores, score_revision
+from focuswatch.choices import same_scores
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
 from focuswatch.executor import Executor
@@ -111,9 +111,6 @@ def build_service(
 _SCORING_KEYS = ("criterion", "mode", "resolution", "patch_size")
 
 
-#: The recorded scoring settings also name the revision of the mode's numbers.
-_REVISION_KEY = "revision"
-
 #: The mode of every release before the settings were recorded: its default.
 _MODE_BEFORE_RECORDING = "exact"
 
@@ -147,26 +144,13 @@ def _scoring_problems(cfg: Config, scored: bool, recorded: dict[str, Any] | None
             "with this wafer (or, if your configuration said mode = 'fast' then too, "
             "start this wafer's remaining sections in a new state folder)"
         ]
-    problems = [
+    return [
         f"at 'scoring.{k}': this state folder's tiles were scored with {k} = "
         f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
         "comparable with them. Set it back, or use a new state folder for a new wafer"
         for k in _SCORING_KEYS
         if k in recorded and _comparable(k, recorded[k]) != _comparable(k, getattr(cfg.scoring, k))
     ]
-    # The same mode in another release may count otherwise (``choices.SCORE_REVISIONS``;
-    # a ledger that recorded no revision was scored at revision 1).
-    before = recorded.get(_REVISION_KEY, 1)
-    now = score_revision(cfg.scoring.mode)
-    if not problems and before != now:
-        problems.append(
-            f"at 'scoring.mode': this state folder's tiles were scored in mode "
-            f"{cfg.scoring.mode!r} by a release whose {cfg.scoring.mode!r} numbers were "
-            f"revision {before!r}; this release's are revision {now} and not comparable "
-            "with them. Use a new state folder for the rest of this wafer (or finish it "
-            "with the release that began it)"
-        )
-    return problems
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -180,7 +164,6 @@ def _same_scoring(cfg: Config, ledger: Ledger) -> None:
     if problems:
         raise ConfigError(problems)
     wanted = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
-    wanted[_REVISION_KEY] = score_revision(cfg.scoring.mode)
     if recorded is None and scored:
         log.warning(
             "scoring_settings_unknown",

@@ -14,9 +14,7 @@ __all__ = [
     "LAYOUTS",
     "MODES",
     "RESOLUTIONS",
-    "SCORE_REVISIONS",
     "same_scores",
-    "score_revision",
 ]
 
 #: Focus measures: MHFD and the classic baselines it is compared with.
@@ -45,18 +43,6 @@ BACKEND_NAMES = ("auto", "cpu", "gpu")
 LAYOUTS = ("auto", "atlas", "multisem", "sbemimage", "pattern")
 
 
-#: The revision of each mode's numbers (``same_scores`` names), 1 unless listed: raised
-#: when a release changes what a mode counts beyond float rounding, so that a wafer
-#: scored with the older numbers is not continued with the new ones. fast 2 (2026-12):
-#: its noise level at binning 1 from half the rows (``score.noise._bands``).
-SCORE_REVISIONS: dict[str, int] = {"fast": 2}
-
-
 def same_scores(mode: str) -> str:
     """The mode whose numbers ``mode`` gives: ``default`` is ``exact`` by another name."""
     return "exact" if mode == "default" else mode
-
-
-def score_revision(mode: str) -> int:
-    """The revision of the numbers ``mode`` gives in this release (``SCORE_REVISIONS``)."""
-    return SCORE_REVISIONS.get(same_scores(mode), 1)

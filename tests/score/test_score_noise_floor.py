@@ -25,7 +25,6 @@ from isbi import Slices
 
 CPU = get_backend("cpu")
 MHFD = sys.modules["focuswatch.score.mhfd"]
-NOISE_MODULE = sys.modules["focuswatch.score.noise"]
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
@@ -169,42 +168,3 @@ def test_noiseless_structure_is_not_taken_for_correlated_noise() -> None:
     clean = synth.neuropil((256, 256), rng=np.random.default_rng(0))
     d = mhfd_detail(clean, backend=CPU)
     assert max(d.thresholds) == pytest.approx(min(d.thresholds))
-
-
-def test_fast_modes_banded_noise_level_is_the_whole_images_within_a_few_per_cent(
-    isbi_dir: Path,
-) -> None:
-    """Fast mode reads the noise level at binning 1 on half the rows (bands of 34 rows
-    every 64): on real slices under white, scan-line and 2-D correlated noise, sharp
-    and blurred, the level and the tail factor stay within 8 % of the whole image's
-    estimate, 1.5 % on average; the rest of the model is the same numbers."""
-    slices = synth.load_isbi(isbi_dir)
-    level, tails = [], []
-    for k in range(0, 30, 3):
-        for j, noise in enumerate(("white", "x AR(1) 0.45", "2-D bilinear x1.4")):
-            for blur in (0.0, 2.0):
-                im = noisy(
-                    slices[k], noise, dose=30.0, seed=100 * k + 10 * j + int(blur), blur=blur
-                )
-                u = ((im - im.min()) / (im.max() - im.min())).astype(np.float32)
-                whole = noise_model(u, CPU, step=4)
-                banded = noise_model(u, CPU, step=4, banded=True)
-                assert banded[1:-1] == whole[1:-1]
-                level.append(banded[0] / whole[0] - 1)
-                tails.append(banded[-1] / whole[-1] - 1)
-    for rel in (np.asarray(level), np.asarray(tails)):
-        assert np.max(np.abs(rel)) <= 0.08, rel
-        assert abs(np.mean(rel)) <= 0.015, rel
-
-
-def test_the_bands_hold_half_the_rows_and_small_images_are_read_whole() -> None:
-    """A 1024-row image gives 16 bands of 34 rows, 64 apart (views, no copy); below 512
-    rows the banded model is the whole-image model, number for number."""
-    u = np.random.default_rng(3).random((1024, 700), dtype=np.float32)
-    bands = NOISE_MODULE._bands(u)
-    assert bands.shape == (16, 34, 700)
-    assert np.shares_memory(bands, u)
-    assert np.array_equal(bands[5], u[320:354])
-    small = u[:400, :400]
-    assert noise_model(small, CPU, step=4, banded=True) == noise_model(small, CPU, step=4)
-    assert noise_model(u, CPU, step=4, banded=True) != noise_model(u, CPU, step=4)

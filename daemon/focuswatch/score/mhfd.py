@@ -870,12 +870,7 @@ def mhfd_prepared(
     dtype = u.dtype.type
     if noise is None:
         noise = (
-            noise_model(
-                u,
-                backend,
-                step=_FAST_NOISE_STEP if params.decimate else 2,
-                banded=params.decimate,
-            )
+            noise_model(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
             if params.noise_k is not None
             else (0.0,) * len(NOISE_FACTORS)
         )

@@ -52,13 +52,6 @@ _CORR_STEP = 8
 _CORR_LINES = 64
 #: ...and the share of a block's pixels that may be clipped by the stretch.
 _CLIPPED_SHARE = 0.1
-#: Fast mode's noise level at binning 1 (``_bands``): bands of this many rows, one
-#: every ``_BAND_PERIOD`` rows (at every other pixel: 16 lines of responses, one of
-#: the tail factor's blocks of 32 rows, per band), on images of ``_BANDED_ROWS`` rows
-#: or more (smaller ones: every row, as exact mode).
-_BAND_ROWS = 34
-_BAND_PERIOD = 64
-_BANDED_ROWS = 512
 #: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
 #: white noise; strongly low-passed noise hides from it, and the estimate of σ
 #: would be a division by almost nothing).
@@ -77,21 +70,10 @@ def gauss_1d(n: int, sigma: float, *, real: bool) -> np.ndarray[Any, Any]:
 
 
 def _block_sums(a: Any, rows: int, cols: int) -> Any:
-    """Sums of ``a`` over blocks of ``rows × cols`` of its last two axes (a ragged last
-    row/column of blocks is dropped; leading axes, e.g. bands, are kept)."""
-    lead = a.shape[:-2]
-    nb, mb = a.shape[-2] // rows, a.shape[-1] // cols
-    blocks = a[..., : nb * rows, : mb * cols].reshape(*lead, nb, rows, mb, cols)
-    return blocks.sum(axis=(-3, -1))
-
-
-def _bands(u: Any) -> Any:
-    """Every other band of ``u``'s rows, as a stack (a view when ``u`` is contiguous):
-    ``_BAND_ROWS`` rows from every ``_BAND_PERIOD``-th on, so that the pixels each
-    band holds are sampled as densely as the whole image's (``_immerkaer`` on it sees
-    half the rows, and the same pattern of neighbours)."""
-    n = u.shape[0] // _BAND_PERIOD
-    return u[: n * _BAND_PERIOD].reshape(n, _BAND_PERIOD, u.shape[1])[:, :_BAND_ROWS]
+    """Sums of ``a`` over blocks of ``rows × cols`` (a ragged last row/column of blocks
+    is dropped)."""
+    nb, mb = a.shape[0] // rows, a.shape[1] // cols
+    return a[: nb * rows, : mb * cols].reshape(nb, rows, mb, cols).sum(axis=(1, 3))
 
 
 def noise_sigma(u: Any, backend: Backend, *, subsample: bool | int = True) -> float:
@@ -126,14 +108,12 @@ def _immerkaer(
     want = int(subsample) if not isinstance(subsample, bool) else (2 if subsample else 1)
     if want < 1:
         raise ValueError(f"subsample step must be >= 1, got {want}")
-    # A stack of bands (``_bands``) is one image of the bands' pixels: each band's
-    # responses are its own (the differences never cross from one band to the next).
-    step = want if min(u.shape[-2:]) >= 16 * want else 1
-    d = u[..., 0:-2:step] - 2 * u[..., 1:-1:step] + u[..., 2::step]
-    e = d[..., 0:-2:step, :] - 2 * d[..., 1:-1:step, :] + d[..., 2::step, :]
+    step = want if min(u.shape) >= 16 * want else 1
+    d = u[:, 0:-2:step] - 2 * u[:, 1:-1:step] + u[:, 2::step]
+    e = d[0:-2:step] - 2 * d[1:-1:step] + d[2::step]
     # Pixels clipped by the stretch (a black margin, saturated areas) carry no noise;
     # counting their zero responses would halve the estimate where half the tile is flat.
-    centre = u[..., 1:-1:step, 1:-1:step][..., : e.shape[-2], : e.shape[-1]]
+    centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
     inside = (centre > 0) & (centre < 1)
     n_inside = int(xp.count_nonzero(inside))
     if n_inside < 16:
@@ -188,17 +168,10 @@ def noise_profile(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ..
 
 
 def _profile(
-    u: Any,
-    backend: Backend,
-    *,
-    step: int,
-    first_step: int,
-    tails: bool = True,
-    banded: bool = False,
+    u: Any, backend: Backend, *, step: int, first_step: int, tails: bool = True
 ) -> tuple[tuple[float, ...], float]:
     """``noise_profile`` (``first_step`` at binning 1, ``step`` at 2) and the tail
-    factor at binning 1 (``_immerkaer``); ``banded``: binning 1 on half the rows
-    (``_bands``) of an image at least ``_BANDED_ROWS`` rows high."""
+    factor at binning 1 (``_immerkaer``)."""
     out: list[float] = []
     factor = 1.0
     v = u
@@ -209,8 +182,7 @@ def _profile(
             out.append(out[-1] if out else 0.0)
             continue
         sub = first_step if f == 1 else step if f == 2 else 1
-        w = _bands(v) if f == 1 and banded and v.shape[0] >= _BANDED_ROWS else v
-        sigma, t = _immerkaer(w, backend, subsample=sub, tails=tails and f == 1)
+        sigma, t = _immerkaer(v, backend, subsample=sub, tails=tails and f == 1)
         out.append(f * sigma)
         factor = t if f == 1 else factor
     return tuple(out), factor
@@ -305,9 +277,7 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     return tuple(out)
 
 
-def noise_model(
-    u: Any, backend: Backend, *, step: int = 2, banded: bool = False
-) -> tuple[float, ...]:
+def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
     """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
     as one flat tuple (so estimates of several blocks can be combined entry by entry):
     ``noise_profile``'s four entries, then the noise autocorrelation along x (the
@@ -317,12 +287,10 @@ def noise_model(
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
     correlations use ~``_CORR_LINES`` lines, at least ``_CORR_STEP`` apart.
-    ``banded`` (fast mode): binning 1 on every other band of rows only (``_bands``;
-    within ~1 % of the whole image's estimate on the ISBI slices, half the work).
     """
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
-    profile, tails = _profile(u, backend, step=step, first_step=2, banded=banded)
+    profile, tails = _profile(u, backend, step=step, first_step=2)
     rx = _axis_correlation(u, backend, axis=1, step=max(_CORR_STEP, u.shape[0] // _CORR_LINES))
     ry = _axis_correlation(u, backend, axis=0, step=max(_CORR_STEP, u.shape[1] // _CORR_LINES))
     return (*profile, *rx, *ry, tails)
