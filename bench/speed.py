@@ -15,10 +15,13 @@ call by call, so that load from elsewhere hits both alike: median of the per-pai
 ratios. ``--against DIR`` times this tree's modes against another checkout's
 (``DIR`` is its ``daemon`` folder), each in its own worker process on the same tile,
 alternated call by call: the median of the per-pair ratios (this / other).
-``--pairs THIS:OTHER ...`` names the mode each tree runs (default ``default:default
-fast:fast``); ``--patches`` scores the tile as the service does (``score_image``, 1024²
-patches, all cores) instead of one ``mhfd`` call. Each worker also reports its CPU
-seconds, which other jobs on the machine do not inflate as much as wall time.
+``--threads N`` (with ``--patches``) scores N patches at once instead of one per core
+(1: no two threads competing for the GIL or for memory bandwidth, the steadiest CPU
+figure on a shared machine). ``--pairs THIS:OTHER ...`` names the mode each tree runs
+(default ``default:default fast:fast``); ``--patches`` scores the tile as the service
+does (``score_image``, 1024² patches, all cores) instead of one ``mhfd`` call. Each
+worker also reports its CPU seconds, which other jobs on the machine do not inflate as
+much as wall time.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ from focuswatch.score import score_image
 from focuswatch.score.mhfd import mhfd
 backend = get_backend(sys.argv[1])
 size, mode, patches = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "patches"
+threads = int(sys.argv[5]) or None
 rng = np.random.default_rng(0)
 side = min(size, 1024)
 base = synth.to_uint(
@@ -118,7 +122,7 @@ dev = backend.xp.asarray(tile)
 sync = backend.xp.cuda.Device().synchronize if backend.is_gpu else (lambda: None)
 def run():
     if patches:
-        score_image(dev, backend=backend, mode=mode)
+        score_image(dev, backend=backend, mode=mode, threads=threads)
     else:
         mhfd(dev, backend=backend, mode=mode)
 run()
@@ -140,8 +144,10 @@ def against(
     modes: tuple[str, str],
     patches: bool,
     repeat: int,
+    threads: int | None = None,
 ) -> None:
-    """This tree's ``modes[0]`` against another checkout's ``modes[1]``, alternated."""
+    """This tree's ``modes[0]`` against another checkout's ``modes[1]``, alternated
+    (``threads``: patches at once with ``patches``; None: a core each)."""
     here = str(Path(__file__).resolve().parents[1] / "daemon")
     procs = {}
     how = "patches" if patches else "unit"
@@ -150,7 +156,7 @@ def against(
     ):
         env = {**os.environ, "PYTHONPATH": root}
         procs[name] = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, backend, str(size), mode, how],
+            [sys.executable, "-c", _WORKER, backend, str(size), mode, how, str(threads or 0)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -182,7 +188,8 @@ def against(
     mpx = size * size / 1e3
     t_this, t_other = statistics.median(times["this"]), statistics.median(times["other"])
     print(
-        f"\n{size}x{size} {how}: this tree {modes[0]} vs {other} {modes[1]}, alternated "
+        f"\n{size}x{size} {how}{f' ({threads} thread)' if threads else ''}: this tree "
+        f"{modes[0]} vs {other} {modes[1]}, alternated "
         f"x{repeat}: this {t_this:.1f} ms ({mpx / t_this:.1f} Mpx/s), other {t_other:.1f} ms "
         f"({mpx / t_other:.1f} Mpx/s) (medians); this/other {statistics.median(ratios):.3f} "
         f"(median of pairs; range {min(ratios):.2f}-{max(ratios):.2f}); CPU s per tile: "
@@ -218,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--patches", action="store_true", help="with --against: score_image (patches, as served)"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="with --against --patches: patches scored at once (default: a core each)",
+    )
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     print(machine(backend))
@@ -231,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 modes=(this_mode, other_mode or this_mode),
                 patches=args.patches,
                 repeat=args.repeat,
+                threads=args.threads,
             )
         return 0
     rng = np.random.default_rng(0)
