@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"focuswatch", "config", "backend", "statelock", "watch", "synth"},
     {"score", "tiles", "unit"},
     {"scoring", "ledger"},
-    {"executor", "calibrate", "outbox", "alarms"},
+    {"executor", "calibrate", "outbox", "alarms", "readmodel"},
     {"policy", "gpu"},
     {"judge", "worker", "alerts", "retakes", "hooks"},
     {"cluster", "status"},

@@ -1,30 +1,32 @@
 """What the console shows, read from the ledger through its own read-only connection.
 
-Every SQL statement the web pages and ``/metrics`` use is in this module, and only
-columns that the ledger's migrations create (``versions``, ``results``, ``meta``,
-``retakes``, ``alert_outbox``): when the schema changes, this is the one place to adapt.
+The queries are the ledger's (``focuswatch.readmodel``: typed, frozen answers); this
+module turns them into what the pages show (health in one line, rates, the time to
+clear the backlog, the wafer's sections) and keeps each answer until the ledger
+changes: SQLite's ``data_version`` moves when the service commits, so polls of an
+unchanged state cost one ``PRAGMA``, and a value that depends on the clock too (a
+rate over the last 5 minutes) is recomputed at most once a second.
 The connection is opened ``mode=ro``; the ledger is SQLite WAL, so these reads never
-block the service's writer, and each statement sees the latest committed state.
-The two writes the page can make (dismiss and reopen a retake entry) are
-``focuswatch.retakes``' own, through a short-lived writable connection in
-``Console.change_retake``.
+block the service's writer. The two writes the page can make (dismiss and reopen a
+retake entry) are ``focuswatch.retakes``' own, through a short-lived writable
+connection in ``Console.change_retake``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import STATES, Ledger, section_index
+from focuswatch.readmodel import EndpointState, HistoryPoint, OutboxItem, ReadModel, TileView
 from focuswatch.status import STALE_HEARTBEAT_S
 from focuswatch.text import printable
 from focuswatch.verdict import grid_cell
@@ -33,10 +35,14 @@ __all__ = [
     "VERDICTS",
     "Console",
     "Health",
-    "TileView",
+    "MapCell",
+    "Rates",
+    "clear_in",
     "expected_from_previous",
     "redact_text",
 ]
+
+T = TypeVar("T")
 
 # No new tile for this long: the Now line says the microscope may have stopped writing
 # (a warning on the page, not a /healthz failure: the service itself is fine).
@@ -85,39 +91,40 @@ class Health:
 
 
 @dataclass(frozen=True)
-class TileView:
-    """Everything the tile page shows about one version."""
+class MapCell:
+    """One tile on the wafer map: what its square shows and links to."""
 
     id: int
-    path: str
-    tile_name: str
-    section: str | None
-    row: int | None
-    col: int | None
-    #: The key of this position's history in its layout (``r3-c4``, ``mFoV 2, beam 7``).
-    position: str | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    pixel_size_um: float | None
+    name: str
+    verdict: str
     state: str
-    size: int
-    mtime_ns: int
-    superseded: bool
-    last_error: str | None
-    first_seen: float
     score: float | None
-    verdict: str | None
-    reason: str | None
-    baseline: float | None
-    defocus_um: float | None
-    patch_scores: list[list[float]] | None
-    scored_at: float | None
-    backend: str | None
-    score_ms: float | None
+    #: Score against its baseline (None before there is a baseline).
+    ratio: float | None
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Tiles per minute arriving (new versions) and scored (results) over a window."""
+
+    arrive: float
+    score: float
+
+
+def clear_in(backlog: int, arrive: float, score: float) -> str:
+    """How long the backlog takes to clear at the current rates (tiles per minute)."""
+    if backlog == 0:
+        return "nothing waiting"
+    if score <= 0.0:
+        return "not clearing: nothing scored in the last 5 minutes"
+    if score <= arrive:
+        return "not clearing: tiles arrive as fast as they are scored, or faster"
+    return f"about {_duration(backlog / (score - arrive) * 60.0)}"
 
 
 class Console:
-    """The read side of the console: one read-only ledger connection, used under a lock."""
+    """The read side of the console: one read-only ledger connection, used under a lock,
+    and each answer kept until the ledger changes."""
 
     def __init__(
         self,
@@ -132,68 +139,68 @@ class Console:
         self.clock = clock
         self.started = clock() if started is None else started
         self._ledger = Ledger.open(self.state_dir, readonly=True, clock=clock)
+        self._reads = ReadModel(self._ledger)
+        self._kept: dict[Hashable, tuple[int, Hashable, Any]] = {}
+        self._kept_lock = threading.Lock()
 
     def close(self) -> None:
         self._ledger.close()
 
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._ledger.reading() as conn:
-            return conn.execute(sql, tuple(args)).fetchall()
+    # -- answers kept per ledger change --------------------------------------------
 
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...]:
-        rows = self._rows(sql, args)
-        return rows[0] if rows else ()
+    def data_version(self) -> int:
+        """Moves whenever the service (or a dismiss) committed: what a kept answer is
+        checked against. One ``PRAGMA``, the whole cost of a poll of unchanged state."""
+        return self._reads.data_version()
+
+    def _keep(self, key: Hashable, compute: Callable[[], T], *, stamp: Hashable = None) -> T:
+        """``compute()``, or what it gave at the same data version (and ``stamp``: the
+        second, for what depends on the clock too). Reading the version before
+        computing keeps it safe: a commit in between is seen at the next call."""
+        version = self.data_version()
+        with self._kept_lock:
+            hit = self._kept.get(key)
+        if hit is not None and hit[0] == version and hit[1] == stamp:
+            return hit[2]  # type: ignore[no-any-return]
+        value = compute()
+        with self._kept_lock:
+            self._kept[key] = (version, stamp, value)
+        return value
 
     def meta(self, key: str) -> tuple[Any, float] | None:
-        row = self._one("SELECT value, updated FROM meta WHERE key = ?", (key,))
-        if not row:
-            return None
-        try:
-            return json.loads(row[0]), float(row[1])
-        except (TypeError, ValueError):
-            return None
+        return self._keep(("meta", key), lambda: self._reads.meta(key))
 
     # -- live updates --------------------------------------------------------------
 
     def generation(self) -> str:
         """Changes whenever something a page shows changed (the pages poll it)."""
-        r = self._one("SELECT max(id), count(*) FROM results")
-        v = self._one("SELECT max(id), max(updated) FROM versions")
-        t = self._one("SELECT max(updated), count(*) FROM retakes")
-        o = self._one("SELECT count(*), max(sent), max(attempts) FROM alert_outbox")
-        return json.dumps([list(r), list(v), list(t), list(o)])
+        return self._keep("generation", self._reads.generation)
 
     # -- the Now page --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
-        for state, n in self._rows(
-            "SELECT state, count(*) FROM versions WHERE superseded = 0 GROUP BY state"
-        ):
-            out[str(state)] = int(n)
-        return out
+        return dict(self._keep("counts", lambda: self._reads.state_counts(STATES)))
 
-    def rates(self, now: float, window_s: float) -> tuple[float, float]:
-        """Tiles per minute arriving (new versions) and scored (results) over the window.
+    def rates(self, now: float, window_s: float) -> Rates:
+        """Tiles per minute arriving and scored over the window.
 
         A ledger younger than the window is measured over its own age (at least a
         minute), so a rate 40 s after the first tile is not diluted by empty time.
         """
-        since = now - window_s
-        arrived = self._one("SELECT count(*) FROM versions WHERE first_seen >= ?", (since,))[0]
-        scored = self._one("SELECT count(*) FROM results WHERE scored_at >= ?", (since,))[0]
-        oldest = self._one("SELECT min(first_seen) FROM versions")
-        span = window_s
-        if oldest and oldest[0] is not None:
-            span = min(window_s, max(60.0, now - float(oldest[0])))
-        minutes = span / 60.0
-        return int(arrived) / minutes, int(scored) / minutes
+
+        def compute() -> Rates:
+            seen = self._reads.activity(now - window_s)
+            span = window_s
+            if seen.oldest_first_seen is not None:
+                span = min(window_s, max(60.0, now - seen.oldest_first_seen))
+            minutes = span / 60.0
+            return Rates(seen.arrived / minutes, seen.scored / minutes)
+
+        return self._keep(("rates", window_s), compute, stamp=int(now))
 
     def last_tile(self) -> tuple[str, float] | None:
-        row = self._one(
-            "SELECT tile_name, first_seen FROM versions ORDER BY first_seen DESC LIMIT 1"
-        )
-        return (printable(str(row[0])), float(row[1])) if row else None
+        last = self._keep("last_tile", self._reads.last_tile)
+        return None if last is None else (printable(last.name), last.first_seen)
 
     def alarms(self) -> list[alarm_state.Alarm]:
         """The alarms that last, as the service last wrote them (``focuswatch.alarms``)."""
@@ -201,7 +208,12 @@ class Console:
         return [] if stored is None else alarm_state.from_meta(stored[0])
 
     def alerts_waiting(self) -> int:
-        return int(self._one("SELECT count(*) FROM alert_outbox WHERE sent IS NULL")[0])
+        return self._keep("alerts_waiting", self._reads.alerts_waiting)
+
+    def backlog(self, counts: dict[str, int] | None = None) -> int:
+        """Tiles recorded but not judged yet (seen, ready, handed to the workers)."""
+        c = self.counts() if counts is None else counts
+        return c["seen"] + c["ready"] + c["scoring"]
 
     def health(self, now: float | None = None) -> Health:
         """200 or 503 for ``/healthz``, and the Now page's first line."""
@@ -223,13 +235,12 @@ class Console:
         for a in alarms:
             told = f"{a.line} (since {_duration(now - a.since)})"
             (problems if a.name.unhealthy else warnings).append(told)
-        counts = self.counts()
-        backlog = counts["seen"] + counts["ready"] + counts["scoring"]
-        arrive5, score5 = self.rates(now, 300.0)
+        backlog = self.backlog()
+        r5 = self.rates(now, 300.0)
         behind = alarm_state.AlarmName.BEHIND in names
-        if not behind and backlog > 0 and arrive5 > score5 * 1.1 and arrive5 > 0:
+        if not behind and backlog > 0 and r5.arrive > r5.score * 1.1 and r5.arrive > 0:
             warnings.append(
-                f"scoring falls behind: {arrive5:.1f} tiles/min arrive, {score5:.1f} scored"
+                f"scoring falls behind: {r5.arrive:.1f} tiles/min arrive, {r5.score:.1f} scored"
             )
         last = self.last_tile()
         stalled = alarm_state.AlarmName.STALL in names
@@ -247,15 +258,8 @@ class Console:
     def now_view(self) -> dict[str, Any]:
         now = self.clock()
         counts = self.counts()
-        backlog = counts["seen"] + counts["ready"] + counts["scoring"]
-        arrive5, score5 = self.rates(now, 300.0)
-        arrive60, score60 = self.rates(now, 3600.0)
-        if backlog == 0:
-            clear = "nothing waiting"
-        elif score5 > arrive5:
-            clear = f"about {_duration(backlog / (score5 - arrive5) * 60.0)}"
-        else:
-            clear = "not clearing: tiles arrive as fast as they are scored, or faster"
+        backlog = self.backlog(counts)
+        r5, r60 = self.rates(now, 300.0), self.rates(now, 3600.0)
         executor = self.meta("executor")
         desc = executor[0] if executor is not None and isinstance(executor[0], dict) else {}
         service = self.meta("service")
@@ -270,20 +274,18 @@ class Console:
             "last_tile": None if last is None else last[0],
             "last_tile_ago": None if last is None else _duration(now - last[1]),
             "rates": {
-                "arrive_5": arrive5,
-                "score_5": score5,
-                "arrive_60": arrive60,
-                "score_60": score60,
+                "arrive_5": r5.arrive,
+                "score_5": r5.score,
+                "arrive_60": r60.arrive,
+                "score_60": r60.score,
             },
             "counts": counts,
             "backlog": backlog,
-            "clear_in": clear,
+            "clear_in": clear_in(backlog, r5.arrive, r5.score),
             "backend": str(desc.get("backend", "unknown")),
             "workers": desc.get("workers"),
             "executor": {str(k): printable(str(v)) for k, v in desc.items()},
-            "array_backend": self._one(
-                "SELECT backend FROM results WHERE backend IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ),
+            "array_backend": self._keep("array_backend", self._reads.last_array_backend),
             "alerts_waiting": self.alerts_waiting(),
             "pid": None if service is None else service[0].get("pid"),
             "uptime": _duration(now - self.started),
@@ -294,35 +296,33 @@ class Console:
     # -- the wafer map -------------------------------------------------------------
 
     def wafer(self) -> dict[str, Any]:
-        """Sections in order, each a grid of positions with the current verdict there."""
-        rows = self._rows(
-            "SELECT v.id, v.section, v.section_index, v.row, v.col, v.position, v.tile_name, "
-            "v.state, r.verdict, r.score, r.baseline FROM versions v "
-            "LEFT JOIN results r ON r.version_id = v.id WHERE v.superseded = 0 ORDER BY v.id"
-        )
+        """Sections in order, each a grid of positions with the current verdict there;
+        each section's ``key`` (hashable) changes when anything its figure shows does."""
+        return self._keep("wafer", self._wafer)
+
+    def _wafer(self) -> dict[str, Any]:
         sections: dict[str, dict[str, Any]] = {}
         max_row = max_col = 0
-        for vid, sec, sec_i, row, col, position, name, state, verdict, score, baseline in rows:
-            key = sec if sec is not None else ""
+        for t in self._reads.wafer_cells():
+            key = t.section if t.section is not None else ""
             s = sections.setdefault(
                 key,
-                {"name": key or "(no section)", "index": sec_i, "cells": {}, "other": []},
+                {"name": key or "(no section)", "index": t.section_index, "cells": {}, "other": []},
             )
-            kind = verdict if verdict in VERDICTS else "pending"
             ratio = None
-            if score is not None and baseline:
-                ratio = float(score) / float(baseline)
-            cell = {
-                "id": int(vid),
-                "name": printable(str(name)),
-                "verdict": kind,
-                "state": state,
-                "score": score,
-                "ratio": ratio,
-            }
-            at = (int(row), int(col)) if row is not None and col is not None else None
-            if at is None and position is not None:
-                at = grid_cell(str(position))  # mFoV × beam, grid × tile
+            if t.score is not None and t.baseline:
+                ratio = t.score / t.baseline
+            cell = MapCell(
+                id=t.id,
+                name=printable(t.name),
+                verdict=t.verdict if t.verdict in VERDICTS else "pending",
+                state=t.state,
+                score=t.score,
+                ratio=ratio,
+            )
+            at = (t.row, t.col) if t.row is not None and t.col is not None else None
+            if at is None and t.position is not None:
+                at = grid_cell(t.position)  # mFoV × beam, grid × tile
             if at is None:
                 s["other"].append(cell)
                 continue
@@ -336,63 +336,27 @@ class Console:
         for s, expected in zip(ordered, self._expected(ordered), strict=True):
             cells = list(s["cells"].values()) + s["other"]
             s["seen"] = len(cells)
-            s["judged"] = sum(1 for c in cells if c["verdict"] != "pending")
-            s["bad"] = sum(
-                1 for c in cells if c["verdict"] in ("out_of_focus", "partly_out_of_focus")
-            )
+            s["judged"] = sum(1 for c in cells if c.verdict != "pending")
+            s["bad"] = sum(1 for c in cells if c.verdict in _RETAKE_VERDICTS)
             s["expected"] = expected
+            s["key"] = (
+                s["name"],
+                expected,
+                tuple(sorted(s["cells"].items())),
+                tuple(s["other"]),
+            )
         return {"sections": ordered, "rows": max_row, "cols": max_col}
 
     # -- one tile ------------------------------------------------------------------
 
     def tile(self, version_id: int) -> TileView | None:
-        row = self._one(
-            "SELECT v.id, v.path, v.tile_name, v.section, v.row, v.col, v.position, v.stage_x_um, "
-            "v.stage_y_um, v.pixel_size_um, v.state, v.size, v.mtime_ns, v.superseded, "
-            "v.last_error, v.first_seen, r.score, r.verdict, r.reason, r.baseline, "
-            "r.defocus_um, r.patch_scores, r.scored_at, r.backend, r.score_ms "
-            "FROM versions v LEFT JOIN results r ON r.version_id = v.id WHERE v.id = ?",
-            (version_id,),
-        )
-        if not row:
-            return None
-        values = list(row)
-        values[13] = bool(values[13])
-        patches = values[21]
-        try:
-            values[21] = json.loads(patches) if patches else None
-        except ValueError:
-            values[21] = None
-        return TileView(*values)
+        return self._reads.tile(version_id)
 
-    def working_distance_um(self, version_id: int) -> float | None:
-        """As recorded with the result (migration 3's column; None before it)."""
-        try:
-            row = self._one("SELECT working_distance_um FROM versions WHERE id = ?", (version_id,))
-        except sqlite3.OperationalError:
-            return None
-        return None if not row or row[0] is None else float(row[0])
-
-    def history(self, position: str) -> list[dict[str, Any]]:
+    def history(self, position: str) -> list[HistoryPoint]:
         """Score and baseline of this position in every section (latest version of each)."""
-        found = self._rows(
-            "SELECT v.id, v.section, v.section_index, r.score, r.baseline, r.verdict "
-            "FROM versions v JOIN results r ON r.version_id = v.id "
-            "WHERE v.position = ? AND v.superseded = 0 "
-            "ORDER BY v.section_index, v.id",
-            (position,),
-        )
-        by_section: dict[Any, dict[str, Any]] = {}
-        for vid, sec, sec_i, score, baseline, verdict in found:
-            by_section[sec] = {
-                "id": int(vid),
-                "section": printable(str(sec)) if sec is not None else "",
-                "index": sec_i,
-                "score": None if score is None else float(score),
-                "baseline": None if baseline is None else float(baseline),
-                "verdict": verdict or "pending",
-            }
-        return sorted(by_section.values(), key=lambda h: (h["index"] is None, h["index"] or 0))
+        return [
+            replace(h, section=printable(h.section)) for h in self._reads.position_history(position)
+        ]
 
     # -- retakes -------------------------------------------------------------------
 
@@ -407,7 +371,7 @@ class Console:
         return items
 
     def retake_sections(self) -> list[str]:
-        found = [str(r[0]) for r in self._rows("SELECT DISTINCT section FROM retakes")]
+        found = self._reads.retake_sections()
         return sorted(found, key=lambda s: (section_index(s) is None, section_index(s) or 0, s))
 
     def retake_histories(self) -> dict[int, list[retake_list.RetakeEvent]]:
@@ -443,88 +407,46 @@ class Console:
 
     # -- alerts --------------------------------------------------------------------
 
-    def alerts(self, *, limit: int = 200) -> list[dict[str, Any]]:
+    def alerts(self, *, limit: int = 200) -> list[OutboxItem]:
         """The outbox, newest first; URLs in errors redacted (they may hold secrets)."""
-        rows = self._rows(
-            "SELECT id, kind, section, title, created, attempts, next_attempt, sent, last_error "
-            "FROM alert_outbox ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        keys = ("id", "kind", "section", "title", "created", "attempts", "next_attempt", "sent")
-        out = []
-        for r in rows:
-            item = dict(zip(keys, r[:8], strict=True))
-            item["title"] = printable(str(item["title"]))
-            item["last_error"] = redact_text(r[8])
-            out.append(item)
-        return out
+        return [
+            replace(a, title=printable(a.title), last_error=redact_text(a.last_error))
+            for a in self._reads.outbox(limit=limit)
+        ]
 
-    def endpoints(self) -> list[dict[str, Any]]:
+    def endpoints(self) -> list[EndpointState]:
         """Per alert endpoint (its redacted name, as the outbox stores it): delivered,
-        waiting, the latest error and last delivery. Empty before migration 3's
-        ``alert_deliveries`` (or with no endpoint configured)."""
-        try:
-            rows = self._rows(
-                "SELECT endpoint_name, sum(sent IS NOT NULL), sum(sent IS NULL), max(sent), "
-                "min(CASE WHEN sent IS NULL THEN next_attempt END) "
-                "FROM alert_deliveries GROUP BY endpoint ORDER BY endpoint_name"
-            )
-            errors = dict(
-                self._rows(
-                    "SELECT endpoint_name, last_error FROM alert_deliveries "
-                    "WHERE sent IS NULL AND last_error IS NOT NULL ORDER BY next_attempt"
-                )
-            )
-        except sqlite3.OperationalError:  # an older schema: no per-endpoint table
-            return []
-        keys = ("endpoint", "sent", "waiting", "last_sent", "next_attempt")
-        out = []
-        for r in rows:
-            item = dict(zip(keys, r, strict=True))
+        waiting, the latest error and last delivery (empty with no endpoint)."""
+
+        def compute() -> list[EndpointState]:
             # Stored redacted by the outbox (apprise's privacy form); a password that
             # slipped through is masked here as well.
-            item["endpoint"] = _USERINFO.sub(r"://\1:***@", printable(str(item["endpoint"])))
-            item["last_error"] = redact_text(errors.get(r[0]))
-            out.append(item)
-        return out
+            return [
+                replace(
+                    e,
+                    endpoint=_USERINFO.sub(r"://\1:***@", printable(e.endpoint)),
+                    last_error=redact_text(e.last_error),
+                )
+                for e in self._reads.endpoints()
+            ]
+
+        return list(self._keep("endpoints", compute))
 
     # -- metrics -------------------------------------------------------------------
 
     def verdict_counts(self) -> dict[str, int]:
-        out = dict.fromkeys(VERDICTS[:-1], 0)
-        for verdict, n in self._rows(
-            "SELECT r.verdict, count(*) FROM results r JOIN versions v ON v.id = r.version_id "
-            "WHERE v.superseded = 0 GROUP BY r.verdict"
-        ):
-            out[str(verdict)] = int(n)
-        return out
+        return dict(self._keep("verdict_counts", lambda: self._reads.verdict_counts(VERDICTS[:-1])))
 
     def histogram(self, which: str) -> tuple[list[tuple[str, float]], float, int]:
-        """Cumulative buckets, sum and count of scoring time or close→verdict time (s).
-
-        Counted by SQLite in one pass: a scrape must not carry every result of a long
-        acquisition into Python.
-        """
-        if which == "scoring":
-            value, source = "score_ms / 1000.0", "results"
-        else:
-            value, source = (
-                "r.scored_at - v.first_seen",
-                ("results r JOIN versions v ON v.id = r.version_id"),
-            )
-        counts = ", ".join(f"total(x <= {b!r})" for b in TIME_BUCKETS)
-        row = self._one(
-            f"SELECT count(x), total(x), {counts} FROM (SELECT {value} AS x FROM {source}) "
-            "WHERE x BETWEEN -1e308 AND 1e308"  # finite: neither NULL (NaN) nor infinite
+        """Cumulative buckets, sum and count of scoring time or close→verdict time (s)."""
+        h = self._keep(
+            ("histogram", which), lambda: self._reads.time_histogram(which, TIME_BUCKETS)
         )
-        n, total = int(row[0]), float(row[1])
-        buckets = [(str(b), float(c)) for b, c in zip(TIME_BUCKETS, row[2:], strict=True)]
-        buckets.append(("+Inf", float(n)))
-        return buckets, total, n
+        return list(h.buckets), h.total, h.count
 
     def newest_tile_age(self) -> float | None:
-        row = self._one("SELECT max(first_seen) FROM versions")
-        return None if not row or row[0] is None else self.clock() - float(row[0])
+        last = self.last_tile()
+        return None if last is None else self.clock() - last[1]
 
     def worker_restarts(self) -> int:
         executor = self.meta("executor")
