@@ -27,6 +27,7 @@ __all__ = [
     "HistoryPoint",
     "LastTile",
     "OutboxItem",
+    "Rates",
     "ReadModel",
     "TileView",
     "WaferCell",
@@ -49,6 +50,14 @@ class Activity:
     arrived: int
     scored: int
     oldest_first_seen: float | None
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Tiles per minute arriving (new versions) and scored (results) over a window."""
+
+    arrive: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,20 @@ class ReadModel:
         oldest = self._one("SELECT min(first_seen) FROM versions")
         first = None if not oldest or oldest[0] is None else float(oldest[0])
         return Activity(int(arrived), int(scored), first)
+
+    def rates(self, now: float, window_s: float) -> Rates:
+        """Tiles per minute arriving and scored over the window before ``now``: the one
+        rule for every throughput figure shown (the web page, ``focuswatch status``).
+
+        A ledger younger than the window is measured over its own age (at least a
+        minute), so a rate 40 s after the first tile is not diluted by empty time.
+        """
+        seen = self.activity(now - window_s)
+        span = window_s
+        if seen.oldest_first_seen is not None:
+            span = min(window_s, max(60.0, now - seen.oldest_first_seen))
+        minutes = span / 60.0
+        return Rates(seen.arrived / minutes, seen.scored / minutes)
 
     def last_tile(self) -> LastTile | None:
         row = self._one(

@@ -26,8 +26,15 @@ from typing import Any, TypeVar
 from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import STATES, Ledger, section_index
-from focuswatch.readmodel import EndpointState, HistoryPoint, OutboxItem, ReadModel, TileView
-from focuswatch.status import STALE_HEARTBEAT_S
+from focuswatch.readmodel import (
+    EndpointState,
+    HistoryPoint,
+    OutboxItem,
+    Rates,
+    ReadModel,
+    TileView,
+)
+from focuswatch.status import EXECUTOR_OWN_RATES, STALE_HEARTBEAT_S
 from focuswatch.text import printable
 from focuswatch.verdict import grid_cell
 
@@ -36,7 +43,6 @@ __all__ = [
     "Console",
     "Health",
     "MapCell",
-    "Rates",
     "clear_in",
     "expected_from_previous",
     "redact_text",
@@ -101,14 +107,6 @@ class MapCell:
     score: float | None
     #: Score against its baseline (None before there is a baseline).
     ratio: float | None
-
-
-@dataclass(frozen=True)
-class Rates:
-    """Tiles per minute arriving (new versions) and scored (results) over a window."""
-
-    arrive: float
-    score: float
 
 
 def clear_in(backlog: int, arrive: float, score: float) -> str:
@@ -182,21 +180,10 @@ class Console:
         return dict(self._keep("counts", lambda: self._reads.state_counts(STATES)))
 
     def rates(self, now: float, window_s: float) -> Rates:
-        """Tiles per minute arriving and scored over the window.
-
-        A ledger younger than the window is measured over its own age (at least a
-        minute), so a rate 40 s after the first tile is not diluted by empty time.
-        """
-
-        def compute() -> Rates:
-            seen = self._reads.activity(now - window_s)
-            span = window_s
-            if seen.oldest_first_seen is not None:
-                span = min(window_s, max(60.0, now - seen.oldest_first_seen))
-            minutes = span / 60.0
-            return Rates(seen.arrived / minutes, seen.scored / minutes)
-
-        return self._keep(("rates", window_s), compute, stamp=int(now))
+        """Tiles per minute arriving and scored over the window (``ReadModel.rates``)."""
+        return self._keep(
+            ("rates", window_s), lambda: self._reads.rates(now, window_s), stamp=int(now)
+        )
 
     def last_tile(self) -> tuple[str, float] | None:
         last = self._keep("last_tile", self._reads.last_tile)
@@ -284,7 +271,11 @@ class Console:
             "clear_in": clear_in(backlog, r5.arrive, r5.score),
             "backend": str(desc.get("backend", "unknown")),
             "workers": desc.get("workers"),
-            "executor": {str(k): printable(str(v)) for k, v in desc.items()},
+            "executor": {
+                str(k): _USERINFO.sub(r"://\1:***@", printable(str(v)))
+                for k, v in desc.items()
+                if k not in EXECUTOR_OWN_RATES
+            },
             "array_backend": self._keep("array_backend", self._reads.last_array_backend),
             "alerts_waiting": self.alerts_waiting(),
             "pid": None if service is None else service[0].get("pid"),
