@@ -684,3 +684,25 @@ def test_status_and_the_now_page_say_the_same_rates_in_local_time_with_its_zone(
     zone = time.strftime("%Z", time.localtime(805.0))
     assert f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(805.0))} {zone}" in text
     assert view["zone"].startswith(time.strftime("%Z", time.localtime(1000.0)))
+
+
+def test_the_sample_grafana_dashboard_draws_every_metric_and_only_served_ones(
+    console_service: MakeConsole,
+) -> None:
+    import json
+
+    cs = console_service()
+    _, _, body = fetch(cs.url + "metrics")
+    served = set(re.findall(r"^# TYPE (\w+) ", body.decode(), re.M))
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "docs" / "grafana-focuswatch.json").read_text("utf-8")
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    named = {
+        re.sub(r"_(bucket|sum|count)$", "", m)
+        for e in exprs
+        for m in re.findall(r"\bfocuswatch_\w+", e)
+    }
+    assert named - served == set()  # no panel asks for a metric that does not exist
+    assert served - named == set()  # and every metric has its panel
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
