@@ -139,6 +139,7 @@ def test_now_page_and_healthz_say_healthy_with_a_fresh_heartbeat(
     assert "local" in html  # the executor's backend as the service described it
     assert "time to clear: nothing waiting" in html
     assert "built-in" not in html
+    assert '<p class="sub">array library: fake</p>' in html  # what the results were scored with
 
 
 def test_now_line_warns_when_no_tile_arrived_for_half_an_hour(

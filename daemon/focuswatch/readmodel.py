@@ -177,23 +177,27 @@ class ReadModel:
         """Moves whenever another connection committed since the last call's value."""
         return int(self._one("PRAGMA data_version")[0])
 
-    def meta(self, key: str) -> tuple[Any, float] | None:
-        """A ``meta`` value (decoded JSON) and when it was written; None if absent or bad."""
-        row = self._one("SELECT value, updated FROM meta WHERE key = ?", (key,))
-        if not row:
-            return None
-        try:
-            return json.loads(row[0]), float(row[1])
-        except (TypeError, ValueError):
-            return None
+    def all_meta(self) -> dict[str, tuple[Any, float]]:
+        """Every ``meta`` value (decoded JSON) with when it was written, in one query
+        (one that does not decode is left out)."""
+        out = {}
+        for key, value, updated in self._rows("SELECT key, value, updated FROM meta"):
+            try:
+                out[str(key)] = (json.loads(value), float(updated))
+            except (TypeError, ValueError):
+                continue
+        return out
 
     def generation(self) -> str:
         """Changes whenever something a page shows changed (not the heartbeat)."""
-        r = self._one("SELECT max(id), count(*) FROM results")
-        v = self._one("SELECT max(id), max(updated) FROM versions")
-        t = self._one("SELECT max(updated), count(*) FROM retakes")
-        o = self._one("SELECT count(*), max(sent), max(attempts) FROM alert_outbox")
-        return json.dumps([list(r), list(v), list(t), list(o)])
+        row = self._one(
+            "SELECT (SELECT max(id) FROM results), (SELECT count(*) FROM results), "
+            "(SELECT max(id) FROM versions), (SELECT max(updated) FROM versions), "
+            "(SELECT max(updated) FROM retakes), (SELECT count(*) FROM retakes), "
+            "(SELECT count(*) FROM alert_outbox), (SELECT max(sent) FROM alert_outbox), "
+            "(SELECT max(attempts) FROM alert_outbox)"
+        )
+        return json.dumps(list(row))
 
     def state_counts(self, states: Sequence[str]) -> dict[str, int]:
         """Current (not superseded) versions per state, every one of ``states`` listed."""
@@ -205,10 +209,13 @@ class ReadModel:
         return out
 
     def activity(self, since: float) -> Activity:
-        arrived = self._one("SELECT count(*) FROM versions WHERE first_seen >= ?", (since,))[0]
-        scored = self._one("SELECT count(*) FROM results WHERE scored_at >= ?", (since,))[0]
-        oldest = self._one("SELECT min(first_seen) FROM versions")
-        first = None if not oldest or oldest[0] is None else float(oldest[0])
+        arrived, scored, oldest = self._one(
+            "SELECT (SELECT count(*) FROM versions WHERE first_seen >= ?), "
+            "(SELECT count(*) FROM results WHERE scored_at >= ?), "
+            "(SELECT min(first_seen) FROM versions)",
+            (since, since),
+        )
+        first = None if oldest is None else float(oldest)
         return Activity(int(arrived), int(scored), first)
 
     def rates(self, now: float, window_s: float) -> Rates:

@@ -41,6 +41,7 @@ from focuswatch.verdict import grid_cell
 __all__ = [
     "VERDICTS",
     "Console",
+    "Facts",
     "Health",
     "MapCell",
     "clear_in",
@@ -109,6 +110,18 @@ class MapCell:
     ratio: float | None
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What the Now page, ``/healthz`` and ``/metrics`` read, at one ledger version."""
+
+    counts: dict[str, int]
+    last_tile: tuple[str, float] | None
+    meta: dict[str, tuple[Any, float]]
+    alerts_waiting: int
+    array_backend: str | None
+    generation: str
+
+
 def clear_in(backlog: int, arrive: float, score: float) -> str:
     """How long the backlog takes to clear at the current rates (tiles per minute)."""
     if backlog == 0:
@@ -165,19 +178,36 @@ class Console:
             self._kept[key] = (version, stamp, value)
         return value
 
+    def facts(self) -> Facts:
+        """The small figures, read together once per ledger version (a poll of an
+        unchanged ledger reads none of them again)."""
+
+        def compute() -> Facts:
+            last = self._reads.last_tile()
+            return Facts(
+                counts=self._reads.state_counts(STATES),
+                last_tile=None if last is None else (printable(last.name), last.first_seen),
+                meta=self._reads.all_meta(),
+                alerts_waiting=self._reads.alerts_waiting(),
+                array_backend=self._reads.last_array_backend(),
+                generation=self._reads.generation(),
+            )
+
+        return self._keep("facts", compute)
+
     def meta(self, key: str) -> tuple[Any, float] | None:
-        return self._keep(("meta", key), lambda: self._reads.meta(key))
+        return self.facts().meta.get(key)
 
     # -- live updates --------------------------------------------------------------
 
     def generation(self) -> str:
         """Changes whenever something a page shows changed (the pages poll it)."""
-        return self._keep("generation", self._reads.generation)
+        return self.facts().generation
 
     # -- the Now page --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        return dict(self._keep("counts", lambda: self._reads.state_counts(STATES)))
+        return dict(self.facts().counts)
 
     def rates(self, now: float, window_s: float) -> Rates:
         """Tiles per minute arriving and scored over the window (``ReadModel.rates``)."""
@@ -186,28 +216,28 @@ class Console:
         )
 
     def last_tile(self) -> tuple[str, float] | None:
-        last = self._keep("last_tile", self._reads.last_tile)
-        return None if last is None else (printable(last.name), last.first_seen)
+        return self.facts().last_tile
 
-    def alarms(self) -> list[alarm_state.Alarm]:
+    def alarms(self, facts: Facts | None = None) -> list[alarm_state.Alarm]:
         """The alarms that last, as the service last wrote them (``focuswatch.alarms``)."""
-        stored = self.meta(alarm_state.META_KEY)
+        stored = (facts or self.facts()).meta.get(alarm_state.META_KEY)
         return [] if stored is None else alarm_state.from_meta(stored[0])
 
     def alerts_waiting(self) -> int:
-        return self._keep("alerts_waiting", self._reads.alerts_waiting)
+        return self.facts().alerts_waiting
 
     def backlog(self, counts: dict[str, int] | None = None) -> int:
         """Tiles recorded but not judged yet (seen, ready, handed to the workers)."""
         c = self.counts() if counts is None else counts
         return c["seen"] + c["ready"] + c["scoring"]
 
-    def health(self, now: float | None = None) -> Health:
+    def health(self, now: float | None = None, facts: Facts | None = None) -> Health:
         """200 or 503 for ``/healthz``, and the Now page's first line."""
         now = self.clock() if now is None else now
+        f = self.facts() if facts is None else facts
         problems: list[str] = []
         warnings: list[str] = []
-        beat = self.meta("heartbeat")
+        beat = f.meta.get("heartbeat")
         if beat is None:
             problems.append("the service has written no heartbeat yet")
         elif now - beat[1] > STALE_HEARTBEAT_S:
@@ -217,19 +247,19 @@ class Console:
             )
         if not os.access(self.state_dir, os.W_OK):
             problems.append(f"the state folder {self.state_dir} is not writable")
-        alarms = self.alarms()
+        alarms = self.alarms(f)
         names = {a.name for a in alarms}
         for a in alarms:
             told = f"{a.line} (since {_duration(now - a.since)})"
             (problems if a.name.unhealthy else warnings).append(told)
-        backlog = self.backlog()
+        backlog = self.backlog(f.counts)
         r5 = self.rates(now, 300.0)
         behind = alarm_state.AlarmName.BEHIND in names
         if not behind and backlog > 0 and r5.arrive > r5.score * 1.1 and r5.arrive > 0:
             warnings.append(
                 f"scoring falls behind: {r5.arrive:.1f} tiles/min arrive, {r5.score:.1f} scored"
             )
-        last = self.last_tile()
+        last = f.last_tile
         stalled = alarm_state.AlarmName.STALL in names
         if not stalled and last is not None and now - last[1] > QUIET_WARNING_S:
             warnings.append(
@@ -244,19 +274,20 @@ class Console:
 
     def now_view(self) -> dict[str, Any]:
         now = self.clock()
-        counts = self.counts()
+        f = self.facts()
+        counts = dict(f.counts)
         backlog = self.backlog(counts)
         r5, r60 = self.rates(now, 300.0), self.rates(now, 3600.0)
-        executor = self.meta("executor")
+        executor = f.meta.get("executor")
         desc = executor[0] if executor is not None and isinstance(executor[0], dict) else {}
-        service = self.meta("service")
-        last = self.last_tile()
+        service = f.meta.get("service")
+        last = f.last_tile
         local = time.localtime(now)
         return {
-            "health": self.health(now),
+            "health": self.health(now, f),
             "alarms": [
                 {"name": str(a.name), "line": a.line, "since": a.since, "bad": a.name.unhealthy}
-                for a in self.alarms()
+                for a in self.alarms(f)
             ],
             "last_tile": None if last is None else last[0],
             "last_tile_ago": None if last is None else _duration(now - last[1]),
@@ -276,8 +307,8 @@ class Console:
                 for k, v in desc.items()
                 if k not in EXECUTOR_OWN_RATES
             },
-            "array_backend": self._keep("array_backend", self._reads.last_array_backend),
-            "alerts_waiting": self.alerts_waiting(),
+            "array_backend": f.array_backend,
+            "alerts_waiting": f.alerts_waiting,
             "pid": None if service is None else service[0].get("pid"),
             "uptime": _duration(now - self.started),
             "local_time": time.strftime("%Y-%m-%d %H:%M:%S", local),
