@@ -209,6 +209,11 @@ def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
     endpoint = re.search(rb'<table id="endpoints">.*?<code>(json://[^<]*)</code>', body, re.S)
     assert endpoint is not None  # the endpoint named, redacted (checked below)
     assert b"out of focus" in body.lower()
+    # Each alert says to which endpoint it went or waits: here the refusing one, waiting.
+    to = re.findall(rb'<span class="delivery" data-sent="(yes|no)"><code>([^<]*)</code>', body)
+    assert to
+    assert {name for _, name in to} == {endpoint.group(1)}
+    assert {sent for sent, _ in to} == {b"no"}
     for page in ("", "alerts", "metrics", "api/generation", "retakes.json", "retakes.csv"):
         _, _, body = fetch(cs.url + page)
         assert SECRET.encode() not in body, page

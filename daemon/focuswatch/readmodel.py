@@ -22,6 +22,7 @@ from focuswatch.ledger import Ledger
 
 __all__ = [
     "Activity",
+    "Delivery",
     "EndpointState",
     "Histogram",
     "HistoryPoint",
@@ -133,6 +134,16 @@ class OutboxItem:
     created: float
     attempts: int
     next_attempt: float
+    sent: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One alert's delivery to one endpoint (``sent`` None: not taken yet)."""
+
+    endpoint: str
+    attempts: int
     sent: float | None
     last_error: str | None
 
@@ -340,6 +351,27 @@ class ReadModel:
             )
             for r in rows
         ]
+
+    def deliveries(self, *, limit: int) -> dict[int, list[Delivery]]:
+        """Each of the newest ``limit`` alerts' deliveries (by outbox id), per endpoint
+        by its redacted name, in endpoint order."""
+        rows = self._rows(
+            "SELECT outbox_id, endpoint_name, attempts, sent, last_error FROM alert_deliveries "
+            "WHERE outbox_id IN (SELECT id FROM alert_outbox ORDER BY id DESC LIMIT ?) "
+            "ORDER BY outbox_id, endpoint_name",
+            (limit,),
+        )
+        out: dict[int, list[Delivery]] = {}
+        for outbox_id, name, attempts, sent, error in rows:
+            out.setdefault(int(outbox_id), []).append(
+                Delivery(
+                    endpoint=str(name),
+                    attempts=int(attempts),
+                    sent=None if sent is None else float(sent),
+                    last_error=None if error is None else str(error),
+                )
+            )
+        return out
 
     def endpoints(self) -> list[EndpointState]:
         """Per alert endpoint, by the redacted name the outbox stored."""

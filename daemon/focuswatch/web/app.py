@@ -452,6 +452,7 @@ def build_app(
             title="Alerts",
             waiting=waiting,
             sent=sent,
+            deliveries=console.deliveries(),
             endpoints=console.endpoints(),
             live="changes",
         )

@@ -27,6 +27,7 @@ from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import STATES, Ledger, section_index
 from focuswatch.readmodel import (
+    Delivery,
     EndpointState,
     HistoryPoint,
     OutboxItem,
@@ -62,6 +63,11 @@ TIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 6
 
 
 _USERINFO = re.compile(r"://([^:/@\s]*):([^@/\s]+)@")
+
+
+def _mask_userinfo(text: str) -> str:
+    """A URL's password masked, the rest kept (a redacted endpoint name, an address)."""
+    return _USERINFO.sub(r"://\1:***@", printable(text))
 
 
 def redact_text(text: str | None) -> str:
@@ -303,7 +309,7 @@ class Console:
             "backend": str(desc.get("backend", "unknown")),
             "workers": desc.get("workers"),
             "executor": {
-                str(k): _USERINFO.sub(r"://\1:***@", printable(str(v)))
+                str(k): _mask_userinfo(str(v))
                 for k, v in desc.items()
                 if k not in EXECUTOR_OWN_RATES
             },
@@ -436,6 +442,18 @@ class Console:
             for a in self._reads.outbox(limit=limit)
         ]
 
+    def deliveries(self, *, limit: int = 200) -> dict[int, list[Delivery]]:
+        """To which endpoint each of the newest alerts went (or waits), redacted."""
+        return {
+            outbox_id: [
+                replace(
+                    d, endpoint=_mask_userinfo(d.endpoint), last_error=redact_text(d.last_error)
+                )
+                for d in found
+            ]
+            for outbox_id, found in self._reads.deliveries(limit=limit).items()
+        }
+
     def endpoints(self) -> list[EndpointState]:
         """Per alert endpoint (its redacted name, as the outbox stores it): delivered,
         waiting, the latest error and last delivery (empty with no endpoint)."""
@@ -446,7 +464,7 @@ class Console:
             return [
                 replace(
                     e,
-                    endpoint=_USERINFO.sub(r"://\1:***@", printable(e.endpoint)),
+                    endpoint=_mask_userinfo(e.endpoint),
                     last_error=redact_text(e.last_error),
                 )
                 for e in self._reads.endpoints()
