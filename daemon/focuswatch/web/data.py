@@ -135,7 +135,11 @@ def clear_in(backlog: int, arrive: float, score: float) -> str:
     if score <= 0.0:
         return "not clearing: nothing scored in the last 5 minutes"
     if score <= arrive:
-        return "not clearing: tiles arrive as fast as they are scored, or faster"
+        # All at once (a wafer copied in) also reads so: say what scoring alone needs.
+        return (
+            f"not clearing: tiles arrive as fast as they are scored, or faster; "
+            f"{_duration(backlog / score * 60.0)} of scoring if no more arrive"
+        )
     return f"about {_duration(backlog / (score - arrive) * 60.0)}"
 
 
