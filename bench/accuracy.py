@@ -46,17 +46,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
+import isbi
 from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import score_image
@@ -133,11 +132,8 @@ def series(
 
 
 def main(argv: list[str] | None = None) -> int:
-    default_isbi = os.environ.get(
-        "FOCUSWATCH_ISBI_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/isbi2012")
-    )
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--isbi", default=default_isbi, help="folder of ISBI 2012 slices")
+    ap.add_argument("--isbi", default=str(isbi.default_dir()), help="folder of ISBI 2012 slices")
     ap.add_argument("--slices", type=int, default=30)
     ap.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -149,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     try:
-        slices = synth.load_isbi(args.isbi)[: args.slices]
+        slices = isbi.load(args.isbi)[: args.slices]
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2

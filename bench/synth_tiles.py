@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
                         image,
                         row=1,
                         col=1,
-                        section="000",
                         stage_x_um=0.0,
                         stage_y_um=0.0,
                         compression=compression,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pickle
 import random
 import re
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+import isbi
 from focuswatch import policy, synth
 from focuswatch.choices import DEFAULT_MODE, MODES
 from focuswatch.config import PolicyConfig
@@ -115,7 +115,7 @@ def _positions(size: int, rows: int, cols: int, tile: int) -> list[tuple[int, in
 
 def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
     """Write the ISBI serial-section wafer(s), one per dose; see the module docstring."""
-    slices = synth.load_isbi(args.isbi)[: args.sections]
+    slices = isbi.load(args.isbi)[: args.sections]
     big = [np.kron(s, np.ones((2, 2), np.float32)) for s in slices]
     size = big[0].shape[0]
     positions = _positions(size, args.rows, args.cols, args.size)
@@ -184,7 +184,6 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 synth.to_uint(img, 8),
                 row=row,
                 col=c,
-                section=section,
                 stage_x_um=100.0 * c,
                 stage_y_um=100.0 * row,
             )
@@ -357,13 +356,8 @@ def _astig_named(reason: str, angle: float | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    here = Path(__file__).resolve()
-    near = [up / "shared/data/isbi2012" for up in here.parents[1:4]]  # a checkout or worktree
-    default_isbi = os.environ.get(
-        "FOCUSWATCH_ISBI_DIR", str(next((d for d in near if d.is_dir()), near[1]))
-    )
     p.add_argument("--wafer", default="serial", choices=["serial", "synth"])
-    p.add_argument("--isbi", default=default_isbi, help="folder of ISBI 2012 slices")
+    p.add_argument("--isbi", default=str(isbi.default_dir()), help="folder of ISBI 2012 slices")
     p.add_argument("--sections", type=int, default=30)
     p.add_argument("--rows", type=int, default=3)
     p.add_argument("--cols", type=int, default=3)

@@ -1,7 +1,8 @@
 """Fixtures shared by the whole test suite.
 
-* ``isbi_dir``: the folder of real ISBI 2012 EM slices (``0.png`` ... ``29.png``);
-  tests that use it skip, saying why, where the data is not checked out.
+* ``isbi_dir``, ``isbi_slices``: the folder of real ISBI 2012 EM slices (``0.png`` ...
+  ``29.png``) and the slices loaded once; tests that use them skip, saying why,
+  where the data is not checked out.
 * ``tmp_wafer``: writes a small synthetic ATLAS wafer (real TIFF files with
   FibicsXML) and returns ``(folder, tiles)`` with the truth for every tile.
 * ``synth_tile``: writes one synthetic tile with a chosen defocus.
@@ -11,7 +12,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import structlog
 
+import isbi
 from browser import chromium  # noqa: F401  (a fixture: headless Chromium)
 from focuswatch import synth
 from servicekit import make_service  # noqa: F401  (a fixture: the service in-process)
@@ -40,19 +41,22 @@ def fresh_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-def isbi_path() -> Path:
-    """Where the ISBI slices are: ``$FOCUSWATCH_ISBI_DIR`` or ``<repo>/../shared/data/isbi2012``."""
-    env = os.environ.get("FOCUSWATCH_ISBI_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "isbi2012"
-
-
 @pytest.fixture(scope="session")
 def isbi_dir() -> Path:
     """The ISBI 2012 slices folder; skips the test when it is not there."""
-    path = isbi_path()
+    path = isbi.default_dir()
     if not (path / "0.png").is_file():
         pytest.skip(f"ISBI 2012 slices not found at {path} (set FOCUSWATCH_ISBI_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def isbi_slices(isbi_dir: Path) -> isbi.Slices:
+    """The ISBI slices, loaded once and read-only (a test that changes one copies it)."""
+    slices = isbi.load(isbi_dir)
+    for image in slices:
+        image.flags.writeable = False
+    return tuple(slices)
 
 
 TmpWafer = Callable[..., tuple[Path, list[synth.SynthTile]]]
@@ -112,7 +116,6 @@ def synth_tile(tmp_path: Path) -> SynthTileFactory:
             synth.to_uint(image, bits),
             row=1,
             col=1,
-            section="000",
             stage_x_um=100.0,
             stage_y_um=200.0,
         )

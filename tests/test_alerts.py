@@ -32,7 +32,7 @@ from focuswatch.config import AlertsConfig, Config
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
 from focuswatch.outbox import Alert
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord
 
 WAIT_S = 15.0  # every wait below is bounded by this
 SLACK_OK = "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
@@ -195,16 +195,23 @@ def rec(
         version_id=vid,
         path=path,
         tile_name=f"Tile_r{row}-c{col}_{section}",
-        section=section,
-        row=row,
-        col=col,
-        stage_x_um=1234.5,
-        stage_y_um=-567.8,
-        pixel_size_um=0.004,
+        placement=Placement(
+            section=section,
+            row=row,
+            col=col,
+            stage_x_um=1234.5,
+            stage_y_um=-567.8,
+            pixel_size_um=0.004,
+        ),
         score=140.0 if verdict.kind.needs_retake else 430.0,
         verdict=verdict,
         at=0.0,
     )
+
+
+def at_focus(r: VerdictRecord, wd_um: float) -> VerdictRecord:
+    """``r`` as taken at working distance ``wd_um``."""
+    return replace(r, placement=replace(r.placement, working_distance_um=wd_um))
 
 
 GOOD = Verdict(VerdictKind.IN_FOCUS, "score 430 (median 420)", 420.0)
@@ -502,9 +509,10 @@ def judged(ledger: Ledger, vid: int, v: Verdict) -> VerdictRecord:
     ledger.record_result(vid, verdict=v)
     t = ledger.get(vid)
     assert t.section is not None
-    assert t.row is not None
-    assert t.col is not None
-    return rec(vid, section=t.section, row=t.row, col=t.col, verdict=v)
+    row, col = t.placement.row, t.placement.col
+    assert row is not None
+    assert col is not None
+    return rec(vid, section=t.section, row=row, col=col, verdict=v)
 
 
 def test_older_section_waits_for_its_tiles_still_being_scored(tmp_path: Path) -> None:
@@ -715,7 +723,12 @@ def test_a_notifier_that_raises_is_retried_not_fatal(tmp_path: Path) -> None:
 
 def test_format_tile_alert_without_metadata() -> None:
     """A tile with no stage position or baseline still gives a readable alert."""
-    r = replace(rec(7), stage_x_um=None, stage_y_um=None, verdict=replace(BAD, baseline=None))
+    r = rec(7)
+    r = replace(
+        r,
+        placement=replace(r.placement, stage_x_um=None, stage_y_um=None),
+        verdict=replace(BAD, baseline=None),
+    )
     alert = alerts.format_tile_alert(r)
     assert "Stage X/Y: ? / ? µm" in alert.body
     assert "baseline none yet" in alert.body
@@ -1015,7 +1028,7 @@ def test_mail_is_readable_as_text_and_html_and_names_instance_retake_and_tile(
     tile = make_tile(tmp_path, "Tile_r1-c2_S_001")
     with opened(cfg, Clock()) as (ledger, sink):
         retake_id = open_retake(ledger, 1)
-        sink.on_verdict(replace(rec(1, path=str(tile)), working_distance_um=WD_UM))
+        sink.on_verdict(at_focus(rec(1, path=str(tile)), WD_UM))
         raw = inbox.get(timeout=WAIT_S)
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(msg["Subject"]).startswith("[Merlin-2] ")
@@ -1061,7 +1074,7 @@ def test_json_endpoint_gets_a_structured_payload_and_a_severity(
     clock = Clock()
     with opened(cfg, clock) as (ledger, sink):
         retake_id = open_retake(ledger, 1)
-        sink.on_verdict(replace(rec(1, path=str(tile)), working_distance_um=WD_UM))
+        sink.on_verdict(at_focus(rec(1, path=str(tile)), WD_UM))
         first = hook.posts.get(timeout=WAIT_S)
         sink.on_verdict(rec(2, row=2, col=2, verdict=partly))
         clock.now += 600
@@ -1152,7 +1165,6 @@ def test_the_service_alerts_a_real_tile_with_its_working_distance_and_retake_id(
             image,
             row=1,
             col=col,
-            section="000",
             stage_x_um=100.0 * col,
             stage_y_um=200.0,
             working_distance_um=5000.0 + col,
@@ -1472,7 +1484,13 @@ def test_tiles_known_by_name_alone_never_make_a_section_incomplete(tmp_path: Pat
             start=1,
         ):
             r = rec(vid, section=section, verdict=GOOD)
-            sink.on_verdict(dataclasses.replace(r, row=None, col=None, tile_name=name))
+            sink.on_verdict(
+                dataclasses.replace(
+                    r,
+                    placement=dataclasses.replace(r.placement, row=None, col=None),
+                    tile_name=name,
+                )
+            )
         clock.now += 31 * 60
         sink.tick(clock.now)
         assert sink.flush(WAIT_S)

@@ -30,7 +30,6 @@ def write_series(folder: Path, *, with_metadata: bool = True) -> list[Path]:
             synth.to_uint(image, 16),
             row=1,
             col=1,
-            section="000",
             stage_x_um=0.0,
             stage_y_um=0.0,
             working_distance_um=BEST + dz if with_metadata else None,

@@ -386,7 +386,7 @@ def test_send_bytes_scores_tiles_whose_path_the_worker_cannot_see(
             (2, str(paths[1])),
         ]
         assert all(o.result.score > 0 and o.result.backend == "numpy" for o in outcomes if o.result)
-        assert sorted(o.result.meta.col for o in outcomes if o.result) == [1, 2]
+        assert sorted(o.result.meta.placement.col for o in outcomes if o.result) == [1, 2]
     finally:
         ex.close()
 

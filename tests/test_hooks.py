@@ -18,7 +18,7 @@ from focuswatch.config import HooksConfig
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
 from focuswatch.policy import SECTION_WIDE
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord
 
 # A hook that writes what it was given (argv and stdin) as one JSON line to argv[1].
 RECORDER = (
@@ -39,12 +39,9 @@ def rec(
         version_id=vid,
         path=f"/wafer/{section}/{name or f'Tile_r1-c{vid}'}.tif",
         tile_name=name or f"Tile_r1-c{vid}_{section}",
-        section=section,
-        row=1,
-        col=vid,
-        stage_x_um=None,
-        stage_y_um=None,
-        pixel_size_um=None,
+        placement=Placement(
+            section=section, row=1, col=vid, stage_x_um=None, stage_y_um=None, pixel_size_um=None
+        ),
         score=140.0,
         verdict=verdict,
         at=0.0,

@@ -241,7 +241,6 @@ def test_fibics_mosaic_info_gives_a_nameless_atlas_tile_its_position(tmp_path: P
         np.zeros((32, 32), np.uint8),
         row=5,
         col=6,
-        section=3,
         stage_x_um=100.0,
         stage_y_um=200.0,
         working_distance_um=5000.0,
@@ -364,7 +363,7 @@ def test_sbemimage_stage_xyz_and_focus_reach_the_ledger(
     assert {r["position"] for r in recent} == {"grid 0, tile 0", "grid 0, tile 1", "grid 0, tile 2"}
     text = format_text(svc.ledger.status_summary() | {"state_dir": "s"})
     assert "grid 0, tile 1" in text
-    assert record.stage_z_um == 0.0
+    assert record.placement.stage_z_um == 0.0
 
 
 def test_a_multisem_retake_with_a_later_timestamp_closes_the_first(
@@ -519,9 +518,7 @@ def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
     odd = watch / "tiles" / "g0001" / "t0002"
     odd.mkdir(parents=True)
     good = Path(os.fsdecode(os.fsencode(odd) + b"/st\xe9_g0001_t0002_s00003.tif"))
-    synth.write_tile(
-        good, np.zeros((32, 32), np.uint8), row=1, col=1, section=3, stage_x_um=0, stage_y_um=0
-    )
+    synth.write_tile(good, np.zeros((32, 32), np.uint8), row=1, col=1, stage_x_um=0, stage_y_um=0)
     svc, sink = make_service(make_cfg(tmp_path))  # watch.layout: auto
     turn_until(svc, lambda: len(sink.records) == 2)
     by_path = {r.path: r for r in sink.records}
@@ -529,7 +526,7 @@ def test_an_over_long_number_in_another_layout_is_a_reason_not_a_crash(
     assert by_path[str(good)].verdict.kind.value != "unreadable"
     assert (by_path[str(good)].section, by_path[str(good)].position) == ("00003", "grid 1, tile 2")
     # Its stray FibicsXML MosaicInfo row/col does not make it an ATLAS grid tile.
-    assert (by_path[str(good)].row, by_path[str(good)].col) == (None, None)
+    assert (by_path[str(good)].placement.row, by_path[str(good)].placement.col) == (None, None)
 
 
 def test_what_each_layout_watches_beside_the_defaults() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ import pytest
 from focuswatch import ledger as ledger_mod
 from focuswatch.errors import StateError
 from focuswatch.ledger import DB_NAME, MIGRATIONS, Ledger, damage, section_index, set_aside
-from focuswatch.verdict import Verdict, VerdictKind
+from focuswatch.tiles import TileMeta
+from focuswatch.verdict import Placement, Verdict, VerdictKind
 
 IN = Verdict(VerdictKind.IN_FOCUS, "sharp")
 OUT = Verdict(VerdictKind.OUT_OF_FOCUS, "blurred", baseline=100.0, defocus_um=3.0)
@@ -27,11 +28,10 @@ class Clock:
         return self.now
 
 
-@dataclass
-class Meta:
-    stage_x_um: float = 10.0
-    stage_y_um: float = 20.0
-    pixel_size_um: float = 0.004
+def tags() -> TileMeta:
+    """What a tile's FibicsXML says (as ``tiles.read_meta`` gives it)."""
+    where = Placement(stage_x_um=10.0, stage_y_um=20.0, pixel_size_um=0.004, dwell_ns=100.0)
+    return TileMeta(placement=replace(where, working_distance_um=5000.0), source="fibics")
 
 
 @dataclass
@@ -141,13 +141,14 @@ def test_claim_release_and_attempts(led: Ledger) -> None:
 def test_exactly_one_result_per_version(led: Ledger) -> None:
     vid = add(led, "/w/a.tif")
     led.claim_ready(1)
-    assert led.record_result(vid, verdict=IN, score=Score(10.0, meta=Meta()), worker="w1")
+    assert led.record_result(vid, verdict=IN, score=Score(10.0, meta=tags()), worker="w1")
     assert not led.record_result(vid, verdict=OUT, score=Score(99.0), worker="w2")
     r = led.result(vid)
     assert r is not None
     assert (r["score"], r["verdict"], r["worker"]) == (10.0, "in_focus", "w1")
     v = led.get(vid)
-    assert (v.state, v.stage_x_um, v.pixel_size_um) == ("scored", 10.0, 0.004)
+    assert v.state == "scored"
+    assert v.placement == tags().placement
     count = led.connection.execute("SELECT count(*) FROM results").fetchone()[0]
     assert count == 1
 
@@ -185,7 +186,7 @@ def test_verdict_record_needs_a_result_and_names_the_tile(led: Ledger) -> None:
     led.record_result(vid, verdict=OUT, score=Score(5.0))
     rec = led.verdict_record(vid)
     assert rec.verdict == OUT
-    assert (rec.section, rec.row, rec.col, rec.score) == ("S_001", 1, 2, 5.0)
+    assert (rec.section, rec.placement.row, rec.placement.col, rec.score) == ("S_001", 1, 2, 5.0)
 
 
 def test_recover_returns_scoring_versions_to_ready(led: Ledger) -> None:

@@ -23,7 +23,7 @@ from focuswatch.errors import StateError
 from focuswatch.files import atomic_write
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import TileScore
-from focuswatch.verdict import Verdict, VerdictKind, VerdictRecord
+from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord
 
 BAD = Verdict(VerdictKind.OUT_OF_FOCUS, "score 140 is 67 % below the median (420)", 420.0, 4.1)
 GOOD = Verdict(VerdictKind.IN_FOCUS, "score 430 (median 420)", 420.0)
@@ -67,12 +67,14 @@ def record(
         version_id=vid,
         path=path,
         tile_name=name,
-        section=section,
-        row=row,
-        col=col,
-        stage_x_um=1234.5,
-        stage_y_um=-567.8,
-        pixel_size_um=0.004,
+        placement=Placement(
+            section=section,
+            row=row,
+            col=col,
+            stage_x_um=1234.5,
+            stage_y_um=-567.8,
+            pixel_size_um=0.004,
+        ),
         score=score,
         verdict=verdict,
         at=ledger.clock() + vid,
@@ -290,9 +292,9 @@ def test_position_is_row_and_column_else_the_tile_name(ledger: Ledger) -> None:
 
     r = record(ledger, BAD, row=3, col=4)
     assert r.position == "r3-c4"
-    assert replace(r, row=None).position == r.tile_name
-    assert replace(r, col=None).position == r.tile_name
-    retakes.apply(ledger, replace(r, row=None, col=None))
+    assert replace(r, placement=replace(r.placement, row=None)).position == r.tile_name
+    assert replace(r, placement=replace(r.placement, col=None)).position == r.tile_name
+    retakes.apply(ledger, replace(r, placement=replace(r.placement, row=None, col=None)))
     (position,) = ledger.connection.execute("SELECT position FROM retakes").fetchone()
     assert position == r.tile_name
 

@@ -47,8 +47,8 @@ def test_score_path_scores_a_real_tile(synth_tile) -> None:  # type: ignore[no-u
     assert ts.dtype == "uint8"
     assert ts.read_ms > 0
     assert ts.score_ms > 0
-    assert ts.meta.row == 1
-    assert ts.meta.col == 1
+    assert ts.meta.placement.row == 1
+    assert ts.meta.placement.col == 1
     again = pickle.loads(pickle.dumps(ts))
     assert again == ts
 

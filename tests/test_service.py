@@ -72,7 +72,7 @@ def test_tiles_written_renamed_and_moved_in_each_get_one_verdict(
         "Tile_r2-c1_S_001_17524.tif",
     ]
     rec = next(r for r in sink.records if r.tile_name.startswith("Tile_r1-c2"))
-    assert (rec.section, rec.row, rec.col) == ("001", 1, 2)
+    assert (rec.section, rec.placement.row, rec.placement.col) == ("001", 1, 2)
     # The first tile was alone when judged (uncertain); its peers revised it.
     assert all(svc.ledger.result(r.version_id)["verdict"] == "in_focus" for r in sink.records)
 

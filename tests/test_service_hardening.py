@@ -55,7 +55,7 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_scored(
     # The path reads back as the very name on disk (it is what a retake overwrites).
     (version,) = svc.ledger.versions(odd)
     assert os.fsencode(version.path) == os.fsencode(odd)
-    assert (version.row, version.col) == (1, 3)
+    assert (version.placement.row, version.placement.col) == (1, 3)
     # People are shown an escaped name, never a surrogate that breaks their terminal.
     assert version.tile_name == "Tile_r1-c3_\\xe9.tif"
 

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from focuswatch import cli, synth
 from focuswatch.errors import TileError
+from focuswatch.synth import texture
 from focuswatch.tiles import parse_tile_name, read_meta, read_tile
 
 TmpWafer = Callable[..., tuple[Path, list[synth.SynthTile]]]  # the conftest fixture
@@ -311,30 +312,13 @@ def test_through_focus_series_loses_detail_with_sigma(tissue: np.ndarray) -> Non
     assert energies[0] > energies[1] > energies[2]
 
 
-def test_load_isbi_gives_float_slices_in_index_order(isbi_dir: Path) -> None:
-    from PIL import Image
-
-    slices = synth.load_isbi(isbi_dir)
-    assert len(slices) == len(list(isbi_dir.glob("[0-9]*.png")))
-    assert all(s.dtype == np.float32 and s.ndim == 2 for s in slices)
-    assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in slices)
-    with Image.open(isbi_dir / "10.png") as im:
-        tenth = np.asarray(im, dtype=np.float32) / 255
-    np.testing.assert_allclose(slices[10], tenth)
-
-
-def test_load_isbi_of_an_empty_folder_says_so(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no ISBI slices"):
-        synth.load_isbi(tmp_path)
-
-
 # ------------------------------------------------------------------ tile writer
 
 
 def test_write_tile_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "S_000_1" / "Tile_r1-c1_S_000_1.tif"
     image = synth.to_uint(synth.neuropil((64, 64), rng=np.random.default_rng(0)), 8)
-    synth.write_tile(path, image, row=1, col=1, section="000", stage_x_um=1.0, stage_y_um=2.0)
+    synth.write_tile(path, image, row=1, col=1, stage_x_um=1.0, stage_y_um=2.0)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     pixels, meta = read_tile(path)
     np.testing.assert_array_equal(pixels, image)
@@ -344,9 +328,7 @@ def test_write_tile_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> No
 def test_write_tile_truncated_is_a_corrupt_tile(tmp_path: Path) -> None:
     path = tmp_path / "t.tif"
     image = np.zeros((64, 64), np.uint16)
-    synth.write_tile(
-        path, image, row=1, col=1, section="0", stage_x_um=0, stage_y_um=0, truncate_to=0.5
-    )
+    synth.write_tile(path, image, row=1, col=1, stage_x_um=0, stage_y_um=0, truncate_to=0.5)
     with pytest.raises(TileError, match="truncated"):
         read_tile(path)
 
@@ -358,7 +340,6 @@ def test_write_tile_rejects_float_images(tmp_path: Path) -> None:
             np.zeros((32, 32), np.float32),
             row=1,
             col=1,
-            section="0",
             stage_x_um=0,
             stage_y_um=0,
         )
@@ -467,10 +448,14 @@ def test_write_wafer_tiles_read_back_as_the_manifest_says(tmp_wafer: TmpWafer) -
         pixels, meta = read_tile(tile.path)
         assert pixels.shape == (128, 128)
         assert pixels.dtype == np.uint8
-        assert (meta.section, meta.row, meta.col) == (tile.section, tile.row, tile.col)
-        assert meta.stage_x_um == pytest.approx(tile.stage_x_um)
-        assert meta.stage_y_um == pytest.approx(tile.stage_y_um)
-        assert meta.pixel_size_um == pytest.approx(0.004)
+        assert (meta.placement.section, meta.placement.row, meta.placement.col) == (
+            tile.section,
+            tile.row,
+            tile.col,
+        )
+        assert meta.placement.stage_x_um == pytest.approx(tile.stage_x_um)
+        assert meta.placement.stage_y_um == pytest.approx(tile.stage_y_um)
+        assert meta.placement.pixel_size_um == pytest.approx(0.004)
         smooth_std = float(_smooth(pixels / 255).std())
         if tile.empty:
             assert smooth_std < 0.02
@@ -516,11 +501,9 @@ def test_same_position_looks_alike_across_sections_and_other_positions_do_not(
 
 
 def test_content_drifts_further_the_more_sections_apart() -> None:
-    latent = synth._drifting_latent
-    base = synth._render((128, 128), latent((0, 1, 1), 0.0), scale=1.0, density=1.0)
+    base = texture.serial_section((128, 128), (0, 1, 1), 0.0)
     correlations = [
-        _corr(base, synth._render((128, 128), latent((0, 1, 1), t), scale=1.0, density=1.0))
-        for t in (0.05, 0.2, 1.0)
+        _corr(base, texture.serial_section((128, 128), (0, 1, 1), t)) for t in (0.05, 0.2, 1.0)
     ]
     assert correlations[0] > correlations[1] > correlations[2]
     assert abs(correlations[2]) < 0.2  # one drift unit: new content
@@ -618,7 +601,7 @@ def test_working_distance_in_the_metadata_matches_the_blur(tmp_path: Path) -> No
         tmp_path, sections=1, rows=2, cols=2, size=64, blur_fraction=0.5, blur_sigmas=(2.0,)
     )
     for t in tiles:
-        wd = read_meta(t.path).working_distance_um
+        wd = read_meta(t.path).placement.working_distance_um
         assert wd == pytest.approx(synth.IN_FOCUS_WD_UM + t.defocus_sigma / 1.5, abs=1e-3)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from focuswatch import synth
 from focuswatch.errors import TileError
 from focuswatch.tiles import TileMeta, open_tile, parse_tile_name, read_meta, read_tile
+from focuswatch.verdict import Placement
 
 ATLAS_NAME = "Tile_r2-c3_S_007_1752450056.tif"
 
@@ -35,7 +36,6 @@ def _write_atlas(path: Path, image: np.ndarray, **kwargs: Any) -> None:
     options: dict[str, Any] = {
         "row": 2,
         "col": 3,
-        "section": "007",
         "pixel_size_um": 0.004,
         "stage_x_um": 12345.5,
         "stage_y_um": -678.25,
@@ -70,14 +70,16 @@ def test_write_tile_round_trips_pixels_and_metadata(
     assert pixels.dtype == dtype
     np.testing.assert_array_equal(pixels, image)
     assert meta == TileMeta(
-        section="007",
-        row=2,
-        col=3,
-        pixel_size_um=pytest.approx(0.004),
-        stage_x_um=pytest.approx(12345.5),
-        stage_y_um=pytest.approx(-678.25),
-        dwell_ns=pytest.approx(200.0),
-        working_distance_um=pytest.approx(5012.5),
+        placement=Placement(
+            section="007",
+            row=2,
+            col=3,
+            pixel_size_um=pytest.approx(0.004),
+            stage_x_um=pytest.approx(12345.5),
+            stage_y_um=pytest.approx(-678.25),
+            dwell_ns=pytest.approx(200.0),
+            working_distance_um=pytest.approx(5012.5),
+        ),
         source="fibics",
     )
     assert read_meta(path) == meta
@@ -161,7 +163,7 @@ def test_names_with_spaces_and_non_ascii_characters_work(tmp_path: Path) -> None
     _write_atlas(path, image)
     pixels, meta = read_tile(path)
     np.testing.assert_array_equal(pixels, image)
-    assert (meta.section, meta.row, meta.col) == ("004", 1, 2)
+    assert (meta.placement.section, meta.placement.row, meta.placement.col) == ("004", 1, 2)
 
 
 # ------------------------------------------------------------------ region reads
@@ -511,24 +513,24 @@ def test_fibics_units_are_converted_to_micrometres_and_nanoseconds(tmp_path: Pat
     path = tmp_path / "u.tif"
     _fibics_tile(path, xml)
     meta = read_meta(path)
-    assert meta.pixel_size_um == pytest.approx(0.004)
-    assert meta.dwell_ns == pytest.approx(200.0)
-    assert meta.working_distance_um == pytest.approx(5500.0)
-    assert meta.stage_x_um == pytest.approx(1500.0)
-    assert meta.stage_y_um == pytest.approx(-2.0)
+    assert meta.placement.pixel_size_um == pytest.approx(0.004)
+    assert meta.placement.dwell_ns == pytest.approx(200.0)
+    assert meta.placement.working_distance_um == pytest.approx(5500.0)
+    assert meta.placement.stage_x_um == pytest.approx(1500.0)
+    assert meta.placement.stage_y_um == pytest.approx(-2.0)
 
 
 def test_fibics_pixel_size_is_the_scan_step_length_under_scan_rotation(tmp_path: Path) -> None:
     xml = "<Fibics><Scan><Ux>0.003</Ux><Uy>0.004</Uy><Vx>-0.004</Vx><Vy>0.003</Vy></Scan></Fibics>"
     _fibics_tile(tmp_path / "r.tif", xml)
-    assert read_meta(tmp_path / "r.tif").pixel_size_um == pytest.approx(0.005)
+    assert read_meta(tmp_path / "r.tif").placement.pixel_size_um == pytest.approx(0.005)
 
 
 def test_fibics_focus_without_unit_is_read_as_millimetres_when_small(tmp_path: Path) -> None:
     _fibics_tile(tmp_path / "a.tif", "<Fibics><Scan><Focus>5.2</Focus></Scan></Fibics>")
     _fibics_tile(tmp_path / "b.tif", "<Fibics><Scan><Focus>5200</Focus></Scan></Fibics>")
-    assert read_meta(tmp_path / "a.tif").working_distance_um == pytest.approx(5200.0)
-    assert read_meta(tmp_path / "b.tif").working_distance_um == pytest.approx(5200.0)
+    assert read_meta(tmp_path / "a.tif").placement.working_distance_um == pytest.approx(5200.0)
+    assert read_meta(tmp_path / "b.tif").placement.working_distance_um == pytest.approx(5200.0)
 
 
 def test_fibics_missing_fields_are_none_and_row_col_come_from_mosaic_info(tmp_path: Path) -> None:
@@ -538,15 +540,17 @@ def test_fibics_missing_fields_are_none_and_row_col_come_from_mosaic_info(tmp_pa
     path = tmp_path / "no_grid_in_name.tif"
     _fibics_tile(path, xml)
     meta = read_meta(path)
-    assert (meta.row, meta.col, meta.section) == (4, 9, None)
-    assert meta.pixel_size_um is meta.stage_x_um is meta.dwell_ns is None
+    assert (meta.placement.row, meta.placement.col, meta.placement.section) == (4, 9, None)
+    assert (
+        meta.placement.pixel_size_um is meta.placement.stage_x_um is meta.placement.dwell_ns is None
+    )
     assert meta.source == "fibics"
 
 
 def test_file_name_wins_over_mosaic_info_for_row_and_col(tmp_path: Path) -> None:
     path = tmp_path / "Tile_r1-c2_S_000_1.tif"
     _fibics_tile(path, "<Fibics><MosaicInfo><Row>4</Row><Col>9</Col></MosaicInfo></Fibics>")
-    assert (read_meta(path).row, read_meta(path).col) == (1, 2)
+    assert (read_meta(path).placement.row, read_meta(path).placement.col) == (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -563,9 +567,9 @@ def test_broken_fibics_xml_loses_metadata_but_not_the_tile(tmp_path: Path, xml: 
     _fibics_tile(path, xml)
     pixels, meta = read_tile(path)
     assert pixels.shape == (32, 32)
-    assert meta.pixel_size_um is None
-    assert meta.dwell_ns is None
-    assert (meta.section, meta.row, meta.col) == ("003", 1, 1)
+    assert meta.placement.pixel_size_um is None
+    assert meta.placement.dwell_ns is None
+    assert (meta.placement.section, meta.placement.row, meta.placement.col) == ("003", 1, 1)
 
 
 def test_cz_sem_metadata_is_read_with_units(tmp_path: Path) -> None:
@@ -588,14 +592,16 @@ def test_cz_sem_metadata_is_read_with_units(tmp_path: Path) -> None:
     path = tmp_path / "smartsem.tif"
     tifffile.imwrite(path, np.zeros((32, 32), np.uint8), extratags=[(34118, "s", 0, text, True)])
     assert read_meta(path) == TileMeta(
-        section=None,
-        row=None,
-        col=None,
-        pixel_size_um=pytest.approx(0.004468),
-        stage_x_um=pytest.approx(12345.0),
-        stage_y_um=pytest.approx(-3500.0),
-        dwell_ns=pytest.approx(200.0),
-        working_distance_um=pytest.approx(5600.0),
+        placement=Placement(
+            section=None,
+            row=None,
+            col=None,
+            pixel_size_um=pytest.approx(0.004468),
+            stage_x_um=pytest.approx(12345.0),
+            stage_y_um=pytest.approx(-3500.0),
+            dwell_ns=pytest.approx(200.0),
+            working_distance_um=pytest.approx(5600.0),
+        ),
         source="cz_sem",
     )
 
@@ -605,8 +611,13 @@ def test_plain_tiff_with_an_atlas_name_has_source_name(tmp_path: Path) -> None:
     folder.mkdir()
     tifffile.imwrite(folder / "Tile_r5-c6_whatever.tif", np.zeros((32, 32), np.uint8))
     meta = read_meta(folder / "Tile_r5-c6_whatever.tif")
-    assert (meta.section, meta.row, meta.col, meta.source) == ("012", 5, 6, "name")
-    assert meta.pixel_size_um is None
+    assert (meta.placement.section, meta.placement.row, meta.placement.col, meta.source) == (
+        "012",
+        5,
+        6,
+        "name",
+    )
+    assert meta.placement.pixel_size_um is None
 
 
 # ------------------------------------------------------------------ names
@@ -653,7 +664,11 @@ def test_multisem_beam_images_read_through_pillow(tmp_path: Path, suffix: str, m
         assert tile.dtype == dtype
         np.testing.assert_array_equal(tile.read(), image)
         np.testing.assert_array_equal(tile.read_region(3, 30, 5, 50), image[3:30, 5:50])
-        assert (tile.meta.section, tile.meta.row, tile.meta.source) == ("003", None, "name")
+        assert (tile.meta.placement.section, tile.meta.placement.row, tile.meta.source) == (
+            "003",
+            None,
+            "name",
+        )
 
 
 def test_rgb_png_becomes_luminance(tmp_path: Path) -> None:

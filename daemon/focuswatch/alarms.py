@@ -29,7 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from focuswatch import ledger
 from focuswatch.config import AlertsConfig
+from focuswatch.outbox import endpoint_trouble
 
 __all__ = [
     "META_KEY",
@@ -237,17 +239,8 @@ class AlarmWatch:
         minutes = self._cfg.behind_minutes
         if minutes <= 0:
             return []
-        backlog = int(
-            conn.execute(
-                "SELECT count(*) FROM versions WHERE superseded = 0 "
-                "AND state IN ('seen', 'ready', 'scoring')"
-            ).fetchone()[0]
-        )
-        scored = int(
-            conn.execute(
-                "SELECT count(*) FROM results WHERE scored_at >= ?", (now - RATE_WINDOW_S,)
-            ).fetchone()[0]
-        )
+        backlog = ledger.backlog(conn)
+        scored = ledger.scored_since(conn, now - RATE_WINDOW_S)
         per_min = scored / (RATE_WINDOW_S / 60.0)
         self._samples.append((now, backlog))
         while len(self._samples) > 1 and self._samples[1][0] <= now - RATE_WINDOW_S:
@@ -331,19 +324,8 @@ class AlarmWatch:
         minutes = self._cfg.endpoint_failing_minutes
         if minutes <= 0:
             return []
-        oldest, error = conn.execute(
-            "SELECT min(o.created), (SELECT d2.last_error FROM alert_deliveries d2 "
-            "WHERE d2.endpoint = ? AND d2.sent IS NULL AND d2.last_error IS NOT NULL "
-            "ORDER BY d2.next_attempt DESC LIMIT 1) FROM alert_deliveries d "
-            "JOIN alert_outbox o ON o.id = d.outbox_id WHERE d.endpoint = ? "
-            "AND d.sent IS NULL AND d.last_error IS NOT NULL AND o.sent IS NULL",
-            (e.id, e.id),
-        ).fetchone()
-        # A delivery it took (attempts = 0 is one withheld from it, not taken).
-        (last_ok,) = conn.execute(
-            "SELECT max(sent) FROM alert_deliveries WHERE endpoint = ? AND attempts > 0",
-            (e.id,),
-        ).fetchone()
+        trouble = endpoint_trouble(conn, e.id)
+        oldest, error, last_ok = trouble.failing_since, trouble.last_error, trouble.last_ok
         hold_s = minutes * 60.0
         episode = self._failing[e.id]
         holds = (

@@ -47,7 +47,7 @@ import structlog
 from focuswatch import alarms
 from focuswatch.alarms import Alarm, AlarmName, AlarmWatch
 from focuswatch.config import AlertsConfig, Config
-from focuswatch.ledger import Ledger
+from focuswatch.ledger import Ledger, newest_seen, sections_pending
 from focuswatch.outbox import (
     Alert,
     DeliveryError,
@@ -59,7 +59,13 @@ from focuswatch.outbox import (
 )
 from focuswatch.policy import SECTION_WIDE
 from focuswatch.text import printable
-from focuswatch.verdict import VerdictKind, VerdictRecord, format_score, name_positions
+from focuswatch.verdict import (
+    RetakeStatus,
+    VerdictKind,
+    VerdictRecord,
+    format_score,
+    name_positions,
+)
 
 __all__ = [
     "JSON_FIELD",
@@ -513,7 +519,7 @@ class _Retake:
     """The retake entry a verdict opened, kept open or closed."""
 
     id: int
-    status: str
+    status: RetakeStatus
 
 
 def _retake_of(conn: Any, version_id: int) -> _Retake | None:
@@ -521,7 +527,7 @@ def _retake_of(conn: Any, version_id: int) -> _Retake | None:
         "SELECT id, status FROM retakes WHERE version_id = ? ORDER BY id DESC LIMIT 1",
         (version_id,),
     ).fetchone()
-    return None if row is None else _Retake(int(row[0]), str(row[1]))
+    return None if row is None else _Retake(int(row[0]), RetakeStatus(row[1]))
 
 
 def _with_retake(position: str, retake: _Retake | None) -> str:
@@ -535,18 +541,18 @@ def _tile_details(record: VerdictRecord, retake: _Retake | None) -> dict[str, An
         "verdict": str(v.kind),
         "section": record.section,
         "tile": record.tile_name,
-        "row": record.row,
-        "col": record.col,
+        "row": record.placement.row,
+        "col": record.placement.col,
         "position": record.where,
-        "stage_x_um": record.stage_x_um,
-        "stage_y_um": record.stage_y_um,
-        "working_distance_um": record.working_distance_um,
+        "stage_x_um": record.placement.stage_x_um,
+        "stage_y_um": record.placement.stage_y_um,
+        "working_distance_um": record.placement.working_distance_um,
         "score": record.score,
         "baseline": v.baseline,
         "defocus_um": v.defocus_um,
         "reason": v.reason,
         "retake_id": None if retake is None else retake.id,
-        "retake_status": None if retake is None else retake.status,
+        "retake_status": None if retake is None else str(retake.status),
         "path": printable(record.path),  # a name that is not UTF-8 cannot be sent as is
         "version_id": record.version_id,
     }
@@ -558,7 +564,7 @@ def format_tile_alert(
     key: str | None = None,
     instance: str = "",
     retake_id: int | None = None,
-    retake_status: str | None = None,
+    retake_status: RetakeStatus | None = None,
 ) -> Alert:
     """The alert for one tile that needs a retake: everything the operator needs.
 
@@ -566,10 +572,10 @@ def format_tile_alert(
     ``retake_status`` ``retaken_still_bad`` says the tile was retaken and is still bad.
     """
     v = record.verdict
-    retake = None if retake_id is None else _Retake(retake_id, retake_status or "open")
+    retake = None if retake_id is None else _Retake(retake_id, retake_status or RetakeStatus.OPEN)
     section = record.section or "(no section)"
     what = _KIND_TEXT[v.kind]
-    again = retake is not None and retake.status == "retaken_still_bad"
+    again = retake is not None and retake.status is RetakeStatus.RETAKEN_STILL_BAD
     where = "" if record.where is None else f" ({record.where})"
     score = "?" if record.score is None else format_score(record.score)
     base = "none yet" if v.baseline is None else format_score(v.baseline)
@@ -578,8 +584,8 @@ def format_tile_alert(
         + (", still bad after its retake." if again else "."),
         _stage_line(record),
     ]
-    if record.working_distance_um is not None:
-        wd = record.working_distance_um
+    if record.placement.working_distance_um is not None:
+        wd = record.placement.working_distance_um
         lines.append(f"Working distance: {wd / 1000:.4f} mm ({wd:.1f} µm)")
     lines.append(f"Score: {score} (baseline {base})")
     if v.defocus_um is not None:
@@ -629,10 +635,6 @@ def _fixed_alert(record: VerdictRecord, retake: _Retake, instance: str) -> Alert
     )
 
 
-# Tile versions not judged yet: a section with one of these is not complete.
-_PENDING_STATES = ("seen", "ready", "scoring")
-
-
 def _completed_older(conn: Any) -> list[str]:
     """Unsummarised sections older than the newest, none of whose current tiles is pending.
 
@@ -641,26 +643,25 @@ def _completed_older(conn: Any) -> list[str]:
     it now would undercount, and that tile's alert would come after "complete". If it
     never finishes, the idle timer in ``tick`` completes the section.
     """
+    pending = {"" if s is None else s for s in sections_pending(conn)}
     return [
         section
         for (section,) in conn.execute(
             "SELECT s.section FROM alert_sections s WHERE s.summarized = 0 "
-            "AND s.rowid < (SELECT max(rowid) FROM alert_sections) "
-            "AND NOT EXISTS (SELECT 1 FROM versions v WHERE "
-            "(v.section = s.section OR (s.section = '' AND v.section IS NULL)) "
-            f"AND v.superseded = 0 AND v.state IN ({', '.join('?' * len(_PENDING_STATES))})) "
-            "ORDER BY s.rowid",
-            _PENDING_STATES,
+            "AND s.rowid < (SELECT max(rowid) FROM alert_sections) ORDER BY s.rowid"
         ).fetchall()
+        if section not in pending
     ]
 
 
 # Bad tiles a digest names: not yet alerted, and not part of a section-wide failure
 # (those wait for the section's summary, which names the failure once).
+_RETAKE_KINDS = tuple(k for k in VerdictKind if k.needs_retake)
 _DIGESTED = (
-    "t.alert IS NULL AND t.kind IN ('out_of_focus', 'partly_out_of_focus') AND t.label NOT LIKE ?"
+    f"t.alert IS NULL AND t.kind IN ({', '.join('?' * len(_RETAKE_KINDS))}) AND t.label NOT LIKE ?"
 )
 _SECTION_WIDE_LIKE = f"%{SECTION_WIDE}%"
+_DIGESTED_ARGS = (*_RETAKE_KINDS, _SECTION_WIDE_LIKE)
 
 
 def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
@@ -671,7 +672,7 @@ def _due_digests(conn: Any, cutoff: float) -> list[tuple[str, int]]:
             "SELECT s.section, s.digests FROM alert_sections s WHERE s.last_alert_at <= ? "
             "AND EXISTS (SELECT 1 FROM alert_tiles t WHERE t.section = s.section "
             f"AND {_DIGESTED})",
-            (cutoff, _SECTION_WIDE_LIKE),
+            (cutoff, *_DIGESTED_ARGS),
         ).fetchall()
     ]
 
@@ -748,14 +749,15 @@ def _expected_positions(conn: Any, section: str) -> set[str]:
 
 
 def _stage_line(record: VerdictRecord) -> str:
-    return f"Stage X/Y: {_um(record.stage_x_um)} / {_um(record.stage_y_um)} µm"
+    return f"Stage X/Y: {_um(record.placement.stage_x_um)} / {_um(record.placement.stage_y_um)} µm"
 
 
 def _digest_line(record: VerdictRecord, retake: _Retake | None = None) -> str:
     """The tile's line in its section's digest (kept with the tile until the digest goes)."""
     line = f"- {record.tile_name}: {_stage_line(record)}; {record.verdict.reason}"
     if retake is not None:
-        again = "still bad after its retake, " if retake.status == "retaken_still_bad" else ""
+        bad = retake.status is RetakeStatus.RETAKEN_STILL_BAD
+        again = "still bad after its retake, " if bad else ""
         line += f" ({again}retake {retake.id})"
     return line
 
@@ -853,7 +855,8 @@ class AlertSink:
                     "AND alert IS NULL AND version_id < ?",
                     (f"retaken:{record.version_id}", section, record.position, record.version_id),
                 )
-            if retake is not None and retake.status == "retaken_fixed" and not kind.needs_retake:
+            fixed = retake is not None and retake.status is RetakeStatus.RETAKEN_FIXED
+            if retake is not None and fixed and not kind.needs_retake:
                 self._queue(conn, _fixed_alert(record, retake, self._instance), now)
             if section in done:
                 self._summarize(conn, section, now)
@@ -865,9 +868,9 @@ class AlertSink:
         end: the microscope stopped writing while a section is open; the state
         folder's disk nearly full. Through the outbox, like tile alerts."""
         with self._ledger.reading() as conn:
-            last, open_sections = conn.execute(
-                "SELECT (SELECT max(first_seen) FROM versions), "
-                "(SELECT count(*) FROM alert_sections WHERE summarized = 0)"
+            last = newest_seen(conn)
+            (open_sections,) = conn.execute(
+                "SELECT count(*) FROM alert_sections WHERE summarized = 0"
             ).fetchone()
             # The latest stall message: 'stalled:T' (told, not over) or 'stall-over:T'.
             latest = conn.execute(
@@ -1123,11 +1126,11 @@ class AlertSink:
         rows = conn.execute(
             f"SELECT version_id, label, details FROM alert_tiles t WHERE section = ? "
             f"AND {_DIGESTED} ORDER BY version_id",
-            (section, _SECTION_WIDE_LIKE),
+            (section, *_DIGESTED_ARGS),
         ).fetchall()
         key = f"digest:{section}:{n}"
         tiles = [json.loads(d) if d else {"version_id": vid} for vid, _, d in rows]
-        again = sum(t.get("retake_status") == "retaken_still_bad" for t in tiles)
+        again = sum(t.get("retake_status") == RetakeStatus.RETAKEN_STILL_BAD for t in tiles)
         new = len(rows) - again
         parts = []
         if new:

@@ -31,6 +31,7 @@ from focuswatch.choices import DEFAULT_MODE
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
 from focuswatch.files import atomic_write
+from focuswatch.tiles import TileMeta
 
 __all__ = ["Calibration", "fit_calibration", "main", "write_plot"]
 
@@ -303,7 +304,11 @@ def _read_csv(path: Path) -> dict[str, float]:
 
 
 def _working_distance(
-    path: Path, meta: Any, *, table: dict[str, float] | None, pattern: re.Pattern[str] | None
+    path: Path,
+    meta: TileMeta | None,
+    *,
+    table: dict[str, float] | None,
+    pattern: re.Pattern[str] | None,
 ) -> float | None:
     if table is not None:
         for key in (str(path), path.name):
@@ -318,7 +323,7 @@ def _working_distance(
             return float(m.group(1))
         except (IndexError, ValueError):
             return None
-    wd = getattr(meta, "working_distance_um", None)
+    wd = None if meta is None else meta.placement.working_distance_um
     return None if wd is None else float(wd)
 
 

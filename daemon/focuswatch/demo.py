@@ -182,7 +182,7 @@ def _retake_one(
     bad = [r for r in console.seen.values() if r.verdict.kind.needs_retake]
     if not bad:
         return
-    first = min(bad, key=lambda r: (r.section or "", r.row or 0, r.col or 0))
+    first = min(bad, key=lambda r: (r.section or "", r.placement.row or 0, r.placement.col or 0))
     tile = next(t for t in plan if str(t.path) == first.path)
     print(f"\n-- operator re-images {first.tile_name} (same name, now in focus) --", file=out)
     before = console.seen.pop(first.path)

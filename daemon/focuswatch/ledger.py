@@ -31,15 +31,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from focuswatch.errors import LedgerWriteError, StateError
 from focuswatch.files import fsync_dir
 from focuswatch.statelock import StateLock
 from focuswatch.text import from_db, printable, to_db
 from focuswatch.verdict import Placement, Verdict, VerdictKind, VerdictRecord, grid_position
+
+if TYPE_CHECKING:
+    from focuswatch.tiles import TileMeta  # not at run time: tiles pulls in tifffile
 
 __all__ = [
     "DB_NAME",
@@ -49,8 +52,13 @@ __all__ = [
     "PastTile",
     "TileVersion",
     "VersionState",
+    "backlog",
     "damage",
+    "judged_later",
+    "newest_seen",
+    "scored_since",
     "section_index",
+    "sections_pending",
     "set_aside",
 ]
 
@@ -69,6 +77,9 @@ class VersionState(enum.StrEnum):
 
 #: The states by name, in order (for counts and status lines).
 STATES: tuple[str, ...] = tuple(s.value for s in VersionState)
+#: Not judged yet: the backlog, and what keeps a section from being complete.
+_PENDING = (VersionState.SEEN, VersionState.READY, VersionState.SCORING)
+_PENDING_IN = f"state IN ({', '.join('?' * len(_PENDING))})"
 
 MIGRATIONS: list[str] = [
     # 1: tile versions, results, meta
@@ -348,6 +359,62 @@ def _is_fault(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or _code(exc) in _STORAGE_FAULTS
 
 
+# -- reads for the stores that share the ledger's transaction (alerts, alarms) -----------
+
+
+def backlog(conn: sqlite3.Connection) -> int:
+    """Current tile versions not judged yet: the backlog."""
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM versions WHERE superseded = 0 AND {_PENDING_IN}", _PENDING
+        ).fetchone()[0]
+    )
+
+
+def scored_since(conn: sqlite3.Connection, t: float) -> int:
+    """Tiles scored at or after ``t`` (seconds since the epoch)."""
+    return int(
+        conn.execute("SELECT count(*) FROM results WHERE scored_at >= ?", (t,)).fetchone()[0]
+    )
+
+
+def newest_seen(conn: sqlite3.Connection) -> float | None:
+    """When the newest tile version was first seen (None before the first)."""
+    (t,) = conn.execute("SELECT max(first_seen) FROM versions").fetchone()
+    return None if t is None else float(t)
+
+
+def judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
+    """Whether a later version at this record's position (its layout position, else its
+    grid cell, else its name) in its section already has a verdict on its focus."""
+    args: tuple[object, ...]
+    place = record.placement
+    if place.position is not None:
+        where, args = "v.position = ?", (place.position,)
+    elif place.row is not None and place.col is not None:
+        where, args = "v.row = ? AND v.col = ?", (place.row, place.col)
+    else:
+        where, args = "v.tile_name = ?", (record.tile_name,)
+    section_test = "v.section IS NULL" if record.section is None else "v.section = ?"
+    extra = () if record.section is None else (record.section,)
+    judged = (VerdictKind.IN_FOCUS, *(k for k in VerdictKind if k.needs_retake))
+    found = conn.execute(
+        "SELECT 1 FROM versions v JOIN results r ON r.version_id = v.id "
+        f"WHERE {where} AND {section_test} AND v.id > ? "
+        f"AND r.verdict IN ({', '.join('?' * len(judged))}) LIMIT 1",
+        (*args, *extra, record.version_id, *judged),
+    ).fetchone()
+    return found is not None
+
+
+def sections_pending(conn: sqlite3.Connection) -> set[str | None]:
+    """The sections (``None``: tiles without one) with a current tile not judged yet."""
+    rows = conn.execute(
+        f"SELECT DISTINCT section FROM versions WHERE superseded = 0 AND {_PENDING_IN}", _PENDING
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def section_index(section: str | None) -> int | None:
     """The section number used for ordering: the first run of digits (``S_012_17…`` → 12)."""
     if section is None:
@@ -365,22 +432,25 @@ class TileVersion:
     size: int
     mtime_ns: int
     tile_name: str
-    section: str | None
+    #: Where it sits: what its path, its layout's side files and its tags said.
+    placement: Placement
     section_index: int | None
-    row: int | None
-    col: int | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    pixel_size_um: float | None
     state: VersionState
     attempts: int
     last_error: str | None
     first_seen: float
     updated: float
     superseded: bool
-    #: The layout's position key (``focuswatch.tiles.layouts``): the same in every
-    #: section for the same place; what a tile's history is looked up by.
-    position: str | None = None
+
+    @property
+    def section(self) -> str | None:
+        return self.placement.section
+
+    @property
+    def position(self) -> str | None:
+        """The layout's position key (``focuswatch.tiles.layouts``): the same in every
+        section for the same place; what a tile's history is looked up by."""
+        return self.placement.position
 
 
 @dataclass(frozen=True)
@@ -397,18 +467,31 @@ class PastTile:
     orientation: tuple[float, float] | None = None
 
 
+# A Placement's fields are the versions columns of the same names, in its order.
+_PLACEMENT_COLUMNS = ", ".join(f.name for f in fields(Placement))
 _VERSION_COLUMNS = (
-    "id, path, size, mtime_ns, tile_name, section, section_index, row, col, stage_x_um, "
-    "stage_y_um, pixel_size_um, state, attempts, last_error, first_seen, updated, superseded, "
-    "position"
+    "id, path, size, mtime_ns, tile_name, section_index, state, attempts, last_error, "
+    f"first_seen, updated, superseded, {_PLACEMENT_COLUMNS}"
 )
 
 
 def _version(row: Sequence[Any]) -> TileVersion:
-    values = list(row)
-    values[12] = VersionState(values[12])
-    values[17] = bool(values[17])
-    return TileVersion(*values)
+    (vid, path, size, mtime_ns, name, index, state, attempts, error, first, updated, sup) = row[:12]
+    return TileVersion(
+        id=vid,
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        tile_name=name,
+        placement=Placement(*row[12:]),
+        section_index=index,
+        state=VersionState(state),
+        attempts=attempts,
+        last_error=error,
+        first_seen=first,
+        updated=updated,
+        superseded=bool(sup),
+    )
 
 
 class Ledger:
@@ -720,7 +803,11 @@ class Ledger:
                 "WHERE id = ?",
                 [(now, r[0]) for r in rows],
             )
-        return [_version([*r[:12], "scoring", r[13] + 1, r[14], r[15], now, *r[17:]]) for r in rows]
+        claimed = [_version(r) for r in rows]
+        return [
+            replace(v, state=VersionState.SCORING, attempts=v.attempts + 1, updated=now)
+            for v in claimed
+        ]
 
     def release(self, version_id: int, *, error: str | None = None, undo_attempt: bool) -> None:
         """Hand a 'scoring' version back to 'ready' (retry, or the service is stopping)."""
@@ -805,7 +892,7 @@ class Ledger:
             "orientation_x": None,
             "orientation_y": None,
         }
-        meta = None
+        meta: TileMeta | None = None
         if score is not None:
             values = {
                 "score": float(score.score),
@@ -851,6 +938,8 @@ class Ledger:
                 (state, error, now, version_id),
             )
             if meta is not None:
+                # What the file's tags say of where and how it was taken wins.
+                tags = meta.placement
                 conn.execute(
                     "UPDATE versions SET stage_x_um = coalesce(?, stage_x_um), "
                     "stage_y_um = coalesce(?, stage_y_um), "
@@ -858,11 +947,11 @@ class Ledger:
                     "working_distance_um = coalesce(?, working_distance_um), "
                     "dwell_ns = coalesce(?, dwell_ns) WHERE id = ?",
                     (
-                        getattr(meta, "stage_x_um", None),
-                        getattr(meta, "stage_y_um", None),
-                        getattr(meta, "pixel_size_um", None),
-                        getattr(meta, "working_distance_um", None),
-                        getattr(meta, "dwell_ns", None),
+                        tags.stage_x_um,
+                        tags.stage_y_um,
+                        tags.pixel_size_um,
+                        tags.working_distance_um,
+                        tags.dwell_ns,
                         version_id,
                     ),
                 )
@@ -892,25 +981,14 @@ class Ledger:
             baseline=r["baseline"],
             defocus_um=r["defocus_um"],
         )
-        wd, z = self._conn.execute(
-            "SELECT working_distance_um, stage_z_um FROM versions WHERE id = ?", (version_id,)
-        ).fetchone()
         return VerdictRecord(
             version_id=v.id,
             path=v.path,
             tile_name=v.tile_name,
-            section=v.section,
-            row=v.row,
-            col=v.col,
-            stage_x_um=v.stage_x_um,
-            stage_y_um=v.stage_y_um,
-            pixel_size_um=v.pixel_size_um,
+            placement=v.placement,
             score=r["score"],
             verdict=verdict,
             at=r["scored_at"],
-            working_distance_um=wd,
-            place=v.position,
-            stage_z_um=z,
         )
 
     def mark_delivered(self, version_id: int) -> None:

@@ -46,10 +46,12 @@ __all__ = [
     "Alert",
     "DeliveryError",
     "Endpoint",
+    "EndpointTrouble",
     "Notifier",
     "Pending",
     "Sender",
     "backoff",
+    "endpoint_trouble",
     "enqueue",
     "failing_endpoints",
     "pending_count",
@@ -195,6 +197,35 @@ def failing_endpoints(ledger: Ledger) -> list[dict[str, Any]]:
     ).fetchall()
     keys = ("endpoint", "waiting", "attempts", "last_error", "next_attempt")
     return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+@dataclass(frozen=True)
+class EndpointTrouble:
+    """How one endpoint has been doing, for the endpoint-failing alarm."""
+
+    #: When the oldest alert it failed to take (and still owes) was queued; None if none.
+    failing_since: float | None
+    last_error: str | None
+    #: When it last took a delivery (one withheld from it does not count).
+    last_ok: float | None
+
+
+def endpoint_trouble(conn: sqlite3.Connection, endpoint: str) -> EndpointTrouble:
+    """How ``endpoint`` (its id) is doing, read in the caller's transaction."""
+    oldest, error = conn.execute(
+        "SELECT min(o.created), (SELECT d2.last_error FROM alert_deliveries d2 "
+        "WHERE d2.endpoint = ? AND d2.sent IS NULL AND d2.last_error IS NOT NULL "
+        "ORDER BY d2.next_attempt DESC LIMIT 1) FROM alert_deliveries d "
+        "JOIN alert_outbox o ON o.id = d.outbox_id WHERE d.endpoint = ? "
+        "AND d.sent IS NULL AND d.last_error IS NOT NULL AND o.sent IS NULL",
+        (endpoint, endpoint),
+    ).fetchone()
+    # attempts = 0 is a delivery withheld from it, not one it took.
+    (last_ok,) = conn.execute(
+        "SELECT max(sent) FROM alert_deliveries WHERE endpoint = ? AND attempts > 0",
+        (endpoint,),
+    ).fetchone()
+    return EndpointTrouble(oldest, error, last_ok)
 
 
 def backoff(attempts: int, *, initial_s: float, max_s: float) -> float:

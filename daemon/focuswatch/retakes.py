@@ -45,9 +45,16 @@ import structlog
 from focuswatch.config import Config
 from focuswatch.errors import StateError
 from focuswatch.files import atomic_write
-from focuswatch.ledger import Ledger, section_index
+from focuswatch.ledger import Ledger, judged_later, section_index
 from focuswatch.statelock import StateLock
-from focuswatch.verdict import VerdictKind, VerdictRecord, format_score, position_words
+from focuswatch.verdict import (
+    RetakeAction,
+    RetakeStatus,
+    VerdictKind,
+    VerdictRecord,
+    format_score,
+    position_words,
+)
 
 __all__ = [
     "STATUSES",
@@ -68,8 +75,8 @@ __all__ = [
     "reopen_main",
 ]
 
-STATUSES = ("open", "retaken_fixed", "retaken_still_bad", "dismissed")
-_ACTIVE = ("open", "retaken_still_bad")
+STATUSES = tuple(RetakeStatus)
+_ACTIVE = tuple(s for s in RetakeStatus if s.still_to_do)
 CSV_NAME = "retakes.csv"
 JSON_NAME = "retakes.json"
 
@@ -95,7 +102,7 @@ class RetakeEntry:
     reason: str
     defocus_um: float | None
     first_seen: float
-    status: str
+    status: RetakeStatus
     note: str
     version_id: int
     updated: float
@@ -105,7 +112,7 @@ class RetakeEntry:
 
     @property
     def still_to_do(self) -> bool:
-        return self.status in _ACTIVE
+        return self.status.still_to_do
 
 
 _COLUMNS = list(RetakeEntry.__dataclass_fields__)
@@ -117,7 +124,7 @@ class RetakeEvent:
 
     retake_id: int
     at: float
-    action: str  # opened, retaken_still_bad, retaken_fixed, dismissed, reopened
+    action: RetakeAction
     who: str  # the operator, for dismissed/reopened; empty for the service's own changes
     note: str
     version_id: int | None
@@ -131,7 +138,7 @@ def _event(
     conn: sqlite3.Connection,
     retake_id: int,
     at: float,
-    action: str,
+    action: RetakeAction,
     *,
     who: str = "",
     note: str = "",
@@ -181,11 +188,11 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
     v = record.verdict
     fields = (
         record.tile_name,
-        record.row,
-        record.col,
-        record.stage_x_um,
-        record.stage_y_um,
-        record.pixel_size_um,
+        record.placement.row,
+        record.placement.col,
+        record.placement.stage_x_um,
+        record.placement.stage_y_um,
+        record.placement.pixel_size_um,
         record.score,
         v.baseline,
         v.reason,
@@ -208,14 +215,14 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
                 return False
             note = f"verdict revised: {v.reason}"
             conn.execute(
-                "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
-                (note, now, revised[0]),
+                "UPDATE retakes SET status = ?, note = ?, updated = ? WHERE id = ?",
+                (RetakeStatus.DISMISSED, note, now, revised[0]),
             )
-            _event(conn, revised[0], now, "dismissed", note=note, version_id=newest)
+            _event(conn, revised[0], now, RetakeAction.DISMISSED, note=note, version_id=newest)
             return True
         if newest is not None and newest >= record.version_id:
             return False  # already applied, or a stale verdict of an older version
-        if _judged_later(conn, record):
+        if judged_later(conn, record):
             return False  # a newer version here already has its verdict
         active = conn.execute(
             "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
@@ -227,14 +234,14 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
                     "INSERT INTO retakes (section, position, tile_name, row, col, stage_x_um,"
                     " stage_y_um, pixel_size_um, score, baseline, reason, defocus_um,"
                     " first_seen, status, note, version_id, updated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'open','',?,?)",
-                    (section, position, *fields, now, record.version_id, now),
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'',?,?)",
+                    (section, position, *fields, now, RetakeStatus.OPEN, record.version_id, now),
                 )
                 _event(
                     conn,
                     int(cur.lastrowid or 0),
                     now,
-                    "opened",
+                    RetakeAction.OPENED,
                     note=v.reason,
                     version_id=record.version_id,
                     score=record.score,
@@ -252,15 +259,22 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
                 conn.execute(
                     "UPDATE retakes SET tile_name = ?, row = ?, col = ?, stage_x_um = ?,"
                     " stage_y_um = ?, pixel_size_um = ?, score = ?, baseline = ?, reason = ?,"
-                    " defocus_um = ?, status = 'retaken_still_bad', version_id = ?, updated = ?,"
+                    " defocus_um = ?, status = ?, version_id = ?, updated = ?,"
                     " note = ? WHERE id = ?",
-                    (*fields, record.version_id, now, note, active[0]),
+                    (
+                        *fields,
+                        RetakeStatus.RETAKEN_STILL_BAD,
+                        record.version_id,
+                        now,
+                        note,
+                        active[0],
+                    ),
                 )
                 _event(
                     conn,
                     active[0],
                     now,
-                    "retaken_still_bad",
+                    RetakeAction.RETAKEN_STILL_BAD,
                     note=note,
                     version_id=record.version_id,
                     score=record.score,
@@ -271,15 +285,14 @@ def apply(ledger: Ledger, record: VerdictRecord) -> bool:
         # A good retake: keep why it was needed (score, reason) and record the fix.
         note = f"retaken as {record.tile_name}: score {format_score(record.score or 0.0)}"
         conn.execute(
-            "UPDATE retakes SET status = 'retaken_fixed', version_id = ?, updated = ?,"
-            " note = ? WHERE id = ?",
-            (record.version_id, now, note, active[0]),
+            "UPDATE retakes SET status = ?, version_id = ?, updated = ?, note = ? WHERE id = ?",
+            (RetakeStatus.RETAKEN_FIXED, record.version_id, now, note, active[0]),
         )
         _event(
             conn,
             active[0],
             now,
-            "retaken_fixed",
+            RetakeAction.RETAKEN_FIXED,
             note=note,
             version_id=record.version_id,
             score=record.score,
@@ -291,23 +304,9 @@ def _score(v: float | None) -> str:
     return "?" if v is None else format_score(v)
 
 
-def _judged_later(conn: sqlite3.Connection, record: VerdictRecord) -> bool:
-    """Whether a later version at this tile's position already has a verdict."""
-    args: tuple[object, ...]
-    if record.place is not None:
-        where, args = "v.position = ?", (record.place,)
-    elif record.row is not None and record.col is not None:
-        where, args = "v.row = ? AND v.col = ?", (record.row, record.col)
-    else:
-        where, args = "v.tile_name = ?", (record.tile_name,)
-    section_test = "v.section IS NULL" if record.section is None else "v.section = ?"
-    extra = () if record.section is None else (record.section,)
-    found = conn.execute(
-        "SELECT 1 FROM versions v JOIN results r ON r.version_id = v.id "
-        f"WHERE {where} AND {section_test} AND v.id > ? AND r.verdict IN (?, ?, ?) LIMIT 1",
-        (*args, *extra, record.version_id, "in_focus", "out_of_focus", "partly_out_of_focus"),
-    ).fetchone()
-    return found is not None
+def _entry(row: Sequence[Any]) -> RetakeEntry:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return RetakeEntry(**values | {"status": RetakeStatus(values["status"])})
 
 
 def entries(
@@ -323,7 +322,7 @@ def entries(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY section, row, col, tile_name, id"
-    found = [RetakeEntry(*r) for r in _read(ledger, sql, args)]
+    found = [_entry(r) for r in _read(ledger, sql, args)]
     if section is None:
         return found
     # However the section is written: '7', '007', 'S_007' or its folder 'S_007_1752450056'.
@@ -344,7 +343,8 @@ def history(ledger: Ledger, entry_id: int | None = None) -> list[RetakeEvent]:
     if entry_id is not None:
         sql += " WHERE retake_id = ?"
         args.append(entry_id)
-    return [RetakeEvent(*r) for r in _read(ledger, sql + " ORDER BY retake_id, id", args)]
+    found = _read(ledger, sql + " ORDER BY retake_id, id", args)
+    return [RetakeEvent(r[0], r[1], RetakeAction(r[2]), *r[3:]) for r in found]
 
 
 def _histories(ledger: Ledger) -> dict[int, list[RetakeEvent]]:
@@ -364,12 +364,14 @@ def dismiss(ledger: Ledger, entry_id: int, *, note: str, who: str | None = None)
     now = ledger.clock()
     with ledger.transaction() as conn:
         cur = conn.execute(
-            "UPDATE retakes SET status = 'dismissed', note = ?, updated = ? WHERE id = ?",
-            (note.strip(), now, entry_id),
+            "UPDATE retakes SET status = ?, note = ?, updated = ? WHERE id = ?",
+            (RetakeStatus.DISMISSED, note.strip(), now, entry_id),
         )
         if cur.rowcount == 0:
             raise KeyError(entry_id)
-        _event(conn, entry_id, now, "dismissed", who=who or _operator(), note=note.strip())
+        _event(
+            conn, entry_id, now, RetakeAction.DISMISSED, who=who or _operator(), note=note.strip()
+        )
     return next(e for e in entries(ledger) if e.id == entry_id)
 
 
@@ -387,9 +389,9 @@ def reopen(ledger: Ledger, entry_id: int, *, note: str, who: str | None = None) 
         ).fetchone()
         if row is None:
             raise KeyError(entry_id)
-        status, section, position = row
-        if status in _ACTIVE:
-            raise ValueError(f"entry {entry_id} is still to re-image ({status.replace('_', ' ')})")
+        status, section, position = RetakeStatus(row[0]), row[1], row[2]
+        if status.still_to_do:
+            raise ValueError(f"entry {entry_id} is still to re-image ({status.words})")
         other = conn.execute(
             "SELECT id FROM retakes WHERE section = ? AND position = ? AND status IN (?, ?)",
             (section, position, *_ACTIVE),
@@ -397,10 +399,12 @@ def reopen(ledger: Ledger, entry_id: int, *, note: str, who: str | None = None) 
         if other is not None:
             raise ValueError(f"entry {other[0]} is already open for this tile")
         conn.execute(
-            "UPDATE retakes SET status = 'open', note = ?, updated = ? WHERE id = ?",
-            (note.strip(), now, entry_id),
+            "UPDATE retakes SET status = ?, note = ?, updated = ? WHERE id = ?",
+            (RetakeStatus.OPEN, note.strip(), now, entry_id),
         )
-        _event(conn, entry_id, now, "reopened", who=who or _operator(), note=note.strip())
+        _event(
+            conn, entry_id, now, RetakeAction.REOPENED, who=who or _operator(), note=note.strip()
+        )
     return next(e for e in entries(ledger) if e.id == entry_id)
 
 
@@ -468,19 +472,19 @@ def render_text(
         stage = f"{_num(e.stage_x_um)} / {_num(e.stage_y_um)}"
         score = "-" if e.score is None else format_score(e.score)
         base = "-" if e.baseline is None else format_score(e.baseline)
-        status = e.status.replace("_", " ")
+        status = e.status.words
         rows.append([str(e.id), e.section, e.tile_name, rc, stage, f"{score} / {base}", status])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
     for e, r in zip(items, rows, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         lines.append(f"    why: {e.reason}")
-        changes = [h for h in (events or {}).get(e.id, []) if h.action != "opened"]
+        changes = [h for h in (events or {}).get(e.id, []) if h.action is not RetakeAction.OPENED]
         if changes:
             for h in changes:
                 by = f" by {h.who}" if h.who else ""
                 text = f": {h.note}" if h.note else ""
-                lines.append(f"    {_iso(h.at)} {h.action.replace('_', ' ')}{by}{text}")
+                lines.append(f"    {_iso(h.at)} {h.action.words}{by}{text}")
         elif e.note:
             lines.append(f"    note: {e.note}")
     todo = sum(e.still_to_do for e in items)

@@ -103,10 +103,6 @@ class TileScore:
     resolution: str = "patches"
     criterion: str = "mhfd"
     mode: str = DEFAULT_MODE
-    #: Per-patch ``content`` (same grid as ``patch_scores``), for telling resin from tissue.
-    patch_content: list[list[float]] | None = None
-    #: Estimated noise standard deviation, as a fraction of the stretched range.
-    noise: float = float("nan")
     #: The scale signature (``mhfd`` only, else None): fraction of the tile's counted
     #: maxima from the fine levels (σ ≤ ``focuswatch.score.mhfd.FINE_SIGMA`` px), pooled
     #: over patches. Defocus lowers it (fine scales go first); less tissue leaves it
@@ -158,8 +154,6 @@ def _tile_score(
         resolution=result.resolution,
         criterion=result.criterion,
         mode=result.mode,
-        patch_content=_grid(result.patch_content),
-        noise=result.noise,
         fine_fraction=result.fine_fraction,
         patch_fine_fraction=_grid(result.patch_fine_fraction),
         orientation=result.orientation,

@@ -167,8 +167,8 @@ class Service:
         return {
             "tile": v.path,
             "section": v.section,
-            "row": v.row,
-            "col": v.col,
+            "row": v.placement.row,
+            "col": v.placement.col,
             "position": v.position,
             "version": v.id,
         }

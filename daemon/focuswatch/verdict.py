@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "Placement",
+    "RetakeAction",
+    "RetakeStatus",
     "Verdict",
     "VerdictKind",
     "VerdictRecord",
@@ -41,6 +43,38 @@ class VerdictKind(enum.StrEnum):
         return self in (VerdictKind.OUT_OF_FOCUS, VerdictKind.PARTLY_OUT_OF_FOCUS)
 
 
+class RetakeStatus(enum.StrEnum):
+    """Where a retake-list entry stands (the ``retakes.status`` column)."""
+
+    OPEN = "open"
+    RETAKEN_FIXED = "retaken_fixed"
+    RETAKEN_STILL_BAD = "retaken_still_bad"
+    DISMISSED = "dismissed"
+
+    @property
+    def still_to_do(self) -> bool:
+        """The operator still has to re-image the tile."""
+        return self in (RetakeStatus.OPEN, RetakeStatus.RETAKEN_STILL_BAD)
+
+    @property
+    def words(self) -> str:
+        return self.value.replace("_", " ")
+
+
+class RetakeAction(enum.StrEnum):
+    """One change in a retake entry's history (the ``retake_events.action`` column)."""
+
+    OPENED = "opened"
+    RETAKEN_STILL_BAD = "retaken_still_bad"
+    RETAKEN_FIXED = "retaken_fixed"
+    DISMISSED = "dismissed"
+    REOPENED = "reopened"
+
+    @property
+    def words(self) -> str:
+        return self.value.replace("_", " ")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The policy's decision for one tile version."""
@@ -58,19 +92,14 @@ class VerdictRecord:
     version_id: int
     path: str
     tile_name: str
-    section: str | None
-    row: int | None
-    col: int | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    pixel_size_um: float | None
+    placement: Placement
     score: float | None
     verdict: Verdict
     at: float  # seconds since the epoch, from the injected clock
-    working_distance_um: float | None = None  # the microscope's focus (FibicsXML Scan/Focus)
-    #: The layout's position key (``r3-c4``, ``mFoV 12, beam 7``, ``grid 0, tile 42``).
-    place: str | None = None
-    stage_z_um: float | None = None  # SBEMimage's image list
+
+    @property
+    def section(self) -> str | None:
+        return self.placement.section
 
     @property
     def position(self) -> str:
@@ -79,18 +108,14 @@ class VerdictRecord:
         The key that makes two versions "the same tile" (a retake under a new name
         lands at the same position) for the retake list and the section summaries.
         """
-        if self.place is not None:
-            return self.place
-        if self.row is not None and self.col is not None:
-            return f"r{self.row}-c{self.col}"
-        return self.tile_name
+        key = self.placement.key()
+        return self.tile_name if key is None else key
 
     @property
     def where(self) -> str | None:
         """The position in the layout's own words (``row 3, col 4``; ``mFoV 12, beam 7``)."""
-        if self.place is None and (self.row is None or self.col is None):
-            return None
-        return position_words(self.position)
+        key = self.placement.key()
+        return None if key is None else position_words(key)
 
 
 _GRID_KEY = re.compile(r"^r(\d+)-c(\d+)$")
@@ -174,6 +199,14 @@ class Placement:
     #: Orders files of one (section, position) that the microscope writes under new
     #: names (MultiSEM's timestamp): the latest is the tile, earlier ones are retaken.
     taken: str | None = None
+
+    def key(self) -> str | None:
+        """The position key: the layout's, else the grid cell's; ``None`` where neither."""
+        if self.position is not None:
+            return self.position
+        if self.row is not None and self.col is not None:
+            return grid_position(self.row, self.col)
+        return None
 
 
 def grid_position(row: int, col: int) -> str:

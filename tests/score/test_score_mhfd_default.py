@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from focuswatch.score.mhfd import (
     dog_max,
 )
 from focuswatch.score.noise import noise_sigma
+from isbi import Slices
 
 CPU = get_backend("cpu")
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 6.0)
@@ -43,12 +43,12 @@ def test_default_falls_strictly_with_defocus_on_synthetic_tissue(
 
 @pytest.mark.parametrize("dose", [10.0, 30.0])
 def test_default_falls_with_defocus_on_real_em_where_faithful_counts_noise(
-    isbi_dir: Path, dose: float
+    isbi_slices: Slices, dose: float
 ) -> None:
     """On a real EM slice with shot noise the paper's fixed threshold counts noise
     maxima (its count does not fall with blur); the default mode's noise floor
     restores a strictly falling count."""
-    clean = synth.load_isbi(isbi_dir)[4]
+    clean = isbi_slices[4]
     ims = series(clean, dose, seed=3)
     default = [mhfd(im, backend=CPU) for im in ims]
     faithful = [mhfd(im, backend=CPU, mode="faithful") for im in ims]

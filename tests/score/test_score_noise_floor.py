@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from focuswatch.score.noise import (
     noise_model,
     spectral_level_noise,
 )
+from isbi import Slices
 
 CPU = get_backend("cpu")
 MHFD = sys.modules["focuswatch.score.mhfd"]
@@ -115,13 +115,13 @@ def test_correlated_noise_alone_scores_almost_nothing(noise: str) -> None:
 )
 @pytest.mark.parametrize("dose", [8.0, 30.0])
 def test_score_falls_with_blur_on_real_em_under_correlated_noise(
-    isbi_dir: Path, noise: str, dose: float
+    isbi_slices: Slices, noise: str, dose: float
 ) -> None:
     """Through-focus series of real EM slices with correlated noise: the default score
     falls with blur (Spearman ≤ −0.9 on every slice), every sharp image (σ 0)
     outscores every image blurred by σ ≥ 2 px of the same slice, and what is left at
     σ 6 px (noise maxima, mostly) is under a sixth of the sharp count."""
-    slices = synth.load_isbi(isbi_dir)
+    slices = isbi_slices
     for k in (2, 21):
         scores = [
             mhfd(noisy(slices[k], noise, dose=dose, seed=10 * k + i, blur=s), backend=CPU)
@@ -132,8 +132,8 @@ def test_score_falls_with_blur_on_real_em_under_correlated_noise(
         assert scores[-1] < scores[0] / 6, (k, scores)
 
 
-def test_fast_mode_ranks_correlated_noise_series_like_exact(isbi_dir: Path) -> None:
-    clean = synth.load_isbi(isbi_dir)[12]
+def test_fast_mode_ranks_correlated_noise_series_like_exact(isbi_slices: Slices) -> None:
+    clean = isbi_slices[12]
     images = [
         noisy(clean, noise, dose=8.0, seed=i, blur=s)
         for noise in ("x AR(1) 0.45", "2-D bilinear x1.4")

@@ -4,7 +4,6 @@ along one axis, round defocus does not. On real ISBI 2012 slices."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import score_image
 from focuswatch.score.orientation import BLOCK, orientation, streak_deg
+from isbi import Slices
 
 CPU = get_backend("cpu")
 SLICES = (2, 14, 27)
@@ -53,12 +53,12 @@ def test_no_orientation_for_what_has_no_signal_band() -> None:
 @pytest.mark.parametrize("dose", [8.0, 30.0, 200.0])
 @pytest.mark.parametrize("angle", [30.0, 120.0])
 def test_astigmatism_shows_its_streak_direction_round_blur_does_not(
-    isbi_dir: Path, dose: float, angle: float
+    isbi_slices: Slices, dose: float, angle: float
 ) -> None:
     """Astigmatic blur (σ 2 px, ×1.5 along the angle, ×0.5 across) turns the spectrum:
     strength ≥ 0.2 and the streaks read within 10° of the angle; sharp and round-blurred
     tiles of the same slice stay below 0.15 (white shot noise: nothing turns them)."""
-    slices = synth.load_isbi(isbi_dir)
+    slices = isbi_slices
     for k in SLICES:
         rng = np.random.default_rng([k, int(dose)])
         clean = slices[k]
@@ -77,11 +77,11 @@ def test_astigmatism_shows_its_streak_direction_round_blur_does_not(
             assert plain.strength < 0.15
 
 
-def test_scan_line_noise_is_not_read_as_structure(isbi_dir: Path) -> None:
+def test_scan_line_noise_is_not_read_as_structure(isbi_slices: Slices) -> None:
     """Noise correlated along x (AR(1) pole 0.5) has a spectrum of its own shape; the
     separable noise floor takes it out, so a round σ 1.5 px blur at 30 e/px does not
     look streaked along x (strength < 0.22; ~0.27 without the floor's shape)."""
-    slices = synth.load_isbi(isbi_dir)
+    slices = isbi_slices
     for k in SLICES:
         rng = np.random.default_rng(k)
         img = synth.degrade(slices[k], rng=rng, defocus_sigma=1.5, dose=30.0, noise_pole_x=0.5)

@@ -3,8 +3,6 @@ less tissue removes maxima at every scale, so only defocus moves the fraction.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,6 +10,7 @@ from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import mhfd_detail, score_image
 from focuswatch.score.mhfd import FINE_SIGMA, PAPER_SIGMAS, fine_levels
+from isbi import Slices
 
 CPU = get_backend("cpu")
 SLICES = (3, 17, 26)
@@ -26,13 +25,13 @@ def test_fine_levels_are_the_paper_levels_up_to_fine_sigma() -> None:
 @pytest.mark.parametrize("mode", ["default", "fast"])
 @pytest.mark.parametrize("dose", [30.0, 200.0])
 def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
-    isbi_dir: Path, mode: str, dose: float
+    isbi_slices: Slices, mode: str, dose: float
 ) -> None:
     """On real EM slices: covering half the tile with flat resin and a σ 2 px defocus
     both cost the count a quarter of its maxima or more (the count alone cannot tell
     them apart), but only defocus moves the fine fraction: down by a quarter or more
     at σ 2 px and by half at σ 3 px, while the half-resin tile keeps it within 0.06."""
-    slices = synth.load_isbi(isbi_dir)
+    slices = isbi_slices
     for k in SLICES:
         clean = slices[k]
         rng = np.random.default_rng(k)
@@ -59,10 +58,10 @@ def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
         assert blur3.fine_fraction < 0.5 * sharp.fine_fraction, (k, blur3, sharp)
 
 
-def test_patch_fine_fraction_maps_a_blurred_half(isbi_dir: Path) -> None:
+def test_patch_fine_fraction_maps_a_blurred_half(isbi_slices: Slices) -> None:
     """Per patch: the blurred half of a tile has the low fractions, the tile's value
     is the pooled one (fine maxima over all maxima)."""
-    clean = synth.load_isbi(isbi_dir)[8]
+    clean = isbi_slices[8]
     rng = np.random.default_rng(2)
     tile = np.concatenate([clean, clean[:, ::-1]], axis=1)
     left = synth.degrade(tile[:, :512], rng=rng, dose=30.0)
@@ -88,8 +87,8 @@ def test_fine_fraction_is_none_without_maxima_or_for_other_criteria() -> None:
     assert r.patch_fine_fraction is None
 
 
-def test_native_resolution_fine_fraction_is_the_blocks_pooled(isbi_dir: Path) -> None:
-    clean = synth.load_isbi(isbi_dir)[5]
+def test_native_resolution_fine_fraction_is_the_blocks_pooled(isbi_slices: Slices) -> None:
+    clean = isbi_slices[5]
     im = synth.degrade(clean, rng=np.random.default_rng(4), dose=30.0)
     whole = score_image(im, backend=CPU, resolution="native")
     patches = score_image(im, backend=CPU)

@@ -478,22 +478,23 @@ def with_meta(place: Placement, meta: TileMeta | None) -> Placement:
     """
     if meta is None:
         return place
-    row = place.row if place.row is not None else meta.row
-    col = place.col if place.col is not None else meta.col
+    tags = meta.placement
+    row = place.row if place.row is not None else tags.row
+    col = place.col if place.col is not None else tags.col
     position = place.position
     if position is None and row is not None and col is not None:
         position = grid_position(row, col)
     return replace(
         place,
-        section=place.section if place.section is not None else meta.section,
+        section=place.section if place.section is not None else tags.section,
         position=position,
         row=row,
         col=col,
-        stage_x_um=_first(place.stage_x_um, meta.stage_x_um),
-        stage_y_um=_first(place.stage_y_um, meta.stage_y_um),
-        pixel_size_um=_first(meta.pixel_size_um, place.pixel_size_um),
-        working_distance_um=_first(meta.working_distance_um, place.working_distance_um),
-        dwell_ns=_first(meta.dwell_ns, place.dwell_ns),
+        stage_x_um=_first(place.stage_x_um, tags.stage_x_um),
+        stage_y_um=_first(place.stage_y_um, tags.stage_y_um),
+        pixel_size_um=_first(tags.pixel_size_um, place.pixel_size_um),
+        working_distance_um=_first(tags.working_distance_um, place.working_distance_um),
+        dwell_ns=_first(tags.dwell_ns, place.dwell_ns),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from focuswatch.tiles.names import parse_tile_name
+from focuswatch.verdict import Placement
 
 __all__ = ["CZ_SEM_TAG", "FIBICS_TAG", "TileMeta", "build_meta", "tag_value"]
 
@@ -42,14 +43,9 @@ class TileMeta:
     told us something) or ``"none"``.
     """
 
-    section: str | None
-    row: int | None
-    col: int | None
-    pixel_size_um: float | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    dwell_ns: float | None
-    working_distance_um: float | None
+    #: What the name and the tags say of where and how it was taken (no layout's
+    #: position: ``tiles.layouts`` adds that from the path).
+    placement: Placement
     source: str
     #: Pixels of a float tile that were NaN or infinite and so not scored (set by
     #: ``scoring``, which fills them with the finite pixels' median).
@@ -209,7 +205,7 @@ def build_meta(path: Path, page: Any | None, sem: object) -> TileMeta:
             source = "cz_sem"
     if source == "none" and (section is not None or row is not None):
         source = "name"
-    return TileMeta(
+    placement = Placement(
         section=section,
         row=row if row is not None else fields.get("row"),
         col=col if col is not None else fields.get("col"),
@@ -218,5 +214,5 @@ def build_meta(path: Path, page: Any | None, sem: object) -> TileMeta:
         stage_y_um=fields.get("stage_y_um"),
         dwell_ns=fields.get("dwell_ns"),
         working_distance_um=fields.get("working_distance_um"),
-        source=source,
     )
+    return TileMeta(placement=placement, source=source)

@@ -316,7 +316,7 @@ def build_app(
             from focuswatch.tiles import read_meta
 
             try:
-                wd = read_meta(view.path).working_distance_um
+                wd = read_meta(view.path).placement.working_distance_um
             except Exception:  # TileError, OSError, or a tag the reader trips on: a nicety
                 wd = None
         return page(
