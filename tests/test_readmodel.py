@@ -9,6 +9,7 @@ import pytest
 from focuswatch.ledger import STATES, Ledger
 from focuswatch.readmodel import Activity, LastTile, ReadModel, WaferCell
 from focuswatch.verdict import Verdict, VerdictKind
+from test_ledger import Score
 
 
 class Clock:
@@ -71,5 +72,41 @@ def test_the_answers_are_typed_values_of_what_the_ledger_holds(tmp_path: Path) -
         assert h.buckets == (("50.0", 0.0), ("200.0", 1.0), ("+Inf", 1.0))
         with pytest.raises(ValueError, match="no histogram"):
             reads.time_histogram("elsewhere", (1.0,))
+    finally:
+        led.close()
+
+
+def test_a_section_fingerprint_moves_with_what_the_map_shows_of_it_only(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path, clock=Clock(1000.0))
+    try:
+        reads = ReadModel(led)
+        ids = {}
+        for section in ("001", "002"):
+            name = f"Tile_r1-c1_S_{section}_1.tif"
+            ids[section], _ = led.add_version(
+                f"/w/{name}", size=1, mtime_ns=1, tile_name=name, section=section, row=1, col=1
+            )
+        # A name that is not UTF-8 is fingerprinted too (as hex), not a decoding error.
+        led.add_version("/w/odd", size=1, mtime_ns=1, tile_name="Tile_\udcff.tif")
+        first = reads.section_fingerprints()
+        assert set(first) == {"001", "002", ""}
+        led.set_meta("heartbeat", 1.0)  # not shown on the map
+        assert reads.section_fingerprints() == first
+        led.claim_ready(3)
+        claimed = reads.section_fingerprints()
+        assert claimed["001"] != first["001"]  # the state is shown (handed to a worker)
+        led.record_result(
+            ids["002"], verdict=Verdict(VerdictKind.IN_FOCUS, "sharp"), score=Score(10.0)
+        )
+        second = reads.section_fingerprints()
+        assert second["001"] == claimed["001"]
+        assert second["002"] != claimed["002"]
+        led.revise_verdict(ids["002"], Verdict(VerdictKind.OUT_OF_FOCUS, "revised"))
+        third = reads.section_fingerprints()
+        assert third["002"] != second["002"]
+        assert third["001"] == claimed["001"]
+        (odd,) = reads.wafer_cells(section="")  # the tile of no section, on its own
+        assert odd.section is None
+        assert [c.verdict for c in reads.wafer_cells(section="002")] == ["out_of_focus"]
     finally:
         led.close()

@@ -259,12 +259,20 @@ class ReadModel:
         )
         return str(row[0]) if row else None
 
-    def wafer_cells(self) -> list[WaferCell]:
-        """Every current version with its verdict (None before it is judged), by id."""
+    def wafer_cells(self, *, section: str | None = None) -> list[WaferCell]:
+        """Every current version with its verdict (None before it is judged), by id;
+        with ``section``, only that section's (``""``: the tiles of no section)."""
+        where = ""
+        args: tuple[Any, ...] = ()
+        if section is not None:
+            where = " AND (v.section = ? OR (? = '' AND v.section IS NULL))"
+            args = (section, section)
         rows = self._rows(
             "SELECT v.id, v.section, v.section_index, v.row, v.col, v.position, v.tile_name, "
             "v.state, r.verdict, r.score, r.baseline FROM versions v "
-            "LEFT JOIN results r ON r.version_id = v.id WHERE v.superseded = 0 ORDER BY v.id"
+            "LEFT JOIN results r ON r.version_id = v.id WHERE v.superseded = 0"
+            f"{where} ORDER BY v.id",
+            args,
         )
         return [
             WaferCell(
@@ -282,6 +290,24 @@ class ReadModel:
             )
             for vid, sec, sec_i, row, col, position, name, state, verdict, score, baseline in rows
         ]
+
+    def section_fingerprints(self) -> dict[str, str]:
+        """Per section (``""``: the tiles of no section), a text made by SQLite of every
+        column ``wafer_cells`` reads of its current versions: it changes whenever
+        anything the wafer map shows of that section does, so a reader re-reads only
+        the sections whose text changed (one pass in C instead of a Python object per
+        tile of a long acquisition). Names go in as hex: no text decoding can fail."""
+        rows = self._rows(
+            "SELECT s, group_concat(x, char(30)) FROM (SELECT coalesce(v.section, '') AS s, "
+            "v.id || char(31) || coalesce(v.section_index, '') || char(31) || "
+            "coalesce(v.row, '') || char(31) || coalesce(v.col, '') || char(31) || "
+            "hex(coalesce(v.position, '')) || char(31) || hex(v.tile_name) || char(31) || "
+            "v.state || char(31) || coalesce(r.verdict, '') || char(31) || "
+            "coalesce(r.score, '') || char(31) || coalesce(r.baseline, '') AS x "
+            "FROM versions v LEFT JOIN results r ON r.version_id = v.id "
+            "WHERE v.superseded = 0 ORDER BY v.id) GROUP BY s"
+        )
+        return {str(sec): str(text) for sec, text in rows}
 
     def tile(self, version_id: int) -> TileView | None:
         row = self._one(

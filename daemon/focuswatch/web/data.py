@@ -163,6 +163,8 @@ class Console:
         self._reads = ReadModel(self._ledger)
         self._kept: dict[Hashable, tuple[int, Hashable, Any]] = {}
         self._kept_lock = threading.Lock()
+        # section → (its fingerprint, what the wafer map shows of it): see _wafer.
+        self._sections: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def close(self) -> None:
         self._ledger.close()
@@ -333,14 +335,43 @@ class Console:
         return self._keep("wafer", self._wafer)
 
     def _wafer(self) -> dict[str, Any]:
-        sections: dict[str, dict[str, Any]] = {}
-        max_row = max_col = 0
-        for t in self._reads.wafer_cells():
-            key = t.section if t.section is not None else ""
-            s = sections.setdefault(
-                key,
-                {"name": key or "(no section)", "index": t.section_index, "cells": {}, "other": []},
-            )
+        # Only the sections whose fingerprint moved are read again (a long acquisition
+        # has tens of thousands of tiles; a commit changes one section).
+        prints = self._reads.section_fingerprints()
+        built = self._sections
+        fresh = {
+            sec: built[sec]
+            if sec in built and built[sec][0] == text
+            else (text, self._section(sec))
+            for sec, text in prints.items()
+        }
+        self._sections = fresh
+        ordered = sorted(
+            (dict(s, fingerprint=text) for text, s in fresh.values()),
+            key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
+        )
+        for s, expected in zip(ordered, self._expected(ordered), strict=True):
+            s["expected"] = expected
+            # What the figure shows: the cells (its fingerprint) and the progress.
+            s["key"] = (s["name"], expected, s.pop("fingerprint"))
+        return {
+            "sections": ordered,
+            "rows": max((s["rows"] for s in ordered), default=0),
+            "cols": max((s["cols"] for s in ordered), default=0),
+        }
+
+    def _section(self, section: str) -> dict[str, Any]:
+        """One section's grid of positions with the current verdict there."""
+        found = self._reads.wafer_cells(section=section)
+        s: dict[str, Any] = {
+            "name": section or "(no section)",
+            "index": found[0].section_index if found else None,
+            "cells": {},
+            "other": [],
+            "rows": 0,
+            "cols": 0,
+        }
+        for t in found:
             ratio = None
             if t.score is not None and t.baseline:
                 ratio = t.score / t.baseline
@@ -360,24 +391,12 @@ class Console:
                 continue
             # A retake under a new name at the same position: the newest version wins.
             s["cells"][at] = cell
-            max_row, max_col = max(max_row, at[0]), max(max_col, at[1])
-        ordered = sorted(
-            sections.values(),
-            key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
-        )
-        for s, expected in zip(ordered, self._expected(ordered), strict=True):
-            cells = list(s["cells"].values()) + s["other"]
-            s["seen"] = len(cells)
-            s["judged"] = sum(1 for c in cells if c.verdict != "pending")
-            s["bad"] = sum(1 for c in cells if c.verdict in _RETAKE_VERDICTS)
-            s["expected"] = expected
-            s["key"] = (
-                s["name"],
-                expected,
-                tuple(sorted(s["cells"].items())),
-                tuple(s["other"]),
-            )
-        return {"sections": ordered, "rows": max_row, "cols": max_col}
+            s["rows"], s["cols"] = max(s["rows"], at[0]), max(s["cols"], at[1])
+        cells = list(s["cells"].values()) + s["other"]
+        s["seen"] = len(cells)
+        s["judged"] = sum(1 for c in cells if c.verdict != "pending")
+        s["bad"] = sum(1 for c in cells if c.verdict in _RETAKE_VERDICTS)
+        return s
 
     # -- one tile ------------------------------------------------------------------
 
