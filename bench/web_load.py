@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         100 * (bb.service_cpu_s - qq.service_cpu_s) / (qq.service_cpu_s + qq.worker_s)
         for qq, bb in zip(quiet, busy, strict=True)
     ]
+    # The same cost per page served: what one request costs the service's process,
+    # whatever the run's length (a loaded machine lengthens runs, and so adds pages).
+    per_page = [
+        1000 * (bb.service_cpu_s - qq.service_cpu_s) / bb.served
+        for qq, bb in zip(quiet, busy, strict=True)
+        if bb.served > 0
+    ]
     served = sum(x.served for x in busy)
     failed = sum(x.failed for x in busy)
     polled = sum(x.wall_s for x in busy)
@@ -191,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         f"round: {', '.join(f'{x:+.1f}' for x in costs)}; range {min(costs):+.1f} to "
         f"{max(costs):+.1f} %)"
     )
+    if per_page:
+        print(
+            f"  per page served: {statistics.median(per_page):.1f} ms of the service's CPU "
+            f"(median; each round: {', '.join(f'{x:.1f}' for x in per_page)})"
+        )
     return 0
 
 

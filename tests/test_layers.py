@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"focuswatch", "config", "backend", "statelock", "watch", "synth"},
     {"score", "tiles", "unit"},
     {"scoring", "ledger"},
-    {"executor", "calibrate", "outbox"},
+    {"executor", "calibrate", "outbox", "readmodel"},
     {"policy", "gpu", "alarms"},
     {"judge", "worker", "alerts", "retakes", "hooks"},
     {"cluster", "status"},

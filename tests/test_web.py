@@ -102,7 +102,6 @@ def test_the_console_reads_tiles_by_arrival_through_an_index(tmp_path: Path) -> 
     try:
         for sql in (
             "SELECT count(*) FROM versions WHERE first_seen >= 0",
-            "SELECT max(first_seen) FROM versions",
             "SELECT tile_name, first_seen FROM versions ORDER BY first_seen DESC LIMIT 1",
         ):
             plan = " ".join(str(r[-1]) for r in led.connection.execute("EXPLAIN QUERY PLAN " + sql))
@@ -140,6 +139,7 @@ def test_now_page_and_healthz_say_healthy_with_a_fresh_heartbeat(
     assert "local" in html  # the executor's backend as the service described it
     assert "time to clear: nothing waiting" in html
     assert "built-in" not in html
+    assert '<p class="sub">array library: fake</p>' in html  # what the results were scored with
 
 
 def test_now_line_warns_when_no_tile_arrived_for_half_an_hour(
@@ -209,6 +209,11 @@ def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
     endpoint = re.search(rb'<table id="endpoints">.*?<code>(json://[^<]*)</code>', body, re.S)
     assert endpoint is not None  # the endpoint named, redacted (checked below)
     assert b"out of focus" in body.lower()
+    # Each alert says to which endpoint it went or waits: here the refusing one, waiting.
+    to = re.findall(rb'<span class="delivery" data-sent="(yes|no)"><code>([^<]*)</code>', body)
+    assert to
+    assert {name for _, name in to} == {endpoint.group(1)}
+    assert {sent for sent, _ in to} == {b"no"}
     for page in ("", "alerts", "metrics", "api/generation", "retakes.json", "retakes.csv"):
         _, _, body = fetch(cs.url + page)
         assert SECRET.encode() not in body, page
@@ -523,3 +528,190 @@ def test_the_worst_patch_crop_is_that_patch_at_full_resolution(tmp_path: Path) -
     assert np.asarray(Image.open(io.BytesIO(small))).shape == (16, 16)
     assert worst_patch_crop(str(path), None) is None
     assert worst_patch_crop(str(tmp_path / "gone.tif"), [[1.0]]) is None
+
+
+class FixedClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backlog_ledger(state: Path, clock: FixedClock) -> None:
+    """Ten tiles seen at t=100..109; six of them judged at t=800..805; four waiting.
+
+    At t=1000 the last 5 minutes saw no arrival and 6 tiles scored: 1.2 a minute,
+    so the 4 left take 3 min 20 s.
+    """
+    from focuswatch.verdict import Verdict, VerdictKind
+
+    led = Ledger.open(state, clock=clock)
+    try:
+        ids = []
+        for i in range(10):
+            clock.now = 100.0 + i
+            name = f"Tile_r1-c{i + 1}_S_001_1.tif"
+            ids.append(led.add_version(f"/w/{name}", size=1, mtime_ns=1, tile_name=name)[0])
+        led.claim_ready(6)
+        for i, vid in enumerate(ids[:6]):
+            clock.now = 800.0 + i
+            led.record_result(vid, verdict=Verdict(VerdictKind.UNREADABLE, "not a tile"))
+    finally:
+        led.close()
+    clock.now = 1000.0
+
+
+def test_the_time_to_clear_the_backlog_is_said_in_words() -> None:
+    from focuswatch.web.data import clear_in
+
+    assert clear_in(0, 5.0, 1.0) == "nothing waiting"
+    assert clear_in(4, 0.0, 1.2) == "about 3 min 20 s"
+    assert clear_in(120, 1.0, 3.0) == "about 1 h 0 min"
+    assert clear_in(4, 3.0, 2.0) == (
+        "not clearing: tiles arrive as fast as they are scored, or faster; "
+        "2 min 0 s of scoring if no more arrive"
+    )
+    assert clear_in(4, 0.0, 0.0) == "not clearing: nothing scored in the last 5 minutes"
+
+
+def test_the_now_page_says_how_long_the_backlog_takes_to_clear(tmp_path: Path) -> None:
+    clock = FixedClock(0.0)
+    backlog_ledger(tmp_path, clock)
+    console = WebConsole(WebConfig(host="127.0.0.1", port=0), tmp_path, clock=clock)
+    console.start()
+    try:
+        assert console.running
+        status, _, body = fetch(console.url or "")
+        html = body.decode()
+        assert status == 200
+        assert '<p id="backlog">4 tiles</p>' in html
+        assert '<p id="clear-in">time to clear: about 3 min 20 s</p>' in html
+        assert "0 still being written, 4 waiting, 0 handed to the workers" in html
+    finally:
+        console.close()
+
+
+def test_an_unchanged_ledger_is_answered_from_what_was_kept_and_a_commit_at_once(
+    tmp_path: Path,
+) -> None:
+    """A poll of unchanged state reuses the answer; a commit by the service (another
+    connection) is seen by the very next read, never a stale page."""
+    from focuswatch.web.data import Console
+
+    clock = FixedClock(0.0)
+    backlog_ledger(tmp_path, clock)
+    console = Console(tmp_path, clock=clock)
+    writer = Ledger.open(tmp_path, clock=clock)
+    try:
+        wafer = console.wafer()
+        assert console.wafer() is wafer
+        assert console.rates(clock.now, 300.0) is console.rates(clock.now, 300.0)
+        assert console.counts()["ready"] == 4
+        writer.add_version("/w/new.tif", size=1, mtime_ns=1, tile_name="Tile_r2-c1_S_001_1.tif")
+        fresh = console.wafer()
+        assert fresh is not wafer
+        assert [s["seen"] for s in wafer["sections"]] == [10]
+        assert [s["seen"] for s in fresh["sections"]] == [11]
+        assert console.counts()["ready"] == 5
+        assert console.last_tile() == ("Tile_r2-c1_S_001_1.tif", 1000.0)
+        # A rate over the last minutes moves with the clock, even with no commit.
+        before = console.rates(clock.now, 300.0)
+        clock.now += 400.0
+        assert console.rates(clock.now, 300.0) != before
+    finally:
+        writer.close()
+        console.close()
+
+
+def test_the_wafer_map_shows_a_new_tile_at_the_next_poll_and_keeps_the_others(
+    console_service: MakeConsole,
+) -> None:
+    """Sections are rendered once per change: the next poll after a verdict shows it,
+    in both views, and the sections that did not change read as before."""
+    cs, _ = planted(console_service)
+    _, _, before = fetch(cs.url + "wafer")
+    _, _, before_score = fetch(cs.url + "wafer?colour=score")
+    cs.write("S_002_2/Tile_r2-c1_S_002_2_BLUR.tif", value=4)
+    cs.judge(8)
+    _, _, after = fetch(cs.url + "wafer")
+    _, _, after_score = fetch(cs.url + "wafer?colour=score")
+
+    def figure(html: bytes, section: str) -> str:
+        found = re.search(rf'<figure[^>]*data-section="{section}".*?</figure>', html.decode(), re.S)
+        assert found is not None
+        return found.group()
+
+    assert figure(after, "001") == figure(before, "001")
+    assert figure(after_score, "001") == figure(before_score, "001")
+    for html in (after, after_score):
+        new = re.search(
+            r'<rect class="tile"[^>]*data-name="Tile_r2-c1_S_002_2_BLUR.tif"[^>]*>', html.decode()
+        )
+        assert new is not None
+        assert 'data-verdict="out_of_focus"' in new.group()
+        assert "4 of 4 tiles seen" in figure(html, "002")
+        assert "2 to retake" in figure(html, "002")
+    assert "Tile_r2-c1_S_002_2_BLUR.tif" not in before.decode()
+
+
+def test_status_and_the_now_page_say_the_same_rates_in_local_time_with_its_zone(
+    tmp_path: Path,
+) -> None:
+    """One rule for every throughput figure: `status` and the Now page agree (both over
+    the last 5 minutes, a young ledger measured over its own age), and the executor's
+    own rate over its last few tiles is shown by neither."""
+    import time
+
+    from focuswatch import status
+    from focuswatch.config import Config
+    from focuswatch.web.data import Console
+
+    clock = FixedClock(0.0)
+    backlog_ledger(tmp_path, clock)
+    led = Ledger.open(tmp_path, clock=clock)
+    led.set_meta(
+        "executor",
+        {"backend": "dask", "tiles_per_s": 9.75, "scheduler": "tls://ops:Hunter2pw@10.0.0.5:8786"},
+    )
+    led.close()
+    summary = status.summary(Config(state_dir=tmp_path), clock=clock)
+    text = status.format_text(summary)
+    now = Console(tmp_path, clock=clock)
+    try:
+        view = now.now_view()
+    finally:
+        now.close()
+    assert summary["tiles_per_min"] == pytest.approx(1.2)
+    assert view["rates"]["score_5"] == pytest.approx(1.2)
+    assert summary["arriving_per_min"] == view["rates"]["arrive_5"] == 0.0
+    assert "rate: 1.2 tiles/min scored, 0.0 arriving (last 5 min)" in text
+    assert "tiles_per_s" not in text
+    assert "tiles_per_s" not in view["executor"]
+    assert "Hunter2pw" not in str(view["executor"])
+    assert view["executor"]["scheduler"] == "tls://ops:***@10.0.0.5:8786"
+    zone = time.strftime("%Z", time.localtime(805.0))
+    assert f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(805.0))} {zone}" in text
+    assert view["zone"].startswith(time.strftime("%Z", time.localtime(1000.0)))
+
+
+def test_the_sample_grafana_dashboard_draws_every_metric_and_only_served_ones(
+    console_service: MakeConsole,
+) -> None:
+    import json
+
+    cs = console_service()
+    _, _, body = fetch(cs.url + "metrics")
+    served = set(re.findall(r"^# TYPE (\w+) ", body.decode(), re.M))
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "docs" / "grafana-focuswatch.json").read_text("utf-8")
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    named = {
+        re.sub(r"_(bucket|sum|count)$", "", m)
+        for e in exprs
+        for m in re.findall(r"\bfocuswatch_\w+", e)
+    }
+    assert named - served == set()  # no panel asks for a metric that does not exist
+    assert served - named == set()  # and every metric has its panel
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
 from browser import wait_for
-from test_web import XSS, planted
+from test_web import XSS, FixedClock, backlog_ledger, planted
 from webkit import TOKEN, MakeConsole
 
 pytestmark = pytest.mark.slow
@@ -206,3 +207,21 @@ def test_the_score_view_of_the_wafer_map_stays_while_tiles_arrive(
     )
     assert chromium.find_elements(By.ID, "ratio-legend")
     assert fill_of(chromium, "Tile_r1-c1_S_003_3_BLUR.tif") != VERMILLION
+
+
+def test_the_now_page_shows_the_backlog_and_the_time_to_clear_it(
+    tmp_path: Path, chromium: Any
+) -> None:
+    from focuswatch.config import WebConfig
+    from focuswatch.web import WebConsole
+
+    clock = FixedClock(0.0)
+    backlog_ledger(tmp_path, clock)
+    console = WebConsole(WebConfig(host="127.0.0.1", port=0), tmp_path, clock=clock)
+    console.start()
+    try:
+        chromium.get(console.url)
+        assert chromium.find_element(By.ID, "backlog").text == "4 tiles"
+        assert chromium.find_element(By.ID, "clear-in").text == "time to clear: about 3 min 20 s"
+    finally:
+        console.close()

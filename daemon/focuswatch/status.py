@@ -20,14 +20,27 @@ from typing import Any, TextIO
 from focuswatch import alarms, outbox
 from focuswatch.config import Config
 from focuswatch.ledger import STATES, Ledger
+from focuswatch.readmodel import ReadModel
 from focuswatch.statelock import StateLock
 from focuswatch.text import printable
 
-__all__ = ["STALE_HEARTBEAT_S", "format_text", "main", "summary"]
+__all__ = [
+    "EXECUTOR_OWN_RATES",
+    "RATE_WINDOW_S",
+    "STALE_HEARTBEAT_S",
+    "format_text",
+    "main",
+    "summary",
+]
 
 #: A running service writes its heartbeat every few seconds (service.META_INTERVAL_S):
 #: one older than this means it is stuck or cannot write (status, the web console).
 STALE_HEARTBEAT_S = 60.0
+#: The window of the rates shown here and first on the web page's Now page.
+RATE_WINDOW_S = 300.0
+#: The executor's own throughput over its last few tiles: not shown beside the ledger's
+#: rates (one rule, ``ReadModel.rates``, for every figure shown, or they disagree).
+EXECUTOR_OWN_RATES = frozenset({"tiles_per_s"})
 
 
 def summary(
@@ -39,12 +52,16 @@ def summary(
     ledger = Ledger.open(cfg.state_dir, readonly=True, clock=clock)
     try:
         out = ledger.status_summary(last=last)
+        rates = ReadModel(ledger).rates(clock(), RATE_WINDOW_S)
         service = ledger.get_meta("service")
         told = ledger.get_meta(alarms.META_KEY)
         out["alerts_pending"] = outbox.pending_count(ledger)
         out["alerts_failing"] = outbox.failing_endpoints(ledger)
     finally:
         ledger.close()
+    # The same rule and window as the web page's first figures, so the two agree.
+    out["tiles_per_min"] = rates.score
+    out["arriving_per_min"] = rates.arrive
     out["alarms"] = [] if told is None else alarms.to_meta(alarms.from_meta(told[0]))
     out["state_dir"] = str(cfg.state_dir)
     out["running"] = StateLock(cfg.state_dir).holder()
@@ -55,7 +72,7 @@ def summary(
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _position(r: dict[str, Any]) -> str:
@@ -87,7 +104,9 @@ def format_text(s: dict[str, Any]) -> str:
         lines.append(f"watching: {svc.get('watch')} (observer: {svc.get('observer')})")
     ex = s.get("executor") or {}
     if ex:
-        details = ", ".join(f"{k}={v}" for k, v in ex.items() if k != "backend")
+        details = ", ".join(
+            f"{k}={v}" for k, v in ex.items() if k != "backend" and k not in EXECUTOR_OWN_RATES
+        )
         lines.append(
             f"backend: {ex.get('backend', 'unknown')}" + (f" ({details})" if details else "")
         )
@@ -106,7 +125,8 @@ def format_text(s: dict[str, Any]) -> str:
     counts = s["counts"]
     lines.append("tiles: " + ", ".join(f"{st} {counts[st]}" for st in STATES))
     lines.append(
-        f"backlog: {s['backlog']}   rate: {s['tiles_per_min']:.1f} tiles/min (last 10 min)"
+        f"backlog: {s['backlog']}   rate: {s['tiles_per_min']:.1f} tiles/min scored, "
+        f"{s.get('arriving_per_min', 0.0):.1f} arriving (last 5 min)"
     )
     if s["verdicts"]:
         lines.append("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items())))

@@ -1,6 +1,7 @@
 """The operator console: a live web page served by the daemon, ``/metrics`` and ``/healthz``.
 
-- ``data``: every read (and the two writes: dismiss, reopen) against the ledger.
+- ``data``: what the pages show, from the ledger's typed queries (``focuswatch.readmodel``),
+  each kept until the ledger changes; the two writes (dismiss, reopen) are ``retakes``'.
 - ``app``: the Starlette routes and the security checks (token, same origin, CSRF).
 - ``svg``: layout of the wafer map, focus map and score history.
 - ``metrics``: the Prometheus collector, read from the ledger at scrape time.

@@ -23,6 +23,7 @@ reason is escaped (Jinja2 autoescape); alert endpoints appear only redacted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -41,6 +42,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jinja2
 import numpy as np
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -65,6 +67,9 @@ _THUMB_PX = 384
 _THUMB_CACHE = 64
 _MAX_FORM_BYTES = 16 * 1024
 _CROP_PX = 384
+# Rendered sections of the wafer map kept (a section's figure is made again only when
+# what it shows changed: polling a big wafer re-renders only the section being imaged).
+_FIGURE_CACHE = 4096
 
 VERDICT_LABELS = {
     "in_focus": "in focus",
@@ -86,7 +91,9 @@ def _num(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
+    """One per process: the templates are compiled once, not at each server start."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
         autoescape=True,  # every template is HTML: names and reasons are escaped
@@ -177,6 +184,33 @@ def worst_patch_crop(path: str, patches: Any, *, px: int = _CROP_PX) -> bytes | 
     return out.getvalue()
 
 
+class _Figures:
+    """The wafer map's section figures, each rendered once per change of what it shows."""
+
+    def __init__(self, env: jinja2.Environment) -> None:
+        self._template = env.get_template("section.html")
+        self._cache: OrderedDict[tuple[Any, ...], Markup] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, section: dict[str, Any], *, rows: int, cols: int, by_score: bool) -> Markup:
+        key = (section["key"], rows, cols, by_score)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        html = Markup(
+            self._template.render(
+                s=section, wafer={"rows": rows, "cols": cols}, cell=svg.CELL, by_score=by_score
+            )
+        )
+        with self._lock:
+            self._cache[key] = html
+            while len(self._cache) > _FIGURE_CACHE:
+                self._cache.popitem(last=False)
+        return html
+
+
 def _done_message(request: Request) -> str:
     """What the last change did (only these words: no text from the URL reaches the page)."""
     done = request.query_params.get("done")
@@ -208,6 +242,9 @@ def build_app(
     registry = metrics.registry_for(console)
     csrf_key = secrets.token_bytes(32)
     thumbs = _Thumbnails()
+    figures = _Figures(env)
+    # /metrics text, kept per ledger change and second (its ages move with the clock).
+    scraped: list[tuple[tuple[int, int], bytes]] = []
 
     def csrf_for(session: str) -> str:
         return hmac.new(csrf_key, session.encode(), hashlib.sha256).hexdigest()
@@ -259,8 +296,10 @@ def build_app(
             "wafer.html",
             title="Wafer map",
             wafer=wafer,
-            cell=svg.CELL,
             by_score=by_score,
+            figure=lambda s: figures.get(
+                s, rows=wafer["rows"], cols=wafer["cols"], by_score=by_score
+            ),
             ratio_legend=svg.ratio_legend(),
             live="changes",
         )
@@ -272,7 +311,7 @@ def build_app(
             return not_found(request, f"The ledger knows no tile version {vid}.")
         history = console.history(view.position) if view.position is not None else []
         present = _same_file(view.path, view.size, view.mtime_ns)
-        wd = console.working_distance_um(view.id)
+        wd = view.working_distance_um
         if wd is None and present:
             from focuswatch.tiles import read_meta
 
@@ -405,14 +444,15 @@ def build_app(
 
     async def alerts_page(request: Request) -> Response:
         items = console.alerts()
-        waiting = [a for a in items if a["sent"] is None]
-        sent = [a for a in items if a["sent"] is not None]
+        waiting = [a for a in items if a.sent is None]
+        sent = [a for a in items if a.sent is not None]
         return page(
             request,
             "alerts.html",
             title="Alerts",
             waiting=waiting,
             sent=sent,
+            deliveries=console.deliveries(),
             endpoints=console.endpoints(),
             live="changes",
         )
@@ -430,7 +470,10 @@ def build_app(
         return PlainTextResponse(text, status_code=200 if health.ok else 503)
 
     async def metrics_page(request: Request) -> Response:
-        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+        stamp = (console.data_version(), int(clock()))
+        if not scraped or scraped[0][0] != stamp:
+            scraped[:] = [(stamp, metrics.render(registry))]
+        return Response(scraped[0][1], media_type=metrics.CONTENT_TYPE)
 
     async def on_404(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith("/static/"):

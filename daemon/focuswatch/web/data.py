@@ -1,42 +1,56 @@
 """What the console shows, read from the ledger through its own read-only connection.
 
-Every SQL statement the web pages and ``/metrics`` use is in this module, and only
-columns that the ledger's migrations create (``versions``, ``results``, ``meta``,
-``retakes``, ``alert_outbox``): when the schema changes, this is the one place to adapt.
+The queries are the ledger's (``focuswatch.readmodel``: typed, frozen answers); this
+module turns them into what the pages show (health in one line, rates, the time to
+clear the backlog, the wafer's sections) and keeps each answer until the ledger
+changes: SQLite's ``data_version`` moves when the service commits, so polls of an
+unchanged state cost one ``PRAGMA``, and a value that depends on the clock too (a
+rate over the last 5 minutes) is recomputed at most once a second.
 The connection is opened ``mode=ro``; the ledger is SQLite WAL, so these reads never
-block the service's writer, and each statement sees the latest committed state.
-The two writes the page can make (dismiss and reopen a retake entry) are
-``focuswatch.retakes``' own, through a short-lived writable connection in
-``Console.change_retake``.
+block the service's writer. The two writes the page can make (dismiss and reopen a
+retake entry) are ``focuswatch.retakes``' own, through a short-lived writable
+connection in ``Console.change_retake``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from focuswatch import alarms as alarm_state
 from focuswatch import retakes as retake_list
 from focuswatch.ledger import STATES, Ledger, section_index
-from focuswatch.status import STALE_HEARTBEAT_S
+from focuswatch.readmodel import (
+    Delivery,
+    EndpointState,
+    HistoryPoint,
+    OutboxItem,
+    Rates,
+    ReadModel,
+    TileView,
+)
+from focuswatch.status import EXECUTOR_OWN_RATES, STALE_HEARTBEAT_S
 from focuswatch.text import printable
 from focuswatch.verdict import grid_cell
 
 __all__ = [
     "VERDICTS",
     "Console",
+    "Facts",
     "Health",
-    "TileView",
+    "MapCell",
+    "clear_in",
     "expected_from_previous",
     "redact_text",
 ]
+
+T = TypeVar("T")
 
 # No new tile for this long: the Now line says the microscope may have stopped writing
 # (a warning on the page, not a /healthz failure: the service itself is fine).
@@ -49,6 +63,11 @@ TIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 6
 
 
 _USERINFO = re.compile(r"://([^:/@\s]*):([^@/\s]+)@")
+
+
+def _mask_userinfo(text: str) -> str:
+    """A URL's password masked, the rest kept (a redacted endpoint name, an address)."""
+    return _USERINFO.sub(r"://\1:***@", printable(text))
 
 
 def redact_text(text: str | None) -> str:
@@ -85,39 +104,48 @@ class Health:
 
 
 @dataclass(frozen=True)
-class TileView:
-    """Everything the tile page shows about one version."""
+class MapCell:
+    """One tile on the wafer map: what its square shows and links to."""
 
     id: int
-    path: str
-    tile_name: str
-    section: str | None
-    row: int | None
-    col: int | None
-    #: The key of this position's history in its layout (``r3-c4``, ``mFoV 2, beam 7``).
-    position: str | None
-    stage_x_um: float | None
-    stage_y_um: float | None
-    pixel_size_um: float | None
+    name: str
+    verdict: str
     state: str
-    size: int
-    mtime_ns: int
-    superseded: bool
-    last_error: str | None
-    first_seen: float
     score: float | None
-    verdict: str | None
-    reason: str | None
-    baseline: float | None
-    defocus_um: float | None
-    patch_scores: list[list[float]] | None
-    scored_at: float | None
-    backend: str | None
-    score_ms: float | None
+    #: Score against its baseline (None before there is a baseline).
+    ratio: float | None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the Now page, ``/healthz`` and ``/metrics`` read, at one ledger version."""
+
+    counts: dict[str, int]
+    last_tile: tuple[str, float] | None
+    meta: dict[str, tuple[Any, float]]
+    alerts_waiting: int
+    array_backend: str | None
+    generation: str
+
+
+def clear_in(backlog: int, arrive: float, score: float) -> str:
+    """How long the backlog takes to clear at the current rates (tiles per minute)."""
+    if backlog == 0:
+        return "nothing waiting"
+    if score <= 0.0:
+        return "not clearing: nothing scored in the last 5 minutes"
+    if score <= arrive:
+        # All at once (a wafer copied in) also reads so: say what scoring alone needs.
+        return (
+            f"not clearing: tiles arrive as fast as they are scored, or faster; "
+            f"{_duration(backlog / score * 60.0)} of scoring if no more arrive"
+        )
+    return f"about {_duration(backlog / (score - arrive) * 60.0)}"
 
 
 class Console:
-    """The read side of the console: one read-only ledger connection, used under a lock."""
+    """The read side of the console: one read-only ledger connection, used under a lock,
+    and each answer kept until the ledger changes."""
 
     def __init__(
         self,
@@ -132,83 +160,96 @@ class Console:
         self.clock = clock
         self.started = clock() if started is None else started
         self._ledger = Ledger.open(self.state_dir, readonly=True, clock=clock)
+        self._reads = ReadModel(self._ledger)
+        self._kept: dict[Hashable, tuple[int, Hashable, Any]] = {}
+        self._kept_lock = threading.Lock()
+        # section → (its fingerprint, what the wafer map shows of it): see _wafer.
+        self._sections: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def close(self) -> None:
         self._ledger.close()
 
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._ledger.reading() as conn:
-            return conn.execute(sql, tuple(args)).fetchall()
+    # -- answers kept per ledger change --------------------------------------------
 
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...]:
-        rows = self._rows(sql, args)
-        return rows[0] if rows else ()
+    def data_version(self) -> int:
+        """Moves whenever the service (or a dismiss) committed: what a kept answer is
+        checked against. One ``PRAGMA``, the whole cost of a poll of unchanged state."""
+        return self._reads.data_version()
+
+    def _keep(self, key: Hashable, compute: Callable[[], T], *, stamp: Hashable = None) -> T:
+        """``compute()``, or what it gave at the same data version (and ``stamp``: the
+        second, for what depends on the clock too). Reading the version before
+        computing keeps it safe: a commit in between is seen at the next call."""
+        version = self.data_version()
+        with self._kept_lock:
+            hit = self._kept.get(key)
+        if hit is not None and hit[0] == version and hit[1] == stamp:
+            return hit[2]  # type: ignore[no-any-return]
+        value = compute()
+        with self._kept_lock:
+            self._kept[key] = (version, stamp, value)
+        return value
+
+    def facts(self) -> Facts:
+        """The small figures, read together once per ledger version (a poll of an
+        unchanged ledger reads none of them again)."""
+
+        def compute() -> Facts:
+            last = self._reads.last_tile()
+            return Facts(
+                counts=self._reads.state_counts(STATES),
+                last_tile=None if last is None else (printable(last.name), last.first_seen),
+                meta=self._reads.all_meta(),
+                alerts_waiting=self._reads.alerts_waiting(),
+                array_backend=self._reads.last_array_backend(),
+                generation=self._reads.generation(),
+            )
+
+        return self._keep("facts", compute)
 
     def meta(self, key: str) -> tuple[Any, float] | None:
-        row = self._one("SELECT value, updated FROM meta WHERE key = ?", (key,))
-        if not row:
-            return None
-        try:
-            return json.loads(row[0]), float(row[1])
-        except (TypeError, ValueError):
-            return None
+        return self.facts().meta.get(key)
 
     # -- live updates --------------------------------------------------------------
 
     def generation(self) -> str:
         """Changes whenever something a page shows changed (the pages poll it)."""
-        r = self._one("SELECT max(id), count(*) FROM results")
-        v = self._one("SELECT max(id), max(updated) FROM versions")
-        t = self._one("SELECT max(updated), count(*) FROM retakes")
-        o = self._one("SELECT count(*), max(sent), max(attempts) FROM alert_outbox")
-        return json.dumps([list(r), list(v), list(t), list(o)])
+        return self.facts().generation
 
     # -- the Now page --------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
-        for state, n in self._rows(
-            "SELECT state, count(*) FROM versions WHERE superseded = 0 GROUP BY state"
-        ):
-            out[str(state)] = int(n)
-        return out
+        return dict(self.facts().counts)
 
-    def rates(self, now: float, window_s: float) -> tuple[float, float]:
-        """Tiles per minute arriving (new versions) and scored (results) over the window.
-
-        A ledger younger than the window is measured over its own age (at least a
-        minute), so a rate 40 s after the first tile is not diluted by empty time.
-        """
-        since = now - window_s
-        arrived = self._one("SELECT count(*) FROM versions WHERE first_seen >= ?", (since,))[0]
-        scored = self._one("SELECT count(*) FROM results WHERE scored_at >= ?", (since,))[0]
-        oldest = self._one("SELECT min(first_seen) FROM versions")
-        span = window_s
-        if oldest and oldest[0] is not None:
-            span = min(window_s, max(60.0, now - float(oldest[0])))
-        minutes = span / 60.0
-        return int(arrived) / minutes, int(scored) / minutes
+    def rates(self, now: float, window_s: float) -> Rates:
+        """Tiles per minute arriving and scored over the window (``ReadModel.rates``)."""
+        return self._keep(
+            ("rates", window_s), lambda: self._reads.rates(now, window_s), stamp=int(now)
+        )
 
     def last_tile(self) -> tuple[str, float] | None:
-        row = self._one(
-            "SELECT tile_name, first_seen FROM versions ORDER BY first_seen DESC LIMIT 1"
-        )
-        return (printable(str(row[0])), float(row[1])) if row else None
+        return self.facts().last_tile
 
-    def alarms(self) -> list[alarm_state.Alarm]:
+    def alarms(self, facts: Facts | None = None) -> list[alarm_state.Alarm]:
         """The alarms that last, as the service last wrote them (``focuswatch.alarms``)."""
-        stored = self.meta(alarm_state.META_KEY)
+        stored = (facts or self.facts()).meta.get(alarm_state.META_KEY)
         return [] if stored is None else alarm_state.from_meta(stored[0])
 
     def alerts_waiting(self) -> int:
-        return int(self._one("SELECT count(*) FROM alert_outbox WHERE sent IS NULL")[0])
+        return self.facts().alerts_waiting
 
-    def health(self, now: float | None = None) -> Health:
+    def backlog(self, counts: dict[str, int] | None = None) -> int:
+        """Tiles recorded but not judged yet (seen, ready, handed to the workers)."""
+        c = self.counts() if counts is None else counts
+        return c["seen"] + c["ready"] + c["scoring"]
+
+    def health(self, now: float | None = None, facts: Facts | None = None) -> Health:
         """200 or 503 for ``/healthz``, and the Now page's first line."""
         now = self.clock() if now is None else now
+        f = self.facts() if facts is None else facts
         problems: list[str] = []
         warnings: list[str] = []
-        beat = self.meta("heartbeat")
+        beat = f.meta.get("heartbeat")
         if beat is None:
             problems.append("the service has written no heartbeat yet")
         elif now - beat[1] > STALE_HEARTBEAT_S:
@@ -218,20 +259,19 @@ class Console:
             )
         if not os.access(self.state_dir, os.W_OK):
             problems.append(f"the state folder {self.state_dir} is not writable")
-        alarms = self.alarms()
+        alarms = self.alarms(f)
         names = {a.name for a in alarms}
         for a in alarms:
             told = f"{a.line} (since {_duration(now - a.since)})"
             (problems if a.name.unhealthy else warnings).append(told)
-        counts = self.counts()
-        backlog = counts["seen"] + counts["ready"] + counts["scoring"]
-        arrive5, score5 = self.rates(now, 300.0)
+        backlog = self.backlog(f.counts)
+        r5 = self.rates(now, 300.0)
         behind = alarm_state.AlarmName.BEHIND in names
-        if not behind and backlog > 0 and arrive5 > score5 * 1.1 and arrive5 > 0:
+        if not behind and backlog > 0 and r5.arrive > r5.score * 1.1 and r5.arrive > 0:
             warnings.append(
-                f"scoring falls behind: {arrive5:.1f} tiles/min arrive, {score5:.1f} scored"
+                f"scoring falls behind: {r5.arrive:.1f} tiles/min arrive, {r5.score:.1f} scored"
             )
-        last = self.last_tile()
+        last = f.last_tile
         stalled = alarm_state.AlarmName.STALL in names
         if not stalled and last is not None and now - last[1] > QUIET_WARNING_S:
             warnings.append(
@@ -246,45 +286,41 @@ class Console:
 
     def now_view(self) -> dict[str, Any]:
         now = self.clock()
-        counts = self.counts()
-        backlog = counts["seen"] + counts["ready"] + counts["scoring"]
-        arrive5, score5 = self.rates(now, 300.0)
-        arrive60, score60 = self.rates(now, 3600.0)
-        if backlog == 0:
-            clear = "nothing waiting"
-        elif score5 > arrive5:
-            clear = f"about {_duration(backlog / (score5 - arrive5) * 60.0)}"
-        else:
-            clear = "not clearing: tiles arrive as fast as they are scored, or faster"
-        executor = self.meta("executor")
+        f = self.facts()
+        counts = dict(f.counts)
+        backlog = self.backlog(counts)
+        r5, r60 = self.rates(now, 300.0), self.rates(now, 3600.0)
+        executor = f.meta.get("executor")
         desc = executor[0] if executor is not None and isinstance(executor[0], dict) else {}
-        service = self.meta("service")
-        last = self.last_tile()
+        service = f.meta.get("service")
+        last = f.last_tile
         local = time.localtime(now)
         return {
-            "health": self.health(now),
+            "health": self.health(now, f),
             "alarms": [
                 {"name": str(a.name), "line": a.line, "since": a.since, "bad": a.name.unhealthy}
-                for a in self.alarms()
+                for a in self.alarms(f)
             ],
             "last_tile": None if last is None else last[0],
             "last_tile_ago": None if last is None else _duration(now - last[1]),
             "rates": {
-                "arrive_5": arrive5,
-                "score_5": score5,
-                "arrive_60": arrive60,
-                "score_60": score60,
+                "arrive_5": r5.arrive,
+                "score_5": r5.score,
+                "arrive_60": r60.arrive,
+                "score_60": r60.score,
             },
             "counts": counts,
             "backlog": backlog,
-            "clear_in": clear,
+            "clear_in": clear_in(backlog, r5.arrive, r5.score),
             "backend": str(desc.get("backend", "unknown")),
             "workers": desc.get("workers"),
-            "executor": {str(k): printable(str(v)) for k, v in desc.items()},
-            "array_backend": self._one(
-                "SELECT backend FROM results WHERE backend IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ),
-            "alerts_waiting": self.alerts_waiting(),
+            "executor": {
+                str(k): _mask_userinfo(str(v))
+                for k, v in desc.items()
+                if k not in EXECUTOR_OWN_RATES
+            },
+            "array_backend": f.array_backend,
+            "alerts_waiting": f.alerts_waiting,
             "pid": None if service is None else service[0].get("pid"),
             "uptime": _duration(now - self.started),
             "local_time": time.strftime("%Y-%m-%d %H:%M:%S", local),
@@ -294,105 +330,84 @@ class Console:
     # -- the wafer map -------------------------------------------------------------
 
     def wafer(self) -> dict[str, Any]:
-        """Sections in order, each a grid of positions with the current verdict there."""
-        rows = self._rows(
-            "SELECT v.id, v.section, v.section_index, v.row, v.col, v.position, v.tile_name, "
-            "v.state, r.verdict, r.score, r.baseline FROM versions v "
-            "LEFT JOIN results r ON r.version_id = v.id WHERE v.superseded = 0 ORDER BY v.id"
+        """Sections in order, each a grid of positions with the current verdict there;
+        each section's ``key`` (hashable) changes when anything its figure shows does."""
+        return self._keep("wafer", self._wafer)
+
+    def _wafer(self) -> dict[str, Any]:
+        # Only the sections whose fingerprint moved are read again (a long acquisition
+        # has tens of thousands of tiles; a commit changes one section).
+        prints = self._reads.section_fingerprints()
+        built = self._sections
+        fresh = {
+            sec: built[sec]
+            if sec in built and built[sec][0] == text
+            else (text, self._section(sec))
+            for sec, text in prints.items()
+        }
+        self._sections = fresh
+        ordered = sorted(
+            (dict(s, fingerprint=text) for text, s in fresh.values()),
+            key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
         )
-        sections: dict[str, dict[str, Any]] = {}
-        max_row = max_col = 0
-        for vid, sec, sec_i, row, col, position, name, state, verdict, score, baseline in rows:
-            key = sec if sec is not None else ""
-            s = sections.setdefault(
-                key,
-                {"name": key or "(no section)", "index": sec_i, "cells": {}, "other": []},
-            )
-            kind = verdict if verdict in VERDICTS else "pending"
+        for s, expected in zip(ordered, self._expected(ordered), strict=True):
+            s["expected"] = expected
+            # What the figure shows: the cells (its fingerprint) and the progress.
+            s["key"] = (s["name"], expected, s.pop("fingerprint"))
+        return {
+            "sections": ordered,
+            "rows": max((s["rows"] for s in ordered), default=0),
+            "cols": max((s["cols"] for s in ordered), default=0),
+        }
+
+    def _section(self, section: str) -> dict[str, Any]:
+        """One section's grid of positions with the current verdict there."""
+        found = self._reads.wafer_cells(section=section)
+        s: dict[str, Any] = {
+            "name": section or "(no section)",
+            "index": found[0].section_index if found else None,
+            "cells": {},
+            "other": [],
+            "rows": 0,
+            "cols": 0,
+        }
+        for t in found:
             ratio = None
-            if score is not None and baseline:
-                ratio = float(score) / float(baseline)
-            cell = {
-                "id": int(vid),
-                "name": printable(str(name)),
-                "verdict": kind,
-                "state": state,
-                "score": score,
-                "ratio": ratio,
-            }
-            at = (int(row), int(col)) if row is not None and col is not None else None
-            if at is None and position is not None:
-                at = grid_cell(str(position))  # mFoV × beam, grid × tile
+            if t.score is not None and t.baseline:
+                ratio = t.score / t.baseline
+            cell = MapCell(
+                id=t.id,
+                name=printable(t.name),
+                verdict=t.verdict if t.verdict in VERDICTS else "pending",
+                state=t.state,
+                score=t.score,
+                ratio=ratio,
+            )
+            at = (t.row, t.col) if t.row is not None and t.col is not None else None
+            if at is None and t.position is not None:
+                at = grid_cell(t.position)  # mFoV × beam, grid × tile
             if at is None:
                 s["other"].append(cell)
                 continue
             # A retake under a new name at the same position: the newest version wins.
             s["cells"][at] = cell
-            max_row, max_col = max(max_row, at[0]), max(max_col, at[1])
-        ordered = sorted(
-            sections.values(),
-            key=lambda s: (s["index"] is None, s["index"] or 0, s["name"]),
-        )
-        for s, expected in zip(ordered, self._expected(ordered), strict=True):
-            cells = list(s["cells"].values()) + s["other"]
-            s["seen"] = len(cells)
-            s["judged"] = sum(1 for c in cells if c["verdict"] != "pending")
-            s["bad"] = sum(
-                1 for c in cells if c["verdict"] in ("out_of_focus", "partly_out_of_focus")
-            )
-            s["expected"] = expected
-        return {"sections": ordered, "rows": max_row, "cols": max_col}
+            s["rows"], s["cols"] = max(s["rows"], at[0]), max(s["cols"], at[1])
+        cells = list(s["cells"].values()) + s["other"]
+        s["seen"] = len(cells)
+        s["judged"] = sum(1 for c in cells if c.verdict != "pending")
+        s["bad"] = sum(1 for c in cells if c.verdict in _RETAKE_VERDICTS)
+        return s
 
     # -- one tile ------------------------------------------------------------------
 
     def tile(self, version_id: int) -> TileView | None:
-        row = self._one(
-            "SELECT v.id, v.path, v.tile_name, v.section, v.row, v.col, v.position, v.stage_x_um, "
-            "v.stage_y_um, v.pixel_size_um, v.state, v.size, v.mtime_ns, v.superseded, "
-            "v.last_error, v.first_seen, r.score, r.verdict, r.reason, r.baseline, "
-            "r.defocus_um, r.patch_scores, r.scored_at, r.backend, r.score_ms "
-            "FROM versions v LEFT JOIN results r ON r.version_id = v.id WHERE v.id = ?",
-            (version_id,),
-        )
-        if not row:
-            return None
-        values = list(row)
-        values[13] = bool(values[13])
-        patches = values[21]
-        try:
-            values[21] = json.loads(patches) if patches else None
-        except ValueError:
-            values[21] = None
-        return TileView(*values)
+        return self._reads.tile(version_id)
 
-    def working_distance_um(self, version_id: int) -> float | None:
-        """As recorded with the result (migration 3's column; None before it)."""
-        try:
-            row = self._one("SELECT working_distance_um FROM versions WHERE id = ?", (version_id,))
-        except sqlite3.OperationalError:
-            return None
-        return None if not row or row[0] is None else float(row[0])
-
-    def history(self, position: str) -> list[dict[str, Any]]:
+    def history(self, position: str) -> list[HistoryPoint]:
         """Score and baseline of this position in every section (latest version of each)."""
-        found = self._rows(
-            "SELECT v.id, v.section, v.section_index, r.score, r.baseline, r.verdict "
-            "FROM versions v JOIN results r ON r.version_id = v.id "
-            "WHERE v.position = ? AND v.superseded = 0 "
-            "ORDER BY v.section_index, v.id",
-            (position,),
-        )
-        by_section: dict[Any, dict[str, Any]] = {}
-        for vid, sec, sec_i, score, baseline, verdict in found:
-            by_section[sec] = {
-                "id": int(vid),
-                "section": printable(str(sec)) if sec is not None else "",
-                "index": sec_i,
-                "score": None if score is None else float(score),
-                "baseline": None if baseline is None else float(baseline),
-                "verdict": verdict or "pending",
-            }
-        return sorted(by_section.values(), key=lambda h: (h["index"] is None, h["index"] or 0))
+        return [
+            replace(h, section=printable(h.section)) for h in self._reads.position_history(position)
+        ]
 
     # -- retakes -------------------------------------------------------------------
 
@@ -407,7 +422,7 @@ class Console:
         return items
 
     def retake_sections(self) -> list[str]:
-        found = [str(r[0]) for r in self._rows("SELECT DISTINCT section FROM retakes")]
+        found = self._reads.retake_sections()
         return sorted(found, key=lambda s: (section_index(s) is None, section_index(s) or 0, s))
 
     def retake_histories(self) -> dict[int, list[retake_list.RetakeEvent]]:
@@ -443,88 +458,58 @@ class Console:
 
     # -- alerts --------------------------------------------------------------------
 
-    def alerts(self, *, limit: int = 200) -> list[dict[str, Any]]:
+    def alerts(self, *, limit: int = 200) -> list[OutboxItem]:
         """The outbox, newest first; URLs in errors redacted (they may hold secrets)."""
-        rows = self._rows(
-            "SELECT id, kind, section, title, created, attempts, next_attempt, sent, last_error "
-            "FROM alert_outbox ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        keys = ("id", "kind", "section", "title", "created", "attempts", "next_attempt", "sent")
-        out = []
-        for r in rows:
-            item = dict(zip(keys, r[:8], strict=True))
-            item["title"] = printable(str(item["title"]))
-            item["last_error"] = redact_text(r[8])
-            out.append(item)
-        return out
+        return [
+            replace(a, title=printable(a.title), last_error=redact_text(a.last_error))
+            for a in self._reads.outbox(limit=limit)
+        ]
 
-    def endpoints(self) -> list[dict[str, Any]]:
-        """Per alert endpoint (its redacted name, as the outbox stores it): delivered,
-        waiting, the latest error and last delivery. Empty before migration 3's
-        ``alert_deliveries`` (or with no endpoint configured)."""
-        try:
-            rows = self._rows(
-                "SELECT endpoint_name, sum(sent IS NOT NULL), sum(sent IS NULL), max(sent), "
-                "min(CASE WHEN sent IS NULL THEN next_attempt END) "
-                "FROM alert_deliveries GROUP BY endpoint ORDER BY endpoint_name"
-            )
-            errors = dict(
-                self._rows(
-                    "SELECT endpoint_name, last_error FROM alert_deliveries "
-                    "WHERE sent IS NULL AND last_error IS NOT NULL ORDER BY next_attempt"
+    def deliveries(self, *, limit: int = 200) -> dict[int, list[Delivery]]:
+        """To which endpoint each of the newest alerts went (or waits), redacted."""
+        return {
+            outbox_id: [
+                replace(
+                    d, endpoint=_mask_userinfo(d.endpoint), last_error=redact_text(d.last_error)
                 )
-            )
-        except sqlite3.OperationalError:  # an older schema: no per-endpoint table
-            return []
-        keys = ("endpoint", "sent", "waiting", "last_sent", "next_attempt")
-        out = []
-        for r in rows:
-            item = dict(zip(keys, r, strict=True))
+                for d in found
+            ]
+            for outbox_id, found in self._reads.deliveries(limit=limit).items()
+        }
+
+    def endpoints(self) -> list[EndpointState]:
+        """Per alert endpoint (its redacted name, as the outbox stores it): delivered,
+        waiting, the latest error and last delivery (empty with no endpoint)."""
+
+        def compute() -> list[EndpointState]:
             # Stored redacted by the outbox (apprise's privacy form); a password that
             # slipped through is masked here as well.
-            item["endpoint"] = _USERINFO.sub(r"://\1:***@", printable(str(item["endpoint"])))
-            item["last_error"] = redact_text(errors.get(r[0]))
-            out.append(item)
-        return out
+            return [
+                replace(
+                    e,
+                    endpoint=_mask_userinfo(e.endpoint),
+                    last_error=redact_text(e.last_error),
+                )
+                for e in self._reads.endpoints()
+            ]
+
+        return list(self._keep("endpoints", compute))
 
     # -- metrics -------------------------------------------------------------------
 
     def verdict_counts(self) -> dict[str, int]:
-        out = dict.fromkeys(VERDICTS[:-1], 0)
-        for verdict, n in self._rows(
-            "SELECT r.verdict, count(*) FROM results r JOIN versions v ON v.id = r.version_id "
-            "WHERE v.superseded = 0 GROUP BY r.verdict"
-        ):
-            out[str(verdict)] = int(n)
-        return out
+        return dict(self._keep("verdict_counts", lambda: self._reads.verdict_counts(VERDICTS[:-1])))
 
     def histogram(self, which: str) -> tuple[list[tuple[str, float]], float, int]:
-        """Cumulative buckets, sum and count of scoring time or close→verdict time (s).
-
-        Counted by SQLite in one pass: a scrape must not carry every result of a long
-        acquisition into Python.
-        """
-        if which == "scoring":
-            value, source = "score_ms / 1000.0", "results"
-        else:
-            value, source = (
-                "r.scored_at - v.first_seen",
-                ("results r JOIN versions v ON v.id = r.version_id"),
-            )
-        counts = ", ".join(f"total(x <= {b!r})" for b in TIME_BUCKETS)
-        row = self._one(
-            f"SELECT count(x), total(x), {counts} FROM (SELECT {value} AS x FROM {source}) "
-            "WHERE x BETWEEN -1e308 AND 1e308"  # finite: neither NULL (NaN) nor infinite
+        """Cumulative buckets, sum and count of scoring time or close→verdict time (s)."""
+        h = self._keep(
+            ("histogram", which), lambda: self._reads.time_histogram(which, TIME_BUCKETS)
         )
-        n, total = int(row[0]), float(row[1])
-        buckets = [(str(b), float(c)) for b, c in zip(TIME_BUCKETS, row[2:], strict=True)]
-        buckets.append(("+Inf", float(n)))
-        return buckets, total, n
+        return list(h.buckets), h.total, h.count
 
     def newest_tile_age(self) -> float | None:
-        row = self._one("SELECT max(first_seen) FROM versions")
-        return None if not row or row[0] is None else self.clock() - float(row[0])
+        last = self.last_tile()
+        return None if last is None else self.clock() - last[1]
 
     def worker_restarts(self) -> int:
         executor = self.meta("executor")

@@ -76,8 +76,8 @@ class ConsoleCollector(Collector):
             labels=["endpoint"],
         )
         for e in c.endpoints():
-            per_endpoint.add_metric([e["endpoint"]], e["waiting"] or 0)
-            sent.add_metric([e["endpoint"]], e["sent"] or 0)
+            per_endpoint.add_metric([e.endpoint], e.waiting)
+            sent.add_metric([e.endpoint], e.sent)
         yield per_endpoint
         yield sent
         yield GaugeMetricFamily(

@@ -9,7 +9,10 @@ score against its baseline on the wafer map.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
+
+from focuswatch.readmodel import HistoryPoint
 
 __all__ = [
     "CELL",
@@ -141,14 +144,14 @@ def patch_map(patches: Any, *, size: int = 320) -> dict[str, Any] | None:
 
 
 def history_plot(
-    history: list[dict[str, Any]], *, current: int, width: int = 560, height: int = 220
+    history: Sequence[HistoryPoint], *, current: int, width: int = 560, height: int = 220
 ) -> dict[str, Any] | None:
     """Score (points, coloured by verdict) and baseline (dashed) of a position by section."""
-    points = [h for h in history if h["score"] is not None]
+    points = [(h, h.score) for h in history if h.score is not None]
     if not points:
         return None
     pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 36
-    ys = [h["score"] for h in points] + [h["baseline"] for h in points if h["baseline"]]
+    ys = [score for _, score in points] + [h.baseline for h, _ in points if h.baseline]
     top = max(ys) * 1.1 or 1.0
     n = len(points)
     span_w = width - pad_l - pad_r
@@ -162,21 +165,21 @@ def history_plot(
 
     dots = []
     baseline = []
-    for i, h in enumerate(points):
+    for i, (h, score) in enumerate(points):
         dots.append(
             {
                 "x": round(x(i), 1),
-                "y": round(y(h["score"]), 1),
-                "verdict": h["verdict"],
-                "current": h["id"] == current,
-                "id": h["id"],
-                "label": h["section"],
-                "title": f"section {h['section']}: score {h['score']:,.0f}"
-                + (f", baseline {h['baseline']:,.0f}" if h["baseline"] else ""),
+                "y": round(y(score), 1),
+                "verdict": h.verdict,
+                "current": h.id == current,
+                "id": h.id,
+                "label": h.section,
+                "title": f"section {h.section}: score {score:,.0f}"
+                + (f", baseline {h.baseline:,.0f}" if h.baseline else ""),
             }
         )
-        if h["baseline"]:
-            baseline.append(f"{x(i):.1f},{y(h['baseline']):.1f}")
+        if h.baseline:
+            baseline.append(f"{x(i):.1f},{y(h.baseline):.1f}")
     ticks = [{"y": round(y(top * k / 4), 1), "label": f"{top * k / 4:,.0f}"} for k in range(5)]
     step = max(1, n // 10)
     labels = [d for i, d in enumerate(dots) if i % step == 0]
