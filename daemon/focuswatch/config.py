@@ -161,6 +161,7 @@ class PolicyConfig:
     partial_patch_drop: float = _opt(0.5, _fraction)
     partial_min_patches: int = _opt(1, _range(1, 100_000))
     fine_drop: float = _opt(0.15, _fraction)
+    spectral_drop: float = _opt(0.36, _fraction)
     section_wide_fraction: float = _opt(0.5, _fraction)
     calibration: Path | None = _opt(None)
 

@@ -18,6 +18,7 @@ last tile is the one a section-by-section feed reaches.
 from __future__ import annotations
 
 import heapq
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from focuswatch import policy
 from focuswatch.config import PolicyConfig
 from focuswatch.errors import StateError
-from focuswatch.ledger import Ledger, TileVersion
+from focuswatch.ledger import Ledger, PastTile, TileVersion
 from focuswatch.policy import DefocusModel, Evidence
 from focuswatch.verdict import Verdict, VerdictKind
 
@@ -37,6 +38,10 @@ Decide = Callable[..., Verdict]
 # share of failed tiles enough to change a peer's verdict: peers are not revised (a
 # 1000-tile MultiSEM section would otherwise cost a million decisions).
 _REVISE_PEERS_MAX = 64
+# A section's lift (policy: how much its other tiles gained against their own
+# positions) is read from at most this many of them (by position key: the same ones
+# whatever the arrival order), each one history query.
+_LIFT_PEERS_MAX = 16
 # A revision that keeps going is a bug; stop it rather than the service.
 _REVISE_BUDGET = 20
 
@@ -59,6 +64,32 @@ def _fine(score: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _spectral_changes(
+    ledger: Ledger, peers: list[PastTile], section_index: int | None, cfg: PolicyConfig
+) -> list[float]:
+    """Each other tile's spectral ratio over its own position's recent median (its
+    sections not judged out of focus)."""
+    if section_index is None:
+        return []
+    usable = sorted(
+        (p for p in peers if p.position is not None and p.spectral is not None),
+        key=lambda p: str(p.position),
+    )
+    out = []
+    for p in usable[:_LIFT_PEERS_MAX]:
+        past = [
+            float(h.spectral)
+            for h in ledger.position_history(
+                str(p.position), before_section_index=section_index, limit=cfg.history_sections
+            )
+            if h.spectral is not None and h.verdict != str(VerdictKind.OUT_OF_FOCUS)
+        ]
+        ref = statistics.median(past) if past else 0.0
+        if ref > 0:
+            out.append(float(p.spectral or 0.0) / ref)
+    return out
+
+
 def evidence(
     ledger: Ledger,
     v: TileVersion,
@@ -70,6 +101,7 @@ def evidence(
     cfg: PolicyConfig,
     patch_fine: list[list[float]] | None = None,
     orientation: tuple[float, float] | None = None,
+    spectral: float | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
@@ -104,6 +136,13 @@ def evidence(
         orientation_history=[p.orientation for p in history],
         later=[p.score for p in later],
         later_fine=[p.fine_fraction for p in later],
+        spectral=spectral,
+        spectral_history=[p.spectral for p in history],
+        later_spectral=[p.spectral for p in later],
+        section_spectral=[p.spectral for p in peers],
+        section_spectral_change=_spectral_changes(ledger, peers, v.section_index, cfg)
+        if spectral is not None and history
+        else [],
     )
 
 
@@ -124,6 +163,7 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
         cfg=cfg,
         patch_fine=r.get("patch_fine_fraction"),
         orientation=None if ox is None or oy is None else (float(ox), float(oy)),
+        spectral=r.get("spectral"),
     )
     return ev, _gist(str(r["verdict"]), r["reason"] or "")
 
@@ -241,6 +281,7 @@ def judge(
             cfg=cfg,
             patch_fine=getattr(score, "patch_fine_fraction", None),
             orientation=getattr(score, "orientation", None),
+            spectral=getattr(score, "spectral", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
     except StateError:

@@ -261,6 +261,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX versions_by_first_seen ON versions (first_seen);
     """,
+    # 10: the spectral ratio of a result (TileScore.spectral: high-to-mid band power
+    # above the noise floor), the policy's defocus evidence against the history
+    """
+    ALTER TABLE results ADD COLUMN spectral REAL;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -465,6 +470,9 @@ class PastTile:
     fine_fraction: float | None = None
     has_history: bool = True
     orientation: tuple[float, float] | None = None
+    spectral: float | None = None
+    #: The layout's position key (``section_peers`` only).
+    position: str | None = None
 
 
 # A Placement's fields are the versions columns of the same names, in its order.
@@ -891,6 +899,7 @@ class Ledger:
             "patch_fine_fraction": None,
             "orientation_x": None,
             "orientation_y": None,
+            "spectral": None,
         }
         meta: TileMeta | None = None
         if score is not None:
@@ -907,15 +916,16 @@ class Ledger:
                 "fine_fraction": getattr(score, "fine_fraction", None),
                 "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
                 **_orientation_columns(getattr(score, "orientation", None)),
+                "spectral": getattr(score, "spectral", None),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
                 " read_ms, score_ms, fine_fraction, patch_fine_fraction,"
-                " orientation_x, orientation_y, verdict, reason,"
+                " orientation_x, orientation_y, spectral, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
@@ -1017,7 +1027,7 @@ class Ledger:
             return []
         cur = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
-            "r.orientation_x, r.orientation_y "
+            "r.orientation_x, r.orientation_y, r.spectral "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -1026,7 +1036,7 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine, ox, oy in cur:
+        for vid, sec, score, maps, verdict, fine, ox, oy, spectral in cur:
             if sec == last:
                 continue
             last = sec
@@ -1040,6 +1050,7 @@ class Ledger:
                     str(verdict),
                     fine,
                     orientation=_orientation(ox, oy),
+                    spectral=spectral,
                 )
             )
             if len(out) >= limit:
@@ -1054,8 +1065,8 @@ class Ledger:
         position either way).
         """
         rows = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, "
-            "EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, r.spectral, "
+            "v.position, EXISTS (SELECT 1 FROM versions w JOIN results q ON q.version_id = w.id "
             "WHERE w.position = v.position AND w.section_index != v.section_index "
             "AND w.superseded = 0 AND q.score IS NOT NULL) "
             "FROM versions v JOIN results r ON r.version_id = v.id "
@@ -1073,8 +1084,10 @@ class Ledger:
                 str(verdict),
                 fine,
                 bool(history),
+                spectral=spectral,
+                position=position,
             )
-            for vid, sec, score, verdict, fine, history in rows
+            for vid, sec, score, verdict, fine, spectral, position, history in rows
         ]
 
     def position_future(
@@ -1085,7 +1098,7 @@ class Ledger:
         if limit <= 0:
             return []
         cur = self._conn.execute(
-            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction "
+            "SELECT v.id, v.section_index, r.score, r.verdict, r.fine_fraction, r.spectral "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index > ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -1093,7 +1106,7 @@ class Ledger:
             (position, after_section_index),
         )
         out: list[PastTile] = []
-        for vid, sec, score, verdict, fine in cur:
+        for vid, sec, score, verdict, fine, spectral in cur:
             if out and out[-1].section_index == sec:
                 continue
             out.append(
@@ -1104,6 +1117,7 @@ class Ledger:
                     None,
                     str(verdict),
                     fine,
+                    spectral=spectral,
                 )
             )
             if len(out) >= limit:

@@ -115,6 +115,14 @@ _ASTIG_ALONE = 0.25
 # Sharp tissue keeps at least this share of its features at fine scales (absolute,
 # for a tile with nothing to compare with).
 _SHARP_FINE = 0.5
+# A spectral reference of this many sections or more is sure (``_spectral_margin``).
+_SPECTRAL_SURE = 3
+# Against its section's other tiles (no trusted history here), a tile must lose this
+# much of their median spectral ratio (positions differ: ISBI sharp tiles keep ≥ 0.67
+# of their peers' ratio, σ 1.5 ≤ 0.57 of it).
+_PEER_SPECTRAL_DROP = 0.5
+# The section's lift (``_spectral_reference``) needs this many other tiles' changes.
+_MIN_LIFT_PEERS = 2
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 #: How a section-wide failure's reason starts (alerts may group on it).
@@ -168,6 +176,11 @@ class Evidence:
     aligned with ``history``. ``later``, ``later_fine``: the
     position's next sections (oldest first), given only for a tile with no earlier
     section here (the first section of a wafer has no past to compare with).
+    ``spectral``: the spectral ratio (``focuswatch.score.spectrum``: high-to-mid band
+    power above the noise floor); ``spectral_history`` and ``later_spectral`` aligned
+    with ``history`` and ``later``; ``section_spectral_change`` each other tile of the
+    section's ratio over its own position's recent median (how much the section as a
+    whole changed: imaging conditions, not one tile); ``section_spectral`` their ratios.
     """
 
     score: float
@@ -186,6 +199,11 @@ class Evidence:
     orientation_history: Sequence[tuple[float, float] | None] = ()
     later: Sequence[float] = ()
     later_fine: Sequence[float | None] = ()
+    spectral: float | None = None
+    spectral_history: Sequence[float | None] = ()
+    later_spectral: Sequence[float | None] = ()
+    section_spectral_change: Sequence[float] = ()
+    section_spectral: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,7 @@ class _Past:
     fine: float | None
     patches: list[list[float]] | None
     turn: tuple[float, float] | None = None
+    spectral: float | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +228,11 @@ class _Reference:
     peers: bool
     drop: float
     turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
+    spectral: float | None = None  # the reference spectral ratio
+    n_spectral: int = _SPECTRAL_SURE  # how many sections it is the median of
+    #: The section's other tiles gained this factor of spectral ratio against their own
+    #: positions (> 1: the section as a whole shows more fine detail than before).
+    lift: float = 1.0
 
 
 def severity(kind: VerdictKind) -> int:
@@ -228,6 +252,16 @@ def _finite(values: Sequence[float | None]) -> list[float]:
 def _fine(value: float | None) -> float | None:
     """A usable fine-scale fraction; 0 is one (every feature coarse: a blurred tile)."""
     return float(value) if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def _positive(value: float | None) -> float | None:
+    """A usable spectral ratio (0 is one: nothing above the noise in the high band)."""
+    return float(value) if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def _median_positive(values: Sequence[float]) -> float | None:
+    m = statistics.median(values) if values else 0.0
+    return m if m > 0 else None
 
 
 def _upper(values: Sequence[float]) -> float:
@@ -269,6 +303,7 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
                 fine,
                 maps[i] if i < len(maps) else None,
                 _turn(_at(ev.orientation_history, i)),
+                _positive(_at(ev.spectral_history, i)),
             )
         )
     return out
@@ -297,7 +332,7 @@ def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
     return [p for p in past if ok(p)]
 
 
-def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference | None:
+def _position_reference(trusted: list[_Past], ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
     recent = trusted[: cfg.history_sections]
     median = statistics.median(p.score for p in recent)
     if median < cfg.min_baseline:
@@ -314,7 +349,44 @@ def _position_reference(trusted: list[_Past], cfg: PolicyConfig) -> _Reference |
     fine = _guarded([p.fine for p in trusted], cfg)
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
     turns = tuple(p.turn for p in recent if p.turn is not None)
-    return _Reference(median, long, where, len(trusted), fine, False, cfg.drop_ratio, turns)
+    spectral, n_spectral, lift = _spectral_reference(trusted, ev, cfg)
+    return _Reference(
+        median,
+        long,
+        where,
+        len(trusted),
+        fine,
+        False,
+        cfg.drop_ratio,
+        turns,
+        spectral,
+        n_spectral,
+        lift,
+    )
+
+
+def _spectral_reference(
+    trusted: list[_Past], ev: Evidence, cfg: PolicyConfig
+) -> tuple[float | None, int, float]:
+    """The reference spectral ratio (the median of the recent trusted sections whose
+    ratio is not far below the memory's upper quartile: a blur the other rules let
+    pass, or a drift, does not drag it down) and the section's lift.
+
+    The lift is the median gain of the section's other tiles against their own
+    positions, only upwards: a section imaged sharper as a whole (a new detector
+    setting, a better-focused session) raises every tile's ratio, and one tile that
+    kept its old ratio then lost focus. Downwards it is not used: a whole section
+    losing detail is a section-wide failure, which must be flagged.
+    """
+    values = [p.spectral for p in trusted if p.spectral is not None]
+    if not values:
+        return None, 0, 1.0
+    top = _upper(values)
+    kept = [v for v in values if v >= (1.0 - cfg.spectral_drop) * top]
+    changes = _finite(ev.section_spectral_change)
+    lift = max(1.0, statistics.median(changes)) if len(changes) >= _MIN_LIFT_PEERS else 1.0
+    recent = kept[: cfg.history_sections]
+    return _median_positive(recent), len(recent), lift
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
@@ -337,6 +409,7 @@ def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
         return None
     n = len(later)
     fines = _finite([_fine(f) for f in list(ev.later_fine)[:n]])
+    spectral = _finite([_positive(v) for v in list(ev.later_spectral)[:n]])
     where = (
         "this tile position in the next section"
         if n == 1
@@ -350,6 +423,8 @@ def _future_reference(ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
         statistics.median(fines) if fines else None,
         False,
         cfg.drop_ratio,
+        spectral=_median_positive(spectral),
+        n_spectral=len(spectral),
     )
 
 
@@ -521,12 +596,55 @@ def _looks_blurred(ev: Evidence) -> str | None:
     )
 
 
+def _spectral_loss(ev: Evidence, ref: _Reference) -> float | None:
+    """How much of the reference's spectral ratio (lifted with its section) is lost."""
+    now = _positive(ev.spectral)
+    if now is None or ref.spectral is None:
+        return None
+    return 1.0 - now / (ref.spectral * ref.lift)
+
+
+def _spectral_margin(ref: _Reference, cfg: PolicyConfig) -> float:
+    """The loss that flags a tile: ``spectral_drop`` against ``_SPECTRAL_SURE`` or more
+    sections; against fewer, the reference is less sure (one section's ratio scatters
+    ±20 % with its tissue), so more must be lost (keep ``√(n/3)`` of the ratio kept)."""
+    n = min(max(ref.n_spectral, 1), _SPECTRAL_SURE)
+    return 1.0 - (1.0 - cfg.spectral_drop) * math.sqrt(n / _SPECTRAL_SURE)
+
+
+def _spectral_text(ev: Evidence, ref: _Reference) -> str:
+    expected = (ref.spectral or 0.0) * ref.lift
+    lifted = (
+        ""
+        if ref.lift <= 1.0
+        else f", raised ×{ref.lift:.1f} as this section's other tiles gained against theirs"
+    )
+    return f"high-frequency power {ev.spectral:.3f} against {expected:.3f} of {ref.where}{lifted}"
+
+
 def _out_of_focus(
     ev: Evidence, ref: _Reference, cfg: PolicyConfig, calibration: DefocusModel | None
 ) -> Verdict | None:
     """The out-of-focus verdict against ``ref``, or None when the tile holds up."""
     score_text = f"score {format_score(ev.score)}"
     defocus = _defocus(calibration, ev.score, ref.recent)
+    lost = _spectral_loss(ev, ref)
+    if lost is not None and lost >= _spectral_margin(ref, cfg):
+        # Fine detail gone above the noise floor: the spectrum's own evidence of blur,
+        # stronger than the count where the count barely moves (σ 1.5 at low dose).
+        astig = _astigmatism(ev, ref)
+        what = (
+            "fine detail lost, defocus"
+            if astig is None
+            else f"{astig}: check stigmation; fine detail lost"
+        )
+        return Verdict(
+            VerdictKind.OUT_OF_FOCUS,
+            f"{score_text}: {what} ({_spectral_text(ev, ref)}, {100 * lost:.0f} % lower)"
+            f"{_defocus_text(defocus)}",
+            baseline=ref.recent,
+            defocus_um=defocus,
+        )
     loss = _fine_loss(ev, ref)
     if loss is not None:
         if loss < cfg.fine_drop:
@@ -577,7 +695,7 @@ def _judge(
     score_text = f"score {format_score(ev.score)}"
     past = _past(ev, cfg)
     trusted = _trusted(past, cfg)
-    ref = _position_reference(trusted, cfg) if trusted else None
+    ref = _position_reference(trusted, ev, cfg) if trusted else None
     if ref is not None:
         out = _out_of_focus(ev, ref, cfg, calibration)
         if out is not None:
@@ -591,6 +709,8 @@ def _judge(
                 )
             else:
                 context += f"; fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f}"
+        if _spectral_loss(ev, ref) is not None:
+            context += f"; {_spectral_text(ev, ref)}"
         return Verdict(
             VerdictKind.IN_FOCUS, f"{score_text} ({context})", baseline=ref.recent
         ), trusted
@@ -633,13 +753,36 @@ def _judge(
     recent = past[: cfg.history_sections]
     fines = _finite([p.fine for p in recent])
     fine = _fine(ev.fine_fraction)
-    if fines and fine is not None:  # like its flagged past, by the scale signature ...
+    spectra = _finite([p.spectral for p in recent])
+    now = _positive(ev.spectral)
+    if spectra and now is not None:
+        # Like its flagged past by the spectrum, both ways: a tile as sharp as that past
+        # (the same tissue flagged again) is not judged; one far sharper or blurrier is
+        # a different thing than that past, and the peers' verdict stands.
+        usual = statistics.median(spectra)
+        alike = (1.0 - cfg.spectral_drop) * usual <= now <= usual / (1.0 - cfg.spectral_drop)
+    elif fines and fine is not None:  # ... by the scale signature ...
         alike = fine >= (1.0 - cfg.fine_drop) * statistics.median(fines)
     else:  # ... or by the score
         alike = bool(recent) and ev.score >= (1.0 - cfg.drop_ratio) * statistics.median(
             p.score for p in recent
         )
     unconfirmed = [p.score for p in recent]
+    peer_spectra = _finite([_positive(v) for v in ev.section_spectral])
+    usual_peer = _median_positive(peer_spectra) if len(peer_spectra) >= _MIN_LIFT_PEERS else None
+    if alike and now is not None and usual_peer is not None:
+        lost = 1.0 - now / usual_peer
+        if lost >= _PEER_SPECTRAL_DROP:
+            # Far below its peers' fine detail as well as their count, again: different
+            # tissue keeps its high-to-mid band ratio near its peers' (ISBI: ≥ 0.67 of
+            # it), a blur does not; the same blur twice is still a blur.
+            return Verdict(
+                VerdictKind.OUT_OF_FOCUS,
+                f"{score_text}: fine detail lost, defocus (high-frequency power {now:.3f} "
+                f"against {usual_peer:.3f} of the {peers.where}, {100 * lost:.0f} % lower, "
+                "as this tile position was in its last sections)",
+                baseline=peers.recent,
+            ), []
     if alike:
         n = len(unconfirmed)
         sections = "section" if n == 1 else f"{n} sections"

@@ -113,6 +113,9 @@ class TileScore:
     #: The spectrum's orientation (``focuswatch.score.orientation``: x, y), for
     #: telling astigmatism from defocus against the position's history.
     orientation: tuple[float, float] | None = None
+    #: The spectral ratio (``focuswatch.score.spectrum``): high-to-mid band power above
+    #: the noise floor, against the position's history a defocus measure.
+    spectral: float | None = None
 
 
 #: What a worker runs for each tile: the path and settings in, its score out (a picklable
@@ -157,6 +160,7 @@ def _tile_score(
         fine_fraction=result.fine_fraction,
         patch_fine_fraction=_grid(result.patch_fine_fraction),
         orientation=result.orientation,
+        spectral=result.spectral,
     )
 
 

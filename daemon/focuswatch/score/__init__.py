@@ -118,6 +118,7 @@ from focuswatch.score.mhfd import (
 )
 from focuswatch.score.orientation import Orientation, orientation
 from focuswatch.score.patches import default_threads, each_patch, native_mhfd, patch_grid
+from focuswatch.score.spectrum import BandPowers, spectral_ratio
 
 __all__ = [
     "CRITERIA",
@@ -162,6 +163,10 @@ class ScoreResult:
     #: The spectrum's orientation (``score.orientation``: x, y), mean over the patches;
     #: None when no patch has a signal band (``mhfd`` only).
     orientation: tuple[float, float] | None = None
+    #: High-to-mid band power above the noise floor (``score.spectrum``), pooled over the
+    #: patches: falls steeply with blur, barely with tissue (``mhfd`` only; None
+    #: without signal in the mid band).
+    spectral: float | None = None
 
 
 def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int) -> None:
@@ -178,15 +183,16 @@ def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int
 
 def _score_unit(
     image: Any, *, backend: Backend, criterion: str, mode: str, dtype: Any, resize: int | None
-) -> tuple[float, float, float, float]:
+) -> tuple[tuple[float, float, float, float], BandPowers | None]:
     """(score, content, noise, fine maxima) of one image scored as a whole (a patch or
-    a resized tile); the last is NaN for criteria other than ``mhfd``."""
+    a resized tile), and its spectrum's band powers; fine maxima are NaN and the band
+    powers None for criteria other than ``mhfd``."""
     xp = backend.xp
     if criterion == "mhfd":
         d: MhfdDetail = mhfd_detail(
             image, backend=backend, mode=mode, resize=resize, dtype=np.dtype(dtype).name
         )
-        return float(d.count), d.content, d.noise, float(d.fine)
+        return (float(d.count), d.content, d.noise, float(d.fine)), d.bands
     image = xp.asarray(image)
     minmax = validate_image(image, backend)
     if resize is not None and image.shape != (resize, resize):
@@ -203,7 +209,8 @@ def _score_unit(
     limits = stretch_limits(image, backend, saturation=params_for(mode).saturation, minmax=minmax)
     u = stretched(image, backend, limits=limits, dtype=dtype)
     F = backend.fft.rfft2(u, **backend.fft_kwargs())
-    return float(value), content_of(F, u.shape, backend, dtype), float("nan"), float("nan")
+    content = content_of(F, u.shape, backend, dtype)
+    return (float(value), content, float("nan"), float("nan")), None
 
 
 def score_patches(
@@ -225,10 +232,12 @@ def score_patches(
     ys, xs = patch_grid(shape, patch_size)
     resize = PAPER_SIZE if mode == "faithful" else None
 
-    def work(patch: Any, unit_backend: Backend) -> tuple[tuple[float, ...], Orientation | None]:
+    def work(
+        patch: Any, unit_backend: Backend
+    ) -> tuple[tuple[float, ...], Orientation | None, BandPowers | None]:
         turn = _orientation(patch, unit_backend) if criterion == "mhfd" else None
         try:
-            numbers = _score_unit(
+            numbers, bands = _score_unit(
                 patch,
                 backend=unit_backend,
                 criterion=criterion,
@@ -239,8 +248,8 @@ def score_patches(
         except ConstantImageError:
             # A blank patch (a saturated margin, say) in a tile that has signal
             # elsewhere: nothing in focus there, nothing to see.
-            numbers = (_blank_score(criterion), 0.0, float("nan"), 0.0)
-        return numbers, turn
+            numbers, bands = (_blank_score(criterion), 0.0, float("nan"), 0.0), None
+        return numbers, turn, bands
 
     def cut(y0: int, y1: int, x0: int, x1: int) -> Any:
         return read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
@@ -252,8 +261,8 @@ def score_patches(
         backend=backend,
         threads=default_threads(backend) if threads is None else threads,
     )
-    turns = [turn for _, turn in units]
-    grid = np.asarray([numbers for numbers, _ in units], dtype=float)
+    turns = [turn for _, turn, _ in units]
+    grid = np.asarray([numbers for numbers, _, _ in units], dtype=float)
     grid = grid.reshape(len(ys), len(xs), 4)
     scores, content, noise, fine = (np.ascontiguousarray(grid[..., k]) for k in range(4))
     mhfd_counts = criterion == "mhfd"
@@ -270,6 +279,7 @@ def score_patches(
         fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
         patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
         orientation=_mean_orientation(turns),
+        spectral=spectral_ratio([bands for *_, bands in units]) if mhfd_counts else None,
     )
 
 
@@ -334,15 +344,16 @@ def score_image(
             dtype=ft,
             threads=threads,
         )
+    bands = None
     if resolution == "resized":
-        score, content, noise, fine = _score_unit(
+        (score, content, noise, fine), bands = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=PAPER_SIZE
         )
     elif criterion == "mhfd":
         d = native_mhfd(image, params_for(mode), backend=backend, dtype=ft)
         score, content, noise, fine = float(d.count), d.content, d.noise, float(d.fine)
     else:
-        score, content, noise, fine = _score_unit(
+        (score, content, noise, fine), bands = _score_unit(
             image, backend=backend, criterion=criterion, mode=mode, dtype=ft, resize=None
         )
     turn = _mean_orientation([_orientation(image, backend)]) if criterion == "mhfd" else None
@@ -357,4 +368,5 @@ def score_image(
         noise=noise,
         fine_fraction=_fine_fraction(fine, score) if criterion == "mhfd" else None,
         orientation=turn,
+        spectral=spectral_ratio([bands]) if bands is not None else None,
     )

@@ -63,6 +63,7 @@ from focuswatch.score.noise import (
     noise_model,
     spectral_level_noise,
 )
+from focuswatch.score.spectrum import BandPowers, band_powers
 
 __all__ = [
     "FINE_SIGMA",
@@ -828,6 +829,8 @@ class MhfdDetail:
     shape: tuple[int, int]
     #: How many of the ``count`` maxima come from a fine level (σ_i ≤ ``FINE_SIGMA``).
     fine: int = 0
+    #: The spectrum's band powers (``score.spectrum.band_powers``), for the spectral ratio.
+    bands: BandPowers | None = None
 
     @property
     def fine_fraction(self) -> float | None:
@@ -917,6 +920,7 @@ def mhfd_prepared(
         count, n_fine_max = _count_split(M, Mf, backend, level=float(t.min()), interior=interior)
         del M, Mf
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
+    bands = band_powers(F, shape, backend) if want_content else None
     return MhfdDetail(
         count=count,
         content=content,
@@ -924,6 +928,7 @@ def mhfd_prepared(
         thresholds=tuple(t),
         shape=shape,
         fine=n_fine_max,
+        bands=bands,
     )
 
 
