@@ -13,16 +13,19 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from focuswatch import synth
 from focuswatch.config import PolicyConfig
 from focuswatch.judge import judge
 from focuswatch.ledger import Ledger
 from focuswatch.policy import SECTION_WIDE
-from focuswatch.scoring import TileScore
+from focuswatch.scoring import ScoreSettings, TileScore, score_path
 from focuswatch.verdict import VerdictKind
+from isbi import Slices
 
 CFG = PolicyConfig()
 
@@ -49,6 +52,7 @@ def tile(
     content: float = 0.15,
     patches: list[list[float]] | None = None,
     patch_fine: list[list[float]] | None = None,
+    spectral: float | None = None,
 ) -> TileScore:
     return TileScore(
         path="",
@@ -63,6 +67,7 @@ def tile(
         meta=None,
         fine_fraction=fine,
         patch_fine_fraction=patch_fine,
+        spectral=spectral,
     )
 
 
@@ -350,3 +355,139 @@ def test_astigmatism_is_named_from_the_orientation_stored_in_the_ledger(led: Led
     assert v.kind is VerdictKind.OUT_OF_FOCUS
     assert "astigmatic" not in v.reason
     assert "defocus" in v.reason
+
+
+# The spectral ratio (score.spectrum) on ISBI serial sections, 256² patches: sharp
+# sections of one position 0.13-0.21 (0.41-0.49 from ISBI section 15 on: the whole
+# stack shows more fine detail there), σ 1.5 keeps ~0.3-0.5 of it, σ 0.5 ≥ 0.8.
+
+
+def test_a_sigma_1_5_blur_the_count_misses_is_flagged_by_its_spectrum(led: Ledger) -> None:
+    """The bench's miss: score and fine fraction within their margins (σ 1.5 at 30 e/px
+    barely moves them on 512² tiles), the spectral ratio down to 0.4 of the history's."""
+    rng = random.Random(5)
+    tiles: list[Feed] = [
+        (s, 0, 0, tile(rng.uniform(140, 170), fine=rng.uniform(0.72, 0.76), spectral=0.15))
+        for s in range(6)
+    ]
+    tiles.append((6, 0, 0, tile(142.0, fine=0.65, spectral=0.06)))
+    ids = feed(led, tiles)
+    v = led.verdict_record(ids[6, 0, 0]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+    assert "fine detail lost, defocus" in v.reason
+    assert "high-frequency power 0.060 against 0.150" in v.reason
+    assert {kinds(led, ids)[s, 0, 0] for s in range(1, 6)} == {"in_focus"}
+
+
+def test_less_tissue_and_a_spectrum_that_holds_stay_in_focus(led: Ledger) -> None:
+    """Sharp tissue that changed (40 % fewer features, fine fraction and spectral ratio
+    held within their scatter) is in focus, and the reason gives the spectral evidence."""
+    tiles: list[Feed] = [(s, 0, 0, tile(300.0, fine=0.72, spectral=0.17)) for s in range(5)]
+    tiles.append((5, 0, 0, tile(180.0, fine=0.7, spectral=0.14)))
+    ids = feed(led, tiles)
+    v = led.verdict_record(ids[5, 0, 0]).verdict
+    assert v.kind is VerdictKind.IN_FOCUS, v.reason
+    assert "high-frequency power 0.140 against 0.170" in v.reason
+
+
+def _sharper_session() -> list[Feed]:
+    """3×3 positions; from section 6 on every tile shows 3× the fine detail (as ISBI's
+    sections 15 on), except (1, 1) at section 6, which is blurred (σ 1.5: it keeps
+    its old ratio, 0.14, instead of 0.45)."""
+    tiles: list[Feed] = []
+    for s in range(9):
+        for r in range(3):
+            for c in range(3):
+                base = (0.15 if s < 6 else 0.45) * (1 + 0.05 * (r - c))
+                spectral = 0.14 if (s, r, c) == (6, 1, 1) else base
+                tiles.append((s, r, c, tile(200.0 + 10 * r + c, fine=0.72, spectral=spectral)))
+    return tiles
+
+
+def test_a_tile_that_missed_its_sections_gain_in_fine_detail_is_flagged(led: Ledger) -> None:
+    """Against its own history alone the blurred tile looks normal (0.14 against 0.15);
+    its section's other tiles all gained ×3 against theirs: lifted by that, it lost
+    two thirds. The others are in focus throughout."""
+    ids = feed(led, _sharper_session())
+    got = kinds(led, ids)
+    v = led.verdict_record(ids[6, 1, 1]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+    assert "raised ×3.0" in v.reason
+    assert [k for k, kind in got.items() if kind == "out_of_focus"] == [(6, 1, 1)]
+
+
+def test_the_lift_does_not_depend_on_arrival_order(tmp_path: Path) -> None:
+    tiles = _sharper_session()
+    burst = [t for t in tiles if t[0] >= 5] + [t for t in tiles if t[0] < 5]
+    random.Random(2).shuffle(burst)
+    assert_same_verdicts(tmp_path, tiles, burst)
+
+
+def test_a_section_losing_its_fine_detail_is_not_lifted_away(led: Ledger) -> None:
+    """Every tile of section 6 down to 0.3 of its ratio (an autofocus failure the count
+    barely shows): each is flagged, as section-wide; the lift only goes up."""
+    tiles: list[Feed] = [
+        (s, r, c, tile(200.0 + 10 * r + c, fine=0.72, spectral=0.15 if s != 6 else 0.045))
+        for s in range(8)
+        for r in range(3)
+        for c in range(3)
+    ]
+    ids = feed(led, tiles)
+    for r in range(3):
+        for c in range(3):
+            v = led.verdict_record(ids[6, r, c]).verdict
+            assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+            assert v.reason.startswith(SECTION_WIDE), v.reason
+            assert led.verdict_record(ids[7, r, c]).verdict.kind is VerdictKind.IN_FOCUS
+
+
+@pytest.mark.slow
+def test_a_real_sigma_1_5_defocus_at_30_e_px_is_flagged(
+    isbi_slices: Slices, tmp_path: Path
+) -> None:
+    """Real TIFF files of real serial sections (ISBI slices 4-9, ×2 upsampled, one 512²
+    crop per section, shot noise at 30 e/px), scored as the service does (fast mode,
+    256² patches): section 9 blurred σ 1.5 px. Its count (142 against a median of 144)
+    and fine-scale fraction (0.65 against 0.74) kept it in focus before the spectral
+    ratio; now it is flagged, and the sharp sections before it are in focus."""
+    settings = ScoreSettings(resolution="patches", patch_size=256, backend="cpu")
+    led = Ledger.open(tmp_path / "state")
+    try:
+        got = {}
+        for s in range(4, 10):
+            big = np.kron(isbi_slices[s], np.ones((2, 2), np.float32))
+            img = synth.degrade(
+                big[256:768, 256:768],
+                rng=np.random.default_rng([3, 0, s, 1, 1]),
+                defocus_sigma=1.5 if s == 9 else 0.0,
+                dose=30.0,
+            )
+            path = tmp_path / f"S_{s:03d}" / f"Tile_r1-c1_S_{s:03d}.tif"
+            synth.write_tile(
+                path,
+                synth.to_uint(img, 8),
+                row=1,
+                col=1,
+                section=f"{s:03d}",
+                stage_x_um=0.0,
+                stage_y_um=0.0,
+            )
+            st_ = path.stat()
+            vid, _ = led.add_version(
+                str(path),
+                size=st_.st_size,
+                mtime_ns=st_.st_mtime_ns,
+                tile_name=path.stem,
+                section=f"{s:03d}",
+                row=1,
+                col=1,
+            )
+            judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
+            got[s] = vid
+        blurred_one = led.verdict_record(got[9]).verdict
+        assert blurred_one.kind is VerdictKind.OUT_OF_FOCUS, blurred_one.reason
+        assert "high-frequency power" in blurred_one.reason
+        for s in range(5, 9):
+            assert led.verdict_record(got[s]).verdict.kind is VerdictKind.IN_FOCUS, s
+    finally:
+        led.close()

@@ -332,7 +332,9 @@ def _trusted(past: list[_Past], cfg: PolicyConfig) -> list[_Past]:
     return [p for p in past if ok(p)]
 
 
-def _position_reference(trusted: list[_Past], ev: Evidence, cfg: PolicyConfig) -> _Reference | None:
+def _position_reference(
+    trusted: list[_Past], past: list[_Past], ev: Evidence, cfg: PolicyConfig
+) -> _Reference | None:
     recent = trusted[: cfg.history_sections]
     median = statistics.median(p.score for p in recent)
     if median < cfg.min_baseline:
@@ -349,7 +351,7 @@ def _position_reference(trusted: list[_Past], ev: Evidence, cfg: PolicyConfig) -
     fine = _guarded([p.fine for p in trusted], cfg)
     long = _upper([p.score for p in trusted]) if len(trusted) > n else None
     turns = tuple(p.turn for p in recent if p.turn is not None)
-    spectral, n_spectral, lift = _spectral_reference(trusted, ev, cfg)
+    spectral, n_spectral, lift = _spectral_reference(past, ev, cfg)
     return _Reference(
         median,
         long,
@@ -366,11 +368,16 @@ def _position_reference(trusted: list[_Past], ev: Evidence, cfg: PolicyConfig) -
 
 
 def _spectral_reference(
-    trusted: list[_Past], ev: Evidence, cfg: PolicyConfig
+    past: list[_Past], ev: Evidence, cfg: PolicyConfig
 ) -> tuple[float | None, int, float]:
-    """The reference spectral ratio (the median of the recent trusted sections whose
-    ratio is not far below the memory's upper quartile: a blur the other rules let
-    pass, or a drift, does not drag it down) and the section's lift.
+    """The reference spectral ratio and the section's lift.
+
+    The reference is the median of the position's last ``history_sections`` sections
+    with tissue, whatever their verdict: the median shrugs off a blurred section or
+    two, a drift's steep loss still shows against the median of its milder past, and
+    a lasting change (a new microscope setting, a different stretch of tissue) is
+    the new normal after a few sections instead of being flagged for the rest of the
+    memory (an upper quartile over the memory would flag it forever).
 
     The lift is the median gain of the section's other tiles against their own
     positions, only upwards: a section imaged sharper as a whole (a new detector
@@ -378,14 +385,14 @@ def _spectral_reference(
     kept its old ratio then lost focus. Downwards it is not used: a whole section
     losing detail is a section-wide failure, which must be flagged.
     """
-    values = [p.spectral for p in trusted if p.spectral is not None]
+    values = [
+        p.spectral for p in past if p.spectral is not None and p.kind != str(VerdictKind.EMPTY)
+    ]
     if not values:
         return None, 0, 1.0
-    top = _upper(values)
-    kept = [v for v in values if v >= (1.0 - cfg.spectral_drop) * top]
     changes = _finite(ev.section_spectral_change)
     lift = max(1.0, statistics.median(changes)) if len(changes) >= _MIN_LIFT_PEERS else 1.0
-    recent = kept[: cfg.history_sections]
+    recent = values[: cfg.history_sections]
     return _median_positive(recent), len(recent), lift
 
 
@@ -695,7 +702,7 @@ def _judge(
     score_text = f"score {format_score(ev.score)}"
     past = _past(ev, cfg)
     trusted = _trusted(past, cfg)
-    ref = _position_reference(trusted, ev, cfg) if trusted else None
+    ref = _position_reference(trusted, past, ev, cfg) if trusted else None
     if ref is not None:
         out = _out_of_focus(ev, ref, cfg, calibration)
         if out is not None:
