@@ -26,7 +26,20 @@ scores of its context and never on the order in which tiles arrived:
    (content ≥ ``policy.sparse_contrast``), and represented by its best patch (a
    tile that is half resin still has sharp tissue somewhere). A baseline below
    ``policy.min_baseline`` has too few features to compare against.
-4. **Defocus or less tissue.** With a scale signature (``fine_fraction``: the share
+4. **Fine detail lost.** With a spectral ratio (``Evidence.spectral``: the tile's
+   high-to-mid band power above its own noise floor, ``focuswatch.score.spectrum``),
+   a tile that kept less than ``1 − policy.spectral_drop`` of the median of its
+   position's last ``history_sections`` sections (any verdict but empty: a lasting
+   change becomes the new normal) is out of focus: blur takes that ratio down
+   steeply (σ 1.5 px: to ~0.3-0.5) where tissue barely moves it, and it rests on
+   thousands of frequency bins where the count rests on a few hundred features.
+   Against fewer than ``_SPECTRAL_SURE`` sections more must be lost. The reference
+   is raised by the section's lift (the median gain of its other tiles against
+   their own positions, never below 1): a session imaged sharper as a whole leaves
+   a tile that kept its old ratio behind. Against its peers alone (a flagged past
+   that this tile resembles) it is out of focus when it kept less than
+   ``1 − _PEER_SPECTRAL_DROP`` of their median ratio.
+   **Defocus or less tissue.** With a scale signature (``fine_fraction``: the share
    of features found at fine scales), defocus is a fine fraction ``fine_drop`` or
    more below the baseline's (the higher of the recent median and the memory's upper
    quartile of the trusted fractions; with no history, the section's median); a

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,19 +43,42 @@ NOISE_BAND = 0.4
 BandPowers = tuple[float, float, float, float]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the bands and the noise region lie on the rfft grid of one shape: only
+    those blocks of the spectrum are read (a third of it), as contiguous slices."""
+
+    ky: int  # rows 0 … ky−1 and H−ky+1 … H−1 hold |f_y| < HIGH[1]
+    kx: int  # columns 0 … kx−1 hold f_x < HIGH[1]
+    r1: int  # rows r1 … H−r1 hold |f_y| > NOISE_BAND
+    c1: int  # columns c1 … hold f_x > NOISE_BAND
+    masks: tuple[Any, ...]  # (high, mid) × (top rows, bottom rows), on the backend
+
+
+def _band_masks(f_y: np.ndarray[Any, Any], f_x: np.ndarray[Any, Any], dtype: str) -> list[Any]:
+    radius = np.hypot(f_y[:, None], f_x[None, :])
+    return [((radius >= lo) & (radius < hi)).astype(dtype) for lo, hi in (HIGH, MID)]
+
+
 @functools.lru_cache(maxsize=16)
-def _masks(backend: Backend, shape: tuple[int, int], dtype: str) -> tuple[Any, ...]:
-    """Band masks on the rfft grid of ``shape`` and the noise region's rows/columns."""
+def _layout(backend: Backend, shape: tuple[int, int], dtype: str) -> _Layout:
     H, W = shape
-    fy = np.abs(np.fft.fftfreq(H))[:, None]
-    fx = np.fft.rfftfreq(W)[None, :]
-    radius = np.hypot(fy, fx)
+    f_y, f_x = np.abs(np.fft.fftfreq(H)), np.fft.rfftfreq(W)
+    ky = math.ceil(HIGH[1] * H)
+    kx = math.ceil(HIGH[1] * W)
+    r1 = math.floor(NOISE_BAND * H) + 1
+    c1 = math.floor(NOISE_BAND * W) + 1
+    top = _band_masks(f_y[:ky], f_x[:kx], dtype)
+    bottom = _band_masks(f_y[H - ky + 1 :], f_x[:kx], dtype)
     xp = backend.xp
-    high = ((radius >= HIGH[0]) & (radius < HIGH[1])).astype(dtype)
-    mid = ((radius >= MID[0]) & (radius < MID[1])).astype(dtype)
-    rows = np.flatnonzero(fy[:, 0] > NOISE_BAND)
-    cols = np.flatnonzero(fx[0] > NOISE_BAND)
-    return xp.asarray(high), xp.asarray(mid), xp.asarray(rows), xp.asarray(cols)
+    masks = tuple(xp.asarray(m) for pair in zip(top, bottom, strict=True) for m in pair)
+    return _Layout(ky, kx, r1, c1, masks)
+
+
+def _power(block: Any) -> Any:
+    out = block.real * block.real
+    out += block.imag * block.imag
+    return out
 
 
 def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers | None:
@@ -64,22 +88,23 @@ def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers 
     if min(H, W) < 32:
         return None
     xp = backend.xp
-    power = F.real * F.real
-    power += F.imag * F.imag
-    high, mid, rows, cols = _masks(backend, shape, power.dtype.name)
-    if len(rows) == 0 or len(cols) == 0:
-        return None
-    along_x = xp.mean(power[rows, :], axis=0)  # N(f_x)·N(high f_y)
-    along_y = xp.mean(power[:, cols], axis=1)  # N(f_y)·N(high f_x)
-    corner = float(xp.mean(along_x[cols]))
+    lay = _layout(backend, shape, F.real.dtype.name)
+    ky, kx, r1, c1 = lay.ky, lay.kx, lay.r1, lay.c1
+    noise_rows = F[r1 : H - r1 + 1]
+    along_x = xp.mean(_power(noise_rows[:, :kx]), axis=0)  # N(f_x)·N(high f_y)
+    corner = float(xp.mean(_power(noise_rows[:, c1:])))  # N(high f_y)·N(high f_x)
     if not corner > 0:
         return None
     out = []
-    for mask in (high, mid):
-        p = float(xp.sum(power * mask))
-        n = float(along_y @ mask @ along_x) / corner
-        out.append(p)
-        out.append(n)
+    parts = ((F[:ky], 0), (F[H - ky + 1 :], 1))
+    for band in (0, 1):  # high, mid
+        p = n = 0.0
+        for rows, side in parts:
+            mask = lay.masks[2 * band + side]
+            p += float(xp.sum(_power(rows[:, :kx]) * mask))
+            along_y = xp.mean(_power(rows[:, c1:]), axis=1)  # N(f_y)·N(high f_x)
+            n += float(along_y @ mask @ along_x) / corner
+        out += [p, n]
     return out[0], out[1], out[2], out[3]
 
 
