@@ -386,11 +386,12 @@ def _spectral_reference(
     """The reference spectral ratio and the section's lift.
 
     The reference is the median of the position's last ``history_sections`` sections
-    with tissue, whatever their verdict: the median shrugs off a blurred section or
-    two, a drift's steep loss still shows against the median of its milder past, and
-    a lasting change (a new microscope setting, a different stretch of tissue) is
-    the new normal after a few sections instead of being flagged for the rest of the
-    memory (an upper quartile over the memory would flag it forever).
+    with tissue that were not judged out of focus, or, when fewer than
+    ``_SPECTRAL_SURE`` of them were, of all of them: a blurred section does not drag
+    the reference down, and a lasting change (a new microscope setting, a different
+    stretch of tissue) is the new normal after a few flagged sections instead of
+    being flagged for the rest of the memory (an upper quartile over the memory
+    would flag it forever).
 
     The lift is the median gain of the section's other tiles against their own
     positions, only upwards: a section imaged sharper as a whole (a new detector
@@ -398,15 +399,18 @@ def _spectral_reference(
     kept its old ratio then lost focus. Downwards it is not used: a whole section
     losing detail is a section-wide failure, which must be flagged.
     """
-    values = [
-        p.spectral for p in past if p.spectral is not None and p.kind != str(VerdictKind.EMPTY)
+    window = [
+        p
+        for p in past[: cfg.history_sections]
+        if p.spectral is not None and p.kind != str(VerdictKind.EMPTY)
     ]
+    clean = _finite([p.spectral for p in window if p.kind != str(VerdictKind.OUT_OF_FOCUS)])
+    values = clean if len(clean) >= _SPECTRAL_SURE else _finite([p.spectral for p in window])
     if not values:
         return None, 0, 1.0
     changes = _finite(ev.section_spectral_change)
     lift = max(1.0, statistics.median(changes)) if len(changes) >= _MIN_LIFT_PEERS else 1.0
-    recent = values[: cfg.history_sections]
-    return _median_positive(recent), len(recent), lift
+    return _median_positive(values), len(values), lift
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
@@ -636,7 +640,7 @@ def _spectral_text(ev: Evidence, ref: _Reference) -> str:
     expected = (ref.spectral or 0.0) * ref.lift
     lifted = (
         ""
-        if ref.lift <= 1.0
+        if ref.lift < 1.05
         else f", raised ×{ref.lift:.1f} as this section's other tiles gained against theirs"
     )
     return f"high-frequency power {ev.spectral:.3f} against {expected:.3f} of {ref.where}{lifted}"
