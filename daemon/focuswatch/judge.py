@@ -18,7 +18,6 @@ last tile is the one a section-by-section feed reaches.
 from __future__ import annotations
 
 import heapq
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,30 +63,29 @@ def _fine(score: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _spectral_changes(
+def _peer_spectra(
     ledger: Ledger, peers: list[PastTile], section_index: int | None, cfg: PolicyConfig
-) -> list[float]:
-    """Each other tile's spectral ratio over its own position's recent median (its
-    sections not judged out of focus)."""
+) -> list[tuple[float, list[tuple[float | None, str]]]]:
+    """Each other tile's spectral ratio with its own position's recent sections
+    (ratio, verdict; most recent first), for the policy's lift."""
     if section_index is None:
         return []
     usable = sorted(
         (p for p in peers if p.position is not None and p.spectral is not None),
         key=lambda p: str(p.position),
     )
-    out = []
-    for p in usable[:_LIFT_PEERS_MAX]:
-        past = [
-            float(h.spectral)
-            for h in ledger.position_history(
-                str(p.position), before_section_index=section_index, limit=cfg.history_sections
-            )
-            if h.spectral is not None and h.verdict != str(VerdictKind.OUT_OF_FOCUS)
-        ]
-        ref = statistics.median(past) if past else 0.0
-        if ref > 0:
-            out.append(float(p.spectral or 0.0) / ref)
-    return out
+    return [
+        (
+            float(p.spectral or 0.0),
+            [
+                (h.spectral, h.verdict)
+                for h in ledger.position_history(
+                    str(p.position), before_section_index=section_index, limit=cfg.history_sections
+                )
+            ],
+        )
+        for p in usable[:_LIFT_PEERS_MAX]
+    ]
 
 
 def evidence(
@@ -140,7 +138,7 @@ def evidence(
         spectral_history=[p.spectral for p in history],
         later_spectral=[p.spectral for p in later],
         section_spectral=[p.spectral for p in peers],
-        section_spectral_change=_spectral_changes(ledger, peers, v.section_index, cfg)
+        section_spectral_history=_peer_spectra(ledger, peers, v.section_index, cfg)
         if spectral is not None and history
         else [],
     )

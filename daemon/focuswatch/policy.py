@@ -191,9 +191,10 @@ class Evidence:
     section here (the first section of a wafer has no past to compare with).
     ``spectral``: the spectral ratio (``focuswatch.score.spectrum``: high-to-mid band
     power above the noise floor); ``spectral_history`` and ``later_spectral`` aligned
-    with ``history`` and ``later``; ``section_spectral_change`` each other tile of the
-    section's ratio over its own position's recent median (how much the section as a
-    whole changed: imaging conditions, not one tile); ``section_spectral`` their ratios.
+    with ``history`` and ``later``; ``section_spectral_history`` each other tile of the
+    section's ratio with its own position's recent sections (ratio, verdict; most
+    recent first): how much the section as a whole changed (imaging conditions, not
+    one tile); ``section_spectral`` their ratios.
     """
 
     score: float
@@ -215,7 +216,7 @@ class Evidence:
     spectral: float | None = None
     spectral_history: Sequence[float | None] = ()
     later_spectral: Sequence[float | None] = ()
-    section_spectral_change: Sequence[float] = ()
+    section_spectral_history: Sequence[tuple[float, Sequence[tuple[float | None, str | None]]]] = ()
     section_spectral: Sequence[float | None] = ()
 
 
@@ -399,18 +400,31 @@ def _spectral_reference(
     kept its old ratio then lost focus. Downwards it is not used: a whole section
     losing detail is a section-wide failure, which must be flagged.
     """
-    window = [
-        p
-        for p in past[: cfg.history_sections]
-        if p.spectral is not None and p.kind != str(VerdictKind.EMPTY)
-    ]
-    clean = _finite([p.spectral for p in window if p.kind != str(VerdictKind.OUT_OF_FOCUS)])
-    values = clean if len(clean) >= _SPECTRAL_SURE else _finite([p.spectral for p in window])
+    values = _spectral_window([(p.spectral, p.kind) for p in past], cfg)
     if not values:
         return None, 0, 1.0
-    changes = _finite(ev.section_spectral_change)
+    changes = []
+    for now, history in ev.section_spectral_history:
+        usual = _median_positive(_spectral_window(history, cfg))
+        if usual is not None and _positive(now) is not None:
+            changes.append(float(now) / usual)
     lift = max(1.0, statistics.median(changes)) if len(changes) >= _MIN_LIFT_PEERS else 1.0
     return _median_positive(values), len(values), lift
+
+
+def _spectral_window(
+    history: Sequence[tuple[float | None, str | None]], cfg: PolicyConfig
+) -> list[float]:
+    """The spectral ratios a position's reference is the median of (most recent first;
+    see ``_spectral_reference``): the same for the tile and for each of its peers."""
+    skip = (str(VerdictKind.EMPTY), str(VerdictKind.UNREADABLE))
+    window = [
+        (f, kind)
+        for v, kind in list(history)[: cfg.history_sections]
+        if (f := _positive(v)) is not None and kind not in skip
+    ]
+    clean = [v for v, kind in window if kind != str(VerdictKind.OUT_OF_FOCUS)]
+    return clean if len(clean) >= _SPECTRAL_SURE else [v for v, _ in window]
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
