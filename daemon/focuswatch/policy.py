@@ -33,10 +33,11 @@ scores of its context and never on the order in which tiles arrived:
    change becomes the new normal) is out of focus: blur takes that ratio down
    steeply (σ 1.5 px: to ~0.3-0.5) where tissue barely moves it, and it rests on
    thousands of frequency bins where the count rests on a few hundred features.
-   Against fewer than ``_SPECTRAL_SURE`` sections more must be lost. The reference
-   is raised by the section's lift (the median gain of its other tiles against
-   their own positions, never below 1): a session imaged sharper as a whole leaves
-   a tile that kept its old ratio behind. Against its peers alone (a flagged past
+   Against fewer than ``_SPECTRAL_SURE`` sections more must be lost. For a tile that
+   gained nothing against its own position, the reference is raised by the
+   section's lift (the gain three quarters of its other tiles made against theirs,
+   when that is clear: ≥ 1/(1 − ``spectral_drop``)): a session imaged sharper as a
+   whole leaves a tile that kept its old ratio behind. Against its peers alone (a flagged past
    that this tile resembles) it is out of focus when it kept less than
    ``1 − _PEER_SPECTRAL_DROP`` of their median ratio.
    **Defocus or less tissue.** With a scale signature (``fine_fraction``: the share
@@ -244,8 +245,8 @@ class _Reference:
     turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
     spectral: float | None = None  # the reference spectral ratio
     n_spectral: int = _SPECTRAL_SURE  # how many sections it is the median of
-    #: The section's other tiles gained this factor of spectral ratio against their own
-    #: positions (> 1: the section as a whole shows more fine detail than before).
+    #: The section's other tiles (three quarters of them) gained this factor of spectral
+    #: ratio against their own positions (1: no clear gain).
     lift: float = 1.0
 
 
@@ -408,7 +409,11 @@ def _spectral_reference(
         usual = _median_positive(_spectral_window(history, cfg))
         if usual is not None and _positive(now) is not None:
             changes.append(float(now) / usual)
-    lift = max(1.0, statistics.median(changes)) if len(changes) >= _MIN_LIFT_PEERS else 1.0
+    # The gain at least three quarters of the peers made, and only a clear one: a
+    # window that straddles the change (some sections before it, some after) gives a
+    # peer a middling gain, and a lift from those would leave sharp tiles behind.
+    low = sorted(changes)[len(changes) // 4] if len(changes) >= _MIN_LIFT_PEERS else 1.0
+    lift = low if low >= 1.0 / (1.0 - cfg.spectral_drop) else 1.0
     return _median_positive(values), len(values), lift
 
 
@@ -634,12 +639,21 @@ def _looks_blurred(ev: Evidence) -> str | None:
     )
 
 
+def _lifted(ev: Evidence, ref: _Reference) -> float:
+    """The lift that applies to this tile: its section's, when the tile itself gained
+    nothing against its own position (it was left behind); else none."""
+    now = _positive(ev.spectral)
+    if now is None or ref.spectral is None or now >= ref.spectral:
+        return 1.0
+    return ref.lift
+
+
 def _spectral_loss(ev: Evidence, ref: _Reference) -> float | None:
     """How much of the reference's spectral ratio (lifted with its section) is lost."""
     now = _positive(ev.spectral)
     if now is None or ref.spectral is None:
         return None
-    return 1.0 - now / (ref.spectral * ref.lift)
+    return 1.0 - now / (ref.spectral * _lifted(ev, ref))
 
 
 def _spectral_margin(ref: _Reference, cfg: PolicyConfig) -> float:
@@ -651,11 +665,12 @@ def _spectral_margin(ref: _Reference, cfg: PolicyConfig) -> float:
 
 
 def _spectral_text(ev: Evidence, ref: _Reference) -> str:
-    expected = (ref.spectral or 0.0) * ref.lift
+    lift = _lifted(ev, ref)
+    expected = (ref.spectral or 0.0) * lift
     lifted = (
         ""
-        if ref.lift < 1.05
-        else f", raised ×{ref.lift:.1f} as this section's other tiles gained against theirs"
+        if lift == 1.0
+        else f", raised ×{lift:.1f} as this section's other tiles gained against theirs"
     )
     return f"high-frequency power {ev.spectral:.3f} against {expected:.3f} of {ref.where}{lifted}"
 
