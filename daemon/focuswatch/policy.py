@@ -35,8 +35,8 @@ scores of its context and never on the order in which tiles arrived:
    thousands of frequency bins where the count rests on a few hundred features.
    Against fewer than ``_SPECTRAL_SURE`` sections more must be lost. For a tile that
    gained nothing against its own position, the reference is raised by the
-   section's lift (the gain three quarters of its other tiles made against theirs,
-   when that is clear: ≥ 1/(1 − ``spectral_drop``)): a session imaged sharper as a
+   section's lift (the median gain of its other tiles against theirs, when that is
+   clear: ≥ 1/(1 − ``spectral_drop``)): a session imaged sharper as a
    whole leaves a tile that kept its old ratio behind. Against its peers alone (a flagged past
    that this tile resembles) it is out of focus when it kept less than
    ``1 − _PEER_SPECTRAL_DROP`` of their median ratio.
@@ -245,8 +245,8 @@ class _Reference:
     turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
     spectral: float | None = None  # the reference spectral ratio
     n_spectral: int = _SPECTRAL_SURE  # how many sections it is the median of
-    #: The section's other tiles (three quarters of them) gained this factor of spectral
-    #: ratio against their own positions (1: no clear gain).
+    #: The section's other tiles gained this factor of spectral ratio (median) against
+    #: their own positions (1: no clear gain).
     lift: float = 1.0
 
 
@@ -409,11 +409,11 @@ def _spectral_reference(
         usual = _median_positive(_spectral_window(history, cfg))
         if usual is not None and _positive(now) is not None:
             changes.append(float(now) / usual)
-    # The gain at least three quarters of the peers made, and only a clear one: a
-    # window that straddles the change (some sections before it, some after) gives a
-    # peer a middling gain, and a lift from those would leave sharp tiles behind.
-    low = sorted(changes)[len(changes) // 4] if len(changes) >= _MIN_LIFT_PEERS else 1.0
-    lift = low if low >= 1.0 / (1.0 - cfg.spectral_drop) else 1.0
+    # Only a clear gain: a window that straddles the change (some sections before it,
+    # some after) gives a peer a middling one, and a lift from those would leave
+    # sharp tiles behind.
+    gain = statistics.median(changes) if len(changes) >= _MIN_LIFT_PEERS else 1.0
+    lift = gain if gain >= 1.0 / (1.0 - cfg.spectral_drop) else 1.0
     return _median_positive(values), len(values), lift
 
 
