@@ -468,7 +468,6 @@ def test_a_real_sigma_1_5_defocus_at_30_e_px_is_flagged(
                 synth.to_uint(img, 8),
                 row=1,
                 col=1,
-                section=f"{s:03d}",
                 stage_x_um=0.0,
                 stage_y_um=0.0,
             )
