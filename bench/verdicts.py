@@ -113,6 +113,14 @@ def _positions(size: int, rows: int, cols: int, tile: int) -> list[tuple[int, in
     return [(r, c, y, x) for r, y in enumerate(starts(rows)) for c, x in enumerate(starts(cols))]
 
 
+#: How the shot noise reaches the file (``synth.degrade`` options): the issue's three kinds.
+NOISES: dict[str, dict[str, float]] = {
+    "white": {},
+    "x": {"noise_pole_x": 0.45},
+    "2d": {"noise_sigma_2d": 0.7},
+}
+
+
 def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
     """Write the ISBI serial-section wafer(s), one per dose; see the module docstring."""
     slices = isbi.load(args.isbi)[: args.sections]
@@ -160,12 +168,13 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
             y0, x0 = next((y, x) for rr, cc, y, x in positions if (rr, cc) == (r, c))
             clean = big[s][y0 : y0 + args.size, x0 : x0 + args.size]
             tile_rng = np.random.default_rng([args.seed, d, s, r, c])
+            noise = NOISES[args.noise]
             if how == "empty":
                 clean = synth.resin(clean.shape, rng=tile_rng)
             if how == "wrinkle":
                 h, w = clean.shape
-                img = synth.degrade(clean, rng=tile_rng, dose=dose)
-                blur = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose)
+                img = synth.degrade(clean, rng=tile_rng, dose=dose, **noise)
+                blur = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose, **noise)
                 img[: h // 2, : w // 2] = blur[: h // 2, : w // 2]
             elif (s, r, c) in astig:
                 img = synth.degrade(
@@ -175,9 +184,10 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                     dose=dose,
                     astigmatism=ASTIGMATISM,
                     astig_angle_deg=astig[s, r, c],
+                    **noise,
                 )
             else:
-                img = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose)
+                img = synth.degrade(clean, rng=tile_rng, defocus_sigma=sigma, dose=dose, **noise)
             # One wafer per dose: its own sections and rows (no shared context).
             row, section = r + 100 * d, f"{s + 100 * d:03d}"
             path = out / f"S_{section}" / f"Tile_r{row}-c{c}_S_{section}.tif"
@@ -365,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cols", type=int, default=3)
     p.add_argument("--size", type=int, default=512, help="tile size in px")
     p.add_argument("--doses", default="30,200", help="electrons per pixel, comma-separated")
+    p.add_argument(
+        "--noise",
+        default="white",
+        choices=sorted(NOISES),
+        help="the shot noise as it reaches the file: white, correlated along the scan line "
+        "(AR(1) pole 0.45, a detector slower than the pixel rate) or in 2-D (σ 0.7 px, a "
+        "resampled image)",
+    )
     p.add_argument("--blur-fraction", type=float, default=0.1)
     p.add_argument("--blur-sigmas", default="1.5,2,3", help="sudden defocus σ in px")
     p.add_argument("--drifting", type=int, default=2, help="positions drifting out of focus")
@@ -433,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(tiles)} tiles ({args.wafer}): {args.sections} sections × {args.rows}×{args.cols}"
         f" positions, {args.size}² px, doses {', '.join(f'{d:g}' for d in args.doses)} e/px, "
+        f"noise {args.noise}, "
         f"sudden blur σ {args.blur_sigmas} ({100 * args.astigmatic:.0f} % astigmatic), "
         f"{args.drifting} drifting positions (+{DRIFT_PER_SECTION} px/section), section-wide "
         f"failure in {'the first section' if args.wide_first else 'a later section'}, "
