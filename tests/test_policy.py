@@ -526,3 +526,40 @@ def test_a_sharp_patch_within_the_tissues_own_spread_is_not_a_wrinkle() -> None:
     wrinkle = decide(_four_patches(0.25, 40.0), cfg=CFG)
     assert wrinkle.kind is VerdictKind.PARTLY_OUT_OF_FOCUS
     assert "r0-c0" in wrinkle.reason
+
+
+def test_a_fine_fraction_of_a_handful_of_features_is_sampling_not_defocus() -> None:
+    """Noise correlated in 2-D leaves a handful of fine features: 9 % of 60 against
+    16 % is within the share's sampling scatter (3 binomial standard errors ≈ 0.14
+    there), not a blur; the same loss over thousands of features is one."""
+
+    def ev(fine: float, score: float) -> Evidence:
+        return Evidence(score, None, 0.2, [score] * 5, fine_fraction=fine, fine_history=[0.16] * 5)
+
+    few = decide(ev(0.09, 60.0), cfg=CFG)
+    assert few.kind is VerdictKind.IN_FOCUS, few.reason
+    assert decide(ev(0.09, 6000.0), cfg=CFG).kind is VerdictKind.OUT_OF_FOCUS
+
+
+def test_a_tile_sharper_than_its_flagged_past_is_not_flagged_for_being_sharper() -> None:
+    """A sparse position flagged against its peers in its last sections: a tile whose
+    high-to-mid band ratio is now what its peers' is (0.45, its past 0.15) has not
+    lost detail; it is left for a person to check, never flagged for gaining it."""
+    peers = [2500.0] * 8
+    ev = Evidence(
+        score=850.0,
+        patch_scores=None,
+        content=0.15,
+        history=[850.0] * 5,
+        history_kinds=["out_of_focus"] * 5,
+        fine_fraction=0.58,
+        fine_history=[0.58] * 5,
+        section_scores=peers,
+        section_fine=[0.72] * 8,
+        section_kinds=["in_focus"] * 8,
+        spectral=0.45,
+        spectral_history=[0.15] * 5,
+        section_spectral=[0.45] * 8,
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.UNCERTAIN, v.reason

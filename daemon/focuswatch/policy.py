@@ -131,6 +131,9 @@ _ASTIG_ALONE = 0.25
 _SHARP_FINE = 0.5
 # A spectral reference of this many sections or more is sure (``_spectral_margin``).
 _SPECTRAL_SURE = 3
+# A tile's fine fraction flags it only when it fell by this many binomial standard
+# errors at its number of features, as well as by ``fine_drop``.
+_FINE_Z = 3.0
 # Against its section's other tiles (no trusted history here), a tile must lose this
 # much of their median spectral ratio (positions differ: ISBI sharp tiles keep ≥ 0.67
 # of their peers' ratio, σ 1.5 ≤ 0.57 of it).
@@ -597,6 +600,23 @@ def _fine_loss(ev: Evidence, ref: _Reference) -> float | None:
     return 1.0 - fine / ref.fine
 
 
+def _features(ev: Evidence) -> float:
+    """How many features the tile's fine fraction is a share of (its patches' counts)."""
+    counts = _finite([q for line in ev.patch_scores or [] for q in line])
+    return sum(counts) if counts else ev.score
+
+
+def _fine_significant(ev: Evidence, ref: _Reference) -> bool:
+    """Whether the fine fraction fell by more than its sampling allows: with few
+    features (a small tile, or noise correlated in 2-D, where the floor leaves a
+    handful of fine ones) a share scatters by √(p(1−p)/n) from tile to tile."""
+    fine, n = _fine(ev.fine_fraction), _features(ev)
+    if fine is None or ref.fine is None or n <= 0:
+        return True
+    se = math.sqrt(max(ref.fine * (1.0 - ref.fine), 1e-6) / n)
+    return ref.fine - fine > _FINE_Z * se
+
+
 def _fine_text(ev: Evidence, ref: _Reference) -> str:
     return f"fine-scale fraction {ev.fine_fraction:.2f} against {ref.fine:.2f} of {ref.where}"
 
@@ -700,7 +720,7 @@ def _out_of_focus(
         )
     loss = _fine_loss(ev, ref)
     if loss is not None:
-        if loss < cfg.fine_drop:
+        if loss < cfg.fine_drop or not _fine_significant(ev, ref):
             return None
         evidence = f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
         astig = _astigmatism(ev, ref)
@@ -809,11 +829,11 @@ def _judge(
     spectra = _finite([p.spectral for p in recent])
     now = _positive(ev.spectral)
     if spectra and now is not None:
-        # Like its flagged past by the spectrum, both ways: a tile as sharp as that past
-        # (the same tissue flagged again) is not judged; one far sharper or blurrier is
-        # a different thing than that past, and the peers' verdict stands.
+        # Like its flagged past by the spectrum (the same tissue flagged again), or
+        # sharper: not judged; one far blurrier than that past is blurred, and the
+        # peers' verdict stands.
         usual = statistics.median(spectra)
-        alike = (1.0 - cfg.spectral_drop) * usual <= now <= usual / (1.0 - cfg.spectral_drop)
+        alike = now >= (1.0 - cfg.spectral_drop) * usual
     elif fines and fine is not None:  # ... by the scale signature ...
         alike = fine >= (1.0 - cfg.fine_drop) * statistics.median(fines)
     else:  # ... or by the score

@@ -72,3 +72,12 @@ def test_only_mhfd_gives_a_spectral_ratio(isbi_slices: Slices) -> None:
     image = synth.degrade(isbi_slices[3], rng=np.random.default_rng(0), dose=30.0)
     assert score_image(image, backend=CPU, patch_size=256).spectral is not None
     assert score_image(image, backend=CPU, criterion="tenengrad").spectral is None
+
+
+def test_no_ratio_where_the_floor_is_not_the_tiles_noise() -> None:
+    """``(P_high, N_high, P_mid, N_mid)`` per patch: a mid band not above its own
+    floor, or a high band with nothing above its floor, says the floor is not the
+    noise that is there (noise correlated in 2-D): no ratio rather than a wrong one."""
+    assert spectral_ratio([(2.0, 1.0, 5.0, 1.0)]) == pytest.approx(0.25)
+    assert spectral_ratio([(2.0, 1.0, 1.5, 1.0)]) is None
+    assert spectral_ratio([(1.0, 1.0, 5.0, 1.0)]) is None

@@ -110,10 +110,16 @@ def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers 
 
 def spectral_ratio(bands: Sequence[BandPowers | None]) -> float | None:
     """The spectral ratio pooled over patches (sums over every patch's bands); None
-    when no patch has signal above the noise in the mid band."""
+    when the mid band's signal is not above its noise floor or the high band's is
+    nothing: the floor then does not describe the tile's noise."""
     kept = [b for b in bands if b is not None and all(math.isfinite(v) for v in b)]
     high = sum(p - n for p, n, _, _ in kept)
     mid = sum(p - n for _, _, p, n in kept)
-    if not kept or mid <= 0:
+    mid_noise = sum(n for _, _, _, n in kept)
+    # Tissue stands far above the noise in the mid band at any usable dose; where it
+    # does not, or the high band reads as nothing at all, the floor is not the noise
+    # that is there (noise correlated in 2-D: a resampled image has almost no power
+    # beyond NOISE_BAND, so its floor reads far too low or too high): no ratio.
+    if not kept or mid <= mid_noise or high <= 0:
         return None
-    return max(high, 0.0) / mid
+    return high / mid
