@@ -857,7 +857,6 @@ def _judge(
     return out, []
 
 
-
 @dataclass(frozen=True)
 class _Regime:
     """A section-wide loss of fine detail at this position (``past[start]``) and the
