@@ -60,6 +60,19 @@ scores of its context and never on the order in which tiles arrived:
 6. **Section-wide**: a tile out of focus together with ``section_wide_fraction`` of
    the section's other tiles judged against their own positions says so (an
    autofocus failure, not one tile; the reason starts with ``SECTION_WIDE``).
+   **A lasting change** (detector, dwell, a new session) looks the same in its first
+   section, and is told there, once. A later tile that would be out of focus but
+   holds the level this position had in that section (its fine detail neither fell
+   further, as a drift does, nor came back, as after an autofocus failure), in a
+   section whose other tiles did not come back in focus either, is *uncertain*
+   ("still out of focus, or a lasting change in imaging"). Once
+   ``policy.regime_sections`` sections held it, the position's history starts at the
+   failed section, taken as in focus: every reference (recent median, memory's upper
+   quartile, fine fraction, spectral ratio) is the new level, and the first tile in
+   focus against it says so. Not at a position flagged in its two sections before (a
+   drift the failure met), and not from a failure within another's pending stretch.
+   Derived from the verdicts stored (kind, ``SECTION_WIDE``), so it needs no state and
+   a late tile revises it like any other context.
 7. **Partly out of focus** when the whole tile is fine but at least
    ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
    region): with a per-patch scale signature, a patch whose fine fraction is
@@ -195,7 +208,9 @@ class Evidence:
     with ``history`` and ``later``; ``section_spectral_history`` each other tile of the
     section's ratio with its own position's recent sections (ratio, verdict; most
     recent first): how much the section as a whole changed (imaging conditions, not
-    one tile); ``section_spectral`` their ratios.
+    one tile); ``section_spectral`` their ratios. ``history_wide``: whether each
+    earlier section here was flagged as part of a section-wide failure, and
+    ``history_sections`` their section numbers (aligned with ``history``).
     """
 
     score: float
@@ -933,8 +948,15 @@ def _regimes(past: list[_Past], cfg: PolicyConfig) -> Iterator[tuple[_Regime, fl
 
 
 def _section_held(ev: Evidence, cfg: PolicyConfig) -> bool:
-    """The section's other judged tiles did not come back in focus (most of them): a
-    level held section-wide, not one position still blurred after a recovery."""
+    """The level is held section-wide, not by one position still blurred after its
+    section recovered: the tile keeps at least ``1 − spectral_drop`` of its section's
+    other tiles' median spectral ratio (ISBI: sharp tiles keep ≥ 0.67 of their peers',
+    σ 1.5 ≤ 0.57); without ratios, most of the other judged tiles are not in focus."""
+    now = _positive(ev.spectral)
+    peers = _finite([_positive(v) for v in ev.section_spectral])
+    usual = _median_positive(peers) if len(peers) >= _MIN_LIFT_PEERS else None
+    if now is not None and usual is not None:
+        return now >= (1.0 - cfg.spectral_drop) * usual
     judged = [k for k in ev.section_kinds if k != str(VerdictKind.EMPTY)]
     sharp = sum(
         1 for k in judged if k in (str(VerdictKind.IN_FOCUS), str(VerdictKind.PARTLY_OUT_OF_FOCUS))
