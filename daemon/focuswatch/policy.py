@@ -64,7 +64,7 @@ scores of its context and never on the order in which tiles arrived:
    section, and is told there, once. A later tile that would be out of focus but
    holds the level this position had in that section (its fine detail neither fell
    further, as a drift does, nor came back, as after an autofocus failure), in a
-   section whose other tiles did not come back in focus either, is *uncertain*
+   section that holds it too (the tile keeps its peers' spectral ratio), is *uncertain*
    ("still out of focus, or a lasting change in imaging"). Once
    ``policy.regime_sections`` sections held it, the position's history starts at the
    failed section, taken as in focus: every reference (recent median, memory's upper
@@ -884,11 +884,6 @@ class _Regime:
         return self.held >= cfg.regime_sections
 
 
-def _level(p: _Past) -> tuple[float | None, float]:
-    """What a level is measured by: the spectral ratio, else the score."""
-    return (p.spectral, 0.0) if p.spectral is not None else (None, p.score)
-
-
 def _at_level(p: _Past, start: _Past, before: float | None, cfg: PolicyConfig) -> bool:
     """``p`` about where ``start`` (the section-wide failure) left this position: its
     fine detail did not fall further (a drift keeps falling) and did not come back to
@@ -933,18 +928,10 @@ def _regimes(past: list[_Past], cfg: PolicyConfig) -> Iterator[tuple[_Regime, fl
         if last is not None and last.kind == str(VerdictKind.UNCERTAIN):
             continue  # a failure within the stretch of an earlier one, still pending
         before = _before(past, i)
-        held = 0
-        for q in reversed(past[:i]):
-            if held >= cfg.regime_sections or q.kind in (empty, oof):
-                continue
-            if not _at_level(q, p, before, cfg):
-                break
-            held += 1
-        else:
-            yield _Regime(i, held), before
-            continue
-        if held >= cfg.regime_sections:
-            yield _Regime(i, held), before
+        after = [q for q in reversed(past[:i]) if q.kind not in (empty, oof)]
+        first = after[: cfg.regime_sections]
+        if all(_at_level(q, p, before, cfg) for q in first):
+            yield _Regime(i, len(first)), before
 
 
 def _section_held(ev: Evidence, cfg: PolicyConfig) -> bool:
