@@ -184,3 +184,16 @@ def test_scoring_choices_are_the_scorers_own() -> None:
             assert getattr(config.parse({"scoring": {key: name}}).scoring, key) == name
         with pytest.raises(ConfigError, match=rf"at 'scoring\.{key}'"):
             config.parse({"scoring": {key: "nope"}})
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "'two'", "1000"])
+def test_a_bad_regime_sections_is_reported_with_its_key_path(tmp_path: Path, value: str) -> None:
+    p = _write(tmp_path, f"[policy]\nregime_sections = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(p)
+    assert any("at 'policy.regime_sections'" in problem for problem in info.value.problems)
+
+
+def test_regime_sections_is_read(tmp_path: Path) -> None:
+    cfg = config.load(_write(tmp_path, "[policy]\nregime_sections = 3\n"))
+    assert cfg.policy.regime_sections == 3

@@ -490,3 +490,159 @@ def test_a_real_sigma_1_5_defocus_at_30_e_px_is_flagged(
             assert led.verdict_record(got[s]).verdict.kind is VerdictKind.IN_FOCUS, s
     finally:
         led.close()
+
+
+def _spectral_kept(sigma: float) -> float:
+    """The share of its spectral ratio a tile keeps at σ px (ISBI: σ 1.5 ~0.3-0.5,
+    σ 0.5 ≥ 0.8)."""
+    return float(np.exp(-0.37 * sigma**2))
+
+
+def _lasting_drop(drift: dict[int, float] | None = None, sections: int = 12) -> list[Feed]:
+    """3×3 positions; from section 6 on every tile shows a third of its fine detail
+    (spectral ratio 0.45 → 0.15, fine fraction 0.82 → 0.70, fewer features), and stays
+    there, with the tissue's own ±5 % from section to section (as ISBI's slices in
+    reverse order). ``drift``: σ px of position (0, 0) by section."""
+    tiles: list[Feed] = []
+    for s in range(sections):
+        for r in range(3):
+            for c in range(3):
+                wobble = 1 + 0.025 * ((s * 7 + r * 3 + c) % 5 - 2)
+                spectral, fine, score = (0.45, 0.82, 300.0) if s < 6 else (0.15, 0.70, 180.0)
+                sigma = (drift or {}).get(s, 0.0) if (r, c) == (0, 0) else 0.0
+                tiles.append(
+                    (
+                        s,
+                        r,
+                        c,
+                        tile(
+                            score * wobble * kept(SCORE_KEPT, sigma) * (1 + 0.05 * (r - c)),
+                            fine=fine * kept(FINE_KEPT, sigma),
+                            spectral=spectral * wobble * _spectral_kept(sigma),
+                        ),
+                    )
+                )
+    return tiles
+
+
+def test_a_lasting_section_wide_drop_is_told_once_then_taken_as_the_new_level(
+    led: Ledger,
+) -> None:
+    """Section 6 lost fine detail on every tile: flagged, section-wide. Sections 7 and
+    8 hold that level (policy.regime_sections = 2): not judged, never alerted; from
+    section 9 on every tile is in focus against the new level, and section 9 says so."""
+    ids = feed(led, _lasting_drop())
+    got = kinds(led, ids)
+    for (s, r, c), kind in got.items():
+        v = led.verdict_record(ids[s, r, c]).verdict
+        if s < 6 or s >= 9:
+            assert kind == "in_focus", (s, r, c, v.reason)
+        elif s == 6:
+            assert kind == "out_of_focus", v.reason
+            assert v.reason.startswith(SECTION_WIDE), v.reason
+        else:
+            assert kind == "uncertain", (s, r, c, v.reason)
+            assert "lasting change in imaging" in v.reason
+            assert f"{s - 6} of 2 sections" in v.reason
+    for r in range(3):
+        for c in range(3):
+            first = led.verdict_record(ids[9, r, c]).verdict.reason
+            assert "since section 006, which lost it together" in first, first
+            assert "new level" not in led.verdict_record(ids[10, r, c]).verdict.reason
+
+
+def test_regime_sections_sets_how_long_the_new_level_must_hold(led: Ledger) -> None:
+    ids = feed(led, _lasting_drop(), dataclasses.replace(CFG, regime_sections=1))
+    got = kinds(led, ids)
+    assert {got[7, r, c] for r in range(3) for c in range(3)} == {"uncertain"}
+    assert {got[s, r, c] for s in range(8, 12) for r in range(3) for c in range(3)} == {"in_focus"}
+
+
+def test_a_lasting_drop_gives_the_same_verdicts_in_a_burst(tmp_path: Path) -> None:
+    tiles = _lasting_drop()
+    burst = [t for t in tiles if t[0] >= 4] + [t for t in tiles if t[0] < 4]
+    random.Random(3).shuffle(burst)
+    assert_same_verdicts(tmp_path, tiles, burst)
+
+
+def test_a_position_drifting_after_a_lasting_drop_is_still_flagged(led: Ledger) -> None:
+    """(0, 0) drifts +0.3 px σ per section from section 7 on, after the drop: every
+    tile of it at σ ≥ 1.5 is out of focus; none of the others is."""
+    drift = {s: 0.3 * (s - 6) for s in range(7, 14)}
+    ids = feed(led, _lasting_drop(drift, sections=14))
+    got = kinds(led, ids)
+    for s in range(7, 14):
+        if drift[s] >= 1.5:
+            assert got[s, 0, 0] == "out_of_focus", (s, led.verdict_record(ids[s, 0, 0]).verdict)
+    flagged = {k for k, kind in got.items() if kind == "out_of_focus" and k[0] != 6}
+    assert {(r, c) for _, r, c in flagged} == {(0, 0)}
+
+
+def _steady(drift: dict[int, float], failed: int | None, sections: int) -> list[Feed]:
+    """3×3 positions of steady tissue; position (1, 1) at σ ``drift[s]``; every tile
+    of section ``failed`` at σ 2 (an autofocus failure)."""
+    tiles: list[Feed] = []
+    for s in range(sections):
+        for r in range(3):
+            for c in range(3):
+                wobble = 1 + 0.025 * ((s * 7 + r * 3 + c) % 5 - 2)
+                sigma = 2.0 if s == failed else drift.get(s, 0.0) if (r, c) == (1, 1) else 0.0
+                tiles.append(
+                    (
+                        s,
+                        r,
+                        c,
+                        tile(
+                            300.0 * wobble * kept(SCORE_KEPT, sigma),
+                            fine=0.8 * kept(FINE_KEPT, sigma),
+                            spectral=0.4 * wobble * _spectral_kept(sigma),
+                        ),
+                    )
+                )
+    return tiles
+
+
+def test_a_single_position_drifting_slowly_is_never_taken_as_a_new_level(led: Ledger) -> None:
+    """(1, 1) loses +0.2 px σ per section from section 2 on: flagged at every σ ≥ 1.5,
+    as one position, never section-wide; the others are in focus throughout."""
+    drift = {s: 0.2 * (s - 1) for s in range(2, 16)}
+    ids = feed(led, _steady(drift, None, 16))
+    got = kinds(led, ids)
+    for s in range(16):
+        for r in range(3):
+            for c in range(3):
+                v = led.verdict_record(ids[s, r, c]).verdict
+                assert not v.reason.startswith(SECTION_WIDE)
+                if (r, c) == (1, 1) and drift.get(s, 0.0) >= 1.5:
+                    assert got[s, r, c] == "out_of_focus", (s, v.reason)
+                elif (r, c) != (1, 1):
+                    assert got[s, r, c] == "in_focus", (s, r, c, v.reason)
+
+
+def test_an_autofocus_failure_that_recovers_is_flagged_only_in_its_section(
+    led: Ledger,
+) -> None:
+    """Every tile of section 6 at σ 2, sections 7-11 sharp again: section 6 flagged
+    (section-wide), nothing after it, and no new level taken from it."""
+    ids = feed(led, _steady({}, 6, 12))
+    got = kinds(led, ids)
+    for (s, r, c), kind in got.items():
+        v = led.verdict_record(ids[s, r, c]).verdict
+        if s == 6:
+            assert kind == "out_of_focus", v.reason
+            assert v.reason.startswith(SECTION_WIDE), v.reason
+        else:
+            assert kind == "in_focus", (s, r, c, v.reason)
+            assert "new level" not in v.reason
+
+
+def test_an_autofocus_failure_two_sections_long_is_not_a_new_level(led: Ledger) -> None:
+    """Sections 6 and 7 both fail (σ 2), then it recovers: 6 is flagged section-wide,
+    7 is not judged (still failing, or a new level: told with 6), 8 on in focus."""
+    tiles = [t for t in _steady({}, 6, 12) if t[0] != 7]
+    tiles += [t for t in _steady({}, 7, 12) if t[0] == 7]
+    ids = feed(led, sorted(tiles, key=lambda t: t[:3]))
+    got = kinds(led, ids)
+    assert {got[6, r, c] for r in range(3) for c in range(3)} == {"out_of_focus"}
+    assert {got[7, r, c] for r in range(3) for c in range(3)} == {"uncertain"}
+    assert {got[s, r, c] for s in range(8, 12) for r in range(3) for c in range(3)} == {"in_focus"}

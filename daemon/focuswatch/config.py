@@ -163,6 +163,9 @@ class PolicyConfig:
     fine_drop: float = _opt(0.15, _fraction)
     spectral_drop: float = _opt(0.36, _fraction)
     section_wide_fraction: float = _opt(0.5, _fraction)
+    # A section-wide loss of fine detail that then holds for this many sections is a
+    # lasting change in imaging: the new level becomes the reference (policy).
+    regime_sections: int = _opt(2, _range(1, 100))
     calibration: Path | None = _opt(None)
 
 

@@ -473,6 +473,9 @@ class PastTile:
     spectral: float | None = None
     #: The layout's position key (``section_peers`` only).
     position: str | None = None
+    #: The verdict's reason (``position_history`` only: a section-wide failure is
+    #: named by it).
+    reason: str = ""
 
 
 # A Placement's fields are the versions columns of the same names, in its order.
@@ -1027,7 +1030,7 @@ class Ledger:
             return []
         cur = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
-            "r.orientation_x, r.orientation_y, r.spectral "
+            "r.orientation_x, r.orientation_y, r.spectral, r.reason "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -1036,7 +1039,7 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine, ox, oy, spectral in cur:
+        for vid, sec, score, maps, verdict, fine, ox, oy, spectral, reason in cur:
             if sec == last:
                 continue
             last = sec
@@ -1051,6 +1054,7 @@ class Ledger:
                     fine,
                     orientation=_orientation(ox, oy),
                     spectral=spectral,
+                    reason=reason or "",
                 )
             )
             if len(out) >= limit:

@@ -60,6 +60,19 @@ scores of its context and never on the order in which tiles arrived:
 6. **Section-wide**: a tile out of focus together with ``section_wide_fraction`` of
    the section's other tiles judged against their own positions says so (an
    autofocus failure, not one tile; the reason starts with ``SECTION_WIDE``).
+   **A lasting change** (detector, dwell, a new session) looks the same in its first
+   section, and is told there, once. A later tile that would be out of focus but
+   holds the level this position had in that section (its fine detail neither fell
+   further, as a drift does, nor came back, as after an autofocus failure), in a
+   section that holds it too (the tile keeps its peers' spectral ratio), is *uncertain*
+   ("still out of focus, or a lasting change in imaging"). Once
+   ``policy.regime_sections`` sections held it, the position's history starts at the
+   failed section, taken as in focus: every reference (recent median, memory's upper
+   quartile, fine fraction, spectral ratio) is the new level, and the first tile in
+   focus against it says so. Not at a position flagged in its two sections before (a
+   drift the failure met), and not from a failure within another's pending stretch.
+   Derived from the verdicts stored (kind, ``SECTION_WIDE``), so it needs no state and
+   a late tile revises it like any other context.
 7. **Partly out of focus** when the whole tile is fine but at least
    ``policy.partial_min_patches`` patches are weak (a wrinkle, dirt, a tilted
    region): with a per-patch scale signature, a patch whose fine fraction is
@@ -78,8 +91,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -198,7 +211,9 @@ class Evidence:
     with ``history`` and ``later``; ``section_spectral_history`` each other tile of the
     section's ratio with its own position's recent sections (ratio, verdict; most
     recent first): how much the section as a whole changed (imaging conditions, not
-    one tile); ``section_spectral`` their ratios.
+    one tile); ``section_spectral`` their ratios. ``history_wide``: whether each
+    earlier section here was flagged as part of a section-wide failure, and
+    ``history_sections`` their section numbers (aligned with ``history``).
     """
 
     score: float
@@ -222,6 +237,8 @@ class Evidence:
     later_spectral: Sequence[float | None] = ()
     section_spectral_history: Sequence[tuple[float, Sequence[tuple[float | None, str | None]]]] = ()
     section_spectral: Sequence[float | None] = ()
+    history_wide: Sequence[bool] = ()
+    history_sections: Sequence[int | None] = ()
 
 
 @dataclass(frozen=True)
@@ -232,6 +249,8 @@ class _Past:
     patches: list[list[float]] | None
     turn: tuple[float, float] | None = None
     spectral: float | None = None
+    wide: bool = False  # judged out of focus as part of a section-wide failure
+    section: int | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +341,8 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
                 maps[i] if i < len(maps) else None,
                 _turn(_at(ev.orientation_history, i)),
                 _positive(_at(ev.spectral_history, i)),
+                bool(_at(ev.history_wide, i)),
+                _at(ev.history_sections, i),
             )
         )
     return out
@@ -763,10 +784,9 @@ def _out_of_focus(
 
 
 def _judge(
-    ev: Evidence, cfg: PolicyConfig, calibration: DefocusModel | None
+    ev: Evidence, cfg: PolicyConfig, calibration: DefocusModel | None, past: list[_Past]
 ) -> tuple[Verdict, list[_Past]]:
     score_text = f"score {format_score(ev.score)}"
-    past = _past(ev, cfg)
     trusted = _trusted(past, cfg)
     ref = _position_reference(trusted, past, ev, cfg) if trusted else None
     if ref is not None:
@@ -872,6 +892,147 @@ def _judge(
     return out, []
 
 
+@dataclass(frozen=True)
+class _Regime:
+    """A section-wide loss of fine detail at this position (``past[start]``) and the
+    sections after it that held its level (``held``, up to ``regime_sections``)."""
+
+    start: int
+    held: int
+
+    def settled(self, cfg: PolicyConfig) -> bool:
+        return self.held >= cfg.regime_sections
+
+
+def _at_level(p: _Past, start: _Past, before: float | None, cfg: PolicyConfig) -> bool:
+    """``p`` about where ``start`` (the section-wide failure) left this position: its
+    fine detail did not fall further (a drift keeps falling) and did not come back to
+    ``before``, the level before the failure (an autofocus failure that recovered)."""
+    if p.spectral is not None and start.spectral is not None:
+        now, then, drop = p.spectral, start.spectral, cfg.spectral_drop
+    else:
+        now, then, drop = p.score, start.score, cfg.drop_ratio
+    if now < (1.0 - drop) * then:
+        return False
+    if before is not None and now >= (1.0 - drop) * before:
+        return False
+    return p.fine is None or start.fine is None or p.fine >= (1.0 - cfg.fine_drop) * start.fine
+
+
+def _before(past: list[_Past], i: int) -> float | None:
+    """The level this position fell from into the section-wide failure at ``past[i]``:
+    its latest section before it with tissue, not judged out of focus (within a new
+    level not yet taken as normal, a failure falls from that level)."""
+    by_spectrum = past[i].spectral is not None
+    for q in past[i + 1 :]:
+        if q.kind not in (str(VerdictKind.OUT_OF_FOCUS), str(VerdictKind.EMPTY)):
+            value = q.spectral if by_spectrum else q.score
+            return value if value is not None and value > 0 else None
+    return None
+
+
+def _regimes(past: list[_Past], cfg: PolicyConfig) -> Iterator[tuple[_Regime, float | None]]:
+    """Section-wide failures here, latest first, whose level the sections after them
+    held (each of them, up to ``regime_sections``; empty tiles and tiles flagged in
+    between do not count), with the level before each. Not at a position flagged in
+    its two sections before (a drift that the section's failure met on its way), nor
+    one that fell from a stretch not judged (another failure's, still pending)."""
+    oof, empty = str(VerdictKind.OUT_OF_FOCUS), str(VerdictKind.EMPTY)
+    for i, p in enumerate(past):
+        if not (p.wide and p.kind == oof):
+            continue
+        older = [q for q in past[i + 1 :] if q.kind != empty]
+        if len(older) >= 2 and older[0].kind == oof and older[1].kind == oof:
+            continue
+        last = next((q for q in older if q.kind != oof), None)
+        if last is not None and last.kind == str(VerdictKind.UNCERTAIN):
+            continue  # a failure within the stretch of an earlier one, still pending
+        before = _before(past, i)
+        after = [q for q in reversed(past[:i]) if q.kind not in (empty, oof)]
+        first = after[: cfg.regime_sections]
+        if all(_at_level(q, p, before, cfg) for q in first):
+            yield _Regime(i, len(first)), before
+
+
+def _section_held(ev: Evidence, cfg: PolicyConfig) -> bool:
+    """The level is held section-wide, not by one position still blurred after its
+    section recovered: the tile keeps at least ``1 − spectral_drop`` of its section's
+    other tiles' median spectral ratio (ISBI: sharp tiles keep ≥ 0.67 of their peers',
+    σ 1.5 ≤ 0.57); without ratios, most of the other judged tiles are not in focus."""
+    now = _positive(ev.spectral)
+    peers = _finite([_positive(v) for v in ev.section_spectral])
+    usual = _median_positive(peers) if len(peers) >= _MIN_LIFT_PEERS else None
+    if now is not None and usual is not None:
+        return now >= (1.0 - cfg.spectral_drop) * usual
+    judged = [k for k in ev.section_kinds if k != str(VerdictKind.EMPTY)]
+    sharp = sum(
+        1 for k in judged if k in (str(VerdictKind.IN_FOCUS), str(VerdictKind.PARTLY_OUT_OF_FOCUS))
+    )
+    return sharp < cfg.section_wide_fraction * len(judged) or not judged
+
+
+def _section_name(p: _Past) -> str:
+    return "an earlier section" if p.section is None else f"section {p.section:03d}"
+
+
+def _as_new_level(past: list[_Past], regime: _Regime) -> list[_Past]:
+    """The position's history from the section-wide failure on, that section taken as
+    in focus: the imaging's new level."""
+    start = past[regime.start]
+    return [*past[: regime.start], replace(start, kind=str(VerdictKind.IN_FOCUS), wide=False)]
+
+
+def _judge_with_regime(
+    ev: Evidence, cfg: PolicyConfig, calibration: DefocusModel | None
+) -> tuple[Verdict, list[_Past]]:
+    """``_judge``, after a lasting section-wide change: against the new level once it
+    held for ``regime_sections`` sections; until then a tile that holds it too, in a
+    section that holds it, is not judged (still failing, or the new normal: told
+    once, with the failed section)."""
+    past = _past(ev, cfg)
+    now = _Past(ev.score, None, _fine(ev.fine_fraction), None, spectral=_positive(ev.spectral))
+    pending: tuple[_Regime, float | None] | None = None
+    settled: _Regime | None = None
+    for regime, before in _regimes(past, cfg):
+        if regime.settled(cfg):
+            settled = regime
+            break
+        # A failure this tile came back from (or fell further than) is not its level.
+        if pending is None and _at_level(now, past[regime.start], before, cfg):
+            pending = regime, before
+    base = past if settled is None else _as_new_level(past, settled)
+    verdict, trusted = _judge(ev, cfg, calibration, base)
+    if pending is not None and verdict.kind is VerdictKind.OUT_OF_FOCUS and _section_held(ev, cfg):
+        regime, _ = pending
+        start = past[regime.start]
+        level = (
+            f"high-frequency power {now.spectral:.3f} against {start.spectral:.3f} there"
+            if now.spectral is not None and start.spectral is not None
+            else f"score {format_score(start.score)} there"
+        )
+        return Verdict(
+            VerdictKind.UNCERTAIN,
+            f"score {format_score(ev.score)}: not judged; fine detail as low as in "
+            f"{_section_name(start)} ({level}), which lost it with its whole section: "
+            f"still out of focus, or a lasting change in imaging ({regime.held + 1} of "
+            f"{cfg.regime_sections} sections at that level; then it is the new level)",
+            baseline=verdict.baseline,
+        ), trusted
+    if settled is not None and verdict.kind is VerdictKind.IN_FOCUS:
+        first = not any(
+            p.kind in (str(VerdictKind.IN_FOCUS), str(VerdictKind.PARTLY_OUT_OF_FOCUS))
+            for p in past[: settled.start]
+        )
+        if first:
+            verdict = replace(
+                verdict,
+                reason=f"{verdict.reason}; fine detail as in the {settled.start + 1} sections "
+                f"since {_section_name(past[settled.start])}, which lost it together: taken "
+                "as the imaging's new level",
+            )
+    return verdict, trusted
+
+
 def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None = None) -> Verdict:
     """The verdict for one tile; see the module docstring for the rules."""
     score_text = f"score {format_score(ev.score)}"
@@ -884,7 +1045,7 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
             "no tissue to judge (resin, a hole or the section's edge)",
         )
 
-    verdict, trusted = _judge(ev, cfg, calibration)
+    verdict, trusted = _judge_with_regime(ev, cfg, calibration)
     if verdict.kind is not VerdictKind.OUT_OF_FOCUS and ev.score < cfg.min_score:
         defocus = _defocus(calibration, ev.score, verdict.baseline)
         verdict = Verdict(
