@@ -379,6 +379,41 @@ def test_a_sigma_1_5_blur_the_count_misses_is_flagged_by_its_spectrum(led: Ledge
     assert {kinds(led, ids)[s, 0, 0] for s in range(1, 6)} == {"in_focus"}
 
 
+def test_a_lasting_blur_of_one_position_never_becomes_its_normal(led: Ledger) -> None:
+    """The same σ 1.5 blur for six sections at one position (its peers, if any, fine):
+    every one of them is flagged; the flagged sections are not its reference."""
+    rng = random.Random(5)
+    tiles: list[Feed] = [
+        (s, 0, 0, tile(rng.uniform(140, 170), fine=rng.uniform(0.72, 0.76), spectral=0.15))
+        for s in range(6)
+    ]
+    tiles += [(s, 0, 0, tile(142.0, fine=0.65, spectral=0.06)) for s in range(6, 12)]
+    ids = feed(led, tiles)
+    got = kinds(led, ids)
+    assert {got[s, 0, 0] for s in range(6, 12)} == {"out_of_focus"}, [
+        led.verdict_record(ids[s, 0, 0]).verdict.reason for s in range(6, 12)
+    ]
+
+
+def test_a_section_where_only_some_tiles_gained_lifts_nobody(led: Ledger) -> None:
+    """Five of nine positions' tissue got richer in fine detail (×1.7) in section 6, the
+    others kept theirs (within a normal 3 % scatter): those are not left behind."""
+    tiles: list[Feed] = []
+    for s in range(7):
+        for r in range(3):
+            for c in range(3):
+                gained = s == 6 and 3 * r + c < 5
+                now = 1.7 if gained else 0.97 if s == 6 else 1.0
+                spectral = 0.15 * now * (1 + 0.05 * (r - c))
+                tiles.append((s, r, c, tile(200.0 + 10 * r + c, fine=0.72, spectral=spectral)))
+    ids = feed(led, tiles)
+    got = kinds(led, ids)
+    unchanged = [(r, c) for r in range(3) for c in range(3) if 3 * r + c >= 5]
+    assert {got[6, r, c] for r, c in unchanged} == {"in_focus"}, [
+        led.verdict_record(ids[6, r, c]).verdict.reason for r, c in unchanged
+    ]
+
+
 def test_less_tissue_and_a_spectrum_that_holds_stay_in_focus(led: Ledger) -> None:
     """Sharp tissue that changed (40 % fewer features, fine fraction and spectral ratio
     held within their scatter) is in focus, and the reason gives the spectral evidence."""

@@ -412,18 +412,16 @@ def _spectral_reference(
     """The reference spectral ratio and the section's lift.
 
     The reference is the median of the position's last ``history_sections`` sections
-    with tissue that were not judged out of focus, or, when fewer than
-    ``_SPECTRAL_SURE`` of them were, of all of them: a blurred section does not drag
-    the reference down, and a lasting change (a new microscope setting, a different
-    stretch of tissue) is the new normal after a few flagged sections instead of
-    being flagged for the rest of the memory (an upper quartile over the memory
-    would flag it forever).
+    with tissue that were not judged out of focus: a blurred section does not drag
+    the reference down, and one position's lasting blur never becomes its normal (a
+    lasting change of the whole section is taken as the new level by ``_regimes``).
 
-    The lift is the median gain of the section's other tiles against their own
-    positions, only upwards: a section imaged sharper as a whole (a new detector
-    setting, a better-focused session) raises every tile's ratio, and one tile that
-    kept its old ratio then lost focus. Downwards it is not used: a whole section
-    losing detail is a section-wide failure, which must be flagged.
+    The lift is the gain nearly all of the section's other tiles made against their
+    own positions (their lower quartile), only upwards: a section imaged sharper as a
+    whole (a new detector setting, a better-focused session) raises every tile's
+    ratio, and one tile that kept its old ratio then lost focus. Downwards it is not
+    used: a whole section losing detail is a section-wide failure, which must be
+    flagged.
     """
     values = _spectral_window([(p.spectral, p.kind) for p in past], cfg)
     if not values:
@@ -436,7 +434,9 @@ def _spectral_reference(
     # Only a clear gain: a window that straddles the change (some sections before it,
     # some after) gives a peer a middling one, and a lift from those would leave
     # sharp tiles behind.
-    gain = statistics.median(changes) if len(changes) >= _MIN_LIFT_PEERS else 1.0
+    # Nearly every peer must have gained (their lower quartile, not their median): a
+    # section where only some positions' tissue got richer leaves the rest unlifted.
+    gain = sorted(changes)[len(changes) // 4] if len(changes) >= _MIN_LIFT_PEERS else 1.0
     lift = gain if gain >= 1.0 / (1.0 - cfg.spectral_drop) else 1.0
     return _median_positive(values), len(values), lift
 
@@ -446,14 +446,11 @@ def _spectral_window(
 ) -> list[float]:
     """The spectral ratios a position's reference is the median of (most recent first;
     see ``_spectral_reference``): the same for the tile and for each of its peers."""
-    skip = (str(VerdictKind.EMPTY), str(VerdictKind.UNREADABLE))
-    window = [
-        (f, kind)
-        for v, kind in list(history)[: cfg.history_sections]
-        if (f := _positive(v)) is not None and kind not in skip
-    ]
-    clean = [v for v, kind in window if kind != str(VerdictKind.OUT_OF_FOCUS)]
-    return clean if len(clean) >= _SPECTRAL_SURE else [v for v, _ in window]
+    # Never a flagged section: one position's lasting blur must not become its normal
+    # (a lasting change of the whole section is ``_regime``'s, told once).
+    skip = (str(VerdictKind.EMPTY), str(VerdictKind.UNREADABLE), str(VerdictKind.OUT_OF_FOCUS))
+    clean = [f for v, kind in history if (f := _positive(v)) is not None and kind not in skip]
+    return clean[: cfg.history_sections]
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
