@@ -945,10 +945,47 @@ def _regimes(past: list[_Past], cfg: PolicyConfig) -> Iterator[tuple[_Regime, fl
         if last is not None and last.kind == str(VerdictKind.UNCERTAIN):
             continue  # a failure within the stretch of an earlier one, still pending
         before = _before(past, i)
+        if before is None or not _sudden(p, before, cfg) or _blurred_level(p, past, i, cfg):
+            continue
         after = [q for q in reversed(past[:i]) if q.kind not in (empty, oof)]
+        if any(_level_of(q, p) >= (1.0 - _drop_of(p, cfg)) * before for q in after):
+            continue  # it came back to the level before: an episode, not a new normal
         first = after[: cfg.regime_sections]
         if all(_at_level(q, p, before, cfg) for q in first):
             yield _Regime(i, len(first)), before
+
+
+def _level_of(q: _Past, start: _Past) -> float:
+    """``q``'s level in the measure ``start``'s regime is read in (spectral, else score)."""
+    if start.spectral is not None and q.spectral is not None:
+        return q.spectral
+    return q.score
+
+
+def _drop_of(start: _Past, cfg: PolicyConfig) -> float:
+    return cfg.spectral_drop if start.spectral is not None else cfg.drop_ratio
+
+
+def _sudden(start: _Past, before: float, cfg: PolicyConfig) -> bool:
+    """A new level begins with a sudden fall: the failed section lost at least a
+    flagging margin against the level just before it. A drift of the whole section
+    falls a little each section (the sections before it already low) and never is one."""
+    return _level_of(start, start) < (1.0 - _drop_of(start, cfg)) * before
+
+
+def _blurred_level(start: _Past, past: list[_Past], i: int, cfg: PolicyConfig) -> bool:
+    """A level that looks blurred by itself is never a new normal: a scale signature
+    below sharp tissue's (``_SHARP_FINE``), or one that lost twice ``fine_drop``
+    against the position's section before the failure (an autofocus that stays off)."""
+    if start.fine is None:
+        return False
+    if start.fine < _SHARP_FINE:
+        return True
+    earlier = next(
+        (q.fine for q in past[i + 1 :] if q.kind != str(VerdictKind.OUT_OF_FOCUS) and q.fine),
+        None,
+    )
+    return earlier is not None and start.fine < (1.0 - 2.0 * cfg.fine_drop) * earlier
 
 
 def _section_held(ev: Evidence, cfg: PolicyConfig) -> bool:
