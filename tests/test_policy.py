@@ -563,3 +563,13 @@ def test_a_tile_sharper_than_its_flagged_past_is_not_flagged_for_being_sharper()
     )
     v = decide(ev, cfg=CFG)
     assert v.kind is VerdictKind.UNCERTAIN, v.reason
+
+
+def test_the_sampling_check_weighs_the_references_count_not_only_the_blurred_tiles() -> None:
+    """A blur lowers the tile's own count (100 features before, 55 now) and with it
+    the weight of its fine fraction; against the reference's count 0.54 against 0.70
+    is well beyond sampling, and the tile is out of focus."""
+    ev = Evidence(55.0, None, 0.2, [100.0] * 5, fine_fraction=0.54, fine_history=[0.70] * 5)
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+    assert "fine-scale features lost" in v.reason

@@ -29,14 +29,14 @@ scores of its context and never on the order in which tiles arrived:
 4. **Fine detail lost.** With a spectral ratio (``Evidence.spectral``: the tile's
    high-to-mid band power above its own noise floor, ``focuswatch.score.spectrum``),
    a tile that kept less than ``1 − policy.spectral_drop`` of the median of its
-   position's last ``history_sections`` sections (any verdict but empty: a lasting
-   change becomes the new normal) is out of focus: blur takes that ratio down
+   position's last ``history_sections`` sections with tissue not judged out of focus
+   (never a flagged one) is out of focus: blur takes that ratio down
    steeply (σ 1.5 px: to ~0.3-0.5) where tissue barely moves it, and it rests on
    thousands of frequency bins where the count rests on a few hundred features.
    Against fewer than ``_SPECTRAL_SURE`` sections more must be lost. For a tile that
    gained nothing against its own position, the reference is raised by the
-   section's lift (the median gain of its other tiles against theirs, when that is
-   clear: ≥ 1/(1 − ``spectral_drop``)): a session imaged sharper as a
+   section's lift (the gain nearly all its other tiles made against theirs, their
+   lower quartile, when that is clear: ≥ 1/(1 − ``spectral_drop``)): a session imaged sharper as a
    whole leaves a tile that kept its old ratio behind. Against its peers alone (a flagged past
    that this tile resembles) it is out of focus when it kept less than
    ``1 − _PEER_SPECTRAL_DROP`` of their median ratio.
@@ -267,8 +267,8 @@ class _Reference:
     turns: tuple[tuple[float, float], ...] = ()  # the reference's orientations
     spectral: float | None = None  # the reference spectral ratio
     n_spectral: int = _SPECTRAL_SURE  # how many sections it is the median of
-    #: The section's other tiles gained this factor of spectral ratio (median) against
-    #: their own positions (1: no clear gain).
+    #: Nearly all the section's other tiles gained this factor of spectral ratio (their
+    #: lower quartile) against their own positions (1: no clear gain).
     lift: float = 1.0
 
 
@@ -292,7 +292,8 @@ def _fine(value: float | None) -> float | None:
 
 
 def _positive(value: float | None) -> float | None:
-    """A usable spectral ratio (0 is one: nothing above the noise in the high band)."""
+    """A usable spectral ratio (``score.spectrum`` gives None, not 0, where the high
+    band has nothing above its floor)."""
     return float(value) if value is not None and math.isfinite(value) and value >= 0 else None
 
 
@@ -628,7 +629,10 @@ def _fine_significant(ev: Evidence, ref: _Reference) -> bool:
     """Whether the fine fraction fell by more than its sampling allows: with few
     features (a small tile, or noise correlated in 2-D, where the floor leaves a
     handful of fine ones) a share scatters by √(p(1−p)/n) from tile to tile."""
-    fine, n = _fine(ev.fine_fraction), _features(ev)
+    fine = _fine(ev.fine_fraction)
+    # The reference's count too: a blur lowers the tile's own, and with it its weight.
+    cells = sum(len(line) for line in ev.patch_scores or []) or 1
+    n = max(_features(ev), ref.recent * cells)
     if fine is None or ref.fine is None or n <= 0:
         return True
     se = math.sqrt(max(ref.fine * (1.0 - ref.fine), 1e-6) / n)

@@ -116,10 +116,12 @@ def spectral_ratio(bands: Sequence[BandPowers | None]) -> float | None:
     high = sum(p - n for p, n, _, _ in kept)
     mid = sum(p - n for _, _, p, n in kept)
     mid_noise = sum(n for _, _, _, n in kept)
-    # Tissue stands far above the noise in the mid band at any usable dose; where it
-    # does not, or the high band reads as nothing at all, the floor is not the noise
-    # that is there (noise correlated in 2-D: a resampled image has almost no power
-    # beyond NOISE_BAND, so its floor reads far too low or too high): no ratio.
+    # Tissue stands far above the noise in the mid band at any usable dose (its power
+    # above twice the floor); where it does not, or the high band reads as nothing at
+    # all, the floor may not be the noise that is there (a very blurred tile also has
+    # nothing left there: its count and fine fraction say so). Noise correlated in
+    # 2-D (a resampled image) has almost no power beyond NOISE_BAND, so its floor
+    # reads far too low or too high: no ratio.
     if not kept or mid <= mid_noise or high <= 0:
         return None
     return high / mid
