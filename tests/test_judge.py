@@ -380,8 +380,10 @@ def test_a_sigma_1_5_blur_the_count_misses_is_flagged_by_its_spectrum(led: Ledge
 
 
 def test_a_lasting_blur_of_one_position_never_becomes_its_normal(led: Ledger) -> None:
-    """The same σ 1.5 blur for six sections at one position (its peers, if any, fine):
-    every one of them is flagged; the flagged sections are not its reference."""
+    """The same σ 1.5 blur for six sections at one position, which only its spectral
+    ratio shows (count and fine fraction within their margins): flagged three times,
+    then left to a person (*uncertain*: the same slight blur, or less fine texture in
+    this tissue), never passed: the flagged sections are not its reference."""
     rng = random.Random(5)
     tiles: list[Feed] = [
         (s, 0, 0, tile(rng.uniform(140, 170), fine=rng.uniform(0.72, 0.76), spectral=0.15))
@@ -390,9 +392,9 @@ def test_a_lasting_blur_of_one_position_never_becomes_its_normal(led: Ledger) ->
     tiles += [(s, 0, 0, tile(142.0, fine=0.65, spectral=0.06)) for s in range(6, 12)]
     ids = feed(led, tiles)
     got = kinds(led, ids)
-    assert {got[s, 0, 0] for s in range(6, 12)} == {"out_of_focus"}, [
-        led.verdict_record(ids[s, 0, 0]).verdict.reason for s in range(6, 12)
-    ]
+    reasons = [led.verdict_record(ids[s, 0, 0]).verdict.reason for s in range(6, 12)]
+    assert [got[s, 0, 0] for s in range(6, 12)] == ["out_of_focus"] * 3 + ["uncertain"] * 3, reasons
+    assert "check it once" in reasons[3]
 
 
 def test_a_section_where_only_some_tiles_gained_lifts_nobody(led: Ledger) -> None:

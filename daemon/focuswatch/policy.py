@@ -144,6 +144,9 @@ _ASTIG_ALONE = 0.25
 _SHARP_FINE = 0.5
 # A spectral reference of this many sections or more is sure (``_spectral_margin``).
 _SPECTRAL_SURE = 3
+# After this many sections flagged by the spectral ratio alone at one level, a tile at
+# that level is left to a person (uncertain) instead of flagged again.
+_SPECTRAL_REPEAT = 3
 # A tile's fine fraction flags it only when it fell by this many binomial standard
 # errors at its number of features, as well as by ``fine_drop``.
 _FINE_Z = 3.0
@@ -442,6 +445,31 @@ def _spectral_reference(
     return _median_positive(values), len(values), lift
 
 
+def _spectrum_only_again(
+    ev: Evidence, ref: _Reference, past: list[_Past], cfg: PolicyConfig
+) -> bool:
+    """Whether only the spectral ratio flags this tile (its count and fine fraction
+    hold) and it flagged this position at the same level in each of its last
+    ``_SPECTRAL_REPEAT`` sections: a false alert must not repeat for the whole memory,
+    and a lasting slight blur must not pass either, so the tile is left to a person."""
+    now = _positive(ev.spectral)
+    loss = _fine_loss(ev, ref)
+    if now is None or (loss is not None and loss >= cfg.fine_drop):
+        return False
+    if ev.score < (1.0 - cfg.drop_ratio) * ref.recent:
+        return False
+    flagged = (str(VerdictKind.OUT_OF_FOCUS), str(VerdictKind.UNCERTAIN))
+    last = [p for p in past if p.kind != str(VerdictKind.EMPTY)][:_SPECTRAL_REPEAT]
+    keep = 1.0 - cfg.spectral_drop
+    return len(last) == _SPECTRAL_REPEAT and all(
+        p.kind in flagged
+        and not p.wide
+        and p.spectral is not None
+        and keep * now <= p.spectral <= now / keep
+        for p in last
+    )
+
+
 def _spectral_window(
     history: Sequence[tuple[float | None, str | None]], cfg: PolicyConfig
 ) -> list[float]:
@@ -449,7 +477,12 @@ def _spectral_window(
     see ``_spectral_reference``): the same for the tile and for each of its peers."""
     # Never a flagged section: one position's lasting blur must not become its normal
     # (a lasting change of the whole section is ``_regime``'s, told once).
-    skip = (str(VerdictKind.EMPTY), str(VerdictKind.UNREADABLE), str(VerdictKind.OUT_OF_FOCUS))
+    skip = (
+        str(VerdictKind.EMPTY),
+        str(VerdictKind.UNREADABLE),
+        str(VerdictKind.OUT_OF_FOCUS),
+        str(VerdictKind.UNCERTAIN),  # not judged: not a reference either
+    )
     clean = [f for v, kind in history if (f := _positive(v)) is not None and kind not in skip]
     return clean[: cfg.history_sections]
 
@@ -792,6 +825,16 @@ def _judge(
     ref = _position_reference(trusted, past, ev, cfg) if trusted else None
     if ref is not None:
         out = _out_of_focus(ev, ref, cfg, calibration)
+        if out is not None and _spectrum_only_again(ev, ref, past, cfg):
+            n = _SPECTRAL_REPEAT
+            return Verdict(
+                VerdictKind.UNCERTAIN,
+                f"{score_text}: not judged; fine detail as low as in this tile position's "
+                f"last {n} sections, which were flagged for it while its count and "
+                "scale signature held (less fine texture in this tissue, or the same "
+                "slight blur every time: check it once)",
+                baseline=ref.recent,
+            ), trusted
         if out is not None:
             return out, trusted
         context = f"median of {ref.where} {format_score(ref.recent)}"
