@@ -1200,9 +1200,7 @@ class Ledger:
         """What ``focuswatch status`` shows: counts, backlog, rate, recent verdicts, failures."""
         now = self.clock()
         counts = self.counts()
-        recent_n = self._conn.execute(
-            "SELECT count(*) FROM results WHERE scored_at >= ?", (now - window_s,)
-        ).fetchone()[0]
+        recent_n = scored_since(self._conn, now - window_s)
         verdicts = dict(
             self._conn.execute(
                 "SELECT r.verdict, count(*) FROM results r JOIN versions v ON v.id = r.version_id"

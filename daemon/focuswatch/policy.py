@@ -952,13 +952,10 @@ def _at_level(p: _Past, start: _Past, before: float | None, cfg: PolicyConfig) -
     """``p`` about where ``start`` (the section-wide failure) left this position: its
     fine detail did not fall further (a drift keeps falling) and did not come back to
     ``before``, the level before the failure (an autofocus failure that recovered)."""
-    if p.spectral is not None and start.spectral is not None:
-        now, then, drop = p.spectral, start.spectral, cfg.spectral_drop
-    else:
-        now, then, drop = p.score, start.score, cfg.drop_ratio
+    now, then, drop = _levels(p, start, cfg)
     if now < (1.0 - drop) * then:
         return False
-    if before is not None and now >= (1.0 - drop) * before:
+    if before is not None and _came_back(p, start, before, cfg):
         return False
     return p.fine is None or start.fine is None or p.fine >= (1.0 - cfg.fine_drop) * start.fine
 
@@ -995,29 +992,36 @@ def _regimes(past: list[_Past], cfg: PolicyConfig) -> Iterator[tuple[_Regime, fl
         if before is None or not _sudden(p, before, cfg) or _blurred_level(p, past, i, cfg):
             continue
         after = [q for q in reversed(past[:i]) if q.kind not in (empty, oof)]
-        if any(_level_of(q, p) >= (1.0 - _drop_of(p, cfg)) * before for q in after):
+        if any(_came_back(q, p, before, cfg) for q in after):
             continue  # it came back to the level before: an episode, not a new normal
         first = after[: cfg.regime_sections]
         if all(_at_level(q, p, before, cfg) for q in first):
             yield _Regime(i, len(first)), before
 
 
-def _level_of(q: _Past, start: _Past) -> float:
-    """``q``'s level in the measure ``start``'s regime is read in (spectral, else score)."""
-    if start.spectral is not None and q.spectral is not None:
-        return q.spectral
-    return q.score
+def _levels(q: _Past, start: _Past, cfg: PolicyConfig) -> tuple[float, float, float]:
+    """``q``'s and ``start``'s level in one measure (the spectral ratio where both have
+    one, else the score) and that measure's flagging margin."""
+    if q.spectral is not None and start.spectral is not None:
+        return q.spectral, start.spectral, cfg.spectral_drop
+    return q.score, start.score, cfg.drop_ratio
 
 
-def _drop_of(start: _Past, cfg: PolicyConfig) -> float:
-    return cfg.spectral_drop if start.spectral is not None else cfg.drop_ratio
+def _came_back(q: _Past, start: _Past, before: float, cfg: PolicyConfig) -> bool:
+    """``q`` is back within a margin of ``before``, the level ``start`` fell from (in
+    ``start``'s measure: ``_before``). One without that measure cannot be compared,
+    and counts as back: no new level is read from it."""
+    if start.spectral is not None and q.spectral is None:
+        return True
+    now, _, drop = _levels(q, start, cfg)
+    return now >= (1.0 - drop) * before
 
 
 def _sudden(start: _Past, before: float, cfg: PolicyConfig) -> bool:
     """A new level begins with a sudden fall: the failed section lost at least a
     flagging margin against the level just before it. A drift of the whole section
     falls a little each section (the sections before it already low) and never is one."""
-    return _level_of(start, start) < (1.0 - _drop_of(start, cfg)) * before
+    return not _came_back(start, start, before, cfg)
 
 
 def _blurred_level(start: _Past, past: list[_Past], i: int, cfg: PolicyConfig) -> bool:
