@@ -53,7 +53,8 @@ def same_scores(mode: str) -> str:
 #: their numbers, so that a ledger scored by another revision is not continued with
 #: scores that are not comparable with its history (``focuswatch.app``). 1: until
 #: 2026-12-01; 2: the noise's correlation measured on every other line of small tiles
-#: (a tenth of the threshold's scatter between noise draws, ``score.noise``).
+#: (a third of the threshold's scatter between noise draws) and on tiles saturated
+#: all over (``score.noise``).
 NOISE_FLOOR_REVISION = 2
 
 

@@ -224,7 +224,11 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     the energy of a noise-only block hardly varies, while structure's does), and
     blocks with more than a few pixels clipped by the stretch are left out (a
     saturated margin carries no noise; at a few electrons per pixel the darkest
-    count level is clipped all over the tile).
+    count level is clipped all over the tile). Where nearly every block has more
+    (bright resin saturated in 15 % of its pixels everywhere), the less clipped half
+    of them is used: with none left the tile read as white noise, and its 2-D
+    correlated noise counted as thousands of features. (Leaving out clipped pixels
+    one by one instead truncates the noise: ρ₁ 0.31 for 0.44 at 8 e/px.)
     """
     xp = backend.xp
     br, bc = _CORR_BLOCK
@@ -259,7 +263,7 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     clipped = _block_sums(((centre[:, :n] <= 0) | (centre[:, :n] >= 1)).astype(e.dtype), br, bc)
     rank = _block_sums(probe[:, :n] * probe[:, :n], br, bc)
     energy = _block_sums(base * base, br, bc)
-    ok = clipped <= _CLIPPED_SHARE * (br * bc)
+    ok = clipped <= max(_CLIPPED_SHARE * (br * bc), float(xp.median(clipped)))
     n_ok = int(xp.count_nonzero(ok))
     if n_ok < 4:
         return none
