@@ -91,6 +91,7 @@ Unreadable tiles never reach ``decide``: the service makes their verdict with
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterator, Sequence
@@ -427,7 +428,7 @@ def _scatter(values: Sequence[float | None]) -> float:
     fines = _finite(values)
     if len(fines) < 4:
         return 0.0
-    steps = [abs(a - b) for a, b in zip(fines, fines[1:], strict=False)]
+    steps = [abs(a - b) for a, b in itertools.pairwise(fines)]
     return statistics.median(steps) / (0.6744897501960817 * math.sqrt(2.0))
 
 
