@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -196,6 +197,38 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
     assert "focuswatch_alert_deliveries_waiting{endpoint=" in text
     for name in ("stall", "disk_low", "behind", "endpoint_failing", "scheduler_lost"):
         assert f'focuswatch_alarm{{name="{name}"}} 0.0' in text
+
+
+def test_metrics_count_each_endpoints_failed_tries_and_say_the_scheduler_link(
+    console_service: MakeConsole,
+) -> None:
+    """The refusing endpoint's failed tries, per endpoint (redacted); the Dask
+    scheduler's link as the executor last reported it (NaN off a cluster)."""
+    cs, _ = planted(console_service)
+    failed = re.compile(r'^focuswatch_alert_delivery_failures\{endpoint="([^"]*)"\} (\S+)$', re.M)
+    deadline = time.monotonic() + 20.0
+    while True:
+        text = fetch(cs.url + "metrics")[2].decode()
+        found = failed.findall(text)
+        if found and float(found[0][1]) >= 1:
+            break
+        assert time.monotonic() < deadline, f"no failed try counted: {found}"
+        cs.svc.turn(0.1)
+    ((endpoint, _),) = found
+    assert endpoint.startswith("json://")
+    assert SECRET not in text
+    assert "focuswatch_scheduler_connected NaN" in text
+    led = Ledger.open(cs.state)
+    try:
+        for state, shown in (("reconnecting", "0.0"), ("connected", "1.0")):
+            led.set_meta("executor", {"backend": "dask", "workers": 2, "state": state})
+            deadline = time.monotonic() + 10.0
+            while f"focuswatch_scheduler_connected {shown}" not in text:
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+                text = fetch(cs.url + "metrics")[2].decode()
+    finally:
+        led.close()
 
 
 def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
@@ -624,18 +657,59 @@ def test_an_unchanged_ledger_is_answered_from_what_was_kept_and_a_commit_at_once
         console.close()
 
 
+def shown_generation(html: bytes) -> str:
+    found = re.search(r'<main id="live"[^>]*data-generation="([^"]*)"', html.decode())
+    assert found is not None
+    return found.group(1)
+
+
+def current_page(url: str) -> bytes:
+    """The page as the live script gets it: fetched again until it shows the current
+    generation (a polled page is kept up to a second; bounded: 10 s)."""
+    base = url.split("/", 3)
+    api = "/".join(base[:3]) + "/api/generation"
+    deadline = time.monotonic() + 10.0
+    while True:
+        _, _, body = fetch(url)
+        if shown_generation(body) == fetch_json(api)["generation"]:
+            return body
+        assert time.monotonic() < deadline, "the page never reached the current generation"
+        time.sleep(0.1)
+
+
+def test_a_kept_page_never_claims_a_newer_generation_than_it_shows(
+    console_service: MakeConsole,
+) -> None:
+    """A polled page is made at most once a second and kept for every poll in that
+    second; one kept from before a verdict carries the generation it was made at, so the
+    live script asks again, and the page at the current generation shows the verdict."""
+    cs, _ = planted(console_service)
+    _, _, first = fetch(cs.url + "wafer")
+    old = shown_generation(first)
+    assert old == fetch_json(cs.url + "api/generation")["generation"]
+    cs.write("S_002_2/Tile_r2-c1_S_002_2_BLUR.tif", value=4)
+    cs.judge(8)
+    now = fetch_json(cs.url + "api/generation")["generation"]
+    assert now != old
+    _, _, soon = fetch(cs.url + "wafer")
+    if "Tile_r2-c1_S_002_2_BLUR.tif" not in soon.decode():
+        assert shown_generation(soon) == old  # kept from before: says so
+    assert "Tile_r2-c1_S_002_2_BLUR.tif" in current_page(cs.url + "wafer").decode()
+
+
 def test_the_wafer_map_shows_a_new_tile_at_the_next_poll_and_keeps_the_others(
     console_service: MakeConsole,
 ) -> None:
-    """Sections are rendered once per change: the next poll after a verdict shows it,
-    in both views, and the sections that did not change read as before."""
+    """Sections are rendered once per change: the first poll of the page at the
+    current generation shows the verdict, in both views, and the sections that did not
+    change read as before."""
     cs, _ = planted(console_service)
     _, _, before = fetch(cs.url + "wafer")
     _, _, before_score = fetch(cs.url + "wafer?colour=score")
     cs.write("S_002_2/Tile_r2-c1_S_002_2_BLUR.tif", value=4)
     cs.judge(8)
-    _, _, after = fetch(cs.url + "wafer")
-    _, _, after_score = fetch(cs.url + "wafer?colour=score")
+    after = current_page(cs.url + "wafer")
+    after_score = current_page(cs.url + "wafer?colour=score")
 
     def figure(html: bytes, section: str) -> str:
         found = re.search(rf'<figure[^>]*data-section="{section}".*?</figure>', html.decode(), re.S)

@@ -511,6 +511,14 @@ class Console:
         last = self.last_tile()
         return None if last is None else self.clock() - last[1]
 
+    def scheduler_connected(self) -> bool | None:
+        """The Dask scheduler link as the executor last reported it (None: no cluster)."""
+        executor = self.meta("executor")
+        desc = executor[0] if executor is not None and isinstance(executor[0], dict) else {}
+        if desc.get("backend") != "dask":
+            return None
+        return str(desc.get("state", "")) == "connected"
+
     def worker_restarts(self) -> int:
         executor = self.meta("executor")
         if executor is None or not isinstance(executor[0], dict):
