@@ -288,7 +288,14 @@ def test_tile_page_shows_focus_map_history_and_reason(console_service: MakeConso
     status, _, body = fetch(cs.url + f"tile/{vid}")
     html = body.decode()
     assert status == 200
-    assert html.count("<title>patch r") == 9  # the 3x3 focus map
+    # The 3x3 focus map, and the same map laid over the thumbnail, the worst patch
+    # (web_score's r0 c0) outlined on both.
+    overlay = re.search(r'<svg id="focus-overlay".*?</svg>', html, re.S)
+    assert overlay is not None
+    assert f'<image href="/tile/{vid}/thumb.png"' in overlay.group()
+    assert overlay.group().count('<rect class="patch"') == 9
+    assert html.count("<title>patch r") == 18
+    assert html.count('<rect class="worst" x="1" y="1"') == 2
     assert 'class="baseline"' in html  # the history plot with its baseline
     assert "section 001: score 1,000" in html
     assert "section 002: score 20" in html
