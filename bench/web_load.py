@@ -3,7 +3,7 @@
 The real service (real MHFD scoring in a worker process, ledger, built-in sinks, the
 web console on a free port of 127.0.0.1) scores ``--count`` tiles dropped at once,
 alternately with no client and with a client (its own process) that fetches the Now page, the wafer
-map and ``/api/generation`` ``--rate`` times a second (what a few open browser tabs
+map, ``/api/generation`` and ``/metrics`` ``--rate`` times a second (what a few open browser tabs
 and a Prometheus scrape do, and more). Each run is first tile copied → last verdict;
 ``--rounds`` alternations (the order swapped every round, so a drift of the machine's
 load does not favour one side), the median of each, and each round's own ratio with
@@ -12,7 +12,8 @@ neighbours' load, so the CPU is counted too: the service process's extra CPU tim
 a polled run, as a share of what a run without a client needed (the service's CPU and
 the workers' scoring time as the results record it). Target: under 2 % slower.
 
-Usage: ``python bench/web_load.py [--count 24] [--size 1024] [--rate 10] [--rounds 3]``.
+Usage: ``python bench/web_load.py [--count 24] [--size 1024] [--rate 10] [--rounds 3]
+[--keep-alive]``.
 """
 
 from __future__ import annotations
@@ -41,28 +42,41 @@ PAGES = ("", "wafer", "api/generation", "metrics")
 # The client runs in its own process, as a browser would: only the server's own work
 # lands in the service's process. It stops on SIGTERM (SIGINT may be ignored: a
 # background job's children inherit that) and says how many pages it was served.
+# With --keep-alive it holds one connection open, as a browser and Prometheus do.
 _CLIENT = """
-import signal, sys, time, urllib.request
+import http.client, signal, sys, time, urllib.parse, urllib.request
 url, rate, pages = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+keep = sys.argv[4] == "keep"
 period, n, failed, start = 1.0 / rate, 0, 0, time.monotonic()
+conn = None
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 while not stop:
+    page = pages[(n + failed) % len(pages)]
     try:
-        with urllib.request.urlopen(url + pages[(n + failed) % len(pages)], timeout=10) as r:
-            r.read()
+        if keep:
+            if conn is None:
+                conn = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=10)
+            conn.request("GET", urllib.parse.urlsplit(url).path + page)
+            conn.getresponse().read()
+        else:
+            with urllib.request.urlopen(url + page, timeout=10) as r:
+                r.read()
         n += 1
-    except OSError:
+    except (OSError, http.client.HTTPException):
         failed += 1
+        if conn is not None:
+            conn.close()
+            conn = None
     time.sleep(max(0.0, start + (n + failed) * period - time.monotonic()))
 print(n, failed)
 """
 
 
-def _client(url: str, rate: float) -> subprocess.Popen[str]:
+def _client(url: str, rate: float, *, keep_alive: bool) -> subprocess.Popen[str]:
     pages = ",".join(PAGES)
     return subprocess.Popen(
-        [sys.executable, "-c", _CLIENT, url, str(rate), pages],
+        [sys.executable, "-c", _CLIENT, url, str(rate), pages, "keep" if keep_alive else "new"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -87,7 +101,7 @@ def _scoring_s(state: Path) -> float:
     return float(row[0] or 0.0) / 1000.0
 
 
-def one_run(staging: Path, work: Path, *, rate: float) -> Run:
+def one_run(staging: Path, work: Path, *, rate: float, keep_alive: bool = False) -> Run:
     watch, state = work / "watch", work / "state"
     watch.mkdir(parents=True)
     cfg = Config(
@@ -100,7 +114,7 @@ def one_run(staging: Path, work: Path, *, rate: float) -> Run:
     svc.start()
     web = next(s for s in svc.sinks if isinstance(s, WebConsole))
     want = sum(1 for _ in staging.rglob("*.tif"))
-    client = _client(web.url, rate) if rate > 0 and web.url else None
+    client = _client(web.url, rate, keep_alive=keep_alive) if rate > 0 and web.url else None
     served = failed = 0
     cpu0 = time.process_time()
     try:
@@ -139,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--rate", type=float, default=10.0, help="requests per second")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="the client keeps its connection open (a browser does); default: one per request",
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="focuswatch-webload-") as tmp:
         staging = Path(tmp) / "staging"
@@ -152,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                 if side == "quiet":
                     quiet.append(one_run(staging, Path(tmp) / f"q{r}", rate=0))
                 else:
-                    busy.append(one_run(staging, Path(tmp) / f"b{r}", rate=args.rate))
+                    busy.append(
+                        one_run(
+                            staging, Path(tmp) / f"b{r}", rate=args.rate, keep_alive=args.keep_alive
+                        )
+                    )
     q = statistics.median(x.wall_s for x in quiet)
     b = statistics.median(x.wall_s for x in busy)
     ratios = [100 * (bb.wall_s / qq.wall_s - 1) for qq, bb in zip(quiet, busy, strict=True)]
@@ -176,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     def runs(xs: list[Run]) -> str:
         return ", ".join(f"{x.wall_s:.2f}" for x in xs)
 
-    print(f"{args.count} tiles of {args.size}² px, one worker, {args.rounds} rounds alternated")
+    how = "one kept-alive connection" if args.keep_alive else "a new connection per request"
+    print(
+        f"{args.count} tiles of {args.size}² px, one worker, {args.rounds} rounds alternated; "
+        f"the client: {how}"
+    )
     print(f"  no client:           {q:7.2f} s   (runs: {runs(quiet)})")
     print(
         f"  {args.rate:g} requests/s:     {b:7.2f} s   (runs: {runs(busy)}; {served} pages "
