@@ -199,7 +199,7 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
         assert f'focuswatch_alarm{{name="{name}"}} 0.0' in text
 
 
-def test_metrics_count_each_endpoints_failed_tries_and_say_the_scheduler_link(
+def test_metrics_and_the_alerts_page_count_each_endpoints_failed_tries_and_the_scheduler_link(
     console_service: MakeConsole,
 ) -> None:
     """The refusing endpoint's failed tries, per endpoint (redacted); the Dask
@@ -215,6 +215,7 @@ def test_metrics_count_each_endpoints_failed_tries_and_say_the_scheduler_link(
         assert time.monotonic() < deadline, f"no failed try counted: {found}"
         cs.svc.turn(0.1)
     ((endpoint, _),) = found
+    assert re.search(r'<td class="failures">[1-9]\d*</td>', fetch(cs.url + "alerts")[2].decode())
     assert endpoint.startswith("json://")
     assert SECRET not in text
     assert "focuswatch_scheduler_connected NaN" in text
