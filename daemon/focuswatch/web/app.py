@@ -27,6 +27,7 @@ import functools
 import hashlib
 import hmac
 import io
+import json
 import math
 import os
 import secrets
@@ -47,7 +48,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -70,7 +71,7 @@ _CROP_PX = 384
 # Rendered sections of the wafer map kept (a section's figure is made again only when
 # what it shows changed: polling a big wafer re-renders only the section being imaged).
 _FIGURE_CACHE = 4096
-# Polled answers (a live page, /metrics) kept per URL: made at most once a
+# Polled answers (a live page, /api/generation, /metrics) kept per URL: made at most once a
 # second while the ledger changes (it commits several times a second while a wafer is
 # scored), so what a change shows is at most this old and polling costs the same at
 # any rate; an answer of an unchanged ledger is kept through its clock second.
@@ -536,10 +537,18 @@ def build_app(
         return page(request, "alerts.html", title="Alerts", live="changes", context=shown)
 
     async def generation(request: Request) -> Response:
-        # Never kept past a change: this is what tells a page that it is not current.
-        health = console.health()
-        return JSONResponse(
-            {"generation": console.generation(), "healthy": health.ok, "health": health.line},
+        # Kept like a polled page (every commit would read the ledger's figures again):
+        # one kept from before a change differs from the page made after it, so the
+        # script asks again, and sees the change at the next poll past that second.
+        def answer() -> bytes:
+            health = console.health()
+            return json.dumps(
+                {"generation": console.generation(), "healthy": health.ok, "health": health.line}
+            ).encode()
+
+        return Response(
+            polled.get("generation", answer),
+            media_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
 
