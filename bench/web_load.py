@@ -3,7 +3,7 @@
 The real service (real MHFD scoring in a worker process, ledger, built-in sinks, the
 web console on a free port of 127.0.0.1) scores ``--count`` tiles dropped at once,
 alternately with no client and with a client (its own process) that fetches the Now page, the wafer
-map and ``/api/generation`` ``--rate`` times a second (what a few open browser tabs
+map, ``/api/generation`` and ``/metrics`` ``--rate`` times a second (what a few open browser tabs
 and a Prometheus scrape do, and more). Each run is first tile copied → last verdict;
 ``--rounds`` alternations (the order swapped every round, so a drift of the machine's
 load does not favour one side), the median of each, and each round's own ratio with
@@ -12,12 +12,16 @@ neighbours' load, so the CPU is counted too: the service process's extra CPU tim
 a polled run, as a share of what a run without a client needed (the service's CPU and
 the workers' scoring time as the results record it). Target: under 2 % slower.
 
-Usage: ``python bench/web_load.py [--count 24] [--size 1024] [--rate 10] [--rounds 3]``.
+Usage: ``python bench/web_load.py [--count 24] [--size 1024] [--rate 10] [--rounds 3]
+[--keep-alive]``. ``--server-only [--against TREE] [--seconds 5]``: the console server
+by itself (a ledger scored first), its CPU per request from /proc, alternated with the
+server of another checkout (before/after a change) in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -41,28 +45,41 @@ PAGES = ("", "wafer", "api/generation", "metrics")
 # The client runs in its own process, as a browser would: only the server's own work
 # lands in the service's process. It stops on SIGTERM (SIGINT may be ignored: a
 # background job's children inherit that) and says how many pages it was served.
+# With --keep-alive it holds one connection open, as a browser and Prometheus do.
 _CLIENT = """
-import signal, sys, time, urllib.request
+import http.client, signal, sys, time, urllib.parse, urllib.request
 url, rate, pages = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+keep = sys.argv[4] == "keep"
 period, n, failed, start = 1.0 / rate, 0, 0, time.monotonic()
+conn = None
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 while not stop:
+    page = pages[(n + failed) % len(pages)]
     try:
-        with urllib.request.urlopen(url + pages[(n + failed) % len(pages)], timeout=10) as r:
-            r.read()
+        if keep:
+            if conn is None:
+                conn = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=10)
+            conn.request("GET", urllib.parse.urlsplit(url).path + page)
+            conn.getresponse().read()
+        else:
+            with urllib.request.urlopen(url + page, timeout=10) as r:
+                r.read()
         n += 1
-    except OSError:
+    except (OSError, http.client.HTTPException):
         failed += 1
+        if conn is not None:
+            conn.close()
+            conn = None
     time.sleep(max(0.0, start + (n + failed) * period - time.monotonic()))
 print(n, failed)
 """
 
 
-def _client(url: str, rate: float) -> subprocess.Popen[str]:
+def _client(url: str, rate: float, *, keep_alive: bool) -> subprocess.Popen[str]:
     pages = ",".join(PAGES)
     return subprocess.Popen(
-        [sys.executable, "-c", _CLIENT, url, str(rate), pages],
+        [sys.executable, "-c", _CLIENT, url, str(rate), pages, "keep" if keep_alive else "new"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -87,7 +104,7 @@ def _scoring_s(state: Path) -> float:
     return float(row[0] or 0.0) / 1000.0
 
 
-def one_run(staging: Path, work: Path, *, rate: float) -> Run:
+def one_run(staging: Path, work: Path, *, rate: float, keep_alive: bool = False) -> Run:
     watch, state = work / "watch", work / "state"
     watch.mkdir(parents=True)
     cfg = Config(
@@ -100,7 +117,7 @@ def one_run(staging: Path, work: Path, *, rate: float) -> Run:
     svc.start()
     web = next(s for s in svc.sinks if isinstance(s, WebConsole))
     want = sum(1 for _ in staging.rglob("*.tif"))
-    client = _client(web.url, rate) if rate > 0 and web.url else None
+    client = _client(web.url, rate, keep_alive=keep_alive) if rate > 0 and web.url else None
     served = failed = 0
     cpu0 = time.process_time()
     try:
@@ -133,13 +150,137 @@ def _stop_client(client: subprocess.Popen[str]) -> tuple[int, int]:
     return served, failed
 
 
+# --server-only: the console server alone in its own process, over a ledger scored
+# beforehand; it writes its URL to a file (its log lines go to stdout) and serves until
+# its standard input closes.
+_SERVER = """
+import sys
+from focuswatch.config import WebConfig
+from focuswatch.web import WebConsole
+web = WebConsole(WebConfig(host="127.0.0.1", port=0), sys.argv[1])
+web.start()
+with open(sys.argv[2], "w") as f:
+    f.write(web.url or "")
+sys.stdin.read()
+web.close()
+"""
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_only(args: argparse.Namespace) -> int:
+    """CPU per request of the console server by itself (``--against``: and of another
+    tree's, alternated with it), over one ledger that takes a commit every 0.2 s (the
+    service's heartbeat pace while it scores), polled as in a whole run."""
+    import http.client
+    import urllib.parse
+    import urllib.request
+
+    trees = {"this tree": str(Path(__file__).resolve().parent.parent / "daemon")}
+    if args.against:
+        trees["--against"] = str(Path(args.against).resolve() / "daemon")
+    with tempfile.TemporaryDirectory(prefix="focuswatch-webload-") as tmp:
+        staging = Path(tmp) / "staging"
+        synth.write_wafer(
+            staging, sections=max(1, args.count // 4), rows=2, cols=2, size=args.size, seed=1
+        )
+        one_run(staging, Path(tmp) / "scored", rate=0)
+        state = Path(tmp) / "scored" / "state"
+        servers: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        try:
+            for name, tree in trees.items():
+                url_file = Path(tmp) / f"url-{len(servers)}"
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", _SERVER, str(state), str(url_file)],
+                    env=dict(os.environ, PYTHONPATH=tree),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                deadline = time.monotonic() + 60
+                while not (url_file.exists() and url_file.read_text()):
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit(f"the server of {tree} did not start")
+                    time.sleep(0.1)
+                servers[name] = (proc, url_file.read_text())
+            writer = Ledger.open(state)
+            used = dict.fromkeys(servers, 0.0)
+            asked = dict.fromkeys(servers, 0)
+            period = 1.0 / args.rate
+            for r in range(args.rounds):
+                for name in list(servers) if r % 2 == 0 else list(servers)[::-1]:
+                    proc, url = servers[name]
+                    parts = urllib.parse.urlsplit(url)
+                    conn = http.client.HTTPConnection(parts.netloc, timeout=10)
+                    cpu0, t0, n, wrote = _process_cpu_s(proc.pid), time.monotonic(), 0, 0.0
+                    while time.monotonic() - t0 < args.seconds:
+                        if time.monotonic() - wrote >= 0.2:
+                            writer.set_meta("heartbeat", time.time())
+                            wrote = time.monotonic()
+                        page = PAGES[n % len(PAGES)]
+                        if args.keep_alive:
+                            conn.request("GET", parts.path + page)
+                            conn.getresponse().read()
+                        else:
+                            with urllib.request.urlopen(url + page, timeout=10) as resp:
+                                resp.read()
+                        n += 1
+                        time.sleep(max(0.0, t0 + n * period - time.monotonic()))
+                    conn.close()
+                    used[name] += _process_cpu_s(proc.pid) - cpu0
+                    asked[name] += n
+            writer.close()
+        finally:
+            for proc, _ in servers.values():
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait(30)
+    how = "one kept-alive connection" if args.keep_alive else "a new connection per request"
+    print(
+        f"the console server alone, {args.rate:g} requests/s ({how}), a commit every 0.2 s, "
+        f"{args.rounds} rounds of {args.seconds:g} s"
+    )
+    for name in servers:
+        span = args.rounds * args.seconds
+        print(
+            f"  {name:10s} {1000 * used[name] / asked[name]:5.2f} ms of its CPU per request, "
+            f"{100 * used[name] / span:4.1f} % of a core ({asked[name]} requests)"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=24, help="tiles per run (sections of 2x2)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--rate", type=float, default=10.0, help="requests per second")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="the client keeps its connection open (a browser does); default: one per request",
+    )
+    ap.add_argument(
+        "--server-only",
+        action="store_true",
+        help="measure the console server by itself: its CPU per request (Linux)",
+    )
+    ap.add_argument(
+        "--against",
+        metavar="TREE",
+        help="with --server-only: also a server from this checkout (its daemon/), alternated",
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=5.0, help="with --server-only: each round's length"
+    )
     args = ap.parse_args(argv)
+    if args.server_only:
+        return server_only(args)
     with tempfile.TemporaryDirectory(prefix="focuswatch-webload-") as tmp:
         staging = Path(tmp) / "staging"
         synth.write_wafer(
@@ -152,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                 if side == "quiet":
                     quiet.append(one_run(staging, Path(tmp) / f"q{r}", rate=0))
                 else:
-                    busy.append(one_run(staging, Path(tmp) / f"b{r}", rate=args.rate))
+                    busy.append(
+                        one_run(
+                            staging, Path(tmp) / f"b{r}", rate=args.rate, keep_alive=args.keep_alive
+                        )
+                    )
     q = statistics.median(x.wall_s for x in quiet)
     b = statistics.median(x.wall_s for x in busy)
     ratios = [100 * (bb.wall_s / qq.wall_s - 1) for qq, bb in zip(quiet, busy, strict=True)]
@@ -176,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     def runs(xs: list[Run]) -> str:
         return ", ".join(f"{x.wall_s:.2f}" for x in xs)
 
-    print(f"{args.count} tiles of {args.size}² px, one worker, {args.rounds} rounds alternated")
+    how = "one kept-alive connection" if args.keep_alive else "a new connection per request"
+    print(
+        f"{args.count} tiles of {args.size}² px, one worker, {args.rounds} rounds alternated; "
+        f"the client: {how}"
+    )
     print(f"  no client:           {q:7.2f} s   (runs: {runs(quiet)})")
     print(
         f"  {args.rate:g} requests/s:     {b:7.2f} s   (runs: {runs(busy)}; {served} pages "

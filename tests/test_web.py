@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -198,6 +199,39 @@ def test_metrics_are_prometheus_text_from_the_ledger_without_secrets(
         assert f'focuswatch_alarm{{name="{name}"}} 0.0' in text
 
 
+def test_metrics_and_the_alerts_page_count_each_endpoints_failed_tries_and_the_scheduler_link(
+    console_service: MakeConsole,
+) -> None:
+    """The refusing endpoint's failed tries, per endpoint (redacted); the Dask
+    scheduler's link as the executor last reported it (NaN off a cluster)."""
+    cs, _ = planted(console_service)
+    failed = re.compile(r'^focuswatch_alert_delivery_failures\{endpoint="([^"]*)"\} (\S+)$', re.M)
+    deadline = time.monotonic() + 20.0
+    while True:
+        text = fetch(cs.url + "metrics")[2].decode()
+        found = failed.findall(text)
+        if found and float(found[0][1]) >= 1:
+            break
+        assert time.monotonic() < deadline, f"no failed try counted: {found}"
+        cs.svc.turn(0.1)
+    ((endpoint, _),) = found
+    assert re.search(r'<td class="failures">[1-9]\d*</td>', fetch(cs.url + "alerts")[2].decode())
+    assert endpoint.startswith("json://")
+    assert SECRET not in text
+    assert "focuswatch_scheduler_connected NaN" in text
+    led = Ledger.open(cs.state)
+    try:
+        for state, shown in (("reconnecting", "0.0"), ("connected", "1.0")):
+            led.set_meta("executor", {"backend": "dask", "workers": 2, "state": state})
+            deadline = time.monotonic() + 10.0
+            while f"focuswatch_scheduler_connected {shown}" not in text:
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+                text = fetch(cs.url + "metrics")[2].decode()
+    finally:
+        led.close()
+
+
 def test_alerts_page_shows_waiting_alerts_and_never_the_destination(
     console_service: MakeConsole,
 ) -> None:
@@ -255,7 +289,14 @@ def test_tile_page_shows_focus_map_history_and_reason(console_service: MakeConso
     status, _, body = fetch(cs.url + f"tile/{vid}")
     html = body.decode()
     assert status == 200
-    assert html.count("<title>patch r") == 9  # the 3x3 focus map
+    # The 3x3 focus map, and the same map laid over the thumbnail, the worst patch
+    # (web_score's r0 c0) outlined on both.
+    overlay = re.search(r'<svg id="focus-overlay".*?</svg>', html, re.S)
+    assert overlay is not None
+    assert f'<image href="/tile/{vid}/thumb.png"' in overlay.group()
+    assert overlay.group().count('<rect class="patch"') == 9
+    assert html.count("<title>patch r") == 18
+    assert html.count('<rect class="worst" x="1" y="1"') == 2
     assert 'class="baseline"' in html  # the history plot with its baseline
     assert "section 001: score 1,000" in html
     assert "section 002: score 20" in html
@@ -401,11 +442,15 @@ def test_retake_list_filters_and_downloads(console_service: MakeConsole) -> None
 
 
 def test_generation_changes_when_a_verdict_is_committed(console_service: MakeConsole) -> None:
+    """Within the second it is kept for (bounded here: 10 s)."""
     cs = console_service()
     before = fetch_json(cs.url + "api/generation")["generation"]
     cs.write("S_001_1/Tile_r1-c1_S_001_1.tif")
     cs.judge(1)
-    assert fetch_json(cs.url + "api/generation")["generation"] != before
+    deadline = time.monotonic() + 10.0
+    while fetch_json(cs.url + "api/generation")["generation"] == before:
+        assert time.monotonic() < deadline, "the generation did not move"
+        time.sleep(0.1)
 
 
 def test_a_port_in_use_is_one_log_line_and_the_service_goes_on(tmp_path: Path) -> None:
@@ -624,18 +669,63 @@ def test_an_unchanged_ledger_is_answered_from_what_was_kept_and_a_commit_at_once
         console.close()
 
 
+def shown_generation(html: bytes) -> str:
+    found = re.search(r'<main id="live"[^>]*data-generation="([^"]*)"', html.decode())
+    assert found is not None
+    return found.group(1)
+
+
+def api_generation(url: str) -> str:
+    return str(fetch_json("/".join(url.split("/", 3)[:3]) + "/api/generation")["generation"])
+
+
+def current_page(url: str, *, after: str) -> bytes:
+    """The page as the live script gets it once the generation moved past ``after``:
+    fetched again until it shows the generation polled (a polled page and the
+    generation are each kept up to a second; bounded: 10 s)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        _, _, body = fetch(url)
+        if shown_generation(body) == api_generation(url) != after:
+            return body
+        assert time.monotonic() < deadline, "the page never reached the current generation"
+        time.sleep(0.1)
+
+
+def test_a_kept_page_never_claims_a_newer_generation_than_it_shows(
+    console_service: MakeConsole,
+) -> None:
+    """A polled page is made at most once a second and kept for every poll in that
+    second; one kept from before a verdict carries the generation it was made at, so the
+    live script asks again, and the page at the current generation shows the verdict."""
+    cs, _ = planted(console_service)
+    _, _, first = fetch(cs.url + "wafer")
+    old = shown_generation(first)
+    assert old
+    cs.write("S_002_2/Tile_r2-c1_S_002_2_BLUR.tif", value=4)
+    cs.judge(8)
+    _, _, soon = fetch(cs.url + "wafer")
+    if "Tile_r2-c1_S_002_2_BLUR.tif" not in soon.decode():
+        assert shown_generation(soon) == old  # kept from before: says so
+    else:
+        assert shown_generation(soon) != old
+    page = current_page(cs.url + "wafer", after=old)
+    assert "Tile_r2-c1_S_002_2_BLUR.tif" in page.decode()
+
+
 def test_the_wafer_map_shows_a_new_tile_at_the_next_poll_and_keeps_the_others(
     console_service: MakeConsole,
 ) -> None:
-    """Sections are rendered once per change: the next poll after a verdict shows it,
-    in both views, and the sections that did not change read as before."""
+    """Sections are rendered once per change: the first poll of the page at the
+    current generation shows the verdict, in both views, and the sections that did not
+    change read as before."""
     cs, _ = planted(console_service)
     _, _, before = fetch(cs.url + "wafer")
     _, _, before_score = fetch(cs.url + "wafer?colour=score")
     cs.write("S_002_2/Tile_r2-c1_S_002_2_BLUR.tif", value=4)
     cs.judge(8)
-    _, _, after = fetch(cs.url + "wafer")
-    _, _, after_score = fetch(cs.url + "wafer?colour=score")
+    after = current_page(cs.url + "wafer", after=shown_generation(before))
+    after_score = current_page(cs.url + "wafer?colour=score", after=shown_generation(before))
 
     def figure(html: bytes, section: str) -> str:
         found = re.search(rf'<figure[^>]*data-section="{section}".*?</figure>', html.decode(), re.S)

@@ -151,7 +151,8 @@ class Delivery:
 @dataclass(frozen=True)
 class EndpointState:
     """One alert endpoint (by the redacted name the outbox stores): delivered, waiting,
-    the last delivery, the next try and the error of its latest waiting delivery."""
+    the last delivery, the next try, the error of its latest waiting delivery and the
+    tries it failed (an alert it took at the third try counts two)."""
 
     endpoint: str
     sent: int
@@ -159,6 +160,7 @@ class EndpointState:
     last_sent: float | None
     next_attempt: float | None
     last_error: str | None
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -403,7 +405,9 @@ class ReadModel:
         """Per alert endpoint, by the redacted name the outbox stored."""
         rows = self._rows(
             "SELECT endpoint_name, sum(sent IS NOT NULL), sum(sent IS NULL), max(sent), "
-            "min(CASE WHEN sent IS NULL THEN next_attempt END) "
+            "min(CASE WHEN sent IS NULL THEN next_attempt END), "
+            # A delivery taken counts its tries but the last; one withheld (0 tries) none.
+            "sum(max(attempts - (sent IS NOT NULL), 0)) "
             "FROM alert_deliveries GROUP BY endpoint ORDER BY endpoint_name"
         )
         errors = dict(
@@ -420,8 +424,9 @@ class ReadModel:
                 last_sent=None if last is None else float(last),
                 next_attempt=None if nxt is None else float(nxt),
                 last_error=None if errors.get(name) is None else str(errors[name]),
+                failures=int(failed or 0),
             )
-            for name, sent, waiting, last, nxt in rows
+            for name, sent, waiting, last, nxt, failed in rows
         ]
 
     def verdict_counts(self, verdicts: Sequence[str]) -> dict[str, int]:

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import hmac
 import io
+import json
 import math
 import os
 import secrets
@@ -35,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -47,7 +48,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -59,7 +60,7 @@ from focuswatch.web import metrics, svg
 from focuswatch.web.data import VERDICTS, Console
 from focuswatch.web.hosts import HostCheck
 
-__all__ = ["SESSION_COOKIE", "build_app", "worst_patch_crop"]
+__all__ = ["SESSION_COOKIE", "build_app", "compile_templates", "worst_patch_crop"]
 
 SESSION_COOKIE = "fw_session"
 _HERE = Path(__file__).parent
@@ -70,6 +71,12 @@ _CROP_PX = 384
 # Rendered sections of the wafer map kept (a section's figure is made again only when
 # what it shows changed: polling a big wafer re-renders only the section being imaged).
 _FIGURE_CACHE = 4096
+# Polled answers (a live page, /api/generation, /metrics) kept per URL: made at most once a
+# second while the ledger changes (it commits several times a second while a wafer is
+# scored), so what a change shows is at most this old and polling costs the same at
+# any rate; an answer of an unchanged ledger is kept through its clock second.
+_POLLED_MIN_S = 1.0
+_POLLED_CACHE = 256
 
 VERDICT_LABELS = {
     "in_focus": "in focus",
@@ -100,6 +107,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # shipped with the package: no stat of the file at each page
     )
     env.filters["when"] = _when
     env.filters["num"] = _num
@@ -113,6 +121,13 @@ def _environment() -> jinja2.Environment:
     env.globals["verdicts"] = VERDICTS
     env.globals["version"] = focuswatch.__version__
     return env
+
+
+def compile_templates() -> None:
+    """Compile every template now (once a process), not when its page is first asked for."""
+    env = _environment()
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
 
 
 class _Thumbnails:
@@ -211,6 +226,40 @@ class _Figures:
         return html
 
 
+class _Polled:
+    """Answers of the polled URLs, each made again only in a new clock second, or once
+    the ledger changed and the kept one is ``_POLLED_MIN_S`` old (see there)."""
+
+    def __init__(self, console: Console, clock: Callable[[], float]) -> None:
+        self._console = console
+        self._clock = clock
+        # key -> (clock second, data version, monotonic time made, answer)
+        self._kept: OrderedDict[Hashable, tuple[int, int, float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        second = int(self._clock())
+        version = self._console.data_version()  # read before making: see Console._keep
+        now = time.monotonic()
+        with self._lock:
+            hit = self._kept.get(key)
+        fresh = hit is not None and (hit[1] == version or now - hit[2] < _POLLED_MIN_S)
+        if hit is not None and fresh and hit[0] == second:
+            return hit[3]
+        body = make()
+        with self._lock:
+            self._kept[key] = (second, version, now, body)
+            self._kept.move_to_end(key)
+            while len(self._kept) > _POLLED_CACHE:
+                self._kept.popitem(last=False)
+        return body
+
+    def forget(self) -> None:
+        """After the page's own change (a dismiss): the next answer shows it at once."""
+        with self._lock:
+            self._kept.clear()
+
+
 def _done_message(request: Request) -> str:
     """What the last change did (only these words: no text from the URL reaches the page)."""
     done = request.query_params.get("done")
@@ -243,27 +292,50 @@ def build_app(
     csrf_key = secrets.token_bytes(32)
     thumbs = _Thumbnails()
     figures = _Figures(env)
-    # /metrics text, kept per ledger change and second (its ages move with the clock).
-    scraped: list[tuple[tuple[int, int], bytes]] = []
+    polled = _Polled(console, clock)
 
     def csrf_for(session: str) -> str:
         return hmac.new(csrf_key, session.encode(), hashlib.sha256).hexdigest()
 
     def page(
-        request: Request, template: str, status_code: int = 200, **context: Any
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        *,
+        context: Callable[[], dict[str, Any]] | None = None,
+        **fixed: Any,
     ) -> HTMLResponse:
+        """``template`` rendered; with ``context`` (what it shows, made only when the
+        page is made again) a polled page, kept for every session (it holds no form:
+        nothing of the session's). A live page carries the ``generation`` it shows (read
+        before what it shows): the script fetches it again until it is the current one."""
         session = request.cookies.get(SESSION_COOKIE, "")
         fresh = len(session) != 64 or not all(c in "0123456789abcdef" for c in session)
         if fresh:
             session = secrets.token_hex(32)
-        context.setdefault("title", "")
-        body = env.get_template(template).render(
-            request_path=request.url.path,
-            csrf=csrf_for(session),
-            writable=token is not None,
-            now_local=_when(clock()),
-            **context,
-        )
+
+        def render(csrf: str, shown: dict[str, Any]) -> bytes:
+            values = {"title": "", "generation": "", **fixed, **shown}
+            return (
+                env.get_template(template)
+                .render(
+                    request_path=request.url.path,
+                    csrf=csrf,
+                    writable=token is not None,
+                    now_local=_when(clock()),
+                    **values,
+                )
+                .encode()
+            )
+
+        if context is None:
+            body = render(csrf_for(session), {})
+        else:
+            make = context
+            key = ("page", request.url.path, request.url.query)
+            body = polled.get(
+                key, lambda: render("", {"generation": console.generation(), **make()})
+            )
         response = HTMLResponse(body, status_code=status_code)
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -283,29 +355,35 @@ def build_app(
             request,
             "now.html",
             title="Now",
-            now=console.now_view(),
-            endpoints=console.endpoints(),
             live="always",
+            context=lambda: {"now": console.now_view(), "endpoints": console.endpoints()},
         )
 
     async def wafer_page(request: Request) -> Response:
-        wafer = console.wafer()
         by_score = request.query_params.get("colour") == "score"
+
+        def shown() -> dict[str, Any]:
+            wafer = console.wafer()
+            return {
+                "wafer": wafer,
+                "figure": lambda s: figures.get(
+                    s, rows=wafer["rows"], cols=wafer["cols"], by_score=by_score
+                ),
+            }
+
         return page(
             request,
             "wafer.html",
             title="Wafer map",
-            wafer=wafer,
             by_score=by_score,
-            figure=lambda s: figures.get(
-                s, rows=wafer["rows"], cols=wafer["cols"], by_score=by_score
-            ),
             ratio_legend=svg.ratio_legend(),
             live="changes",
+            context=shown,
         )
 
     def tile_page(request: Request) -> Response:
         vid = int(request.path_params["vid"])
+        shows = console.generation()
         view = console.tile(vid)
         if view is None:
             return not_found(request, f"The ledger knows no tile version {vid}.")
@@ -331,6 +409,7 @@ def build_app(
             plot=svg.history_plot(history, current=view.id),
             history=history,
             live="changes",
+            generation=shows,
         )
 
     def thumbnail(request: Request) -> Response:
@@ -360,6 +439,7 @@ def build_app(
 
     async def retakes_page(request: Request) -> Response:
         section, status = _filters(request)
+        shows = console.generation()
         items = console.retakes(section=section, status=status)
         return page(
             request,
@@ -374,6 +454,7 @@ def build_app(
             query=request.url.query,
             message=_done_message(request),
             live="changes",
+            generation=shows,
         )
 
     async def retakes_csv(request: Request) -> Response:
@@ -435,6 +516,7 @@ def build_app(
             return not_found(request, f"No retake entry {entry_id}.")
         except ValueError as exc:
             return refuse(request, 400, f"Not changed: {exc}.")
+        polled.forget()
         # Back to the list as it was filtered; only the filters, never a URL from the form.
         back = parse_qs(form.get("back", ""))
         keep = {k: back[k][0] for k in ("section", "status") if back.get(k)}
@@ -443,24 +525,30 @@ def build_app(
         return Response(status_code=303, headers={"Location": location})
 
     async def alerts_page(request: Request) -> Response:
-        items = console.alerts()
-        waiting = [a for a in items if a.sent is None]
-        sent = [a for a in items if a.sent is not None]
-        return page(
-            request,
-            "alerts.html",
-            title="Alerts",
-            waiting=waiting,
-            sent=sent,
-            deliveries=console.deliveries(),
-            endpoints=console.endpoints(),
-            live="changes",
-        )
+        def shown() -> dict[str, Any]:
+            items = console.alerts()
+            return {
+                "waiting": [a for a in items if a.sent is None],
+                "sent": [a for a in items if a.sent is not None],
+                "deliveries": console.deliveries(),
+                "endpoints": console.endpoints(),
+            }
+
+        return page(request, "alerts.html", title="Alerts", live="changes", context=shown)
 
     async def generation(request: Request) -> Response:
-        health = console.health()
-        return JSONResponse(
-            {"generation": console.generation(), "healthy": health.ok, "health": health.line},
+        # Kept like a polled page (every commit would read the ledger's figures again):
+        # one kept from before a change differs from the page made after it, so the
+        # script asks again, and sees the change at the next poll past that second.
+        def answer() -> bytes:
+            health = console.health()
+            return json.dumps(
+                {"generation": console.generation(), "healthy": health.ok, "health": health.line}
+            ).encode()
+
+        return Response(
+            polled.get("generation", answer),
+            media_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
 
@@ -470,10 +558,8 @@ def build_app(
         return PlainTextResponse(text, status_code=200 if health.ok else 503)
 
     async def metrics_page(request: Request) -> Response:
-        stamp = (console.data_version(), int(clock()))
-        if not scraped or scraped[0][0] != stamp:
-            scraped[:] = [(stamp, metrics.render(registry))]
-        return Response(scraped[0][1], media_type=metrics.CONTENT_TYPE)
+        text = polled.get("metrics", lambda: metrics.render(registry))
+        return Response(text, media_type=metrics.CONTENT_TYPE)
 
     async def on_404(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith("/static/"):
@@ -484,7 +570,8 @@ def build_app(
         code = exc.status_code if isinstance(exc, HTTPException) else 500
         return PlainTextResponse(f"error {code}\n", status_code=code)
 
-    routes = [
+    routes = [  # the polled ones first: the router tries them in this order
+        Route("/api/generation", generation),
         Route("/", now_page),
         Route("/wafer", wafer_page),
         Route("/tile/{vid:int}", tile_page),
@@ -495,7 +582,6 @@ def build_app(
         Route("/retakes.json", retakes_json),
         Route("/retakes/{entry:int}/{action:str}", change_retake, methods=["POST"]),
         Route("/alerts", alerts_page),
-        Route("/api/generation", generation),
         Route("/healthz", healthz),
         Route("/metrics", metrics_page),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),

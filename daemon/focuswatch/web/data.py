@@ -244,9 +244,14 @@ class Console:
         return c["seen"] + c["ready"] + c["scoring"]
 
     def health(self, now: float | None = None, facts: Facts | None = None) -> Health:
-        """200 or 503 for ``/healthz``, and the Now page's first line."""
-        now = self.clock() if now is None else now
-        f = self.facts() if facts is None else facts
+        """200 or 503 for ``/healthz``, and the Now page's first line; asked for the
+        present (every poll of ``/api/generation`` does), kept per ledger version and second."""
+        if now is None and facts is None:
+            at = self.clock()
+            return self._keep("health", lambda: self._health(at, self.facts()), stamp=int(at))
+        return self._health(self.clock() if now is None else now, facts or self.facts())
+
+    def _health(self, now: float, f: Facts) -> Health:
         problems: list[str] = []
         warnings: list[str] = []
         beat = f.meta.get("heartbeat")
@@ -510,6 +515,14 @@ class Console:
     def newest_tile_age(self) -> float | None:
         last = self.last_tile()
         return None if last is None else self.clock() - last[1]
+
+    def scheduler_connected(self) -> bool | None:
+        """The Dask scheduler link as the executor last reported it (None: no cluster)."""
+        executor = self.meta("executor")
+        desc = executor[0] if executor is not None and isinstance(executor[0], dict) else {}
+        if desc.get("backend") != "dask":
+            return None
+        return str(desc.get("state", "")) == "connected"
 
     def worker_restarts(self) -> int:
         executor = self.meta("executor")

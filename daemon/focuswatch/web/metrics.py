@@ -75,11 +75,24 @@ class ConsoleCollector(Collector):
             "Alerts delivered to an endpoint (endpoint redacted)",
             labels=["endpoint"],
         )
+        failures = GaugeMetricFamily(
+            "focuswatch_alert_delivery_failures",
+            "Delivery tries an endpoint failed, in the outbox (endpoint redacted)",
+            labels=["endpoint"],
+        )
         for e in c.endpoints():
             per_endpoint.add_metric([e.endpoint], e.waiting)
             sent.add_metric([e.endpoint], e.sent)
+            failures.add_metric([e.endpoint], e.failures)
         yield per_endpoint
         yield sent
+        yield failures
+        connected = c.scheduler_connected()
+        yield GaugeMetricFamily(
+            "focuswatch_scheduler_connected",
+            "1 while the Dask scheduler is connected, 0 while not (NaN: no cluster)",
+            value=float("nan") if connected is None else float(connected),
+        )
         yield GaugeMetricFamily(
             "focuswatch_worker_restarts",
             "Hung or dead workers restarted (as the executor reports it)",

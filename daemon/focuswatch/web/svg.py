@@ -133,6 +133,16 @@ def patch_map(patches: Any, *, size: int = 320) -> dict[str, Any] | None:
                 }
             )
     worst = min(finite) if finite else None
+    # The worst patch (the one the crop shows), outlined on the map and the thumbnail.
+    at = next(
+        (
+            (x, y)
+            for y, row in enumerate(patches)
+            for x, v in enumerate(row)
+            if worst is not None and isinstance(v, int | float) and float(v) == worst
+        ),
+        None,
+    )
     return {
         "width": cols * cell,
         "height": rows * cell,
@@ -140,6 +150,7 @@ def patch_map(patches: Any, *, size: int = 320) -> dict[str, Any] | None:
         "cells": cells,
         "best": top,
         "worst": worst,
+        "worst_at": None if at is None else {"x": at[0] * cell, "y": at[1] * cell},
     }
 
 

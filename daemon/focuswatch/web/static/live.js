@@ -1,6 +1,9 @@
 // focuswatch console: keep the page current while the wafer is imaged.
-// Polls /api/generation; when it changed (or always, on the Now page) the page is
-// fetched again and its <main> swapped in. Never while someone is typing in a form.
+// Polls /api/generation; when it is not the generation the page shows (or always, on
+// the Now page) the page is fetched again and its <main> swapped in. A page made in
+// the last second may be older than the generation polled (the server keeps a polled
+// page up to a second): it carries its own generation, so the next poll asks again.
+// Never while someone is typing in a form.
 (function () {
   "use strict";
   var POLL_MS = 2000;
@@ -8,7 +11,6 @@
   if (!main) { return; }
   var mode = main.getAttribute("data-live");
   if (mode === "off") { return; }
-  var last = null;
   var busy = false;
 
   function typing() {
@@ -26,6 +28,7 @@
         var clock = doc.getElementById("clock");
         // Only a real change replaces the content (fewer swaps under a reader's eyes).
         if (fresh && fresh.innerHTML !== main.innerHTML) { main.innerHTML = fresh.innerHTML; }
+        if (fresh) { main.setAttribute("data-generation", fresh.getAttribute("data-generation") || ""); }
         if (clock && document.getElementById("clock")) {
           document.getElementById("clock").textContent = clock.textContent;
         }
@@ -38,9 +41,7 @@
     fetch("/api/generation", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.json(); })
       .then(function (data) {
-        var changed = last !== null && data.generation !== last;
-        last = data.generation;
-        main.setAttribute("data-generation", String(last));
+        var changed = String(data.generation) !== main.getAttribute("data-generation");
         if (changed || mode === "always") { return refresh(); }
         return null;
       })
