@@ -123,6 +123,22 @@ def test_saturated_resin_is_still_measured_as_correlated_noise(noise: str, level
     assert mhfd(tile, backend=CPU) < 40
 
 
+@pytest.mark.parametrize("noise", ["x AR(1) 0.45", "2-D Gaussian 0.6"])
+@pytest.mark.parametrize("margin", [0.55, 0.7])
+def test_a_black_margin_over_half_the_tile_does_not_hide_the_correlation(
+    noise: str, margin: float
+) -> None:
+    """A tile at the section's edge: a black margin (clipped, no noise) over more than
+    half of it, resin with correlated noise on the rest. The correlation is measured on
+    the resin, as with a smaller margin: the margin's flat blocks, clipped all over, are
+    not "the less clipped half" (taken as that, the quietest of them had no energy, the
+    tile read as white noise and counted 190-720 noise maxima instead of 40-60)."""
+    flat = np.full((512, 512), 0.5, np.float32)
+    tile = synth.to_uint(noisy(flat, noise, dose=30.0, seed=3), 8).copy()
+    tile[:, : int(margin * 512)] = 0
+    assert mhfd(tile, backend=CPU) < 80
+
+
 @pytest.mark.parametrize(
     "noise", ["x AR(1) 0.45", "x FIR", "2-D Gaussian 0.6", "2-D bilinear x1.4"]
 )
