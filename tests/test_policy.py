@@ -466,6 +466,22 @@ def test_an_empty_sections_fine_fraction_is_noise_not_a_reference() -> None:
     assert v.kind is VerdictKind.IN_FOCUS, v.reason
 
 
+def test_an_empty_sections_few_noise_features_are_no_signature_either() -> None:
+    """Resin whose handful of noise features happen to be 85 % fine (bright resin at
+    30 e/px, x-correlated noise: 0.75-0.92 on 8-26 maxima): a share of 20 features is
+    no reference for 700 of tissue's 0.72."""
+    ev = _tissue(
+        0.72,
+        700,
+        history=[20],
+        history_kinds=[str(VerdictKind.EMPTY)],
+        fine_history=[0.85],
+        **_peers_like(0.72),
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.IN_FOCUS, v.reason
+
+
 def test_a_sharp_signature_against_sharp_peers_is_in_focus() -> None:
     assert decide(_tissue(0.8, **_peers_like(0.8)), cfg=CFG).kind is VerdictKind.IN_FOCUS
 
