@@ -25,6 +25,7 @@ from isbi import Slices
 
 CPU = get_backend("cpu")
 MHFD = sys.modules["focuswatch.score.mhfd"]
+NOISE_MODULE = sys.modules["focuswatch.score.noise"]
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
@@ -197,3 +198,31 @@ def test_noiseless_structure_is_not_taken_for_correlated_noise() -> None:
     clean = synth.neuropil((256, 256), rng=np.random.default_rng(0))
     d = mhfd_detail(clean, backend=CPU)
     assert max(d.thresholds) == pytest.approx(min(d.thresholds))
+
+
+@pytest.mark.parametrize(
+    ("shape", "lines"),
+    [
+        ((256, 256), (128, 128)),
+        ((512, 512), (128, 128)),
+        ((1024, 1024), (64, 64)),
+        ((1024, 8192), (64, 64)),
+        ((8192, 1024), (64, 64)),
+        ((768, 1024), (64, 85)),
+    ],
+)
+def test_the_correlation_is_measured_on_64_lines_or_64k_pixels_whichever_is_more(
+    shape: tuple[int, int], lines: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Along each axis on its own: a long strip's long axis keeps ~64 of its lines,
+    not as many as its short one needs (1024×8192: 512 columns, a third more time)."""
+    seen: dict[int, int] = {}
+    real = NOISE_MODULE._axis_correlation
+
+    def spy(u: np.ndarray, backend: object, *, axis: int, step: int) -> tuple[float, ...]:
+        seen[axis] = u.shape[0 if axis == 1 else 1] // step
+        return real(u, backend, axis=axis, step=step)
+
+    monkeypatch.setattr(NOISE_MODULE, "_axis_correlation", spy)
+    noise_model(np.full(shape, 0.5, np.float32), CPU)
+    assert (seen[1], seen[0]) == lines

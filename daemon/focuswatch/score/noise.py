@@ -298,6 +298,13 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     return tuple(out)
 
 
+def _lines_step(shape: tuple[int, ...], lines: int) -> int:
+    """Every how many of ``lines`` lines the correlation is measured: ~``_CORR_LINES``
+    of them or ``_CORR_SAMPLES`` pixels, whichever is more (per axis: the long axis of
+    a 1024×8192 strip keeps 64 of its 8192 lines, not 512)."""
+    return max(_CORR_STEP, min(shape[0] * shape[1] // _CORR_SAMPLES, lines // _CORR_LINES))
+
+
 def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
     """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
     as one flat tuple (so estimates of several blocks can be combined entry by entry):
@@ -312,11 +319,8 @@ def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2)
-    step_lines = max(
-        _CORR_STEP, min(u.shape[0] * u.shape[1] // _CORR_SAMPLES, min(u.shape) // _CORR_LINES)
-    )
-    rx = _axis_correlation(u, backend, axis=1, step=step_lines)
-    ry = _axis_correlation(u, backend, axis=0, step=step_lines)
+    rx = _axis_correlation(u, backend, axis=1, step=_lines_step(u.shape, u.shape[0]))
+    ry = _axis_correlation(u, backend, axis=0, step=_lines_step(u.shape, u.shape[1]))
     return (*profile, *rx, *ry, tails)
 
 
