@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,3 +238,23 @@ def test_a_wafer_scored_by_another_revision_of_the_scorer_is_not_continued(
                 build_service(cfg, builtin_sinks=False)
         else:
             build_service(cfg, builtin_sinks=False).stop()
+
+
+@pytest.mark.parametrize("stored", ["2", None, True, 2.5, [2]])
+def test_a_revision_this_release_cannot_read_is_named_as_such(tmp_path: Path, stored: Any) -> None:
+    """A damaged or hand-edited ``revision`` ("2", null, true...) is refused, by ``run``
+    and by ``check-config``, as unreadable, not as "scored by revision 2 … this
+    release scores with revision 2" (true == 1 passed for the faithful scorer)."""
+    cfg = make_cfg(tmp_path, mode="faithful" if stored is True else "fast")
+    _scored_once(cfg)
+    conn = sqlite3.connect(tmp_path / "state" / "focuswatch.db")
+    (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
+    recorded = json.loads(value)
+    recorded["revision"] = stored
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
+    conn.commit()
+    conn.close()
+    want = r"at 'scoring': .*revision .*cannot read"
+    assert any(re.search(want, p) for p in preflight(cfg)), preflight(cfg)
+    with pytest.raises(ConfigError, match=want):
+        build_service(cfg, builtin_sinks=False)

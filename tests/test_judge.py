@@ -138,6 +138,38 @@ def test_a_faint_position_judged_empty_is_still_the_baseline_for_a_blurred_tile(
     assert led.verdict_record(late[8, 0, 0]).verdict.baseline == pytest.approx(2194.0)
 
 
+def test_a_faint_position_judged_empty_keeps_its_signature_for_a_slight_blur(
+    led: Ledger,
+) -> None:
+    """Issue 10 item 4 with σ 1.5 px instead of 4: the blur keeps 55 % of the count
+    (not below the drop ratio) and loses 23 % of the fine fraction. The faint tissue's
+    own sections, judged empty by content, carry its scale signature (0.70, tissue's,
+    not noise's ~1.0): without it the tile passed as in focus."""
+    tiles: list[Feed] = []
+    for s in range(7):
+        for c in range(3):
+            faint = c == 0
+            score = 1874.0 + 80 * s if faint else 2500.0
+            tiles.append((s, 0, c, tile(score, fine=0.7, content=0.019 if faint else 0.15)))
+    feed(led, tiles)
+    sharp = 1874.0 + 80 * 3
+    late = feed(
+        led,
+        [
+            (
+                7,
+                0,
+                0,
+                tile(sharp * kept(SCORE_KEPT, 1.5), fine=0.7 * kept(FINE_KEPT, 1.5), content=0.025),
+            ),
+            (7, 0, 1, tile(2500.0)),
+            (7, 0, 2, tile(2500.0)),
+        ],
+    )
+    v = led.verdict_record(late[7, 0, 0]).verdict
+    assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+
+
 def test_a_blurred_first_section_is_never_trusted(led: Ledger) -> None:
     """Blurred first: flagged; the same blur again is not in focus; after a sharp
     section, the next blur is flagged against the sharp one."""

@@ -131,7 +131,8 @@ def _scoring_problems(cfg: Config, scored: bool, recorded: dict[str, Any] | None
     as scored in that release's default mode, exact: the default is fast now, and a
     wafer begun then must not go on in fast mode unnoticed. Nor with the same settings
     under another revision of the scorer (``choices.scorer_revision``): those numbers
-    differ too.
+    differ too (so such a ledger goes on only where the revision is still 1: the
+    classic criteria; MHFD's exact mode is refused as revision 1).
     """
     if not scored:
         return []
@@ -161,6 +162,13 @@ def _revision_problem(cfg: Config, recorded: dict[str, Any] | None) -> list[str]
     revision: 1)."""
     then = 1 if recorded is None else recorded.get("revision", 1)
     now = scorer_revision(cfg.scoring.criterion, cfg.scoring.mode)
+    if type(then) is not int:  # damaged or edited by hand: "2" or true is not 2 or 1
+        return [
+            f"at 'scoring': this state folder records its scorer's revision as {then!r}, "
+            "which this release cannot read; whether its scores are comparable with "
+            f"this release's (revision {now}) is unknown. Score the rest of this wafer "
+            "in a new state folder"
+        ]
     if then == now:
         return []
     return [

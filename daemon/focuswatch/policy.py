@@ -161,6 +161,9 @@ _PEER_SPECTRAL_DROP = 0.5
 _MIN_LIFT_PEERS = 2
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
+# An empty section's fine fraction at or above this is its noise's (resin, 512² at
+# 8-200 e/px: 0.86-1.0; sharp ISBI tissue 0.63-0.89), not a tissue signature.
+_NOISE_FINE = 0.9
 #: How a section-wide failure's reason starts (alerts may group on it).
 SECTION_WIDE = "section-wide"
 
@@ -342,9 +345,9 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
         kind = kinds[i] if i < len(kinds) else None
         if kind == str(VerdictKind.UNREADABLE):
             continue
-        # An empty section's features are noise, nearly all at fine scales: its
-        # score is evidence (a faint position judged empty), its signature is not.
-        fine = _fine(fines[i]) if i < len(fines) and kind != str(VerdictKind.EMPTY) else None
+        fine = _fine(fines[i]) if i < len(fines) else None
+        if kind == str(VerdictKind.EMPTY) and not _tissue_signature(fine, score, ev, cfg):
+            fine = None
         out.append(
             _Past(
                 score,
@@ -358,6 +361,18 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
             )
         )
     return out
+
+
+def _tissue_signature(fine: float | None, score: float, ev: Evidence, cfg: PolicyConfig) -> bool:
+    """Whether an earlier section judged empty has a fine fraction of tissue: resin's
+    few features are noise, nearly all at fine scales (as a reference, that flagged the
+    next sharp tiles as "fine-scale features lost"), while a faint position judged
+    empty by content has as many features as tissue and tissue's signature (without
+    it, a σ 1.5 px blur there kept half its count and passed). A share of features
+    far fewer than the tile's own is the noise's too."""
+    if fine is None or fine >= _NOISE_FINE:
+        return False
+    return score >= (1.0 - cfg.drop_ratio) * ev.score
 
 
 def _turn(value: Any) -> tuple[float, float] | None:

@@ -25,6 +25,7 @@ from isbi import Slices
 
 CPU = get_backend("cpu")
 MHFD = sys.modules["focuswatch.score.mhfd"]
+NOISE_MODULE = sys.modules["focuswatch.score.noise"]
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
@@ -146,6 +147,22 @@ def test_saturated_resin_is_still_measured_as_correlated_noise(noise: str, level
     assert mhfd(tile, backend=CPU) < 40
 
 
+@pytest.mark.parametrize("noise", ["x AR(1) 0.45", "2-D Gaussian 0.6"])
+@pytest.mark.parametrize("margin", [0.55, 0.7])
+def test_a_black_margin_over_half_the_tile_does_not_hide_the_correlation(
+    noise: str, margin: float
+) -> None:
+    """A tile at the section's edge: a black margin (clipped, no noise) over more than
+    half of it, resin with correlated noise on the rest. The correlation is measured on
+    the resin, as with a smaller margin: the margin's flat blocks, clipped all over, are
+    not "the less clipped half" (taken as that, the quietest of them had no energy, the
+    tile read as white noise and counted 190-720 noise maxima instead of 40-60)."""
+    flat = np.full((512, 512), 0.5, np.float32)
+    tile = synth.to_uint(noisy(flat, noise, dose=30.0, seed=3), 8).copy()
+    tile[:, : int(margin * 512)] = 0
+    assert mhfd(tile, backend=CPU) < 80
+
+
 @pytest.mark.parametrize(
     "noise", ["x AR(1) 0.45", "x FIR", "2-D Gaussian 0.6", "2-D bilinear x1.4"]
 )
@@ -204,3 +221,31 @@ def test_noiseless_structure_is_not_taken_for_correlated_noise() -> None:
     clean = synth.neuropil((256, 256), rng=np.random.default_rng(0))
     d = mhfd_detail(clean, backend=CPU)
     assert max(d.thresholds) == pytest.approx(min(d.thresholds))
+
+
+@pytest.mark.parametrize(
+    ("shape", "lines"),
+    [
+        ((256, 256), (128, 128)),
+        ((512, 512), (128, 128)),
+        ((1024, 1024), (64, 64)),
+        ((1024, 8192), (64, 64)),
+        ((8192, 1024), (64, 64)),
+        ((768, 1024), (64, 85)),
+    ],
+)
+def test_the_correlation_is_measured_on_64_lines_or_64k_pixels_whichever_is_more(
+    shape: tuple[int, int], lines: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Along each axis on its own: a long strip's long axis keeps ~64 of its lines,
+    not as many as its short one needs (1024×8192: 512 columns, a third more time)."""
+    seen: dict[int, int] = {}
+    real = NOISE_MODULE._axis_correlation
+
+    def spy(u: np.ndarray, backend: object, *, axis: int, step: int) -> tuple[float, ...]:
+        seen[axis] = u.shape[0 if axis == 1 else 1] // step
+        return real(u, backend, axis=axis, step=step)
+
+    monkeypatch.setattr(NOISE_MODULE, "_axis_correlation", spy)
+    noise_model(np.full(shape, 0.5, np.float32), CPU)
+    assert (seen[1], seen[0]) == lines

@@ -230,7 +230,9 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     count level is clipped all over the tile). Where nearly every block has more
     (bright resin saturated in 15 % of its pixels everywhere), the less clipped half
     of them is used: with none left the tile read as white noise, and its 2-D
-    correlated noise counted as thousands of features. (Leaving out clipped pixels
+    correlated noise counted as thousands of features. Blocks more than half clipped
+    never count in that half (a black margin over most of an edge tile: its flat
+    blocks are the quietest, and were read as white noise). (Leaving out clipped pixels
     one by one instead truncates the noise: ρ₁ 0.31 for 0.44 at 8 e/px.)
     """
     xp = backend.xp
@@ -266,7 +268,14 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     clipped = _block_sums(((centre[:, :n] <= 0) | (centre[:, :n] >= 1)).astype(e.dtype), br, bc)
     rank = _block_sums(probe[:, :n] * probe[:, :n], br, bc)
     energy = _block_sums(base * base, br, bc)
-    ok = clipped <= max(_CLIPPED_SHARE * (br * bc), float(xp.median(clipped)))
+    # Nearly every block clipped in more than a few pixels: the less clipped half of
+    # those that are not mostly clipped (a margin beyond the section, flat at 0, would
+    # otherwise be that half on an edge tile, and its quietest blocks carry no noise).
+    limit = _CLIPPED_SHARE * (br * bc)
+    partial = clipped[clipped <= 0.5 * (br * bc)]
+    if partial.size:
+        limit = max(limit, float(xp.median(partial)))
+    ok = clipped <= limit
     n_ok = int(xp.count_nonzero(ok))
     if n_ok < 4:
         return none
@@ -289,6 +298,13 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     return tuple(out)
 
 
+def _lines_step(shape: tuple[int, ...], lines: int) -> int:
+    """Every how many of ``lines`` lines the correlation is measured: ~``_CORR_LINES``
+    of them or ``_CORR_SAMPLES`` pixels, whichever is more (per axis: the long axis of
+    a 1024×8192 strip keeps 64 of its 8192 lines, not 512)."""
+    return max(_CORR_STEP, min(shape[0] * shape[1] // _CORR_SAMPLES, lines // _CORR_LINES))
+
+
 def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
     """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
     as one flat tuple (so estimates of several blocks can be combined entry by entry):
@@ -303,11 +319,8 @@ def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2)
-    step_lines = max(
-        _CORR_STEP, min(u.shape[0] * u.shape[1] // _CORR_SAMPLES, min(u.shape) // _CORR_LINES)
-    )
-    rx = _axis_correlation(u, backend, axis=1, step=step_lines)
-    ry = _axis_correlation(u, backend, axis=0, step=step_lines)
+    rx = _axis_correlation(u, backend, axis=1, step=_lines_step(u.shape, u.shape[0]))
+    ry = _axis_correlation(u, backend, axis=0, step=_lines_step(u.shape, u.shape[1]))
     return (*profile, *rx, *ry, tails)
 
 
