@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from focuswatch import tiles
+from focuswatch.choices import DEFAULT_MODE, scorer_revision
 from focuswatch.errors import BackendError, TileError
 from focuswatch.scoring import ScoreSettings, TileScore
 
@@ -93,6 +94,8 @@ def _fake_score(path: str, name: str) -> TileScore:
         raise RuntimeError("scoring bug")
     size = os.path.getsize(path)
     return TileScore(
+        # OLDREL: a worker running a release whose scorer gave other numbers.
+        revision=1 if "OLDREL" in name else scorer_revision("mhfd", DEFAULT_MODE),
         path=path,
         score=float(100 + size % 7),
         patch_scores=None,
@@ -110,6 +113,7 @@ def read_score(path: str, settings: ScoreSettings) -> TileScore:
     """Reads the tile with the real reader (``tiles.read_tile``); the score is its std."""
     image, meta = tiles.read_tile(path)
     return TileScore(
+        revision=scorer_revision("mhfd", DEFAULT_MODE),
         path=path,
         score=float(np.std(image)) + 1.0,
         patch_scores=None,

@@ -21,6 +21,7 @@ import structlog
 import tifffile
 
 from fake_cupy import HAS_GPU
+from focuswatch.choices import DEFAULT_MODE, scorer_revision
 from focuswatch.cluster import (
     DaskExecutor,
     TaskResult,
@@ -66,6 +67,7 @@ def gated_score(path: str, settings: ScoreSettings) -> TileScore:
             time.sleep(0.01)  # a bounded poll on a file in another process
     image = tifffile.imread(p)
     return TileScore(
+        revision=scorer_revision("mhfd", DEFAULT_MODE),
         path=path,
         score=float(image.std()),
         patch_scores=None,

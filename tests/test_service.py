@@ -133,6 +133,27 @@ def test_crashing_and_hanging_tiles_are_retried_then_failed_and_the_rest_scored(
         assert (v.state, v.attempts) == ("failed", 2)
 
 
+def test_a_score_from_another_scorer_revision_is_never_recorded(
+    tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
+) -> None:
+    """A worker running an older release (a Dask worker not yet upgraded) returns
+    revision-1 numbers: they are not judged against this wafer's revision-2 history but
+    retried, and the tile is then unreadable with the reason; the other tile is judged."""
+    svc, sink = make_service(make_cfg(tmp_path, workers=1))
+    sec = Path(svc.root) / "S_004"
+    for name in ["a_OLDREL.tif", "d_ok.tif"]:
+        write_tif(sec / name)
+    turn_until(svc, lambda: len(sink.records) == 2, turns=2000)
+    by = {r.tile_name: r for r in sink.records}
+    old = by["a_OLDREL.tif"]
+    assert old.verdict.kind is VerdictKind.UNREADABLE
+    assert "gave up after 2 attempts" in old.verdict.reason
+    assert "scored by revision 1 of the mhfd 'fast' scorer" in old.verdict.reason
+    assert "upgrade that worker" in old.verdict.reason
+    assert svc.ledger.result(old.version_id)["score"] is None
+    assert by["d_ok.tif"].verdict.kind is not VerdictKind.UNREADABLE
+
+
 def test_bad_inputs_each_get_a_recorded_reason_and_a_log_event(
     tmp_path: Path, make_service: Callable[..., tuple[Service, RecordingSink]]
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from focuswatch.app import build_service
+from focuswatch.choices import DEFAULT_MODE, scorer_revision
 from focuswatch.config import AlertsConfig, Config, WebConfig
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import ScoreSettings, TileScore
@@ -42,6 +43,7 @@ def web_score(path: str, settings: ScoreSettings) -> TileScore:
     base = 20.0 if blurred else 1000.0
     patches = [[base * (0.9 + 0.05 * (r + c)) for c in range(3)] for r in range(3)]
     return TileScore(
+        revision=scorer_revision("mhfd", DEFAULT_MODE),
         path=path,
         score=base,
         patch_scores=patches,

@@ -30,7 +30,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
-from focuswatch.choices import DEFAULT_MODE
+from focuswatch.choices import DEFAULT_MODE, scorer_revision
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
@@ -116,6 +116,10 @@ class TileScore:
     #: The spectral ratio (``focuswatch.score.spectrum``): high-to-mid band power above
     #: the noise floor, against the position's history a defocus measure.
     spectral: float | None = None
+    #: The revision of the numbers (``choices.scorer_revision``), set by the scorer that
+    #: made them. 1 by default: a score from a release before revisions (a Dask worker
+    #: not yet upgraded) unpickles without the field and reads as 1.
+    revision: int = 1
 
 
 #: What a worker runs for each tile: the path and settings in, its score out (a picklable
@@ -161,6 +165,7 @@ def _tile_score(
         patch_fine_fraction=_grid(result.patch_fine_fraction),
         orientation=result.orientation,
         spectral=result.spectral,
+        revision=scorer_revision(result.criterion, result.mode),
     )
 
 

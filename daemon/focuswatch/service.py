@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import structlog
 
 from focuswatch import judge, sdnotify
+from focuswatch.choices import scorer_revision
 from focuswatch.config import Config
 from focuswatch.errors import (
     LedgerWriteError,
@@ -623,6 +624,9 @@ class Service:
             # A job that ran twice (e.g. re-run by Dask after a worker died): one result only.
             self._event("duplicate_outcome", **self._tile_fields(v), state=v.state)
             return
+        if o.result is not None and (foreign := _foreign_revision(o.result)) is not None:
+            # Numbers of another scorer revision would be judged against this wafer's.
+            o = dataclasses.replace(o, result=None, error=foreign, retryable=True)
         if o.result is None:
             reason = o.error or "scoring failed without a reason"
             if o.retryable and v.attempts < self.cfg.scoring.max_attempts:
@@ -833,6 +837,20 @@ class Service:
         self._event("stopped", handed_back=handed_back)
         self.ledger.close()
         self._lock.release()
+
+
+def _foreign_revision(score: TileScore) -> str | None:
+    """Why a score made by another revision of the scorer (a worker running another
+    release) cannot be recorded here; None when it can."""
+    mine = scorer_revision(score.criterion, score.mode)
+    if score.revision == mine:
+        return None
+    return (
+        f"scored by revision {score.revision} of the {score.criterion} {score.mode!r} "
+        f"scorer (a worker running another focuswatch release), and this service records "
+        f"revision {mine}: its numbers are not comparable with this wafer's; upgrade "
+        "that worker"
+    )
 
 
 def _nonfinite(score: TileScore) -> dict[str, Any]:
