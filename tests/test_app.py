@@ -4,6 +4,7 @@ and refuses to mix scores of another kind into a wafer's history."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import sqlite3
 import subprocess
@@ -207,6 +208,31 @@ def test_a_wafer_scored_by_a_release_that_recorded_no_settings_is_not_continued_
     conn.close()
     with pytest.raises(ConfigError, match=r"at 'scoring\.mode': .*earlier release"):
         build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
-    build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False).stop()
-    with pytest.raises(ConfigError, match=r"scored with mode = 'default', not 'fast'"):
-        build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
+    # Exact mode then was the scorer's first revision: not this release's numbers either.
+    with pytest.raises(ConfigError, match=r"at 'scoring': .*revision 1 .*revision 2"):
+        build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False)
+
+
+def test_a_wafer_scored_by_another_revision_of_the_scorer_is_not_continued(
+    tmp_path: Path,
+) -> None:
+    """Same settings, other numbers: a ledger whose scores an earlier revision made (it
+    recorded none) is refused with the revisions named; the authors' faithful mode,
+    unchanged since, goes on."""
+    for mode, refused in (("fast", True), ("faithful", False)):
+        (tmp_path / mode).mkdir()
+        cfg = make_cfg(tmp_path / mode, mode=mode)
+        _scored_once(cfg)
+        conn = sqlite3.connect(tmp_path / mode / "state" / "focuswatch.db")
+        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
+        recorded = json.loads(value)
+        assert recorded["revision"] == (1 if mode == "faithful" else 2)
+        del recorded["revision"]  # as the release before revisions left it
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
+        conn.commit()
+        conn.close()
+        if refused:
+            with pytest.raises(ConfigError, match=r"at 'scoring': .*by revision 1 .*revision 2"):
+                build_service(cfg, builtin_sinks=False)
+        else:
+            build_service(cfg, builtin_sinks=False).stop()

@@ -449,6 +449,23 @@ def test_a_blurred_signature_with_nothing_to_compare_is_uncertain_not_in_focus(
         assert "looks blurred" in v.reason
 
 
+def test_an_empty_sections_fine_fraction_is_noise_not_a_reference() -> None:
+    """Resin at this position in the section before (judged empty): its few features
+    are noise, nearly all at fine scales (fraction 1.0). Sharp tissue here keeps 0.80
+    like its next sections; it is in focus, not "fine-scale features lost" (found on a
+    wafer: one empty first section flagged its position 14 sections running)."""
+    ev = _tissue(
+        0.80,
+        210,
+        history=[267],
+        history_kinds=[str(VerdictKind.EMPTY)],
+        fine_history=[0.996],
+        **_peers_like(0.80),
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.IN_FOCUS, v.reason
+
+
 def test_a_sharp_signature_against_sharp_peers_is_in_focus() -> None:
     assert decide(_tissue(0.8, **_peers_like(0.8)), cfg=CFG).kind is VerdictKind.IN_FOCUS
 

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from focuswatch import sdnotify
-from focuswatch.choices import same_scores
+from focuswatch.choices import same_scores, scorer_revision
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
 from focuswatch.executor import Executor
@@ -129,13 +129,15 @@ def _scoring_problems(cfg: Config, scored: bool, recorded: dict[str, Any] | None
     mode or patch size would be mixed into that history without a word. A ledger whose
     tiles were scored before the settings were recorded (an earlier release) is taken
     as scored in that release's default mode, exact: the default is fast now, and a
-    wafer begun then must not go on in fast mode unnoticed.
+    wafer begun then must not go on in fast mode unnoticed. Nor with the same settings
+    under another revision of the scorer (``choices.scorer_revision``): those numbers
+    differ too.
     """
     if not scored:
         return []
     if recorded is None:
         if _comparable("mode", cfg.scoring.mode) == _MODE_BEFORE_RECORDING:
-            return []
+            return _revision_problem(cfg, recorded)
         return [
             f"at 'scoring.mode': this state folder's tiles were scored by an earlier "
             f"release, which did not record how; its default mode was "
@@ -144,12 +146,30 @@ def _scoring_problems(cfg: Config, scored: bool, recorded: dict[str, Any] | None
             "with this wafer (or, if your configuration said mode = 'fast' then too, "
             "start this wafer's remaining sections in a new state folder)"
         ]
-    return [
+    keys = [
         f"at 'scoring.{k}': this state folder's tiles were scored with {k} = "
         f"{recorded[k]!r}, not {getattr(cfg.scoring, k)!r}; scores made otherwise are not "
         "comparable with them. Set it back, or use a new state folder for a new wafer"
         for k in _SCORING_KEYS
         if k in recorded and _comparable(k, recorded[k]) != _comparable(k, getattr(cfg.scoring, k))
+    ]
+    return keys or _revision_problem(cfg, recorded)
+
+
+def _revision_problem(cfg: Config, recorded: dict[str, Any] | None) -> list[str]:
+    """A ledger scored by another revision of the same scorer (one that recorded no
+    revision: 1)."""
+    then = 1 if recorded is None else recorded.get("revision", 1)
+    now = scorer_revision(cfg.scoring.criterion, cfg.scoring.mode)
+    if then == now:
+        return []
+    return [
+        f"at 'scoring': this state folder's tiles were scored by revision {then} of "
+        f"focuswatch's {cfg.scoring.criterion} {cfg.scoring.mode!r} scorer, and this "
+        f"release scores with revision {now}; the two give different numbers for the "
+        "same tile, and a tile is judged against its position's earlier scores. Finish "
+        "this wafer with the release that began it, or score the rest of it in a new "
+        "state folder"
     ]
 
 
@@ -163,7 +183,8 @@ def _same_scoring(cfg: Config, ledger: Ledger) -> None:
     problems = _scoring_problems(cfg, scored, recorded)
     if problems:
         raise ConfigError(problems)
-    wanted = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
+    wanted: dict[str, Any] = {k: getattr(cfg.scoring, k) for k in _SCORING_KEYS}
+    wanted["revision"] = scorer_revision(cfg.scoring.criterion, cfg.scoring.mode)
     if recorded is None and scored:
         log.warning(
             "scoring_settings_unknown",

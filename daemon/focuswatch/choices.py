@@ -15,6 +15,7 @@ __all__ = [
     "MODES",
     "RESOLUTIONS",
     "same_scores",
+    "scorer_revision",
 ]
 
 #: Focus measures: MHFD and the classic baselines it is compared with.
@@ -46,3 +47,20 @@ LAYOUTS = ("auto", "atlas", "multisem", "sbemimage", "pattern")
 def same_scores(mode: str) -> str:
     """The mode whose numbers ``mode`` gives: ``default`` is ``exact`` by another name."""
     return "exact" if mode == "default" else mode
+
+
+#: The revision of MHFD's noise-floor modes (fast, exact): raised whenever a change moves
+#: their numbers, so that a ledger scored by another revision is not continued with
+#: scores that are not comparable with its history (``focuswatch.app``). 1: until
+#: 2026-12-01; 2: the noise's correlation measured on every other line of small tiles
+#: (a third of the threshold's scatter between noise draws) and on tiles saturated
+#: all over (``score.noise``).
+NOISE_FLOOR_REVISION = 2
+
+
+def scorer_revision(criterion: str, mode: str) -> int:
+    """The revision of the numbers ``criterion`` in ``mode`` gives (the paper's faithful
+    mode and the classic baselines have not changed: 1)."""
+    if criterion == "mhfd" and same_scores(mode) in ("fast", "exact"):
+        return NOISE_FLOOR_REVISION
+    return 1

@@ -336,7 +336,9 @@ def _past(ev: Evidence, cfg: PolicyConfig) -> list[_Past]:
         kind = kinds[i] if i < len(kinds) else None
         if kind == str(VerdictKind.UNREADABLE):
             continue
-        fine = _fine(fines[i]) if i < len(fines) else None
+        # An empty section's features are noise, nearly all at fine scales: its
+        # score is evidence (a faint position judged empty), its signature is not.
+        fine = _fine(fines[i]) if i < len(fines) and kind != str(VerdictKind.EMPTY) else None
         out.append(
             _Past(
                 score,
