@@ -264,10 +264,15 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
     with tiles.open_tile(path, within=settings.within) as tile:
-        if too_big(tile, settings):
-            return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
-        if _streams(tile, settings, backend):
-            return _score_by_bands(tile, name=name, settings=settings, backend=backend, t0=t0)
+        reader: _Bands | _Regions | None = None
+        if too_big(tile, settings):  # the memory guard
+            reader = _Regions(tile)
+        elif _streams(tile, settings, backend):
+            reader = _Bands(tile)
+        if reader is not None:
+            return _score_by_reads(
+                tile, reader, name=name, settings=settings, backend=backend, t0=t0
+            )
         image, bad = finite_only(tile.read())
         meta = _with_nonfinite(tile.meta, bad)
     read_ms = (time.perf_counter() - t0) * 1e3
@@ -331,6 +336,8 @@ class _Bands:
     at most a couple of bands are held. Keeps the range of the pixels read, which is
     the whole tile's once every band has been read (the constant-tile check)."""
 
+    nonfinite = 0  # integer pixels only
+
     def __init__(self, tile: tiles.TileReader) -> None:
         self._tile = tile
         self._rows: tuple[int, int] | None = None
@@ -349,56 +356,44 @@ class _Bands:
             self.read_ms += (time.perf_counter() - t) * 1e3
         return self._band[:, x0:x1]
 
-
-def _score_by_bands(
-    tile: tiles.TileReader, *, name: str, settings: ScoreSettings, backend: Backend, t0: float
-) -> TileScore:
-    """An integer tile scored as it is read (``_Bands``): the same patches, so the same
-    numbers, as reading it whole first; a constant tile is the same ``TileError``."""
-    bands = _Bands(tile)
-    try:
-        result = score_patches(
-            _Shape(tile.shape),
-            backend=backend,
-            criterion=settings.criterion,
-            mode=settings.mode,
-            patch_size=settings.patch_size,
-            dtype=float_dtype(None),
-            read=bands,
-            threads=_threads(settings, backend),
-        )
-    except ValueError as exc:
-        raise TileError(name, _reason(exc)) from None
-    if bands.lo == bands.hi:
-        raise TileError(name, CONSTANT_REASON)
-    total_ms = (time.perf_counter() - t0) * 1e3
-    return _tile_score(
-        result,
-        path=name,
-        backend=backend,
-        dtype=str(tile.dtype),
-        read_ms=bands.read_ms,
-        score_ms=total_ms - bands.read_ms,
-        meta=tile.meta,
-    )
+    def constant(self, result: ScoreResult) -> bool:
+        """Whether the tile read is one value (as the whole-image path says)."""
+        return self.lo == self.hi
 
 
-def _score_by_patches(
-    tile: tiles.TileReader, *, name: str, settings: ScoreSettings, backend: Backend, t0: float
-) -> TileScore:
-    """The memory guard: patches read one at a time, never the whole tile."""
-    read_ms = 0.0
+class _Regions:
+    """The memory guard's ``read``: each patch's region on its own, never the whole
+    tile (NaN/inf pixels filled patch by patch, and counted)."""
 
-    nonfinite = 0
+    def __init__(self, tile: tiles.TileReader) -> None:
+        self._tile = tile
+        self.read_ms = 0.0
+        self.nonfinite = 0
 
-    def read(y0: int, y1: int, x0: int, x1: int) -> Any:
-        nonlocal read_ms, nonfinite
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> Any:
         t = time.perf_counter()
-        part, bad = finite_only(tile.read_region(y0, y1, x0, x1))
-        nonfinite += bad
-        read_ms += (time.perf_counter() - t) * 1e3
+        part, bad = finite_only(self._tile.read_region(y0, y1, x0, x1))
+        self.nonfinite += bad
+        self.read_ms += (time.perf_counter() - t) * 1e3
         return part
 
+    def constant(self, result: ScoreResult) -> bool:
+        """Every patch was blank: the whole tile is constant, as the in-memory path says."""
+        return result.patch_scores is not None and not np.any(result.patch_content)
+
+
+def _score_by_reads(
+    tile: tiles.TileReader,
+    reader: _Bands | _Regions,
+    *,
+    name: str,
+    settings: ScoreSettings,
+    backend: Backend,
+    t0: float,
+) -> TileScore:
+    """The tile's patches scored as ``reader`` reads them (``_Bands``: an integer tile
+    as it is read, the same numbers as reading it whole first; ``_Regions``: the
+    memory guard); a constant tile is the same ``TileError`` as on the in-memory path."""
     try:
         result = score_patches(
             _Shape(tile.shape),
@@ -407,13 +402,12 @@ def _score_by_patches(
             mode=settings.mode,
             patch_size=settings.patch_size,
             dtype=float_dtype(None),
-            read=read,
+            read=reader,
             threads=_threads(settings, backend),
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
-    if result.patch_scores is not None and not np.any(result.patch_content):
-        # Every patch was blank: the whole tile is constant, as the in-memory path says.
+    if reader.constant(result):
         raise TileError(name, CONSTANT_REASON)
     total_ms = (time.perf_counter() - t0) * 1e3
     return _tile_score(
@@ -421,9 +415,9 @@ def _score_by_patches(
         path=name,
         backend=backend,
         dtype=str(tile.dtype),
-        read_ms=read_ms,
-        score_ms=total_ms - read_ms,
-        meta=_with_nonfinite(tile.meta, nonfinite),
+        read_ms=reader.read_ms,
+        score_ms=total_ms - reader.read_ms,
+        meta=_with_nonfinite(tile.meta, reader.nonfinite),
     )
 
 
