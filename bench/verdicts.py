@@ -5,7 +5,13 @@ Two wafers:
 ``serial`` (the default): real serial sections. The 30 ISBI 2012 slices are 30
 consecutive sections of one volume; each slice is upsampled ×2 and cut into
 ``--rows × --cols`` overlapping tile positions, so a position's tissue changes from
-section to section as it really does. At each dose (``--doses``) the wafer gets,
+section to section as it really does. ``--upsample cubic`` (the default) is a
+band-limited cubic-spline zoom, like a scan whose beam is wider than its pixel;
+``kron`` repeats each pixel 2×2, whose block edges no microscope makes: their
+texture, differenced across the lines, is correlated along them exactly like
+correlated noise, and the spectrum's region beyond 0.4 cycles/px holds a mirror of
+the tissue's (a stress case; ``kron`` was this bench's only upsampling until
+2026-12-01). At each dose (``--doses``) the wafer gets,
 with shot noise: sudden defocus (a fraction of tiles blurred with σ from
 ``--blur-sigmas``), slow drift (``--drifting`` positions losing +0.2 px σ per
 section from a random section on), one section-wide autofocus failure (every tile
@@ -410,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--upsample",
-        default="kron",
-        choices=["kron", "cubic"],
+        default="cubic",
+        choices=["cubic", "kron"],
         help="how the ISBI slices are brought to twice their size (serial wafer)",
     )
     p.add_argument("--patch-size", type=int, default=256)
@@ -467,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(tiles)} tiles ({args.wafer}): {args.sections} sections × {args.rows}×{args.cols}"
         f" positions, {args.size}² px, doses {', '.join(f'{d:g}' for d in args.doses)} e/px, "
-        f"noise {args.noise}, "
+        f"noise {args.noise}, slices upsampled ×2 ({args.upsample}), "
         f"sudden blur σ {args.blur_sigmas} ({100 * args.astigmatic:.0f} % astigmatic), "
         f"{args.drifting} drifting positions (+{DRIFT_PER_SECTION} px/section), section-wide "
         f"failure in {'the first section' if args.wide_first else 'a later section'}, "

@@ -28,9 +28,10 @@ def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
     isbi_slices: Slices, mode: str, dose: float
 ) -> None:
     """On real EM slices: covering half the tile with flat resin and a σ 2 px defocus
-    both cost the count a quarter of its maxima or more (the count alone cannot tell
-    them apart), but only defocus moves the fine fraction: down by a quarter or more
-    at σ 2 px and by half at σ 3 px, while the half-resin tile keeps it within 0.06."""
+    both cost the count a fifth of its maxima or more (the count alone cannot tell
+    them apart; the resin half keeps the noise maxima a 4σ floor lets through at 30
+    e/px), but only defocus moves the fine fraction: down by a quarter or more at σ 2
+    px and by half at σ 3 px, while the half-resin tile keeps it within 0.06."""
     slices = isbi_slices
     for k in SLICES:
         clean = slices[k]
@@ -49,9 +50,9 @@ def test_blur_lowers_fine_fraction_while_less_tissue_keeps_it(
         assert half.fine_fraction is not None
         assert blur2.fine_fraction is not None
         assert blur3.fine_fraction is not None
-        # Both lost a quarter of the maxima or more ...
-        assert half.score < 0.75 * sharp.score, (k, half.score, sharp.score)
-        assert blur2.score < 0.75 * sharp.score, (k, blur2.score, sharp.score)
+        # Both lost a fifth of the maxima or more ...
+        assert half.score < 0.8 * sharp.score, (k, half.score, sharp.score)
+        assert blur2.score < 0.8 * sharp.score, (k, blur2.score, sharp.score)
         # ... but only defocus moved the signature.
         assert abs(half.fine_fraction - sharp.fine_fraction) < 0.06, (k, half, sharp)
         assert blur2.fine_fraction < 0.75 * sharp.fine_fraction, (k, blur2, sharp)

@@ -45,16 +45,19 @@ _RHO_RANGE = (-0.5, 0.75)
 _MAX_TAILS = 1.6
 #: Blocks (differenced lines × pixels along them) in which the correlation is measured.
 _CORR_BLOCK = (8, 64)
-#: The correlations are measured on every this many lines at least (every other: the
-#: blocks are ranked on the lines in between), and on about ``_CORR_SAMPLES`` pixels
-#: in all (1024²: every other line; 8192²: every 64th). Where the noise floor binds,
-#: a level's threshold moves ~2.5× as much as ρ₁'s error through the level-noise
-#: division (2-D correlated noise: σ's estimate divides by ~1.6, not 6), and a
-#: tile's count ~2.5× as much as its threshold: every 8th line of a 512² tile (a ρ₁
-#: standard error of 0.01) gave counts ±9 % and fine fractions ±11 % between noise
-#: draws of one crop; every other line ±3 % and ±1.4 %.
+#: The correlations are measured on about ``_CORR_LINES`` lines, and on at least
+#: ``_CORR_SAMPLES`` pixels where the image is smaller than 1024² (512²: every 4th line,
+#: 256²: every other one; at least every other: the blocks are ranked on the lines in
+#: between). Where the noise floor binds, a level's threshold moves ~2.5× as much as
+#: ρ₁'s error through the level-noise division (2-D correlated noise: σ's estimate
+#: divides by ~1.6, not 6), and a count ~2.5× as much as its threshold: on every 8th
+#: line of a 512² tile (a ρ₁ standard error of 0.01) counts differed by ±9 % and fine
+#: fractions by ±11 % between noise draws of one crop; on every other line, ±3 % and
+#: ±1.4 %. Larger images keep 64 lines (1024²: every 16th, as many pixels; 8192²:
+#: every 128th): a tile's score is the median of its patches, whose errors average.
 _CORR_STEP = 2
-_CORR_SAMPLES = 1 << 20
+_CORR_LINES = 64
+_CORR_SAMPLES = 1 << 16
 #: ...and the share of a block's pixels that may be clipped by the stretch.
 _CLIPPED_SHARE = 0.1
 #: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
@@ -295,12 +298,14 @@ def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]
     (``_immerkaer``).
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
-    correlations use ~``_CORR_SAMPLES`` pixels, lines at least ``_CORR_STEP`` apart.
+    correlations use ~``_CORR_LINES`` lines or ``_CORR_SAMPLES`` pixels (see there).
     """
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2)
-    step_lines = max(_CORR_STEP, u.shape[0] * u.shape[1] // _CORR_SAMPLES)
+    step_lines = max(
+        _CORR_STEP, min(u.shape[0] * u.shape[1] // _CORR_SAMPLES, min(u.shape) // _CORR_LINES)
+    )
     rx = _axis_correlation(u, backend, axis=1, step=step_lines)
     ry = _axis_correlation(u, backend, axis=0, step=step_lines)
     return (*profile, *rx, *ry, tails)
