@@ -15,7 +15,9 @@ call by call, so that load from elsewhere hits both alike: median of the per-pai
 ratios. ``--against DIR`` times this tree's modes against another checkout's
 (``DIR`` is its ``daemon`` folder), each in its own worker process on the same tile,
 alternated call by call: the median of the per-pair ratios (this / other).
-``--threads N`` (with ``--patches``) scores N patches at once instead of one per core
+``--file`` (with ``--against``) scores the tile from an uncompressed TIFF through
+``scoring.score_path`` (reading included, as a worker does). ``--threads N`` (with
+``--patches`` or ``--file``) scores N patches at once instead of one per core
 (1: no two threads competing for the GIL or for memory bandwidth, the steadiest CPU
 figure on a shared machine). ``--pairs THIS:OTHER ...`` names the mode each tree runs
 (default ``default:default fast:fast``); ``--patches`` scores the tile as the service
@@ -110,7 +112,7 @@ from focuswatch.backend import get_backend
 from focuswatch.score import score_image
 from focuswatch.score.mhfd import mhfd
 backend = get_backend(sys.argv[1])
-size, mode, patches = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "patches"
+size, mode, how = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 threads = int(sys.argv[5]) or None
 rng = np.random.default_rng(0)
 side = min(size, 1024)
@@ -120,8 +122,16 @@ base = synth.to_uint(
 tile = np.tile(base, (size // side, size // side))
 dev = backend.xp.asarray(tile)
 sync = backend.xp.cuda.Device().synchronize if backend.is_gpu else (lambda: None)
+if how == "file":
+    import tempfile, tifffile
+    from focuswatch import scoring
+    path = tempfile.mkdtemp(prefix="fw-speed-") + "/tile.tif"
+    tifffile.imwrite(path, tile)
+    settings = scoring.ScoreSettings(backend=sys.argv[1], mode=mode, threads=threads)
 def run():
-    if patches:
+    if how == "file":
+        scoring.score_path(path, settings)
+    elif how == "patches":
         score_image(dev, backend=backend, mode=mode, threads=threads)
     else:
         mhfd(dev, backend=backend, mode=mode)
@@ -133,6 +143,9 @@ for _ in sys.stdin:
     run()
     sync()
     print((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3, flush=True)
+if how == "file":
+    import shutil
+    shutil.rmtree(path.rsplit("/", 1)[0])
 """
 
 
@@ -145,12 +158,14 @@ def against(
     patches: bool,
     repeat: int,
     threads: int | None = None,
+    from_file: bool = False,
 ) -> None:
     """This tree's ``modes[0]`` against another checkout's ``modes[1]``, alternated
-    (``threads``: patches at once with ``patches``; None: a core each)."""
+    (``threads``: patches at once with ``patches``; None: a core each; ``from_file``:
+    the tile read from an uncompressed TIFF and scored as a worker does)."""
     here = str(Path(__file__).resolve().parents[1] / "daemon")
     procs = {}
-    how = "patches" if patches else "unit"
+    how = "file" if from_file else "patches" if patches else "unit"
     for (name, root), mode in zip(
         (("this", here), ("other", str(Path(other).resolve()))), modes, strict=True
     ):
@@ -231,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --against --patches: patches scored at once (default: a core each)",
     )
+    ap.add_argument(
+        "--file",
+        action="store_true",
+        help="with --against: the tile from a TIFF through scoring.score_path (read + score)",
+    )
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     print(machine(backend))
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 patches=args.patches,
                 repeat=args.repeat,
                 threads=args.threads,
+                from_file=args.file,
             )
         return 0
     rng = np.random.default_rng(0)

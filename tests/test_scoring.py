@@ -61,9 +61,10 @@ def test_blurred_tile_scores_lower(synth_tile) -> None:  # type: ignore[no-untyp
 
 def test_memory_guard_scores_patch_by_patch_with_the_same_result(tmp_path: Path) -> None:
     """A tile over memory_limit_mb is read region by region: the same scores as the
-    in-memory path, with a peak allocation well below the decoded tile's size."""
-    path = write(tmp_path / "big.tif", tissue((768, 1024)))
-    image_bytes = 768 * 1024 * 2
+    in-memory path, with a peak allocation well below the decoded tile's size. (Float
+    pixels: an integer tile is streamed by bands on either path, see below.)"""
+    path = write(tmp_path / "big.tif", tissue((768, 1024)).astype(np.float32))
+    image_bytes = 768 * 1024 * 4
     # One patch at a time: patches scored at once would add their working memory to
     # both peaks by chance, and this is about reading region by region.
     big = ScoreSettings(backend="cpu", patch_size=256, memory_limit_mb=1024, threads=1)
@@ -85,6 +86,51 @@ def test_memory_guard_scores_patch_by_patch_with_the_same_result(tmp_path: Path)
     assert guarded.resolution == "patches"
     assert peak_memory > image_bytes
     assert peak_guarded < peak_memory - image_bytes // 2
+
+
+def _same_tile_scores(a: TileScore, b: TileScore) -> None:
+    """Every number of two scorings of one tile is the same (timings and file aside)."""
+    fields = ("read_ms", "score_ms", "path", "meta")
+    da = {k: v for k, v in dataclasses.asdict(a).items() if k not in fields}
+    db = {k: v for k, v in dataclasses.asdict(b).items() if k not in fields}
+    assert json.dumps(da, default=str) == json.dumps(db, default=str)
+
+
+def test_an_integer_tile_is_scored_as_it_is_read_with_the_same_numbers(tmp_path: Path) -> None:
+    """A 16-bit tile is read one band of patch rows at a time while the patches already
+    read are scored: every number equals scoring the whole decoded image, and the peak
+    allocation stays well below the decoded tile (two bands at most)."""
+    image = tissue((3072, 1280), seed=4)
+    path = write(tmp_path / "t.tif", image)
+    image_bytes = image.nbytes
+    settings = ScoreSettings(backend="cpu", patch_size=256, threads=1)
+    score_path(path, settings)  # warm the per-shape caches
+    whole = score_array(image, name=str(path), settings=settings)
+    tracemalloc.start()
+    try:
+        streamed = score_path(path, settings)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _same_tile_scores(streamed, whole)
+    assert streamed.resolution == "patches"
+    assert streamed.read_ms > 0
+    assert peak < image_bytes // 2
+
+
+def test_a_streamed_tile_of_blank_patches_with_different_levels_is_not_constant(
+    tmp_path: Path,
+) -> None:
+    """Each patch flat but the tile not (one level per patch row): scored, every patch
+    blank, as the whole image is; only a tile of one value is 'constant'."""
+    image = np.repeat(np.arange(4, dtype=np.uint16) * 100, 256)[:, None] * np.ones(
+        (1, 512), np.uint16
+    )
+    path = write(tmp_path / "steps.tif", image)
+    settings = ScoreSettings(backend="cpu", patch_size=256)
+    streamed = score_path(path, settings)
+    _same_tile_scores(streamed, score_array(image, name=str(path), settings=settings))
+    assert streamed.score == 0.0
 
 
 def test_memory_guard_falls_back_to_patches_for_whole_tile_resolutions(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from focuswatch.choices import DEFAULT_MODE, scorer_revision
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
+    MIN_SIZE,
     ConstantImageError,
     ScoreResult,
     check_options,
@@ -41,7 +43,7 @@ from focuswatch.score import (
     score_image,
     score_patches,
 )
-from focuswatch.score.patches import default_threads
+from focuswatch.score.patches import default_threads, patch_bounds
 
 __all__ = [
     "CONSTANT_REASON",
@@ -267,8 +269,15 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
     with tiles.open_tile(path, within=settings.within) as tile:
-        if too_big(tile, settings):
-            return _score_by_patches(tile, name=name, settings=settings, backend=backend, t0=t0)
+        reader: _Bands | _Regions | None = None
+        if too_big(tile, settings):  # the memory guard
+            reader = _Regions(tile)
+        elif _streams(tile, settings, backend):
+            reader = _Bands(tile)
+        if reader is not None:
+            return _score_by_reads(
+                tile, reader, name=name, settings=settings, backend=backend, t0=t0
+            )
         image, bad = finite_only(tile.read())
         meta = _with_nonfinite(tile.meta, bad)
     read_ms = (time.perf_counter() - t0) * 1e3
@@ -312,22 +321,84 @@ class _Shape:
         self.shape = shape
 
 
-def _score_by_patches(
-    tile: tiles.TileReader, *, name: str, settings: ScoreSettings, backend: Backend, t0: float
-) -> TileScore:
-    """The memory guard: patches read one at a time, never the whole tile."""
-    read_ms = 0.0
+def _streams(tile: tiles.TileReader, settings: ScoreSettings, backend: Backend) -> bool:
+    """Whether ``tile`` is scored while it is read, one band of patch rows at a time:
+    integer pixels (nothing to fill, so a band holds exactly the pixels the whole
+    read would), patches on the CPU, and more than one row of patches to overlap."""
+    return (
+        settings.resolution == "patches"
+        and not backend.is_gpu
+        and np.dtype(tile.dtype).kind != "f"
+        and min(tile.shape) >= MIN_SIZE
+        and len(patch_bounds(int(tile.shape[0]), settings.patch_size)) > 1
+    )
 
-    nonfinite = 0
 
-    def read(y0: int, y1: int, x0: int, x1: int) -> Any:
-        nonlocal read_ms, nonfinite
+class _Bands:
+    """``read(y0, y1, x0, x1)`` for ``score_patches`` from one band of rows at a time:
+    the band of a patch row is read once (one read of the file) and its patches are
+    views of it, so scoring starts after the first band instead of the whole tile and
+    at most a couple of bands are held. Keeps the range of the pixels read, which is
+    the whole tile's once every band has been read (the constant-tile check)."""
+
+    nonfinite = 0  # integer pixels only
+
+    def __init__(self, tile: tiles.TileReader) -> None:
+        self._tile = tile
+        self._rows: tuple[int, int] | None = None
+        self._band: Any = None
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.read_ms = 0.0
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> Any:
+        if self._rows != (y0, y1):
+            t = time.perf_counter()
+            band = self._tile.read_region(y0, y1, 0, int(self._tile.shape[1]))
+            self.lo = min(self.lo, float(band.min()))
+            self.hi = max(self.hi, float(band.max()))
+            self._rows, self._band = (y0, y1), band
+            self.read_ms += (time.perf_counter() - t) * 1e3
+        return self._band[:, x0:x1]
+
+    def constant(self, result: ScoreResult) -> bool:
+        """Whether the tile read is one value (as the whole-image path says)."""
+        return self.lo == self.hi
+
+
+class _Regions:
+    """The memory guard's ``read``: each patch's region on its own, never the whole
+    tile (NaN/inf pixels filled patch by patch, and counted)."""
+
+    def __init__(self, tile: tiles.TileReader) -> None:
+        self._tile = tile
+        self.read_ms = 0.0
+        self.nonfinite = 0
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> Any:
         t = time.perf_counter()
-        part, bad = finite_only(tile.read_region(y0, y1, x0, x1))
-        nonfinite += bad
-        read_ms += (time.perf_counter() - t) * 1e3
+        part, bad = finite_only(self._tile.read_region(y0, y1, x0, x1))
+        self.nonfinite += bad
+        self.read_ms += (time.perf_counter() - t) * 1e3
         return part
 
+    def constant(self, result: ScoreResult) -> bool:
+        """Every patch was blank: the whole tile is constant, as the in-memory path says."""
+        return result.patch_scores is not None and not np.any(result.patch_content)
+
+
+def _score_by_reads(
+    tile: tiles.TileReader,
+    reader: _Bands | _Regions,
+    *,
+    name: str,
+    settings: ScoreSettings,
+    backend: Backend,
+    t0: float,
+) -> TileScore:
+    """The tile's patches scored as ``reader`` reads them (``_Bands``: an integer tile
+    as it is read, the same numbers as reading it whole first; ``_Regions``: the
+    memory guard); a constant tile is the same ``TileError`` as on the in-memory path."""
     try:
         result = score_patches(
             _Shape(tile.shape),
@@ -336,13 +407,12 @@ def _score_by_patches(
             mode=settings.mode,
             patch_size=settings.patch_size,
             dtype=float_dtype(None),
-            read=read,
+            read=reader,
             threads=_threads(settings, backend),
         )
     except ValueError as exc:
         raise TileError(name, _reason(exc)) from None
-    if result.patch_scores is not None and not np.any(result.patch_content):
-        # Every patch was blank: the whole tile is constant, as the in-memory path says.
+    if reader.constant(result):
         raise TileError(name, CONSTANT_REASON)
     total_ms = (time.perf_counter() - t0) * 1e3
     return _tile_score(
@@ -350,9 +420,9 @@ def _score_by_patches(
         path=name,
         backend=backend,
         dtype=str(tile.dtype),
-        read_ms=read_ms,
-        score_ms=total_ms - read_ms,
-        meta=_with_nonfinite(tile.meta, nonfinite),
+        read_ms=reader.read_ms,
+        score_ms=total_ms - reader.read_ms,
+        meta=_with_nonfinite(tile.meta, reader.nonfinite),
     )
 
 

@@ -159,6 +159,13 @@ def test_sparse_and_dense_maxima_search_find_what_count_maxima_counts(
         c = maxima.neighbourhood_max(field, CPU)
         assert np.all(field[ys, xs] >= c[ys, xs])
         assert np.all(field[ys, xs] >= level)
+    # A strided view (gathered by coordinates, not flat offsets) finds the same pixels.
+    view = np.concatenate([field, field], axis=1)[:, ::2]
+    assert not view.flags.c_contiguous
+    for level in (-10.0, 0.5, 2.0):
+        got = maxima._maxima_above(view, level, CPU)
+        want = maxima._maxima_above(np.ascontiguousarray(view), level, CPU)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
 
 
 def test_fast_mode_native_tiles_count_what_one_block_counts() -> None:
