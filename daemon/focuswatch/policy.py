@@ -45,7 +45,9 @@ scores of its context and never on the order in which tiles arrived:
    more below the baseline's (the higher of the recent median and the memory's upper
    quartile of the trusted fractions; with no history, the section's median), and
    by more than its sampling (binomial, at its feature count) and the position's own
-   scatter from one trusted section to the next allow; a
+   scatter from one trusted section to the next allow, and not while the spectral
+   ratio held its sure reference (lost at most ``_SPECTRUM_HELD``: the fraction rests
+   on the few features a high noise floor leaves, the ratio on thousands of bins); a
    lower score with the fine fraction held is less tissue, said so in the reason
    and not alerted. Without one, a score
    ``drop_ratio`` below either baseline is out of focus. **Astigmatism** rather than
@@ -159,6 +161,9 @@ _FINE_Z = 3.0
 _PEER_SPECTRAL_DROP = 0.5
 # The section's lift (``_spectral_reference``) needs this many other tiles' changes.
 _MIN_LIFT_PEERS = 2
+# A fine fraction that fell while the spectral ratio held (lost at most this share of a
+# sure reference) is the count's sampling, not blur.
+_SPECTRUM_HELD = 0.1
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 # An empty section's fine fraction at or above this is its noise's (resin, 512² at
@@ -815,7 +820,10 @@ def _out_of_focus(
             defocus_um=defocus,
         )
     loss = _fine_loss(ev, ref)
-    if loss is not None:
+    # The spectrum held: a fall of the fine fraction is the count's sampling (at few
+    # features), and only the count itself can still say blur (below).
+    held = lost is not None and lost <= _SPECTRUM_HELD and ref.n_spectral >= _SPECTRAL_SURE
+    if loss is not None and not held:
         if loss < cfg.fine_drop or not _fine_significant(ev, ref):
             return None
         evidence = f"{_fine_text(ev, ref)}, {100 * loss:.0f} % lower"
