@@ -54,7 +54,8 @@ def same_scores(mode: str) -> str:
 #: scores that are not comparable with its history (``focuswatch.app``). 1: until
 #: 2026-12-01; 2: the noise's correlation measured on every other line of small tiles
 #: (a third of the threshold's scatter between noise draws) and on tiles saturated
-#: all over (``score.noise``).
+#: all over (``score.noise``); the content measured above the noise (resin under 2-D
+#: correlated noise read as tissue).
 NOISE_FLOOR_REVISION = 2
 
 

@@ -23,6 +23,7 @@ from focuswatch.backend import Backend
 __all__ = [
     "NOISE_FACTORS",
     "NOISE_LAGS",
+    "band_noise",
     "freqs",
     "gauss_1d",
     "level_noise",
@@ -348,19 +349,20 @@ def _gauss_rows(n: int, sigmas: tuple[float, ...]) -> np.ndarray[Any, Any]:
     return np.stack([gauss_1d(n, s, real=False) for s in sigmas])
 
 
-def spectral_level_noise(
-    shape: tuple[int, int], sigmas: tuple[float, ...], model: tuple[float, ...]
-) -> np.ndarray[Any, Any]:
-    """Standard deviation of each DoG level for the noise ``noise_model`` describes.
+def band_noise(shape: tuple[int, int], a: float, b: float, model: tuple[float, ...]) -> float:
+    """Standard deviation of the band-pass ``G_a − G_b`` (Gaussians of σ ``a`` < ``b``
+    px) for the noise ``noise_model`` describes (``spectral_level_noise``'s spectrum):
+    what noise alone puts into a coarse band. White noise averages away there; noise
+    correlated in 2-D (a resampled image) keeps ~2.5× its power at low frequencies."""
+    (power,), sigma2 = _pair_powers(shape, (a, b), model)
+    return math.sqrt(max(float(power), 0.0) * sigma2 / (shape[0] * shape[1]))
 
-    The noise spectrum is ``σ²·P_y(ω_y)·P_x(ω_x)`` with ``P`` from the measured
-    autocorrelations; ``σ`` comes from Immerkær's estimate (``model[0]``, which
-    assumes white noise) divided by the power its operator really passes under
-    ``P`` and multiplied by the tail factor (``model[-1]``). A level's variance is
-    its transfer function's power under that spectrum,
-    ``σ_i²·mean |G_i − G_{i+1}|²·S``, from 1-D sums (the Gaussians are separable).
-    White noise (all ρ = 0, tail factor 1) gives ``model[0]·dog_gains``.
-    """
+
+def _pair_powers(
+    shape: tuple[int, int], sigmas: tuple[float, ...], model: tuple[float, ...]
+) -> tuple[np.ndarray[Any, Any], float]:
+    """``Σ |G_i − G_{i+1}|²·S`` over the FFT grid for each consecutive pair of ``sigmas``
+    (unit noise variance, the spectrum's shape from ``model``), and the noise variance."""
     H, W = shape
     L = NOISE_LAGS
     rx, ry = tuple(model[4 : 4 + L]), tuple(model[4 + L : 4 + 2 * L])
@@ -374,8 +376,25 @@ def spectral_level_noise(
     py, px = _lag_spectrum(H, ry), _lag_spectrum(W, rx)
     yy, xx = np.sum(gy * gy * py, axis=1), np.sum(gx * gx * px, axis=1)
     yn, xn = np.sum(gy[:-1] * gy[1:] * py, axis=1), np.sum(gx[:-1] * gx[1:] * px, axis=1)
-    power = yy[:-1] * xx[:-1] - 2 * yn * xn + yy[1:] * xx[1:]
+    power: np.ndarray[Any, Any] = yy[:-1] * xx[:-1] - 2 * yn * xn + yy[1:] * xx[1:]
+    return power, sigma2
+
+
+def spectral_level_noise(
+    shape: tuple[int, int], sigmas: tuple[float, ...], model: tuple[float, ...]
+) -> np.ndarray[Any, Any]:
+    """Standard deviation of each DoG level for the noise ``noise_model`` describes.
+
+    The noise spectrum is ``σ²·P_y(ω_y)·P_x(ω_x)`` with ``P`` from the measured
+    autocorrelations; ``σ`` comes from Immerkær's estimate (``model[0]``, which
+    assumes white noise) divided by the power its operator really passes under
+    ``P`` and multiplied by the tail factor (``model[-1]``). A level's variance is
+    its transfer function's power under that spectrum,
+    ``σ_i²·mean |G_i − G_{i+1}|²·S``, from 1-D sums (the Gaussians are separable).
+    White noise (all ρ = 0, tail factor 1) gives ``model[0]·dog_gains``.
+    """
+    power, sigma2 = _pair_powers(shape, sigmas, model)
     out: np.ndarray[Any, Any] = np.asarray(sigmas[:-1]) * np.sqrt(
-        np.clip(power, 0.0, None) * sigma2 / (H * W)
+        np.clip(power, 0.0, None) * sigma2 / (shape[0] * shape[1])
     )
     return out
