@@ -258,3 +258,49 @@ def test_a_revision_this_release_cannot_read_is_named_as_such(tmp_path: Path, st
     assert any(re.search(want, p) for p in preflight(cfg)), preflight(cfg)
     with pytest.raises(ConfigError, match=want):
         build_service(cfg, builtin_sinks=False)
+
+
+def test_a_calibration_of_other_scores_is_refused_with_its_key(tmp_path: Path) -> None:
+    """A defocus fit turns a score drop into µm only for the scores it was fitted on:
+    one made in another mode, at another patch size or by another scorer revision (a
+    file from before revisions were recorded: 1) is refused by `run` and
+    `check-config` at 'policy.calibration'; one made under these settings is used."""
+    from focuswatch.calibrate import Calibration
+    from focuswatch.choices import scorer_revision
+    from focuswatch.config import PolicyConfig
+
+    base = make_cfg(tmp_path)
+    sc = base.scoring
+    fit = {"best_focus_um": 0.0, "slope_per_um": -0.5, "intercept": 5.0, "r": -0.99, "n": 9}
+    good = Calibration(
+        **fit,
+        mode=sc.mode,
+        resolution=sc.resolution,
+        patch_size=sc.patch_size,
+        revision=scorer_revision(sc.criterion, sc.mode),
+    )
+    others = {
+        "mode": dataclasses.replace(good, mode="exact"),
+        "patch": dataclasses.replace(good, patch_size=sc.patch_size * 2),
+        "revision": dataclasses.replace(good, revision=1),
+    }
+    for name, cal in [("good", good), *others.items()]:
+        path = tmp_path / f"{name}.json"
+        cal.save(path)
+        cfg = dataclasses.replace(base, policy=PolicyConfig(calibration=str(path)))
+        if name == "good":
+            assert preflight(cfg) == []
+            build_service(cfg, builtin_sinks=False).stop()
+            continue
+        problems = preflight(cfg)
+        assert any(p.startswith("at 'policy.calibration': made from") for p in problems), (
+            name,
+            problems,
+        )
+        with pytest.raises(ConfigError, match=r"at 'policy\.calibration': made from"):
+            build_service(cfg, builtin_sinks=False)
+    legacy = json.loads((tmp_path / "good.json").read_text())
+    del legacy["revision"]
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    cfg = dataclasses.replace(base, policy=PolicyConfig(calibration=str(tmp_path / "legacy.json")))
+    assert any("scorer revision 1" in p for p in preflight(cfg))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,6 +34,9 @@ from focuswatch.scoring import ScoreFn
 from focuswatch.service import FAULT_REMIND_S, FAULT_RETRY_S, Service, Sink
 from focuswatch.statelock import StateLock
 from focuswatch.verdict import Verdict
+
+if TYPE_CHECKING:
+    from focuswatch.policy import DefocusModel
 
 __all__ = ["NOT_CHECKED", "STOP_SIGNALS", "build_executor", "build_service", "main", "preflight"]
 
@@ -79,7 +82,7 @@ def build_service(
         if decide is None:
             from focuswatch import policy
 
-            calibration = policy.load_calibration(cfg.policy)
+            calibration = _calibration(cfg)
             decide = policy.decide
         built = _builtin_sinks(cfg, ledger, clock) if builtin_sinks else []
         make_executor: Callable[[], Executor] = (
@@ -356,9 +359,30 @@ def _alerts_usable(cfg: Config) -> None:
 
 
 def _calibration_usable(cfg: Config) -> None:
-    from focuswatch import policy
+    _calibration(cfg)
 
-    policy.load_calibration(cfg.policy)
+
+def _calibration(cfg: Config) -> DefocusModel | None:
+    """``policy.calibration``, made from scores this service's settings give: a fit of
+    another mode, patch size or scorer revision turns scores into wrong µm."""
+    from focuswatch import calibrate, policy
+
+    cal = policy.load_calibration(cfg.policy)
+    if not isinstance(cal, calibrate.Calibration):
+        return cal
+    sc = cfg.scoring
+    now = (sc.criterion, same_scores(sc.mode), sc.resolution, sc.patch_size)
+    then = cal.made_with()
+    if then != (*now, scorer_revision(sc.criterion, sc.mode)):
+        raise ConfigError(
+            f"at 'policy.calibration': made from {then[0]} {then[1]!r} scores "
+            f"(resolution {then[2]!r}, patch_size {then[3]}, scorer revision {then[4]}); "
+            f"this service scores {now[0]} {now[1]!r} (resolution {now[2]!r}, patch_size "
+            f"{now[3]}, revision {scorer_revision(sc.criterion, sc.mode)}), so its µm "
+            "estimates would be wrong. Make it again with `focuswatch calibrate` under "
+            "these settings, or leave policy.calibration unset"
+        )
+    return cal
 
 
 # What ``check-config`` cannot check from here: it needs the running service's network.

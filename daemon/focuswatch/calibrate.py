@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from focuswatch.choices import DEFAULT_MODE
+from focuswatch.choices import DEFAULT_MODE, same_scores, scorer_revision
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
 from focuswatch.files import atomic_write
@@ -38,6 +38,12 @@ __all__ = ["Calibration", "fit_calibration", "main", "write_plot"]
 #: File types taken from a folder.
 _SUFFIXES = frozenset({".tif", ".tiff", ".png", ".bmp"})
 _VERSION = 1
+
+
+def _revision(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"revision {value!r} is not a whole number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,20 @@ class Calibration:
     patch_size: int = 1024
     wd_um: tuple[float, ...] = ()
     scores: tuple[float, ...] = ()
+    #: The scorer revision of the scores fitted (``choices.scorer_revision``; a file
+    #: written before revisions were recorded: 1).
+    revision: int = 1
+
+    def made_with(self) -> tuple[str, str, str, int, int]:
+        """What the fitted scores depend on: criterion, mode (``default`` as ``exact``),
+        resolution, patch size, scorer revision."""
+        return (
+            self.criterion,
+            same_scores(self.mode),
+            self.resolution,
+            self.patch_size,
+            self.revision,
+        )
 
     def defocus_um(self, score: float, baseline: float) -> float | None:
         """Estimated |Δf| (µm) of a tile scoring ``score`` where in focus it scores ``baseline``.
@@ -102,6 +122,7 @@ class Calibration:
                 patch_size=int(data.get("patch_size", 1024)),
                 wd_um=tuple(float(v) for v in data.get("wd_um", ())),
                 scores=tuple(float(v) for v in data.get("scores", ())),
+                revision=_revision(data.get("revision", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration {path}: missing or bad field ({exc})") from None
@@ -177,6 +198,7 @@ def fit_calibration(
         patch_size=patch_size,
         wd_um=tuple(float(v) for v in wd),
         scores=tuple(float(v) for v in s),
+        revision=scorer_revision(criterion, mode),
     )
 
 
