@@ -380,6 +380,9 @@ def main(
         raise FocuswatchError("no tiles found in " + ", ".join(str(p) for p in inputs))
     wds: list[float] = []
     scores: list[float] = []
+    # What the scores were made at, not what was asked: the memory guard scores a
+    # large tile by patches whatever ``scoring.resolution`` says.
+    made_at: set[str] = set()
     skipped = 0
     for f in files:
         try:
@@ -396,14 +399,21 @@ def main(
             continue
         wds.append(wd)
         scores.append(ts.score)
+        made_at.add(ts.resolution)
         print(f"{f}: working distance {wd:.6g} µm, score {ts.score:.6g}")
+    if len(made_at) > 1:
+        raise FocuswatchError(
+            f"cannot calibrate: the tiles were scored at resolutions {sorted(made_at)} "
+            "(the memory guard scores a tile over scoring.memory_limit_mb by patches), "
+            "and scores of different resolutions do not lie on one V"
+        )
     try:
         cal = fit_calibration(
             wds,
             scores,
             criterion=settings.criterion,
             mode=settings.mode,
-            resolution=settings.resolution,
+            resolution=made_at.pop() if made_at else settings.resolution,
             patch_size=settings.patch_size,
         )
     except ValueError as exc:
