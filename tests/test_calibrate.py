@@ -191,15 +191,18 @@ def test_plot_labels_never_need_a_glyph_the_font_lacks(tmp_path: Path) -> None:
         assert img.size == (720, 480)
 
 
-def test_a_calibration_records_the_resolution_its_scores_were_made_at(tmp_path: Path) -> None:
+def test_a_calibration_is_never_recorded_at_a_resolution_its_scores_were_not_made_at(
+    tmp_path: Path,
+) -> None:
     """``scoring.resolution: native`` with tiles over ``memory_limit_mb``: the memory
-    guard scores them by patches, so the fit is of patch scores and must say so (it
-    said 'native', and a service scoring small tiles natively accepted it and turned
-    its native scores into µm with a patch-score slope)."""
+    guard scores them by patches, so the fit would be of patch scores recorded as
+    'native' (it was saved so, and a service scoring small tiles natively accepted it,
+    turning native scores into µm with a patch-score slope). Refused, saying why."""
     import dataclasses
 
     from focuswatch.calibrate import main as calibrate
     from focuswatch.config import Config, ScoringConfig
+    from focuswatch.errors import FocuswatchError
 
     series = tmp_path / "series"
     series.mkdir()
@@ -210,5 +213,10 @@ def test_a_calibration_records_the_resolution_its_scores_were_made_at(tmp_path: 
     scoring = dataclasses.replace(
         ScoringConfig(), resolution="native", memory_limit_mb=1, backend="cpu", patch_size=256
     )
-    assert calibrate([series], out=out, cfg=Config(scoring=scoring)) == 0
+    with pytest.raises(FocuswatchError, match="memory guard"):
+        calibrate([series], out=out, cfg=Config(scoring=scoring))
+    assert not out.exists()
+    # Asked for patches, the same tiles calibrate.
+    patches = dataclasses.replace(scoring, resolution="patches")
+    assert calibrate([series], out=out, cfg=Config(scoring=patches)) == 0
     assert Calibration.load(out).resolution == "patches"

@@ -401,11 +401,14 @@ def main(
         scores.append(ts.score)
         made_at.add(ts.resolution)
         print(f"{f}: working distance {wd:.6g} µm, score {ts.score:.6g}")
-    if len(made_at) > 1:
+    if made_at - {settings.resolution}:
+        # The service checks a calibration against its configured resolution, so one
+        # recorded as that resolution must have been scored at it.
         raise FocuswatchError(
-            f"cannot calibrate: the tiles were scored at resolutions {sorted(made_at)} "
-            "(the memory guard scores a tile over scoring.memory_limit_mb by patches), "
-            "and scores of different resolutions do not lie on one V"
+            f"cannot calibrate: scoring.resolution is {settings.resolution!r}, but tiles "
+            f"were scored at {sorted(made_at)} (the memory guard scores a tile over "
+            "scoring.memory_limit_mb by patches): set scoring.resolution to 'patches' "
+            "(the same numbers for those tiles), or raise scoring.memory_limit_mb"
         )
     try:
         cal = fit_calibration(
@@ -413,7 +416,7 @@ def main(
             scores,
             criterion=settings.criterion,
             mode=settings.mode,
-            resolution=made_at.pop() if made_at else settings.resolution,
+            resolution=settings.resolution,
             patch_size=settings.patch_size,
         )
     except ValueError as exc:
