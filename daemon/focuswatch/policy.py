@@ -46,8 +46,10 @@ scores of its context and never on the order in which tiles arrived:
    quartile of the trusted fractions; with no history, the section's median), and
    by more than its sampling (binomial, at its feature count) and the position's own
    scatter from one trusted section to the next allow, and not while the spectral
-   ratio held its sure reference (lost at most ``_SPECTRUM_HELD``: the fraction rests
-   on the few features a high noise floor leaves, the ratio on thousands of bins); a
+   ratio held its sure reference and the memory's median ratio (lost at most
+   ``_SPECTRUM_HELD`` of each: the fraction rests on the few features a high noise
+   floor leaves, the ratio on thousands of bins; the memory, because a slow drift
+   drags the recent reference with it); a
    lower score with the fine fraction held is less tissue, said so in the reason
    and not alerted. Without one, a score
    ``drop_ratio`` below either baseline is out of focus. **Astigmatism** rather than
