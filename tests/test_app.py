@@ -304,3 +304,44 @@ def test_a_calibration_of_other_scores_is_refused_with_its_key(tmp_path: Path) -
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
     cfg = dataclasses.replace(base, policy=PolicyConfig(calibration=str(tmp_path / "legacy.json")))
     assert any("scorer revision 1" in p for p in preflight(cfg))
+
+
+def test_a_calibration_at_another_resolution_is_refused_and_the_default_alias_is_exact(
+    tmp_path: Path,
+) -> None:
+    """The check above names resolution too, which its test never varies: a fit of
+    native scores for a service scoring patches is refused; a fit written as mode
+    'default' (the old name of 'exact') is used by a service scoring 'exact'."""
+    from focuswatch.calibrate import Calibration
+    from focuswatch.choices import scorer_revision
+    from focuswatch.config import PolicyConfig, ScoringConfig
+
+    base = make_cfg(tmp_path)
+    fit = {"best_focus_um": 0.0, "slope_per_um": -0.5, "intercept": 5.0, "r": -0.99, "n": 9}
+    exact = dataclasses.replace(
+        base, scoring=dataclasses.replace(base.scoring, mode="exact", resolution="patches")
+    )
+    assert isinstance(exact.scoring, ScoringConfig)
+    sc = exact.scoring
+    made = {
+        "native": Calibration(
+            **fit,
+            mode="exact",
+            resolution="native",
+            patch_size=sc.patch_size,
+            revision=scorer_revision(sc.criterion, "exact"),
+        ),
+        "alias": Calibration(
+            **fit,
+            mode="default",
+            resolution="patches",
+            patch_size=sc.patch_size,
+            revision=scorer_revision(sc.criterion, "default"),
+        ),
+    }
+    for name, cal in made.items():
+        cal.save(tmp_path / f"{name}.json")
+    native = dataclasses.replace(exact, policy=PolicyConfig(calibration=tmp_path / "native.json"))
+    assert any("resolution 'native'" in p for p in preflight(native)), preflight(native)
+    alias = dataclasses.replace(exact, policy=PolicyConfig(calibration=tmp_path / "alias.json"))
+    assert preflight(alias) == []

@@ -17,10 +17,10 @@ BEST = 5000.0
 STEPS = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0)
 
 
-def write_series(folder: Path, *, with_metadata: bool = True) -> list[Path]:
+def write_series(folder: Path, *, with_metadata: bool = True, size: int = 256) -> list[Path]:
     """One site at nine working distances around 5000 µm (blur linear in |Δz|)."""
     rng = np.random.default_rng(0)
-    clean = synth.neuropil((256, 256), rng=rng)
+    clean = synth.neuropil((size, size), rng=rng)
     paths = []
     for i, dz in enumerate(STEPS):
         image = synth.degrade(clean, rng=rng, defocus_sigma=synth.defocus_sigma(abs(dz)), dose=30.0)
@@ -189,3 +189,34 @@ def test_plot_labels_never_need_a_glyph_the_font_lacks(tmp_path: Path) -> None:
     calibrate.write_plot(cal, tmp_path / "plot.png")
     with Image.open(tmp_path / "plot.png") as img:
         assert img.size == (720, 480)
+
+
+def test_a_calibration_is_never_recorded_at_a_resolution_its_scores_were_not_made_at(
+    tmp_path: Path,
+) -> None:
+    """``scoring.resolution: native`` with tiles over ``memory_limit_mb``: the memory
+    guard scores them by patches, so the fit would be of patch scores recorded as
+    'native' (it was saved so, and a service scoring small tiles natively accepted it,
+    turning native scores into µm with a patch-score slope). Refused, saying why."""
+    import dataclasses
+
+    from focuswatch.calibrate import main as calibrate
+    from focuswatch.config import Config, ScoringConfig
+    from focuswatch.errors import FocuswatchError
+
+    series = tmp_path / "series"
+    series.mkdir()
+    write_series(series, size=768)
+    out = tmp_path / "cal.json"
+    # 768² 16-bit tiles decode to 1.1 MiB: over a 1 MiB limit (below the config's
+    # floor of 64, on purpose, to keep the tiles small).
+    scoring = dataclasses.replace(
+        ScoringConfig(), resolution="native", memory_limit_mb=1, backend="cpu", patch_size=256
+    )
+    with pytest.raises(FocuswatchError, match="memory guard"):
+        calibrate([series], out=out, cfg=Config(scoring=scoring))
+    assert not out.exists()
+    # Asked for patches, the same tiles calibrate.
+    patches = dataclasses.replace(scoring, resolution="patches")
+    assert calibrate([series], out=out, cfg=Config(scoring=patches)) == 0
+    assert Calibration.load(out).resolution == "patches"

@@ -646,3 +646,30 @@ def test_a_fine_fraction_fall_with_the_spectrum_held_is_sampling_not_blur() -> N
     assert "fine-scale features lost" in fell.reason
     halved = decide(tile(0.29, score=140.0), cfg=CFG)
     assert halved.kind is VerdictKind.OUT_OF_FOCUS, halved.reason
+
+
+def test_a_slow_drift_the_recent_spectral_ratio_follows_has_not_held_the_spectrum() -> None:
+    """A position drifting out of focus over twelve sections: its spectral ratio falls
+    3 % a section (so the median of the last five lags only ~9 % behind, inside
+    ``_SPECTRUM_HELD``), its fine fraction from 0.70 to 0.54 (17 % below the memory's
+    upper quartile, past ``fine_drop``), its count only 13 % (σ 1.5 barely moves it at
+    low dose). The fine fraction's memory guard exists for this drift; the spectrum
+    "held" only against a reference that drifted with it, so it must not silence that
+    guard (it did: in focus)."""
+    n = 12
+    spectral = [0.30 * 0.97 ** (n - i) for i in range(n)]  # most recent first
+    fine = [0.70 - 0.012 * (n - i) for i in range(n)]
+    score = [300.0 - 3 * (n - i) for i in range(n)]
+    ev = Evidence(
+        score=score[0] - 3,
+        patch_scores=None,
+        content=0.3,
+        fine_fraction=fine[0] - 0.012,
+        history=score,
+        fine_history=fine,
+        spectral=spectral[0] * 0.97,
+        spectral_history=spectral,
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.OUT_OF_FOCUS, v.reason
+    assert "fine-scale features lost" in v.reason

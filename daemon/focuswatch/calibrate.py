@@ -380,6 +380,9 @@ def main(
         raise FocuswatchError("no tiles found in " + ", ".join(str(p) for p in inputs))
     wds: list[float] = []
     scores: list[float] = []
+    # What the scores were made at, not what was asked: the memory guard scores a
+    # large tile by patches whatever ``scoring.resolution`` says.
+    made_at: set[str] = set()
     skipped = 0
     for f in files:
         try:
@@ -396,7 +399,17 @@ def main(
             continue
         wds.append(wd)
         scores.append(ts.score)
+        made_at.add(ts.resolution)
         print(f"{f}: working distance {wd:.6g} µm, score {ts.score:.6g}")
+    if made_at - {settings.resolution}:
+        # The service checks a calibration against its configured resolution, so one
+        # recorded as that resolution must have been scored at it.
+        raise FocuswatchError(
+            f"cannot calibrate: scoring.resolution is {settings.resolution!r}, but tiles "
+            f"were scored at {sorted(made_at)} (the memory guard scores a tile over "
+            "scoring.memory_limit_mb by patches): set scoring.resolution to 'patches' "
+            "(the same numbers for those tiles), or raise scoring.memory_limit_mb"
+        )
     try:
         cal = fit_calibration(
             wds,

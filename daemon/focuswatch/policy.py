@@ -46,8 +46,10 @@ scores of its context and never on the order in which tiles arrived:
    quartile of the trusted fractions; with no history, the section's median), and
    by more than its sampling (binomial, at its feature count) and the position's own
    scatter from one trusted section to the next allow, and not while the spectral
-   ratio held its sure reference (lost at most ``_SPECTRUM_HELD``: the fraction rests
-   on the few features a high noise floor leaves, the ratio on thousands of bins); a
+   ratio held its sure reference and the memory's median ratio (lost at most
+   ``_SPECTRUM_HELD`` of each: the fraction rests on the few features a high noise
+   floor leaves, the ratio on thousands of bins; the memory, because a slow drift
+   drags the recent reference with it); a
    lower score with the fine fraction held is less tissue, said so in the reason
    and not alerted. Without one, a score
    ``drop_ratio`` below either baseline is out of focus. **Astigmatism** rather than
@@ -287,6 +289,9 @@ class _Reference:
     #: How much the position's fine fraction moves from one trusted section to the next
     #: by itself (a standard deviation; 0: not known).
     fine_scatter: float = 0.0
+    #: The median spectral ratio over the memory: a slow drift drags the recent
+    #: reference along with it, so the spectrum "held" only if it held against this too.
+    spectral_memory: float | None = None
 
 
 def severity(kind: VerdictKind) -> int:
@@ -436,6 +441,7 @@ def _position_reference(
         n_spectral,
         lift,
         _scatter([p.fine for p in trusted]),
+        _median_positive(_spectral_window([(p.spectral, p.kind) for p in past], cfg, whole=True)),
     )
 
 
@@ -513,7 +519,10 @@ def _spectrum_only_again(
 
 
 def _spectral_window(
-    history: Sequence[tuple[float | None, str | None]], cfg: PolicyConfig
+    history: Sequence[tuple[float | None, str | None]],
+    cfg: PolicyConfig,
+    *,
+    whole: bool = False,
 ) -> list[float]:
     """The spectral ratios a position's reference is the median of (most recent first;
     see ``_spectral_reference``): the same for the tile and for each of its peers."""
@@ -526,7 +535,7 @@ def _spectral_window(
         str(VerdictKind.UNCERTAIN),  # not judged: not a reference either
     )
     clean = [f for v, kind in history if (f := _positive(v)) is not None and kind not in skip]
-    return clean[: cfg.history_sections]
+    return clean if whole else clean[: cfg.history_sections]
 
 
 def _guarded(values: Sequence[float | None], cfg: PolicyConfig) -> float | None:
@@ -777,6 +786,14 @@ def _spectral_loss(ev: Evidence, ref: _Reference) -> float | None:
     return 1.0 - now / (ref.spectral * _lifted(ev, ref))
 
 
+def _spectral_memory_loss(ev: Evidence, ref: _Reference) -> float:
+    """How much of the memory's median spectral ratio (lifted) is lost; 0 without one."""
+    now = _positive(ev.spectral)
+    if now is None or ref.spectral_memory is None:
+        return 0.0
+    return 1.0 - now / (ref.spectral_memory * _lifted(ev, ref))
+
+
 def _spectral_margin(ref: _Reference, cfg: PolicyConfig) -> float:
     """The loss that flags a tile: ``spectral_drop`` against ``_SPECTRAL_SURE`` or more
     sections; against fewer, the reference is less sure (one section's ratio scatters
@@ -822,7 +839,14 @@ def _out_of_focus(
     loss = _fine_loss(ev, ref)
     # The spectrum held: a fall of the fine fraction is the count's sampling (at few
     # features), and only the count itself can still say blur (below).
-    held = lost is not None and lost <= _SPECTRUM_HELD and ref.n_spectral >= _SPECTRAL_SURE
+    # Held against the memory too: a slow drift that the recent ratio follows has not
+    # "held" (the fine fraction's reference is guarded against drift the same way).
+    held = (
+        lost is not None
+        and lost <= _SPECTRUM_HELD
+        and ref.n_spectral >= _SPECTRAL_SURE
+        and _spectral_memory_loss(ev, ref) <= _SPECTRUM_HELD
+    )
     if loss is not None and not held:
         if loss < cfg.fine_drop or not _fine_significant(ev, ref):
             return None

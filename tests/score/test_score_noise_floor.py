@@ -264,3 +264,29 @@ def test_the_correlation_is_measured_on_64_lines_or_64k_pixels_whichever_is_more
     monkeypatch.setattr(NOISE_MODULE, "_axis_correlation", spy)
     noise_model(np.full(shape, 0.5, np.float32), CPU)
     assert (seen[1], seen[0]) == lines
+
+
+_UNDER = "review7: the noise model's share of the content band is too small here"
+
+
+@pytest.mark.parametrize(
+    ("seed", "dose", "sigma_2d"),
+    [
+        pytest.param(1, 8.0, 0.7, marks=pytest.mark.xfail(strict=True, reason=_UNDER)),
+        pytest.param(1, 15.0, 0.7, marks=pytest.mark.xfail(strict=True, reason=_UNDER)),
+        pytest.param(2, 30.0, 1.0, marks=pytest.mark.xfail(strict=True, reason=_UNDER)),
+    ],
+)
+def test_resin_under_2d_correlated_noise_is_empty_at_other_doses_and_sigmas(
+    seed: int, dose: float, sigma_2d: float
+) -> None:
+    """The test above checks 30 e/px and σ 0.7 px only. Bare resin at 8 and 15 e/px
+    (σ 0.7) and at 30 e/px with σ 1 px (a resampled image) still reads as tissue
+    (0.023, 0.022, 0.027 against the 0.02 limit) and is alerted: on a field of pure
+    noise the model's share at σ 1 is 0.016 where the measure reads 0.032, so most of
+    the noise stays in. Known, not fixed (review7)."""
+    rng = np.random.default_rng([seed, int(dose)])
+    resin = synth.resin((512, 512), rng=rng)
+    image = synth.to_uint(synth.degrade(resin, rng=rng, dose=dose, noise_sigma_2d=sigma_2d), 8)
+    result = score_image(image, backend=CPU, patch_size=256)
+    assert result.content < PolicyConfig().empty_contrast, result.content
