@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from focuswatch import sdnotify
-from focuswatch.choices import same_scores, scorer_revision
+from focuswatch.choices import is_revision, same_scores, scorer_revision
 from focuswatch.config import Config
 from focuswatch.errors import BackendError, ConfigError, LedgerWriteError, StateError
 from focuswatch.executor import Executor
@@ -165,7 +165,7 @@ def _revision_problem(cfg: Config, recorded: dict[str, Any] | None) -> list[str]
     revision: 1)."""
     then = 1 if recorded is None else recorded.get("revision", 1)
     now = scorer_revision(cfg.scoring.criterion, cfg.scoring.mode)
-    if type(then) is not int:  # damaged or edited by hand: "2" or true is not 2 or 1
+    if not is_revision(then):  # damaged or edited by hand
         return [
             f"at 'scoring': this state folder records its scorer's revision as {then!r}, "
             "which this release cannot read; whether its scores are comparable with "
@@ -371,14 +371,20 @@ def _calibration(cfg: Config) -> DefocusModel | None:
     if not isinstance(cal, calibrate.Calibration):
         return cal
     sc = cfg.scoring
-    now = (sc.criterion, same_scores(sc.mode), sc.resolution, sc.patch_size)
+    now = (
+        sc.criterion,
+        same_scores(sc.mode),
+        sc.resolution,
+        sc.patch_size,
+        scorer_revision(sc.criterion, sc.mode),
+    )
     then = cal.made_with()
-    if then != (*now, scorer_revision(sc.criterion, sc.mode)):
+    if then != now:
         raise ConfigError(
             f"at 'policy.calibration': made from {then[0]} {then[1]!r} scores "
             f"(resolution {then[2]!r}, patch_size {then[3]}, scorer revision {then[4]}); "
             f"this service scores {now[0]} {now[1]!r} (resolution {now[2]!r}, patch_size "
-            f"{now[3]}, revision {scorer_revision(sc.criterion, sc.mode)}), so its µm "
+            f"{now[3]}, revision {now[4]}), so its µm "
             "estimates would be wrong. Make it again with `focuswatch calibrate` under "
             "these settings, or leave policy.calibration unset"
         )

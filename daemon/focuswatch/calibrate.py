@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from focuswatch.choices import DEFAULT_MODE, same_scores, scorer_revision
+from focuswatch.choices import DEFAULT_MODE, is_revision, same_scores, scorer_revision
 from focuswatch.config import Config
 from focuswatch.errors import FocuswatchError, TileError
 from focuswatch.files import atomic_write
@@ -41,7 +41,7 @@ _VERSION = 1
 
 
 def _revision(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_revision(value):
         raise ValueError(f"revision {value!r} is not a whole number")
     return value
 

@@ -7,6 +7,8 @@ validates them without importing the scorer. The modules that implement them
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 __all__ = [
     "BACKEND_NAMES",
     "CRITERIA",
@@ -14,6 +16,7 @@ __all__ = [
     "LAYOUTS",
     "MODES",
     "RESOLUTIONS",
+    "is_revision",
     "same_scores",
     "scorer_revision",
 ]
@@ -65,3 +68,9 @@ def scorer_revision(criterion: str, mode: str) -> int:
     if criterion == "mhfd" and same_scores(mode) in ("fast", "exact"):
         return NOISE_FLOOR_REVISION
     return 1
+
+
+def is_revision(value: object) -> TypeGuard[int]:
+    """Whether a recorded revision can be read as one: a whole number, not ``"2"`` and
+    not ``true`` (which Python would take for 1)."""
+    return type(value) is int

@@ -56,7 +56,7 @@ from focuswatch.score._dtypes import (
 from focuswatch.score.maxima import band_counts, neighbourhood_max
 from focuswatch.score.noise import (
     NOISE_FACTORS,
-    NOISE_LAGS,
+    NOISE_MODEL_LENGTH,
     band_noise,
     freqs,
     gauss_1d,
@@ -849,7 +849,7 @@ def _level_thresholds(
         n = level_noise(params.sigmas, noise[: len(NOISE_FACTORS)]) * dog_gains(
             shape, params.sigmas
         )
-        if len(noise) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1:
+        if len(noise) == NOISE_MODEL_LENGTH:
             n = np.maximum(n, spectral_level_noise(shape, params.sigmas, noise))
         t = np.maximum(t, params.noise_k * n)
     return t
@@ -921,7 +921,7 @@ def mhfd_prepared(
         count, n_fine_max = _count_split(M, Mf, backend, level=float(t.min()), interior=interior)
         del M, Mf
     content = content_of(F, shape, backend, dtype) if want_content else float("nan")
-    if want_content and len(noise) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1:
+    if want_content and len(noise) == NOISE_MODEL_LENGTH:
         # Structure above the noise: noise correlated in 2-D keeps power in the content
         # band, and bare resin read as tissue (0.021-0.023 for a 0.02 limit at 30 e/px).
         n = band_noise(shape, *_CONTENT_SIGMAS, noise)

@@ -23,6 +23,7 @@ from focuswatch.backend import Backend
 __all__ = [
     "NOISE_FACTORS",
     "NOISE_LAGS",
+    "NOISE_MODEL_LENGTH",
     "band_noise",
     "freqs",
     "gauss_1d",
@@ -38,6 +39,9 @@ NOISE_FACTORS = (1, 2, 4, 8)
 #: Lags (pixels) at which the noise's autocorrelation is measured along each axis
 #: (``noise_model``); longer-range correlation is what the binned estimates catch.
 NOISE_LAGS = 3
+#: Entries of a full ``noise_model`` (profile, correlations along x and y, tail factor);
+#: a shorter tuple is a white-noise profile alone.
+NOISE_MODEL_LENGTH = len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1
 #: Measured correlations are held to this range: detector bandwidth and resampling
 #: give lag-1 correlations up to ~0.6-0.7; beyond that what is measured is smooth
 #: structure, and believing it would divide the noise estimate by almost nothing.
