@@ -59,7 +59,7 @@ def same_scores(mode: str) -> str:
 #: (a third of the threshold's scatter between noise draws) and on tiles saturated
 #: all over (``score.noise``); the content measured above the noise (resin under 2-D
 #: correlated noise read as tissue).
-NOISE_FLOOR_REVISION = 2
+NOISE_FLOOR_REVISION = 3
 
 
 def scorer_revision(criterion: str, mode: str) -> int:

@@ -622,13 +622,9 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
-def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
-    """Patches whose fine-scale fraction is far below the tile's other patches.
-
-    Within one tile the fine fraction does not follow the tissue (a patch of sparse
-    tissue keeps it, a blurred patch loses it), so no history is needed. None when
-    the tile has no usable per-patch signature.
-    """
+def _patch_signature(ev: Evidence) -> tuple[list[tuple[int, int, float, float]], float] | None:
+    """The tile's patches (row, col, fine fraction, count) and their typical fine
+    fraction, from the patches with tissue (not resin); None without a usable one."""
     now, fine = ev.patch_scores, ev.patch_fine
     if not now or not fine or _shape(now) != _shape(fine):
         return None
@@ -641,11 +637,23 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     if len(cells) < _MIN_PATCHES_FOR_REGION:
         return None
     typical_score = statistics.median(q for *_, q in cells)
-    # The typical signature comes from patches with tissue (not resin) ...
     solid = [f for _, _, f, q in cells if q >= _SPARSE_PATCH * typical_score and f > 0]
     if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
         return None
-    typical = statistics.median(solid)
+    return cells, statistics.median(solid)
+
+
+def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
+    """Patches whose fine-scale fraction is far below the tile's other patches.
+
+    Within one tile the fine fraction does not follow the tissue (a patch of sparse
+    tissue keeps it, a blurred patch loses it), so no history is needed. None when
+    the tile has no usable per-patch signature.
+    """
+    signature = _patch_signature(ev)
+    if signature is None:
+        return None
+    cells, typical = signature
     # ... and a patch is weak when its fine fraction is far below it (twice the tile's
     # margin: fewer features) and significantly so for its number of features (a
     # blurred patch also loses features; a patch of resin has too few to say).
@@ -663,6 +671,23 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
         if typical - f > _PATCH_FINE_Z * se:
             weak.append((r, c))
     return weak
+
+
+def _fine_corroborated(
+    ev: Evidence, weak: list[tuple[int, int]], cfg: PolicyConfig
+) -> list[tuple[int, int]]:
+    """Of the patches that lost much of their usual score, those whose fine fraction
+    fell too (by the tile's margin below its typical patch): under noise correlated in
+    2-D a blurred patch's few fine maxima are mostly noise, and it kept 0.61 of a
+    typical 0.75 while losing half its count; a patch where the tissue changed (a
+    vessel coming in) loses count and keeps its share of fine features."""
+    signature = _patch_signature(ev)
+    if signature is None or not weak:
+        return []
+    cells, typical = signature
+    fine = {(r, c): f for r, c, f, _ in cells}
+    limit = (1.0 - cfg.fine_drop) * typical
+    return [rc for rc in weak if rc in fine and fine[rc] < limit]
 
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
@@ -1229,15 +1254,22 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
         return verdict
 
     by_fine = _fine_weak_patches(ev, cfg)
-    weak = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
+    weak = _weak_patches(ev, trusted, cfg)
+    if by_fine is not None:
+        weak = sorted({*by_fine, *_fine_corroborated(ev, weak, cfg)})
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
         cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
-        what = (
-            "lost their fine-scale features while the rest of the tile kept them"
-            if by_fine is not None
-            else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
+        lost = (
+            f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
             "at this position while the rest did not"
+        )
+        what = (
+            lost
+            if by_fine is None
+            else "lost their fine-scale features while the rest of the tile kept them"
+            if set(weak) <= set(by_fine)
+            else f"{lost}, and fine-scale features with it"
         )
         return Verdict(
             VerdictKind.PARTLY_OUT_OF_FOCUS,

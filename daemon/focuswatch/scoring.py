@@ -374,11 +374,15 @@ class _Regions:
         self._tile = tile
         self.read_ms = 0.0
         self.nonfinite = 0
+        # The pooled noise model reads each patch twice; its pixels count once.
+        self._counted: set[tuple[int, int, int, int]] = set()
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> Any:
         t = time.perf_counter()
         part, bad = finite_only(self._tile.read_region(y0, y1, x0, x1))
-        self.nonfinite += bad
+        if (y0, y1, x0, x1) not in self._counted:
+            self._counted.add((y0, y1, x0, x1))
+            self.nonfinite += bad
         self.read_ms += (time.perf_counter() - t) * 1e3
         return part
 

@@ -90,6 +90,7 @@ constant *patch* in a tile with signal scores 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +113,15 @@ from focuswatch.score.mhfd import (
     PAPER_SIZE,
     MhfdDetail,
     content_of,
+    image_noise,
     mhfd,
     mhfd_detail,
+    mhfd_prepared,
     params_for,
     sigma_schedule,
+    stretch_image,
 )
+from focuswatch.score.noise import tile_noise_models
 from focuswatch.score.orientation import Orientation, orientation
 from focuswatch.score.patches import default_threads, each_patch, native_mhfd, patch_grid
 from focuswatch.score.spectrum import BandPowers, spectral_ratio
@@ -255,13 +260,14 @@ def score_patches(
     def cut(y0: int, y1: int, x0: int, x1: int) -> Any:
         return read(y0, y1, x0, x1) if read is not None else image[y0:y1, x0:x1]
 
-    units = each_patch(
-        [(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs],
-        cut,
-        work,
-        backend=backend,
-        threads=default_threads(backend) if threads is None else threads,
-    )
+    bounds = [(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs]
+    n_threads = default_threads(backend) if threads is None else threads
+    if criterion == "mhfd" and resize is None and params_for(mode).noise_k is not None:
+        units = _pooled_units(
+            bounds, cut, backend=backend, mode=mode, dtype=dtype, threads=n_threads
+        )
+    else:
+        units = each_patch(bounds, cut, work, backend=backend, threads=n_threads)
     turns = [turn for _, turn, _ in units]
     grid = np.asarray([numbers for numbers, _, _ in units], dtype=float)
     grid = grid.reshape(len(ys), len(xs), 4)
@@ -282,6 +288,68 @@ def score_patches(
         orientation=_mean_orientation(turns),
         spectral=spectral_ratio([bands for *_, bands in units]) if mhfd_counts else None,
     )
+
+
+_Unit = tuple[tuple[float, ...], Orientation | None, BandPowers | None]
+
+
+def _pooled_units(
+    bounds: list[tuple[int, int, int, int]],
+    cut: Callable[[int, int, int, int], Any],
+    *,
+    backend: Backend,
+    mode: str,
+    dtype: Any,
+    threads: int,
+) -> list[_Unit]:
+    """MHFD of every patch with the noise model pooled over the tile
+    (``noise.tile_noise_models``): a first pass measures each patch's stretch, noise
+    model and orientation, a second reads each patch again and counts. Re-reading, not
+    holding the patches: the memory guard's reads never hold the whole tile."""
+    params = params_for(mode)
+
+    def survey(patch: Any, be: Backend) -> tuple[Orientation | None, Any]:
+        turn = _orientation(patch, be)
+        try:
+            minmax = validate_image(be.xp.asarray(patch), be)
+        except ConstantImageError:
+            return turn, None
+        u, limits = stretch_image(
+            be.xp.asarray(patch), params, backend=be, dtype=dtype, minmax=minmax
+        )
+        inside = (u > 0) & (u < 1)
+        n = int(be.xp.count_nonzero(inside))
+        level = float(be.xp.sum(u[inside])) / n if n else 0.5
+        return turn, (limits, image_noise(u, params, backend=be), level)
+
+    surveyed = each_patch(bounds, cut, survey, backend=backend, threads=threads)
+    infos = [info for _, info in surveyed]
+    known = [info for info in infos if info is not None]
+    black = min((lim[0] for lim, _, _ in known), default=0.0)
+    models = tile_noise_models(
+        [None if info is None else info[1] for info in infos],
+        [0.0 if info is None else info[0][1] - info[0][0] for info in infos],
+        [
+            0.0 if info is None else info[0][0] + info[2] * (info[0][1] - info[0][0]) - black
+            for info in infos
+        ],
+    )
+    index = {b: i for i, b in enumerate(bounds)}
+
+    def again(y0: int, y1: int, x0: int, x1: int) -> tuple[Any, int]:
+        return cut(y0, y1, x0, x1), index[y0, y1, x0, x1]
+
+    def count(item: tuple[Any, int], be: Backend) -> _Unit:
+        patch, i = item
+        turn, info = surveyed[i]
+        model = models[i]
+        if info is None or model is None:
+            return (_blank_score("mhfd"), 0.0, float("nan"), 0.0), turn, None
+        u = stretched(be.xp.asarray(patch), be, limits=info[0], dtype=dtype)
+        d = mhfd_prepared(u, params, backend=be, noise=model)
+        return (float(d.count), d.content, d.noise, float(d.fine)), turn, d.bands
+
+    return each_patch(bounds, again, count, backend=backend, threads=threads)  # type: ignore[arg-type]
 
 
 def _orientation(image: Any, backend: Backend) -> Orientation | None:

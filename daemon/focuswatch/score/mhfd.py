@@ -81,12 +81,14 @@ __all__ = [
     "dog_max",
     "fast_factors",
     "fine_levels",
+    "image_noise",
     "mhfd",
     "mhfd_detail",
     "mhfd_prepared",
     "params_for",
     "periodic_spectrum",
     "sigma_schedule",
+    "stretch_image",
 ]
 
 
@@ -855,6 +857,29 @@ def _level_thresholds(
     return t
 
 
+def image_noise(u: Any, params: MhfdParams, *, backend: Backend) -> tuple[float, ...]:
+    """The noise model ``mhfd_prepared`` measures on ``u`` (stretched) for ``params``."""
+    if params.noise_k is None:
+        return (0.0,) * len(NOISE_FACTORS)
+    return noise_model(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
+
+
+def stretch_image(
+    image: Any,
+    params: MhfdParams,
+    *,
+    backend: Backend,
+    dtype: Any,
+    minmax: tuple[float, float],
+) -> tuple[Any, tuple[float, float]]:
+    """``image`` stretched to [0, 1] in ``dtype`` as ``mhfd_detail`` does, and the limits."""
+    # Fast mode takes the stretch percentiles from every other pixel each way (a
+    # quarter of the histogram work; 0.175 % of 2^18 samples is still ~460 pixels).
+    sample = image[::_FAST_STRETCH_STEP, ::_FAST_STRETCH_STEP] if params.decimate else image
+    limits = stretch_limits(sample, backend, saturation=params.saturation, minmax=minmax)
+    return stretched(image, backend, limits=limits, dtype=dtype), limits
+
+
 def mhfd_prepared(
     u: Any,
     params: MhfdParams,
@@ -873,11 +898,7 @@ def mhfd_prepared(
     shape = (int(u.shape[0]), int(u.shape[1]))
     dtype = u.dtype.type
     if noise is None:
-        noise = (
-            noise_model(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
-            if params.noise_k is not None
-            else (0.0,) * len(NOISE_FACTORS)
-        )
+        noise = image_noise(u, params, backend=backend)
     if params.periodic:
         F = periodic_spectrum(u, backend)
     else:
@@ -988,11 +1009,7 @@ def mhfd_detail(
         # The authors resize first and stretch the resized image.
         image = _resize(image, size, backend, ft)
         minmax = (float(backend.xp.min(image)), float(backend.xp.max(image)))
-    # Fast mode takes the stretch percentiles from every other pixel each way (a
-    # quarter of the histogram work; 0.175 % of 2^18 samples is still ~460 pixels).
-    sample = image[::_FAST_STRETCH_STEP, ::_FAST_STRETCH_STEP] if params.decimate else image
-    limits = stretch_limits(sample, backend, saturation=params.saturation, minmax=minmax)
-    u = stretched(image, backend, limits=limits, dtype=ft)
+    u, _ = stretch_image(image, params, backend=backend, dtype=ft, minmax=minmax)
     return mhfd_prepared(u, params, backend=backend)
 
 
