@@ -310,29 +310,19 @@ def _pooled_units(
 
     def survey(patch: Any, be: Backend) -> tuple[Orientation | None, Any]:
         turn = _orientation(patch, be)
+        image = be.xp.asarray(patch)
         try:
-            minmax = validate_image(be.xp.asarray(patch), be)
+            minmax = validate_image(image, be)
         except ConstantImageError:
             return turn, None
-        u, limits = stretch_image(
-            be.xp.asarray(patch), params, backend=be, dtype=dtype, minmax=minmax
-        )
-        inside = (u > 0) & (u < 1)
-        n = int(be.xp.count_nonzero(inside))
-        level = float(be.xp.sum(u[inside])) / n if n else 0.5
-        return turn, (limits, image_noise(u, params, backend=be), level)
+        u, limits = stretch_image(image, params, backend=be, dtype=dtype, minmax=minmax)
+        return turn, (limits, image_noise(u, params, backend=be))
 
     surveyed = each_patch(bounds, cut, survey, backend=backend, threads=threads)
     infos = [info for _, info in surveyed]
-    known = [info for info in infos if info is not None]
-    black = min((lim[0] for lim, _, _ in known), default=0.0)
     models = tile_noise_models(
         [None if info is None else info[1] for info in infos],
         [0.0 if info is None else info[0][1] - info[0][0] for info in infos],
-        [
-            0.0 if info is None else info[0][0] + info[2] * (info[0][1] - info[0][0]) - black
-            for info in infos
-        ],
     )
     index = {b: i for i, b in enumerate(bounds)}
 
@@ -349,7 +339,7 @@ def _pooled_units(
         d = mhfd_prepared(u, params, backend=be, noise=model)
         return (float(d.count), d.content, d.noise, float(d.fine)), turn, d.bands
 
-    return each_patch(bounds, again, count, backend=backend, threads=threads)  # type: ignore[arg-type]
+    return each_patch(bounds, again, count, backend=backend, threads=threads)
 
 
 def _orientation(image: Any, backend: Backend) -> Orientation | None:
