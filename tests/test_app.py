@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from focuswatch.app import build_service, preflight
+from focuswatch.choices import NOISE_FLOOR_REVISION as REVISION
 from focuswatch.config import AlertsConfig, Config, WebConfig
 from focuswatch.errors import ConfigError
 from focuswatch.ledger import Ledger
@@ -211,7 +212,7 @@ def test_a_wafer_scored_by_a_release_that_recorded_no_settings_is_not_continued_
     with pytest.raises(ConfigError, match=r"at 'scoring\.mode': .*earlier release"):
         build_service(make_cfg(tmp_path, mode="fast"), builtin_sinks=False)
     # Exact mode then was the scorer's first revision: not this release's numbers either.
-    with pytest.raises(ConfigError, match=r"at 'scoring': .*revision 1 .*revision 2"):
+    with pytest.raises(ConfigError, match=rf"at 'scoring': .*revision 1 .*revision {REVISION}"):
         build_service(make_cfg(tmp_path, mode="default"), builtin_sinks=False)
 
 
@@ -228,13 +229,15 @@ def test_a_wafer_scored_by_another_revision_of_the_scorer_is_not_continued(
         conn = sqlite3.connect(tmp_path / mode / "state" / "focuswatch.db")
         (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
         recorded = json.loads(value)
-        assert recorded["revision"] == (1 if mode == "faithful" else 2)
+        assert recorded["revision"] == (1 if mode == "faithful" else REVISION)
         del recorded["revision"]  # as the release before revisions left it
         conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
         conn.commit()
         conn.close()
         if refused:
-            with pytest.raises(ConfigError, match=r"at 'scoring': .*by revision 1 .*revision 2"):
+            with pytest.raises(
+                ConfigError, match=rf"at 'scoring': .*by revision 1 .*revision {REVISION}"
+            ):
                 build_service(cfg, builtin_sinks=False)
         else:
             build_service(cfg, builtin_sinks=False).stop()

@@ -575,6 +575,38 @@ def test_a_sharp_patch_within_the_tissues_own_spread_is_not_a_wrinkle() -> None:
     assert "r0-c0" in wrinkle.reason
 
 
+def _lost_half(fine: float) -> Evidence:
+    """A sharp tile whose patch r0-c0 counts half its usual (102 of ~200) with ``fine``
+    of the tile's typical 0.75 (bench/verdicts.py --noise 2d, 30 e/px: a σ 3 px wrinkle
+    whose few fine maxima are mostly noise)."""
+    usual = [[184.0, 199.0], [148.0, 172.0]]
+    return Evidence(
+        score=192,
+        patch_scores=[[102.0, 220.0], [181.0, 202.0]],
+        content=0.09,
+        fine_fraction=0.76,
+        history=[178, 156, 170],
+        fine_history=[0.70, 0.74, 0.72],
+        patch_history=[usual] * 3,
+        patch_fine=[[fine, 0.85], [0.65, 0.85]],
+    )
+
+
+def test_a_patch_that_lost_half_its_count_and_some_fine_share_is_a_wrinkle() -> None:
+    """The fine fraction alone missed it (0.61 is not 30 % below 0.75); with its count
+    halved against its own history, a fall by the tile's margin (15 %) corroborates."""
+    v = decide(_lost_half(0.61), cfg=CFG)
+    assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, v.reason
+    assert "r0-c0" in v.reason
+    assert "and fine-scale features with it" in v.reason
+
+
+def test_a_patch_that_lost_count_but_kept_its_fine_share_is_tissue() -> None:
+    """A vessel coming into one patch halves its count and keeps its share of fine
+    features: not a wrinkle (the count alone flagged such sharp patches at 200 e/px)."""
+    assert decide(_lost_half(0.70), cfg=CFG).kind is VerdictKind.IN_FOCUS
+
+
 def test_a_fine_fraction_of_a_handful_of_features_is_sampling_not_defocus() -> None:
     """Noise correlated in 2-D leaves a handful of fine features: 9 % of 60 against
     16 % is within the share's sampling scatter (3 binomial standard errors ≈ 0.14

@@ -58,7 +58,8 @@ def same_scores(mode: str) -> str:
 #: 2026-12-01; 2: the noise's correlation measured on every other line of small tiles
 #: (a third of the threshold's scatter between noise draws) and on tiles saturated
 #: all over (``score.noise``); the content measured above the noise (resin under 2-D
-#: correlated noise read as tissue).
+#: correlated noise read as tissue); 3: one noise floor per tile scored as patches
+#: (``score.noise.tile_noise_models``: the patches' median level in raw units).
 NOISE_FLOOR_REVISION = 3
 
 
