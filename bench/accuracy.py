@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(MATRIX_NOISE))
     ap.add_argument("--blur", nargs="+", choices=list(BLURS), default=list(BLURS))
     ap.add_argument("--baselines", action="store_true", help="also the classic criteria")
+    ap.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="score each 512² image as patches of this size (default: the service's; "
+        "256: four patches, one noise floor pooled over them)",
+    )
     args = ap.parse_args(argv)
     backend = get_backend(args.backend)
     try:
@@ -150,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     methods = [("mhfd", m) for m in args.modes]
+    opts = {} if args.patch_size is None else {"patch_size": args.patch_size}
     if args.baselines:
         methods += [(b, "default") for b in BASELINES]
     sig = np.array(SIGMAS)
     print(
         f"{len(slices)} ISBI slices × σ {list(SIGMAS)} px × doses {args.doses} e/px × "
         f"noise {args.noise} × blur {args.blur}"
+        + ("" if args.patch_size is None else f", {args.patch_size} px patches")
     )
     rows = []
     pooled: dict[str, list[np.ndarray]] = {"default": [], "fast": []}
@@ -169,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             scores = np.array(
                 [
                     [
-                        score_image(im, backend=backend, criterion=criterion, mode=mode).score
+                        score_image(
+                            im, backend=backend, criterion=criterion, mode=mode, **opts
+                        ).score
                         for im in ser
                     ]
                     for ser in images
