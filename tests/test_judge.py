@@ -53,6 +53,7 @@ def tile(
     patches: list[list[float]] | None = None,
     patch_fine: list[list[float]] | None = None,
     spectral: float | None = None,
+    patch_spectral: list[list[float]] | None = None,
 ) -> TileScore:
     return TileScore(
         path="",
@@ -68,6 +69,7 @@ def tile(
         fine_fraction=fine,
         patch_fine_fraction=patch_fine,
         spectral=spectral,
+        patch_spectral=patch_spectral,
     )
 
 
@@ -773,3 +775,22 @@ def test_an_autofocus_failure_two_sections_long_is_not_a_new_level(led: Ledger) 
     got = kinds(led, ids)
     assert {got[s, r, c] for s in (6, 7) for r in range(3) for c in range(3)} == {"out_of_focus"}
     assert {got[s, r, c] for s in range(8, 12) for r in range(3) for c in range(3)} == {"in_focus"}
+
+
+def test_a_patch_that_lost_its_high_band_is_stored_and_judged_partly_out_of_focus(
+    led: Ledger,
+) -> None:
+    """The spectral ratio per patch goes into the ledger with the result and comes back
+    for every later judgement of the tile (a late peer revises its section)."""
+    patches = [[150.0, 160.0], [155.0, 158.0]]
+    sharp = [[0.30, 0.31], [0.29, 0.32]]
+    wrinkle = [[0.04, 0.31], [0.29, 0.32]]
+    tiles = [(s, 0, 0, tile(155.0, patches=patches, patch_spectral=sharp)) for s in range(3)]
+    ids = feed(led, [*tiles, (3, 0, 0, tile(150.0, patches=patches, patch_spectral=wrinkle))])
+    record = led.verdict_record(ids[3, 0, 0])
+    assert record.verdict.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, record.verdict.reason
+    assert "fine detail" in record.verdict.reason
+    assert led.result(ids[3, 0, 0])["patch_spectral"] == wrinkle
+    feed(led, [(3, 0, 1, tile(152.0, patches=patches, patch_spectral=sharp))])
+    again = led.verdict_record(ids[3, 0, 0]).verdict
+    assert again.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, again.reason

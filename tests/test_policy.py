@@ -575,36 +575,32 @@ def test_a_sharp_patch_within_the_tissues_own_spread_is_not_a_wrinkle() -> None:
     assert "r0-c0" in wrinkle.reason
 
 
-def _lost_half(fine: float) -> Evidence:
-    """A sharp tile whose patch r0-c0 counts half its usual (102 of ~200) with ``fine``
-    of the tile's typical 0.75 (bench/verdicts.py --noise 2d, 30 e/px: a σ 3 px wrinkle
-    whose few fine maxima are mostly noise)."""
-    usual = [[184.0, 199.0], [148.0, 172.0]]
-    return Evidence(
-        score=192,
-        patch_scores=[[102.0, 220.0], [181.0, 202.0]],
-        content=0.09,
-        fine_fraction=0.76,
-        history=[178, 156, 170],
-        fine_history=[0.70, 0.74, 0.72],
-        patch_history=[usual] * 3,
-        patch_fine=[[fine, 0.85], [0.65, 0.85]],
+def _spectral_patches(ratio: float) -> Evidence:
+    """A sharp tile (history and fine fractions agree) whose patch r0-c0 has the
+    spectral ratio ``ratio`` against 0.30 in the others."""
+    return dataclasses.replace(
+        _four_patches(0.80, 60.0), patch_spectral=[[ratio, 0.30], [0.31, 0.29]]
     )
 
 
-def test_a_patch_that_lost_half_its_count_and_some_fine_share_is_a_wrinkle() -> None:
-    """The fine fraction alone missed it (0.61 is not 30 % below 0.75); with its count
-    halved against its own history, a fall by the tile's margin (15 %) corroborates."""
-    v = decide(_lost_half(0.61), cfg=CFG)
+def test_a_patch_that_lost_its_high_band_is_a_wrinkle() -> None:
+    """A σ 3 px wrinkle under noise correlated in 2-D kept its fine fraction (its fine
+    maxima are mostly noise) but its high band fell to 0.40 of the tile's typical patch
+    or less; sharp patches of ISBI tiles stay above 0.52."""
+    v = decide(_spectral_patches(0.12), cfg=CFG)
     assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, v.reason
     assert "r0-c0" in v.reason
-    assert "and fine-scale features with it" in v.reason
+    assert "fine detail" in v.reason
+    assert decide(_spectral_patches(0.17), cfg=CFG).kind is VerdictKind.IN_FOCUS
+    assert decide(_spectral_patches(math.nan), cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
-def test_a_patch_that_lost_count_but_kept_its_fine_share_is_tissue() -> None:
-    """A vessel coming into one patch halves its count and keeps its share of fine
-    features: not a wrinkle (the count alone flagged such sharp patches at 200 e/px)."""
-    assert decide(_lost_half(0.70), cfg=CFG).kind is VerdictKind.IN_FOCUS
+def test_a_patch_spectrum_needs_tissue_in_the_rest_of_the_tile() -> None:
+    """With fewer than three patches that have a ratio, none is the odd one out."""
+    ev = dataclasses.replace(
+        _four_patches(0.80, 60.0), patch_spectral=[[0.02, math.nan], [math.nan, 0.30]]
+    )
+    assert decide(ev, cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
 def test_a_fine_fraction_of_a_handful_of_features_is_sampling_not_defocus() -> None:

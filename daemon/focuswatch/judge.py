@@ -100,6 +100,7 @@ def evidence(
     patch_fine: list[list[float]] | None = None,
     orientation: tuple[float, float] | None = None,
     spectral: float | None = None,
+    patch_spectral: list[list[float]] | None = None,
 ) -> Evidence:
     """What the policy weighs for one tile version: its numbers and its context."""
     history = []
@@ -137,6 +138,7 @@ def evidence(
         later=[p.score for p in later],
         later_fine=[p.fine_fraction for p in later],
         spectral=spectral,
+        patch_spectral=patch_spectral,
         spectral_history=[p.spectral for p in history],
         later_spectral=[p.spectral for p in later],
         section_spectral=[p.spectral for p in peers],
@@ -164,6 +166,7 @@ def _stored(ledger: Ledger, v: TileVersion, cfg: PolicyConfig) -> tuple[Evidence
         patch_fine=r.get("patch_fine_fraction"),
         orientation=None if ox is None or oy is None else (float(ox), float(oy)),
         spectral=r.get("spectral"),
+        patch_spectral=r.get("patch_spectral"),
     )
     return ev, _gist(str(r["verdict"]), r["reason"] or "")
 
@@ -282,6 +285,7 @@ def judge(
             patch_fine=getattr(score, "patch_fine_fraction", None),
             orientation=getattr(score, "orientation", None),
             spectral=getattr(score, "spectral", None),
+            patch_spectral=getattr(score, "patch_spectral", None),
         )
         verdict = decide(ev, cfg=cfg, calibration=calibration)
     except StateError:

@@ -266,6 +266,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE results ADD COLUMN spectral REAL;
     """,
+    # 11: the spectral ratio per patch (TileScore.patch_spectral, JSON rows): a region
+    # that lost its fine detail while the rest of the tile kept it (focuswatch.policy)
+    """
+    ALTER TABLE results ADD COLUMN patch_spectral TEXT;
+    """,
 ]
 
 _DIGITS = re.compile(r"\d+")
@@ -903,6 +908,7 @@ class Ledger:
             "orientation_x": None,
             "orientation_y": None,
             "spectral": None,
+            "patch_spectral": None,
         }
         meta: TileMeta | None = None
         if score is not None:
@@ -920,15 +926,16 @@ class Ledger:
                 "patch_fine_fraction": _json_or_none(getattr(score, "patch_fine_fraction", None)),
                 **_orientation_columns(getattr(score, "orientation", None)),
                 "spectral": getattr(score, "spectral", None),
+                "patch_spectral": _json_or_none(getattr(score, "patch_spectral", None)),
             }
             meta = score.meta
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO results (version_id, score, patch_scores, content, backend, shape,"
                 " read_ms, score_ms, fine_fraction, patch_fine_fraction,"
-                " orientation_x, orientation_y, spectral, verdict, reason,"
+                " orientation_x, orientation_y, spectral, patch_spectral, verdict, reason,"
                 " baseline, defocus_um, worker, scored_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (version_id) DO NOTHING",
                 (
                     version_id,
@@ -977,7 +984,7 @@ class Ledger:
         if row is None:
             return None
         out = dict(zip([d[0] for d in cur.description], row, strict=True))
-        for key in ("patch_scores", "shape", "patch_fine_fraction"):
+        for key in ("patch_scores", "shape", "patch_fine_fraction", "patch_spectral"):
             if out[key] is not None:
                 out[key] = json.loads(out[key])
         return out

@@ -86,7 +86,10 @@ scores of its context and never on the order in which tiles arrived:
    feature count and the tissue's own spread between patches (no history needed:
    within a tile the fraction does not follow the tissue); without one, a patch
    that lost ``partial_patch_drop`` or more of its own score at this position in
-   trusted sections, relative to the tile's median change.
+   trusted sections, relative to the tile's median change. Either way also a patch
+   whose spectral ratio is below ``_PATCH_SPECTRAL_DROP`` of the tile's typical patch:
+   the high band is where blur shows first, and under noise correlated in 2-D a σ 3 px
+   wrinkle's few fine maxima are mostly noise (its fine fraction 0.66 against 0.77).
 8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
@@ -139,6 +142,11 @@ _PATCH_FINE_Z = 4.0
 # not sampling (relative; ISBI serial sections: worst sharp patch within 3.6 standard
 # errors at 6 %, a σ 3 px wrinkle 6 or more; 0 made sharp patches reach 5.9).
 _PATCH_FINE_TISSUE = 0.06
+# A patch whose spectral ratio is below this share of the tile's typical patch lost its
+# fine detail (ISBI serial sections, 512² tiles of 256 px patches, white and correlated
+# noise at 30 and 200 e/px: sharp patches ≥ 0.52 of their tile's median, σ 3 px
+# wrinkles 0.003-0.40; a Gaussian of σ 3 px keeps ~1 % of the high band's power).
+_PATCH_SPECTRAL_DROP = 0.45
 # Astigmatism: the orientation (|z| from 0 to 1) moved at least this far from the
 # reference's, and this many times the reference's own spread; without history, a
 # tile oriented at least this strongly by itself (ISBI tissue: |z| ≤ 0.12 sharp,
@@ -230,6 +238,7 @@ class Evidence:
     one tile); ``section_spectral`` their ratios. ``history_wide``: whether each
     earlier section here was flagged as part of a section-wide failure, and
     ``history_sections`` their section numbers (aligned with ``history``).
+    ``patch_spectral``: the spectral ratio per patch (grid of ``patch_scores``).
     """
 
     score: float
@@ -255,6 +264,7 @@ class Evidence:
     section_spectral: Sequence[float | None] = ()
     history_wide: Sequence[bool] = ()
     history_sections: Sequence[int | None] = ()
+    patch_spectral: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -622,9 +632,13 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
-def _patch_signature(ev: Evidence) -> tuple[list[tuple[int, int, float, float]], float] | None:
-    """The tile's patches (row, col, fine fraction, count) and their typical fine
-    fraction, from the patches with tissue (not resin); None without a usable one."""
+def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
+    """Patches whose fine-scale fraction is far below the tile's other patches.
+
+    Within one tile the fine fraction does not follow the tissue (a patch of sparse
+    tissue keeps it, a blurred patch loses it), so no history is needed. None when
+    the tile has no usable per-patch signature.
+    """
     now, fine = ev.patch_scores, ev.patch_fine
     if not now or not fine or _shape(now) != _shape(fine):
         return None
@@ -637,23 +651,11 @@ def _patch_signature(ev: Evidence) -> tuple[list[tuple[int, int, float, float]],
     if len(cells) < _MIN_PATCHES_FOR_REGION:
         return None
     typical_score = statistics.median(q for *_, q in cells)
+    # The typical signature comes from patches with tissue (not resin) ...
     solid = [f for _, _, f, q in cells if q >= _SPARSE_PATCH * typical_score and f > 0]
     if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
         return None
-    return cells, statistics.median(solid)
-
-
-def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
-    """Patches whose fine-scale fraction is far below the tile's other patches.
-
-    Within one tile the fine fraction does not follow the tissue (a patch of sparse
-    tissue keeps it, a blurred patch loses it), so no history is needed. None when
-    the tile has no usable per-patch signature.
-    """
-    signature = _patch_signature(ev)
-    if signature is None:
-        return None
-    cells, typical = signature
+    typical = statistics.median(solid)
     # ... and a patch is weak when its fine fraction is far below it (twice the tile's
     # margin: fewer features) and significantly so for its number of features (a
     # blurred patch also loses features; a patch of resin has too few to say).
@@ -673,21 +675,26 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     return weak
 
 
-def _fine_corroborated(
-    ev: Evidence, weak: list[tuple[int, int]], cfg: PolicyConfig
-) -> list[tuple[int, int]]:
-    """Of the patches that lost much of their usual score, those whose fine fraction
-    fell too (by the tile's margin below its typical patch): under noise correlated in
-    2-D a blurred patch's few fine maxima are mostly noise, and it kept 0.61 of a
-    typical 0.75 while losing half its count; a patch where the tissue changed (a
-    vessel coming in) loses count and keeps its share of fine features."""
-    signature = _patch_signature(ev)
-    if signature is None or not weak:
+def _spectral_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]:
+    """Patches whose spectral ratio is far below the tile's typical patch (from the
+    patches with tissue): a region that lost its fine detail while the rest kept it."""
+    now, spectral = ev.patch_scores, ev.patch_spectral
+    if not now or not spectral or _shape(now) != _shape(spectral):
         return []
-    cells, typical = signature
-    fine = {(r, c): f for r, c, f, _ in cells}
-    limit = (1.0 - cfg.fine_drop) * typical
-    return [rc for rc in weak if rc in fine and fine[rc] < limit]
+    cells = [
+        (r, c, float(s), float(q))
+        for r, (line, spectral_line) in enumerate(zip(now, spectral, strict=True))
+        for c, (q, s) in enumerate(zip(line, spectral_line, strict=True))
+        if math.isfinite(s) and math.isfinite(q)
+    ]
+    if len(cells) < _MIN_PATCHES_FOR_REGION:
+        return []
+    typical_score = statistics.median(q for *_, q in cells)
+    solid = [s for _, _, s, q in cells if q >= _SPARSE_PATCH * typical_score and s > 0]
+    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
+        return []
+    limit = _PATCH_SPECTRAL_DROP * statistics.median(solid)
+    return [(r, c) for r, c, s, q in cells if q >= cfg.min_baseline and s < limit]
 
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
@@ -1254,22 +1261,21 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
         return verdict
 
     by_fine = _fine_weak_patches(ev, cfg)
-    weak = _weak_patches(ev, trusted, cfg)
-    if by_fine is not None:
-        weak = sorted({*by_fine, *_fine_corroborated(ev, weak, cfg)})
+    by_features = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
+    by_spectrum = _spectral_weak_patches(ev, cfg)
+    weak = sorted({*by_features, *by_spectrum})
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
         cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
-        lost = (
-            f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
-            "at this position while the rest did not"
-        )
         what = (
-            lost
-            if by_fine is None
-            else "lost their fine-scale features while the rest of the tile kept them"
-            if set(weak) <= set(by_fine)
-            else f"{lost}, and fine-scale features with it"
+            "lost their fine-scale features while the rest of the tile kept them"
+            if by_fine is not None and by_features
+            else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
+            "at this position while the rest did not"
+            if by_features
+            else "lost their fine detail (high-frequency power below "
+            f"{100 * _PATCH_SPECTRAL_DROP:.0f} % of the tile's typical patch) while the rest "
+            "of the tile kept it"
         )
         return Verdict(
             VerdictKind.PARTLY_OUT_OF_FOCUS,

@@ -118,6 +118,8 @@ class TileScore:
     #: The spectral ratio (``focuswatch.score.spectrum``): high-to-mid band power above
     #: the noise floor, against the position's history a defocus measure.
     spectral: float | None = None
+    #: The same per patch (grid of ``patch_scores``; NaN for a patch without one).
+    patch_spectral: list[list[float]] | None = None
     #: The revision of the numbers (``choices.scorer_revision``), set by the scorer that
     #: made them. 1 by default: a score from a release before revisions (a Dask worker
     #: not yet upgraded) unpickles without the field and reads as 1.
@@ -167,6 +169,7 @@ def _tile_score(
         patch_fine_fraction=_grid(result.patch_fine_fraction),
         orientation=result.orientation,
         spectral=result.spectral,
+        patch_spectral=_grid(result.patch_spectral),
         revision=scorer_revision(result.criterion, result.mode),
     )
 

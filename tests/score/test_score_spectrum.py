@@ -81,3 +81,30 @@ def test_no_ratio_where_the_floor_is_not_the_tiles_noise() -> None:
     assert spectral_ratio([(2.0, 1.0, 5.0, 1.0)]) == pytest.approx(0.25)
     assert spectral_ratio([(2.0, 1.0, 1.5, 1.0)]) is None
     assert spectral_ratio([(1.0, 1.0, 5.0, 1.0)]) is None
+
+
+@pytest.mark.parametrize(
+    ("dose", "noise"),
+    [(30.0, {"noise_sigma_2d": 0.7}), (30.0, {}), (200.0, {"noise_pole_x": 0.45})],
+)
+def test_a_blurred_quarter_has_a_far_lower_ratio_than_the_tiles_other_patches(
+    isbi_slices: Slices, dose: float, noise: dict[str, float]
+) -> None:
+    """512² crops of ISBI slices (×2, band-limited), 256 px patches: with one quarter
+    blurred by σ 3 px (a wrinkle) that patch's ratio is below 0.45 of the median
+    patch; in the sharp tile every patch is above it."""
+    for k in SLICES:
+        crop = synth.resample(isbi_slices[k], 2.0, order=3)[256:768, 256:768]
+        rng = np.random.default_rng([k, int(dose)])
+        sharp = synth.degrade(crop, rng=rng, dose=dose, **noise)
+        blur = synth.degrade(crop, rng=rng, dose=dose, defocus_sigma=3.0, **noise)
+        wrinkle = sharp.copy()
+        wrinkle[:256, :256] = blur[:256, :256]
+        for image, weak in ((sharp, False), (wrinkle, True)):
+            result = score_image(synth.to_uint(image, 8), backend=CPU, patch_size=256)
+            ratios = np.asarray(result.patch_spectral).ravel()
+            rest = float(np.nanmedian(ratios[1:] if weak else ratios))
+            if weak:
+                assert ratios[0] < 0.45 * rest, (k, ratios)
+            else:
+                assert np.all(ratios >= 0.45 * rest), (k, ratios)

@@ -95,6 +95,7 @@ constant *patch* in a tile with signal scores 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +179,9 @@ class ScoreResult:
     #: patches: falls steeply with blur, barely with tissue (``mhfd`` only; None
     #: without signal in the mid band).
     spectral: float | None = None
+    #: The same per patch (``resolution="patches"``, ``mhfd`` only; NaN for a patch
+    #: without it): a wrinkle blurs one region, whose ratio falls far below the rest.
+    patch_spectral: np.ndarray[Any, Any] | None = field(default=None, compare=False)
 
 
 def check_options(*, criterion: str, mode: str, resolution: str, patch_size: int) -> None:
@@ -292,6 +296,9 @@ def score_patches(
         patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
         orientation=_mean_orientation(turns),
         spectral=spectral_ratio([bands for *_, bands in units]) if mhfd_counts else None,
+        patch_spectral=_patch_spectra([b for *_, b in units], scores.shape)
+        if mhfd_counts
+        else None,
     )
 
 
@@ -367,6 +374,14 @@ def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -
     out = np.full(counts.shape, np.nan)
     np.divide(fine, counts, out=out, where=counts > 0)
     return out
+
+
+def _patch_spectra(bands: list[BandPowers | None], shape: tuple[int, ...]) -> Any:
+    """Each patch's spectral ratio on the grid of ``shape``; NaN where it has none, or
+    where its mid band is not at least twice its noise floor (a patch of resin with a
+    little tissue: its ratio is a quotient of noise-sized numbers)."""
+    ratios = [spectral_ratio([b]) if b is not None and b[2] >= 2.0 * b[3] else None for b in bands]
+    return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(shape)
 
 
 def _blank_score(criterion: str) -> float:
