@@ -9,7 +9,7 @@ import pytest
 from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import score_image
-from focuswatch.score.spectrum import band_powers, spectral_ratio
+from focuswatch.score.spectrum import band_powers, patch_ratio, spectral_ratio
 from isbi import Slices
 
 CPU = get_backend("cpu")
@@ -108,3 +108,14 @@ def test_a_blurred_quarter_has_a_far_lower_ratio_than_the_tiles_other_patches(
                 assert ratios[0] < 0.45 * rest, (k, ratios)
             else:
                 assert np.all(ratios >= 0.45 * rest), (k, ratios)
+
+
+def test_a_patch_with_nothing_left_in_its_high_band_has_ratio_zero() -> None:
+    """Its mid band stands above its floor: the high band at or below the floor is
+    detail gone (ratio 0), not "no ratio" as for a whole tile; a mid band under twice
+    its floor, or no bands, gives none."""
+    assert patch_ratio((1.0, 1.2, 10.0, 1.0)) == 0.0
+    assert spectral_ratio([(1.0, 1.2, 10.0, 1.0)]) is None
+    assert patch_ratio((4.0, 1.0, 10.0, 1.0)) == pytest.approx(3.0 / 9.0)
+    assert patch_ratio((4.0, 1.0, 1.9, 1.0)) is None
+    assert patch_ratio(None) is None

@@ -130,7 +130,7 @@ from focuswatch.score.mhfd import (
 from focuswatch.score.noise import tile_noise_models
 from focuswatch.score.orientation import Orientation, orientation
 from focuswatch.score.patches import default_threads, each_patch, native_mhfd, patch_grid
-from focuswatch.score.spectrum import BandPowers, spectral_ratio
+from focuswatch.score.spectrum import BandPowers, patch_ratio, spectral_ratio
 
 __all__ = [
     "CRITERIA",
@@ -377,10 +377,9 @@ def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -
 
 
 def _patch_spectra(bands: list[BandPowers | None], shape: tuple[int, ...]) -> Any:
-    """Each patch's spectral ratio on the grid of ``shape``; NaN where it has none, or
-    where its mid band is not at least twice its noise floor (a patch of resin with a
-    little tissue: its ratio is a quotient of noise-sized numbers)."""
-    ratios = [spectral_ratio([b]) if b is not None and b[2] >= 2.0 * b[3] else None for b in bands]
+    """Each patch's spectral ratio (``spectrum.patch_ratio``) on the grid of ``shape``,
+    NaN where it has none."""
+    ratios = [patch_ratio(b) for b in bands]
     return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(shape)
 
 

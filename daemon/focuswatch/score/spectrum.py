@@ -30,7 +30,15 @@ import numpy as np
 
 from focuswatch.backend import Backend
 
-__all__ = ["HIGH", "MID", "NOISE_BAND", "BandPowers", "band_powers", "spectral_ratio"]
+__all__ = [
+    "HIGH",
+    "MID",
+    "NOISE_BAND",
+    "BandPowers",
+    "band_powers",
+    "patch_ratio",
+    "spectral_ratio",
+]
 
 #: The band defocus takes first (cycles per pixel).
 HIGH = (0.10, 0.20)
@@ -125,3 +133,17 @@ def spectral_ratio(bands: Sequence[BandPowers | None]) -> float | None:
     if not kept or mid <= mid_noise or high <= 0:
         return None
     return high / mid
+
+
+def patch_ratio(bands: BandPowers | None) -> float | None:
+    """One patch's spectral ratio, to compare with its tile's other patches: None unless
+    its mid band is at least twice its noise floor (a patch of resin with a little
+    tissue: a quotient of noise-sized numbers); 0 where its high band has nothing left
+    above the floor (a σ 3 px wrinkle keeps ~1 % of it, often less than the floor's
+    error), which ``spectral_ratio`` leaves undefined for a whole tile."""
+    if bands is None or not all(math.isfinite(v) for v in bands):
+        return None
+    high, high_noise, mid, mid_noise = bands
+    if not mid >= 2.0 * mid_noise or mid <= 0:
+        return None
+    return max(high - high_noise, 0.0) / (mid - mid_noise)
