@@ -632,6 +632,31 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
+def _patch_values(
+    ev: Evidence, grid: list[list[float]] | None
+) -> tuple[list[tuple[int, int, float, float]], float] | None:
+    """The patches (row, col, value, count) where ``grid``, aligned with the focus map,
+    has a value, and its typical value: the median over the patches with tissue (a
+    count at least ``_SPARSE_PATCH`` of the median patch's: not resin). None when too
+    few patches have one to say which is the odd one out."""
+    now = ev.patch_scores
+    if not now or not grid or _shape(now) != _shape(grid):
+        return None
+    cells = [
+        (r, c, float(v), float(q))
+        for r, (line, grid_line) in enumerate(zip(now, grid, strict=True))
+        for c, (q, v) in enumerate(zip(line, grid_line, strict=True))
+        if math.isfinite(v) and math.isfinite(q)
+    ]
+    if len(cells) < _MIN_PATCHES_FOR_REGION:
+        return None
+    typical_score = statistics.median(q for *_, q in cells)
+    solid = [v for _, _, v, q in cells if q >= _SPARSE_PATCH * typical_score and v > 0]
+    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
+        return None
+    return cells, statistics.median(solid)
+
+
 def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
     """Patches whose fine-scale fraction is far below the tile's other patches.
 
@@ -639,26 +664,13 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     tissue keeps it, a blurred patch loses it), so no history is needed. None when
     the tile has no usable per-patch signature.
     """
-    now, fine = ev.patch_scores, ev.patch_fine
-    if not now or not fine or _shape(now) != _shape(fine):
+    signature = _patch_values(ev, ev.patch_fine)
+    if signature is None:
         return None
-    cells = [
-        (r, c, float(f), float(q))
-        for r, (line, fine_line) in enumerate(zip(now, fine, strict=True))
-        for c, (q, f) in enumerate(zip(line, fine_line, strict=True))
-        if math.isfinite(f) and math.isfinite(q)
-    ]
-    if len(cells) < _MIN_PATCHES_FOR_REGION:
-        return None
-    typical_score = statistics.median(q for *_, q in cells)
-    # The typical signature comes from patches with tissue (not resin) ...
-    solid = [f for _, _, f, q in cells if q >= _SPARSE_PATCH * typical_score and f > 0]
-    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
-        return None
-    typical = statistics.median(solid)
-    # ... and a patch is weak when its fine fraction is far below it (twice the tile's
-    # margin: fewer features) and significantly so for its number of features (a
-    # blurred patch also loses features; a patch of resin has too few to say).
+    cells, typical = signature
+    # A patch is weak when its fine fraction is far below the typical one (twice the
+    # tile's margin: fewer features) and significantly so for its number of features
+    # (a blurred patch also loses features; a patch of resin has too few to say).
     limit = (1.0 - _PATCH_FINE_MARGIN * cfg.fine_drop) * typical
     weak = []
     for r, c, f, q in cells:
@@ -676,24 +688,13 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
 
 
 def _spectral_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]:
-    """Patches whose spectral ratio is far below the tile's typical patch (from the
-    patches with tissue): a region that lost its fine detail while the rest kept it."""
-    now, spectral = ev.patch_scores, ev.patch_spectral
-    if not now or not spectral or _shape(now) != _shape(spectral):
+    """Patches whose spectral ratio is far below the tile's typical patch: a region
+    that lost its fine detail while the rest kept it."""
+    values = _patch_values(ev, ev.patch_spectral)
+    if values is None:
         return []
-    cells = [
-        (r, c, float(s), float(q))
-        for r, (line, spectral_line) in enumerate(zip(now, spectral, strict=True))
-        for c, (q, s) in enumerate(zip(line, spectral_line, strict=True))
-        if math.isfinite(s) and math.isfinite(q)
-    ]
-    if len(cells) < _MIN_PATCHES_FOR_REGION:
-        return []
-    typical_score = statistics.median(q for *_, q in cells)
-    solid = [s for _, _, s, q in cells if q >= _SPARSE_PATCH * typical_score and s > 0]
-    if len(solid) < _MIN_PATCHES_FOR_REGION - 1:
-        return []
-    limit = _PATCH_SPECTRAL_DROP * statistics.median(solid)
+    cells, typical = values
+    limit = _PATCH_SPECTRAL_DROP * typical
     return [(r, c) for r, c, s, q in cells if q >= cfg.min_baseline and s < limit]
 
 
