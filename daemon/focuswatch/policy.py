@@ -174,6 +174,8 @@ _MIN_LIFT_PEERS = 2
 # A fine fraction that fell while the spectral ratio held (lost at most this share of a
 # sure reference) is the count's sampling, not blur.
 _SPECTRUM_HELD = 0.1
+# How much one section's spectral ratio scatters with its tissue (relative).
+_SPECTRAL_SCATTER_ONE = 0.2
 # A section-wide failure needs at least this many other tiles out of focus with it.
 _SECTION_WIDE_MIN = 2
 # An empty section's fine fraction at or above this is its noise's (resin, 512² at
@@ -835,6 +837,18 @@ def _spectral_margin(ref: _Reference, cfg: PolicyConfig) -> float:
     return 1.0 - (1.0 - cfg.spectral_drop) * math.sqrt(n / _SPECTRAL_SURE)
 
 
+def _spectrum_held(ref: _Reference) -> float:
+    """The most of its reference the spectral ratio may lose and still have held:
+    ``_SPECTRUM_HELD`` against a sure reference; against one or two sections, what one
+    section's ratio scatters by with its tissue (±20 %, over √n): the fine fraction
+    rests on as few sections then, and under 2-D correlated noise at 30 e/px it fell by
+    20-27 % on sharp second sections whose ratio held or rose (a σ 1.5 px blur takes
+    48-70 % of the ratio)."""
+    if ref.n_spectral >= _SPECTRAL_SURE:
+        return _SPECTRUM_HELD
+    return _SPECTRAL_SCATTER_ONE / math.sqrt(max(ref.n_spectral, 1))
+
+
 def _spectral_text(ev: Evidence, ref: _Reference) -> str:
     lift = _lifted(ev, ref)
     expected = (ref.spectral or 0.0) * lift
@@ -874,12 +888,8 @@ def _out_of_focus(
     # features), and only the count itself can still say blur (below).
     # Held against the memory too: a slow drift that the recent ratio follows has not
     # "held" (the fine fraction's reference is guarded against drift the same way).
-    held = (
-        lost is not None
-        and lost <= _SPECTRUM_HELD
-        and ref.n_spectral >= _SPECTRAL_SURE
-        and _spectral_memory_loss(ev, ref) <= _SPECTRUM_HELD
-    )
+    limit = _spectrum_held(ref)
+    held = lost is not None and lost <= limit and _spectral_memory_loss(ev, ref) <= limit
     if loss is not None and not held:
         if loss < cfg.fine_drop or not _fine_significant(ev, ref):
             return None
