@@ -676,6 +676,30 @@ def test_a_fine_fraction_fall_with_the_spectrum_held_is_sampling_not_blur() -> N
     assert halved.kind is VerdictKind.OUT_OF_FOCUS, halved.reason
 
 
+def test_against_two_sections_the_spectrum_holds_within_its_own_scatter() -> None:
+    """A second or third section (one or two before it): the fine fraction rests on as
+    few, and under 2-D correlated noise at 30 e/px sharp tiles lost 20-27 % of it while
+    their spectral ratio fell 13 % or rose (one section's ratio scatters ±20 % with its
+    tissue): in focus. A ratio down by a third is still defocus by the fine fraction."""
+
+    def tile(spectral: float, sections: int) -> Evidence:
+        return _tissue(
+            0.46,
+            150.0,
+            history=[150.0] * sections,
+            fine_history=[0.62] * sections,
+            spectral=spectral,
+            spectral_history=[0.358] * sections,
+        )
+
+    for sections, spectral in ((1, 0.30), (2, 0.311), (2, 0.40)):
+        v = decide(tile(spectral, sections), cfg=CFG)
+        assert v.kind is VerdictKind.IN_FOCUS, (sections, spectral, v.reason)
+    fell = decide(tile(0.24, 2), cfg=CFG)
+    assert fell.kind is VerdictKind.OUT_OF_FOCUS, fell.reason
+    assert "fine-scale features lost" in fell.reason
+
+
 def test_a_slow_drift_the_recent_spectral_ratio_follows_has_not_held_the_spectrum() -> None:
     """A position drifting out of focus over twelve sections: its spectral ratio falls
     3 % a section (so the median of the last five lags only ~9 % behind, inside
