@@ -46,8 +46,9 @@ scores of its context and never on the order in which tiles arrived:
    quartile of the trusted fractions; with no history, the section's median), and
    by more than its sampling (binomial, at its feature count) and the position's own
    scatter from one trusted section to the next allow, and not while the spectral
-   ratio held its sure reference and the memory's median ratio (lost at most
-   ``_SPECTRUM_HELD`` of each: the fraction rests on the few features a high noise
+   ratio held its reference and the memory's median ratio (lost at most
+   ``_SPECTRUM_HELD`` of each against three or more sections, what one section's ratio
+   scatters by against fewer: the fraction rests on the few features a high noise
    floor leaves, the ratio on thousands of bins; the memory, because a slow drift
    drags the recent reference with it); a
    lower score with the fine fraction held is less tissue, said so in the reason
