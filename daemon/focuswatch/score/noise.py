@@ -225,7 +225,9 @@ def _robust_scale(a: Any, backend: Backend) -> float:
     return float(backend.xp.partition(a.ravel(), k)[k])
 
 
-def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tuple[float, ...]:
+def _axis_correlation(
+    u: Any, backend: Backend, *, axis: int, step: int, unmeasured: float = 0.0
+) -> tuple[float, ...]:
     """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``.
 
     The image is first differenced four times across ``axis`` (lines ``step`` apart
@@ -248,7 +250,7 @@ def _axis_correlation(u: Any, backend: Backend, *, axis: int, step: int) -> tupl
     """
     xp = backend.xp
     br, bc = _CORR_BLOCK
-    none = (0.0,) * NOISE_LAGS
+    none = (unmeasured,) * NOISE_LAGS
     across = 0 if axis == 1 else 1
     half = step // 2
     if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
@@ -316,7 +318,9 @@ def _lines_step(shape: tuple[int, ...], lines: int) -> int:
     return max(_CORR_STEP, min(shape[0] * shape[1] // _CORR_SAMPLES, lines // _CORR_LINES))
 
 
-def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]:
+def noise_model(
+    u: Any, backend: Backend, *, step: int = 2, unmeasured: float = 0.0
+) -> tuple[float, ...]:
     """Everything the default mode's noise floor needs from ``u`` (stretched to [0, 1]),
     as one flat tuple (so estimates of several blocks can be combined entry by entry):
     ``noise_profile``'s four entries, then the noise autocorrelation along x (the
@@ -326,12 +330,19 @@ def noise_model(u: Any, backend: Backend, *, step: int = 2) -> tuple[float, ...]
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
     correlations use ~``_CORR_LINES`` lines or ``_CORR_SAMPLES`` pixels (see there).
+    ``unmeasured``: what an axis's correlations read where they cannot be measured (too
+    few unclipped blocks: a patch mostly beyond the section); 0 (white noise) by
+    default, NaN for ``tile_noise_models`` to tell them from white noise measured.
     """
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2)
-    rx = _axis_correlation(u, backend, axis=1, step=_lines_step(u.shape, u.shape[0]))
-    ry = _axis_correlation(u, backend, axis=0, step=_lines_step(u.shape, u.shape[1]))
+    rx, ry = (
+        _axis_correlation(
+            u, backend, axis=a, step=_lines_step(u.shape, u.shape[1 - a]), unmeasured=unmeasured
+        )
+        for a in (1, 0)
+    )
     return (*profile, *rx, *ry, tails)
 
 
@@ -416,8 +427,9 @@ def tile_noise_models(
     """Each patch's noise model pooled over the tile's patches like it: one noise floor
     for the tissue of a tile.
 
-    ``models``: each patch's own ``noise_model`` (stretched units; None for a blank
-    patch), ``widths`` its stretch's range in the tile's raw units. A patch's own level
+    ``models``: each patch's own ``noise_model`` (stretched units, correlations NaN
+    where not measured; None for a blank patch), ``widths`` its stretch's range in the
+    tile's raw units. A patch's own level
     follows its brightness (shot noise) and its tissue's texture, and where the floor
     binds (2-D correlated noise at 30 e/px) the fine levels' counts follow the level:
     the fine fractions of one sharp tile's 256 px patches lay 9 % apart on average, up
@@ -426,7 +438,12 @@ def tile_noise_models(
     within ``_POOL_RANGE`` of its own (itself included), its correlations and tail
     factor their median. Patches of another kind (resin, a saturated region: a level
     far from the tissue's) pool among themselves and do not move the tissue's floor.
+    An axis's correlations are the median over those of the patches that measured them
+    (0 where none did): a patch mostly beyond the section measures none, and its zeros
+    pooled as white noise halved the tissue's ρ₁ under 2-D correlated noise (an edge
+    tile's tissue counted 2.8-3× as much).
     """
+    nf = len(NOISE_FACTORS)
     full = [
         (i, m)
         for i, m in enumerate(models)
@@ -434,15 +451,23 @@ def tile_noise_models(
         and len(m) == NOISE_MODEL_LENGTH
         and m[0] > 0
         and widths[i] > 0
-        and all(math.isfinite(v) for v in m)
+        and all(math.isfinite(v) for v in (*m[:nf], m[-1]))
     ]
-    nf = len(NOISE_FACTORS)
     raw = {i: [m[j] * widths[i] if j < nf else m[j] for j in range(len(m))] for i, m in full}
-    out = list(models)
+    out = [None if m is None else tuple(0.0 if math.isnan(v) else v for v in m) for m in models]
     for i, _ in full:
         like = [
             r for r in raw.values() if max(r[0], raw[i][0]) <= _POOL_RANGE * min(r[0], raw[i][0])
         ]
-        pooled = [float(np.median([r[j] for r in like])) for j in range(NOISE_MODEL_LENGTH)]
+        pooled = [
+            float(np.median([r[j] for r in like])) if j < nf or j == NOISE_MODEL_LENGTH - 1 else 0.0
+            for j in range(NOISE_MODEL_LENGTH)
+        ]
+        for axis in (nf, nf + NOISE_LAGS):
+            lags = [r[axis : axis + NOISE_LAGS] for r in like]
+            measured = [g for g in lags if all(math.isfinite(v) for v in g)]
+            pooled[axis : axis + NOISE_LAGS] = (
+                [float(v) for v in np.median(measured, axis=0)] if measured else [0.0] * NOISE_LAGS
+            )
         out[i] = (*(v / widths[i] for v in pooled[:nf]), *pooled[nf:])
     return out
