@@ -858,14 +858,14 @@ def _level_thresholds(
 
 
 def image_noise(
-    u: Any, params: MhfdParams, *, backend: Backend, unmeasured: float = 0.0
+    u: Any, params: MhfdParams, *, backend: Backend, mark_unmeasured: bool = False
 ) -> tuple[float, ...]:
     """The noise model ``mhfd_prepared`` measures on ``u`` (stretched) for ``params``
-    (``unmeasured``: see ``noise.noise_model``)."""
+    (``mark_unmeasured``: see ``noise.noise_model``)."""
     if params.noise_k is None:
         return (0.0,) * len(NOISE_FACTORS)
     step = _FAST_NOISE_STEP if params.decimate else 2
-    return noise_model(u, backend, step=step, unmeasured=unmeasured)
+    return noise_model(u, backend, step=step, mark_unmeasured=mark_unmeasured)
 
 
 def stretch_image(
