@@ -108,6 +108,34 @@ def feed(
     return ids
 
 
+def judge_file(
+    led: Ledger,
+    folder: Path,
+    img: np.ndarray,
+    settings: ScoreSettings,
+    *,
+    section: int,
+    row: int,
+    col: int,
+) -> int:
+    """Write ``img`` as a real 8-bit TIFF tile, score it as the service does and judge it;
+    its version id."""
+    path = folder / f"S_{section:03d}" / f"Tile_r{row}-c{col}_S_{section:03d}.tif"
+    synth.write_tile(path, synth.to_uint(img, 8), row=row, col=col, stage_x_um=0.0, stage_y_um=0.0)
+    st_ = path.stat()
+    vid, _ = led.add_version(
+        str(path),
+        size=st_.st_size,
+        mtime_ns=st_.st_mtime_ns,
+        tile_name=path.stem,
+        section=f"{section:03d}",
+        row=row,
+        col=col,
+    )
+    judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
+    return vid
+
+
 def kinds(ledger: Ledger, ids: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], str]:
     return {k: ledger.verdict_record(v).verdict.kind.value for k, v in ids.items()}
 
@@ -533,27 +561,7 @@ def test_a_real_sigma_1_5_defocus_at_30_e_px_is_flagged(
                 defocus_sigma=1.5 if s == 9 else 0.0,
                 dose=30.0,
             )
-            path = tmp_path / f"S_{s:03d}" / f"Tile_r1-c1_S_{s:03d}.tif"
-            synth.write_tile(
-                path,
-                synth.to_uint(img, 8),
-                row=1,
-                col=1,
-                stage_x_um=0.0,
-                stage_y_um=0.0,
-            )
-            st_ = path.stat()
-            vid, _ = led.add_version(
-                str(path),
-                size=st_.st_size,
-                mtime_ns=st_.st_mtime_ns,
-                tile_name=path.stem,
-                section=f"{s:03d}",
-                row=1,
-                col=1,
-            )
-            judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
-            got[s] = vid
+            got[s] = judge_file(led, tmp_path, img, settings, section=s, row=1, col=1)
         blurred_one = led.verdict_record(got[9]).verdict
         assert blurred_one.kind is VerdictKind.OUT_OF_FOCUS, blurred_one.reason
         assert "high-frequency power" in blurred_one.reason
@@ -825,22 +833,7 @@ def test_a_sharp_edge_tile_with_a_black_margin_is_not_a_wrinkle(
                 img = synth.degrade(
                     crop, rng=np.random.default_rng([s, c]), dose=30.0, noise_sigma_2d=0.7
                 )
-                path = tmp_path / f"S_{s:03d}" / f"Tile_r0-c{c}_S_{s:03d}.tif"
-                synth.write_tile(
-                    path, synth.to_uint(img, 8), row=0, col=c, stage_x_um=0.0, stage_y_um=0.0
-                )
-                st_ = path.stat()
-                vid, _ = led.add_version(
-                    str(path),
-                    size=st_.st_size,
-                    mtime_ns=st_.st_mtime_ns,
-                    tile_name=path.stem,
-                    section=f"{s:03d}",
-                    row=0,
-                    col=c,
-                )
-                judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
-                got[s, c] = vid
+                got[s, c] = judge_file(led, tmp_path, img, settings, section=s, row=0, col=c)
         for s in range(6):
             v = led.verdict_record(got[s, 0]).verdict
             assert v.kind is not VerdictKind.PARTLY_OUT_OF_FOCUS, (s, v.reason)
