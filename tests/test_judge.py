@@ -108,6 +108,34 @@ def feed(
     return ids
 
 
+def judge_file(
+    led: Ledger,
+    folder: Path,
+    img: np.ndarray,
+    settings: ScoreSettings,
+    *,
+    section: int,
+    row: int,
+    col: int,
+) -> int:
+    """Write ``img`` as a real 8-bit TIFF tile, score it as the service does and judge it;
+    its version id."""
+    path = folder / f"S_{section:03d}" / f"Tile_r{row}-c{col}_S_{section:03d}.tif"
+    synth.write_tile(path, synth.to_uint(img, 8), row=row, col=col, stage_x_um=0.0, stage_y_um=0.0)
+    st_ = path.stat()
+    vid, _ = led.add_version(
+        str(path),
+        size=st_.st_size,
+        mtime_ns=st_.st_mtime_ns,
+        tile_name=path.stem,
+        section=f"{section:03d}",
+        row=row,
+        col=col,
+    )
+    judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
+    return vid
+
+
 def kinds(ledger: Ledger, ids: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], str]:
     return {k: ledger.verdict_record(v).verdict.kind.value for k, v in ids.items()}
 
@@ -533,27 +561,7 @@ def test_a_real_sigma_1_5_defocus_at_30_e_px_is_flagged(
                 defocus_sigma=1.5 if s == 9 else 0.0,
                 dose=30.0,
             )
-            path = tmp_path / f"S_{s:03d}" / f"Tile_r1-c1_S_{s:03d}.tif"
-            synth.write_tile(
-                path,
-                synth.to_uint(img, 8),
-                row=1,
-                col=1,
-                stage_x_um=0.0,
-                stage_y_um=0.0,
-            )
-            st_ = path.stat()
-            vid, _ = led.add_version(
-                str(path),
-                size=st_.st_size,
-                mtime_ns=st_.st_mtime_ns,
-                tile_name=path.stem,
-                section=f"{s:03d}",
-                row=1,
-                col=1,
-            )
-            judge(led, led.get(vid), score_path(path, settings), cfg=CFG)
-            got[s] = vid
+            got[s] = judge_file(led, tmp_path, img, settings, section=s, row=1, col=1)
         blurred_one = led.verdict_record(got[9]).verdict
         assert blurred_one.kind is VerdictKind.OUT_OF_FOCUS, blurred_one.reason
         assert "high-frequency power" in blurred_one.reason
@@ -794,3 +802,40 @@ def test_a_patch_that_lost_its_high_band_is_stored_and_judged_partly_out_of_focu
     feed(led, [(3, 0, 1, tile(152.0, patches=patches, patch_spectral=sharp))])
     again = led.verdict_record(ids[3, 0, 0]).verdict
     assert again.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, again.reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review8: policy._spectral_weak_patches reads a margin patch's ratio (0-0.3 of "
+    "the tissue's) as a wrinkle; a patch mostly clipped needs no ratio",
+)
+def test_a_sharp_edge_tile_with_a_black_margin_is_not_a_wrinkle(
+    isbi_slices: Slices, tmp_path: Path
+) -> None:
+    """Real TIFF files of real serial sections (ISBI slices 0-5, ×2 band-limited, one
+    512² crop per section), 2-D correlated noise at 30 e/px, scored as the service does
+    (256² patches): position c0 is an edge tile, its right column of patches 75 %
+    beyond the section (black). Sharp in every section, it is never partly out of
+    focus. The margin's straight edge puts its patches' high-to-mid ratio at 0-0.3 of
+    the tissue's (the step's 1/f² spectrum is mostly mid band, and beside it the
+    tissue's few high-band bins are within the floor's error): every section was
+    flagged as a wrinkle on the margin's patches (on main: in focus)."""
+    settings = ScoreSettings(resolution="patches", patch_size=256, backend="cpu")
+    led = Ledger.open(tmp_path / "state")
+    try:
+        got = {}
+        for s in range(6):
+            for c in range(2):
+                crop = synth.resample(isbi_slices[s], 2.0, order=3)[128 * c : 128 * c + 512, :512]
+                if c == 0:
+                    crop = crop.copy()
+                    crop[:, 320:] = 0.0
+                img = synth.degrade(
+                    crop, rng=np.random.default_rng([s, c]), dose=30.0, noise_sigma_2d=0.7
+                )
+                got[s, c] = judge_file(led, tmp_path, img, settings, section=s, row=0, col=c)
+        for s in range(6):
+            v = led.verdict_record(got[s, 0]).verdict
+            assert v.kind is not VerdictKind.PARTLY_OUT_OF_FOCUS, (s, v.reason)
+    finally:
+        led.close()

@@ -3,6 +3,7 @@ the scan line (x) or correlated in 2-D (a resampled image)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -258,9 +259,11 @@ def test_the_correlation_is_measured_on_64_lines_or_64k_pixels_whichever_is_more
     seen: dict[int, int] = {}
     real = NOISE_MODULE._axis_correlation
 
-    def spy(u: np.ndarray, backend: object, *, axis: int, step: int) -> tuple[float, ...]:
+    def spy(
+        u: np.ndarray, backend: object, *, axis: int, step: int, **kw: float
+    ) -> tuple[float, ...]:
         seen[axis] = u.shape[0 if axis == 1 else 1] // step
-        return real(u, backend, axis=axis, step=step)
+        return real(u, backend, axis=axis, step=step, **kw)
 
     monkeypatch.setattr(NOISE_MODULE, "_axis_correlation", spy)
     noise_model(np.full(shape, 0.5, np.float32), CPU)
@@ -369,3 +372,91 @@ def test_a_lone_patch_keeps_its_own_noise_model() -> None:
     assert tile_noise_models(lone, [100.0, 0.0]) == lone
     short = [(0.1, 0.1, 0.1, 0.1), (0.2, 0.2, 0.2, 0.2)]
     assert tile_noise_models(list(short), [100.0, 100.0]) == short
+
+
+def test_a_black_margin_beside_tissue_does_not_move_the_tissues_floor(
+    isbi_slices: Slices,
+) -> None:
+    """An edge tile: the right column of 256 px patches lies 90 % beyond the section
+    (black), 2-D correlated noise at 30 e/px. Over three noise draws the tissue column
+    counts within 20 % of what it counts when the whole tile is tissue (a patch's own
+    floor: within 6 %; one draw's patch counts scatter by ~10 % here). The margin
+    patches' correlation cannot be measured (too few unclipped blocks: ``noise_model``
+    says zeros); pooled as if it were white noise measured, it halved the tissue's lag-1
+    correlation and the tissue counted 2.8-3.0× as much (an edge tile scoring 3× its
+    neighbours, and its fine fraction making theirs look defocused)."""
+    for k in (3, 17):
+        crop = synth.resample(isbi_slices[k], 2.0, order=3)[256:768, 256:768]
+        edge = crop.copy()
+        edge[:, 512 - int(256 * 0.9) :] = 0.0
+        alone, beside = (
+            sum(
+                float(
+                    np.asarray(
+                        score_image(
+                            synth.to_uint(
+                                synth.degrade(
+                                    im,
+                                    rng=np.random.default_rng([k, draw]),
+                                    dose=30.0,
+                                    noise_sigma_2d=0.7,
+                                ),
+                                8,
+                            ),
+                            backend=CPU,
+                            patch_size=256,
+                        ).patch_scores
+                    )[:, 0].sum()
+                )
+                for draw in range(3)
+            )
+            for im in (crop, edge)
+        )
+        assert abs(beside / alone - 1) < 0.2, (k, alone, beside)
+
+
+def test_a_black_margin_does_not_take_a_resampled_tiles_tail_factor_down(
+    isbi_slices: Slices,
+) -> None:
+    """An edge tile of a resampled image (noisy, then bilinear ×1.3: a tail factor ~1.35,
+    ``noise._immerkaer``), its right column of patches 90 % black: the tissue column
+    counts within 12 % of what it counts when the whole tile is tissue. The margin
+    patches cannot measure the tail factor (too few unclipped blocks); pooled as their
+    1.0, it took the tissue's to ~1.17 and its counts up by 8-27 %."""
+    for k in (10, 26):
+        crop = synth.resample(isbi_slices[k], 1.6, order=3)[:400, :400]
+        noisy = synth.degrade(crop, rng=np.random.default_rng(k), dose=30.0)
+        tissue = synth.resample(noisy, 1.3, order=1)[:512, :512]
+        edge = tissue.copy()
+        edge[:, 512 - int(256 * 0.9) :] = 0.0
+        alone, beside = (
+            float(
+                np.asarray(
+                    score_image(synth.to_uint(im, 8), backend=CPU, patch_size=256).patch_scores
+                )[:, 0].sum()
+            )
+            for im in (tissue, edge)
+        )
+        assert abs(beside / alone - 1) < 0.12, (k, alone, beside)
+
+
+def test_a_patch_whose_correlation_was_not_measured_does_not_dilute_the_others() -> None:
+    """A patch mostly clipped (a black margin) cannot measure its noise's correlation
+    or tail factor (``noise_model(..., mark_unmeasured=True)``: NaN); that is no
+    evidence of white noise: the patches pool those of the patches that measured them,
+    and a measured zero (white noise along y) still counts as one. None measured: white
+    noise of one variance, as ``noise_model`` says by default."""
+    measured = [_model(0.10, 0.55, 1.3), _model(0.10, 0.57, 1.4)]
+    margin = [_model(0.105, math.nan, math.nan), _model(0.105, math.nan, math.nan)]
+    pooled = tile_noise_models([*measured, *margin], [100.0] * 4)
+    for m in pooled:
+        assert m is not None
+        assert m[len(NOISE_FACTORS) :] == pytest.approx([0.56] * (2 * NOISE_LAGS) + [1.35])
+    nx = len(NOISE_FACTORS) + NOISE_LAGS
+    white_y = [(*m[:nx], 0.0, 0.0, 0.0, 1.0) for m in measured]
+    with_y = (*white_y[0][:nx], 0.04, 0.04, 0.0, 1.0)
+    pooled = tile_noise_models([white_y[0], white_y[1], with_y, *margin], [100.0] * 5)
+    assert pooled[3] is not None
+    assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    alone = tile_noise_models(list(margin), [100.0, 100.0])
+    assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0,)] * 2

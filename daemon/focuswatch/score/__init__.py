@@ -36,10 +36,11 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
       least the binned estimate × the white-noise gain) still bound the coarse
       levels. Clean images keep the contrast threshold alone. A tile scored as
       patches has one noise floor (``noise.tile_noise_models``): each patch's level
-      is the median over the tile's patches in raw units (within 10 % of its own),
-      its correlations the median; patch by patch, the floor followed each patch's
-      brightness and texture, and the fine fractions of a sharp tile's patches with
-      it (2-D correlated noise at 30 e/px: 38 % apart, read as a wrinkle).
+      is the median in raw units over the patches whose own level is within 15 %
+      of its own, its correlations the median of those that measured them; patch
+      by patch, the floor followed each patch's brightness and texture, and the fine
+      fractions of a sharp tile's patches with it (2-D correlated noise at 30 e/px:
+      38 % apart, read as a wrinkle).
     * **A fixed contrast threshold.** The paper's threshold grows with sqrt(H·W)
       (an artefact of its orthonormal FFT units); we use its value at the paper's
       working size, 0.1024 of the stretched range, at every size, so patches and
@@ -328,7 +329,7 @@ def _pooled_units(
         except ConstantImageError:
             return turn, None
         u, limits = stretch_image(image, params, backend=be, dtype=dtype, minmax=minmax)
-        return turn, (limits, image_noise(u, params, backend=be))
+        return turn, (limits, image_noise(u, params, backend=be, mark_unmeasured=True))
 
     surveyed = each_patch(bounds, cut, survey, backend=backend, threads=threads)
     infos = [info for _, info in surveyed]

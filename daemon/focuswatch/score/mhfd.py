@@ -857,11 +857,15 @@ def _level_thresholds(
     return t
 
 
-def image_noise(u: Any, params: MhfdParams, *, backend: Backend) -> tuple[float, ...]:
-    """The noise model ``mhfd_prepared`` measures on ``u`` (stretched) for ``params``."""
+def image_noise(
+    u: Any, params: MhfdParams, *, backend: Backend, mark_unmeasured: bool = False
+) -> tuple[float, ...]:
+    """The noise model ``mhfd_prepared`` measures on ``u`` (stretched) for ``params``
+    (``mark_unmeasured``: see ``noise.noise_model``)."""
     if params.noise_k is None:
         return (0.0,) * len(NOISE_FACTORS)
-    return noise_model(u, backend, step=_FAST_NOISE_STEP if params.decimate else 2)
+    step = _FAST_NOISE_STEP if params.decimate else 2
+    return noise_model(u, backend, step=step, mark_unmeasured=mark_unmeasured)
 
 
 def stretch_image(
