@@ -804,11 +804,6 @@ def test_a_patch_that_lost_its_high_band_is_stored_and_judged_partly_out_of_focu
     assert again.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, again.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review8: policy._spectral_weak_patches reads a margin patch's ratio (0-0.3 of "
-    "the tissue's) as a wrinkle; a patch mostly clipped needs no ratio",
-)
 def test_a_sharp_edge_tile_with_a_black_margin_is_not_a_wrinkle(
     isbi_slices: Slices, tmp_path: Path
 ) -> None:
@@ -819,7 +814,8 @@ def test_a_sharp_edge_tile_with_a_black_margin_is_not_a_wrinkle(
     focus. The margin's straight edge puts its patches' high-to-mid ratio at 0-0.3 of
     the tissue's (the step's 1/f² spectrum is mostly mid band, and beside it the
     tissue's few high-band bins are within the floor's error): every section was
-    flagged as a wrinkle on the margin's patches (on main: in focus)."""
+    flagged as a wrinkle on the margin's patches (on main: in focus). A patch whose
+    stretch clips more than half its pixels now has no ratio."""
     settings = ScoreSettings(resolution="patches", patch_size=256, backend="cpu")
     led = Ledger.open(tmp_path / "state")
     try:

@@ -273,11 +273,12 @@ def score_patches(
     bounds = [(y0, y1, x0, x1) for y0, y1 in ys for x0, x1 in xs]
     n_threads = default_threads(backend) if threads is None else threads
     if criterion == "mhfd" and resize is None and params_for(mode).noise_k is not None:
-        units = _pooled_units(
+        units, clipped = _pooled_units(
             bounds, cut, backend=backend, mode=mode, dtype=dtype, threads=n_threads
         )
     else:
         units = each_patch(bounds, cut, work, backend=backend, threads=n_threads)
+        clipped = [0.0] * len(units)
     turns = [turn for _, turn, _ in units]
     grid = np.asarray([numbers for numbers, _, _ in units], dtype=float)
     grid = grid.reshape(len(ys), len(xs), 4)
@@ -297,13 +298,16 @@ def score_patches(
         patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
         orientation=_mean_orientation(turns),
         spectral=spectral_ratio([bands for *_, bands in units]) if mhfd_counts else None,
-        patch_spectral=_patch_spectra([b for *_, b in units], scores.shape)
+        patch_spectral=_patch_spectra([b for *_, b in units], clipped, scores.shape)
         if mhfd_counts
         else None,
     )
 
 
 _Unit = tuple[tuple[float, ...], Orientation | None, BandPowers | None]
+#: A patch's spectral ratio needs a mid band at least this share of the tile's median
+#: patch's (above the floor): enough tissue that the ratio is not the floor's error.
+_PATCH_MID_SHARE = 0.25
 
 
 def _pooled_units(
@@ -314,11 +318,12 @@ def _pooled_units(
     mode: str,
     dtype: Any,
     threads: int,
-) -> list[_Unit]:
+) -> tuple[list[_Unit], list[float]]:
     """MHFD of every patch with the noise model pooled over the tile
     (``noise.tile_noise_models``): a first pass measures each patch's stretch, noise
     model and orientation, a second reads each patch again and counts. Re-reading, not
-    holding the patches: the memory guard's reads never hold the whole tile."""
+    holding the patches: the memory guard's reads never hold the whole tile. With each
+    patch's share of pixels clipped by its stretch (on every 4th pixel each way)."""
     params = params_for(mode)
 
     def survey(patch: Any, be: Backend) -> tuple[Orientation | None, Any]:
@@ -342,17 +347,20 @@ def _pooled_units(
     def again(y0: int, y1: int, x0: int, x1: int) -> tuple[Any, int]:
         return cut(y0, y1, x0, x1), index[y0, y1, x0, x1]
 
-    def count(item: tuple[Any, int], be: Backend) -> _Unit:
+    def count(item: tuple[Any, int], be: Backend) -> tuple[_Unit, float]:
         patch, i = item
         turn, info = surveyed[i]
         model = models[i]
         if info is None or model is None:
-            return (_blank_score("mhfd"), 0.0, float("nan"), 0.0), turn, None
+            return ((_blank_score("mhfd"), 0.0, float("nan"), 0.0), turn, None), 1.0
         u = stretched(be.xp.asarray(patch), be, limits=info[0], dtype=dtype)
         d = mhfd_prepared(u, params, backend=be, noise=model)
-        return (float(d.count), d.content, d.noise, float(d.fine)), turn, d.bands
+        sample = u[::4, ::4]
+        clipped = int(be.xp.count_nonzero((sample <= 0) | (sample >= 1))) / max(sample.size, 1)
+        return ((float(d.count), d.content, d.noise, float(d.fine)), turn, d.bands), clipped
 
-    return each_patch(bounds, again, count, backend=backend, threads=threads)
+    counted = each_patch(bounds, again, count, backend=backend, threads=threads)
+    return [unit for unit, _ in counted], [share for _, share in counted]
 
 
 def _orientation(image: Any, backend: Backend) -> Orientation | None:
@@ -377,10 +385,21 @@ def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -
     return out
 
 
-def _patch_spectra(bands: list[BandPowers | None], shape: tuple[int, ...]) -> Any:
-    """Each patch's spectral ratio (``spectrum.patch_ratio``) on the grid of ``shape``,
-    NaN where it has none."""
-    ratios = [patch_ratio(b) for b in bands]
+def _patch_spectra(
+    bands: list[BandPowers | None], clipped: list[float], shape: tuple[int, ...]
+) -> Any:
+    """Each patch's spectral ratio (``spectrum.patch_ratio``) on the grid of ``shape``;
+    NaN where it has none, where its stretch clips more than half its pixels (a margin
+    beyond the section: the step's spectrum is mid band and the little tissue's high band
+    is within the floor's error, 0-0.3 of the tissue's ratio), or where its mid band's
+    signal is under ``_PATCH_MID_SHARE`` of the tile's median patch's (a sliver of
+    tissue in resin, the same quotient of noise-sized numbers)."""
+    mids = [b[2] - b[3] if b is not None and math.isfinite(b[2] - b[3]) else 0.0 for b in bands]
+    typical = float(np.median(mids)) if mids else 0.0
+    ratios = [
+        patch_ratio(b) if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical else None
+        for b, share, mid in zip(bands, clipped, mids, strict=True)
+    ]
     return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(shape)
 
 
