@@ -575,24 +575,28 @@ def test_a_sharp_patch_within_the_tissues_own_spread_is_not_a_wrinkle() -> None:
     assert "r0-c0" in wrinkle.reason
 
 
-def _spectral_patches(ratio: float) -> Evidence:
+def _spectral_patches(ratio: float, fine: float = 0.66) -> Evidence:
     """A sharp tile (history and fine fractions agree) whose patch r0-c0 has the
-    spectral ratio ``ratio`` against 0.30 in the others."""
+    spectral ratio ``ratio`` against 0.30 in the others, and the fine fraction ``fine``
+    against 0.80."""
     return dataclasses.replace(
-        _four_patches(0.80, 60.0), patch_spectral=[[ratio, 0.30], [0.31, 0.29]]
+        _four_patches(fine, 60.0), patch_spectral=[[ratio, 0.30], [0.31, 0.29]]
     )
 
 
 def test_a_patch_that_lost_its_high_band_is_a_wrinkle() -> None:
-    """A σ 3 px wrinkle under noise correlated in 2-D kept its fine fraction (its fine
-    maxima are mostly noise) but its high band fell to 0.40 of the tile's typical patch
-    or less; sharp patches of ISBI tiles stay above 0.52."""
+    """A σ 3 px wrinkle under noise correlated in 2-D kept most of its fine fraction
+    (0.66 against 0.80: its fine maxima are mostly noise) but its high band fell to
+    0.40 of the tile's typical patch or less; sharp patches of ISBI tiles stay above
+    0.52. A ratio that low with the fine fraction kept is texture (ISBI repeated 2×2
+    under noise along x), not a wrinkle."""
     v = decide(_spectral_patches(0.12), cfg=CFG)
     assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, v.reason
     assert "r0-c0" in v.reason
     assert "fine detail" in v.reason
     assert decide(_spectral_patches(0.17), cfg=CFG).kind is VerdictKind.IN_FOCUS
     assert decide(_spectral_patches(math.nan), cfg=CFG).kind is VerdictKind.IN_FOCUS
+    assert decide(_spectral_patches(0.12, fine=0.75), cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
 def test_a_patch_spectrum_needs_tissue_in_the_rest_of_the_tile() -> None:
