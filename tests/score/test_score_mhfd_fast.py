@@ -203,3 +203,14 @@ def test_fast_is_the_default_and_default_is_the_old_name_of_exact() -> None:
     fast = mhfd_detail(image, backend=CPU, mode="fast")
     assert mhfd_detail(image, backend=CPU).count == fast.count
     assert fast.count != exact.count
+
+
+def test_flat_indices_split_into_rows_and_columns_as_divmod_does() -> None:
+    """Rows and columns of flat indices (row, then ``idx − row·w``) are divmod's, from
+    the first pixel to the last, for wide and one-pixel rows."""
+    for w in (1, 7, 1024):
+        idx = np.arange(0, 50 * w, max(1, w // 3), dtype=np.intp)
+        ys, xs = maxima._rows_cols(idx, w)
+        want_y, want_x = np.divmod(idx, w)
+        assert np.array_equal(ys, want_y)
+        assert np.array_equal(xs, want_x)

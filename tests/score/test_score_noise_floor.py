@@ -460,3 +460,57 @@ def test_a_patch_whose_correlation_was_not_measured_does_not_dilute_the_others()
     assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0])
     alone = tile_noise_models(list(margin), [100.0, 100.0])
     assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0,)] * 2
+
+
+def _immerkaer_reference(u: np.ndarray, step: int) -> tuple[float, float]:
+    """Immerkær's level and tail factor as the three-term expressions compute them (the
+    code before it was written for fewer passes)."""
+    d = u[:, 0:-2:step] - 2 * u[:, 1:-1:step] + u[:, 2::step]
+    e = d[0:-2:step] - 2 * d[1:-1:step] + d[2::step]
+    centre = u[1:-1:step, 1:-1:step][: e.shape[0], : e.shape[1]]
+    inside = (centre > 0) & (centre < 1)
+    a = np.abs(e)
+    a[~inside] = np.inf
+    k = int(np.count_nonzero(inside)) // 2
+    mad = float(np.partition(a.ravel(), k)[k])
+    br, bc = max(1, 32 // step), max(1, 64 // step)
+    w = inside.astype(e.dtype)
+    n = NOISE_MODULE._block_sums(w, br, bc)
+    energy = NOISE_MODULE._block_sums(e * e * w, br, bc)
+    full = n >= (1 - NOISE_MODULE._CLIPPED_SHARE) * (br * bc)
+    sigma = mad / (0.6744897501960817 * 6.0)
+    if int(np.count_nonzero(full)) < 8:
+        return sigma, 1.0
+    ms = np.sort(energy[full] / n[full])
+    ratio = float(np.sqrt(max(float(ms[(ms.size - 1) // 4]), 0.0))) / (mad / 0.6744897501960817)
+    return sigma, min(max(ratio, 1.0), NOISE_MODULE._MAX_TAILS)
+
+
+@pytest.mark.parametrize("step", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(256, 256), (301, 517)])
+def test_immerkaer_gives_the_three_term_expressions_numbers_exactly(
+    step: int, shape: tuple[int, int]
+) -> None:
+    """The level and the tail factor come out bit for bit as the plain three-term
+    differences, the masked median and ``e·e·w`` give them, clipped pixels, odd sizes
+    and every sampling step included: the faster passes change no score."""
+    rng = np.random.default_rng(step)
+    image = synth.degrade(synth.neuropil(shape, rng=rng), rng=rng, dose=8.0, scan_pole=0.3)
+    u = np.clip(image, 0.0, 1.0).astype(np.float32)
+    u[:, : shape[1] // 5] = 0.0  # a black margin
+    u[: shape[0] // 7] = 1.0  # and a saturated one
+    assert NOISE_MODULE._immerkaer(u, CPU, subsample=step) == _immerkaer_reference(u, step)
+
+
+def test_the_lag_spectrum_is_its_cosine_sum() -> None:
+    """The noise spectrum along an axis, from cosines computed once per length, is the
+    cosine sum itself (to the bit), and the cached cosines cannot be written to."""
+    rho = (0.4, -0.1, 0.05)
+    for n in (256, 1000):
+        w = NOISE_MODULE.freqs(n, real=False)
+        want = np.ones(n)
+        for k, r in enumerate(rho, start=1):
+            want += 2 * r * np.cos(k * w)
+        assert np.array_equal(NOISE_MODULE._lag_spectrum(n, rho), np.clip(want, 0.0, None))
+    with pytest.raises(ValueError, match="read-only"):
+        NOISE_MODULE._lag_cosines(256, 3)[0][0] = 2.0

@@ -3,6 +3,8 @@ noise floor falls steeply with blur, barely with less tissue, and is ~0 for nois
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,34 @@ def test_a_sliver_of_tissue_in_resin_is_not_read_as_lost_detail(
         ).ravel()
         rest = float(np.nanmedian(ratios[1:]))
         assert not ratios[0] < 0.45 * rest, (k, ratios)
+
+
+def _band_powers_reference(F: np.ndarray, shape: tuple[int, int]) -> tuple[float, ...]:
+    """``band_powers`` as written before it read each side's powers once: every band
+    squares its own blocks."""
+    spectrum = sys.modules["focuswatch.score.spectrum"]
+    lay = spectrum._layout(CPU, shape, F.real.dtype.name)
+    H = shape[0]
+    noise_rows = F[lay.r1 : H - lay.r1 + 1]
+    along_x = np.mean(spectrum._power(noise_rows[:, : lay.kx]), axis=0)
+    corner = float(np.mean(spectrum._power(noise_rows[:, lay.c1 :])))
+    out: list[float] = []
+    for band in (0, 1):
+        p = n = 0.0
+        for rows, side in ((F[: lay.ky], 0), (F[H - lay.ky + 1 :], 1)):
+            mask = lay.masks[2 * band + side]
+            p += float(np.sum(spectrum._power(rows[:, : lay.kx]) * mask))
+            along_y = np.mean(spectrum._power(rows[:, lay.c1 :]), axis=1)
+            n += float(along_y @ mask @ along_x) / corner
+        out += [p, n]
+    return tuple(out)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (300, 420)])
+def test_band_powers_are_the_per_band_sums_exactly(shape: tuple[int, int]) -> None:
+    """Reading each side's powers once for both bands changes no bit of the powers or
+    their floors."""
+    rng = np.random.default_rng(shape[1])
+    image = synth.degrade(synth.neuropil(shape, rng=rng), rng=rng, dose=30.0).astype(np.float32)
+    F = np.fft.rfft2(image).astype(np.complex64)
+    assert band_powers(F, shape, CPU) == _band_powers_reference(F, shape)

@@ -802,9 +802,10 @@ def content_of(F: Any, shape: tuple[int, int], backend: Backend, dtype: Any) -> 
         if f == 1
         else (_crop_spectrum(F, shape, f, backend), (shape[0] // f, shape[1] // f))
     )
-    band = fft.irfft2(
-        Fs * _content_transfer(backend, sh, f, np.dtype(dtype).name), s=sh, **backend.fft_kwargs()
-    )
+    transfer = _content_transfer(backend, sh, f, np.dtype(dtype).name)
+    # A cropped spectrum is a copy of its own: multiplied in place.
+    prod = Fs * transfer if f == 1 else backend.xp.multiply(Fs, transfer, out=Fs)
+    band = fft.irfft2(prod, s=sh, **backend.fft_kwargs())
     return _robust_std(band, backend)
 
 

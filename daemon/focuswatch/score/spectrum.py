@@ -104,13 +104,16 @@ def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers 
     if not corner > 0:
         return None
     out = []
-    parts = ((F[:ky], 0), (F[H - ky + 1 :], 1))
+    # Each side's powers once, read by both bands.
+    parts = [
+        (_power(rows[:, :kx]), xp.mean(_power(rows[:, c1:]), axis=1), side)  # N(f_y)·N(high f_x)
+        for rows, side in ((F[:ky], 0), (F[H - ky + 1 :], 1))
+    ]
     for band in (0, 1):  # high, mid
         p = n = 0.0
-        for rows, side in parts:
+        for power, along_y, side in parts:
             mask = lay.masks[2 * band + side]
-            p += float(xp.sum(_power(rows[:, :kx]) * mask))
-            along_y = xp.mean(_power(rows[:, c1:]), axis=1)  # N(f_y)·N(high f_x)
+            p += float(xp.sum(power * mask))
             n += float(along_y @ mask @ along_x) / corner
         out += [p, n]
     return out[0], out[1], out[2], out[3]
