@@ -599,6 +599,21 @@ def test_a_patch_that_lost_its_high_band_is_a_wrinkle() -> None:
     assert decide(_spectral_patches(0.12, fine=0.75), cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
+def test_a_reason_names_what_each_rule_saw() -> None:
+    """One patch lost its fine-scale features, another its high band: the reason says
+    both, not one rule's words for both patches."""
+    ev = dataclasses.replace(
+        _four_patches(0.25, 40.0),
+        patch_fine=[[0.25, 0.80], [0.81, 0.66]],
+        patch_spectral=[[0.30, 0.30], [0.31, 0.05]],
+    )
+    v = decide(ev, cfg=CFG)
+    assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, v.reason
+    assert "2 of 4 patches" in v.reason
+    assert "lost their fine-scale features" in v.reason
+    assert ", or lost their fine detail" in v.reason
+
+
 def test_a_patch_spectrum_needs_tissue_in_the_rest_of_the_tile() -> None:
     """With fewer than three patches that have a ratio, none is the odd one out."""
     ev = dataclasses.replace(

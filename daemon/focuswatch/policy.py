@@ -1289,16 +1289,22 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
         cells = ", ".join(f"r{r}-c{c}" for r, c in weak[:8]) + (" …" if len(weak) > 8 else "")
-        what = (
-            "lost their fine-scale features while the rest of the tile kept them"
-            if by_fine is not None and by_features
-            else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual score "
-            "at this position while the rest did not"
-            if by_features
-            else "lost their fine detail (high-frequency power below "
-            f"{100 * _PATCH_SPECTRAL_DROP:.0f} % of the tile's typical patch) while the rest "
-            "of the tile kept it"
-        )
+        # Each rule that flagged a patch says what it saw.
+        said = []
+        if by_features:
+            said.append(
+                "lost their fine-scale features while the rest of the tile kept them"
+                if by_fine is not None
+                else f"lost more than {100 * cfg.partial_patch_drop:.0f} % of their usual "
+                "score at this position while the rest did not"
+            )
+        if set(by_spectrum) - set(by_features):
+            said.append(
+                "lost their fine detail (high-frequency power below "
+                f"{100 * _PATCH_SPECTRAL_DROP:.0f} % of the tile's typical patch) while the "
+                "rest of the tile kept it"
+            )
+        what = ", or ".join(said)
         return Verdict(
             VerdictKind.PARTLY_OUT_OF_FOCUS,
             f"{score_text} is fine for the whole tile, but {len(weak)} of {total} patches "
