@@ -604,7 +604,7 @@ def test_a_reason_names_what_each_rule_saw() -> None:
     both, not one rule's words for both patches."""
     ev = dataclasses.replace(
         _four_patches(0.25, 40.0),
-        patch_fine=[[0.25, 0.80], [0.81, 0.66]],
+        patch_fine=[[0.25, 0.80], [0.81, 0.55]],
         patch_spectral=[[0.30, 0.30], [0.31, 0.05]],
     )
     v = decide(ev, cfg=CFG)
