@@ -793,13 +793,19 @@ def test_a_patch_that_lost_its_high_band_is_stored_and_judged_partly_out_of_focu
     patches = [[150.0, 160.0], [155.0, 158.0]]
     sharp = [[0.30, 0.31], [0.29, 0.32]]
     wrinkle = [[0.04, 0.31], [0.29, 0.32]]
-    tiles = [(s, 0, 0, tile(155.0, patches=patches, patch_spectral=sharp)) for s in range(3)]
-    ids = feed(led, [*tiles, (3, 0, 0, tile(150.0, patches=patches, patch_spectral=wrinkle))])
+    fine = [[0.72, 0.71], [0.70, 0.72]]
+    low = [[0.55, 0.71], [0.70, 0.72]]  # the wrinkle's fine fraction agrees
+    tiles = [
+        (s, 0, 0, tile(155.0, patches=patches, patch_fine=fine, patch_spectral=sharp))
+        for s in range(3)
+    ]
+    last = tile(150.0, patches=patches, patch_fine=low, patch_spectral=wrinkle)
+    ids = feed(led, [*tiles, (3, 0, 0, last)])
     record = led.verdict_record(ids[3, 0, 0])
     assert record.verdict.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, record.verdict.reason
     assert "fine detail" in record.verdict.reason
     assert led.result(ids[3, 0, 0])["patch_spectral"] == wrinkle
-    feed(led, [(3, 0, 1, tile(152.0, patches=patches, patch_spectral=sharp))])
+    feed(led, [(3, 0, 1, tile(152.0, patches=patches, patch_fine=fine, patch_spectral=sharp))])
     again = led.verdict_record(ids[3, 0, 0]).verdict
     assert again.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, again.reason
 

@@ -597,6 +597,9 @@ def test_a_patch_that_lost_its_high_band_is_a_wrinkle() -> None:
     assert decide(_spectral_patches(0.17), cfg=CFG).kind is VerdictKind.IN_FOCUS
     assert decide(_spectral_patches(math.nan), cfg=CFG).kind is VerdictKind.IN_FOCUS
     assert decide(_spectral_patches(0.12, fine=0.75), cfg=CFG).kind is VerdictKind.IN_FOCUS
+    # With no fine signature to agree (review9), the ratio alone is no wrinkle.
+    alone = dataclasses.replace(_spectral_patches(0.12), patch_fine=None)
+    assert decide(alone, cfg=CFG).kind is VerdictKind.IN_FOCUS
 
 
 def test_a_reason_names_what_each_rule_saw() -> None:

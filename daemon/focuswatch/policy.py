@@ -703,12 +703,13 @@ def _spectral_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, i
     cells, typical = values
     limit = _PATCH_SPECTRAL_DROP * typical
     weak = [(r, c) for r, c, s, q in cells if q >= cfg.min_baseline and s < limit]
+    # Without a usable fine signature to agree, the ratio alone does not say wrinkle.
     signature = _patch_values(ev, ev.patch_fine)
     if signature is None:
-        return weak
+        return []
     fine_cells, fine_typical = signature
     fine = {(r, c): f for r, c, f, _ in fine_cells}
-    return [rc for rc in weak if fine.get(rc, 0.0) < (1.0 - cfg.fine_drop) * fine_typical]
+    return [rc for rc in weak if rc in fine and fine[rc] < (1.0 - cfg.fine_drop) * fine_typical]
 
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:

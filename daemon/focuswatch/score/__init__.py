@@ -395,7 +395,9 @@ def _patch_spectra(
     signal is under ``_PATCH_MID_SHARE`` of the tile's median patch's (a sliver of
     tissue in resin, the same quotient of noise-sized numbers)."""
     mids = [b[2] - b[3] if b is not None and math.isfinite(b[2] - b[3]) else 0.0 for b in bands]
-    typical = float(np.median(mids)) if mids else 0.0
+    # The typical patch among those with a mid band (resin's ~0 would lower the bar).
+    banded = [m for b, m in zip(bands, mids, strict=True) if patch_ratio(b) is not None]
+    typical = float(np.median(banded)) if banded else 0.0
     ratios = [
         patch_ratio(b) if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical else None
         for b, share, mid in zip(bands, clipped, mids, strict=True)
