@@ -88,7 +88,8 @@ scores of its context and never on the order in which tiles arrived:
    within a tile the fraction does not follow the tissue); without one, a patch
    that lost ``partial_patch_drop`` or more of its own score at this position in
    trusted sections, relative to the tile's median change. Either way also a patch
-   whose spectral ratio is below ``_PATCH_SPECTRAL_DROP`` of the tile's typical patch:
+   whose spectral ratio is below ``_PATCH_SPECTRAL_DROP`` of the tile's typical patch
+   and whose fine fraction is below the typical one by ``fine_drop`` (both needed):
    the high band is where blur shows first, and under noise correlated in 2-D a σ 3 px
    wrinkle's few fine maxima are mostly noise (its fine fraction 0.66 against 0.77).
 8. Otherwise **in focus**.
