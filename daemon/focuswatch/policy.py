@@ -85,7 +85,8 @@ scores of its context and never on the order in which tiles arrived:
    region): with a per-patch scale signature, a patch whose fine fraction is
    ``2 × fine_drop`` below the tile's typical patch and significantly so for its
    feature count and the tissue's own spread between patches (no history needed:
-   within a tile the fraction does not follow the tissue); without one, a patch
+   within a tile the fraction does not follow the tissue), unless its spectral ratio
+   held (at least ``1 − _SPECTRUM_HELD`` of the typical patch's); without one, a patch
    that lost ``partial_patch_drop`` or more of its own score at this position in
    trusted sections, relative to the tile's median change. Either way also a patch
    whose spectral ratio is below ``_PATCH_SPECTRAL_DROP`` of the tile's typical patch
