@@ -603,12 +603,13 @@ def test_a_patch_that_lost_its_high_band_is_a_wrinkle() -> None:
 
 
 def test_a_reason_names_what_each_rule_saw() -> None:
-    """One patch lost its fine-scale features, another its high band: the reason says
-    both, not one rule's words for both patches."""
+    """One patch lost its fine-scale features (its high band fell too, short of the
+    spectral rule: not held), another its high band: the reason says both, not one
+    rule's words for both patches."""
     ev = dataclasses.replace(
         _four_patches(0.25, 40.0),
         patch_fine=[[0.25, 0.80], [0.81, 0.55]],
-        patch_spectral=[[0.30, 0.30], [0.31, 0.05]],
+        patch_spectral=[[0.20, 0.30], [0.31, 0.05]],
     )
     v = decide(ev, cfg=CFG)
     assert v.kind is VerdictKind.PARTLY_OUT_OF_FOCUS, v.reason
