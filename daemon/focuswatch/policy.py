@@ -637,9 +637,11 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
     return tuple(len(line) for line in patches)
 
 
-def _patch_values(
-    ev: Evidence, grid: list[list[float]] | None
-) -> tuple[list[tuple[int, int, float, float]], float] | None:
+#: A focus map's cells (row, col, value, count) and their typical value (``_patch_values``).
+_PatchValues = tuple[list[tuple[int, int, float, float]], float] | None
+
+
+def _patch_values(ev: Evidence, grid: list[list[float]] | None) -> _PatchValues:
     """The patches (row, col, value, count) where ``grid``, aligned with the focus map,
     has a value, and its typical value: the median over the patches with tissue (a
     count at least ``_SPARSE_PATCH`` of the median patch's: not resin). None when too
@@ -662,14 +664,17 @@ def _patch_values(
     return cells, statistics.median(solid)
 
 
-def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]] | None:
-    """Patches whose fine-scale fraction is far below the tile's other patches.
+def _fine_weak_patches(
+    signature: _PatchValues, spectra: _PatchValues, cfg: PolicyConfig
+) -> list[tuple[int, int]] | None:
+    """Patches whose fine-scale fraction is far below the tile's other patches
+    (``signature``: ``_patch_values`` of the fine fractions, ``spectra`` of the spectral
+    ratios).
 
     Within one tile the fine fraction does not follow the tissue (a patch of sparse
     tissue keeps it, a blurred patch loses it), so no history is needed. None when
     the tile has no usable per-patch signature.
     """
-    signature = _patch_values(ev, ev.patch_fine)
     if signature is None:
         return None
     cells, typical = signature
@@ -677,7 +682,6 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     # less _SPECTRUM_HELD) is not blurred whatever its fine fraction: at a section's
     # edge, tissue beside resin under 2-D correlated noise read 0.33-0.38 against 0.73
     # with a ratio 1.5-5.6 times the typical one (σ 3 px wrinkles: at most 0.40 times).
-    spectra = _patch_values(ev, ev.patch_spectral)
     held = (
         {(r, c) for r, c, s, _ in spectra[0] if s >= (1.0 - _SPECTRUM_HELD) * spectra[1]}
         if spectra is not None
@@ -702,26 +706,29 @@ def _fine_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]
     return weak
 
 
-def _spectral_weak_patches(ev: Evidence, cfg: PolicyConfig) -> list[tuple[int, int]]:
+def _spectral_weak_patches(
+    spectra: _PatchValues, signature: _PatchValues, cfg: PolicyConfig
+) -> list[tuple[int, int]]:
     """Patches whose spectral ratio is far below the tile's typical patch and whose
     fine fraction is below the typical one by the tile's margin (``fine_drop``): a region
     that lost its fine detail, in its spectrum and in its features' scales, while the
     rest kept it. (The ratio alone took 28 sharp patches of ISBI texture repeated 2×2
     under noise correlated along x for wrinkles, their fine fractions 0.70-1.05 of the
     typical; the wrinkles' were at most 0.78.)"""
-    values = _patch_values(ev, ev.patch_spectral)
-    if values is None:
-        return []
-    cells, typical = values
-    limit = _PATCH_SPECTRAL_DROP * typical
-    weak = [(r, c) for r, c, s, q in cells if q >= cfg.min_baseline and s < limit]
     # Without a usable fine signature to agree, the ratio alone does not say wrinkle.
-    signature = _patch_values(ev, ev.patch_fine)
-    if signature is None:
+    if spectra is None or signature is None:
         return []
+    cells, typical = spectra
     fine_cells, fine_typical = signature
     fine = {(r, c): f for r, c, f, _ in fine_cells}
-    return [rc for rc in weak if rc in fine and fine[rc] < (1.0 - cfg.fine_drop) * fine_typical]
+    return [
+        (r, c)
+        for r, c, s, q in cells
+        if q >= cfg.min_baseline
+        and s < _PATCH_SPECTRAL_DROP * typical
+        and (r, c) in fine
+        and fine[r, c] < (1.0 - cfg.fine_drop) * fine_typical
+    ]
 
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
@@ -1295,9 +1302,11 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
     if verdict.kind is not VerdictKind.IN_FOCUS:
         return verdict
 
-    by_fine = _fine_weak_patches(ev, cfg)
+    signature = _patch_values(ev, ev.patch_fine)
+    spectra = _patch_values(ev, ev.patch_spectral)
+    by_fine = _fine_weak_patches(signature, spectra, cfg)
     by_features = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
-    by_spectrum = _spectral_weak_patches(ev, cfg)
+    by_spectrum = _spectral_weak_patches(spectra, signature, cfg)
     weak = sorted({*by_features, *by_spectrum})
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])

@@ -394,13 +394,14 @@ def _patch_spectra(
     is within the floor's error, 0-0.3 of the tissue's ratio), or where its mid band's
     signal is under ``_PATCH_MID_SHARE`` of the tile's median patch's (a sliver of
     tissue in resin, the same quotient of noise-sized numbers)."""
+    own = [patch_ratio(b) for b in bands]
     mids = [b[2] - b[3] if b is not None and math.isfinite(b[2] - b[3]) else 0.0 for b in bands]
     # The typical patch among those with a mid band (resin's ~0 would lower the bar).
-    banded = [m for b, m in zip(bands, mids, strict=True) if patch_ratio(b) is not None]
+    banded = [m for r, m in zip(own, mids, strict=True) if r is not None]
     typical = float(np.median(banded)) if banded else 0.0
     ratios = [
-        patch_ratio(b) if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical else None
-        for b, share, mid in zip(bands, clipped, mids, strict=True)
+        r if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical else None
+        for r, share, mid in zip(own, clipped, mids, strict=True)
     ]
     return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(shape)
 

@@ -472,8 +472,8 @@ def tile_noise_models(
     for the tissue of a tile.
 
     ``models``: each patch's own ``noise_model`` (stretched units, NaN where not
-    measured: ``mark_unmeasured``; None for a blank patch), ``widths`` its stretch's range in the
-    tile's raw units. A patch's own level
+    measured: ``mark_unmeasured``; None for a blank patch), ``widths`` its stretch's
+    range in the tile's raw units. A patch's own level
     follows its brightness (shot noise) and its tissue's texture, and where the floor
     binds (2-D correlated noise at 30 e/px) the fine levels' counts follow the level:
     the fine fractions of one sharp tile's 256 px patches lay 9 % apart on average, up
