@@ -25,11 +25,24 @@ Every tile is written as an ATLAS TIFF, scored with ``score_path`` and judged wi
 ``focuswatch.judge.judge`` on a real SQLite ledger, as the service does, in two
 arrival orders: section by section, and a burst (all tiles at once, in an order
 where the early sections arrive last and each section is shuffled). The verdicts
-must be identical. Truth: *sharp* is σ 0 or a drift still at σ ≤ 0.5 px (must not
-be flagged), *blurred* is σ ≥ 1.5 px, sudden, drifting or section-wide (must be
-flagged), *wrinkle* (must be partly out of focus or out of focus), *empty*; tiles
-with 0.5 < σ < 1.5 are counted but not judged against a target. Rates come with
-95 % Wilson intervals. Exit status 0 when the targets hold (--max-false-alerts,
+must be identical.
+
+Truth. The sections are not equally sharp to begin with: each slice's own blur b is
+measured first (``bench/intrinsic.py``: its radially averaged power spectrum, Hann
+window, against the per-bin median spectrum of the slices in the top half by
+high-to-mid band ratio; a least-squares fit of ln(P_s/P_ref) = c − 4π²b²f² over
+0.05-0.45 cycles/px, b 0 where the fit says sharper; the table is printed first).
+ISBI's slices 0-14 read b 0.54-0.63 native px, slices 15-29 0-0.14 (×2 in tile px).
+A tile's effective blur is σ_eff = sqrt(σ² + max(0, b_s² − b_best²)) in tile px,
+σ the planted blur and b_best the least b of its position's sections so far, this
+one included, in section order: the service compares a position with its own
+history, and getting sharper is never a loss. *Sharp* is a tile with nothing
+planted, or a drift, at σ_eff ≤ 0.5 px (must not be flagged), *blurred* is σ_eff ≥
+1.5 px, sudden, drifting or section-wide (must be flagged), *wrinkle* (must be
+partly out of focus or out of focus), *empty*; tiles with 0.5 < σ_eff < 1.5 are
+counted but not judged against a target. The counts by planted σ alone are printed
+beside them, with the tiles the sections' own blur moved. Rates come with 95 %
+Wilson intervals. Exit status 0 when the targets hold (--max-false-alerts,
 --max-missed, no empty tile alerted, the two orders agree).
 
 Run: ``.venv/bin/python bench/verdicts.py`` (a few minutes on two CPU cores).
@@ -49,12 +62,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import intrinsic
 import isbi
 from focuswatch import policy, synth
 from focuswatch.choices import DEFAULT_MODE, MODES
@@ -70,6 +84,23 @@ TRUTHS = ("sharp", "sharp (drift σ ≤ 0.5)", "blurred", "wrinkle", "empty", "b
 DRIFT_PER_SECTION = 0.2
 #: Astigmatic tiles: σ(1 + a) along the angle, σ(1 − a) across (as bench/accuracy.py).
 ASTIGMATISM = 0.5
+#: The serial wafer's tile px per ISBI px.
+UPSAMPLE = 2
+#: The truth's limits in tile px: at most this is sharp, at least BLURRED must be flagged.
+SHARP, BLURRED = 0.5, 1.5
+
+
+def classify(how: str, sigma: float, planted: float) -> str:
+    """The truth of a tile planted ``how`` with ``planted`` σ whose blur is ``sigma``."""
+    if how in ("empty", "corrupt", "wrinkle"):
+        return how
+    if planted == 0 and sigma <= SHARP:  # nothing planted: only the section's own blur
+        return "sharp"
+    if sigma <= SHARP and how == "drift":
+        return "sharp (drift σ ≤ 0.5)"
+    if sigma >= BLURRED:
+        return "blurred"
+    return "between"
 
 
 @dataclass(frozen=True)
@@ -85,18 +116,14 @@ class Planted:
     dose: float
     #: Astigmatic blur: the direction of the streaks (degrees, synth's convention).
     astig_deg: float | None = None
+    #: The section's own blur (``intrinsic.intrinsic_blur``, native px); None where
+    #: unmeasured (a wafer kept before it was: filled in from the slices on --rejudge).
+    intrinsic_b: float | None = None
 
     @property
     def truth(self) -> str:
-        if self.how in ("empty", "corrupt", "wrinkle"):
-            return self.how
-        if self.sigma == 0:
-            return "sharp"
-        if self.sigma <= 0.5 and self.how == "drift":
-            return "sharp (drift σ ≤ 0.5)"
-        if self.sigma >= 1.5:
-            return "blurred"
-        return "between"
+        """The truth by the planted σ alone (as before the sections' own blur was measured)."""
+        return classify(self.how, self.sigma, self.sigma)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -138,15 +165,14 @@ def _upsample(s: np.ndarray, how: str) -> np.ndarray:
     does); ``cubic`` is a band-limited cubic-spline zoom (an oversampled scan: the beam
     wider than a pixel, nothing beyond a quarter of the sampling frequency)."""
     if how == "kron":
-        return np.kron(s, np.ones((2, 2), np.float32))
-    return synth.resample(s, 2.0, order=3)
+        return np.kron(s, np.ones((UPSAMPLE, UPSAMPLE), np.float32))
+    return synth.resample(s, float(UPSAMPLE), order=3)
 
 
 def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
     """Write the ISBI serial-section wafer(s), one per dose; see the module docstring."""
-    slices = isbi.load(args.isbi)[: args.sections]
-    if args.reverse:  # ISBI's fine detail rises ×3 at slice 15: reversed, it drops there
-        slices = slices[::-1]
+    slices = _sections(args)
+    own_blur = intrinsic.intrinsic_blur(slices)
     big = [_upsample(s, args.upsample) for s in slices]
     size = big[0].shape[0]
     positions = _positions(size, args.rows, args.cols, args.size)
@@ -220,8 +246,80 @@ def serial_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
                 stage_x_um=100.0 * c,
                 stage_y_um=100.0 * row,
             )
-            planted.append(Planted(path, section, row, c, sigma, how, dose, astig.get((s, r, c))))
+            planted.append(
+                Planted(
+                    path,
+                    section,
+                    row,
+                    c,
+                    sigma,
+                    how,
+                    dose,
+                    astig.get((s, r, c)),
+                    float(own_blur[s]),
+                )
+            )
     return planted
+
+
+def _sections(args: argparse.Namespace) -> list[np.ndarray]:
+    """The ISBI slices in the wafer's section order."""
+    slices = isbi.load(args.isbi)[: args.sections]
+    if args.reverse:  # ISBI's fine detail rises ×3 at slice 15: reversed, it drops there
+        slices = slices[::-1]
+    return slices
+
+
+def _section_of(t: Planted) -> int:
+    """The tile's section within its dose's wafer (each dose's sections are offset by 100)."""
+    return (section_index(t.section) or 0) % 100
+
+
+def with_intrinsic(tiles: list[Planted], args: argparse.Namespace) -> list[Planted]:
+    """Tiles of a serial wafer kept before the sections' own blur was stored: measured now."""
+    if args.wafer != "serial" or all(t.intrinsic_b is not None for t in tiles):
+        return tiles
+    blur = intrinsic.intrinsic_blur(_sections(args))
+    print("(the sections' own blur measured now from the slices: the kept wafer predates it)")
+    return [replace(t, intrinsic_b=float(blur[_section_of(t)])) for t in tiles]
+
+
+def effective(tiles: Sequence[Planted]) -> dict[Path, float]:
+    """σ_eff of every tile (tile px): its planted σ and its section's blur beyond the
+    sharpest section its position has shown so far (``intrinsic.effective_sigmas``).
+    Empty and unreadable tiles show no section and are not part of a position's history."""
+    seen = [t for t in tiles if t.how not in ("empty", "corrupt")]
+    sig = intrinsic.effective_sigmas(
+        [((t.row, t.col), _section_of(t), t.sigma, t.intrinsic_b or 0.0) for t in seen],
+        UPSAMPLE,
+    )
+    out = {t.path: t.sigma for t in tiles}
+    out.update((t.path, s) for t, s in zip(seen, sig, strict=True))
+    return out
+
+
+def print_intrinsic(tiles: Sequence[Planted], args: argparse.Namespace) -> None:
+    """The sections' own blur, once, as the truth uses it."""
+    first = {_section_of(t): t.intrinsic_b for t in tiles if t.intrinsic_b is not None}
+    if not first:
+        return
+    n = max(first) + 1
+    print(
+        f"the sections' own blur (Gaussian σ beyond the sharpest slices', fitted to "
+        f"ln(P/P_ref) over {intrinsic.BAND[0]:g}-{intrinsic.BAND[1]:g} cycles/px; "
+        f"tile px = {UPSAMPLE} × native px)"
+    )
+    print("section  slice  b native  b tile px  added in section order (tile px)")
+    best = math.inf
+    for s in range(n):
+        b = first.get(s)
+        if b is None:
+            continue
+        best = min(best, b)
+        added = UPSAMPLE * math.sqrt(max(0.0, b * b - best * best))
+        slice_no = n - 1 - s if args.reverse else s
+        print(f"{s:7d}  {slice_no:5d}  {b:8.3f}  {UPSAMPLE * b:9.3f}  {added:6.3f}")
+    print()
 
 
 def synth_wafer(out: Path, args: argparse.Namespace) -> list[Planted]:
@@ -312,9 +410,12 @@ def _rate(k: int, n: int) -> str:
 def report(
     tiles: Sequence[Planted], verdicts: dict[Path, Verdict], args: argparse.Namespace
 ) -> tuple[list[tuple[str, bool, str]], list[str]]:
+    sig = effective(tiles)
+    truth = {t.path: classify(t.how, sig[t.path], t.sigma) for t in tiles}
     table: Counter[tuple[str, VerdictKind]] = Counter()
     for t in tiles:
-        table[t.truth, verdicts[t.path].kind] += 1
+        table[truth[t.path], verdicts[t.path].kind] += 1
+    print("truth by effective σ (planted and the section's own blur):")
     truths = [t for t in TRUTHS if any(table[t, k] for k in KINDS)]
     width = max(len("truth \\ verdict"), *(len(t) for t in truths)) + 2
     heads = [str(k) for k in KINDS]
@@ -328,14 +429,31 @@ def report(
     mistakes: list[str] = []
     for dose in sorted({t.dose for t in tiles}):
         mine = [t for t in tiles if t.dose == dose]
-        sharp = [t for t in mine if t.truth.startswith("sharp")]
-        bad = [t for t in mine if t.truth in ("blurred", "wrinkle")]
+        sharp = [t for t in mine if truth[t.path].startswith("sharp")]
+        bad = [t for t in mine if truth[t.path] in ("blurred", "wrinkle")]
         fa = [t for t in sharp if verdicts[t.path].kind.needs_retake]
         miss = [t for t in bad if not verdicts[t.path].kind.needs_retake]
         unc = [t for t in sharp if verdicts[t.path].kind is VerdictKind.UNCERTAIN]
+        old_sharp = [t for t in mine if t.truth.startswith("sharp")]
+        old_bad = [t for t in mine if t.truth in ("blurred", "wrinkle")]
+        old_fa = sum(verdicts[t.path].kind.needs_retake for t in old_sharp)
+        old_miss = sum(not verdicts[t.path].kind.needs_retake for t in old_bad)
+        to_grey = [t for t in old_sharp if truth[t.path] == "between"]
+        to_bad = [t for t in mine if t.truth == "between" and truth[t.path] == "blurred"]
         print(f"dose {dose:g} e/px:")
+        print(
+            f"  sharp tiles: {len(old_sharp)} by planted σ, {len(sharp)} by effective σ "
+            f"({len(to_grey)} moved into the grey zone by their section's own blur; "
+            f"{sum(verdicts[t.path].kind.needs_retake for t in to_grey)} of them alerted)"
+        )
+        print(
+            f"  blurred/wrinkled tiles: {len(old_bad)} by planted σ, {len(bad)} by effective σ "
+            f"({len(to_bad)} moved out of the grey zone)"
+        )
         print(f"  false alerts on sharp tiles:  {_rate(len(fa), len(sharp))}")
+        print(f"    by planted σ:               {_rate(old_fa, len(old_sharp))}")
         print(f"  missed blurred/wrinkled:      {_rate(len(miss), len(bad))}")
+        print(f"    by planted σ:               {_rate(old_miss, len(old_bad))}")
         print(f"  sharp tiles not judged (uncertain): {len(unc)}")
         for how in ("sudden", "drift", "section-wide", "first-section", "wrinkle"):
             group = [t for t in bad if t.how == how]
@@ -372,8 +490,11 @@ def report(
         )
         for t in fa + miss:
             v = verdicts[t.path]
-            mistakes.append(f"  {t.path.name} ({t.how}, σ {t.sigma:g}): {v.kind}: {v.reason}")
-    empty_alerts = sum(verdicts[t.path].kind.needs_retake for t in tiles if t.truth == "empty")
+            mistakes.append(
+                f"  {t.path.name} ({t.how}, σ {t.sigma:g}, effective {sig[t.path]:.2f}): "
+                f"{v.kind}: {v.reason}"
+            )
+    empty_alerts = sum(verdicts[t.path].kind.needs_retake for t in tiles if t.how == "empty")
     checks.append((f"empty tiles alerted: {empty_alerts}", empty_alerts == 0, "none"))
     return checks, mistakes
 
@@ -467,8 +588,20 @@ def main(argv: list[str] | None = None) -> int:
             t_score = time.perf_counter() - t0
             if args.keep:
                 cache.write_bytes(pickle.dumps((tiles, scores)))
-                truth = {str(t.path): [t.how, t.sigma, t.dose] for t in tiles}
-                (root / "truth.json").write_text(json.dumps(truth, indent=0))
+        tiles = with_intrinsic(tiles, args)
+        if args.keep:
+            sig = effective(tiles)
+            truth = {
+                str(t.path): [
+                    t.how,
+                    t.sigma,
+                    t.dose,
+                    None if t.intrinsic_b is None else round(t.intrinsic_b, 4),
+                    round(sig[t.path], 4),
+                ]
+                for t in tiles
+            }
+            (root / "truth.json").write_text(json.dumps(truth, indent=0))
         t0 = time.perf_counter()
         results = {
             name: run_order(order, scores, root / f"state-{i}", pcfg)
@@ -490,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         f"written in {t_write:.0f} s, scored in {t_score:.0f} s, judged in two arrival orders "
         f"in {t_judge:.0f} s\n"
     )
+    print_intrinsic(tiles, args)
     first, second = results.values()
     checks, mistakes = report(tiles, first, args)
     differ = [t for t in tiles if first[t.path].kind is not second[t.path].kind]
