@@ -19,6 +19,8 @@ from focuswatch.score.mhfd import PAPER_SIGMAS, dog_gains
 from focuswatch.score.noise import (
     NOISE_FACTORS,
     NOISE_LAGS,
+    PAIRED,
+    TAILS,
     level_noise,
     noise_model,
     spectral_level_noise,
@@ -86,7 +88,8 @@ def test_each_fine_level_is_held_to_its_own_noise(noise: str) -> None:
     levels = range(6)
     true = level_std(u, levels)
     model = noise_model(u.astype(np.float32), CPU)
-    assert len(model) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1
+    assert len(model) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 2
+    assert model[PAIRED] == 0.0
     predicted = spectral_level_noise(u.shape, PAPER_SIGMAS, model)[: len(levels)]
     assert np.all(np.abs(predicted / true - 1) < 0.12), (predicted / true).round(3)
 
@@ -99,7 +102,7 @@ def test_white_noise_keeps_the_white_noise_floor() -> None:
     model = noise_model(u, CPU)
     rho = np.asarray(model[len(NOISE_FACTORS) : len(NOISE_FACTORS) + 2 * NOISE_LAGS])
     assert np.all(np.abs(rho) < 0.03), rho
-    assert model[-1] == pytest.approx(1.0, abs=0.03)
+    assert model[TAILS] == pytest.approx(1.0, abs=0.03)
     old = level_noise(PAPER_SIGMAS, model[: len(NOISE_FACTORS)]) * dog_gains(u.shape, PAPER_SIGMAS)
     new = spectral_level_noise(u.shape, PAPER_SIGMAS, model)
     assert np.allclose(new[:8], old[:8], rtol=0.04)
@@ -423,8 +426,10 @@ def test_resin_beside_tissue_does_not_move_the_tissues_floor(
         assert np.all(np.abs(beside[:, 1] / alone[:, 1] - 1) < 0.12), (k, alone, beside)
 
 
-def _model(level: float, rho: float = 0.5, tails: float = 1.0) -> tuple[float, ...]:
-    return (level, level, level, level, *([rho] * (2 * NOISE_LAGS)), tails)
+def _model(
+    level: float, rho: float = 0.5, tails: float = 1.0, paired: float = 0.0
+) -> tuple[float, ...]:
+    return (level, level, level, level, *([rho] * (2 * NOISE_LAGS)), tails, paired)
 
 
 def test_a_tiles_patches_share_the_median_noise_level_in_raw_units() -> None:
@@ -531,15 +536,15 @@ def test_a_patch_whose_correlation_was_not_measured_does_not_dilute_the_others()
     pooled = tile_noise_models([*measured, *margin], [100.0] * 4)
     for m in pooled:
         assert m is not None
-        assert m[len(NOISE_FACTORS) :] == pytest.approx([0.56] * (2 * NOISE_LAGS) + [1.35])
+        assert m[len(NOISE_FACTORS) :] == pytest.approx([0.56] * (2 * NOISE_LAGS) + [1.35, 0.0])
     nx = len(NOISE_FACTORS) + NOISE_LAGS
-    white_y = [(*m[:nx], 0.0, 0.0, 0.0, 1.0) for m in measured]
-    with_y = (*white_y[0][:nx], 0.04, 0.04, 0.0, 1.0)
+    white_y = [(*m[:nx], 0.0, 0.0, 0.0, 1.0, 0.0) for m in measured]
+    with_y = (*white_y[0][:nx], 0.04, 0.04, 0.0, 1.0, 0.0)
     pooled = tile_noise_models([white_y[0], white_y[1], with_y, *margin], [100.0] * 5)
     assert pooled[3] is not None
-    assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0, 0.0])
     alone = tile_noise_models(list(margin), [100.0, 100.0])
-    assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0,)] * 2
+    assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0, 0.0)] * 2
 
 
 def _immerkaer_reference(u: np.ndarray, step: int) -> tuple[float, float]:
