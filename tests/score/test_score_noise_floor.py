@@ -19,6 +19,8 @@ from focuswatch.score.mhfd import PAPER_SIGMAS, dog_gains
 from focuswatch.score.noise import (
     NOISE_FACTORS,
     NOISE_LAGS,
+    PAIRED,
+    TAILS,
     level_noise,
     noise_model,
     spectral_level_noise,
@@ -86,7 +88,8 @@ def test_each_fine_level_is_held_to_its_own_noise(noise: str) -> None:
     levels = range(6)
     true = level_std(u, levels)
     model = noise_model(u.astype(np.float32), CPU)
-    assert len(model) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1
+    assert len(model) == len(NOISE_FACTORS) + 2 * NOISE_LAGS + 2
+    assert model[PAIRED] == 0.0
     predicted = spectral_level_noise(u.shape, PAPER_SIGMAS, model)[: len(levels)]
     assert np.all(np.abs(predicted / true - 1) < 0.12), (predicted / true).round(3)
 
@@ -99,7 +102,7 @@ def test_white_noise_keeps_the_white_noise_floor() -> None:
     model = noise_model(u, CPU)
     rho = np.asarray(model[len(NOISE_FACTORS) : len(NOISE_FACTORS) + 2 * NOISE_LAGS])
     assert np.all(np.abs(rho) < 0.03), rho
-    assert model[-1] == pytest.approx(1.0, abs=0.03)
+    assert model[TAILS] == pytest.approx(1.0, abs=0.03)
     old = level_noise(PAPER_SIGMAS, model[: len(NOISE_FACTORS)]) * dog_gains(u.shape, PAPER_SIGMAS)
     new = spectral_level_noise(u.shape, PAPER_SIGMAS, model)
     assert np.allclose(new[:8], old[:8], rtol=0.04)
@@ -240,6 +243,86 @@ def test_noiseless_structure_is_not_taken_for_correlated_noise() -> None:
     assert max(d.thresholds) == pytest.approx(min(d.thresholds))
 
 
+def _repeated(clean: np.ndarray, offset: int) -> np.ndarray:
+    """``clean`` upsampled ×2 by repeating each pixel 2×2, a 512² crop from ``offset``."""
+    big = np.kron(clean, np.ones((2, 2), np.float32))
+    return big[offset : offset + 512, offset : offset + 512]
+
+
+def _correlations(image: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    u = image.astype(np.float32)
+    u = (u - u.min()) / (u.max() - u.min())
+    model = noise_model(u, CPU)
+    nf = len(NOISE_FACTORS)
+    return tuple(model[nf : nf + NOISE_LAGS]), tuple(model[nf + NOISE_LAGS : nf + 2 * NOISE_LAGS])
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize(("dose", "pole"), [(30.0, 0.45), (200.0, 0.45), (200.0, 0.0)])
+def test_texture_repeated_in_2x2_pixels_is_not_taken_for_correlated_noise(
+    isbi_slices: Slices, offset: int, dose: float, pole: float
+) -> None:
+    """Tissue upsampled ×2 by repeating pixels, then noise: the block texture survives
+    the differencing across the lines and read as noise correlated along both axes
+    (ρ₁ across the scan lines 0.15 at 30 e/px and 0.44 at 200 for a true 0, along them
+    0.58 for 0.45), which halved a sharp tile's count. The difference of the two lines
+    of a pair cancels it, whichever pixel the crop starts on."""
+    image = synth.degrade(
+        _repeated(isbi_slices[20], offset),
+        rng=np.random.default_rng(int(dose) + offset),
+        dose=dose,
+        noise_pole_x=pole,
+    )
+    rx, ry = _correlations(image)
+    assert rx[0] == pytest.approx(pole, abs=0.04)
+    assert abs(ry[0]) < 0.04
+    assert abs(ry[1]) < 0.04
+
+
+def test_a_sharp_tile_of_repeated_pixels_outscores_its_blurred_self(isbi_slices: Slices) -> None:
+    """Under noise correlated along x at 30 e/px, the sharp ×2 pixel-repeated tile
+    counted about as much as the same tile blurred by σ 1.5 px (the floor raised by
+    the texture read as noise): now clearly more, as a cubic upsampling does."""
+    clean = _repeated(isbi_slices[25], 0)
+    sharp, blurred = (
+        mhfd(
+            synth.degrade(
+                clean, rng=np.random.default_rng(3), dose=30.0, defocus_sigma=s, noise_pole_x=0.45
+            ),
+            backend=CPU,
+            mode="fast",
+        )
+        for s in (0.0, 1.5)
+    )
+    assert sharp > 1.4 * blurred, (sharp, blurred)
+
+
+def test_pixels_repeated_with_their_noise_read_as_correlated_noise(isbi_slices: Slices) -> None:
+    """Pixels repeated after the noise (an image exported at twice its size): the
+    lines of a pair are identical, noise and all, so their difference says nothing;
+    the repetition is correlated noise (ρ₁ ≈ 0.5 both ways) and read as such."""
+    image = synth.degrade(isbi_slices[20][:256, :256], rng=np.random.default_rng(5), dose=30.0)
+    rx, ry = _correlations(np.kron(image, np.ones((2, 2), np.float32)))
+    assert rx[0] > 0.4
+    assert ry[0] > 0.4
+
+
+@pytest.mark.parametrize("noise", ["white", "x AR(1) 0.45", "2-D Gaussian 0.6"])
+@pytest.mark.parametrize("dose", [30.0, 200.0])
+def test_images_without_repeated_pixels_keep_the_fourth_difference(
+    isbi_slices: Slices, noise: str, dose: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real EM at its own resolution and upsampled with a cubic spline: a pairing of
+    lines reads more correlation than the fourth difference (more texture left in it),
+    so the model is the one the fourth difference alone gives, bit for bit."""
+    for clean in (isbi_slices[7], np.clip(synth.resample(isbi_slices[7], 2.0, order=3), 0, 1)):
+        image = noisy(clean[:512, :512], noise, dose=dose, seed=int(dose))
+        with_pairs = _correlations(image)
+        monkeypatch.setattr(NOISE_MODULE, "_PAIR_MARGIN", math.inf)
+        assert _correlations(image) == with_pairs
+        monkeypatch.undo()
+
+
 @pytest.mark.parametrize(
     ("shape", "lines"),
     [
@@ -343,8 +426,10 @@ def test_resin_beside_tissue_does_not_move_the_tissues_floor(
         assert np.all(np.abs(beside[:, 1] / alone[:, 1] - 1) < 0.12), (k, alone, beside)
 
 
-def _model(level: float, rho: float = 0.5, tails: float = 1.0) -> tuple[float, ...]:
-    return (level, level, level, level, *([rho] * (2 * NOISE_LAGS)), tails)
+def _model(
+    level: float, rho: float = 0.5, tails: float = 1.0, paired: float = 0.0
+) -> tuple[float, ...]:
+    return (level, level, level, level, *([rho] * (2 * NOISE_LAGS)), tails, paired)
 
 
 def test_a_tiles_patches_share_the_median_noise_level_in_raw_units() -> None:
@@ -451,15 +536,15 @@ def test_a_patch_whose_correlation_was_not_measured_does_not_dilute_the_others()
     pooled = tile_noise_models([*measured, *margin], [100.0] * 4)
     for m in pooled:
         assert m is not None
-        assert m[len(NOISE_FACTORS) :] == pytest.approx([0.56] * (2 * NOISE_LAGS) + [1.35])
+        assert m[len(NOISE_FACTORS) :] == pytest.approx([0.56] * (2 * NOISE_LAGS) + [1.35, 0.0])
     nx = len(NOISE_FACTORS) + NOISE_LAGS
-    white_y = [(*m[:nx], 0.0, 0.0, 0.0, 1.0) for m in measured]
-    with_y = (*white_y[0][:nx], 0.04, 0.04, 0.0, 1.0)
+    white_y = [(*m[:nx], 0.0, 0.0, 0.0, 1.0, 0.0) for m in measured]
+    with_y = (*white_y[0][:nx], 0.04, 0.04, 0.0, 1.0, 0.0)
     pooled = tile_noise_models([white_y[0], white_y[1], with_y, *margin], [100.0] * 5)
     assert pooled[3] is not None
-    assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    assert pooled[3][nx:] == pytest.approx([0.0, 0.0, 0.0, 1.0, 0.0])
     alone = tile_noise_models(list(margin), [100.0, 100.0])
-    assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0,)] * 2
+    assert alone == [(0.105,) * 4 + (0.0,) * 6 + (1.0, 0.0)] * 2
 
 
 def _immerkaer_reference(u: np.ndarray, step: int) -> tuple[float, float]:

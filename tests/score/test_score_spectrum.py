@@ -24,15 +24,23 @@ def _ratio(image: np.ndarray, mode: str = "fast") -> float:
     return r.spectral
 
 
+@pytest.mark.parametrize(("upsample", "soft_keeps"), [("cubic", 0.8), ("repeat", 0.7)])
 @pytest.mark.parametrize("dose", [30.0, 200.0])
 def test_sigma_1_5_takes_the_ratio_down_where_sigma_0_5_and_less_tissue_do_not(
-    isbi_slices: Slices, dose: float
+    isbi_slices: Slices, dose: float, upsample: str, soft_keeps: float
 ) -> None:
     """Real EM slices (×2 upsampled, 256² patches), shot noise: σ 1.5 px leaves at most
     0.6 of the sharp ratio (the fine-scale count moves by ~10 % there), σ 0.5 px keeps
-    at least 0.8, and covering half the tile with resin keeps it within 25 %."""
+    at least 0.8, and covering half the tile with resin keeps it within 25 %. Pixels
+    repeated 2×2 carry more of the high band than a cubic zoom, and σ 0.5 takes what a
+    Gaussian takes there (0.67-0.80 of its power): at least 0.7 is kept (before their
+    floor was the noise model's, the band's mirror beyond 0.4 cycles/px was read as
+    noise and σ 0.5 kept 0.91-1.13, σ 1.5 up to 0.42)."""
     for k in SLICES:
-        clean = np.kron(isbi_slices[k], np.ones((2, 2), np.float32))[:512, :512]
+        if upsample == "cubic":
+            clean = np.clip(synth.resample(isbi_slices[k], 2.0, order=3), 0, 1)[:512, :512]
+        else:
+            clean = np.kron(isbi_slices[k], np.ones((2, 2), np.float32))[:512, :512]
         rng = np.random.default_rng(k)
         sharp = _ratio(synth.to_uint(synth.degrade(clean, rng=rng, dose=dose), 8))
         soft = _ratio(synth.to_uint(synth.degrade(clean, rng=rng, defocus_sigma=0.5, dose=dose), 8))
@@ -41,7 +49,7 @@ def test_sigma_1_5_takes_the_ratio_down_where_sigma_0_5_and_less_tissue_do_not(
         sparse[:, 256:] = np.median(clean)
         half = _ratio(synth.to_uint(synth.degrade(sparse, rng=rng, dose=dose), 8))
         assert blur < 0.6 * sharp, (k, blur, sharp)
-        assert soft > 0.8 * sharp, (k, soft, sharp)
+        assert soft > soft_keeps * sharp, (k, soft, sharp)
         assert abs(half - sharp) < 0.25 * sharp, (k, half, sharp)
 
 
@@ -172,3 +180,29 @@ def test_band_powers_are_the_per_band_sums_exactly(shape: tuple[int, int]) -> No
     image = synth.degrade(synth.neuropil(shape, rng=rng), rng=rng, dose=30.0).astype(np.float32)
     F = np.fft.rfft2(image).astype(np.complex64)
     assert band_powers(F, shape, CPU) == _band_powers_reference(F, shape)
+
+
+@pytest.mark.parametrize("dose", [30.0, 200.0])
+def test_repeated_pixels_read_the_tissues_fine_detail_not_its_mirror(
+    isbi_slices: Slices, dose: float
+) -> None:
+    """Tissue upsampled by repeating pixels 2×2, noise correlated along x: beyond 0.4
+    cycles/px the spectrum holds a mirror of the tissue's low frequencies, which read as
+    noise raised the floors (the mid band's 3-20×): a sharp tile's ratio fell to
+    0.6-0.8 of the same tissue upsampled by a cubic spline, by a different amount in
+    every section, while a blurred one's stayed (false and missed alerts). With the
+    noise model's floor the sharp ratio is within 20 % of the cubic one's, and σ 1.5
+    px leaves at most 0.4 of it."""
+    for k in (17, 26):
+        big = synth.resample(isbi_slices[k], 2.0, order=3)
+        cubic = np.clip(big, 0, 1)[:512, :512]
+        repeat = np.kron(isbi_slices[k], np.ones((2, 2), np.float32))[:512, :512]
+
+        def ratio(clean: np.ndarray, blur: float, seed: int = k) -> float:
+            rng = np.random.default_rng(seed)
+            image = synth.degrade(clean, rng=rng, dose=dose, defocus_sigma=blur, noise_pole_x=0.45)
+            return _ratio(synth.to_uint(image, 16))
+
+        sharp = ratio(repeat, 0.0)
+        assert sharp > 0.8 * ratio(cubic, 0.0), k
+        assert ratio(repeat, 1.5) < 0.4 * sharp, k

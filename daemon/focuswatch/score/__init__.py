@@ -26,9 +26,11 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
       robust noise level, the noise's autocorrelation at lags 1-3 along x (the
       fast-scan axis) and along y, each measured after differencing across the
       other axis (which removes structure but keeps the noise's correlation along
-      the lines) in the quietest blocks (on at least 64 lines or 64 k pixels:
-      a small image's every other line), and a tail factor for noise whose
-      variance changes from pixel to pixel (resampled images). ``n_i`` is the
+      the lines; lines taken in pairs where that reads clearly less: texture
+      repeated in 2×2 pixels survives a smooth difference) in the quietest blocks
+      (on at least 64 lines or 64 k pixels: a small image's every other line),
+      and a tail factor for noise whose variance changes from pixel to pixel
+      (resampled images). ``n_i`` is the
       level's transfer function's power under that separable spectrum, so noise
       correlated along the scan line (a detector slower than the pixel rate) or
       in 2-D (resampled, interpolated images) is held to its own level, not a

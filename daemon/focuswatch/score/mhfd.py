@@ -952,7 +952,7 @@ def mhfd_prepared(
         # band, and bare resin read as tissue (0.021-0.023 for a 0.02 limit at 30 e/px).
         n = band_noise(shape, *_CONTENT_SIGMAS, noise)
         content = math.sqrt(max(content * content - n * n, 0.0))
-    bands = band_powers(F, shape, backend) if want_content else None
+    bands = band_powers(F, shape, backend, noise) if want_content else None
     return MhfdDetail(
         count=count,
         content=content,

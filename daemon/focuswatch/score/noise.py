@@ -24,10 +24,13 @@ __all__ = [
     "NOISE_FACTORS",
     "NOISE_LAGS",
     "NOISE_MODEL_LENGTH",
+    "PAIRED",
+    "TAILS",
     "band_noise",
     "freqs",
     "gauss_1d",
     "level_noise",
+    "model_spectrum",
     "noise_model",
     "noise_profile",
     "noise_sigma",
@@ -40,9 +43,13 @@ NOISE_FACTORS = (1, 2, 4, 8)
 #: Lags (pixels) at which the noise's autocorrelation is measured along each axis
 #: (``noise_model``); longer-range correlation is what the binned estimates catch.
 NOISE_LAGS = 3
-#: Entries of a full ``noise_model`` (profile, correlations along x and y, tail factor);
-#: a shorter tuple is a white-noise profile alone.
-NOISE_MODEL_LENGTH = len(NOISE_FACTORS) + 2 * NOISE_LAGS + 1
+#: Entries of a full ``noise_model`` (profile, correlations along x and y, tail factor,
+#: whether the correlation was read on paired lines); a shorter tuple is a white-noise
+#: profile alone.
+NOISE_MODEL_LENGTH = len(NOISE_FACTORS) + 2 * NOISE_LAGS + 2
+#: Where a full model keeps its tail factor and its paired-lines flag (1 or 0).
+TAILS = len(NOISE_FACTORS) + 2 * NOISE_LAGS
+PAIRED = TAILS + 1
 #: Measured correlations are held to this range: detector bandwidth and resampling
 #: give lag-1 correlations up to ~0.6-0.7; beyond that what is measured is smooth
 #: structure, and believing it would divide the noise estimate by almost nothing.
@@ -64,6 +71,16 @@ _CORR_BLOCK = (8, 64)
 _CORR_STEP = 2
 _CORR_LINES = 64
 _CORR_SAMPLES = 1 << 16
+#: A pairing of neighbouring lines (``_paired_lines``) replaces the fourth difference
+#: when its lag-1 correlation is lower by more than this (a sample correlation's error
+#: on a patch's quiet blocks is ~0.01-0.02; texture repeated in pairs adds 0.1-0.5)...
+_PAIR_MARGIN = 0.05
+#: ...and by more than this many standard errors of a sample correlation (a patch
+#: mostly beyond the section has few quiet blocks: 3 blocks, ρ₁ 0.39 against 0.45).
+_PAIR_ERRORS = 4.0
+#: ...and its differences keep at least this share of the fourth difference's energy
+#: (white noise: 2/70 of it; lines repeated with their noise leave nothing).
+_PAIR_MIN_ENERGY = 0.002
 #: ...and the share of a block's pixels that may be clipped by the stretch.
 _CLIPPED_SHARE = 0.1
 #: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
@@ -259,8 +276,9 @@ def _robust_scale(a: Any, backend: Backend) -> float:
 
 def _axis_correlation(
     u: Any, backend: Backend, *, axis: int, step: int, unmeasured: float = 0.0
-) -> tuple[float, ...]:
-    """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``.
+) -> tuple[tuple[float, ...], bool]:
+    """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``,
+    and whether it was read on paired lines (see below).
 
     The image is first differenced four times across ``axis`` (lines ``step`` apart
     are used): that cancels the structure that is smooth across and leaves the noise's
@@ -278,11 +296,16 @@ def _axis_correlation(
     correlated noise counted as thousands of features. Blocks more than half clipped
     never count in that half (a black margin over most of an edge tile: its flat
     blocks are the quietest, and were read as white noise). (Leaving out clipped pixels
-    one by one instead truncates the noise: ρ₁ 0.31 for 0.44 at 8 e/px.)
+    one by one instead truncates the noise: ρ₁ 0.31 for 0.44 at 8 e/px.) Where the
+    difference of neighbouring lines taken in pairs (``_paired_lines``) reads a lag-1
+    correlation clearly below the fourth difference's, the pairs are measured instead:
+    texture repeated in 2×2 pixels survives any smooth difference and reads as
+    correlated noise (ρ₁ 0.15-0.45 too high), while the noise's own correlation along
+    the lines is the same however they are differenced.
     """
     xp = backend.xp
     br, bc = _CORR_BLOCK
-    none = (unmeasured,) * NOISE_LAGS
+    none = (unmeasured,) * NOISE_LAGS, False
     across = 0 if axis == 1 else 1
     half = step // 2
     if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
@@ -330,17 +353,65 @@ def _axis_correlation(
     e0 = float(xp.sum(energy[quiet]))
     if e0 <= 0:
         return none
+    # Texture whose pixels repeat in pairs across the lines (an image upsampled ×2 by
+    # repeating pixels) survives any smooth differencing and reads as correlated
+    # noise; the difference of the two lines of a pair cancels it. For noise with a
+    # separable spectrum the correlation along the lines is the same whichever way
+    # they are differenced, so a pairing that reads clearly less correlated is the one
+    # with less texture in it.
+    paired = _paired_lines(u, backend, axis=axis, step=step, rows=e.shape[0], n=n)
+    se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
+    best = None
+    r0 = float(xp.sum(_block_sums(base * e[:, 1 : 1 + n], br, bc)[quiet])) / e0
+    # Clearly less: beyond the chance difference of two estimates on few quiet blocks.
+    margin = max(_PAIR_MARGIN, _PAIR_ERRORS * math.sqrt(se2))
+    for d in paired:
+        energy_d = _block_sums(d[:, :n] * d[:, :n], br, bc)
+        e_d = float(xp.sum(energy_d[quiet]))
+        # Lines identical in noise too (pixels repeated after the noise): nothing left.
+        if e_d <= _PAIR_MIN_ENERGY * e0:
+            continue
+        r1 = float(xp.sum(_block_sums(d[:, :n] * d[:, 1 : 1 + n], br, bc)[quiet])) / e_d
+        if r1 < r0 - margin and (best is None or r1 < best[0]):
+            best = (r1, d, e_d)
+    if best is not None:
+        _, e, e0 = best
+        base = e[:, :n]
     # A sample correlation of N independent pairs has a standard error of ~1/sqrt(N):
     # estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se), so that a
     # small patch's chance correlation of white noise does not move its floor.
-    se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
     out = []
     for k in range(1, NOISE_LAGS + 1):
         c = _block_sums(base * e[:, k : k + n], br, bc)
         rho = float(xp.sum(c[quiet])) / e0
         rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
         out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
-    return tuple(out)
+    return tuple(out), best is not None
+
+
+def _paired_lines(
+    u: Any, backend: Backend, *, axis: int, step: int, rows: int, n: int
+) -> list[Any]:
+    """For each of the two ways of pairing neighbouring lines (lines 2j and 2j + 1, or
+    2j + 1 and 2j + 2), the difference of the pair next to each line the fourth
+    difference is centred on (``_axis_correlation``'s lines: 2, 2 + step, ...), laid out
+    as that function's ``e`` (one row per line, along ``axis``)."""
+    xp = backend.xp
+    across = 0 if axis == 1 else 1
+    centres = 2 + step * np.arange(rows)
+    out = []
+    for phase in (0, 1):
+        first = centres + (centres + phase) % 2
+        first = first[first + 1 < u.shape[across]]
+        if first.size != rows:
+            continue
+        idx = xp.asarray(first)
+        if across == 0:
+            d = u[idx + 1] - u[idx]
+        else:
+            d = xp.ascontiguousarray((u[:, idx + 1] - u[:, idx]).T)
+        out.append(d[:, : n + NOISE_LAGS])
+    return out
 
 
 def _lines_step(shape: tuple[int, ...], lines: int) -> int:
@@ -358,7 +429,8 @@ def noise_model(
     ``noise_profile``'s four entries, then the noise autocorrelation along x (the
     fast-scan axis, rows) at lags 1 … ``NOISE_LAGS``, then along y, then the
     factor by which Immerkær's median-based level understates the noise's rms
-    (``_immerkaer``).
+    (``_immerkaer``), then 1 if either axis's correlation was read on paired lines
+    (texture repeated in 2×2 pixels: ``_axis_correlation``), else 0.
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
     correlations use ~``_CORR_LINES`` lines or ``_CORR_SAMPLES`` pixels (see there).
@@ -371,13 +443,15 @@ def noise_model(
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2, unmeasured=no_tails)
-    rx, ry = (
+    (rx, px), (ry, py) = (
         _axis_correlation(
             u, backend, axis=a, step=_lines_step(u.shape, u.shape[1 - a]), unmeasured=no_rho
         )
         for a in (1, 0)
     )
-    return (*profile, *rx, *ry, tails)
+    measured = not (math.isnan(rx[0]) and math.isnan(ry[0]))
+    paired = float(px or py) if measured else math.nan
+    return (*profile, *rx, *ry, tails, paired)
 
 
 @functools.lru_cache(maxsize=16)
@@ -431,10 +505,7 @@ def _pair_powers(
     H, W = shape
     L = NOISE_LAGS
     rx, ry = tuple(model[4 : 4 + L]), tuple(model[4 + L : 4 + 2 * L])
-    tails = model[4 + 2 * L]
-    sigma2 = (model[0] * 6.0 * tails) ** 2 / (
-        _second_difference_power(rx) * _second_difference_power(ry)
-    )
+    sigma2 = _noise_variance(model)
     gy, gx = _gauss_rows(H, tuple(sigmas)), _gauss_rows(W, tuple(sigmas))
     # Sums Σ_ω G_a(ω)·G_b(ω)·P(ω) on each axis for b = a and b = a + 1 (elementwise:
     # a matrix product would start BLAS threads for a few thousand products).
@@ -453,7 +524,7 @@ def spectral_level_noise(
     The noise spectrum is ``σ²·P_y(ω_y)·P_x(ω_x)`` with ``P`` from the measured
     autocorrelations; ``σ`` comes from Immerkær's estimate (``model[0]``, which
     assumes white noise) divided by the power its operator really passes under
-    ``P`` and multiplied by the tail factor (``model[-1]``). A level's variance is
+    ``P`` and multiplied by the tail factor (``model[TAILS]``). A level's variance is
     its transfer function's power under that spectrum,
     ``σ_i²·mean |G_i − G_{i+1}|²·S``, from 1-D sums (the Gaussians are separable).
     White noise (all ρ = 0, tail factor 1) gives ``model[0]·dog_gains``.
@@ -463,6 +534,32 @@ def spectral_level_noise(
         np.clip(power, 0.0, None) * sigma2 / (shape[0] * shape[1])
     )
     return out
+
+
+def model_spectrum(
+    shape: tuple[int, int], model: tuple[float, ...]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+    """The noise power ``noise_model`` predicts at each frequency of an ``rfft2`` of an
+    image of ``shape``, as ``scale·P_y[row]·P_x[column]`` (the separable spectrum of
+    ``spectral_level_noise``, in the transform's unnormalised units): ``(P_y, P_x,
+    scale)``, ``P_y`` on the full grid of the rows, ``P_x`` on the rfft's columns."""
+    H, W = shape
+    L = NOISE_LAGS
+    nf = len(NOISE_FACTORS)
+    rx, ry = tuple(model[nf : nf + L]), tuple(model[nf + L : nf + 2 * L])
+    return _lag_spectrum(H, ry), _lag_spectrum(W, rx)[: W // 2 + 1], _noise_variance(model) * H * W
+
+
+def _noise_variance(model: tuple[float, ...]) -> float:
+    """The noise's variance: Immerkær's level (``model[0]``, which assumes white noise)
+    over the power its operator passes under the model's correlations, times the tail
+    factor."""
+    nf, L = len(NOISE_FACTORS), NOISE_LAGS
+    rx, ry = tuple(model[nf : nf + L]), tuple(model[nf + L : nf + 2 * L])
+    return float(
+        (model[0] * 6.0 * model[TAILS]) ** 2
+        / (_second_difference_power(rx) * _second_difference_power(ry))
+    )
 
 
 def tile_noise_models(
@@ -498,10 +595,11 @@ def tile_noise_models(
         and widths[i] > 0
         and all(math.isfinite(v) for v in m[:nf])
     ]
-    white = (*(0.0,) * (2 * NOISE_LAGS), 1.0)
-    # The x lags, the y lags, the tail factor: each pooled from the patches that measured it.
+    white = (*(0.0,) * (2 * NOISE_LAGS), 1.0, 0.0)
+    # The x lags, the y lags, the tail factor, the paired flag (the majority's): each
+    # pooled from the patches that measured it.
     spans = [(nf + a, nf + a + NOISE_LAGS) for a in (0, NOISE_LAGS)]
-    spans.append((NOISE_MODEL_LENGTH - 1, NOISE_MODEL_LENGTH))
+    spans += [(TAILS, TAILS + 1), (PAIRED, PAIRED + 1)]
     raw = {i: [m[j] * widths[i] if j < nf else m[j] for j in range(len(m))] for i, m in full}
     out = [
         None

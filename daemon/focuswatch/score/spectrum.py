@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
+from focuswatch.score.noise import NOISE_MODEL_LENGTH, PAIRED, model_spectrum
 
 __all__ = [
     "HIGH",
@@ -61,6 +62,7 @@ class _Layout:
     r1: int  # rows r1 … H−r1 hold |f_y| > NOISE_BAND
     c1: int  # columns c1 … hold f_x > NOISE_BAND
     masks: tuple[Any, ...]  # (high, mid) × (top rows, bottom rows), on the backend
+    host: tuple[Any, ...]  # the same on the host (the noise model's floor)
 
 
 def _band_masks(f_y: np.ndarray[Any, Any], f_x: np.ndarray[Any, Any], dtype: str) -> list[Any]:
@@ -79,8 +81,8 @@ def _layout(backend: Backend, shape: tuple[int, int], dtype: str) -> _Layout:
     top = _band_masks(f_y[:ky], f_x[:kx], dtype)
     bottom = _band_masks(f_y[H - ky + 1 :], f_x[:kx], dtype)
     xp = backend.xp
-    masks = tuple(xp.asarray(m) for pair in zip(top, bottom, strict=True) for m in pair)
-    return _Layout(ky, kx, r1, c1, masks)
+    host = tuple(m for pair in zip(top, bottom, strict=True) for m in pair)
+    return _Layout(ky, kx, r1, c1, tuple(xp.asarray(m) for m in host), host)
 
 
 def _power(block: Any) -> Any:
@@ -89,15 +91,25 @@ def _power(block: Any) -> Any:
     return out
 
 
-def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers | None:
+def band_powers(
+    F: Any, shape: tuple[int, int], backend: Backend, noise: tuple[float, ...] | None = None
+) -> BandPowers | None:
     """The high and mid band powers of the rfft2 ``F`` of an image of ``shape``, with
-    their noise floors; None when the image is too small to have a noise region."""
+    their noise floors; None when the image is too small to have a noise region.
+
+    ``noise``: the image's ``noise_model``. Where its correlation was read on paired
+    lines (texture repeated in 2×2 pixels), the floors are the model's: such an
+    image's spectrum beyond ``NOISE_BAND`` holds a mirror of the tissue's low
+    frequencies (a fifth to a tenth of their power), read as noise it took a sharp
+    tile's high band down by half and left a blurred one's where it was."""
     H, W = shape
     if min(H, W) < 32:
         return None
     xp = backend.xp
     lay = _layout(backend, shape, F.real.dtype.name)
     ky, kx, r1, c1 = lay.ky, lay.kx, lay.r1, lay.c1
+    if noise is not None and len(noise) == NOISE_MODEL_LENGTH and noise[PAIRED] >= 0.5:
+        return _model_floor(F, shape, lay, noise, xp)
     noise_rows = F[r1 : H - r1 + 1]
     along_x = xp.mean(_power(noise_rows[:, :kx]), axis=0)  # N(f_x)·N(high f_y)
     corner = float(xp.mean(_power(noise_rows[:, c1:])))  # N(high f_y)·N(high f_x)
@@ -115,6 +127,23 @@ def band_powers(F: Any, shape: tuple[int, int], backend: Backend) -> BandPowers 
             mask = lay.masks[2 * band + side]
             p += float(xp.sum(power * mask))
             n += float(along_y @ mask @ along_x) / corner
+        out += [p, n]
+    return out[0], out[1], out[2], out[3]
+
+
+def _model_floor(
+    F: Any, shape: tuple[int, int], lay: _Layout, noise: tuple[float, ...], xp: Any
+) -> BandPowers:
+    """``band_powers`` with the floors the noise model predicts for each band."""
+    H = shape[0]
+    py, px, scale = model_spectrum(shape, noise)
+    sides = ((F[: lay.ky], py[: lay.ky], 0), (F[H - lay.ky + 1 :], py[H - lay.ky + 1 :], 1))
+    out = []
+    for band in (0, 1):  # high, mid
+        p = n = 0.0
+        for rows, along_y, side in sides:
+            p += float(xp.sum(_power(rows[:, : lay.kx]) * lay.masks[2 * band + side]))
+            n += float(along_y @ lay.host[2 * band + side] @ px[: lay.kx]) * scale
         out += [p, n]
     return out[0], out[1], out[2], out[3]
 
