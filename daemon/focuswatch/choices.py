@@ -62,7 +62,9 @@ def same_scores(mode: str) -> str:
 #: (``score.noise.tile_noise_models``: the patches' median level in raw units); 4: the
 #: noise's correlation read across paired lines where that reads clearly less (texture
 #: repeated in 2×2 pixels, an image upsampled by repeating pixels, had read as
-#: correlated noise and halved a sharp tile's count; other images score as in 3).
+#: correlated noise and halved a sharp tile's count; other images score as in 3, and
+#: so do pixels repeated with their noise, whose pairs hold only a weaker noise added
+#: after, such as JPEG's: ``score.noise._pair_shares``).
 NOISE_FLOOR_REVISION = 4
 
 
