@@ -380,6 +380,33 @@ def test_fewer_features_with_the_fine_fraction_held_is_less_tissue_not_defocus()
     assert "fine-scale features lost, defocus" in blur.reason
 
 
+def test_a_lower_count_with_fine_detail_and_signature_held_is_less_tissue() -> None:
+    """A tile of one patch (no median over patches to steady its count) that kept its
+    spectral ratio and its fine fraction but counts half its usual features has less
+    tissue, not less focus (bench/verdicts.py at 1024 px patches, seed 3: a sharp
+    r0-c0 in section 8, score 454 against 911, ratio 0.199 against 0.19, was "a slow
+    drift"). A blur takes the ratio down and is still flagged by it."""
+
+    def ev(spectral: float, score: float = 180.0) -> Evidence:
+        return Evidence(
+            score,
+            None,
+            0.2,
+            [400.0] * 5,
+            fine_fraction=0.69,
+            fine_history=[0.7] * 5,
+            spectral=spectral,
+            spectral_history=[0.2] * 5,
+        )
+
+    less = decide(ev(0.2), cfg=CFG)
+    assert less.kind is VerdictKind.IN_FOCUS
+    assert "fewer features at every scale, less tissue here" in less.reason
+    blur = decide(ev(0.08), cfg=CFG)
+    assert blur.kind is VerdictKind.OUT_OF_FOCUS
+    assert "fine detail lost" in blur.reason
+
+
 def test_a_tile_whose_every_feature_is_coarse_is_out_of_focus() -> None:
     """A fine-scale fraction of 0 (σ 3 blur at 200 e/px on ISBI) is the signature of
     defocus, not a missing one."""

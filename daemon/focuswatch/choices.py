@@ -62,10 +62,13 @@ def same_scores(mode: str) -> str:
 #: (``score.noise.tile_noise_models``: the patches' median level in raw units); 4: the
 #: noise's correlation read across paired lines where that reads clearly less (texture
 #: repeated in 2×2 pixels, an image upsampled by repeating pixels, had read as
-#: correlated noise and halved a sharp tile's count; other images score as in 3, and
-#: so do pixels repeated with their noise, whose pairs hold only a weaker noise added
-#: after, such as JPEG's: ``score.noise._pair_shares``).
-NOISE_FLOOR_REVISION = 4
+#: correlated noise and halved a sharp tile's count; other images score as in 3); 5: a
+#: tile of 512 px or more a side, under twice ``scoring.patch_size``, scored as at
+#: least 2×2 patches (``scoring.patch_size_for``), where it had been one; 6: pixels
+#: repeated with their noise, whose pairs hold only a weaker noise added after (JPEG's),
+#: read as in 4's fourth difference (``score.noise._pair_shares``), and the paired flag
+#: pooled over the patches that tell (resin does not; other images score as in 5).
+NOISE_FLOOR_REVISION = 6
 
 
 def scorer_revision(criterion: str, mode: str) -> int:

@@ -937,6 +937,10 @@ def _out_of_focus(
             baseline=ref.recent,
             defocus_um=defocus,
         )
+    if held and loss is not None and loss < cfg.fine_drop:
+        # Fine detail and the scale signature both held: a lower count is less tissue,
+        # not blur (a tile of one patch has no median over patches to steady its count).
+        return None
     # Against other positions, the tile's best patch speaks for it (see the docstring).
     best = _best_patch(ev) if ref.peers else None
     judged = ev.score if best is None else max(best, ev.score)
