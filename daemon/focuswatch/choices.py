@@ -64,8 +64,11 @@ def same_scores(mode: str) -> str:
 #: repeated in 2×2 pixels, an image upsampled by repeating pixels, had read as
 #: correlated noise and halved a sharp tile's count; other images score as in 3); 5: a
 #: tile of 512 px or more a side, under twice ``scoring.patch_size``, scored as at
-#: least 2×2 patches (``scoring.patch_size_for``), where it had been one.
-NOISE_FLOOR_REVISION = 5
+#: least 2×2 patches (``scoring.patch_size_for``), where it had been one; 6: pixels
+#: repeated with their noise, whose pairs hold only a weaker noise added after (JPEG's),
+#: read as in 4's fourth difference (``score.noise._pair_shares``), and the paired flag
+#: pooled over the patches that tell (resin does not; other images score as in 5).
+NOISE_FLOOR_REVISION = 6
 
 
 def scorer_revision(criterion: str, mode: str) -> int:

@@ -26,8 +26,9 @@ normalised DoG, maximum over scale, threshold, count 3×3 local maxima. Modes:
       robust noise level, the noise's autocorrelation at lags 1-3 along x (the
       fast-scan axis) and along y, each measured after differencing across the
       other axis (which removes structure but keeps the noise's correlation along
-      the lines; lines taken in pairs where that reads clearly less: texture
-      repeated in 2×2 pixels survives a smooth difference) in the quietest blocks
+      the lines; lines taken in pairs where that reads clearly less and their
+      differences hold the noise that reading implies: texture repeated in 2×2
+      pixels survives a smooth difference) in the quietest blocks
       (on at least 64 lines or 64 k pixels: a small image's every other line),
       and a tail factor for noise whose variance changes from pixel to pixel
       (resampled images). ``n_i`` is the

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,6 +81,9 @@ _PAIR_ERRORS = 4.0
 #: ...and its differences keep at least this share of the fourth difference's energy
 #: (white noise: 2/70 of it; lines repeated with their noise leave nothing).
 _PAIR_MIN_ENERGY = 0.002
+#: ...and (``noise_model``) its differences hold at least this share of the noise its
+#: reading implies (``_pair_shares``: ~1 where the texture repeats under the noise).
+_PAIR_NOISE_SHARE = 0.6
 #: ...and the share of a block's pixels that may be clipped by the stretch.
 _CLIPPED_SHARE = 0.1
 #: ``[1, −2, 1]`` passes at least this much power of unit noise in the model (six for
@@ -274,11 +277,25 @@ def _robust_scale(a: Any, backend: Backend) -> float:
     return float(backend.xp.partition(a.ravel(), k)[k])
 
 
+class _Reading(NamedTuple):
+    """One axis's noise correlations (``_axis_correlation``): ``fourth`` after the
+    fourth difference across the lines; ``pairs`` on paired lines where those read
+    clearly less (None elsewhere), with ``pair_energy`` their differences' mean square
+    (what ``noise_model`` checks against the noise that reading implies)."""
+
+    fourth: tuple[float, ...]
+    pairs: tuple[float, ...] | None = None
+    pair_energy: float = 0.0
+    #: Every pairing read clearly more correlated than the fourth difference.
+    against: bool = False
+
+
 def _axis_correlation(
     u: Any, backend: Backend, *, axis: int, step: int, unmeasured: float = 0.0
-) -> tuple[tuple[float, ...], bool]:
+) -> _Reading:
     """Autocorrelation of the noise in ``u`` along ``axis`` at lags 1 … ``NOISE_LAGS``,
-    and whether it was read on paired lines (see below).
+    and where paired lines read clearly less, that reading too (see below and
+    ``_Reading``).
 
     The image is first differenced four times across ``axis`` (lines ``step`` apart
     are used): that cancels the structure that is smooth across and leaves the noise's
@@ -305,7 +322,7 @@ def _axis_correlation(
     """
     xp = backend.xp
     br, bc = _CORR_BLOCK
-    none = (unmeasured,) * NOISE_LAGS, False
+    none = _Reading((unmeasured,) * NOISE_LAGS)
     across = 0 if axis == 1 else 1
     half = step // 2
     if u.shape[across] < 4 + half + step * br or u.shape[1 - across] < bc + NOISE_LAGS:
@@ -365,6 +382,9 @@ def _axis_correlation(
     r0 = float(xp.sum(_block_sums(base * e[:, 1 : 1 + n], br, bc)[quiet])) / e0
     # Clearly less: beyond the chance difference of two estimates on few quiet blocks.
     margin = max(_PAIR_MARGIN, _PAIR_ERRORS * math.sqrt(se2))
+    # Clearly more on every pairing: texture not repeated in pairs (a first difference
+    # leaves more of it than a fourth); resin, all noise, reads the same either way.
+    against = bool(paired)
     for d in paired:
         energy_d = _block_sums(d[:, :n] * d[:, :n], br, bc)
         e_d = float(xp.sum(energy_d[quiet]))
@@ -372,21 +392,28 @@ def _axis_correlation(
         if e_d <= _PAIR_MIN_ENERGY * e0:
             continue
         r1 = float(xp.sum(_block_sums(d[:, :n] * d[:, 1 : 1 + n], br, bc)[quiet])) / e_d
+        against &= r1 > r0 + margin
         if r1 < r0 - margin and (best is None or r1 < best[0]):
             best = (r1, d, e_d)
-    if best is not None:
-        _, e, e0 = best
-        base = e[:, :n]
-    # A sample correlation of N independent pairs has a standard error of ~1/sqrt(N):
-    # estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se), so that a
-    # small patch's chance correlation of white noise does not move its floor.
-    out = []
-    for k in range(1, NOISE_LAGS + 1):
-        c = _block_sums(base * e[:, k : k + n], br, bc)
-        rho = float(xp.sum(c[quiet])) / e0
-        rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
-        out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
-    return tuple(out), best is not None
+
+    def correlations(e: Any, e0: float) -> tuple[float, ...]:
+        # A sample correlation of N independent pairs has a standard error of
+        # ~1/sqrt(N): estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se),
+        # so that a small patch's chance correlation of white noise does not move its
+        # floor.
+        out = []
+        for k in range(1, NOISE_LAGS + 1):
+            c = _block_sums(e[:, :n] * e[:, k : k + n], br, bc)
+            rho = float(xp.sum(c[quiet])) / e0
+            rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
+            out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
+        return tuple(out)
+
+    fourth = correlations(e, e0)
+    if best is None:
+        return _Reading(fourth, against=against)
+    _, d, e_d = best
+    return _Reading(fourth, correlations(d, e_d), e_d * se2)
 
 
 def _paired_lines(
@@ -430,7 +457,10 @@ def noise_model(
     fast-scan axis, rows) at lags 1 … ``NOISE_LAGS``, then along y, then the
     factor by which Immerkær's median-based level understates the noise's rms
     (``_immerkaer``), then 1 if either axis's correlation was read on paired lines
-    (texture repeated in 2×2 pixels: ``_axis_correlation``), else 0.
+    (texture repeated in 2×2 pixels: ``_axis_correlation``, where the pairs'
+    differences hold the noise that reading implies: ``_pair_shares``), else 0 (NaN
+    with ``mark_unmeasured`` where nothing speaks against pairs either: resin, whose
+    noise reads alike on pairs and on the fourth difference).
 
     ``step``: the sampling step at binning 2 (binning 1: every other pixel); the
     correlations use ~``_CORR_LINES`` lines or ``_CORR_SAMPLES`` pixels (see there).
@@ -443,15 +473,53 @@ def noise_model(
     # Binning 1 always at every other pixel: sparser, Immerkær's median and the tail
     # factor would see a resampled image's variance pattern aliased.
     profile, tails = _profile(u, backend, step=step, first_step=2, unmeasured=no_tails)
-    (rx, px), (ry, py) = (
+    readings = [
         _axis_correlation(
             u, backend, axis=a, step=_lines_step(u.shape, u.shape[1 - a]), unmeasured=no_rho
         )
         for a in (1, 0)
-    )
-    measured = not (math.isnan(rx[0]) and math.isnan(ry[0]))
-    paired = float(px or py) if measured else math.nan
+    ]
+    # A paired reading stands where its differences hold the noise it implies (not
+    # only a weaker noise added after pixels repeated with theirs: ``_pair_shares``).
+    pairs = [
+        r.pairs if share >= _PAIR_NOISE_SHARE else None
+        for r, share in zip(readings, _pair_shares(profile[0], tails, readings), strict=True)
+    ]
+    rx, ry = (p or r.fourth for p, r in zip(pairs, readings, strict=True))
+    # Evidence against pairs: texture that pairs do not cancel, or pairs that failed
+    # the noise check. Resin (all noise) says nothing either way, and pooled as "not
+    # paired" it outvoted the tissue of a half-resin tile of repeated pixels (its
+    # tissue patches' ratios 0.37 and 0.50 for 0.59 and 0.64 on the model's floor).
+    if any(p is not None for p in pairs):
+        paired = 1.0
+    elif any(r.against or r.pairs is not None for r in readings) or not mark_unmeasured:
+        paired = 0.0
+    else:
+        paired = math.nan
     return (*profile, *rx, *ry, tails, paired)
+
+
+def _pair_shares(level: float, tails: float, readings: list[_Reading]) -> list[float]:
+    """For each axis read on paired lines (x, y: ``_Reading``), its pair differences'
+    mean square over what the noise that reading implies puts there,
+    ``2σ²(1 − ρ₁ across)`` (σ² from Immerkær's ``level`` under the paired readings'
+    correlations); NaN for an axis without a paired reading.
+
+    Texture repeated in 2×2 pixels under noise: the differences hold all the noise
+    and nothing else (~1). Pixels repeated with their noise and a weaker noise added
+    after: they hold only the weaker noise, which reads as white, while the repeated
+    noise, correlated and most of it, is what Immerkær's level saw."""
+    if all(r.pairs is None for r in readings):
+        return [math.nan, math.nan]
+    rhos = [tuple(0.0 if math.isnan(v) else v for v in r.pairs or r.fourth) for r in readings]
+    t = tails if math.isfinite(tails) else 1.0
+    var = _variance(level, t, rhos[0], rhos[1])
+    return [
+        math.nan
+        if r.pairs is None
+        else r.pair_energy / max(2.0 * var * (1.0 - rhos[1 - a][0]), 1e-30)
+        for a, r in enumerate(readings)
+    ]
 
 
 @functools.lru_cache(maxsize=16)
@@ -556,9 +624,13 @@ def _noise_variance(model: tuple[float, ...]) -> float:
     factor."""
     nf, L = len(NOISE_FACTORS), NOISE_LAGS
     rx, ry = tuple(model[nf : nf + L]), tuple(model[nf + L : nf + 2 * L])
+    return _variance(model[0], model[TAILS], rx, ry)
+
+
+def _variance(level: float, tails: float, rx: tuple[float, ...], ry: tuple[float, ...]) -> float:
+    """``_noise_variance`` of a level, tail factor and correlations along x and y."""
     return float(
-        (model[0] * 6.0 * model[TAILS]) ** 2
-        / (_second_difference_power(rx) * _second_difference_power(ry))
+        (level * 6.0 * tails) ** 2 / (_second_difference_power(rx) * _second_difference_power(ry))
     )
 
 
