@@ -64,10 +64,11 @@ def same_scores(mode: str) -> str:
 #: repeated in 2×2 pixels, an image upsampled by repeating pixels, had read as
 #: correlated noise and halved a sharp tile's count; other images score as in 3); 5: a
 #: tile of 512 px or more a side, under twice ``scoring.patch_size``, scored as at
-#: least 2×2 patches (``scoring.patch_size_for``), where it had been one; 6: pixels
+#: least 2×2 patches (withdrawn in the same session, before any release: on the demo's
+#: synthetic wafer one position's patch read as a wrinkle in every section); 6: pixels
 #: repeated with their noise, whose pairs hold only a weaker noise added after (JPEG's),
 #: read as in 4's fourth difference (``score.noise._pair_shares``), and the paired flag
-#: pooled over the patches that tell (resin does not; other images score as in 5).
+#: pooled over the patches that tell (resin does not; other images score as in 4).
 NOISE_FLOOR_REVISION = 6
 
 
