@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,42 +108,34 @@ def band_powers(
     xp = backend.xp
     lay = _layout(backend, shape, F.real.dtype.name)
     ky, kx, r1, c1 = lay.ky, lay.kx, lay.r1, lay.c1
+    sides = (F[:ky], F[H - ky + 1 :])
+    floor: Callable[[int, int], float]
     if noise is not None and len(noise) == NOISE_MODEL_LENGTH and noise[PAIRED] >= 0.5:
-        return _model_floor(F, shape, lay, noise, xp)
-    noise_rows = F[r1 : H - r1 + 1]
-    along_x = xp.mean(_power(noise_rows[:, :kx]), axis=0)  # N(f_x)·N(high f_y)
-    corner = float(xp.mean(_power(noise_rows[:, c1:])))  # N(high f_y)·N(high f_x)
-    if not corner > 0:
-        return None
-    out = []
+        py, px, scale = model_spectrum(shape, noise)
+        along = (py[:ky], py[H - ky + 1 :])
+
+        def floor(band: int, side: int) -> float:
+            return float(along[side] @ lay.host[2 * band + side] @ px[:kx]) * scale
+
+    else:
+        noise_rows = F[r1 : H - r1 + 1]
+        along_x = xp.mean(_power(noise_rows[:, :kx]), axis=0)  # N(f_x)·N(high f_y)
+        corner = float(xp.mean(_power(noise_rows[:, c1:])))  # N(high f_y)·N(high f_x)
+        if not corner > 0:
+            return None
+        along_y = [xp.mean(_power(rows[:, c1:]), axis=1) for rows in sides]  # N(f_y)·N(high f_x)
+
+        def floor(band: int, side: int) -> float:
+            return float(along_y[side] @ lay.masks[2 * band + side] @ along_x) / corner
+
     # Each side's powers once, read by both bands.
-    parts = [
-        (_power(rows[:, :kx]), xp.mean(_power(rows[:, c1:]), axis=1), side)  # N(f_y)·N(high f_x)
-        for rows, side in ((F[:ky], 0), (F[H - ky + 1 :], 1))
-    ]
-    for band in (0, 1):  # high, mid
-        p = n = 0.0
-        for power, along_y, side in parts:
-            mask = lay.masks[2 * band + side]
-            p += float(xp.sum(power * mask))
-            n += float(along_y @ mask @ along_x) / corner
-        out += [p, n]
-    return out[0], out[1], out[2], out[3]
-
-
-def _model_floor(
-    F: Any, shape: tuple[int, int], lay: _Layout, noise: tuple[float, ...], xp: Any
-) -> BandPowers:
-    """``band_powers`` with the floors the noise model predicts for each band."""
-    H = shape[0]
-    py, px, scale = model_spectrum(shape, noise)
-    sides = ((F[: lay.ky], py[: lay.ky], 0), (F[H - lay.ky + 1 :], py[H - lay.ky + 1 :], 1))
+    powers = [_power(rows[:, :kx]) for rows in sides]
     out = []
     for band in (0, 1):  # high, mid
         p = n = 0.0
-        for rows, along_y, side in sides:
-            p += float(xp.sum(_power(rows[:, : lay.kx]) * lay.masks[2 * band + side]))
-            n += float(along_y @ lay.host[2 * band + side] @ px[: lay.kx]) * scale
+        for side, power in enumerate(powers):
+            p += float(xp.sum(power * lay.masks[2 * band + side]))
+            n += floor(band, side)
         out += [p, n]
     return out[0], out[1], out[2], out[3]
 
