@@ -387,9 +387,9 @@ def test_a_lower_count_with_fine_detail_and_signature_held_is_less_tissue() -> N
     r0-c0 in section 8, score 454 against 911, ratio 0.199 against 0.19, was "a slow
     drift"). A blur takes the ratio down and is still flagged by it."""
 
-    def ev(spectral: float, score: float = 180.0) -> Evidence:
+    def ev(spectral: float) -> Evidence:
         return Evidence(
-            score,
+            180.0,
             None,
             0.2,
             [400.0] * 5,

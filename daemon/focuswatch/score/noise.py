@@ -378,8 +378,24 @@ def _axis_correlation(
     # with less texture in it.
     paired = _paired_lines(u, backend, axis=axis, step=step, rows=e.shape[0], n=n)
     se2 = 1.0 / max(int(xp.count_nonzero(quiet)) * br * bc, 1)
+
+    def lag(e: Any, e0: float, k: int) -> float:
+        """The sample correlation of ``e`` (rows along the axis) at lag ``k``."""
+        return float(xp.sum(_block_sums(e[:, :n] * e[:, k : k + n], br, bc)[quiet])) / e0
+
+    def correlations(first: float, e: Any, e0: float) -> tuple[float, ...]:
+        # A sample correlation of N independent pairs has a standard error of
+        # ~1/sqrt(N): estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se),
+        # so that a small patch's chance correlation of white noise does not move its
+        # floor. ``first``: the lag-1 correlation, already read.
+        out = []
+        for r in (first, *(lag(e, e0, k) for k in range(2, NOISE_LAGS + 1))):
+            rho = math.copysign(max(r * r - se2, 0.0), r) / abs(r) if r else 0.0
+            out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
+        return tuple(out)
+
     best = None
-    r0 = float(xp.sum(_block_sums(base * e[:, 1 : 1 + n], br, bc)[quiet])) / e0
+    r0 = lag(e, e0, 1)
     # Clearly less: beyond the chance difference of two estimates on few quiet blocks.
     margin = max(_PAIR_MARGIN, _PAIR_ERRORS * math.sqrt(se2))
     # Clearly more on every pairing: texture not repeated in pairs (a first difference
@@ -391,29 +407,16 @@ def _axis_correlation(
         # Lines identical in noise too (pixels repeated after the noise): nothing left.
         if e_d <= _PAIR_MIN_ENERGY * e0:
             continue
-        r1 = float(xp.sum(_block_sums(d[:, :n] * d[:, 1 : 1 + n], br, bc)[quiet])) / e_d
+        r1 = lag(d, e_d, 1)
         against &= r1 > r0 + margin
         if r1 < r0 - margin and (best is None or r1 < best[0]):
             best = (r1, d, e_d)
 
-    def correlations(e: Any, e0: float) -> tuple[float, ...]:
-        # A sample correlation of N independent pairs has a standard error of
-        # ~1/sqrt(N): estimates are shrunk by that (ρ·(1 − se²/ρ²), 0 within one se),
-        # so that a small patch's chance correlation of white noise does not move its
-        # floor.
-        out = []
-        for k in range(1, NOISE_LAGS + 1):
-            c = _block_sums(e[:, :n] * e[:, k : k + n], br, bc)
-            rho = float(xp.sum(c[quiet])) / e0
-            rho = math.copysign(max(rho * rho - se2, 0.0), rho) / abs(rho) if rho else 0.0
-            out.append(min(max(rho, _RHO_RANGE[0]), _RHO_RANGE[1]))
-        return tuple(out)
-
-    fourth = correlations(e, e0)
+    fourth = correlations(r0, e, e0)
     if best is None:
         return _Reading(fourth, against=against)
-    _, d, e_d = best
-    return _Reading(fourth, correlations(d, e_d), e_d * se2)
+    r1, d, e_d = best
+    return _Reading(fourth, correlations(r1, d, e_d), e_d * se2)
 
 
 def _paired_lines(
