@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["cubic", "kron"],
         help="how the ISBI slices are brought to twice their size (serial wafer)",
     )
-    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--patch-size", type=int, default=ScoreSettings().patch_size)
     p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     p.add_argument("--backend", default="cpu", choices=["auto", "cpu", "gpu"])
     p.add_argument("--max-false-alerts", type=float, default=0.005)
