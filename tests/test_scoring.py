@@ -377,3 +377,16 @@ def test_a_tile_under_two_patches_a_side_gets_a_focus_map_at_the_default_patch_s
     assert ts.patch_scores == same.patch_scores
     from_memory = score_array(tissue(shape), name="t.tif", settings=settings)
     assert from_memory.patch_scores == ts.patch_scores
+
+
+@pytest.mark.parametrize(("criterion", "mode"), [("mhfd", "faithful"), ("tenengrad", "default")])
+def test_faithful_mode_and_the_classic_criteria_keep_their_layout(
+    tmp_path: Path, criterion: str, mode: str
+) -> None:
+    """The cap is for the modes whose patches carry the per-patch signatures (fast,
+    exact): the paper's faithful mode and the classic criteria score a 512² tile as one
+    patch, as they always have (their numbers are revision 1)."""
+    path = write(tmp_path / "t.tif", tissue((512, 512)))
+    ts = score_path(path, ScoreSettings(backend="cpu", criterion=criterion, mode=mode))
+    assert ts.patch_scores is not None
+    assert (len(ts.patch_scores), len(ts.patch_scores[0])) == (1, 1)

@@ -31,7 +31,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
-from focuswatch.choices import DEFAULT_MODE, scorer_revision
+from focuswatch.choices import DEFAULT_MODE, NOISE_FLOOR_REVISION, scorer_revision
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
@@ -191,8 +191,13 @@ def patch_size_for(shape: tuple[int, ...], settings: ScoreSettings) -> ScoreSett
     largest patch, made smaller so that a tile of at least 2 × ``MAP_PATCH_MIN`` a side
     has at least 2×2 patches. With one patch a tile has no focus map: a wrinkle over a
     quarter of a 512²-1024² tile moves the tile's own numbers no more than tissue does
-    from section to section (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught)."""
+    from section to section (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught).
+    Only MHFD's noise-floor modes (fast, exact), whose patches carry the signatures the
+    per-patch rules read: faithful mode and the classic criteria keep their layout
+    (and their numbers, revision 1)."""
     if settings.resolution != "patches" or len(shape) < 2:
+        return settings
+    if scorer_revision(settings.criterion, settings.mode) != NOISE_FLOOR_REVISION:
         return settings
     half = min(int(shape[0]), int(shape[1])) // 2
     if half < MAP_PATCH_MIN or half >= settings.patch_size:
