@@ -38,8 +38,9 @@ Per cell and criterion:
 * for ``fast``: Spearman of its scores against exact ``default`` over the cell's images,
   and at the end over the whole matrix (target ≥ 0.99).
 
-Scored as the service scores a tile: ``score_image`` with the default resolution
-(one native patch for a 512² slice; faithful mode resizes it to 1024², as the paper).
+Scored as the service scores a tile: ``score_image`` with the default resolution and
+the patch size the service gives a 512² slice (``scoring.patch_size_for``: in fast and
+exact mode four native 256 px patches; faithful mode one, resized to 1024² as the paper).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import isbi
 from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import score_image
+from focuswatch.scoring import ScoreSettings, patch_size_for
 
 SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 DOSES = (8.0, 30.0, 200.0)
@@ -157,14 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     methods = [("mhfd", m) for m in args.modes]
-    opts = {} if args.patch_size is None else {"patch_size": args.patch_size}
+    asked = ScoreSettings().patch_size if args.patch_size is None else args.patch_size
+
+    def patch(criterion: str, mode: str) -> int:
+        # As the service lays a tile out (``scoring.patch_size_for``: in fast and exact
+        # mode a 512² slice is four 256 px patches at the default size: a focus map).
+        settings = ScoreSettings(criterion=criterion, mode=mode, patch_size=asked)
+        return patch_size_for(slices[0].shape, settings).patch_size
+
     if args.baselines:
         methods += [(b, "default") for b in BASELINES]
     sig = np.array(SIGMAS)
     print(
         f"{len(slices)} ISBI slices × σ {list(SIGMAS)} px × doses {args.doses} e/px × "
         f"noise {args.noise} × blur {args.blur}"
-        + ("" if args.patch_size is None else f", {args.patch_size} px patches")
+        + f", patches of {asked} px at most (fast: {patch('mhfd', 'fast')} px)"
     )
     rows = []
     pooled: dict[str, list[np.ndarray]] = {"default": [], "fast": []}
@@ -179,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     [
                         score_image(
-                            im, backend=backend, criterion=criterion, mode=mode, **opts
+                            im,
+                            backend=backend,
+                            criterion=criterion,
+                            mode=mode,
+                            patch_size=patch(criterion, mode),
                         ).score
                         for im in ser
                     ]

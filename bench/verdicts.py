@@ -76,7 +76,7 @@ from focuswatch.config import PolicyConfig
 from focuswatch.errors import TileError
 from focuswatch.judge import judge
 from focuswatch.ledger import Ledger, section_index
-from focuswatch.scoring import ScoreSettings, TileScore, score_path
+from focuswatch.scoring import ScoreSettings, TileScore, patch_size_for, score_path
 from focuswatch.verdict import Verdict, VerdictKind
 
 KINDS = list(VerdictKind)
@@ -401,6 +401,12 @@ def run_order(
     return verdicts
 
 
+def _laid_out(args: argparse.Namespace) -> int:
+    """The patch size the service gives these tiles (``scoring.patch_size_for``)."""
+    settings = ScoreSettings(mode=args.mode, patch_size=args.patch_size)
+    return patch_size_for((args.size, args.size), settings).patch_size
+
+
 def _rate(k: int, n: int) -> str:
     lo, hi = wilson(k, n)
     pct = 100 * k / n if n else 0.0
@@ -547,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["cubic", "kron"],
         help="how the ISBI slices are brought to twice their size (serial wafer)",
     )
-    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--patch-size", type=int, default=ScoreSettings().patch_size)
     p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     p.add_argument("--backend", default="cpu", choices=["auto", "cpu", "gpu"])
     p.add_argument("--max-false-alerts", type=float, default=0.005)
@@ -616,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         f"sudden blur σ {args.blur_sigmas} ({100 * args.astigmatic:.0f} % astigmatic), "
         f"{args.drifting} drifting positions (+{DRIFT_PER_SECTION} px/section), section-wide "
         f"failure in {'the first section' if args.wide_first else 'a later section'}, "
-        f"patches {args.patch_size} px, mode {args.mode}"
+        f"patches {args.patch_size} px at most ({_laid_out(args)} px on these tiles), "
+        f"mode {args.mode}"
         f"{', ISBI slices in reverse order' if args.reverse else ''}"
     )
     print(

@@ -347,3 +347,46 @@ def test_patches_at_once_are_one_per_core_but_no_more_than_the_memory_limit_hold
         assert asked.pop() == expected
     score_path(path, ScoreSettings(backend="cpu", patch_size=256, threads=3))
     assert asked.pop() == 3  # as set
+
+
+@pytest.mark.parametrize(
+    ("shape", "grid"),
+    [
+        ((512, 512), (2, 2)),
+        ((768, 1024), (2, 3)),
+        ((1024, 1024), (2, 2)),
+        ((2048, 2048), (2, 2)),
+        ((384, 384), (1, 1)),
+    ],
+)
+def test_a_tile_under_two_patches_a_side_gets_a_focus_map_at_the_default_patch_size(
+    tmp_path: Path, shape: tuple[int, int], grid: tuple[int, int]
+) -> None:
+    """scoring.patch_size (1024 by default) is the largest patch: a 512² tile is scored
+    as 2×2 patches, not one (with one it has no focus map, and a wrinkle over a quarter
+    of it is not seen), in patches of at least 256 px; a tile that holds two is as
+    before, and one under 512 px a side stays one patch."""
+    path = write(tmp_path / "t.tif", tissue(shape))
+    settings = ScoreSettings(backend="cpu")
+    assert settings.patch_size == 1024
+    ts = score_path(path, settings)
+    assert ts.patch_scores is not None
+    assert (len(ts.patch_scores), len(ts.patch_scores[0])) == grid
+    half = min(shape) // 2
+    same = score_path(path, dataclasses.replace(settings, patch_size=half if half >= 256 else 1024))
+    assert ts.patch_scores == same.patch_scores
+    from_memory = score_array(tissue(shape), name="t.tif", settings=settings)
+    assert from_memory.patch_scores == ts.patch_scores
+
+
+@pytest.mark.parametrize(("criterion", "mode"), [("mhfd", "faithful"), ("tenengrad", "default")])
+def test_faithful_mode_and_the_classic_criteria_keep_their_layout(
+    tmp_path: Path, criterion: str, mode: str
+) -> None:
+    """The cap is for the modes whose patches carry the per-patch signatures (fast,
+    exact): the paper's faithful mode and the classic criteria score a 512² tile as one
+    patch, as they always have (their numbers are revision 1)."""
+    path = write(tmp_path / "t.tif", tissue((512, 512)))
+    ts = score_path(path, ScoreSettings(backend="cpu", criterion=criterion, mode=mode))
+    assert ts.patch_scores is not None
+    assert (len(ts.patch_scores), len(ts.patch_scores[0])) == (1, 1)

@@ -68,8 +68,12 @@ def same_scores(mode: str) -> str:
 #: synthetic wafer one position's patch read as a wrinkle in every section); 6: pixels
 #: repeated with their noise, whose pairs hold only a weaker noise added after (JPEG's),
 #: read as in 4's fourth difference (``score.noise._pair_shares``), and the paired flag
-#: pooled over the patches that tell (resin does not; other images score as in 4).
-NOISE_FLOOR_REVISION = 6
+#: pooled over the patches that tell (resin does not; other images score as in 4); 7:
+#: 5's cap back (``scoring.patch_size_for``: a 512²-1535² tile had no focus map at the
+#: default patch size, and a wrinkle there was missed), with a patch whose content is
+#: under half its tile's typical patch's given no signature of its own (the section's
+#: edge: resin and a soft rim, whose fine detail is not the focus's; 5's false wrinkle).
+NOISE_FLOOR_REVISION = 7
 
 
 def scorer_revision(criterion: str, mode: str) -> int:

@@ -12,6 +12,7 @@ from focuswatch import synth
 from focuswatch.backend import get_backend
 from focuswatch.score import score_image
 from focuswatch.score.spectrum import band_powers, patch_ratio, spectral_ratio
+from focuswatch.synth.texture import serial_section
 from isbi import Slices
 
 CPU = get_backend("cpu")
@@ -206,3 +207,51 @@ def test_repeated_pixels_read_the_tissues_fine_detail_not_its_mirror(
         sharp = ratio(repeat, 0.0)
         assert sharp > 0.8 * ratio(cubic, 0.0), k
         assert ratio(repeat, 1.5) < 0.4 * sharp, k
+
+
+@pytest.mark.parametrize(("section", "dose"), [(0, 30.0), (2, 30.0), (1, 200.0)])
+def test_a_patch_at_the_sections_edge_has_no_signature_of_its_own(
+    section: int, dose: float
+) -> None:
+    """``focuswatch demo``'s wafer, position r3-c2: one 256 px patch of the 512² tile is
+    resin but for the section's soft rim and a corner of tissue (a fifth to a third of
+    the tile's typical content). Its high band sits within the floor's error and its
+    fine fraction follows the rim, not the focus: its ratio read 0.0-0.27 against
+    0.66 and it was taken for a wrinkle in every section. With too little content it
+    gets neither a spectral ratio nor a fine fraction; the tissue's patches keep theirs."""
+    image = synth.degrade(
+        serial_section((512, 512), (7, 3, 2), section * 0.02, density=0.374),
+        rng=np.random.default_rng([7, section, 3, 2]),
+        dose=dose,
+        jitter_px=0.15,
+    )
+    result = score_image(synth.to_uint(image, 8), backend=CPU, patch_size=256)
+    content = np.asarray(result.patch_content).ravel()
+    assert content[2] < 0.5 * np.median(content[[0, 1, 3]]), content
+    ratios = np.asarray(result.patch_spectral).ravel()
+    fractions = np.asarray(result.patch_fine_fraction).ravel()
+    assert np.isnan(ratios[2]), ratios
+    assert np.isnan(fractions[2]), fractions
+    assert np.isfinite(ratios[[1, 3]]).all()
+    assert np.isfinite(fractions[[1, 3]]).all()
+
+
+@pytest.mark.parametrize("dose", [30.0, 200.0])
+def test_a_wrinkle_keeps_the_content_its_patch_signature_needs(
+    isbi_slices: Slices, dose: float
+) -> None:
+    """The content (σ 8-32 px) barely moves with blur: a σ 3 px wrinkle over one 256 px
+    patch keeps at least 0.8 of the tissue's typical patch content, so its patch keeps
+    the spectral ratio and fine fraction that tell it (a patch under half is not
+    compared by its own signature)."""
+    for k in SLICES:
+        crop = synth.resample(isbi_slices[k], 2.0, order=3)[256:768, 256:768]
+        rng = np.random.default_rng([k, int(dose)])
+        sharp = synth.degrade(crop, rng=rng, dose=dose)
+        wrinkle = sharp.copy()
+        wrinkle[:256, :256] = synth.degrade(crop, rng=rng, dose=dose, defocus_sigma=3.0)[:256, :256]
+        result = score_image(synth.to_uint(wrinkle, 8), backend=CPU, patch_size=256)
+        content = np.asarray(result.patch_content).ravel()
+        assert content[0] >= 0.8 * np.median(content[1:]), (k, content)
+        assert np.isfinite(np.asarray(result.patch_spectral).ravel()[0])
+        assert np.isfinite(np.asarray(result.patch_fine_fraction).ravel()[0])

@@ -287,6 +287,7 @@ def score_patches(
     grid = grid.reshape(len(ys), len(xs), 4)
     scores, content, noise, fine = (np.ascontiguousarray(grid[..., k]) for k in range(4))
     mhfd_counts = criterion == "mhfd"
+    solid = _solid_patches([b for *_, b in units], content)
     return ScoreResult(
         score=float(np.median(scores)),
         patch_scores=scores,
@@ -298,10 +299,10 @@ def score_patches(
         patch_content=content,
         noise=float(np.nanmedian(noise)) if np.isfinite(noise).any() else float("nan"),
         fine_fraction=_fine_fraction(fine.sum(), scores.sum()) if mhfd_counts else None,
-        patch_fine_fraction=_patch_fractions(fine, scores) if mhfd_counts else None,
+        patch_fine_fraction=_patch_fractions(fine, scores, solid) if mhfd_counts else None,
         orientation=_mean_orientation(turns),
         spectral=spectral_ratio([bands for *_, bands in units]) if mhfd_counts else None,
-        patch_spectral=_patch_spectra([b for *_, b in units], clipped, scores.shape)
+        patch_spectral=_patch_spectra([b for *_, b in units], clipped, solid)
         if mhfd_counts
         else None,
     )
@@ -311,6 +312,12 @@ _Unit = tuple[tuple[float, ...], Orientation | None, BandPowers | None]
 #: A patch's spectral ratio needs a mid band at least this share of the tile's median
 #: patch's (above the floor): enough tissue that the ratio is not the floor's error.
 _PATCH_MID_SHARE = 0.25
+#: A patch's own signature (fine fraction, spectral ratio) needs at least this share of
+#: the tile's typical patch's content: the content (σ 8-32 px) barely moves with blur
+#: (a σ 3 px wrinkle keeps ≥ 0.9 of it), so a patch far below is sparse tissue beside
+#: resin, whose fine detail is the tissue's, not the focus's (focuswatch demo's wafer:
+#: such a patch, at 0.22-0.38 of its tile's content, read as a wrinkle every section).
+_PATCH_CONTENT_SHARE = 0.5
 
 
 def _pooled_units(
@@ -382,31 +389,51 @@ def _fine_fraction(fine: float, count: float) -> float | None:
     return float(fine / count) if count > 0 else None
 
 
-def _patch_fractions(fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> Any:
+def _solid_patches(bands: list[BandPowers | None], content: np.ndarray[Any, Any]) -> Any:
+    """Which patches (a boolean grid like ``content``) hold enough tissue to be compared
+    with the tile's other patches by their own signature: a content at least
+    ``_PATCH_CONTENT_SHARE`` of the typical patch's, the median over the patches with a
+    mid band above the floor (``spectrum.patch_ratio``: resin's ~0 would lower the bar)."""
+    flat = content.ravel()
+    banded = [float(c) for c, b in zip(flat, bands, strict=True) if patch_ratio(b) is not None]
+    if not banded:
+        return np.ones(content.shape, dtype=bool)
+    typical = float(np.median(banded))
+    return np.asarray(content >= _PATCH_CONTENT_SHARE * typical)
+
+
+def _patch_fractions(
+    fine: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], solid: np.ndarray[Any, Any]
+) -> Any:
+    """Each patch's fine fraction; NaN without maxima or without tissue enough
+    (``_solid_patches``)."""
     out = np.full(counts.shape, np.nan)
-    np.divide(fine, counts, out=out, where=counts > 0)
+    np.divide(fine, counts, out=out, where=(counts > 0) & solid)
     return out
 
 
 def _patch_spectra(
-    bands: list[BandPowers | None], clipped: list[float], shape: tuple[int, ...]
+    bands: list[BandPowers | None], clipped: list[float], solid: np.ndarray[Any, Any]
 ) -> Any:
-    """Each patch's spectral ratio (``spectrum.patch_ratio``) on the grid of ``shape``;
+    """Each patch's spectral ratio (``spectrum.patch_ratio``) on the grid of ``solid``;
     NaN where it has none, where its stretch clips more than half its pixels (a margin
     beyond the section: the step's spectrum is mid band and the little tissue's high band
-    is within the floor's error, 0-0.3 of the tissue's ratio), or where its mid band's
+    is within the floor's error, 0-0.3 of the tissue's ratio), where its mid band's
     signal is under ``_PATCH_MID_SHARE`` of the tile's median patch's (a sliver of
-    tissue in resin, the same quotient of noise-sized numbers)."""
+    tissue in resin, the same quotient of noise-sized numbers), or where it holds too
+    little tissue (``_solid_patches``)."""
     own = [patch_ratio(b) for b in bands]
     mids = [b[2] - b[3] if b is not None and math.isfinite(b[2] - b[3]) else 0.0 for b in bands]
     # The typical patch among those with a mid band (resin's ~0 would lower the bar).
     banded = [m for r, m in zip(own, mids, strict=True) if r is not None]
     typical = float(np.median(banded)) if banded else 0.0
     ratios = [
-        r if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical else None
-        for r, share, mid in zip(own, clipped, mids, strict=True)
+        r if share <= 0.5 and mid >= _PATCH_MID_SHARE * typical and ok else None
+        for r, share, mid, ok in zip(own, clipped, mids, solid.ravel(), strict=True)
     ]
-    return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(shape)
+    return np.array([math.nan if r is None else r for r in ratios], dtype=float).reshape(
+        solid.shape
+    )
 
 
 def _blank_score(criterion: str) -> float:
