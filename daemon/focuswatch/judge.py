@@ -123,6 +123,8 @@ def evidence(
         history=[p.score for p in history],
         section_scores=[p.score for p in peers],
         patch_history=[p.patch_scores for p in history],
+        patch_fine_history=[p.patch_fine_fraction for p in history],
+        patch_spectral_history=[p.patch_spectral for p in history],
         history_kinds=[p.verdict for p in history],
         history_wide=[p.reason.startswith(policy.SECTION_WIDE) for p in history],
         history_sections=[p.section_index for p in history],

@@ -481,6 +481,9 @@ class PastTile:
     #: The verdict's reason (``position_history`` only: a section-wide failure is
     #: named by it).
     reason: str = ""
+    #: The focus map's fine fractions and spectral ratios (``position_history`` only).
+    patch_fine_fraction: list[list[float]] | None = None
+    patch_spectral: list[list[float]] | None = None
 
 
 # A Placement's fields are the versions columns of the same names, in its order.
@@ -1037,7 +1040,8 @@ class Ledger:
             return []
         cur = self._conn.execute(
             "SELECT v.id, v.section_index, r.score, r.patch_scores, r.verdict, r.fine_fraction, "
-            "r.orientation_x, r.orientation_y, r.spectral, r.reason "
+            "r.orientation_x, r.orientation_y, r.spectral, r.reason, r.patch_fine_fraction, "
+            "r.patch_spectral "
             "FROM versions v JOIN results r ON r.version_id = v.id "
             "WHERE v.position = ? AND v.superseded = 0 "
             "AND v.section_index < ? AND r.score IS NOT NULL AND r.verdict IS NOT NULL "
@@ -1046,7 +1050,7 @@ class Ledger:
         )
         out: list[PastTile] = []
         last: int | None = None
-        for vid, sec, score, maps, verdict, fine, ox, oy, spectral, reason in cur:
+        for vid, sec, score, maps, verdict, fine, ox, oy, spectral, reason, fines, spectra in cur:
             if sec == last:
                 continue
             last = sec
@@ -1062,6 +1066,8 @@ class Ledger:
                     orientation=_orientation(ox, oy),
                     spectral=spectral,
                     reason=reason or "",
+                    patch_fine_fraction=None if fines is None else json.loads(fines),
+                    patch_spectral=None if spectra is None else json.loads(spectra),
                 )
             )
             if len(out) >= limit:

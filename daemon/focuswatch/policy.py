@@ -93,6 +93,9 @@ scores of its context and never on the order in which tiles arrived:
    and whose fine fraction is below the typical one by ``fine_drop`` (both needed):
    the high band is where blur shows first, and under noise correlated in 2-D a σ 3 px
    wrinkle's few fine maxima are mostly noise (its fine fraction 0.66 against 0.77).
+   Not a patch that was weak the same way against its tile in any of the position's
+   last ``_LASTING_SECTIONS`` sections with a focus map of this shape: that is the
+   tissue there (a section's edge), told once, where a wrinkle is one section's.
 8. Otherwise **in focus**.
 
 Unreadable tiles never reach ``decide``: the service makes their verdict with
@@ -150,6 +153,9 @@ _PATCH_FINE_TISSUE = 0.06
 # noise at 30 and 200 e/px: sharp patches ≥ 0.52 of their tile's median, σ 3 px
 # wrinkles 0.003-0.40; a Gaussian of σ 3 px keeps ~1 % of the high band's power).
 _PATCH_SPECTRAL_DROP = 0.45
+# A patch weak against its tile in any of the position's last this many sections with a
+# focus map is the tissue's, not a wrinkle (``_lasting_weak``).
+_LASTING_SECTIONS = 3
 # Astigmatism: the orientation (|z| from 0 to 1) moved at least this far from the
 # reference's, and this many times the reference's own spread; without history, a
 # tile oriented at least this strongly by itself (ISBI tissue: |z| ≤ 0.12 sharp,
@@ -243,7 +249,9 @@ class Evidence:
     one tile); ``section_spectral`` their ratios. ``history_wide``: whether each
     earlier section here was flagged as part of a section-wide failure, and
     ``history_sections`` their section numbers (aligned with ``history``).
-    ``patch_spectral``: the spectral ratio per patch (grid of ``patch_scores``).
+    ``patch_spectral``: the spectral ratio per patch (grid of ``patch_scores``);
+    ``patch_fine_history`` and ``patch_spectral_history`` the earlier sections' maps of
+    both (aligned with ``history``).
     """
 
     score: float
@@ -270,6 +278,8 @@ class Evidence:
     history_wide: Sequence[bool] = ()
     history_sections: Sequence[int | None] = ()
     patch_spectral: list[list[float]] | None = None
+    patch_fine_history: Sequence[list[list[float]] | None] = ()
+    patch_spectral_history: Sequence[list[list[float]] | None] = ()
 
 
 @dataclass(frozen=True)
@@ -641,12 +651,11 @@ def _shape(patches: list[list[float]]) -> tuple[int, ...]:
 _PatchValues = tuple[list[tuple[int, int, float, float]], float] | None
 
 
-def _patch_values(ev: Evidence, grid: list[list[float]] | None) -> _PatchValues:
-    """The patches (row, col, value, count) where ``grid``, aligned with the focus map,
-    has a value, and its typical value: the median over the patches with tissue (a
-    count at least ``_SPARSE_PATCH`` of the median patch's: not resin). None when too
-    few patches have one to say which is the odd one out."""
-    now = ev.patch_scores
+def _patch_values(now: list[list[float]] | None, grid: list[list[float]] | None) -> _PatchValues:
+    """The patches (row, col, value, count) where ``grid``, aligned with the focus map
+    ``now`` (patch scores), has a value, and its typical value: the median over the
+    patches with tissue (a count at least ``_SPARSE_PATCH`` of the median patch's: not
+    resin). None when too few patches have one to say which is the odd one out."""
     if not now or not grid or _shape(now) != _shape(grid):
         return None
     cells = [
@@ -729,6 +738,49 @@ def _spectral_weak_patches(
         and (r, c) in fine
         and fine[r, c] < (1.0 - cfg.fine_drop) * fine_typical
     ]
+
+
+def _within_tile_weak(
+    scores: list[list[float]] | None,
+    fine: list[list[float]] | None,
+    spectral: list[list[float]] | None,
+    cfg: PolicyConfig,
+) -> tuple[list[tuple[int, int]] | None, list[tuple[int, int]]]:
+    """The patches of one focus map weak against the tile's other patches: by their
+    fine fraction (None without a usable per-patch signature) and by their spectral
+    ratio (``_fine_weak_patches``, ``_spectral_weak_patches``)."""
+    signature = _patch_values(scores, fine)
+    spectra = _patch_values(scores, spectral)
+    return (
+        _fine_weak_patches(signature, spectra, cfg),
+        _spectral_weak_patches(spectra, signature, cfg),
+    )
+
+
+def _lasting_weak(ev: Evidence, cfg: PolicyConfig) -> set[tuple[int, int]]:
+    """The patches that were weak against their tile (``_within_tile_weak``) in any of
+    the position's last ``_LASTING_SECTIONS`` sections with a focus map like this one
+    (empty and unreadable sections skipped, whatever the others' verdicts): within one
+    tile that is the tissue's own texture (on ``focuswatch demo``'s wafers the section's
+    edge, resin with a soft rim, read so in 3-5 sections of a position), where a wrinkle
+    is one section's. Told once, in the first section it appears in."""
+    now = ev.patch_scores
+    if not now:
+        return set()
+    skip = (str(VerdictKind.EMPTY), str(VerdictKind.UNREADABLE))
+    out: set[tuple[int, int]] = set()
+    seen = 0
+    for maps, fine, spectral, kind in itertools.zip_longest(
+        ev.patch_history, ev.patch_fine_history, ev.patch_spectral_history, ev.history_kinds
+    ):
+        if seen >= _LASTING_SECTIONS:
+            break
+        if kind in skip or maps is None or _shape(maps) != _shape(now):
+            continue
+        seen += 1
+        by_fine, by_spectrum = _within_tile_weak(maps, fine, spectral, cfg)
+        out.update(by_fine or [], by_spectrum)
+    return out
 
 
 def _weak_patches(ev: Evidence, trusted: list[_Past], cfg: PolicyConfig) -> list[tuple[int, int]]:
@@ -1306,11 +1358,14 @@ def decide(ev: Evidence, *, cfg: PolicyConfig, calibration: DefocusModel | None 
     if verdict.kind is not VerdictKind.IN_FOCUS:
         return verdict
 
-    signature = _patch_values(ev, ev.patch_fine)
-    spectra = _patch_values(ev, ev.patch_spectral)
-    by_fine = _fine_weak_patches(signature, spectra, cfg)
+    by_fine, by_spectrum = _within_tile_weak(ev.patch_scores, ev.patch_fine, ev.patch_spectral, cfg)
+    # A patch that was as weak against its tile in the position's last sections is the
+    # tissue's (a section's edge, a smooth region), not a wrinkle of this section.
+    lasting = _lasting_weak(ev, cfg)
+    by_spectrum = [rc for rc in by_spectrum if rc not in lasting]
+    if by_fine is not None:
+        by_fine = [rc for rc in by_fine if rc not in lasting]
     by_features = by_fine if by_fine is not None else _weak_patches(ev, trusted, cfg)
-    by_spectrum = _spectral_weak_patches(spectra, signature, cfg)
     weak = sorted({*by_features, *by_spectrum})
     if len(weak) >= cfg.partial_min_patches:
         total = sum(len(line) for line in ev.patch_scores or [])
