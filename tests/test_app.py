@@ -243,6 +243,30 @@ def test_a_wafer_scored_by_another_revision_of_the_scorer_is_not_continued(
             build_service(cfg, builtin_sinks=False).stop()
 
 
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_a_wafer_begun_by_the_previous_noise_floor_revision_is_not_continued(
+    tmp_path: Path, mode: str
+) -> None:
+    """A ledger whose fast or exact scores the revision before this one made (6: a 512²
+    tile one patch at the default patch size; 7 lays it out as four) is refused by
+    ``run`` and ``check-config``, the two revisions named, though every setting
+    recorded is the same."""
+    cfg = make_cfg(tmp_path, mode=mode)
+    _scored_once(cfg)
+    conn = sqlite3.connect(tmp_path / "state" / "focuswatch.db")
+    (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
+    recorded = json.loads(value)
+    assert recorded["revision"] == REVISION
+    recorded["revision"] = REVISION - 1
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
+    conn.commit()
+    conn.close()
+    want = rf"at 'scoring': .*by revision {REVISION - 1} .*with revision {REVISION}"
+    assert any(re.search(want, p) for p in preflight(cfg)), preflight(cfg)
+    with pytest.raises(ConfigError, match=want):
+        build_service(cfg, builtin_sinks=False)
+
+
 @pytest.mark.parametrize("stored", ["2", None, True, 2.5, [2]])
 def test_a_revision_this_release_cannot_read_is_named_as_such(tmp_path: Path, stored: Any) -> None:
     """A damaged or hand-edited ``revision`` ("2", null, true...) is refused, by ``run``
