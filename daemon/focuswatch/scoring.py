@@ -187,11 +187,13 @@ _PLANES_PER_PATCH = 24
 
 
 def patch_size_for(shape: tuple[int, ...], settings: ScoreSettings) -> ScoreSettings:
-    """``settings`` for a tile of ``shape``: scored as patches, ``patch_size`` is the
-    largest patch, made smaller so that a tile of at least 2 × ``MAP_PATCH_MIN`` a side
-    has at least 2×2 patches. With one patch a tile has no focus map: a wrinkle over a
-    quarter of a 512²-1024² tile moves the tile's own numbers no more than tissue does
-    from section to section (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught).
+    """``settings`` for a tile of ``shape``: scored as patches, ``patch_size`` (the edge
+    ``patch_bounds`` aims at: an axis gets round(n / patch_size) parts) is made the
+    tile's half-side where that is smaller, so that a tile of at least 2 ×
+    ``MAP_PATCH_MIN`` a side has at least 2×2 patches. With one patch a tile has no
+    focus map: a wrinkle over a quarter of a 512²-1024² tile moves the tile's own
+    numbers no more than tissue does from section to section
+    (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught).
     Only MHFD's noise-floor modes (fast, exact), whose patches carry the signatures the
     per-patch rules read: faithful mode and the classic criteria keep their layout
     (and their numbers, revision 1)."""
