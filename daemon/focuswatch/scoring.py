@@ -300,9 +300,15 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
     with tiles.open_tile(path, within=settings.within) as tile:
-        settings = patch_size_for(tuple(tile.shape), settings)
+        big = too_big(tile, settings)  # the memory guard
+        # The guard scores by patches whatever was asked: laid out as patches are.
+        laid = patch_size_for(
+            tuple(tile.shape),
+            dataclasses.replace(settings, resolution="patches") if big else settings,
+        )
+        settings = dataclasses.replace(settings, patch_size=laid.patch_size)
         reader: _Bands | _Regions | None = None
-        if too_big(tile, settings):  # the memory guard
+        if big:
             reader = _Regions(tile)
         elif _streams(tile, settings, backend):
             reader = _Bands(tile)
