@@ -107,7 +107,13 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import CRITERIA, DEFAULT_MODE, RESOLUTIONS
+from focuswatch.choices import (
+    CRITERIA,
+    DEFAULT_MODE,
+    NOISE_FLOOR_REVISION,
+    RESOLUTIONS,
+    scorer_revision,
+)
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     ConstantImageError,
@@ -287,7 +293,13 @@ def score_patches(
     grid = grid.reshape(len(ys), len(xs), 4)
     scores, content, noise, fine = (np.ascontiguousarray(grid[..., k]) for k in range(4))
     mhfd_counts = criterion == "mhfd"
-    solid = _solid_patches([b for *_, b in units], content)
+    # The content guard came with revision 7 of the noise-floor modes: faithful mode's
+    # patches read as they always did (its numbers are revision 1's).
+    solid = (
+        _solid_patches([b for *_, b in units], content)
+        if scorer_revision(criterion, mode) == NOISE_FLOOR_REVISION
+        else np.ones(content.shape, dtype=bool)
+    )
     return ScoreResult(
         score=float(np.median(scores)),
         patch_scores=scores,
