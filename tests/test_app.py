@@ -31,6 +31,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _set_recorded_revision(state: Path, revision: Any) -> Any:
+    """Rewrite the scoring settings a ledger recorded with ``revision`` (as an earlier
+    release, or a hand edit, left them); the revision it recorded."""
+    conn = sqlite3.connect(state / "focuswatch.db")
+    (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
+    recorded = json.loads(value)
+    before = recorded["revision"]
+    recorded["revision"] = revision
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
+    conn.commit()
+    conn.close()
+    return before
+
+
 def _scored_once(cfg: Config) -> None:
     """One tile scored and recorded in ``cfg``'s state folder, the service stopped again."""
     write_tif(Path(cfg.watch.path or "") / "S_001" / "Tile_r1-c1_S_001.tif")
@@ -243,6 +257,23 @@ def test_a_wafer_scored_by_another_revision_of_the_scorer_is_not_continued(
             build_service(cfg, builtin_sinks=False).stop()
 
 
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_a_wafer_begun_by_the_previous_noise_floor_revision_is_not_continued(
+    tmp_path: Path, mode: str
+) -> None:
+    """A ledger whose fast or exact scores the revision before this one made (6: a 512²
+    tile one patch at the default patch size; 7 lays it out as four) is refused by
+    ``run`` and ``check-config``, the two revisions named, though every setting
+    recorded is the same."""
+    cfg = make_cfg(tmp_path, mode=mode)
+    _scored_once(cfg)
+    assert _set_recorded_revision(tmp_path / "state", REVISION - 1) == REVISION
+    want = rf"at 'scoring': .*by revision {REVISION - 1} .*with revision {REVISION}"
+    assert any(re.search(want, p) for p in preflight(cfg)), preflight(cfg)
+    with pytest.raises(ConfigError, match=want):
+        build_service(cfg, builtin_sinks=False)
+
+
 @pytest.mark.parametrize("stored", ["2", None, True, 2.5, [2]])
 def test_a_revision_this_release_cannot_read_is_named_as_such(tmp_path: Path, stored: Any) -> None:
     """A damaged or hand-edited ``revision`` ("2", null, true...) is refused, by ``run``
@@ -250,13 +281,7 @@ def test_a_revision_this_release_cannot_read_is_named_as_such(tmp_path: Path, st
     release scores with revision 2" (true == 1 passed for the faithful scorer)."""
     cfg = make_cfg(tmp_path, mode="faithful" if stored is True else "fast")
     _scored_once(cfg)
-    conn = sqlite3.connect(tmp_path / "state" / "focuswatch.db")
-    (value,) = conn.execute("SELECT value FROM meta WHERE key = 'scoring'").fetchone()
-    recorded = json.loads(value)
-    recorded["revision"] = stored
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'scoring'", (json.dumps(recorded),))
-    conn.commit()
-    conn.close()
+    _set_recorded_revision(tmp_path / "state", stored)
     want = r"at 'scoring': .*revision .*cannot read"
     assert any(re.search(want, p) for p in preflight(cfg)), preflight(cfg)
     with pytest.raises(ConfigError, match=want):

@@ -390,3 +390,20 @@ def test_faithful_mode_and_the_classic_criteria_keep_their_layout(
     ts = score_path(path, ScoreSettings(backend="cpu", criterion=criterion, mode=mode))
     assert ts.patch_scores is not None
     assert (len(ts.patch_scores), len(ts.patch_scores[0])) == (1, 1)
+
+
+def test_the_memory_guard_lays_a_tile_out_as_resolution_patches_does(tmp_path: Path) -> None:
+    """A tile over memory_limit_mb is scored by patches whatever resolution was asked
+    (calibrate tells the operator to set resolution 'patches' for the same numbers): so
+    it is laid out as resolution 'patches' lays it out, four 512 px patches for a 1024²
+    tile at the default patch size, not one of 1024 px."""
+    path = write(tmp_path / "t.tif", tissue((1024, 1024)))  # 2 MiB decoded
+    guarded = score_path(
+        path, ScoreSettings(backend="cpu", resolution="native", memory_limit_mb=1, threads=1)
+    )
+    asked = score_path(path, ScoreSettings(backend="cpu", resolution="patches", threads=1))
+    assert guarded.resolution == "patches"
+    assert guarded.patch_scores is not None
+    assert (len(guarded.patch_scores), len(guarded.patch_scores[0])) == (2, 2)
+    assert guarded.patch_scores == asked.patch_scores
+    assert guarded.score == asked.score

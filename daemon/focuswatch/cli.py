@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch-size",
         type=_int_at_least(1),
         metavar="PX",
-        help="patch edge in pixels (default: scoring.patch_size, 1024)",
+        help="patch edge aimed at in pixels; in fast and exact mode a tile under twice it "
+        "(512 px or more a side) is cut into 2x2 or more patches of its half-side "
+        "(default: scoring.patch_size, 1024)",
     )
     p.add_argument(
         "--backend",

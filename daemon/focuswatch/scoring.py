@@ -187,11 +187,13 @@ _PLANES_PER_PATCH = 24
 
 
 def patch_size_for(shape: tuple[int, ...], settings: ScoreSettings) -> ScoreSettings:
-    """``settings`` for a tile of ``shape``: scored as patches, ``patch_size`` is the
-    largest patch, made smaller so that a tile of at least 2 × ``MAP_PATCH_MIN`` a side
-    has at least 2×2 patches. With one patch a tile has no focus map: a wrinkle over a
-    quarter of a 512²-1024² tile moves the tile's own numbers no more than tissue does
-    from section to section (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught).
+    """``settings`` for a tile of ``shape``: scored as patches, ``patch_size`` (the edge
+    ``patch_bounds`` aims at: an axis gets round(n / patch_size) parts) is made the
+    tile's half-side where that is smaller, so that a tile of at least 2 ×
+    ``MAP_PATCH_MIN`` a side has at least 2×2 patches. With one patch a tile has no
+    focus map: a wrinkle over a quarter of a 512²-1024² tile moves the tile's own
+    numbers no more than tissue does from section to section
+    (bench/results/verdicts_s8_p1024*.txt: 4 of 120 caught).
     Only MHFD's noise-floor modes (fast, exact), whose patches carry the signatures the
     per-patch rules read: faithful mode and the classic criteria keep their layout
     (and their numbers, revision 1)."""
@@ -298,9 +300,15 @@ def score_path(path: str | Path, settings: ScoreSettings) -> TileScore:
     backend = _backend(settings.backend)
     t0 = time.perf_counter()
     with tiles.open_tile(path, within=settings.within) as tile:
-        settings = patch_size_for(tuple(tile.shape), settings)
+        big = too_big(tile, settings)  # the memory guard
+        # The guard scores by patches whatever was asked: laid out as patches are.
+        laid = patch_size_for(
+            tuple(tile.shape),
+            dataclasses.replace(settings, resolution="patches") if big else settings,
+        )
+        settings = dataclasses.replace(settings, patch_size=laid.patch_size)
         reader: _Bands | _Regions | None = None
-        if too_big(tile, settings):  # the memory guard
+        if big:
             reader = _Regions(tile)
         elif _streams(tile, settings, backend):
             reader = _Bands(tile)

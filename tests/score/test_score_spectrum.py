@@ -255,3 +255,23 @@ def test_a_wrinkle_keeps_the_content_its_patch_signature_needs(
         assert content[0] >= 0.8 * np.median(content[1:]), (k, content)
         assert np.isfinite(np.asarray(result.patch_spectral).ravel()[0])
         assert np.isfinite(np.asarray(result.patch_fine_fraction).ravel()[0])
+
+
+def test_faithful_mode_keeps_its_per_patch_signatures_for_a_patch_of_little_tissue(
+    isbi_slices: Slices,
+) -> None:
+    """The content guard is revision 7's, of the noise-floor modes: faithful mode's
+    numbers are revision 1's (``choices.scorer_revision``), so a wafer begun in faithful
+    mode goes on across the upgrade, and its patches must read as they did. A patch of
+    resin but for a 40 px corner of tissue: fast mode gives it no signature of its own,
+    faithful mode its fine fraction and spectral ratio as before (0.92 and 1.70)."""
+    clean = np.clip(synth.resample(isbi_slices[3], 2.0, order=3), 0, 1)[256:768, 256:768]
+    image = clean.copy()
+    image[256:, 256:] = 0.8
+    image[256:296, 256:296] = clean[256:296, 256:296]
+    tile = synth.to_uint(synth.degrade(image, rng=np.random.default_rng(0), dose=30.0), 8)
+    fast = score_image(tile, backend=CPU, mode="fast", patch_size=256)
+    faithful = score_image(tile, backend=CPU, mode="faithful", patch_size=256)
+    assert np.isnan(np.asarray(fast.patch_fine_fraction)[1, 1])
+    assert np.isfinite(np.asarray(faithful.patch_fine_fraction)[1, 1])
+    assert np.isfinite(np.asarray(faithful.patch_spectral)[1, 1])
