@@ -884,25 +884,15 @@ def test_tissue_beside_resin_at_a_sections_edge_is_not_a_wrinkle(
         led.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review11: revision 7's content guard (half the typical patch's content) "
-    "misses this rim patch, at 0.6-0.7 of the typical content (seed 7's was 0.22-0.38); "
-    "a σ 3 px wrinkle on ISBI keeps as little as 0.72, so no content share separates them",
-)
-@pytest.mark.parametrize(("seed", "row", "col", "density"), [(1, 2, 3, 0.424), (10, 1, 2, 0.399)])
-def test_a_sharp_tile_at_the_sections_edge_is_never_a_wrinkle_on_the_demos_wafer(
+def _demo_edge_verdicts(
     tmp_path: Path, seed: int, row: int, col: int, density: float
-) -> None:
-    """``focuswatch demo --seed 1``'s wafer, position r2-c3 (and seed 10's r1-c2): one
-    256 px patch of the 512² tile is the section's soft rim beside resin with some
-    tissue, whose spectral ratio reads 0.22-0.31 against the tissue's 0.71-0.85 and its
-    fine fraction 0.71-0.81 against 0.85-0.96: the demo calls the sharp tile partly out
-    of focus in every section, its in-focus retake included (revision 7's motivation,
-    seed 7's r3-c2, again). Real TIFFs, scored as the service scores them (the default
-    settings: four 256 px patches), judged on a real ledger section by section."""
+) -> list[tuple[VerdictKind, str]]:
+    """``focuswatch demo --seed``'s position ``row``/``col`` in four sections: real
+    TIFFs, scored as the service scores them (the default settings: four 256 px
+    patches), judged on a real ledger section by section."""
     settings = ScoreSettings(backend="cpu")
     led = Ledger.open(tmp_path / "state")
+    out = []
     try:
         for s in range(4):
             image = synth.degrade(
@@ -913,9 +903,48 @@ def test_a_sharp_tile_at_the_sections_edge_is_never_a_wrinkle_on_the_demos_wafer
             )
             vid = judge_file(led, tmp_path, image, settings, section=s, row=row, col=col)
             v = led.verdict_record(vid).verdict
-            assert v.kind is not VerdictKind.PARTLY_OUT_OF_FOCUS, (s, v.reason)
+            out.append((v.kind, v.reason))
     finally:
         led.close()
+    return out
+
+
+_DEMO_EDGES = [(1, 2, 3, 0.424), (10, 1, 2, 0.399)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review11: revision 7's content guard (half the typical patch's content) "
+    "misses this rim patch, at 0.6-0.7 of the typical content (seed 7's was 0.22-0.38); "
+    "a σ 3 px wrinkle on ISBI keeps as little as 0.72, so no content share separates "
+    "them; the first section it shows in is still called partly out of focus",
+)
+@pytest.mark.parametrize(("seed", "row", "col", "density"), _DEMO_EDGES)
+def test_a_sharp_tile_at_the_sections_edge_is_never_a_wrinkle_on_the_demos_wafer(
+    tmp_path: Path, seed: int, row: int, col: int, density: float
+) -> None:
+    """``focuswatch demo --seed 1``'s wafer, position r2-c3 (and seed 10's r1-c2): one
+    256 px patch of the 512² tile is the section's soft rim beside resin with some
+    tissue, whose spectral ratio reads 0.22-0.31 against the tissue's 0.71-0.85 and its
+    fine fraction 0.71-0.81 against 0.85-0.96: the demo called the sharp tile partly out
+    of focus in every section, its in-focus retake included (revision 7's motivation,
+    seed 7's r3-c2, again)."""
+    for s, (kind, reason) in enumerate(_demo_edge_verdicts(tmp_path, seed, row, col, density)):
+        assert kind is not VerdictKind.PARTLY_OUT_OF_FOCUS, (s, reason)
+
+
+@pytest.mark.parametrize(("seed", "row", "col", "density"), _DEMO_EDGES)
+def test_a_section_edge_patch_is_called_partly_out_of_focus_once_not_every_section(
+    tmp_path: Path, seed: int, row: int, col: int, density: float
+) -> None:
+    """The same positions: the patch is weak against its tile in every section, and
+    after the first section that shows it, it is the tissue there (weak the same way
+    in the position's last sections), not a wrinkle again and again."""
+    kinds = [kind for kind, _ in _demo_edge_verdicts(tmp_path, seed, row, col, density)]
+    partly = [s for s, kind in enumerate(kinds) if kind is VerdictKind.PARTLY_OUT_OF_FOCUS]
+    assert len(partly) <= 1, kinds
+    # (A single position has no context for its first section: not judged.)
+    assert kinds[-2:] == [VerdictKind.IN_FOCUS, VerdictKind.IN_FOCUS], kinds
 
 
 @pytest.mark.xfail(
