@@ -29,6 +29,7 @@ unless given).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -110,6 +111,19 @@ class Stamps:
         tile = self.by_version.get(version_id)
         if tile is not None:
             self.at[tile, "outcome"] = time.perf_counter()
+
+
+@contextlib.contextmanager
+def stamping() -> Iterator[Stamps]:
+    """``Stamps`` of the service's events while the block runs: this process's structlog
+    records them and prints nothing, and is set back after."""
+    stamps = Stamps()
+    old = structlog.get_config()
+    structlog.configure(processors=[stamps], wrapper_class=structlog.BoundLogger)
+    try:
+        yield stamps
+    finally:
+        structlog.configure(**old)
 
 
 class StampingExecutor:
@@ -268,10 +282,11 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="where each latency tile's time went")
     args = ap.parse_args()
     logs.configure("error")  # the service's per-tile events and alerts would drown the table
-    stamps = None
-    if args.breakdown:
-        stamps = Stamps()
-        structlog.configure(processors=[stamps], wrapper_class=structlog.BoundLogger)
+    with stamping() if args.breakdown else contextlib.nullcontext() as stamps:
+        table(args, stamps)
+
+
+def table(args: argparse.Namespace, stamps: Stamps | None) -> None:
     print(f"mode {args.mode}, {args.workers} worker(s), {len(os.sched_getaffinity(0))} cores")
     print(
         f"{'size':>6} {'score alone':>12} {'latency med':>12} {'latency max':>12} "
