@@ -101,14 +101,17 @@ def test_a_blank_patch_scores_zero_without_failing_the_tile() -> None:
 @pytest.mark.parametrize("mode", ["default", "faithful"])
 def test_native_tiled_equals_untiled(mode: str) -> None:
     """Blocks of 96 px with a full halo count what one untiled block counts: within
-    0.5 % (the halo cuts Gaussian tails beyond 4σ)."""
+    1 % (the halo cuts Gaussian tails beyond 4σ). In float64: the transforms of other
+    sizes round otherwise, and in float32 that alone moves this 8-bit image's ~550
+    counts by 1-2 % (float32 against float64: 554 against 544); in float64 ties
+    between neighbouring responses still go either way (±3, with either FFT)."""
     rng = np.random.default_rng(4)
     img = synth.to_uint(synth.degrade(synth.neuropil((300, 340), rng=rng), rng=rng, dose=30.0), 8)
     params = params_for(mode)
-    untiled = native_mhfd(img, params, backend=CPU, dtype=np.float32, block=4096)
-    tiled = native_mhfd(img, params, backend=CPU, dtype=np.float32, block=96)
+    untiled = native_mhfd(img, params, backend=CPU, dtype=np.float64, block=4096)
+    tiled = native_mhfd(img, params, backend=CPU, dtype=np.float64, block=96)
     assert untiled.count > 100
-    assert tiled.count == pytest.approx(untiled.count, rel=0.005, abs=1)
+    assert tiled.count == pytest.approx(untiled.count, rel=0.01, abs=1)
     assert halo_for(params.sigmas) >= 3 * max(params.sigmas)
 
 
