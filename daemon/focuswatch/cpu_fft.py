@@ -1,10 +1,10 @@
 """The CPU's FFTs: the part of ``scipy.fft`` the scoring core calls, on ducc0.
 
 ducc0 is the successor of pocketfft (SciPy's FFT) by the same author. On the scorer's
-own float32 transforms, one thread, it takes 0.70-0.87 of pocketfft's time (the
-forward 1024² transform, the batched inverses on the decimated grids; ``bench/
-fft_impl.py``), about 7 % of a patch's CPU time. The results differ from pocketfft's
-in float rounding only: counts move by a few in thousands, as the GPU's do.
+own float32 transforms, one thread, it takes 0.89 of pocketfft's time summed (the
+forward 1024² transform 0.81, the batched row passes on the decimated grids 0.63-1.05;
+``bench/fft_impl.py``): about 7 % less CPU per patch. The results differ from
+pocketfft's in float rounding only: counts move by a few in thousands, as the GPU's do.
 
 Each function takes the arguments of its ``scipy.fft`` namesake that the core passes
 and no others (a ``TypeError`` otherwise): the shape arguments only where they name
