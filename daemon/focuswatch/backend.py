@@ -1,7 +1,7 @@
 """The array backend: NumPy + SciPy on the CPU, or CuPy + cupyx on an NVIDIA GPU.
 
 The CPU's FFTs are ducc0's (``focuswatch.cpu_fft``: SciPy's interface, pocketfft's
-successor, ~7 % less CPU per patch), its ndimage SciPy's.
+successor, ~8 % less CPU per tile), its ndimage SciPy's.
 
 Chosen once at start (``get_backend``) and passed into the pure scoring core, which
 only ever touches ``backend.xp``, ``backend.fft`` and ``backend.ndimage``, so the

@@ -1,9 +1,9 @@
 """The CPU's FFTs: the part of ``scipy.fft`` the scoring core calls, on ducc0.
 
 ducc0 is the successor of pocketfft (SciPy's FFT) by the same author. On the scorer's
-own float32 transforms, one thread, it takes 0.89 of pocketfft's time summed (the
-forward 1024² transform 0.81, the batched row passes on the decimated grids 0.63-1.05;
-``bench/fft_impl.py``): about 7 % less CPU per patch. The results differ from
+own float32 transforms, one thread, it takes 0.81-0.89 of pocketfft's time summed (the
+forward 1024² transform 0.78-0.81, the batched row passes on the decimated grids
+0.63-1.05; ``bench/fft_impl.py``): 7-12 % less CPU per patch. The results differ from
 pocketfft's in float rounding only, and counts with them, as the GPU's do: by ~0.1 %
 typically, up to ~2 % on a small blurred image with few maxima.
 
