@@ -13,31 +13,49 @@ For each tile size (16-bit, default 2048² and 8192²) it measures, in one run:
    reported for those tiles (separates the pipeline's cost from scoring running
    slower in a worker process, e.g. when other jobs share the CPU).
 
+``--breakdown`` also prints where each latency tile's close → verdict time went, from
+the service's own events (``tile_ready``, ``tile_scoring``, ``tile_scored``), the
+moment the executor handed its outcome over and the sink's arrival, all on this
+process's clock: the file seen and recorded; claimed and sent to a worker; the
+worker's own read and score (its ``read_ms``, ``score_ms``); the rest of the trip to
+the worker and back (pipes, pickling, the worker process's start-up of the job);
+judged and recorded; delivered to the sink.
+
 Usage: ``python bench/pipeline.py [--sizes 2048 8192] [--count 8] [--latency 3]
-[--mode fast|exact] [--workers 1]`` (mode: ``scoring.mode``'s default unless given).
+[--mode fast|exact] [--workers 1] [--breakdown]`` (mode: ``scoring.mode``'s default
+unless given).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import structlog
 import tifffile
 
 from focuswatch import logs, scoring, synth
 from focuswatch.app import build_service
 from focuswatch.choices import MODES
 from focuswatch.config import Config, ScoringConfig, WatchConfig
+from focuswatch.executor import Executor, Job, Outcome
 from focuswatch.ledger import Ledger
 from focuswatch.scoring import ScoreSettings
 from focuswatch.verdict import VerdictRecord
+from focuswatch.worker import local_executor
+
+#: The service's events a tile passes on its way (``--breakdown``).
+_STAGES = ("tile_ready", "tile_scoring", "tile_scored")
 
 
 class TimingSink:
@@ -71,6 +89,85 @@ class TimingSink:
                 self.cond.wait(left)
 
 
+class Stamps:
+    """When each tile passed each of the service's events (``_STAGES``) and when the
+    executor handed its outcome over: ``(tile, stage) → perf_counter``. A structlog
+    processor: the service thread logs synchronously, so the stamp is the moment."""
+
+    def __init__(self) -> None:
+        self.at: dict[tuple[str, str], float] = {}
+        self.fields: dict[tuple[str, str], dict[str, Any]] = {}
+        self.by_version: dict[int, str] = {}
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        name = event.get("event")
+        if name in _STAGES and "tile" in event:
+            self.at[event["tile"], name] = time.perf_counter()
+            self.fields[event["tile"], name] = dict(event)
+            self.by_version[int(event["version"])] = event["tile"]
+        raise structlog.DropEvent
+
+    def outcome(self, version_id: int) -> None:
+        tile = self.by_version.get(version_id)
+        if tile is not None:
+            self.at[tile, "outcome"] = time.perf_counter()
+
+
+@contextlib.contextmanager
+def stamping() -> Iterator[Stamps]:
+    """``Stamps`` of the service's events while the block runs: this process's structlog
+    records them and prints nothing, and is set back after."""
+    stamps = Stamps()
+    old = structlog.get_config()
+    structlog.configure(processors=[stamps], wrapper_class=structlog.BoundLogger)
+    try:
+        yield stamps
+    finally:
+        structlog.configure(**old)
+
+
+class StampingExecutor:
+    """The real local executor, stamping the moment each outcome is handed over."""
+
+    def __init__(self, inner: Executor, stamps: Stamps) -> None:
+        self._inner = inner
+        self._stamps = stamps
+
+    def submit(self, job: Job) -> None:
+        self._inner.submit(job)
+
+    def outcomes(self, timeout: float) -> Iterator[Outcome]:
+        for o in self._inner.outcomes(timeout):
+            self._stamps.outcome(o.version_id)
+            yield o
+
+    def in_flight(self) -> int:
+        return self._inner.in_flight()
+
+    def describe(self) -> dict[str, Any]:
+        return self._inner.describe()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def breakdown(stamps: Stamps, tile: str, closed: float, arrived: float) -> dict[str, float]:
+    """One tile's close → verdict time in its parts (seconds)."""
+    at = {stage: stamps.at[tile, stage] for stage in (*_STAGES, "outcome")}
+    scored = stamps.fields[tile, "tile_scored"]
+    read_s, score_s = scored["read_ms"] / 1e3, scored["score_ms"] / 1e3
+    return {
+        "seen+recorded": at["tile_ready"] - closed,
+        "claimed+sent": at["tile_scoring"] - at["tile_ready"],
+        "worker read": read_s,
+        "worker score": score_s,
+        "trip to worker": at["outcome"] - at["tile_scoring"] - read_s - score_s,
+        "judged+recorded": at["tile_scored"] - at["outcome"],
+        "delivered": arrived - at["tile_scored"],
+        "total": arrived - closed,
+    }
+
+
 def tile_bytes(size: int, *, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     base = synth.neuropil((min(size, 2048), min(size, 2048)), rng=rng)
@@ -89,7 +186,15 @@ def write(path: Path, data: bytes) -> float:
     return time.perf_counter()  # the moment the writer closed the file
 
 
-def run_size(size: int, *, count: int, latency_n: int, workers: int, mode: str) -> dict[str, float]:
+def run_size(
+    size: int,
+    *,
+    count: int,
+    latency_n: int,
+    workers: int,
+    mode: str,
+    stamps: Stamps | None = None,
+) -> dict[str, Any]:
     data = tile_bytes(size, seed=size)
     with tempfile.TemporaryDirectory(prefix="fw-bench-") as tmp:
         root = Path(tmp)
@@ -111,7 +216,8 @@ def run_size(size: int, *, count: int, latency_n: int, workers: int, mode: str) 
         alone_per_tile = (time.perf_counter() - t0) / count
 
         sink = TimingSink()
-        svc = build_service(cfg, sinks=[sink], clock=time.time)
+        executor = None if stamps is None else StampingExecutor(local_executor(cfg), stamps)
+        svc = build_service(cfg, sinks=[sink], clock=time.time, executor=executor)
         stop = threading.Event()
         thread = threading.Thread(target=svc.run_until, args=(stop,), name="service")
         thread.start()
@@ -122,11 +228,14 @@ def run_size(size: int, *, count: int, latency_n: int, workers: int, mode: str) 
             sink.wait_for([str(warm)], budget)
             # 2. latency, one tile at a time
             latencies = []
+            parts = []
             for i in range(latency_n):
                 p = root / "watch" / "S_001" / f"Tile_r0-c{i}_S_001.tif"
                 closed = write(p, data)
                 sink.wait_for([str(p)], budget)
                 latencies.append(sink.arrived[str(p)] - closed)
+                if stamps is not None:
+                    parts.append(breakdown(stamps, str(p), closed, sink.arrived[str(p)]))
             # 3. sustained: a burst
             paths = [
                 root / "watch" / "S_002" / f"Tile_r{i // 8}-c{i % 8}_S_002.tif"
@@ -159,6 +268,7 @@ def run_size(size: int, *, count: int, latency_n: int, workers: int, mode: str) 
         "overhead_pct": 100.0 * (per_tile / alone_per_tile - 1.0),
         "worker_per_tile_s": statistics.mean(worker_s),
         "overhead_vs_worker_pct": 100.0 * (per_tile / statistics.mean(worker_s) - 1.0),
+        "parts": parts,
     }
 
 
@@ -169,8 +279,14 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=3, help="tiles written one by one")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--mode", choices=MODES, default=ScoringConfig().mode)
+    ap.add_argument("--breakdown", action="store_true", help="where each latency tile's time went")
     args = ap.parse_args()
     logs.configure("error")  # the service's per-tile events and alerts would drown the table
+    with stamping() if args.breakdown else contextlib.nullcontext() as stamps:
+        table(args, stamps)
+
+
+def table(args: argparse.Namespace, stamps: Stamps | None) -> None:
     print(f"mode {args.mode}, {args.workers} worker(s), {len(os.sched_getaffinity(0))} cores")
     print(
         f"{'size':>6} {'score alone':>12} {'latency med':>12} {'latency max':>12} "
@@ -179,7 +295,12 @@ def main() -> None:
     )
     for size in args.sizes:
         r = run_size(
-            size, count=args.count, latency_n=args.latency, workers=args.workers, mode=args.mode
+            size,
+            count=args.count,
+            latency_n=args.latency,
+            workers=args.workers,
+            mode=args.mode,
+            stamps=stamps,
         )
         print(
             f"{size:>6} {r['score_alone_s']:>11.3f}s {r['latency_median_s']:>11.3f}s "
@@ -189,6 +310,9 @@ def main() -> None:
             f"{r['overhead_pct']:>9.1f}% {r['overhead_vs_worker_pct']:>9.1f}%",
             flush=True,
         )
+        for i, part in enumerate(r["parts"]):
+            cells = ", ".join(f"{k} {1e3 * v:.0f}" for k, v in part.items())
+            print(f"    latency tile {i} (ms): {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.fft
 import structlog
 
+from focuswatch import cpu_fft
 from focuswatch.backend import Backend, get_backend
 from focuswatch.errors import BackendError
 
@@ -22,11 +22,11 @@ def _has_gpu() -> bool:
 HAS_GPU = _has_gpu()
 
 
-def test_cpu_backend_is_numpy_and_scipy() -> None:
+def test_cpu_backend_is_numpy_with_duccs_ffts() -> None:
     b = get_backend("cpu")
     assert b.name == "numpy"
     assert b.xp is np
-    assert b.fft is scipy.fft
+    assert b.fft is cpu_fft
     assert b.device == "cpu"
     a = b.xp.arange(3)
     assert isinstance(b.asnumpy(a), np.ndarray)

@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "focuswatch"
 
 LAYERS: list[set[str]] = [
-    {"errors", "choices", "text", "files", "verdict", "sdnotify", "logs"},
+    {"errors", "choices", "text", "files", "verdict", "sdnotify", "logs", "cpu_fft"},
     {"focuswatch", "config", "backend", "statelock", "watch", "synth"},
     {"score", "tiles", "unit"},
     {"scoring", "ledger"},
