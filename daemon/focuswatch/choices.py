@@ -68,8 +68,13 @@ def same_scores(mode: str) -> str:
 #: synthetic wafer one position's patch read as a wrinkle in every section); 6: pixels
 #: repeated with their noise, whose pairs hold only a weaker noise added after (JPEG's),
 #: read as in 4's fourth difference (``score.noise._pair_shares``), and the paired flag
-#: pooled over the patches that tell (resin does not; other images score as in 4).
-NOISE_FLOOR_REVISION = 6
+#: pooled over the patches that tell (resin does not; other images score as in 4); 7:
+#: the spectrum's orientation (``score.orientation``) read without clipping the power
+#: above the floor at 0, every ring kept, from half-overlapping blocks, and None where
+#: its standard error is over ``MAX_ERROR`` (under noise correlated along the scan line
+#: a round blur had read as streaks along x; the counts are as in 6, only the
+#: orientation moves).
+NOISE_FLOOR_REVISION = 7
 
 
 def scorer_revision(criterion: str, mode: str) -> int:
