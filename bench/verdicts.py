@@ -480,6 +480,7 @@ def report(
                 f"{_rate(len(named), len(astig))}; round blur named astigmatic: "
                 f"{_rate(wrong, len(round_bad))}"
             )
+        print("\n".join(naming_table(bad, verdicts)))
         checks.append(
             (
                 f"dose {dose:g}: false alerts {len(fa)}/{len(sharp)}",
@@ -503,6 +504,42 @@ def report(
     empty_alerts = sum(verdicts[t.path].kind.needs_retake for t in tiles if t.how == "empty")
     checks.append((f"empty tiles alerted: {empty_alerts}", empty_alerts == 0, "none"))
     return checks, mistakes
+
+
+def naming_table(bad: Sequence[Planted], verdicts: dict[Path, Verdict]) -> list[str]:
+    """How the blurred tiles (by effective σ, wrinkles aside) were named, by planted σ:
+    round blurs (sudden, drift, section-wide, first section) named astigmatic, and
+    astigmatic blurs named astigmatic at all and with the streaks within 15° of the
+    planted angle. A round blur named astigmatic sends the operator to the stigmators
+    for a plain defocus."""
+
+    def group(t: Planted) -> str:
+        if t.astig_deg is not None:
+            return f"astigmatic σ {t.sigma:g}"
+        return "round, sudden" if t.how == "sudden" else f"round, {t.how}"
+
+    rows: dict[str, list[Planted]] = {}
+    for t in sorted(bad, key=lambda t: (t.astig_deg is not None, t.how != "sudden", t.sigma)):
+        if t.how != "wrinkle":
+            rows.setdefault(group(t), []).append(t)
+    out = ["    naming of the blurred tiles:  tiles  flagged  named astigmatic  at its angle"]
+    for name, group_tiles in rows.items():
+        flagged = sum(verdicts[t.path].kind.needs_retake for t in group_tiles)
+        said = sum("astigmatic" in verdicts[t.path].reason for t in group_tiles)
+        at = sum(_astig_named(verdicts[t.path].reason, t.astig_deg) for t in group_tiles)
+        angle = f"{at:12d}" if group_tiles[0].astig_deg is not None else f"{'-':>12}"
+        out.append(f"      {name:<24}{len(group_tiles):7d}{flagged:9d}{said:18d}{angle}")
+    return out
+
+
+def dump(tiles: Sequence[Planted], results: dict[str, dict[Path, Verdict]], out: Path) -> None:
+    """Every tile's verdict (kind and reason) in each arrival order, as JSON: two runs'
+    dumps compared tile for tile show what a change moved."""
+    rows = {
+        str(t.path): {name: [str(v[t.path].kind), v[t.path].reason] for name, v in results.items()}
+        for t in tiles
+    }
+    out.write_text(json.dumps(rows, indent=0, ensure_ascii=False))
 
 
 def _astig_named(reason: str, angle: float | None) -> bool:
@@ -559,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-false-alerts", type=float, default=0.005)
     p.add_argument("--max-missed", type=float, default=0.0)
     p.add_argument("--keep", type=Path, help="write the wafer and ledgers here and keep them")
+    p.add_argument("--dump", type=Path, help="write every tile's verdict and reason here (JSON)")
     p.add_argument(
         "--rejudge",
         action="store_true",
@@ -631,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         f"in {t_judge:.0f} s\n"
     )
     print_intrinsic(tiles, args)
+    if args.dump:
+        dump(tiles, results, args.dump)
     first, second = results.values()
     checks, mistakes = report(tiles, first, args)
     differ = [t for t in tiles if first[t.path].kind is not second[t.path].kind]

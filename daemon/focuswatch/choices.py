@@ -74,7 +74,12 @@ def same_scores(mode: str) -> str:
 #: under half its tile's typical patch's given no signature of its own (the section's
 #: edge: resin and a soft rim, whose fine detail is not the focus's; 5's false wrinkle);
 #: in the same release the CPU's FFTs are ducc0's (``focuswatch.cpu_fft``: counts within
-#: float rounding of pocketfft's, median 0.1 %, up to ~2 % on a small blurred image).
+#: float rounding of pocketfft's, median 0.1 %, up to ~2 % on a small blurred image);
+#: and the spectrum's orientation (``score.orientation``) read without clipping the power
+#: above the floor at 0, every ring kept, from half-overlapping blocks, and None where
+#: its standard error is over ``MAX_ERROR`` (under noise correlated along the scan line
+#: a round blur had read as streaks along x; that part moves no count, only the
+#: orientation).
 NOISE_FLOOR_REVISION = 7
 
 

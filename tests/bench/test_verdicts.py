@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import intrinsic
 import isbi
 import verdicts
+from focuswatch.verdict import Verdict, VerdictKind
 from verdicts import Planted, classify
 
 
@@ -110,3 +112,31 @@ def test_a_kept_wafer_without_the_sections_blur_gets_it_from_the_slices(
     assert [t.intrinsic_b for t in filled] == pytest.approx(
         [isbi_blur[29], isbi_blur[15], isbi_blur[14]]
     )
+
+
+def test_the_naming_table_counts_round_blurs_named_astigmatic_and_astigmatism_at_its_angle() -> (
+    None
+):
+    """Per planted kind: tiles, flagged, named astigmatic, and (astigmatic tiles) named
+    with the streaks within 15° of the planted angle."""
+    tiles = _wafer(
+        [0.0] * 5,
+        {0: (2.0, "sudden"), 1: (2.0, "sudden"), 2: (3.0, "drift"), 3: (2.0, "sudden")},
+    )
+    tiles[3] = replace(tiles[3], astig_deg=30.0)
+    tiles[4] = replace(tiles[4], sigma=2.0, how="sudden", astig_deg=90.0)
+    astig = "astigmatic (streaks along ~{}°, against this position's history): check stigmation"
+    said = {
+        0: Verdict(VerdictKind.OUT_OF_FOCUS, astig.format(0)),
+        1: Verdict(VerdictKind.OUT_OF_FOCUS, "fine detail lost, defocus"),
+        2: Verdict(VerdictKind.UNCERTAIN, "fine detail lost, defocus"),
+        3: Verdict(VerdictKind.OUT_OF_FOCUS, astig.format(40)),
+        4: Verdict(VerdictKind.OUT_OF_FOCUS, astig.format(120)),
+    }
+    lines = verdicts.naming_table(tiles, {t.path: said[i] for i, t in enumerate(tiles)})
+    rows = {line[:30].strip(): line[30:].split() for line in lines[1:]}
+    assert rows == {
+        "round, sudden": ["2", "2", "1", "-"],
+        "round, drift": ["1", "0", "0", "-"],
+        "astigmatic σ 2": ["2", "2", "2", "1"],
+    }
