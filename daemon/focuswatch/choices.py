@@ -16,6 +16,7 @@ __all__ = [
     "LAYOUTS",
     "MODES",
     "RESOLUTIONS",
+    "has_noise_floor",
     "is_revision",
     "same_scores",
     "scorer_revision",
@@ -83,12 +84,17 @@ def same_scores(mode: str) -> str:
 NOISE_FLOOR_REVISION = 7
 
 
+def has_noise_floor(criterion: str, mode: str) -> bool:
+    """Whether ``criterion`` in ``mode`` is one of MHFD's noise-floor modes (fast,
+    exact): the numbers ``NOISE_FLOOR_REVISION`` counts, and the ones whose patches carry
+    the per-patch signatures (the paper's faithful mode and the classic criteria do not)."""
+    return criterion == "mhfd" and same_scores(mode) in ("fast", "exact")
+
+
 def scorer_revision(criterion: str, mode: str) -> int:
     """The revision of the numbers ``criterion`` in ``mode`` gives (the paper's faithful
     mode and the classic baselines have not changed: 1)."""
-    if criterion == "mhfd" and same_scores(mode) in ("fast", "exact"):
-        return NOISE_FLOOR_REVISION
-    return 1
+    return NOISE_FLOOR_REVISION if has_noise_floor(criterion, mode) else 1
 
 
 def is_revision(value: object) -> TypeGuard[int]:

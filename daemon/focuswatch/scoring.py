@@ -31,7 +31,7 @@ import numpy as np
 
 from focuswatch import tiles
 from focuswatch.backend import Backend, get_backend
-from focuswatch.choices import DEFAULT_MODE, NOISE_FLOOR_REVISION, scorer_revision
+from focuswatch.choices import DEFAULT_MODE, has_noise_floor, scorer_revision
 from focuswatch.config import ScoringConfig
 from focuswatch.errors import TileError
 from focuswatch.score import (
@@ -199,7 +199,7 @@ def patch_size_for(shape: tuple[int, ...], settings: ScoreSettings) -> ScoreSett
     (and their numbers, revision 1)."""
     if settings.resolution != "patches" or len(shape) < 2:
         return settings
-    if scorer_revision(settings.criterion, settings.mode) != NOISE_FLOOR_REVISION:
+    if not has_noise_floor(settings.criterion, settings.mode):
         return settings
     half = min(int(shape[0]), int(shape[1])) // 2
     if half < MAP_PATCH_MIN or half >= settings.patch_size:

@@ -107,13 +107,7 @@ from typing import Any
 import numpy as np
 
 from focuswatch.backend import Backend
-from focuswatch.choices import (
-    CRITERIA,
-    DEFAULT_MODE,
-    NOISE_FLOOR_REVISION,
-    RESOLUTIONS,
-    scorer_revision,
-)
+from focuswatch.choices import CRITERIA, DEFAULT_MODE, RESOLUTIONS, has_noise_floor
 from focuswatch.score._dtypes import (
     MIN_SIZE,
     ConstantImageError,
@@ -297,7 +291,7 @@ def score_patches(
     # patches read as they always did (its numbers are revision 1's).
     solid = (
         _solid_patches([b for *_, b in units], content)
-        if scorer_revision(criterion, mode) == NOISE_FLOOR_REVISION
+        if has_noise_floor(criterion, mode)
         else np.ones(content.shape, dtype=bool)
     )
     return ScoreResult(
